@@ -1,0 +1,191 @@
+"""Pennello's exceptions: one root, a few branches, each mapped once to an exit code and an HTTP status.
+
+Messages say what failed and what to do about it; they are shown to users as they are. Raise
+with ``from e`` when wrapping a library error so the cause stays in the logs.
+
+    >>> from pennello.errors import ExpiredManifestError
+    >>> e = ExpiredManifestError("manifest 'pennello-tiny' v1 expired on 2020-01-01T00:00:00Z")
+    >>> (e.exit_code, e.http_status)
+    (3, 403)
+"""
+
+from __future__ import annotations
+
+
+class PennelloError(Exception):
+    """Root of every error pennello raises on purpose."""
+
+    exit_code: int = 1
+    http_status: int = 500
+    #: Short machine-readable kind, used as ``error.type`` in HTTP responses.
+    kind: str = "error"
+
+
+class ConfigError(PennelloError):
+    """The config file or an environment variable holds a value pennello cannot use."""
+
+    exit_code = 2
+    http_status = 500
+    kind = "config"
+
+
+# --- trust: manifests, signatures, keys -------------------------------------------------------
+
+class TrustError(PennelloError):
+    """A manifest or key cannot be trusted. Nothing it describes is used."""
+
+    exit_code = 3
+    http_status = 403
+    kind = "trust"
+
+
+class ManifestFormatError(TrustError):
+    """The manifest is not well formed (missing field, bad type, unsafe path…)."""
+
+    kind = "manifest_format"
+
+
+class UnsafePathError(ManifestFormatError):
+    """A manifest file path would escape the model directory (``..``, absolute, drive letter…)."""
+
+    kind = "unsafe_path"
+
+
+class UnsignedManifestError(TrustError):
+    """The manifest carries no signature at all."""
+
+    kind = "unsigned"
+
+
+class BadSignatureError(TrustError):
+    """A signature does not match the manifest's signed bytes: it was changed after signing."""
+
+    kind = "bad_signature"
+
+
+class UntrustedKeyError(TrustError):
+    """The manifest is signed only by keys that are not in the trusted set."""
+
+    kind = "untrusted_key"
+
+
+class RevokedKeyError(TrustError):
+    """A key that signed the manifest was revoked."""
+
+    kind = "revoked_key"
+
+
+class ThresholdError(TrustError):
+    """Fewer valid signatures from distinct trusted keys than the policy requires."""
+
+    kind = "threshold"
+
+
+class ExpiredManifestError(TrustError):
+    """The manifest's ``expires`` time has passed (protects against freeze attacks)."""
+
+    kind = "expired"
+
+
+class RollbackError(TrustError):
+    """The manifest's version is lower than one already seen for that model."""
+
+    kind = "rollback"
+
+
+# --- store: files on disk ---------------------------------------------------------------------
+
+class StoreError(PennelloError):
+    """The local model store cannot do what was asked."""
+
+    exit_code = 4
+    http_status = 500
+    kind = "store"
+
+
+class IntegrityError(StoreError):
+    """A file's size or sha256 does not match its manifest entry."""
+
+    kind = "integrity"
+
+
+class DiskSpaceError(StoreError):
+    """Not enough free disk for the download or copy."""
+
+    kind = "disk_space"
+
+
+class ModelNotFoundError(StoreError):
+    """No model of that name is in the catalog or installed."""
+
+    http_status = 404
+    kind = "model_not_found"
+
+
+class FetchError(PennelloError):
+    """A download or copy from a source failed (network, HTTP status, missing file)."""
+
+    exit_code = 5
+    http_status = 502
+    kind = "fetch"
+
+
+# --- requests to the daemon -------------------------------------------------------------------
+
+class RequestError(PennelloError):
+    """A request to the daemon is invalid. ``field`` names the offending input when there is one."""
+
+    exit_code = 6
+    http_status = 400
+    kind = "invalid_request"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFoundError(RequestError):
+    http_status = 404
+    kind = "not_found"
+
+
+class AuthError(RequestError):
+    """Missing or wrong credentials."""
+
+    http_status = 401
+    kind = "unauthorized"
+
+
+class ForbiddenError(RequestError):
+    """Valid credentials without the right to do this."""
+
+    http_status = 403
+    kind = "forbidden"
+
+
+class BusyError(PennelloError):
+    """The daemon is at capacity; try again after ``retry_after`` seconds."""
+
+    exit_code = 7
+    http_status = 429
+    kind = "busy"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DaemonError(PennelloError):
+    """The daemon is not running, or cannot be reached, or is already running."""
+
+    exit_code = 8
+    http_status = 503
+    kind = "daemon"
+
+
+class OfflineViolationError(PennelloError):
+    """A network connection was attempted while no-network mode forbids it."""
+
+    exit_code = 9
+    http_status = 503
+    kind = "offline_violation"
