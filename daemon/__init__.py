@@ -1,0 +1,39 @@
+"""The pennello daemon: warm models, a job queue with batching, and the HTTP API.
+
+Other parts use only what is exported here (the tray and clients use HTTP, not this package).
+Names are imported on first use so that ``pennello status`` does not pay for importing torch.
+
+    >>> from pennello.daemon import create_app, Engine, GenerateRequest  # doctest: +SKIP
+    >>> engine = Engine(config, paths); engine.start()  # doctest: +SKIP
+    >>> app = create_app(config, engine)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "Engine": "engine",
+    "create_app": "app",
+    "BLUEPRINTS": "app",
+    "GenerateRequest": "jobs",
+    "Job": "jobs",
+    "JobStatus": "jobs",
+    "ImageFormat": "jobs",
+    "OutputImage": "jobs",
+    "Outputs": "outputs",
+    "ModelFamily": "pipelines",
+    "register_family": "pipelines",
+    "get_family": "pipelines",
+    "serve": "server",
+    "start_background_server": "server",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -39,6 +39,8 @@ SOURCE_KINDS: tuple[str, ...] = typing.get_args(SourceKind)
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_HEX_RE = re.compile(r"^[0-9a-f]+$")
+_WINDOWS_DEVICE_RE = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)", re.IGNORECASE)
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _MAX_PATH_CHARS = 255
 
@@ -79,7 +81,7 @@ def check_relative_path(path: Any) -> str:
 
     Raises:
         UnsafePathError: absolute, ``..`` or ``.`` components, backslashes, drive letters,
-            empty components, control characters, or too long.
+            empty components, control characters, Windows device names, or too long.
     """
     if not isinstance(path, str) or not path:
         raise UnsafePathError("file path must be a non-empty string")
@@ -92,6 +94,10 @@ def check_relative_path(path: Any) -> str:
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise UnsafePathError(f"file path {path!r} has an empty, '.' or '..' component")
+    # Windows opens a device for these names and silently drops a trailing dot or space, so
+    # such a path would not land where its entry says on every machine.
+    if any(_WINDOWS_DEVICE_RE.match(part) or part[-1] in ". " for part in parts):
+        raise UnsafePathError(f"file path {path!r} has a component Windows cannot store as named")
     if path == MANIFEST_FILENAME:
         raise UnsafePathError(f"file path {path!r} is reserved for the manifest itself")
     return path
@@ -261,7 +267,7 @@ class Manifest:
             license=_string(data["license"], "license"),
             source=Source.from_dict(data["source"]),
             files=files, locked=locked,
-            trust_on_first_use=bool(data.get("trust_on_first_use", False)),
+            trust_on_first_use=_boolean(data.get("trust_on_first_use", False), "trust_on_first_use"),
             description=_string(data.get("description", ""), "description"),
         )
         # Anything we do not understand must not silently ride along under a signature.
@@ -269,6 +275,12 @@ class Manifest:
             raise ManifestFormatError(f"manifest {name!r} has unknown field(s) "
                                       f"{sorted(set(data) - set(manifest.to_signed()))}")
         return manifest
+
+
+def _boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ManifestFormatError(f"{what} must be true or false")
+    return value
 
 
 def _string(value: Any, what: str) -> str:
@@ -299,21 +311,42 @@ def _parents(path: str) -> list[str]:
 def parse_envelope(raw: bytes) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Split manifest file bytes into the ``signed`` object and its signature list.
 
+    Duplicate JSON keys are refused: two parsers must never disagree on what was signed.
+
     Raises:
-        ManifestFormatError: not JSON, or not an envelope.
+        ManifestFormatError: not JSON, not an envelope, or a signature entry that is not
+            ``{"keyid": <64 hex>, "sig": <128 hex>}``.
     """
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestFormatError(f"manifest is not valid UTF-8 JSON: {e}") from e
-    if not isinstance(data, dict) or "signed" not in data:
-        raise ManifestFormatError("manifest must be a JSON object with 'signed' and 'signatures'")
+    if not isinstance(data, dict) or "signed" not in data or set(data) - {"signed", "signatures"}:
+        raise ManifestFormatError("manifest must be a JSON object with only 'signed' and 'signatures'")
     signatures = data.get("signatures", [])
-    if not isinstance(signatures, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str)
-            for s in signatures):
+    if not isinstance(signatures, list):
         raise ManifestFormatError("'signatures' must be a list of {keyid, sig} objects")
+    for number, signature in enumerate(signatures, 1):
+        _check_signature_entry(number, signature)
     return data["signed"], signatures
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        keys = [k for k, _ in pairs]
+        raise ManifestFormatError(f"manifest repeats the JSON key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return result
+
+
+def _check_signature_entry(number: int, signature: Any) -> None:
+    if not isinstance(signature, dict) or set(signature) != {"keyid", "sig"}:
+        raise ManifestFormatError(f"signature {number} must be an object with exactly 'keyid' and 'sig'")
+    for field_name, digits in (("keyid", 64), ("sig", 128)):
+        value = signature[field_name]
+        if not isinstance(value, str) or len(value) != digits or not _HEX_RE.match(value):
+            raise ManifestFormatError(f"signature {number}: {field_name} must be {digits} lowercase "
+                                      f"hex digits, got {str(value)[:20]!r}")
 
 
 def dump_envelope(signed: dict[str, Any], signatures: list[dict[str, str]]) -> bytes:

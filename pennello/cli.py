@@ -24,6 +24,11 @@ COMMANDS: dict[str, str] = {
     "keys": "pennello.installer.cli:keys",
     "manifest": "pennello.installer.cli:manifest",
     "bundle": "pennello.installer.cli:bundle",
+    "serve": "pennello.daemon.cli:serve",
+    "status": "pennello.daemon.cli:status",
+    "generate": "pennello.daemon.cli:generate",
+    "pair": "pennello.daemon.cli_auth:pair",
+    "tokens": "pennello.daemon.cli_auth:tokens",
 }
 
 

@@ -1,0 +1,84 @@
+"""Shared plumbing for benchmarks: machine description and the JSON result format.
+
+Every benchmark writes ``bench/results/<name>.json``::
+
+    {"benchmark": name, "machine": {...}, "rows": [
+        {"metric": "verify throughput", "value": 1870.2, "unit": "MB/s", "goal": ">= 0.9x sha256sum",
+         "device": "cpu: AMD EPYC ..."}], ...extra fields...}
+
+``bench/report.py`` turns the rows of every result file into the table in README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def device_name() -> str:
+    """'cuda: NVIDIA H100 ...' when a GPU is used, else 'cpu: <model> (<n> cores)'."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"cpu: {_cpu_model()} ({os.cpu_count()} cores)"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": device_name(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def row(metric: str, value: float, unit: str, goal: str = "", **extra: Any) -> dict[str, Any]:
+    """One table row; the device is filled in by :func:`write_result`."""
+    return {"metric": metric, "value": round(value, 4), "unit": unit, "goal": goal, **extra}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """q in [0, 100]; the inclusive method, so p50 of an odd sample is its median."""
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if q < 100 else max(values)
+
+
+def write_result(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
+    """Write ``bench/results/<name>.json`` and print where it went."""
+    machine = machine_info()
+    for r in rows:
+        r.setdefault("device", machine["device"])
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine, "rows": rows, **extra},
+                               indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,339 @@
+"""Who may use the daemon: loopback callers freely, other machines only with a paired token.
+
+The daemon listens on 127.0.0.1 unless LAN mode is on. In LAN mode every request from another
+address must carry ``Authorization: Bearer <token>``. A device gets its token by *pairing*: the
+owner runs ``pennello pair`` on the host, which shows a one-time 8-character code (and a QR code);
+the device sends that code with a name and receives a token it keeps. Tokens are stored only as
+SHA-256 hashes, so the token file is useless to whoever reads it.
+
+    >>> store = TokenStore(Path(getfixture("tmp_path")) / "tokens.json")
+    >>> pairing = Pairing(store)
+    >>> offer = pairing.new_code()
+    >>> token, record = pairing.redeem(offer.code, "kitchen tablet", client="192.0.2.7")
+    >>> store.verify(token).name
+    'kitchen tablet'
+    >>> needs_token("192.0.2.7"), needs_token("127.0.0.1")
+    (True, False)
+
+This module has no HTTP in it; :mod:`pennello.daemon.routes_auth` puts it behind Flask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import filelock
+
+from pennello.errors import AuthError, BusyError, NotFoundError, RequestError, StoreError
+
+log = logging.getLogger(__name__)
+
+TOKENS_FILE = "tokens.json"
+# No 0/O, 1/I/L: a code is read off a screen and typed on a phone.
+CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+CODE_LENGTH = 8
+CODE_TTL_S = 300.0
+TOKEN_BYTES = 32
+MAX_NAME_CHARS = 64
+MAX_FAILURES = 5  # failed pairing attempts per window, per client address and in total
+FAILURE_WINDOW_S = 60.0
+_LAST_USED_WRITE_S = 60.0  # last_used is written back at most this often per token
+DEVICE_OWNER_PREFIX = "device:"
+
+
+def is_loopback(remote_addr: str | None) -> bool:
+    """Whether an address is this machine's loopback (IPv4-mapped IPv6 included)."""
+    try:
+        address = ipaddress.ip_address((remote_addr or "").split("%", 1)[0])
+    except ValueError:
+        return False  # unknown or malformed: treat as remote, the safe side
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def needs_token(remote_addr: str | None) -> bool:
+    """The access decision: callers that are not on loopback must present a paired token."""
+    return not is_loopback(remote_addr)
+
+
+def owner_of(record: "TokenRecord") -> str:
+    """The owner name a paired device's jobs and pictures are filed under."""
+    return f"{DEVICE_OWNER_PREFIX}{record.id}"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One paired device as stored: never the token itself, only its hash."""
+
+    id: str
+    name: str
+    sha256: str
+    created: float
+    last_used: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown (CLI, API): everything but the hash."""
+        data = asdict(self)
+        del data["sha256"]
+        return data
+
+
+class TokenStore:
+    """``tokens.json`` in the state directory, shared by the daemon and ``pennello tokens``.
+
+    Every change is a read-modify-write under a file lock, written atomically (temp file,
+    fsync, rename). The daemon re-reads the file when it changed on disk, so a token revoked
+    from the command line stops working at once.
+    """
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._file_lock = filelock.FileLock(str(path.with_name(path.name + ".lock")))
+        self._records: list[TokenRecord] = []
+        self._stamp: tuple[int, int] | None = None
+
+    def issue(self, name: str) -> tuple[str, TokenRecord]:
+        """Make a new token for a device.
+
+        Returns:
+            the token (shown once, never stored) and its record.
+
+        Raises:
+            RequestError: the name is empty or too long.
+        """
+        name = check_device_name(name)
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        with self._editing() as records:
+            taken = {r.id for r in records}
+            token_id = next(i for i in iter(lambda: secrets.token_hex(4), None) if i not in taken)
+            record = TokenRecord(token_id, name, hash_token(token), round(self._clock(), 3))
+            records.append(record)
+        log.info("paired device %r as token %s", name, record.id)
+        return token, record
+
+    def verify(self, token: str) -> TokenRecord | None:
+        """The record of a valid token, or None. Compares hashes in constant time."""
+        digest = hash_token(token)
+        with self._lock:
+            self._refresh()
+            match = next((r for r in self._records if hmac.compare_digest(r.sha256, digest)), None)
+        if match is not None and (match.last_used is None
+                                  or self._clock() - match.last_used >= _LAST_USED_WRITE_S):
+            self._touch(match.id)
+        return match
+
+    def list(self) -> list[TokenRecord]:
+        with self._lock:
+            self._refresh()
+            return list(self._records)
+
+    def revoke(self, token_id: str) -> TokenRecord:
+        """Remove a token; the device must pair again.
+
+        Raises:
+            NotFoundError: no token with that id.
+        """
+        with self._editing() as records:
+            found = next((r for r in records if r.id == token_id), None)
+            if found is None:
+                raise NotFoundError(f"no token with id {token_id!r}; `pennello tokens list` shows them",
+                                    field="id")
+            records.remove(found)
+        log.info("revoked token %s (%s)", found.id, found.name)
+        return found
+
+    def _touch(self, token_id: str) -> None:
+        now = round(self._clock(), 3)
+        with self._editing() as records:
+            for i, record in enumerate(records):
+                if record.id == token_id:
+                    records[i] = replace(record, last_used=now)
+
+    # --- the file ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[list[TokenRecord]]:
+        """Read the newest records under both locks; write them back if the block succeeds."""
+        with self._lock, self._file_lock:
+            self._stamp = None  # another process may have written since we last looked
+            self._refresh()
+            records = list(self._records)
+            yield records
+            self._write(records)
+            self._records, self._stamp = records, None
+
+    def _refresh(self) -> None:
+        """Re-read the file if it changed on disk (lock held)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._records, self._stamp = [], None
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            self._records, self._stamp = self._read(), stamp
+
+    def _read(self) -> list[TokenRecord]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return [TokenRecord(**entry) for entry in data["tokens"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            # Refusing every device beats guessing; the owner can fix or delete the file.
+            raise StoreError(f"{self.path} is unreadable ({e}); fix it, or delete it and pair "
+                             f"devices again") from e
+
+    def _write(self, records: list[TokenRecord]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "tokens": [asdict(r) for r in records]}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def check_device_name(name: Any) -> str:
+    """Raises:
+        RequestError: naming ``name`` unless it is 1..64 printable characters.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise RequestError("name must be a non-empty string naming the device", field="name")
+    name = name.strip()
+    if len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise RequestError(f"name must be at most {MAX_NAME_CHARS} printable characters", field="name")
+    return name
+
+
+class RateLimiter:
+    """Counts failures in a sliding window, per key and in total; refuses while over the limit."""
+
+    def __init__(self, limit: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window_s, self._clock = limit, window_s, clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> None:
+        """Raises:
+            BusyError: ``key`` (or everyone together) failed ``limit`` times within the window;
+                ``retry_after`` says when the oldest of those failures leaves the window.
+        """
+        with self._lock:
+            now = self._clock()
+            waits = [self._wait(k, now) for k in (key, "*")]
+        wait = max(waits)
+        if wait > 0:
+            raise BusyError(f"too many failed pairing attempts; try again in {wait} s", retry_after=wait)
+
+    def fail(self, key: str) -> None:
+        with self._lock:
+            now = self._clock()
+            for k in (key, "*"):
+                self._failures.setdefault(k, deque()).append(now)
+
+    def _wait(self, key: str, now: float) -> int:
+        times = self._failures.get(key)
+        if not times:
+            return 0
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[key]  # keeps memory bounded by recent failures only
+            return 0
+        if len(times) < self.limit:
+            return 0
+        return max(1, int(times[0] + self.window_s - now + 0.999))
+
+
+@dataclass(frozen=True)
+class PairingCode:
+    code: str
+    expires_at: float  # on the pairing clock (monotonic by default)
+    expires_in_s: float
+
+
+def new_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def normalize_code(code: str) -> str:
+    """What a person typed, as issued: case and separators do not matter."""
+    return "".join(ch for ch in code.upper() if ch.isalnum())
+
+
+class Pairing:
+    """Short-lived one-time codes, exchanged for tokens; failed attempts are rate limited.
+
+    Only one code is valid at a time: making a new one invalidates the previous one.
+    """
+
+    def __init__(self, store: TokenStore, ttl_s: float = CODE_TTL_S,
+                 clock: Callable[[], float] = time.monotonic, limiter: RateLimiter | None = None) -> None:
+        self.store, self.ttl_s, self._clock = store, ttl_s, clock
+        self.limiter = limiter or RateLimiter(clock=clock)
+        self._current: PairingCode | None = None
+        self._lock = threading.Lock()
+
+    def new_code(self) -> PairingCode:
+        with self._lock:
+            self._current = PairingCode(new_code(), self._clock() + self.ttl_s, self.ttl_s)
+            return self._current
+
+    def active_code(self) -> PairingCode | None:
+        """The code that can be redeemed now, with its remaining lifetime; None if none."""
+        with self._lock:
+            current = self._current
+        if current is None:
+            return None
+        left = current.expires_at - self._clock()
+        return replace(current, expires_in_s=round(left, 1)) if left > 0 else None
+
+    def redeem(self, code: Any, name: Any, client: str) -> tuple[str, TokenRecord]:
+        """Exchange a code for a token.
+
+        Args:
+            client: the caller's address, for per-client rate limiting.
+
+        Raises:
+            BusyError: too many recent failures from this client or overall (nothing is checked).
+            RequestError: the code or name is missing or malformed.
+            AuthError: the code is wrong, expired or already used.
+        """
+        self.limiter.check(client)
+        if not isinstance(code, str) or not code.strip():
+            raise RequestError("code is required: the 8 characters `pennello pair` shows", field="code")
+        name = check_device_name(name)
+        given = normalize_code(code).encode()
+        with self._lock:
+            current = self._current
+            valid = current is not None and hmac.compare_digest(given, current.code.encode())
+            expired = valid and self._clock() >= current.expires_at  # type: ignore[union-attr]
+            if valid:
+                self._current = None  # single use, even when it turns out expired
+        if not valid or expired:
+            self.limiter.fail(client)
+            log.warning("failed pairing attempt from %s (%s)", client, "expired code" if expired else "wrong code")
+            raise AuthError("that pairing code has expired; run `pennello pair` again" if expired else
+                            "wrong or already used pairing code; run `pennello pair` on the host for a new one",
+                            field="code")
+        return self.store.issue(name)

@@ -1,0 +1,566 @@
+"""The engine: warm models, a bounded job queue, and one worker thread that owns the device.
+
+Requests are validated and resolved against the model's manifest defaults on submit, then
+queued. The worker takes the oldest job and fills the rest of a pipeline call with queued jobs
+that are *compatible* (same model, size, steps and guidance; prompts, negative prompts and seeds
+may differ), up to ``engine.max_batch`` images, each with its own seeded generator. Encoding and
+saving pictures happens on a second thread, so the next batch can start denoising meanwhile.
+
+    >>> from pennello.config import Config
+    >>> from pennello.paths import get_paths
+    >>> engine = Engine(Config(), get_paths())  # doctest: +SKIP
+    >>> engine.start()  # doctest: +SKIP
+    >>> job = engine.submit(GenerateRequest(prompt="a red kite", seed=1))  # doctest: +SKIP
+    >>> job.wait(60) and [image.path for image in job.images]  # doctest: +SKIP
+
+The engine has no HTTP in it; :mod:`pennello.daemon.app` puts it behind Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+
+from pennello import __version__
+from pennello.config import Config, Device
+from pennello.errors import (BusyError, ConfigError, DaemonError, ModelNotFoundError, NotFoundError,
+                             PennelloError, RequestError)
+from pennello.paths import Paths
+
+from .jobs import IMAGE_FORMATS, MAX_SEED, GenerateRequest, Job
+from .outputs import Outputs
+from .pipelines import ModelFamily, get_family
+
+log = logging.getLogger(__name__)
+
+MAX_GUIDANCE = 30.0
+_KEPT_JOBS = 1000  # finished jobs remembered for GET /api/jobs/<id>
+_PRUNE_EVERY_S = 24 * 3600
+_Slot = tuple[Job, int]  # a job and the index of one of its images
+
+
+class _Interrupted(Exception):
+    """Raised from the step callback when every job of the running batch was cancelled."""
+
+
+@dataclass
+class _Loaded:
+    installed: Any  # pennello.installer.InstalledModel
+    family: ModelFamily
+    pipe: Any
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    param_bytes: int = 0
+
+
+@dataclass
+class _Run:
+    """The batch on the device right now, for progress and ETA."""
+
+    jobs: list[Job]
+    steps: int
+    started: float = field(default_factory=time.monotonic)
+    step: int = 0
+
+
+def pick_device(preference: Device) -> str:
+    """CUDA, else Apple MPS, else CPU for ``auto``; an explicit choice must be available.
+
+    Raises:
+        ConfigError: the configured device is not available on this machine.
+    """
+    available = {"cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+                 "cpu": True}
+    if preference == "auto":
+        return next(name for name, ok in available.items() if ok)
+    if not available.get(preference):
+        raise ConfigError(f"engine.device = {preference!r} but no such device is available; use 'auto'")
+    return preference
+
+
+def pick_dtype(device: str, family: ModelFamily) -> torch.dtype:
+    """Half precision on accelerators (bf16 where the family wants it and CUDA has it), fp32 on CPU."""
+    if device == "cuda":
+        if family.gpu_dtype == "bfloat16" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    return torch.float16 if device == "mps" else torch.float32
+
+
+class Engine:
+    """Owns the models and the device. Thread-safe: HTTP threads submit, one worker runs."""
+
+    def __init__(self, config: Config, paths: Paths, store: Any = None) -> None:
+        if store is None:
+            from pennello.installer import Store
+
+            store = Store(paths)
+        self.config, self.paths, self.store = config, paths, store
+        self.device = pick_device(config.engine.device)
+        self.outputs = Outputs(paths.outputs_dir, config.outputs.png_compress_level)
+        self.stats = {"pipeline_calls": 0, "images": 0}
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._control: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._loaded: dict[str, _Loaded] = {}
+        self._run: _Run | None = None
+        self._batch_seconds = 0.0  # moving average, for Retry-After and ETA
+        self._stopping = self._stopped = False
+        self._worker: threading.Thread | None = None
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pennello-save")
+        self._next_prune = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker and load the default model warm.
+
+        Raises:
+            ModelNotFoundError: the default model is not installed.
+            StoreError: its files do not load.
+        """
+        if self._worker is not None:
+            return
+        self._worker = threading.Thread(target=self._work, name="pennello-engine", daemon=True)
+        self._worker.start()
+        self.load(self.config.engine.default_model)
+        log.info("engine ready on %s with %s warm", self.device, self.config.engine.default_model)
+
+    def stop(self, cancel_running: bool = False, timeout: float = 30.0) -> None:
+        """Stop taking jobs, cancel queued ones, let the running batch finish (or cancel it after
+        ``timeout`` seconds), wait for pictures to be saved, and unload every model. Idempotent."""
+        with self._cond:
+            if self._stopped:
+                return
+            self._stopped = self._stopping = True
+            queued = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in queued:
+            job.cancel()
+        if cancel_running:
+            self._cancel_running()
+        if self._worker is not None:
+            self._worker.join(timeout)
+            if self._worker.is_alive():
+                log.warning("running batch still busy after %.0fs; cancelling it", timeout)
+                self._cancel_running()
+                self._worker.join()
+        self._saver.shutdown(wait=True)
+        with self._cond:
+            self._loaded.clear()
+        log.info("engine stopped")
+
+    def _cancel_running(self) -> None:
+        run = self._run
+        for job in run.jobs if run else ():
+            job.cancel()
+
+    # --- jobs ------------------------------------------------------------------------------------
+
+    def submit(self, request: GenerateRequest) -> Job:
+        """Validate, fill in defaults, and queue a request.
+
+        Raises:
+            RequestError: a field is out of range (``field`` names it).
+            ModelNotFoundError: the model is not installed, or its family is unknown.
+            BusyError: the queue is full.
+            DaemonError: the engine is stopping or was never started.
+        """
+        request = self._resolve(request)
+        seeds = ([secrets.randbelow(MAX_SEED + 1) for _ in range(request.n)] if request.seed is None
+                 else [(request.seed + i) % (MAX_SEED + 1) for i in range(request.n)])
+        job = Job(request, seeds)
+        with self._cond:
+            if self._stopping or self._worker is None:
+                raise DaemonError("the engine is not running (shutting down or not started)")
+            if len(self._queue) >= self.config.engine.queue_size:
+                raise BusyError(f"the queue is full ({len(self._queue)} jobs waiting); try again shortly",
+                                retry_after=self._retry_after())
+            self._queue.append(job)
+            self._remember(job)
+            self._cond.notify_all()
+        log.info("job %s queued: %s, %d image(s) %dx%d, %d steps", job.id,
+                 repr(request.prompt) if self.config.engine.log_prompts else f"{len(request.prompt)}-char prompt",
+                 request.n, request.width, request.height, request.steps)
+        return job
+
+    def get_job(self, job_id: str, owner: str | None = None) -> Job:
+        """Raises:
+            NotFoundError: no such job, or it belongs to another owner (not told apart on purpose).
+        """
+        with self._cond:
+            job = self._jobs.get(job_id)
+        if job is None or (owner is not None and job.request.owner != owner):
+            raise NotFoundError(f"no job with id {job_id!r}", field="id")
+        return job
+
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Remove a queued job, or stop a running one at its next denoising step."""
+        job = self.get_job(job_id, owner)
+        with self._cond:
+            if job in self._queue:
+                self._queue.remove(job)
+        if job.cancel():
+            log.info("job %s cancelled", job.id)
+        return job
+
+    def jobs(self, owner: str | None = None) -> list[Job]:
+        with self._cond:
+            return [j for j in self._jobs.values() if owner is None or j.request.owner == owner]
+
+    def _remember(self, job: Job) -> None:
+        self._jobs[job.id] = job
+        while len(self._jobs) > _KEPT_JOBS:
+            oldest = next(iter(self._jobs.values()))
+            if not oldest.done:
+                break
+            self._jobs.popitem(last=False)
+
+    def _retry_after(self) -> int:
+        batches_ahead = len(self._queue) / max(1, self.config.engine.max_batch) + 1
+        return max(1, math.ceil(batches_ahead * self._batch_seconds))
+
+    def _resolve(self, request: GenerateRequest) -> GenerateRequest:
+        """Check every field and fill the model's defaults in."""
+        limits = self.config.engine
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(request, name)
+            if not isinstance(value, str):
+                raise RequestError(f"{name} must be a string", field=name)
+            if len(value) > limits.max_prompt_chars:
+                raise RequestError(f"{name} is {len(value)} characters; the limit is "
+                                   f"{limits.max_prompt_chars}", field=name)
+        if not request.prompt.strip():
+            raise RequestError("prompt must not be empty", field="prompt")
+        if request.format not in IMAGE_FORMATS:
+            raise RequestError(f"format must be one of {', '.join(IMAGE_FORMATS)}", field="format")
+        _check_int(request.n, "n", 1, limits.max_n)
+        if request.seed is not None:
+            _check_int(request.seed, "seed", 0, MAX_SEED)
+        model = request.model or limits.default_model
+        try:
+            installed = self._installed(model)
+        except ModelNotFoundError as e:
+            e.field = "model"  # type: ignore[attr-defined]  # so the HTTP error names the input
+            raise
+        family = get_family(installed.manifest.pipeline.family)
+        defaults = {**dict(family.defaults), **installed.manifest.pipeline.defaults}
+        values = {name: getattr(request, name) if getattr(request, name) is not None else defaults[name]
+                  for name in ("width", "height", "steps", "guidance")}
+        _check_int(values["width"], "width", 1, None)
+        _check_int(values["height"], "height", 1, None)
+        family.check_size(values["width"], values["height"])
+        _check_int(values["steps"], "steps", 1, limits.max_steps)
+        guidance = values["guidance"]
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) \
+                or not 0 <= guidance <= MAX_GUIDANCE:
+            raise RequestError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}", field="guidance")
+        return replace(request, model=installed.name, guidance=float(guidance), width=values["width"],
+                       height=values["height"], steps=values["steps"])
+
+    def _installed(self, name: str) -> Any:
+        with self._cond:
+            loaded = self._loaded.get(name)
+        return loaded.installed if loaded else self.store.get(name)
+
+    # --- models ----------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """Installed models, with whether each is loaded and which is the default."""
+        with self._cond:
+            loaded = set(self._loaded)
+        return [{"name": m.name, "version": m.version, "family": m.manifest.pipeline.family,
+                 "pipeline": m.manifest.pipeline.cls, "defaults": dict(m.manifest.pipeline.defaults),
+                 "description": m.manifest.description, "license": m.manifest.license,
+                 "digest": m.digest, "loaded": m.name in loaded,
+                 "default": m.name == self.config.engine.default_model}
+                for m in self.store.installed()]
+
+    def ps(self) -> list[dict[str, Any]]:
+        """Loaded models with their memory use and when they will be unloaded."""
+        with self._cond:
+            return [self._describe(loaded) for loaded in self._loaded.values()]
+
+    def _describe(self, loaded: _Loaded) -> dict[str, Any]:
+        name = loaded.installed.name
+        keep = None if name == self.config.engine.default_model else self.config.engine.keep_alive_s
+        return {"name": name, "version": loaded.installed.version, "family": loaded.family.name,
+                "device": self.device, "dtype": str(loaded.pipe.dtype).removeprefix("torch."),
+                "param_bytes": loaded.param_bytes, "loaded_at": loaded.loaded_at,
+                "idle_s": round(time.monotonic() - loaded.last_used, 3),
+                "expires_in_s": None if keep is None else
+                max(0.0, round(keep - (time.monotonic() - loaded.last_used), 3)),
+                "cuda_memory_allocated": torch.cuda.memory_allocated() if self.device == "cuda" else None}
+
+    def load(self, name: str) -> dict[str, Any]:
+        """Load a model now (on the worker) and keep it warm.
+
+        Raises:
+            ModelNotFoundError: not installed.  StoreError: its files do not load.
+        """
+        self.store.get(name)  # a clear 404 now rather than from the worker
+        loaded = self._on_worker(lambda: self._ensure_loaded(name))
+        with self._cond:
+            return self._describe(loaded)
+
+    def unload(self, name: str) -> dict[str, Any]:
+        """Free a model's memory; the next job that needs it loads it again."""
+        self.store.get(name)
+        was_loaded = self._on_worker(lambda: self._drop(name))
+        return {"name": name, "unloaded": was_loaded}
+
+    def _on_worker(self, action: Callable[[], Any]) -> Any:
+        """Run ``action`` on the worker thread (it owns the device) and wait for its result."""
+        future: Future = Future()
+        with self._cond:
+            if self._stopping or self._worker is None:
+                raise DaemonError("the engine is not running (shutting down or not started)")
+            self._control.append((action, future))
+            self._cond.notify_all()
+        return future.result()
+
+    def _ensure_loaded(self, name: str) -> _Loaded:
+        with self._cond:
+            loaded = self._loaded.get(name)
+        if loaded is None:
+            started = time.perf_counter()
+            installed = self.store.get(name)
+            family = get_family(installed.manifest.pipeline.family)
+            pipe = family.load(installed.manifest.pipeline.cls, installed.path, self.device,
+                               pick_dtype(self.device, family))
+            loaded = _Loaded(installed, family, pipe, param_bytes=_param_bytes(pipe))
+            with self._cond:
+                self._loaded[name] = loaded
+            log.info("loaded %s v%d on %s in %.2fs (%.1f MB of weights)", name, installed.version,
+                     self.device, time.perf_counter() - started, loaded.param_bytes / 1e6)
+        loaded.last_used = time.monotonic()
+        return loaded
+
+    def _drop(self, name: str) -> bool:
+        with self._cond:
+            loaded = self._loaded.pop(name, None)
+        if loaded is None:
+            return False
+        del loaded
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        log.info("unloaded %s", name)
+        return True
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        with self._cond:
+            running = len(self._run.jobs) if self._run else 0
+            return {"version": __version__, "ready": self._worker is not None and not self._stopping,
+                    "default_model": self.config.engine.default_model,
+                    "default_loaded": self.config.engine.default_model in self._loaded,
+                    "device": self.device, "queue_depth": len(self._queue), "running": running,
+                    "loaded": sorted(self._loaded)}
+
+    def progress(self) -> dict[str, Any]:
+        """The batch on the device now: fraction done, step, and an ETA in seconds."""
+        with self._cond:
+            run, queue_depth = self._run, len(self._queue)
+        if run is None:
+            return {"state": "idle", "jobs": [], "step": 0, "total": 0, "fraction": 0.0,
+                    "eta_s": 0.0, "queue_depth": queue_depth}
+        elapsed = time.monotonic() - run.started
+        per_step = elapsed / run.step if run.step else self._batch_seconds / max(run.steps, 1)
+        return {"state": "running", "jobs": [job.id for job in run.jobs], "step": run.step,
+                "total": run.steps, "fraction": run.step / run.steps,
+                "eta_s": round(per_step * (run.steps - run.step), 3), "queue_depth": queue_depth}
+
+    # --- the worker --------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._control or self._stopping,
+                                    timeout=self._idle_wait())
+                control = self._control.popleft() if self._control else None
+                slots = self._take_batch() if control is None and self._queue else None
+                if control is None and slots is None and self._stopping:
+                    return
+            if control is not None:
+                _run_control(*control)
+            elif slots:
+                self._run_batch(slots)
+            try:
+                self._housekeeping()
+            except Exception:  # e.g. outputs on a vanished disk; retried later, never fatal
+                log.exception("housekeeping failed")
+
+    def _take_batch(self) -> list[_Slot]:
+        """The head job's images plus compatible queued jobs' images, up to max_batch (lock held)."""
+        for job in [job for job in self._queue if job.done]:  # cancelled via Job.cancel()
+            self._queue.remove(job)
+        if not self._queue:
+            return []
+        key = self._queue[0].request.batch_key()
+        slots: list[_Slot] = []
+        for job in list(self._queue):
+            if job.request.batch_key() != key:
+                continue
+            take = min(job.request.n - job._scheduled, self.config.engine.max_batch - len(slots))
+            slots += [(job, job._scheduled + i) for i in range(take)]
+            job._scheduled += take
+            if job._scheduled == job.request.n:
+                self._queue.remove(job)
+            if len(slots) == self.config.engine.max_batch:
+                break
+        return slots
+
+    def _run_batch(self, slots: list[_Slot]) -> None:
+        jobs = list(dict.fromkeys(job for job, _ in slots))
+        request = jobs[0].request
+        for job in jobs:
+            job._start(len(slots))
+        with self._cond:
+            self._run = _Run(jobs, request.steps or 0)
+        started = time.perf_counter()
+        try:
+            loaded = self._ensure_loaded(request.model or "")
+            images, timing = self._call_pipeline(loaded, slots)
+        except _Interrupted:
+            log.info("batch of %d image(s) interrupted: every job in it was cancelled", len(slots))
+            return
+        except Exception as e:  # one failing batch must never take the worker down
+            log.exception("batch of %d image(s) for %s failed", len(slots), request.model)
+            message = str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}"
+            for job in jobs:
+                job._finish("failed", message)
+            return
+        finally:
+            with self._cond:
+                self._run = None
+        seconds = time.perf_counter() - started
+        self._batch_seconds = seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds
+        self.stats["pipeline_calls"] += 1
+        self.stats["images"] += len(slots)
+        self._saver.submit(self._save_batch, loaded, slots, images, timing)
+
+    def _call_pipeline(self, loaded: _Loaded, slots: list[_Slot]) -> tuple[list[Any], dict[str, float]]:
+        """One diffusers call for the whole batch; returns PIL images and per-stage seconds."""
+        request = slots[0][0].request
+        jobs = list(dict.fromkeys(job for job, _ in slots))
+        per_job = {job: sum(1 for j, _ in slots if j is job) for job in jobs}
+        marks: dict[str, float] = {"start": time.perf_counter()}
+
+        def on_denoiser(*_: Any) -> None:
+            marks.setdefault("denoise", time.perf_counter())
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            marks["decode"] = time.perf_counter()
+            if self._run is not None:
+                self._run.step = step + 1
+            for job, count in per_job.items():
+                job._advance(count)
+            if all(job.done for job in jobs):
+                raise _Interrupted
+            return {}
+
+        negatives = [job.request.negative_prompt for job, _ in slots]
+        denoiser = getattr(loaded.pipe, loaded.family.denoiser)
+        hook = denoiser.register_forward_pre_hook(on_denoiser)
+        try:
+            # CPU generators: the same seed gives the same picture on every device.
+            result = loaded.pipe(
+                prompt=[job.request.prompt for job, _ in slots],
+                negative_prompt=negatives if any(negatives) else None,
+                width=request.width, height=request.height, num_inference_steps=request.steps,
+                guidance_scale=request.guidance, num_images_per_prompt=1,
+                generator=[torch.Generator("cpu").manual_seed(job.seeds[i]) for job, i in slots],
+                callback_on_step_end=on_step_end, output_type="pil")
+        finally:
+            hook.remove()
+        end = time.perf_counter()
+        denoise_at = marks.get("denoise", marks["start"])
+        decode_at = marks.get("decode", denoise_at)
+        timing = {"encode": denoise_at - marks["start"], "denoise": decode_at - denoise_at,
+                  "decode": end - decode_at}
+        loaded.last_used = time.monotonic()
+        return result.images, timing
+
+    def _save_batch(self, loaded: _Loaded, slots: list[_Slot], images: list[Any],
+                    timing: dict[str, float]) -> None:
+        """On the saver thread: encode and write each picture, then finish jobs that are complete."""
+        started = time.perf_counter()
+        for (job, index), image in zip(slots, images):
+            if job.done:  # cancelled while its batch ran
+                continue
+            try:
+                saved = self.outputs.save(image, _record(job, index, loaded), job.request.format)
+            except Exception as e:  # e.g. a full disk: fail this job, keep serving
+                log.exception("saving an image of job %s failed", job.id)
+                job._finish("failed", f"could not save the image: {e}")
+                continue
+            job._add_image(saved)
+        timing["save"] = time.perf_counter() - started
+        log.debug("batch of %d %dx%d x%d steps: %s", len(slots), slots[0][0].request.width,
+                  slots[0][0].request.height, slots[0][0].request.steps,
+                  " ".join(f"{stage}={seconds * 1000:.1f}ms" for stage, seconds in timing.items()))
+
+    def _idle_wait(self) -> float:
+        """Seconds until the next model expiry or outputs pruning is due."""
+        due = [self._next_prune]
+        keep = self.config.engine.keep_alive_s
+        due += [m.last_used + keep for name, m in self._loaded.items()
+                if name != self.config.engine.default_model]
+        return max(0.05, min(due) - time.monotonic()) if self._next_prune else 0.05
+
+    def _housekeeping(self) -> None:
+        """Unload idle non-default models; prune old outputs once a day."""
+        now = time.monotonic()
+        keep = self.config.engine.keep_alive_s
+        with self._cond:
+            expired = [name for name, m in self._loaded.items()
+                       if name != self.config.engine.default_model and now - m.last_used >= keep]
+        for name in expired:
+            log.info("%s idle for %ds: unloading", name, keep)
+            self._drop(name)
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_EVERY_S
+            self.outputs.prune(self.config.outputs.retention_days)
+
+
+def _run_control(action: Callable[[], Any], future: Future) -> None:
+    try:
+        future.set_result(action())
+    except Exception as e:  # handed to the caller, never fatal to the worker
+        future.set_exception(e)
+
+
+def _record(job: Job, index: int, loaded: _Loaded) -> dict[str, Any]:
+    """The provenance embedded in each picture (also what the gallery lists)."""
+    r = job.request
+    return {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "steps": r.steps,
+            "guidance": r.guidance, "width": r.width, "height": r.height,
+            "size": f"{r.width}x{r.height}", "seed": job.seeds[index], "model": r.model,
+            "model_version": loaded.installed.version, "manifest_digest": loaded.installed.digest,
+            "owner": r.owner, "job_id": job.id, "generator": f"pennello {__version__}"}
+
+
+def _check_int(value: Any, name: str, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{name} must be an integer", field=name)
+    if value < low or (high is not None and value > high):
+        raise RequestError(f"{name} must be from {low} to {high}" if high is not None
+                           else f"{name} must be at least {low}", field=name)
+
+
+def _param_bytes(pipe: Any) -> int:
+    return sum(p.numel() * p.element_size() for component in pipe.components.values()
+               if isinstance(component, torch.nn.Module) for p in component.parameters())

@@ -1,0 +1,237 @@
+"""Saving generated pictures with their provenance, finding them again, and pruning old ones.
+
+Each picture is written atomically (temp file, fsync, rename) to
+``outputs_dir/YYYY-MM-DD/<id>.<ext>``. It carries its parameters in two places: a PNG
+``parameters`` text chunk in the common A1111 style (PNG only, read by many tools), and an XMP
+packet (every format) holding the IPTC DigitalSourceType *trainedAlgorithmicMedia*, which marks
+it as AI-generated, plus pennello's own JSON record that the gallery reads back.
+
+    >>> import tempfile
+    >>> outputs = Outputs(Path(tempfile.mkdtemp()))
+    >>> saved = outputs.save(Image.new("RGB", (64, 64)), {"prompt": "a kite", "seed": 1}, "png")
+    >>> outputs.read_record(saved.id)["prompt"], saved.path.suffix
+    ('a kite', '.png')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterator
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+from PIL import Image, PngImagePlugin
+
+from pennello.errors import NotFoundError
+
+from .jobs import ImageFormat, OutputImage
+
+log = logging.getLogger(__name__)
+
+TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS: dict[str, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_ID_RE = re.compile(r"^(\d{8})-\d{6}-\d{6}-[0-9a-f]{8}$")
+_PENNELLO_NS = "https://pennello.invalid/ns/1.0/"
+_XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/"
+    xmlns:pennello="{ns}">
+   <Iptc4xmpExt:DigitalSourceType>{source}</Iptc4xmpExt:DigitalSourceType>
+   <pennello:record>{record}</pennello:record>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>"""
+_LOSSY_QUALITY = 90
+
+
+_last_id_time = datetime.min
+_id_lock = threading.Lock()
+
+
+def new_image_id() -> str:
+    """A unique id that sorts by creation time (to the microsecond, strictly increasing within
+    this process) and tells which day directory holds the file."""
+    global _last_id_time
+    with _id_lock:
+        now = max(datetime.now(), _last_id_time + timedelta(microseconds=1))
+        _last_id_time = now
+    return f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(4)}"
+
+
+def a1111_parameters(record: dict[str, Any]) -> str:
+    """The ``parameters`` text many image tools read (A1111 style)."""
+    lines = [record.get("prompt", "")]
+    if record.get("negative_prompt"):
+        lines.append(f"Negative prompt: {record['negative_prompt']}")
+    lines.append(", ".join(f"{label}: {record[key]}" for label, key in (
+        ("Steps", "steps"), ("CFG scale", "guidance"), ("Seed", "seed"), ("Size", "size"),
+        ("Model", "model"), ("Model version", "model_version"), ("Manifest digest", "manifest_digest"))
+        if key in record))
+    return "\n".join(lines)
+
+
+def xmp_packet(record: dict[str, Any]) -> bytes:
+    return _XMP.format(ns=_PENNELLO_NS, source=TRAINED_ALGORITHMIC_MEDIA,
+                       record=escape(json.dumps(record, sort_keys=True))).encode("utf-8")
+
+
+def parse_xmp(xmp: bytes | str) -> tuple[str | None, dict[str, Any]]:
+    """Return (DigitalSourceType, pennello record) from an XMP packet; missing parts are empty."""
+    text = xmp.decode("utf-8") if isinstance(xmp, bytes) else xmp
+    start, end = text.find("<x:xmpmeta"), text.rfind("</x:xmpmeta>")
+    if start < 0 or end < 0:
+        return None, {}
+    root = ElementTree.fromstring(text[start:end + len("</x:xmpmeta>")])
+    source = root.findtext(".//{http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/}DigitalSourceType")
+    record = root.findtext(f".//{{{_PENNELLO_NS}}}record")
+    return source, (json.loads(record) if record else {})
+
+
+class Outputs:
+    """The outputs directory: save, look up by id, list newest first, prune."""
+
+    def __init__(self, root: Path, png_compress_level: int = 1) -> None:
+        self.root = root
+        self.png_compress_level = png_compress_level
+
+    def save(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat) -> OutputImage:
+        """Encode and write one picture atomically; ``record`` becomes its embedded metadata."""
+        image_id = new_image_id()
+        record = {**record, "id": image_id, "format": fmt, "created": time.time()}
+        path = self._path(image_id, fmt)
+        data = self._encode(image, record, fmt)
+        atomic_write(path, data)
+        return OutputImage(image_id, path, int(record.get("seed", 0)), image.width, image.height, fmt)
+
+    def _encode(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat) -> bytes:
+        buffer = io.BytesIO()
+        xmp = xmp_packet(record)
+        if fmt == "png":
+            info = PngImagePlugin.PngInfo()
+            info.add_text("parameters", a1111_parameters(record))
+            info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
+            image.save(buffer, "PNG", pnginfo=info, compress_level=self.png_compress_level)
+        else:
+            image.convert("RGB").save(buffer, fmt.upper(), quality=_LOSSY_QUALITY, xmp=xmp)
+        return buffer.getvalue()
+
+    def _path(self, image_id: str, fmt: str) -> Path:
+        match = _ID_RE.match(image_id)
+        assert match, image_id
+        day = datetime.strptime(match.group(1), "%Y%m%d").date()
+        return self.root / day.isoformat() / f"{image_id}.{EXTENSIONS[fmt]}"
+
+    def find(self, image_id: str, owner: str | None = None) -> Path:
+        """The file of a picture, if it exists and (when ``owner`` is given) belongs to ``owner``.
+
+        Raises:
+            NotFoundError: malformed id, no such picture (it may have been pruned), or someone
+                else's picture (told apart from a missing one on purpose).
+        """
+        if _ID_RE.match(image_id):
+            for fmt in EXTENSIONS:
+                path = self._path(image_id, fmt)
+                if path.is_file() and (owner is None or read_record(path).get("owner") == owner):
+                    return path
+        raise NotFoundError(f"no image with id {image_id!r}", field="id")
+
+    def read_record(self, image_id: str) -> dict[str, Any]:
+        return read_record(self.find(image_id))
+
+    def iter_newest(self) -> Iterator[Path]:
+        """Every saved picture, newest first (ids sort by time)."""
+        if not self.root.is_dir():
+            return
+        for day in sorted((d for d in self.root.iterdir() if d.is_dir() and _is_day(d.name)),
+                          reverse=True):
+            files = [p for p in day.iterdir() if _ID_RE.match(p.stem) and p.suffix[1:] in EXTENSIONS.values()]
+            yield from sorted(files, key=lambda p: p.stem, reverse=True)
+
+    def gallery(self, owner: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Records of saved pictures, newest first, optionally only those of ``owner``."""
+        page: list[dict[str, Any]] = []
+        skipped = 0
+        for path in self.iter_newest():
+            record = read_record(path)
+            if owner is not None and record.get("owner") != owner:
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            page.append(record)
+            if len(page) >= limit:
+                break
+        return page
+
+    def prune(self, retention_days: int, today: date | None = None) -> int:
+        """Delete day directories older than ``retention_days`` (0 keeps everything).
+
+        Returns:
+            how many day directories were removed.
+        """
+        if retention_days <= 0 or not self.root.is_dir():
+            return 0
+        cutoff = (today or date.today()) - timedelta(days=retention_days)
+        removed = 0
+        for day in self.root.iterdir():
+            if day.is_dir() and _is_day(day.name) and date.fromisoformat(day.name) < cutoff:
+                shutil.rmtree(day)
+                removed += 1
+        if removed:
+            log.info("pruned %d day(s) of outputs older than %d days", removed, retention_days)
+        return removed
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The pennello record embedded in a saved picture (falls back to what the file itself says)."""
+    with Image.open(path) as image:
+        xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+        _, record = parse_xmp(xmp) if xmp else (None, {})
+        fallback = {"id": path.stem, "width": image.width, "height": image.height}
+    record = {**fallback, **record}
+    record["url"] = f"/api/images/{record['id']}"
+    return record
+
+
+def content_type(path: Path) -> str:
+    """The MIME type of a saved picture, from its extension."""
+    fmt = next(fmt for fmt, ext in EXTENSIONS.items() if path.suffix == f".{ext}")
+    return CONTENT_TYPES[fmt]
+
+
+def _is_day(name: str) -> bool:
+    try:
+        date.fromisoformat(name)
+    except ValueError:
+        return False
+    return len(name) == 10
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,112 @@
+"""Model families: how a manifest's ``pipeline.family`` is loaded and which sizes it accepts.
+
+A family names the diffusers pipeline classes it allows (a manifest cannot make the daemon
+instantiate an arbitrary class), its size limits, the attribute holding its denoiser (used for
+per-stage timing) and the dtype it prefers on a GPU. Built-ins are registered exactly the way
+an extension would register its own:
+
+    >>> from pennello.daemon.pipelines import ModelFamily, register_family, get_family
+    >>> _ = register_family(ModelFamily("sd-example", frozenset({"StableDiffusionPipeline"}),
+    ...                                 min_size=64, max_size=1024))
+    >>> get_family("sd-example").check_size(512, 768)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pennello.errors import ModelNotFoundError, RequestError, StoreError
+
+log = logging.getLogger(__name__)
+
+GpuDtype = Literal["float16", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One kind of model, e.g. SD-class or FLUX-class."""
+
+    name: str
+    classes: frozenset[str]  # diffusers pipeline classes a manifest of this family may name
+    min_size: int = 64
+    max_size: int = 2048
+    multiple: int = 8  # width and height must be multiples of this (the VAE's downscale factor)
+    denoiser: str = "unet"  # pipeline attribute of the denoising network
+    gpu_dtype: GpuDtype = "float16"
+    # Used where neither the request nor the manifest's pipeline.defaults say otherwise.
+    defaults: tuple[tuple[str, Any], ...] = (("width", 512), ("height", 512), ("steps", 30),
+                                             ("guidance", 7.0))
+
+    def check_size(self, width: int, height: int) -> None:
+        """Raises:
+            RequestError: naming ``width`` or ``height`` when outside the family's limits.
+        """
+        for name, value in (("width", width), ("height", height)):
+            if not self.min_size <= value <= self.max_size or value % self.multiple:
+                raise RequestError(
+                    f"{name} {value} is not allowed for {self.name} models: use a multiple of "
+                    f"{self.multiple} from {self.min_size} to {self.max_size}", field=name)
+
+    def load(self, cls_name: str, path: Path, device: str, dtype: Any) -> Any:
+        """Load a pipeline from a verified model directory, never from the network.
+
+        Raises:
+            StoreError: the class is not allowed for this family, or the files do not load.
+        """
+        if cls_name not in self.classes:
+            raise StoreError(f"pipeline class {cls_name!r} is not allowed for family {self.name!r}; "
+                             f"allowed: {', '.join(sorted(self.classes))}")
+        import diffusers
+        import transformers
+
+        # Loading bars would interleave with the daemon's log lines; the log says how long it took.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+        cls = getattr(diffusers, cls_name, None)
+        if cls is None:
+            raise StoreError(f"this diffusers ({diffusers.__version__}) has no {cls_name}; upgrade it")
+        try:
+            pipe = cls.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise StoreError(f"model files in {path} do not load as {cls_name}: {e}") from e
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Add (or replace) a family; returns it so this can be used at import time."""
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> ModelFamily:
+    """Raises:
+        ModelNotFoundError: no family of that name is registered (the model cannot be served).
+    """
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise ModelNotFoundError(f"model family {name!r} is not supported by this daemon; "
+                                 f"known: {', '.join(sorted(_FAMILIES))}") from None
+
+
+def families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+register_family(ModelFamily(
+    "sd", frozenset({"StableDiffusionPipeline"}), min_size=64, max_size=1024))
+register_family(ModelFamily(
+    "sdxl", frozenset({"StableDiffusionXLPipeline"}), min_size=256, max_size=2048,
+    defaults=(("width", 1024), ("height", 1024), ("steps", 30), ("guidance", 6.0))))
+register_family(ModelFamily(
+    "flux", frozenset({"FluxPipeline"}), min_size=256, max_size=2048, multiple=16,
+    denoiser="transformer", gpu_dtype="bfloat16",
+    defaults=(("width", 1024), ("height", 1024), ("steps", 28), ("guidance", 3.5))))

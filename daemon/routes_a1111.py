@@ -1,0 +1,158 @@
+"""An AUTOMATIC1111-compatible API under ``/sdapi/v1``, for the many tools written against it.
+
+    $ curl -s localhost:8420/sdapi/v1/txt2img -H 'Content-Type: application/json' \\
+        -d '{"prompt": "a red kite", "steps": 8, "width": 64, "height": 64, "seed": -1, "batch_size": 2}'
+    {"images": ["iVBORw0KGgo…", "iVBORw0KGgo…"], "parameters": {…}, "info": "{\\"seed\\": 1234, \\"all_seeds\\": […], …}"}
+
+``txt2img`` makes ``batch_size * n_iter`` PNG pictures. ``seed`` -1 (or absent) picks a random
+first seed; picture *i* uses seed + *i*, as in A1111. Fields left out take the model's defaults
+(not A1111's 512x512/50 steps, which suit other models). The model is the default one unless
+``override_settings.sd_model_checkpoint`` names another (a title from ``/sdapi/v1/sd-models``).
+A1111 fields that pennello has no equivalent for (samplers, face restoration, tiling, subseeds…)
+are accepted and ignored; ones that would change the result in ways it cannot honour
+(``enable_hr``, scripts) are refused with a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from pennello import __version__
+from pennello.errors import PennelloError, RequestError
+
+from ._http import json_body
+from .app import current_engine, current_owner
+from .jobs import MAX_SEED, GenerateRequest, Job
+from .outputs import a1111_parameters
+
+bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
+
+# name -> JSON type; the ones pennello uses.
+TXT2IMG_FIELDS: dict[str, Any] = {
+    "prompt": str, "negative_prompt": str, "steps": int, "cfg_scale": float, "width": int,
+    "height": int, "seed": int, "batch_size": int, "n_iter": int, "override_settings": dict,
+    "send_images": bool,
+}
+# A1111 fields without a pennello equivalent: accepted so A1111 clients work, then ignored.
+IGNORED_FIELDS: dict[str, Any] = {
+    "sampler_name": str, "sampler_index": str, "scheduler": str, "styles": list, "subseed": int,
+    "subseed_strength": float, "seed_resize_from_h": int, "seed_resize_from_w": int,
+    "seed_enable_extras": bool, "restore_faces": bool, "tiling": bool, "do_not_save_samples": bool,
+    "do_not_save_grid": bool, "eta": float, "denoising_strength": float, "s_min_uncond": float,
+    "s_churn": float, "s_tmax": float, "s_tmin": float, "s_noise": float,
+    "override_settings_restore_afterwards": bool, "refiner_checkpoint": str,
+    "refiner_switch_at": float, "disable_extra_networks": bool, "comments": dict,
+    "firstphase_width": int, "firstphase_height": int, "hr_scale": float, "hr_upscaler": str,
+    "hr_second_pass_steps": int, "hr_resize_x": int, "hr_resize_y": int,
+    "hr_checkpoint_name": str, "hr_sampler_name": str, "hr_scheduler": str, "hr_prompt": str,
+    "hr_negative_prompt": str, "force_task_id": str, "infotext": str, "save_images": bool,
+    "script_args": list,
+}
+# Accepted only at their "off" value: anything else would be silently not done.
+OFF_ONLY_FIELDS: dict[str, tuple[Any, Any]] = {
+    "enable_hr": (bool, False), "script_name": (str, None), "alwayson_scripts": (dict, {})}
+_ALL_FIELDS = {**TXT2IMG_FIELDS, **IGNORED_FIELDS, **{k: t for k, (t, _) in OFF_ONLY_FIELDS.items()}}
+
+
+@bp.post("/txt2img")
+def txt2img() -> Any:
+    body = json_body(_ALL_FIELDS)
+    for name, (_, off) in OFF_ONLY_FIELDS.items():
+        if body.get(name, off) not in (off, None):
+            raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
+    total = _positive(body, "batch_size") * _positive(body, "n_iter")
+    seed = body.get("seed", -1)
+    engine = current_engine()
+    job = engine.submit(GenerateRequest(
+        prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
+        model=_checkpoint(body.get("override_settings", {})), width=body.get("width"),
+        height=body.get("height"), steps=body.get("steps"), guidance=body.get("cfg_scale"),
+        seed=secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed, n=total, format="png",
+        owner=current_owner()))
+    job.wait()
+    if job.status != "done":
+        raise PennelloError(f"txt2img {job.status}: {job.error or 'no pictures were made'}")
+    images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in job.images]
+    return jsonify({"images": images if body.get("send_images", True) else [],
+                    "parameters": {**_resolved(job, body), **body},
+                    "info": json.dumps(_info(job, body))})
+
+
+def _positive(body: dict[str, Any], name: str) -> int:
+    value = body.get(name, 1)
+    if value < 1:
+        raise RequestError(f"{name} must be at least 1", field=name)
+    return value
+
+
+def _checkpoint(override_settings: dict[str, Any]) -> str | None:
+    """The model named by ``sd_model_checkpoint``: a title ``name [hash]`` or a bare name."""
+    title = override_settings.get("sd_model_checkpoint")
+    if title is None:
+        return None
+    if not isinstance(title, str):
+        raise RequestError("override_settings.sd_model_checkpoint must be a string", field="override_settings")
+    return title.split(" [", 1)[0].strip()
+
+
+def _resolved(job: Job, body: dict[str, Any]) -> dict[str, Any]:
+    r = job.request
+    return {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": job.seeds[0],
+            "steps": r.steps, "cfg_scale": r.guidance, "width": r.width, "height": r.height,
+            "batch_size": body.get("batch_size", 1), "n_iter": body.get("n_iter", 1),
+            "sampler_name": body.get("sampler_name")}
+
+
+def _info(job: Job, body: dict[str, Any]) -> dict[str, Any]:
+    """What A1111 puts in ``info`` (``Processed.js()``), for the fields pennello has."""
+    r, engine = job.request, current_engine()
+    digest = next((m["digest"] for m in engine.models() if m["name"] == r.model), "")
+    started = datetime.fromtimestamp(job.started or job.created)
+    return {
+        "prompt": r.prompt, "all_prompts": [r.prompt] * r.n,
+        "negative_prompt": r.negative_prompt, "all_negative_prompts": [r.negative_prompt] * r.n,
+        "seed": job.seeds[0], "all_seeds": list(job.seeds), "subseed": -1, "all_subseeds": [-1] * r.n,
+        "subseed_strength": 0, "width": r.width, "height": r.height,
+        "sampler_name": body.get("sampler_name"), "cfg_scale": r.guidance, "steps": r.steps,
+        "batch_size": body.get("batch_size", 1), "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": r.model, "sd_model_hash": digest[:10], "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+        "extra_generation_params": {}, "index_of_first_image": 0,
+        "infotexts": [a1111_parameters(engine.outputs.read_record(image.id)) for image in job.images],
+        "styles": body.get("styles") or [], "job_timestamp": f"{started:%Y%m%d%H%M%S}",
+        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"pennello {__version__}",
+    }
+
+
+@bp.get("/sd-models")
+def sd_models() -> Any:
+    return jsonify([{"title": f"{m['name']} [{m['digest'][:10]}]", "model_name": m["name"],
+                     "hash": m["digest"][:10], "sha256": m["digest"], "filename": m["name"],
+                     "config": None} for m in current_engine().models()])
+
+
+@bp.get("/progress")
+def progress() -> Any:
+    """A1111's progress shape for the batch on the device; ``current_image`` is always null."""
+    engine = current_engine()
+    now = engine.progress()
+    running = now["state"] == "running"
+    started = _started(engine, now["jobs"])
+    state = {"skipped": False, "interrupted": False, "stopping_generation": False,
+             "job": "txt2img" if running else "", "job_count": 1 if running else 0,
+             "job_timestamp": f"{started:%Y%m%d%H%M%S}" if started else "0", "job_no": 0,
+             "sampling_step": now["step"], "sampling_steps": now["total"]}
+    return jsonify({"progress": now["fraction"], "eta_relative": now["eta_s"], "state": state,
+                    "current_image": None,
+                    "textinfo": f"{now['queue_depth']} queued" if running else None})
+
+
+def _started(engine: Any, job_ids: list[str]) -> datetime | None:
+    job = engine.get_job(job_ids[0]) if job_ids else None
+    return datetime.fromtimestamp(job.started) if job and job.started else None

@@ -1,0 +1,183 @@
+"""Running the daemon: waitress, one instance per pennello home, and a clean shutdown.
+
+``serve`` holds an exclusive lock on ``runtime_dir/daemon.lock`` for its whole life and
+publishes where it listens in ``runtime_dir/daemon.json`` (``{pid, url, started, version}``),
+which clients read to find it. On SIGTERM or Ctrl-C it stops accepting connections, cancels
+queued jobs, lets the running batch finish (cancelling it after a grace period), waits for
+pictures to be saved, answers the requests still open, and removes ``daemon.json``.
+
+Tests run the same server in a thread:
+
+    >>> thread, url, stop = start_background_server(app, "127.0.0.1", 0)  # doctest: +SKIP
+    >>> requests.get(url + "/api/health").json()["ready"]  # doctest: +SKIP
+    True
+    >>> stop()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import filelock
+import waitress
+from waitress import wasyncore
+
+from pennello import __version__
+from pennello.client import DAEMON_FILE, read_daemon_info
+from pennello.config import Config
+from pennello.errors import DaemonError
+from pennello.paths import Paths
+
+from .outputs import atomic_write
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "daemon.lock"
+SHUTDOWN_GRACE_S = 30.0  # how long a running batch may take to finish before it is cancelled
+_POLL_S = 0.2
+_THREADS = 16  # waiting and streaming requests each hold a thread while their job runs
+
+
+class WaitressServer:
+    """A waitress server whose event loop we drive, so it can be stopped in an orderly way."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self._server = waitress.create_server(app, host=host, port=port, threads=_THREADS,
+                                              ident="pennello", channel_timeout=60)
+        self.host, self.port = host, int(self._server.effective_port)
+        self._stop = threading.Event()
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Serve until :meth:`stop` is called or ``until()`` is true (checked every 0.2 s)."""
+        while not self._stop.is_set() and not (until and until()):
+            wasyncore.loop(timeout=_POLL_S, map=self._server._map, count=1)
+
+    def stop_accepting(self) -> None:
+        self._server.accepting = False  # waitress' listener then stops being readable
+
+    def drain(self, busy: Callable[[], bool], timeout: float) -> None:
+        """Keep answering open requests while ``busy()``; then until they are answered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (busy() or self._has_open_requests()):
+            wasyncore.loop(timeout=0.05, map=self._server._map, count=1)
+
+    def _has_open_requests(self) -> bool:
+        return any(getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
+                   for channel in list(self._server._map.values()) if channel is not self._server)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._server.task_dispatcher.shutdown(timeout=2)
+        wasyncore.close_all(self._server._map)
+
+
+def start_background_server(app: Any, host: str = "127.0.0.1",
+                            port: int = 0) -> tuple[threading.Thread, str, Callable[[], None]]:
+    """Serve ``app`` from a thread (for tests and benchmarks).
+
+    Returns:
+        the thread, the base URL (real port when ``port`` is 0), and a function that stops it.
+    """
+    server = WaitressServer(app, host, port)
+    thread = threading.Thread(target=server.run, name="pennello-http", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.stop()
+        thread.join()
+        server.close()
+
+    return thread, server.url, stop
+
+
+class InstanceLock:
+    """One daemon per pennello home: an OS file lock that dies with the process."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self._lock = filelock.FileLock(str(paths.runtime_dir / LOCK_FILE))
+
+    def acquire(self) -> None:
+        """Raises:
+            DaemonError: another pennello holds the lock (the message says where it runs).
+        """
+        self.paths.runtime_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            info = read_daemon_info(self.paths) or {}
+            raise DaemonError(f"pennello is already running at {info.get('url', '?')} "
+                              f"(pid {info.get('pid', '?')}); stop it first or use another "
+                              f"PENNELLO_HOME") from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def _write_daemon_file(runtime_dir: Path, url: str) -> Path:
+    path = runtime_dir / DAEMON_FILE
+    info = {"pid": os.getpid(), "url": url, "started": time.time(), "version": __version__}
+    atomic_write(path, json.dumps(info).encode("utf-8"))
+    return path
+
+
+def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the daemon in this process until SIGTERM/SIGINT.
+
+    Args:
+        on_ready: called with the base URL once requests are being accepted.
+
+    Raises:
+        DaemonError: another daemon runs on this pennello home.
+        ModelNotFoundError, StoreError: the default model is missing or does not load.
+    """
+    from .app import create_app
+    from .engine import Engine
+
+    paths.ensure()
+    lock = InstanceLock(paths)
+    lock.acquire()
+    stop_requested = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop_requested.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    daemon_file: Path | None = None
+    engine = Engine(config, paths)
+    try:
+        engine.start()
+        host = "0.0.0.0" if config.server.lan else config.server.host
+        server = WaitressServer(create_app(config, engine, paths), host, config.server.port)
+        daemon_file = _write_daemon_file(paths.runtime_dir, server.url)
+        log.info("pennello %s serving on %s (device %s)", __version__, server.url, engine.device)
+        if on_ready:
+            on_ready(server.url)
+        server.run(until=stop_requested.is_set)
+        log.info("shutting down: finishing the running batch, then saving")
+        server.stop_accepting()
+        stopper = threading.Thread(target=engine.stop, kwargs={"timeout": SHUTDOWN_GRACE_S})
+        stopper.start()
+        server.drain(stopper.is_alive, timeout=SHUTDOWN_GRACE_S + 10)
+        stopper.join()
+        server.close()
+    finally:
+        engine.stop(cancel_running=True)  # no-op after an orderly stop; frees the device on errors
+        if daemon_file is not None:
+            daemon_file.unlink(missing_ok=True)
+        lock.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("pennello stopped")

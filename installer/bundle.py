@@ -1,0 +1,210 @@
+"""Air-gapped bundles: installed models (and optionally pennello's wheels) in one directory.
+
+``pennello bundle export MODEL... --out DIR`` writes::
+
+    DIR/manifests/<name>.json      the signed envelopes, byte for byte as installed
+    DIR/blobs/sha256/<ab>/<hash>   every file once, named by its sha256 (shared files stored once)
+    DIR/keys/<keyid>.pub           public keys that signed those manifests (for the admin to review)
+    DIR/wheels/                    with --with-wheels: pennello and its dependencies
+    DIR/README.txt  DIR/install.sh
+
+On the air-gapped machine ``pennello install --from DIR`` verifies every manifest with the
+*local* trust policy: a bundle's keys are not trusted because they came with it. The admin
+trusts them first (``pennello keys trust DIR/keys/<keyid>.pub``) or passes
+``--trust-bundle-keys``, which trusts them and prints each key id so it can be checked against
+the publisher's. Every manifest is verified before any file is read, every file is checked
+before it is used, and no model changes unless all of them arrive intact.
+
+    $ pennello bundle export pennello-tiny sd-turbo --out /media/usb/pennello
+    $ pennello install --from /media/usb/pennello          # on the other machine
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pennello.config import Config
+from pennello.errors import FetchError, StoreError
+from pennello.installer.install import Installer, check_disk_space
+from pennello.installer.keys import trust_key
+from pennello.installer.manifest import MANIFEST_FILENAME, parse_envelope
+from pennello.installer.store import InstalledModel, Store, check_file, remove_tree
+from pennello.installer.trust import TrustPolicy
+from pennello.paths import Paths
+
+log = logging.getLogger(__name__)
+
+README = """\
+Pennello offline bundle
+=======================
+
+Models: {models}
+
+This directory installs the models above on a machine without network access.
+Every file is checked against its signed manifest before it is used.
+
+1. Check the key ids in keys/ against the ones your publisher announced:
+       {keyids}
+2. If pennello is not installed yet and wheels/ exists, run:   sh install.sh
+   (creates a virtual environment, installs pennello from wheels/ without network,
+   then installs the models). Set PENNELLO_VENV to choose where the environment goes.
+3. If pennello is installed, run:
+       pennello keys trust keys/<keyid>.pub      (once per key you accept)
+       pennello install --from {dirname}
+"""
+
+INSTALL_SH = """\
+#!/bin/sh
+# Install pennello (from wheels/, no network) and the bundled models. See README.txt.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+if [ -d "$here/wheels" ]; then
+    venv=${{PENNELLO_VENV:-$HOME/.local/share/pennello-venv}}
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --no-index --find-links "$here/wheels" pennello
+    PATH="$venv/bin:$PATH"
+fi
+for key in "$here"/keys/*.pub; do
+    pennello keys trust "$key"
+done
+pennello install --from "$here"
+"""
+
+
+def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, with_wheels: bool = False,
+                  platforms: tuple[str, ...] = (), python_version: str | None = None,
+                  progress: bool = True) -> Path:
+    """Write a bundle of installed models to ``out`` (which must not exist or be empty).
+
+    The bundle is assembled next to ``out`` and renamed into place when complete.
+
+    Raises:
+        ModelNotFoundError: a model is not installed.
+        IntegrityError: a store file no longer matches its manifest (run ``pennello verify``).
+        DiskSpaceError, StoreError: ``out`` cannot take the bundle.
+    """
+    store = Store(paths)
+    models = [store.get(name) for name in dict.fromkeys(names)]
+    if out.exists() and any(out.iterdir()):
+        raise StoreError(f"{out} already exists and is not empty; give a new directory to --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    unique = {e.sha256: e for m in models for e in m.manifest.files}
+    check_disk_space(out.parent, sum(e.size for e in unique.values()), f"exporting {', '.join(names)}")
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial."))
+    try:
+        keyids = _write_manifests_and_keys(paths, config, models, staging)
+        _copy_blobs(store, list(unique.values()), staging, progress)
+        if with_wheels:
+            download_wheels(staging / "wheels", platforms, python_version)
+        (staging / "README.txt").write_text(README.format(
+            models=", ".join(f"{m.name} v{m.version}" for m in models),
+            keyids="\n       ".join(keyids), dirname=out.name), encoding="utf-8")
+        (staging / "install.sh").write_text(INSTALL_SH, encoding="utf-8")
+        os.chmod(staging / "install.sh", 0o755)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        remove_tree(staging)
+        raise
+    log.info("exported %s to %s", ", ".join(names), out)
+    return out
+
+
+def _write_manifests_and_keys(paths: Paths, config: Config, models: list[InstalledModel],
+                              staging: Path) -> list[str]:
+    policy = TrustPolicy.load(paths, config.trust)
+    (staging / "manifests").mkdir()
+    (staging / "keys").mkdir()
+    keyids: list[str] = []
+    for model in models:
+        raw = (model.path / MANIFEST_FILENAME).read_bytes()
+        (staging / "manifests" / f"{model.name}.json").write_bytes(raw)
+        for signature in parse_envelope(raw)[1]:
+            pem = policy.public_key_pem(signature["keyid"])
+            if pem is not None and signature["keyid"] not in keyids:
+                (staging / "keys" / f"{signature['keyid']}.pub").write_bytes(pem)
+                keyids.append(signature["keyid"])
+    return keyids
+
+
+def _copy_blobs(store: Store, entries: list, staging: Path, progress: bool) -> None:
+    with tqdm(total=sum(e.size for e in entries), unit="B", unit_scale=True, desc="export",
+              disable=None if progress else True) as bar:
+        for entry in entries:
+            dest = staging / store.blob_path(entry.sha256).relative_to(store.root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(store.blob_path(entry.sha256), dest)
+            # Re-read what was written: a bundle travels far from the machine that could fix it.
+            problem = check_file(dest, entry)
+            if problem:
+                raise StoreError(f"exported copy of {entry.path} is wrong ({problem}); "
+                                 f"run `pennello verify` and try again")
+            bar.update(entry.size)
+
+
+def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str | None) -> None:
+    """Fill ``dest`` with a wheel of pennello and wheels of all its dependencies (needs network).
+
+    Raises:
+        FetchError: pip failed (its last output lines are in the message).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    target = [arg for platform in platforms for arg in ("--platform", platform)]
+    if python_version:
+        target += ["--python-version", python_version]
+    if target:
+        target += ["--only-binary=:all:"]
+    requirements = [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
+    source = Path(__file__).resolve().parent.parent
+    ours = [str(source)] if (source / "pyproject.toml").exists() else \
+        [f"pennello=={importlib.metadata.version('pennello')}"]
+    _pip(["wheel", "--no-deps", "--wheel-dir", str(dest), *ours])
+    _pip(["download", "--dest", str(dest), *target, *requirements])
+
+
+def _pip(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if result.returncode:
+        tail = "\n".join((result.stderr or result.stdout).splitlines()[-5:])
+        raise FetchError(f"pip {args[0]} failed (exit {result.returncode}):\n{tail}")
+
+
+def trust_bundle_keys(paths: Paths, directory: Path) -> list[str]:
+    """Trust every ``keys/*.pub`` of a bundle; returns their key ids so the admin can check them.
+
+    Raises:
+        FetchError: the bundle has no keys/ directory with public keys.
+        TrustError, RevokedKeyError: a file is not an Ed25519 public key, or one was revoked here.
+    """
+    pubs = sorted((directory / "keys").glob("*.pub"))
+    if not pubs:
+        raise FetchError(f"{directory} has no keys/*.pub to trust")
+    return [trust_key(paths, pub).keyid for pub in pubs]
+
+
+def import_bundle(paths: Paths, config: Config, directory: Path, progress: bool = True) -> list[InstalledModel]:
+    """Install every model of a bundle (or of a directory with ``manifests/`` and files).
+
+    Every manifest is verified by the local trust policy before any file is read.
+
+    Raises:
+        FetchError: not a bundle, or a file is missing from it.
+        TrustError: a manifest is refused by the local trust policy.
+        IntegrityError: a file does not match its manifest; nothing is installed.
+    """
+    manifests = sorted((directory / "manifests").glob("*.json"))
+    if not manifests:
+        raise FetchError(f"{directory} has no manifests/*.json; is it a pennello bundle?")
+    installer = Installer(paths, config, progress=progress)
+    verified = [installer.verify(m.read_bytes(), expected_name=m.stem, local_dir=directory) for m in manifests]
+    return installer.install_all(verified)

@@ -1,0 +1,180 @@
+"""The installer's commands: install, models, verify, remove, bundle, keys and manifest.
+
+They parse options, call :mod:`pennello.installer` and print; errors are PennelloErrors, turned
+into a message and an exit code by the top-level ``pennello`` group.
+
+    $ pennello install pennello-tiny
+    $ pennello models
+    $ pennello verify
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pennello.config import load_config
+from pennello.errors import ModelNotFoundError
+from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
+from pennello.installer.catalog import Catalog
+from pennello.installer.cli_trust import keys, manifest
+from pennello.installer.install import Installer, format_bytes
+from pennello.installer.lock import lock_manifest
+from pennello.installer.store import Store
+from pennello.paths import get_paths
+
+__all__ = ["install", "models", "verify", "remove", "bundle", "keys", "manifest"]
+
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("--from", "from_dir", type=_EXISTING_DIR,
+              help="Install every model of a bundle (or a directory with manifests/ and the files).")
+@click.option("--manifest", "manifest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Install the model this signed manifest file describes.")
+@click.option("--trust-bundle-keys", "trust_keys", is_flag=True,
+              help="With --from: trust the bundle's keys/*.pub first (their key ids are printed).")
+def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path | None,
+            trust_keys: bool) -> None:
+    """Install, repair or update models, verifying every file against its signed manifest.
+
+    \b
+      pennello install pennello-tiny            # from the catalog (see `pennello models`)
+      pennello install --from /media/usb/bundle # everything in an offline bundle
+      pennello install --manifest office.json --from ./files   # one manifest, files from a directory
+
+    A model whose files were damaged (`pennello verify`) is repaired by installing it again.
+    """
+    paths, config = get_paths().ensure(), load_config()
+    if trust_keys and from_dir is None:
+        raise click.UsageError("--trust-bundle-keys needs --from DIR")
+    if manifest_file is not None:
+        installed = [Installer(paths, config).install_raw(manifest_file.read_bytes(), local_dir=from_dir)]
+    elif from_dir is not None:
+        if trust_keys:
+            for keyid in trust_bundle_keys(paths, from_dir):
+                click.echo(f"trusted key {keyid} from the bundle")
+        installed = import_bundle(paths, config, from_dir)
+    elif names:
+        installer = Installer(paths, config)
+        installed = [installer.install(name) for name in names]
+    else:
+        raise click.UsageError("name a model (see `pennello models`), or use --from DIR or --manifest FILE")
+    for model in installed:
+        click.echo(f"{model.name} v{model.version} installed ({format_bytes(model.manifest.total_size)})")
+
+
+@click.command()
+def models() -> None:
+    """List installed models and the catalog's models you can install.
+
+    STATUS is 'installed', 'damaged' (run `pennello install NAME` to repair), 'update vN'
+    (the catalog has a newer version), 'available', or 'needs lock' (an unlocked catalog entry:
+    `pennello manifest lock NAME --key KEYNAME`). TOFU marks hashes recorded on first fetch
+    rather than published by the model's maker.
+    """
+    paths = get_paths()
+    store, catalog = Store(paths), Catalog(paths).entries()
+    rows = [("NAME", "VERSION", "SIZE", "STATUS", "VERIFIED", "TOFU")]
+    for name in sorted(set(store.names()) | set(catalog)):
+        rows.append(_model_row(store, name, catalog.get(name)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _model_row(store: Store, name: str, entry) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    try:
+        (_, manifest), verified = store.current(name), store.last_verified(name)
+    except ModelNotFoundError:
+        manifest, verified = entry.manifest, None
+        status = "available" if manifest.locked else "needs lock"
+    else:
+        status = "damaged" if store.is_broken(name) else "installed"
+        if entry is not None and entry.manifest.version > manifest.version and status == "installed":
+            status = f"update v{entry.manifest.version}"
+    size = format_bytes(manifest.total_size) if manifest.locked else "-"
+    return (name, f"v{manifest.version}", size, status, verified or "-",
+            "yes" if manifest.trust_on_first_use else "")
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def verify(names: tuple[str, ...], quiet: bool) -> None:
+    """Re-hash every file of the installed models (all of them, or NAMES).
+
+    Damaged or missing files are moved to the store's quarantine/ directory and the model is
+    marked damaged so it will not load; `pennello install NAME` repairs it. Exits non-zero
+    when anything was wrong.
+    """
+    store = Store(get_paths().ensure())
+    checked = list(names) or store.names()
+    with store.lock():
+        store.verify(checked, progress=not quiet)
+    for name in checked:
+        click.echo(f"{name}: ok")
+
+
+@click.command()
+@click.argument("name")
+def remove(name: str) -> None:
+    """Remove an installed model; files no other model uses are deleted."""
+    store = Store(get_paths().ensure())
+    with store.lock():
+        freed = store.remove(name)
+    click.echo(f"{name} removed ({format_bytes(freed)} freed)")
+
+
+@click.group()
+def bundle() -> None:
+    """Carry models to machines without network access."""
+
+
+@bundle.command("export")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="New directory for the bundle.")
+@click.option("--with-wheels", is_flag=True, help="Also download wheels of pennello and its dependencies (needs network).")
+@click.option("--platform", "platforms", multiple=True, help="Wheel platform tag of the target machine (repeatable), e.g. manylinux2014_x86_64.")
+@click.option("--python-version", help="Python version of the target machine, e.g. 3.11.")
+def export(names: tuple[str, ...], out: Path, with_wheels: bool, platforms: tuple[str, ...],
+           python_version: str | None) -> None:
+    """Write installed models (manifests, files, public keys) to a directory for an offline machine.
+
+    \b
+      pennello bundle export pennello-tiny sd-turbo --out /media/usb/pennello
+      # on the offline machine:
+      pennello install --from /media/usb/pennello
+
+    The bundle's README.txt lists the key ids to check before trusting them.
+    """
+    if (platforms or python_version) and not with_wheels:
+        raise click.UsageError("--platform and --python-version only apply with --with-wheels")
+    out = export_bundle(get_paths().ensure(), load_config(), list(names), out, with_wheels,
+                        platforms, python_version)
+    click.echo(f"bundle written to {out}")
+
+
+@manifest.command("lock")
+@click.argument("target", metavar="NAME|FILE")
+@click.option("--key", "key_name", required=True, help="Name of the local signing key (`pennello keys generate NAME`).")
+@click.option("--files", "files", multiple=True,
+              help="Lock exactly these paths (repeatable); default: the Hub repository's pipeline "
+                   "files, or a mirror's index.json.")
+def lock(target: str, key_name: str, files: tuple[str, ...]) -> None:
+    """Record the sha256 of every file of an unlocked catalog entry and sign it with a local key.
+
+    \b
+      pennello keys generate office
+      pennello manifest lock sd-turbo --key office
+      pennello install sd-turbo
+
+    The locked copy goes to the user catalog and is marked trust-on-first-use: its hashes are
+    what this machine received, checked against the pinned commit, not published by the maker.
+    """
+    paths = get_paths().ensure()
+    written = lock_manifest(paths, load_config(), target, key_name, list(files) or None)
+    click.echo(f"locked manifest written to {written}")

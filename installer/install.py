@@ -1,0 +1,177 @@
+"""Installing models: verify the manifest, fetch and verify every file, then switch versions.
+
+The order is what makes an install safe:
+
+1. the envelope is verified by the trust policy (signatures, threshold, expiry, rollback);
+2. every file the store lacks is fetched into ``store/tmp/`` and checked against the manifest
+   (size and sha256) before it becomes a blob;
+3. the version directory is built from blobs in ``store/staging/`` and renamed into place;
+4. ``current`` is switched, older versions and unreferenced blobs go, and only then is the
+   version recorded as seen (so a failed install never blocks a retry of the same version).
+
+    >>> from pennello.config import load_config
+    >>> from pennello.paths import get_paths
+    >>> installer = Installer(get_paths().ensure(), load_config())
+    >>> installer.install("pennello-tiny").path.name  # doctest: +SKIP
+    'v2'
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pennello.config import Config
+from pennello.errors import (DiskSpaceError, IntegrityError, ManifestFormatError, ModelNotFoundError,
+                             TrustError)
+from pennello.installer.catalog import Catalog
+from pennello.installer.manifest import FileEntry, Manifest, Source
+from pennello.installer.sources import FetchOptions, Fetcher, fetcher_for
+from pennello.installer.store import InstalledModel, Store
+from pennello.installer.trust import TrustPolicy
+from pennello.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A manifest the trust policy accepted, with its exact bytes and where its files come from."""
+
+    manifest: Manifest
+    raw: bytes
+    fetcher: Fetcher
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_disk_space(directory: Path, needed: int, what: str) -> None:
+    """Raise DiskSpaceError unless ``directory``'s file system has ``needed`` bytes free."""
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise DiskSpaceError(f"{what} needs {format_bytes(needed)} of free disk in {directory}, but only "
+                             f"{format_bytes(free)} is free; free some space and try again")
+
+
+class Installer:
+    """Installs, repairs and updates models in one pennello home."""
+
+    def __init__(self, paths: Paths, config: Config, policy: TrustPolicy | None = None,
+                 options: FetchOptions | None = None, progress: bool = True) -> None:
+        self.paths, self.config = paths, config
+        self.policy = policy or TrustPolicy.load(paths, config.trust)
+        self.store = Store(paths)
+        self.options = options or FetchOptions(downloads_dir=paths.downloads_dir,
+                                               max_file_bytes=config.trust.max_file_bytes)
+        self.progress = progress
+
+    def install(self, name: str) -> InstalledModel:
+        """Install (or repair, or update to) the catalog's version of ``name``."""
+        return self.install_raw(Catalog(self.paths).get(name).raw, expected_name=name)
+
+    def install_raw(self, raw: bytes, expected_name: str | None = None,
+                    local_dir: Path | None = None) -> InstalledModel:
+        """Install the model a signed envelope describes.
+
+        Args:
+            expected_name: refuse a manifest for any other model (what the user asked for).
+            local_dir: take the files from this directory instead of the manifest's source.
+
+        Raises:
+            TrustError: the manifest is refused (see the message for which check failed).
+            FetchError, IntegrityError, DiskSpaceError: a file could not be had intact.
+        """
+        return self.install_all([self.verify(raw, expected_name, local_dir)])[0]
+
+    def verify(self, raw: bytes, expected_name: str | None = None,
+               local_dir: Path | None = None) -> Verified:
+        """Check a manifest with the trust policy and pick the fetcher for its files.
+
+        Raises:
+            TrustError: refused by the policy, for another model than asked, or not locked.
+        """
+        manifest = self.policy.verify(raw)
+        if expected_name is not None and manifest.name != expected_name:
+            raise TrustError(f"manifest is for model {manifest.name!r}, not {expected_name!r}; refused")
+        if not manifest.locked:
+            raise ManifestFormatError(
+                f"manifest {manifest.name!r} v{manifest.version} is not locked (it pins a source but no "
+                f"file hashes); lock it first: `pennello manifest lock {manifest.name} --key KEYNAME`")
+        if local_dir is None:
+            fetcher = fetcher_for(manifest.source, manifest.name, self.options)
+        else:
+            fetcher = fetcher_for(Source("local"), manifest.name, replace(self.options, local_dir=local_dir))
+        return Verified(manifest, raw, fetcher)
+
+    def install_all(self, verified: list[Verified]) -> list[InstalledModel]:
+        """Fetch every file of every manifest, then make each version current.
+
+        No model changes unless every file of every manifest arrived intact.
+        """
+        with self.store.lock():
+            self.store.clean_work_areas()
+            todo = [v for v in verified if not self._is_current(v.manifest)]
+            for v in verified:
+                if v not in todo:
+                    log.info("%s v%d is already installed", v.manifest.name, v.manifest.version)
+            start = time.perf_counter()
+            self._fetch_missing(todo)
+            log.debug("fetched files of %d model(s) in %.3fs", len(todo), time.perf_counter() - start)
+            for v in todo:
+                self.store.commit_version(v.manifest, v.raw)
+            self.store.collect_garbage()  # after every commit: blobs of later models are not yet referenced
+        for v in todo:
+            self.policy.record(v.manifest)
+        return [self.store.get(v.manifest.name) for v in verified]
+
+    def _is_current(self, manifest: Manifest) -> bool:
+        try:
+            return self.store.get(manifest.name).digest == manifest.digest
+        except (ModelNotFoundError, IntegrityError):
+            return False
+
+    def _fetch_missing(self, verified: list[Verified]) -> None:
+        missing: dict[str, tuple[FileEntry, Verified]] = {}
+        for v in verified:
+            for entry in v.manifest.files:
+                if entry.sha256 not in missing and not self.store.has_blob(entry):
+                    missing[entry.sha256] = (entry, v)
+        needed = sum(entry.size for entry, _ in missing.values())
+        names = ", ".join(f"{v.manifest.name} v{v.manifest.version}" for v in verified)
+        check_disk_space(self.store.root, needed, f"installing {names}")
+        with tqdm(total=needed, unit="B", unit_scale=True, desc=names[:40] or "install",
+                  disable=None if self.progress else True) as bar:
+            for entry, v in missing.values():
+                with self.store.temp_file(entry.path) as temp:
+                    v.fetcher.fetch(entry, temp, bar.update)
+                    self.store.ingest(temp, entry)
+
+
+def ensure_embedded_default(paths: Paths, config: Config) -> InstalledModel:
+    """The default model, installed from the package's own files if it is not yet installed.
+
+    Raises:
+        ModelNotFoundError: the default model is not installed and is not an embedded one.
+        TrustError, IntegrityError: its shipped manifest or files do not verify.
+    """
+    name = config.engine.default_model
+    try:
+        return Store(paths).get(name)
+    except (ModelNotFoundError, IntegrityError) as e:
+        entry = Catalog(paths).get(name)
+        if entry.manifest.source.kind != "embedded":
+            raise ModelNotFoundError(f"default model {name!r} is not installed and is not shipped "
+                                     f"inside pennello; install it with `pennello install {name}`") from e
+        log.info("installing the embedded model %s", name)
+        return Installer(paths, config, progress=False).install_raw(entry.raw, expected_name=name)

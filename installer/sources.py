@@ -1,0 +1,378 @@
+"""Where model files come from: a registry of fetchers keyed by the manifest's ``source.kind``.
+
+A fetcher writes the bytes of one manifest file into a path it is given (a temp file of the
+store); it never decides whether they are right: :meth:`Store.ingest` checks size and sha256.
+What a fetcher must guarantee is that it never reads more than the manifest's size (a server
+sending endless data is cut off and refused) and that local sources give regular files only.
+
+============  ================================================================================
+kind          where the bytes come from
+============  ================================================================================
+mirror        ``base_url + "/" + path`` over HTTP(S); partial downloads are kept in
+              ``paths.downloads_dir`` and resumed with a Range request
+huggingface   the Hub's ``resolve`` URL of the pinned commit (``HF_ENDPOINT`` is honoured),
+              downloaded by the same resumable, size-capped HTTP code as a mirror
+embedded      files shipped inside the package (``pennello/installer/embedded/<name>/``)
+local         a directory given at install time (``pennello install --from DIR``)
+============  ================================================================================
+
+Unlocked manifests (no file list yet, see ``pennello manifest lock``) list their files with
+:meth:`Fetcher.list_files`: a Hub repository through its API, a mirror through ``index.json``
+at ``base_url`` (a JSON list of relative paths).
+
+    >>> from pennello.installer.manifest import Source
+    >>> fetcher = fetcher_for(Source("mirror", base_url="http://10.0.0.5/tiny"), "tiny",
+    ...                       FetchOptions(downloads_dir=Path("/tmp/dl")))
+    >>> fetcher.url("unet/config.json")
+    'http://10.0.0.5/tiny/unet/config.json'
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Protocol
+from urllib.parse import quote
+
+import requests
+import urllib3
+
+from pennello.errors import FetchError, IntegrityError
+from pennello.installer.manifest import FileEntry, Source, check_relative_path
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """How fetchers behave; the defaults suit a home connection."""
+
+    downloads_dir: Path  # resumable partial downloads, named by the expected sha256
+    local_dir: Path | None = None  # the directory of a ``local`` source (``--from DIR``)
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0  # longest silence from a server before the attempt fails
+    retries: int = 3  # further attempts after a dropped connection, each resuming
+    max_file_bytes: int = 64 * 1024**3  # cap for files of unlocked manifests (size unknown)
+    hub_endpoint: str | None = None  # None: huggingface_hub's (HF_ENDPOINT, else huggingface.co)
+
+
+class Fetcher(Protocol):
+    """Puts the bytes of one manifest file into ``dest``."""
+
+    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
+        """Write ``entry``'s bytes to ``dest``, never more than ``entry.size`` of them.
+
+        Raises:
+            FetchError: the source could not deliver the file.
+            IntegrityError: it delivered more bytes than the manifest allows.
+        """
+
+    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> None:
+        """Like :meth:`fetch` for a file whose size is not known yet (locking), capped at
+        ``max_file_bytes``."""
+
+    def list_files(self) -> list[str]:
+        """Relative paths of every file the source offers (for locking an unlocked manifest)."""
+
+
+FetcherFactory = Callable[[Source, str, FetchOptions], Fetcher]
+FETCHERS: dict[str, FetcherFactory] = {}
+
+
+def register_fetcher(kind: str) -> Callable[[FetcherFactory], FetcherFactory]:
+    """Register the factory for one ``source.kind``; built-in kinds register the same way."""
+    def register(factory: FetcherFactory) -> FetcherFactory:
+        FETCHERS[kind] = factory
+        return factory
+    return register
+
+
+def fetcher_for(source: Source, name: str, options: FetchOptions) -> Fetcher:
+    """The fetcher for a manifest's source.
+
+    Raises:
+        FetchError: no fetcher for that kind, or a ``local`` source without ``--from DIR``.
+    """
+    try:
+        factory = FETCHERS[source.kind]
+    except KeyError:
+        raise FetchError(f"model {name!r}: no fetcher for source kind {source.kind!r}; "
+                         f"known: {', '.join(sorted(FETCHERS))}") from None
+    return factory(source, name, options)
+
+
+# --- HTTP: mirrors and the Hub ------------------------------------------------------------------
+
+class _Truncated(Exception):
+    """The server ended the response early without a protocol error; worth a resumed retry."""
+
+
+# Body reads go through urllib3 directly, so its errors (dropped connection, read timeout) count too.
+_RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+              urllib3.exceptions.HTTPError, _Truncated)
+
+
+class HttpFetcher:
+    """Resumable, size-capped downloads over HTTP(S). Subclasses say what URL a path has."""
+
+    def __init__(self, options: FetchOptions, headers: dict[str, str] | None = None) -> None:
+        self.options = options
+        # Identity encoding: the bytes counted and hashed are the file's bytes.
+        self.headers = {**(headers or {}), "Accept-Encoding": "identity"}
+        self.session = requests.Session()
+
+    def url(self, path: str) -> str:
+        raise NotImplementedError
+
+    def list_files(self) -> list[str]:
+        raise NotImplementedError
+
+    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
+        # Named by the expected hash: a partial of one file can never be resumed as another.
+        partial = self.options.downloads_dir / f"{entry.sha256}.part"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if partial.exists() and partial.stat().st_size <= entry.size:
+            progress(partial.stat().st_size)
+        try:
+            self._with_retries(self.url(entry.path), lambda url: self._resume(url, partial, entry, progress),
+                               partial, entry.size)
+        except IntegrityError:
+            partial.unlink(missing_ok=True)  # an overlong answer is never worth resuming
+            raise
+        shutil.move(partial, dest)
+
+    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> None:
+        def attempt(url: str) -> None:
+            with open(dest, "wb") as f:
+                self._stream(url, f, 0, self.options.max_file_bytes, path, progress, {})
+        self._with_retries(self.url(path), attempt, dest, None)
+
+    def _with_retries(self, url: str, attempt: Callable[[str], None], partial: Path,
+                      size: int | None) -> None:
+        for tries in range(self.options.retries + 1):
+            try:
+                return attempt(url)
+            except _RETRYABLE as e:
+                error = e
+                log.warning("%s: %s; retrying (%d of %d)", url, e, tries + 1, self.options.retries)
+                time.sleep(min(0.2 * 2**tries, 5.0))
+        have = partial.stat().st_size if partial.exists() else 0
+        of = f" of {size}" if size is not None else ""
+        raise FetchError(f"{url}: download failed after {self.options.retries + 1} attempts ({error}); "
+                         f"{have}{of} bytes are kept and the next attempt resumes from there")
+
+    def _resume(self, url: str, partial: Path, entry: FileEntry, progress: Progress) -> None:
+        offset = partial.stat().st_size if partial.exists() else 0
+        if offset > entry.size:
+            partial.unlink()
+            offset = 0
+        if offset == entry.size:
+            return  # complete already; the store hashes it
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with open(partial, "ab") as f:
+            got = self._stream(url, f, offset, entry.size, entry.path, progress, headers)
+        if got < entry.size:
+            raise _Truncated(f"the server sent {got} of {entry.size} bytes")
+
+    def _stream(self, url: str, f: BinaryIO, offset: int, limit: int, what: str,
+                progress: Progress, headers: dict[str, str]) -> int:
+        """Append the response body to ``f`` (positioned at ``offset``); return the new length."""
+        timeout = (self.options.connect_timeout_s, self.options.read_timeout_s)
+        try:
+            response = self.session.get(url, headers={**self.headers, **headers}, stream=True,
+                                        timeout=timeout)
+        except requests.RequestException as e:
+            if isinstance(e, _RETRYABLE):
+                raise
+            raise FetchError(f"{url}: {e}") from e
+        with response:
+            offset = self._start_offset(response, url, offset, f)
+            announced = response.headers.get("Content-Length")
+            if announced and announced.isdigit() and offset + int(announced) > limit:
+                raise _endless(url, what, limit, f"the server announces {offset + int(announced)} bytes")
+            # read1 hands over whatever arrived, so a dropped connection loses nothing already received.
+            while chunk := response.raw.read1(CHUNK, decode_content=False):
+                if offset + len(chunk) > limit:
+                    raise _endless(url, what, limit, "the server kept sending")
+                f.write(chunk)
+                offset += len(chunk)
+                progress(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+        return offset
+
+    @staticmethod
+    def _start_offset(response: requests.Response, url: str, offset: int, f: BinaryIO) -> int:
+        """Check the status; a server that ignored our Range restarts the file from byte 0."""
+        if offset and response.status_code == 206 \
+                and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            return offset
+        if response.status_code == 200:
+            if offset:
+                log.info("%s: server ignored the Range request; downloading from the start", url)
+                f.truncate(0)
+                f.seek(0)
+            return 0
+        raise FetchError(f"{url}: HTTP {response.status_code} {response.reason}")
+
+
+def _endless(url: str, what: str, limit: int, how: str) -> IntegrityError:
+    return IntegrityError(f"{url}: {how}, more than the {limit} bytes allowed for {what}; "
+                          f"download stopped and refused (endless data)")
+
+
+class MirrorFetcher(HttpFetcher):
+    """An HTTP(S) directory holding the model's files under ``base_url``."""
+
+    def __init__(self, base_url: str, options: FetchOptions) -> None:
+        super().__init__(options)
+        self.base_url = base_url.rstrip("/")
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{quote(path)}"
+
+    def list_files(self) -> list[str]:
+        url = self.url("index.json")
+        try:
+            response = self.session.get(url, timeout=(self.options.connect_timeout_s,
+                                                      self.options.read_timeout_s))
+            response.raise_for_status()
+            paths = response.json()
+        except (requests.RequestException, ValueError) as e:
+            raise FetchError(f"{url}: cannot read the mirror's file list ({e}); an unlocked mirror "
+                             f"manifest needs index.json (a JSON list of paths) or --files") from e
+        if not isinstance(paths, list):
+            raise FetchError(f"{url}: must be a JSON list of relative file paths")
+        return [check_relative_path(p) for p in paths]
+
+
+class HubFetcher(HttpFetcher):
+    """A Hugging Face Hub repository at a pinned commit.
+
+    Files are fetched from their ``resolve`` URL by :class:`HttpFetcher` rather than by
+    ``hf_hub_download``: one code path then resumes, caps and verifies every download against
+    *our* manifest, and a local ``HF_ENDPOINT`` serves tests and offline mirrors of the Hub.
+    """
+
+    def __init__(self, repo: str, revision: str, options: FetchOptions) -> None:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import build_hf_headers
+
+        super().__init__(options, headers=build_hf_headers(library_name="pennello"))
+        self.repo, self.revision = repo, revision
+        self.endpoint = (options.hub_endpoint or constants.ENDPOINT).rstrip("/")
+
+    def url(self, path: str) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo, path, revision=self.revision, endpoint=self.endpoint)
+
+    def list_files(self) -> list[str]:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            paths = HfApi(endpoint=self.endpoint).list_repo_files(self.repo, revision=self.revision)
+        except (HfHubHTTPError, OSError) as e:
+            raise FetchError(f"cannot list {self.repo}@{self.revision} on {self.endpoint}: {e}") from e
+        return [check_relative_path(p) for p in paths]
+
+
+@register_fetcher("mirror")
+def _mirror(source: Source, name: str, options: FetchOptions) -> Fetcher:
+    assert source.base_url is not None  # Source.from_dict guarantees it
+    return MirrorFetcher(source.base_url, options)
+
+
+@register_fetcher("huggingface")
+def _hub(source: Source, name: str, options: FetchOptions) -> Fetcher:
+    assert source.repo is not None and source.revision is not None
+    return HubFetcher(source.repo, source.revision, options)
+
+
+# --- local directories: --from DIR, bundles, the embedded model ---------------------------------
+
+class LocalFetcher:
+    """Regular files under a directory. Symbolic links and special files are refused.
+
+    A file is looked for, in order, at ``blobs/sha256/<ab>/<sha256>`` (a bundle),
+    ``<name>/<path>`` (a directory of several models) and ``<path>`` (one model's directory).
+    """
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root, self.name = root, name
+
+    def candidates(self, entry: FileEntry) -> list[str]:
+        return [f"blobs/sha256/{entry.sha256[:2]}/{entry.sha256}", f"{self.name}/{entry.path}",
+                entry.path]
+
+    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
+        relative = next((c for c in self.candidates(entry) if os.path.lexists(self.root / c)), None)
+        if relative is None:
+            raise FetchError(f"{entry.path} of model {self.name!r} is not in {self.root} "
+                             f"(looked for {', '.join(self.candidates(entry))})")
+        self._copy(relative, dest, entry.size, progress)
+
+    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> None:
+        raise FetchError("local sources hold locked manifests only; lock from the original source")
+
+    def list_files(self) -> list[str]:
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+
+    def _copy(self, relative: str, dest: Path, size: int, progress: Progress) -> None:
+        source = self.root / relative
+        self._refuse_links(relative)
+        # Non-blocking open: opening a FIFO for reading would otherwise wait for a writer forever.
+        flags = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(os.open(source, flags), "rb") as src, open(dest, "wb") as out:
+            info = os.fstat(src.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise FetchError(f"{source}: not a regular file; refused")
+            if info.st_size > size:
+                raise IntegrityError(f"{source}: {info.st_size} bytes, more than the {size} the "
+                                     f"manifest allows; refused")
+            os.set_blocking(src.fileno(), True)
+            # Read at most `size` bytes even if the file grows while we copy it.
+            remaining = size
+            while remaining and (chunk := src.read(min(CHUNK * 4, remaining))):
+                out.write(chunk)
+                remaining -= len(chunk)
+                progress(len(chunk))
+
+    def _refuse_links(self, relative: str) -> None:
+        """Refuse a path if any component below the root is a symbolic link (it could point anywhere)."""
+        current = self.root
+        for part in relative.split("/"):
+            current = current / part
+            if current.is_symlink():
+                raise FetchError(f"{current}: is a symbolic link; local sources must hold regular "
+                                 f"files only (refused)")
+
+
+def embedded_dir(name: str) -> Path:
+    """Where the package keeps the files of an embedded model."""
+    return Path(str(importlib.resources.files("pennello.installer") / "embedded" / name))
+
+
+@register_fetcher("embedded")
+def _embedded(source: Source, name: str, options: FetchOptions) -> Fetcher:
+    return LocalFetcher(embedded_dir(name), name)
+
+
+@register_fetcher("local")
+def _local(source: Source, name: str, options: FetchOptions) -> Fetcher:
+    if options.local_dir is None:
+        raise FetchError(f"model {name!r} has a local source: install it with "
+                         f"`pennello install --from DIR` pointing at its files")
+    return LocalFetcher(options.local_dir, name)
+

@@ -1,0 +1,184 @@
+"""Write and sign the shipped catalog: one manifest per model in ``manifests/<name>.json``.
+
+``pennello-tiny`` is *locked*: every file of ``installer/embedded/pennello-tiny/`` is listed
+with its sha256 and size. The other entries are *unlocked*: they pin a Hugging Face repository
+at a full commit, and ``pennello manifest lock`` records their file digests at first fetch.
+
+Running it again changes nothing unless an entry's content changed (or ``--renew`` is given):
+then that entry gets ``version + 1``, a fresh ``created``, ``expires`` a year later, and a new
+signature. Timestamps and version alone never count as a change, so a rebuild that writes the
+same bytes leaves the manifests as they are::
+
+    python packaging/build_embedded_model.py
+    python packaging/sign_catalog.py --key ../shared/keys/pennello-release-2026.key
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pennello.errors import ManifestFormatError, PennelloError
+from pennello.installer.keys import load_private_key, sign_signed
+from pennello.installer.manifest import (FileEntry, Manifest, PipelineSpec, Source, dump_envelope,
+                                         parse_envelope)
+from pennello.installer.store import file_sha256, write_atomic
+from pennello.paths import get_paths
+
+log = logging.getLogger("sign_catalog")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS_DIR = REPO_ROOT / "manifests"
+EMBEDDED_DIR = REPO_ROOT / "installer" / "embedded"
+DEFAULT_KEY = REPO_ROOT.parent / "shared" / "keys" / "pennello-release-2026.key"
+VALIDITY = timedelta(days=365)
+# What may differ between two signings of the same content.
+_VOLATILE = ("version", "created", "expires")
+
+# The model cards of both Turbo repositories declare `license: other, license_name:
+# sai-nc-community`; the LICENSE file inside the repository is what binds, and Stability has
+# changed its terms over time, so the description sends users to it.
+_SAI_NOTE = ("Licence: Stability AI non-commercial community licence (model card: "
+             "'sai-nc-community'); read LICENSE in the repository, and https://stability.ai/license "
+             "for commercial use.")
+
+@dataclass(frozen=True)
+class Entry:
+    """What the catalog says about one model, less what signing adds (version, dates, files)."""
+
+    cls: str
+    family: str
+    license: str
+    defaults: dict[str, Any]
+    description: str
+    repo: str | None = None  # None: embedded in the package, files hashed from EMBEDDED_DIR
+    revision: str | None = None
+
+    def manifest(self, name: str, now: datetime) -> Manifest:
+        if self.repo is None:
+            source, files = Source("embedded"), file_entries(EMBEDDED_DIR / name)
+        else:
+            source, files = Source("huggingface", repo=self.repo, revision=self.revision), ()
+        return Manifest(name=name, version=1, created=now, expires=now + VALIDITY,
+                        pipeline=PipelineSpec(self.cls, self.family, self.defaults),
+                        license=self.license, source=source, files=files, locked=bool(files),
+                        description=self.description)
+
+
+# Hub commits are ones published as pins of these repositories (cache snapshot paths,
+# revision= arguments) by several unrelated projects.
+CATALOG: dict[str, Entry] = {
+    "pennello-tiny": Entry(
+        "StableDiffusionPipeline", "sd", "Apache-2.0",
+        {"width": 64, "height": 64, "steps": 4, "guidance": 1.0},
+        "A ~5 MB Stable Diffusion pipeline shipped inside pennello: installs with no download and "
+        "draws a 64x64 picture in about 0.1 s on a CPU. Its weights are random for now (pictures "
+        "are coloured noise) until the trained model lands."),
+    "sd-turbo": Entry(
+        "StableDiffusionPipeline", "sd", "sai-nc-community",
+        {"width": 512, "height": 512, "steps": 1, "guidance": 0.0},
+        "SD-Turbo: Stable Diffusion 2.1 distilled for 1-4 steps. The default real model: one step "
+        "at 512x512, runs on modest GPUs. " + _SAI_NOTE,
+        repo="stabilityai/sd-turbo", revision="b261bac6fd2cf515557d5d0707481eafa0485ec2"),
+    "sdxl-turbo": Entry(
+        "StableDiffusionXLPipeline", "sdxl", "sai-nc-community",
+        {"width": 512, "height": 512, "steps": 1, "guidance": 0.0},
+        "SDXL-Turbo: SDXL 1.0 distilled for 1-4 steps at 512x512; better prompt following than "
+        "SD-Turbo, at about three times the size. " + _SAI_NOTE,
+        repo="stabilityai/sdxl-turbo", revision="71153311d3dbb46851df1931d3ca6e939de83304"),
+    "flux.1-schnell": Entry(
+        "FluxPipeline", "flux", "Apache-2.0",
+        {"width": 1024, "height": 1024, "steps": 4, "guidance": 0.0},
+        "FLUX.1 [schnell]: 12B rectified-flow transformer, 4 steps at 1024x1024. High quality; "
+        "needs a large GPU (bfloat16) or CPU offload.",
+        repo="black-forest-labs/FLUX.1-schnell", revision="741f7c3ce8b383c54771c7003378a50191e9efe9"),
+    "qwen-image-edit": Entry(
+        "QwenImageEditPipeline", "qwen-image-edit", "Apache-2.0",
+        {"width": 1024, "height": 1024, "steps": 50, "guidance": 4.0},
+        "Qwen-Image-Edit: 20B instruction-based image editing (an input picture plus a text "
+        "instruction). Needs a large GPU (bfloat16) or CPU offload.",
+        repo="Qwen/Qwen-Image-Edit", revision="ac7f9318f633fc4b5778c59367c8128225f1e3de"),
+}
+
+
+def file_entries(directory: Path) -> tuple[FileEntry, ...]:
+    """Path, sha256 and size of every file under ``directory``, sorted by path."""
+    return tuple(FileEntry(path.relative_to(directory).as_posix(), file_sha256(path), path.stat().st_size)
+                 for path in sorted(p for p in directory.rglob("*") if p.is_file()))
+
+
+def catalog(now: datetime) -> list[Manifest]:
+    """Every manifest the catalog should hold, at version 1 and dated ``now``."""
+    return [entry.manifest(name, now) for name, entry in CATALOG.items()]
+
+
+def _content(signed: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in signed.items() if k not in _VOLATILE}
+
+
+def _existing(path: Path) -> tuple[dict[str, Any], list[dict[str, str]]] | None:
+    try:
+        return parse_envelope(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ManifestFormatError as e:
+        raise ManifestFormatError(f"{path}: {e}; fix or delete it, then sign again") from e
+
+
+def sign_entry(manifest: Manifest, key: Ed25519PrivateKey, out: Path = MANIFESTS_DIR,
+               renew: bool = False) -> bool:
+    """Write ``<out>/<name>.json`` if its content (or signer) changed; True when written.
+
+    Args:
+        manifest: the wanted manifest; its version and dates are replaced as needed.
+        key: the release private key.
+        out: the catalog directory.
+        renew: re-sign with fresh dates even when nothing changed (before ``expires`` nears).
+    """
+    path = out / f"{manifest.name}.json"
+    signed = manifest.to_signed()
+    old = _existing(path)
+    if old is not None:
+        old_signed, old_sigs = old
+        # Ed25519 signatures are deterministic: re-signing reproduces a valid old signature exactly.
+        if not renew and _content(old_signed) == _content(signed) \
+                and sign_signed(old_signed, key) in old_sigs:
+            return False
+        # Rollback protection: a re-signed manifest must carry a higher version than the old one.
+        signed["version"] = int(old_signed.get("version", 0)) + 1
+    Manifest.from_signed(signed)  # refuse to sign anything pennello itself would not accept
+    write_atomic(path, dump_envelope(signed, [sign_signed(signed, key)]))
+    path.chmod(0o644)  # package data: readable by everyone once installed from a wheel
+    log.info("signed %s v%d", path, signed["version"])
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--key", type=Path, default=DEFAULT_KEY,
+                        help=f"release private key (PEM, Ed25519); default {DEFAULT_KEY}")
+    parser.add_argument("--out", type=Path, default=MANIFESTS_DIR,
+                        help=f"catalog directory to write (default {MANIFESTS_DIR})")
+    parser.add_argument("--renew", action="store_true",
+                        help="re-sign every entry with fresh dates and a higher version")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        key = load_private_key(str(args.key), get_paths())
+        written = sum(sign_entry(m, key, args.out, args.renew) for m in catalog(datetime.now(timezone.utc)))
+    except PennelloError as e:
+        parser.exit(e.exit_code, f"error: {e}\n")
+    log.info("%d manifest(s) written, the rest unchanged", written)
+
+
+if __name__ == "__main__":
+    main()

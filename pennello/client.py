@@ -1,0 +1,157 @@
+"""A small HTTP client for a running pennello daemon (used by ``pennello generate`` and the tray).
+
+Without a URL it finds the local daemon through the ``daemon.json`` file the daemon publishes in
+its runtime directory. Errors come back as the same :mod:`pennello.errors` the daemon raised.
+
+    >>> from pennello.client import Client
+    >>> client = Client()  # doctest: +SKIP
+    >>> images = client.generate("a lighthouse at dusk", seed=7, on_progress=print)  # doctest: +SKIP
+    >>> images[0]["seed"], len(images[0]["bytes"]) > 0  # doctest: +SKIP
+    (7, True)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import requests
+
+from pennello.errors import (AuthError, BusyError, DaemonError, ForbiddenError, NotFoundError,
+                             PennelloError, RequestError)
+from pennello.paths import Paths, get_paths
+
+DAEMON_FILE = "daemon.json"
+
+ProgressCallback = Callable[[int, int], None]  # (step, total_steps)
+
+_ERRORS_BY_STATUS: dict[int, type[RequestError]] = {
+    400: RequestError, 401: AuthError, 403: ForbiddenError, 404: NotFoundError, 413: RequestError}
+
+
+def read_daemon_info(paths: Paths | None = None) -> dict[str, Any] | None:
+    """What the local daemon published about itself (``pid``, ``url``, ``started``), or None."""
+    path = (paths or get_paths()).runtime_dir / DAEMON_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("url"), str) else None
+
+
+class Client:
+    """Talks to one daemon over HTTP.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8420``; None finds the local daemon via ``daemon.json``.
+        token: a paired device token, sent as ``Authorization: Bearer``.
+        paths: where to look for ``daemon.json`` (defaults to :func:`pennello.paths.get_paths`).
+        timeout: seconds to wait for the daemon to answer a (non-streaming) request.
+
+    Raises:
+        DaemonError: no URL given and no local daemon is running.
+    """
+
+    def __init__(self, base_url: str | None = None, token: str | None = None,
+                 paths: Paths | None = None, timeout: float = 30.0) -> None:
+        if base_url is None:
+            info = read_daemon_info(paths)
+            if info is None:
+                raise DaemonError("pennello is not running; start it with `pennello serve`")
+            base_url = info["url"]
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", "/api/health")
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/models")["models"]
+
+    def image_bytes(self, image_id: str) -> bytes:
+        return self._request("GET", f"/api/images/{image_id}").content
+
+    def generate(self, prompt: str, on_progress: ProgressCallback | None = None,
+                 **params: Any) -> list[dict[str, Any]]:
+        """Generate and download pictures, following progress over server-sent events.
+
+        Args:
+            params: any field of ``POST /api/generate`` (``n``, ``seed``, ``width``, ``model``…).
+
+        Returns:
+            one dict per picture: ``id``, ``seed``, ``width``, ``height``, ``format``, ``bytes``.
+
+        Raises:
+            RequestError: the daemon refused a parameter (``field`` names it).
+            BusyError: the daemon's queue is full.
+            DaemonError: the daemon is unreachable, or the job failed or was cancelled.
+        """
+        response = self._request("POST", "/api/generate", stream=True,
+                                 json={"prompt": prompt, **params, "stream": True})
+        with response:
+            for event, data in sse_events(response):
+                if event == "progress" and on_progress:
+                    on_progress(data["step"], data["total_steps"])
+                elif event == "done":
+                    return [{**image, "bytes": self.image_bytes(image["id"])} for image in data["images"]]
+                elif event in ("failed", "cancelled"):
+                    raise DaemonError(f"job {data['id']} {event}: {data.get('error') or 'no reason given'}")
+        raise DaemonError("the daemon closed the event stream before the job ended")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _request(self, method: str, path: str, stream: bool = False, **kwargs: Any) -> requests.Response:
+        url = self.base_url + path
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, stream=stream, **kwargs)
+        except requests.ConnectionError as e:
+            raise DaemonError(f"pennello is not reachable at {self.base_url}; is `pennello serve` "
+                              f"running?") from e
+        except requests.Timeout as e:
+            raise DaemonError(f"pennello at {self.base_url} did not answer in {self.timeout:g}s") from e
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+
+def _error_from(response: requests.Response) -> PennelloError:
+    """Rebuild the daemon's error from its JSON body."""
+    try:
+        error = response.json()["error"]
+        message, field = str(error["message"]), error.get("field")
+    except (ValueError, KeyError, TypeError):
+        message, field = f"HTTP {response.status_code}: {response.text[:200]}", None
+    if response.status_code == 429:
+        return BusyError(message, retry_after=int(response.headers.get("Retry-After", "1")))
+    cls = _ERRORS_BY_STATUS.get(response.status_code)
+    return cls(message, field=field) if cls else DaemonError(message)
+
+
+def sse_events(response: requests.Response) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Parse a text/event-stream body into (event, JSON data) pairs; comments are skipped."""
+    event, data = "message", []
+    for line in response.iter_lines(decode_unicode=True):
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def save_images(images: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """Write downloaded pictures to ``directory`` as ``<id>.<ext>``; returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image in images:
+        path = directory / f"{image['id']}.{'jpg' if image['format'] == 'jpeg' else image['format']}"
+        path.write_bytes(image["bytes"])
+        paths.append(path)
+    return paths

@@ -1,0 +1,107 @@
+"""Fixtures for the API-surface tests (auth, OpenAI, A1111, OpenAPI, web): real waitress servers on
+an ephemeral port, and a real non-loopback address of this machine for LAN clients.
+
+    def test_x(api_server):
+        url = api_server()                      # loopback, default config
+        url, lan_url = api_server(lan=True)     # bound to 0.0.0.0; lan_url uses a LAN address
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from pennello.config import Config
+from pennello.daemon.auth import is_loopback
+
+DUMMY_INTERFACE, DUMMY_ADDRESS = "pn0", "10.254.254.1"
+
+
+def _default_route_address() -> str | None:
+    try:
+        # A connected UDP socket only chooses the outgoing interface; nothing is sent.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.254.254.254", 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return None
+
+
+def _bindable(address: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def lan_address() -> Iterator[str]:
+    """A non-loopback IPv4 address that belongs to this machine, so a client connecting to it
+    looks like another device to the server while no traffic leaves the machine. Uses the
+    default route's address, else a dummy interface (root only), else skips."""
+    address = _default_route_address()
+    if address and not is_loopback(address) and _bindable(address):
+        yield address
+        return
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("no non-loopback address on this machine and not root to add a dummy interface")
+    made = subprocess.run(["ip", "link", "add", DUMMY_INTERFACE, "type", "dummy"], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot add a dummy interface: {made.stderr.decode().strip()}")
+    try:
+        subprocess.run(["ip", "addr", "add", f"{DUMMY_ADDRESS}/32", "dev", DUMMY_INTERFACE], check=True)
+        subprocess.run(["ip", "link", "set", DUMMY_INTERFACE, "up"], check=True)
+        yield DUMMY_ADDRESS
+    finally:
+        subprocess.run(["ip", "link", "del", DUMMY_INTERFACE], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def api_engine(tmp_path_factory):
+    """An engine on the installed embedded tiny model, shared by a test module (loading a model per
+    test would triple these tests' time; ``make_engine`` in _fixtures_daemon is the per-test one)."""
+    from pennello.daemon.engine import Engine
+    from pennello.installer import ensure_embedded_default
+    from pennello.paths import get_paths
+
+    paths = get_paths(tmp_path_factory.mktemp("home")).ensure()
+    ensure_embedded_default(paths, Config())
+    engine = Engine(Config(), paths)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture
+def api_server(api_engine, request) -> Iterator[Callable[..., Any]]:
+    """Start apps over the shared engine on real waitress servers; all are stopped afterwards.
+
+    Call with ``lan=True`` (needs ``lan_address``) to bind 0.0.0.0 and get ``(url, lan_url)``;
+    ``**server`` sets ``[server]`` config fields (e.g. ``cors_origins``).
+    """
+    from pennello.daemon.app import create_app
+    from pennello.daemon.server import start_background_server
+
+    stops: list[Callable[[], None]] = []
+
+    def start(lan: bool = False, **server: Any) -> Any:
+        config = Config().replace("server", lan=lan, **server)
+        app = create_app(config, api_engine, api_engine.paths)
+        _, url, stop = start_background_server(app, "0.0.0.0" if lan else "127.0.0.1", 0)
+        stops.append(stop)
+        start.app = app  # type: ignore[attr-defined]
+        if not lan:
+            return url
+        port = url.rsplit(":", 1)[1]
+        return url, f"http://{request.getfixturevalue('lan_address')}:{port}"
+
+    yield start
+    for stop in stops:
+        stop()

@@ -1,0 +1,132 @@
+"""The shipped catalog and the embedded pennello-tiny model: signed, intact, and drawing pictures."""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import json
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pennello.config import Config
+from pennello.errors import BadSignatureError
+from pennello.installer.keys import generate_key
+from pennello.installer.manifest import Manifest, parse_envelope
+from pennello.installer.sources import embedded_dir
+from pennello.installer.store import check_file
+from pennello.installer.trust import TrustPolicy
+
+CATALOG = importlib.resources.files("pennello.manifests")
+EMBEDDED = embedded_dir("pennello-tiny")
+
+
+def _raw(name: str) -> bytes:
+    return (CATALOG / f"{name}.json").read_bytes()
+
+
+def _catalog_names() -> list[str]:
+    return sorted(p.name[:-len(".json")] for p in CATALOG.iterdir() if p.name.endswith(".json"))
+
+
+@pytest.fixture
+def policy(home):
+    return TrustPolicy.load(home, Config().trust)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _draw(pipe, seed: int) -> np.ndarray:
+    import torch
+
+    image = pipe("a red circle", num_inference_steps=4, height=64, width=64, guidance_scale=1.0,
+                 generator=torch.Generator().manual_seed(seed)).images[0]
+    assert image.size == (64, 64)
+    return np.asarray(image)
+
+
+def test_catalog_lists_the_embedded_model_and_the_hub_models():
+    assert {"pennello-tiny", "sd-turbo", "sdxl-turbo", "flux.1-schnell", "qwen-image-edit"} <= set(_catalog_names())
+
+
+@pytest.mark.parametrize("name", _catalog_names())
+def test_every_catalog_entry_verifies_against_the_shipped_release_key(policy, name):
+    manifest = policy.verify(_raw(name))
+    assert manifest.name == name
+
+
+def test_a_changed_catalog_entry_is_refused(policy):
+    envelope = json.loads(_raw("pennello-tiny"))
+    envelope["signed"]["files"][0]["sha256"] = "0" * 64
+    with pytest.raises(BadSignatureError):
+        policy.verify(json.dumps(envelope).encode())
+
+
+def test_embedded_files_are_exactly_the_signed_ones():
+    manifest = Manifest.from_signed(parse_envelope(_raw("pennello-tiny"))[0])
+    assert manifest.locked and manifest.source.kind == "embedded"
+    on_disk = sorted(p.relative_to(EMBEDDED).as_posix() for p in EMBEDDED.rglob("*") if p.is_file())
+    assert on_disk == sorted(f.path for f in manifest.files)
+    assert {entry.path: check_file(EMBEDDED / entry.path, entry) for entry in manifest.files} \
+        == {entry.path: None for entry in manifest.files}
+    assert manifest.total_size < 5_000_000
+
+
+def test_hub_entries_pin_a_full_commit_and_list_no_files():
+    for name in _catalog_names():
+        manifest = Manifest.from_signed(parse_envelope(_raw(name))[0])
+        if manifest.source.kind != "huggingface":
+            continue
+        assert not manifest.locked and manifest.files == ()
+        assert re.fullmatch(r"[0-9a-f]{40}", manifest.source.revision)
+        assert manifest.pipeline.defaults["steps"] >= 1
+
+
+def test_embedded_pipeline_draws_the_same_picture_for_the_same_seed(pipe):
+    first, again, other = _draw(pipe, 0), _draw(pipe, 0), _draw(pipe, 1)
+    assert first.shape == (64, 64, 3)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert first.std() > 0  # a picture, not a flat fill
+
+
+@pytest.fixture(scope="module")
+def sign_catalog():
+    path = Path(__file__).resolve().parents[1] / "packaging" / "sign_catalog.py"
+    spec = importlib.util.spec_from_file_location("sign_catalog", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_catalog_is_what_the_signing_script_writes(sign_catalog):
+    for wanted in sign_catalog.catalog(datetime.now(timezone.utc)):
+        shipped = parse_envelope(_raw(wanted.name))[0]
+        assert sign_catalog._content(shipped) == sign_catalog._content(wanted.to_signed()), wanted.name
+
+
+def test_signing_again_changes_nothing_and_renew_bumps_versions(home, tmp_path, sign_catalog):
+    generate_key(home, "test-release")
+    out = tmp_path / "catalog"
+    args = ["--key", "test-release", "--out", str(out)]
+
+    sign_catalog.main(args)
+    first = {p.name: p.read_bytes() for p in out.glob("*.json")}
+    assert set(first) == {f"{name}.json" for name in sign_catalog.CATALOG}
+    sign_catalog.main(args)
+    assert {p.name: p.read_bytes() for p in out.glob("*.json")} == first
+
+    sign_catalog.main(args + ["--renew"])
+    assert {parse_envelope(p.read_bytes())[0]["version"] for p in out.glob("*.json")} == {2}

@@ -1,0 +1,144 @@
+"""The web page: served offline-safe, and driven in a real headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
+
+STATIC = Path(__file__).resolve().parents[1] / "daemon" / "static"
+SCREENSHOT_COPY = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "web.png"
+CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                "--no-first-run", "--window-size=1100,1000")
+
+
+def test_page_and_assets_are_served_with_a_strict_policy(api_server):
+    url = api_server()
+    page = requests.get(f"{url}/")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        response = requests.get(f"{url}/assets/{name}")
+        assert response.status_code == 200 and kind in response.headers["Content-Type"]
+    assert requests.get(f"{url}/assets/../web.py").status_code == 404
+
+
+def test_nothing_is_loaded_from_elsewhere():
+    for path in STATIC.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text), path.name
+        assert not re.search(r"url\(\s*[\"']?(https?:)?//", text), path.name
+        assert not re.search(r"fetch\(\s*[\"'`]https?:", text), path.name
+    assert "<script>" not in (STATIC / "index.html").read_text()  # no inline script (CSP)
+
+
+@pytest.fixture
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    session.set_page_load_timeout(60)
+    yield session
+    session.quit()
+
+
+def _wait(browser, condition, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(condition)
+
+
+def _loaded_result_image(browser):
+    images = browser.find_elements("css selector", "#result img")
+    ready = images and browser.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", images[0])
+    return images[0] if ready else None
+
+
+def _generate(browser, prompt: str):
+    _wait(browser, lambda b: b.find_element("id", "generate-section").is_displayed())
+    _wait(browser, lambda b: b.find_element("id", "width").get_attribute("value") == "64")
+    browser.find_element("id", "prompt").send_keys(prompt)
+    browser.find_element("id", "generate").click()
+    image = _wait(browser, _loaded_result_image)
+    _wait(browser, lambda b: b.find_element("id", "status-text").text.startswith("Done in"))
+    return image
+
+
+@pytest.mark.browser
+def test_generate_in_the_browser_shows_the_picture(api_server, browser, tmp_path):
+    url = api_server()
+    browser.get(f"{url}/")
+    assert "owner" in browser.find_element("id", "who").text or _wait(
+        browser, lambda b: "owner" in b.find_element("id", "who").text)
+    image = _generate(browser, "a red kite over a green hill")
+    assert browser.execute_script("return arguments[0].naturalWidth", image) == 64
+    _wait(browser, lambda b: b.find_elements("css selector", "#gallery img"))
+
+    shot = tmp_path / "web.png"
+    assert browser.save_screenshot(str(shot))
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    screen = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    ratio = browser.execute_script("return window.devicePixelRatio")
+    box = browser.execute_script("const r = arguments[0].getBoundingClientRect();"
+                                 "return [r.left, r.top, r.width, r.height]", image)
+    left, top, width, height = (round(v * ratio) for v in box)
+    assert width >= 200 and height >= 200  # shown large, not as a thumbnail
+    area = screen[top + 4:top + height - 4, left + 4:left + width - 4]
+    assert area.size and area.std() > 10, "the picture's area of the screenshot is blank"
+    background = screen[5, 5]
+    assert np.abs(area - background).sum(axis=2).mean() > 20  # differs from the page around it
+
+    # What the browser shows is the picture the daemon saved.
+    src = image.get_attribute("src")
+    saved = np.asarray(Image.open(io.BytesIO(requests.get(src).content)).convert("RGB")).astype(int)
+    shown = np.asarray(Image.fromarray(area.astype("uint8")).resize((64, 64), Image.NEAREST)).astype(int)
+    assert np.abs(shown - saved).mean() < 40
+    SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, SCREENSHOT_COPY)
+
+
+@pytest.mark.browser
+def test_a_lan_browser_pairs_then_generates(api_server, browser):
+    url, lan = api_server(lan=True)
+    code = requests.post(f"{url}/api/pair/code").json()["code"]
+    browser.get(f"{lan}/?pair={code}")
+    _wait(browser, lambda b: b.find_element("id", "pair-section").is_displayed())
+    assert browser.find_element("id", "pair-code").get_attribute("value") == code
+    name = browser.find_element("id", "pair-name")
+    name.clear()
+    name.send_keys("test browser")
+    browser.find_element("css selector", "#pair-form button").click()
+    _wait(browser, lambda b: "test browser" in b.find_element("id", "who").text)
+    assert not browser.find_element("id", "devices-section").is_displayed()  # owner only
+    _generate(browser, "a kite seen from a paired browser")
+    tokens = requests.get(f"{url}/api/tokens").json()["tokens"]
+    assert any(t["name"] == "test browser" and t["last_used"] for t in tokens)
+
+
+@pytest.mark.browser
+def test_a_wrong_code_is_explained_in_the_page(api_server, browser):
+    url, lan = api_server(lan=True)
+    requests.post(f"{url}/api/pair/code")
+    browser.get(f"{lan}/?pair=ZZZZZZZZ")
+    _wait(browser, lambda b: b.find_element("id", "pair-section").is_displayed())
+    browser.find_element("css selector", "#pair-form button").click()
+    message = _wait(browser, lambda b: b.find_element("id", "pair-error").text)
+    assert "pairing code" in message
