@@ -37,7 +37,7 @@ from typing import Any
 import diffusers
 import torch
 import transformers
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 log = logging.getLogger("bench.archs")
 
@@ -167,13 +167,25 @@ def build_pipeline(arch: Arch, device: str | torch.device = "cpu", dtype: torch.
     return pipe
 
 
+def _cpu_flash_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any,
+                               out_shape: Any = None, **kwargs: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter knows the CUDA attention kernels but not the CPU one, which SDPA picks on CPU;
+# without this, attention would be missing from every count taken on a CPU.
+_CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops,
+}
+
+
 def param_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs (2 per multiply-add) of the matmuls, convolutions and attention ``fn`` runs."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS)
     with counter, torch.no_grad():
         fn()
     return counter.get_total_flops()
