@@ -94,12 +94,16 @@ def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, wit
     """
     store = Store(paths)
     models = [store.get(name) for name in dict.fromkeys(names)]
-    if out.exists() and any(out.iterdir()):
-        raise StoreError(f"{out} already exists and is not empty; give a new directory to --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StoreError(f"{out} already exists and is not an empty directory; give a new directory to --out")
     unique = {e.sha256: e for m in models for e in m.manifest.files}
-    check_disk_space(out.parent, sum(e.size for e in unique.values()), f"exporting {', '.join(names)}")
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial."))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        check_disk_space(out.parent, sum(e.size for e in unique.values()), f"exporting {', '.join(names)}")
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial."))
+    except OSError as e:
+        raise StoreError(f"cannot write a bundle in {out.parent} ({e.strerror or e}); "
+                         f"give --out a directory you can write to") from e
     try:
         keyids = _write_manifests_and_keys(paths, config, models, staging)
         _copy_blobs(store, list(unique.values()), staging, progress)
@@ -113,6 +117,9 @@ def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, wit
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
+    except OSError as e:  # a full or failing disk: a message, not a traceback
+        remove_tree(staging)
+        raise StoreError(f"writing the bundle to {out} failed ({e}); nothing was left behind") from e
     except BaseException:
         remove_tree(staging)
         raise
@@ -192,19 +199,29 @@ def trust_bundle_keys(paths: Paths, directory: Path) -> list[str]:
     return [trust_key(paths, pub).keyid for pub in pubs]
 
 
-def import_bundle(paths: Paths, config: Config, directory: Path, progress: bool = True) -> list[InstalledModel]:
+def import_bundle(paths: Paths, config: Config, directory: Path, progress: bool = True,
+                  names: list[str] | None = None) -> list[InstalledModel]:
     """Install every model of a bundle (or of a directory with ``manifests/`` and files).
 
     Every manifest is verified by the local trust policy before any file is read.
 
+    Args:
+        names: install only these models of the bundle (default: all of them).
+
     Raises:
-        FetchError: not a bundle, or a file is missing from it.
+        FetchError: not a bundle, a file is missing from it, or it lacks a model in ``names``.
         TrustError: a manifest is refused by the local trust policy.
         IntegrityError: a file does not match its manifest; nothing is installed.
     """
     manifests = sorted((directory / "manifests").glob("*.json"))
     if not manifests:
         raise FetchError(f"{directory} has no manifests/*.json; is it a pennello bundle?")
+    if names:
+        missing = [n for n in names if n not in {m.stem for m in manifests}]
+        if missing:
+            raise FetchError(f"{directory} has no model {', '.join(map(repr, missing))}; it holds "
+                             f"{', '.join(m.stem for m in manifests)}")
+        manifests = [m for m in manifests if m.stem in names]
     installer = Installer(paths, config, progress=progress)
     verified = [installer.verify(m.read_bytes(), expected_name=m.stem, local_dir=directory) for m in manifests]
     return installer.install_all(verified)

@@ -44,20 +44,23 @@ def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path |
     \b
       pennello install pennello-tiny            # from the catalog (see `pennello models`)
       pennello install --from /media/usb/bundle # everything in an offline bundle
+      pennello install sd-turbo --from /media/usb/bundle   # only some models of a bundle
       pennello install --manifest office.json --from ./files   # one manifest, files from a directory
 
     A model whose files were damaged (`pennello verify`) is repaired by installing it again.
     """
-    paths, config = get_paths().ensure(), load_config()
     if trust_keys and from_dir is None:
         raise click.UsageError("--trust-bundle-keys needs --from DIR")
+    if manifest_file is not None and names:
+        raise click.UsageError("--manifest FILE installs the model it describes; give no NAMES with it")
+    paths, config = get_paths().ensure(), load_config()
+    if trust_keys and from_dir is not None:
+        for keyid in trust_bundle_keys(paths, from_dir):
+            click.echo(f"trusted key {keyid} from the bundle")
     if manifest_file is not None:
         installed = [Installer(paths, config).install_raw(manifest_file.read_bytes(), local_dir=from_dir)]
     elif from_dir is not None:
-        if trust_keys:
-            for keyid in trust_bundle_keys(paths, from_dir):
-                click.echo(f"trusted key {keyid} from the bundle")
-        installed = import_bundle(paths, config, from_dir)
+        installed = import_bundle(paths, config, from_dir, names=list(names) or None)
     elif names:
         installer = Installer(paths, config)
         installed = [installer.install(name) for name in names]
@@ -113,6 +116,9 @@ def verify(names: tuple[str, ...], quiet: bool) -> None:
     """
     store = Store(get_paths().ensure())
     checked = list(names) or store.names()
+    if not checked:
+        click.echo("No models are installed; nothing to verify. `pennello install pennello-tiny` installs one.")
+        return
     with store.lock():
         store.verify(checked, progress=not quiet)
     for name in checked:

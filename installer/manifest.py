@@ -5,8 +5,9 @@ A manifest file on disk is a JSON *envelope*::
     {"signed": {...the manifest...}, "signatures": [{"keyid": "<hex>", "sig": "<hex>"}]}
 
 Signatures cover :func:`canonical_json` of ``signed``: UTF-8 JSON with keys sorted, no
-insignificant whitespace, no NaN/Infinity, integers as integers and floats in their shortest
-round-trip form (what both Python's ``json`` and ECMAScript's ``JSON.stringify`` produce).
+insignificant whitespace, no NaN/Infinity, integers as integers and floats in Python's shortest
+round-trip form (``1.0`` keeps its ``.0``, unlike ECMAScript's ``JSON.stringify``; see
+docs/manifest-format.md for the exact rules a signer in another language must follow).
 Anything outside ``signed`` (signatures, formatting, key order on disk) is not covered, so a
 manifest may be re-indented without invalidating it.
 

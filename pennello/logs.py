@@ -14,6 +14,12 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+def _drop_torchvision_fallback(record: logging.LogRecord) -> bool:
+    # Pipelines name CLIP image processors we never call (no safety checker); transformers then
+    # warns at every start that torchvision is missing, which reads like a broken install.
+    return "requires torchvision (not installed)" not in record.getMessage()
+
+
 def setup_logging(debug: bool = False, log_dir: Path | None = None) -> None:
     """Configure the root logger once; calling again only changes the level."""
     debug = debug or os.environ.get("PENNELLO_DEBUG", "") not in ("", "0")
@@ -34,4 +40,5 @@ def setup_logging(debug: bool = False, log_dir: Path | None = None) -> None:
     # Libraries that chat at INFO would drown our lines.
     for noisy in ("urllib3", "httpx", "huggingface_hub", "diffusers", "transformers", "waitress.queue"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("transformers.utils.import_utils").addFilter(_drop_torchvision_fallback)
     root._pennello_configured = True  # type: ignore[attr-defined]

@@ -108,6 +108,17 @@ def test_endless_data_is_cut_off_at_the_manifest_size(home, mirror, options):
     assert list(home.downloads_dir.iterdir()) == []
 
 
+def test_endless_data_for_a_file_of_unknown_size_is_cut_off_at_the_cap(home, mirror, options, tmp_path):
+    # Locking an unlocked manifest fetches files whose size nobody published yet.
+    mirror.endless.add("tiny/unet/w.bin")
+    fetcher = _mirror_fetcher(mirror, options, max_file_bytes=200_000)
+    with pytest.raises(IntegrityError) as e:
+        fetcher.fetch_unknown("unet/w.bin", tmp_path / "w.bin", lambda n: None)
+    assert str(e.value) == (f"{mirror.url}/tiny/unet/w.bin: the server kept sending, more than the 200000 bytes "
+                            f"allowed for unet/w.bin; download stopped and refused (endless data)")
+    assert (tmp_path / "w.bin").stat().st_size <= 200_000
+
+
 def test_announced_oversize_is_refused_before_reading(home, mirror, options):
     mirror.files["tiny/w.bin"] = WEIGHTS
     entry = FileEntry("w.bin", "0" * 64, 1000)

@@ -1,0 +1,269 @@
+"""Air-gapped bundles end to end: real files and real Ed25519 keys, carried between two homes.
+
+``home`` is the connected machine that installs and exports; ``offline`` is a fresh pennello
+home that has never seen the publisher's key. Each attack on a bundle asserts the exact message
+an admin reads, and that nothing was installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+
+from _fixtures_installer import KEY_NAME, make_manifest, publish, write_files  # noqa: F401 (fixture)
+from _fixtures_trust import RELEASE_KEYID
+from pennello.config import Config
+from pennello.errors import (FetchError, IntegrityError, RevokedKeyError, RollbackError, StoreError,
+                             TrustError, UntrustedKeyError)
+from pennello.installer import Installer, Store, TrustPolicy, ensure_embedded_default
+from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
+from pennello.installer.keys import load_private_key, key_id
+from pennello.paths import Paths, get_paths
+
+SHARED = b"shared tokenizer " * 200
+OFFICE = {"model_index.json": b'{"office": 1}', "tokenizer/vocab.json": SHARED,
+          "unet/w.bin": b"office weights " * 1000}
+LAB = {"model_index.json": b'{"lab": 1}', "tokenizer/vocab.json": SHARED, "unet/w.bin": b"lab weights " * 900}
+
+
+@pytest.fixture
+def offline(tmp_path) -> Paths:
+    """The air-gapped machine: a second, fresh pennello home."""
+    return get_paths(tmp_path / "offline").ensure()
+
+
+@pytest.fixture
+def install_signed(home, publish, tmp_path):
+    """``install_signed(name, files, version=1)``: sign with the test publisher, install in ``home``."""
+    def install(name: str, files: dict[str, bytes], version: int = 1):
+        source = write_files(tmp_path / f"src-{name}-v{version}", files)
+        manifest = make_manifest(name, files, version)
+        return Installer(home, Config(), progress=False).install_raw(publish(manifest), local_dir=source)
+    return install
+
+
+def _publisher_keyid(home: Paths) -> str:
+    return key_id(load_private_key(KEY_NAME, home).public_key())
+
+
+def _export(home: Paths, names: list[str], out):
+    return export_bundle(home, Config(), names, out, progress=False)
+
+
+def _import(paths: Paths, bundle, **kwargs):
+    return import_bundle(paths, Config(), bundle, progress=False, **kwargs)
+
+
+def _nothing_installed(paths: Paths) -> bool:
+    return Store(paths).names() == [] and not (paths.state_dir / "versions.json").exists()
+
+
+def test_the_embedded_model_round_trips_through_a_bundle(home, offline, tmp_path):
+    installed = ensure_embedded_default(home, Config())
+    bundle = _export(home, ["pennello-tiny"], tmp_path / "usb" / "bundle")
+
+    raw = Store(home).raw_manifest("pennello-tiny")
+    assert (bundle / "manifests" / "pennello-tiny.json").read_bytes() == raw
+    for entry in installed.manifest.files:
+        blob = bundle / "blobs" / "sha256" / entry.sha256[:2] / entry.sha256
+        assert blob.read_bytes() == (installed.path / entry.path).read_bytes()
+    assert sorted(p.name for p in (bundle / "keys").iterdir()) == [f"{RELEASE_KEYID}.pub"]
+    readme = (bundle / "README.txt").read_text(encoding="utf-8")
+    assert "Models: pennello-tiny v1" in readme and RELEASE_KEYID in readme
+    assert "pennello install --from bundle" in readme
+    script = bundle / "install.sh"
+    assert script.stat().st_mode & stat.S_IXUSR
+    assert 'pennello install --from "$here"' in script.read_text(encoding="utf-8")
+    assert not list(bundle.parent.glob(".bundle.partial.*"))  # the staging directory became the bundle
+
+    [model] = _import(offline, bundle)  # the release key ships trusted: no key step needed
+    assert (model.name, model.version, model.digest) == ("pennello-tiny", 1, installed.digest)
+    assert Store(offline).verify(progress=False) == []
+    assert Store(offline).raw_manifest("pennello-tiny") == raw
+    assert TrustPolicy.load(offline, Config().trust).seen_version("pennello-tiny") == 1
+
+
+def test_keys_that_came_with_a_bundle_are_not_trusted_until_the_admin_says_so(home, offline, tmp_path,
+                                                                              install_signed):
+    ensure_embedded_default(home, Config())
+    install_signed("office-model", OFFICE)
+    bundle = _export(home, ["pennello-tiny", "office-model"], tmp_path / "bundle")
+    publisher = _publisher_keyid(home)
+    assert sorted(p.name for p in (bundle / "keys").iterdir()) == sorted([f"{RELEASE_KEYID}.pub",
+                                                                          f"{publisher}.pub"])
+
+    with pytest.raises(UntrustedKeyError) as e:
+        _import(offline, bundle)
+    assert str(e.value) == (f"manifest 'office-model' v1 is signed only by keys not trusted here: {publisher}; "
+                            f"if you trust its publisher, confirm the key id with them and "
+                            f"`pennello keys trust FILE.pub`")
+    assert _nothing_installed(offline)  # not even pennello-tiny, whose key was trusted
+
+    assert trust_bundle_keys(offline, bundle) == sorted([RELEASE_KEYID, publisher])
+    assert [p.name for p in offline.trusted_keys_dir.iterdir()] == [f"{publisher}.pub"]  # shipped key not copied
+    installed = _import(offline, bundle)
+    assert [m.name for m in installed] == ["office-model", "pennello-tiny"]
+    assert Store(offline).verify(progress=False) == []
+    for path, data in OFFICE.items():
+        assert (Store(offline).get("office-model").path / path).read_bytes() == data
+
+
+def test_a_flipped_byte_in_a_bundle_blob_installs_nothing(home, offline, tmp_path, install_signed):
+    model = install_signed("office-model", OFFICE)
+    ensure_embedded_default(home, Config())
+    bundle = _export(home, ["office-model", "pennello-tiny"], tmp_path / "bundle")
+    entry = next(e for e in model.manifest.files if e.path == "unet/w.bin")
+    blob = bundle / "blobs" / "sha256" / entry.sha256[:2] / entry.sha256
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0x01
+    blob.write_bytes(bytes(data))
+    trust_bundle_keys(offline, bundle)
+
+    with pytest.raises(IntegrityError) as e:
+        _import(offline, bundle)
+    assert str(e.value) == (f"unet/w.bin: sha256 {hashlib.sha256(data).hexdigest()}, manifest says "
+                            f"{entry.sha256}; the file was refused and deleted")
+    assert _nothing_installed(offline)
+    assert not Store(offline).blob_path(entry.sha256).exists()
+
+
+def test_a_missing_blob_is_a_fetch_error_naming_it(home, offline, tmp_path, install_signed):
+    model = install_signed("office-model", OFFICE)
+    bundle = _export(home, ["office-model"], tmp_path / "bundle")
+    entry = next(e for e in model.manifest.files if e.path == "tokenizer/vocab.json")
+    (bundle / "blobs" / "sha256" / entry.sha256[:2] / entry.sha256).unlink()
+    trust_bundle_keys(offline, bundle)
+
+    with pytest.raises(FetchError) as e:
+        _import(offline, bundle)
+    assert str(e.value) == (f"tokenizer/vocab.json of model 'office-model' is not in {bundle} (looked for "
+                            f"blobs/sha256/{entry.sha256[:2]}/{entry.sha256}, office-model/tokenizer/vocab.json, "
+                            f"tokenizer/vocab.json)")
+    assert _nothing_installed(offline)
+
+
+def test_a_blob_replaced_by_a_symlink_is_refused(home, offline, tmp_path, install_signed):
+    model = install_signed("office-model", OFFICE)
+    bundle = _export(home, ["office-model"], tmp_path / "bundle")
+    entry = next(e for e in model.manifest.files if e.path == "unet/w.bin")
+    blob = bundle / "blobs" / "sha256" / entry.sha256[:2] / entry.sha256
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(blob.read_bytes())  # even the right bytes: a link could point anywhere
+    blob.unlink()
+    blob.symlink_to(outside)
+    trust_bundle_keys(offline, bundle)
+
+    with pytest.raises(FetchError) as e:
+        _import(offline, bundle)
+    assert str(e.value) == (f"{blob}: is a symbolic link; local sources must hold regular files only (refused)")
+    assert _nothing_installed(offline)
+
+
+def test_export_refuses_a_directory_that_is_not_empty_or_not_a_directory(home, tmp_path):
+    ensure_embedded_default(home, Config())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(StoreError) as e:
+        _export(home, ["pennello-tiny"], out)
+    assert str(e.value) == f"{out} already exists and is not an empty directory; give a new directory to --out"
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    with pytest.raises(StoreError, match="already exists and is not an empty directory"):
+        _export(home, ["pennello-tiny"], a_file)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+    (out / "keep.txt").unlink()  # an empty directory is fine
+    assert _export(home, ["pennello-tiny"], out) == out and (out / "manifests").is_dir()
+
+
+def test_export_of_a_model_that_is_not_installed_is_refused(home, tmp_path):
+    with pytest.raises(StoreError, match=r"^model 'nope' is not installed \(installed: none\)"):
+        _export(home, ["nope"], tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_files_shared_by_two_models_travel_once(home, offline, tmp_path, install_signed):
+    office = install_signed("office-model", OFFICE)
+    lab = install_signed("lab-model", LAB)
+    bundle = _export(home, ["office-model", "lab-model"], tmp_path / "bundle")
+    blobs = sorted(p.name for p in (bundle / "blobs" / "sha256").glob("*/*"))
+    unique = {e.sha256 for m in (office, lab) for e in m.manifest.files}
+    assert blobs == sorted(unique) and len(blobs) == 5  # 6 files, the tokenizer once
+
+    trust_bundle_keys(offline, bundle)
+    _import(offline, bundle)
+    store = Store(offline)
+    shared = store.blob_path(office.manifest.files[1].sha256)
+    assert office.manifest.files[1].path == "tokenizer/vocab.json"
+    assert shared.stat().st_nlink == 3  # one blob, a link in each model
+    assert len(list(store.blobs_dir.glob("*/*"))) == 5
+    assert store.verify(progress=False) == []
+
+
+def test_a_bundle_can_install_only_the_models_asked_for(home, offline, tmp_path, install_signed):
+    install_signed("office-model", OFFICE)
+    install_signed("lab-model", LAB)
+    bundle = _export(home, ["office-model", "lab-model"], tmp_path / "bundle")
+    trust_bundle_keys(offline, bundle)
+    with pytest.raises(FetchError) as e:
+        _import(offline, bundle, names=["sd-turbo"])
+    assert str(e.value) == f"{bundle} has no model 'sd-turbo'; it holds lab-model, office-model"
+    assert [m.name for m in _import(offline, bundle, names=["lab-model"])] == ["lab-model"]
+    assert Store(offline).names() == ["lab-model"]
+
+
+def test_a_key_revoked_here_stays_revoked_when_a_bundle_brings_it_back(home, offline, tmp_path, install_signed):
+    install_signed("office-model", OFFICE)
+    bundle = _export(home, ["office-model"], tmp_path / "bundle")
+    publisher = _publisher_keyid(home)
+    TrustPolicy.load(offline, Config().trust).untrust(publisher)  # announced as compromised
+    revoked_at = json.loads((offline.state_dir / "revoked-keys.json").read_text())[publisher]
+
+    with pytest.raises(RevokedKeyError) as e:
+        trust_bundle_keys(offline, bundle)
+    assert str(e.value) == (f"key {publisher} was revoked on {revoked_at}; trust it again only if you are "
+                            f"sure it is safe (`pennello keys trust --unrevoke`)")
+    with pytest.raises(RevokedKeyError, match=f"^manifest 'office-model' v1 is signed by revoked key {publisher} "):
+        _import(offline, bundle)
+    assert _nothing_installed(offline)
+
+
+def test_an_older_bundle_is_refused_as_a_rollback(home, offline, tmp_path, install_signed):
+    install_signed("office-model", OFFICE)
+    old = _export(home, ["office-model"], tmp_path / "old")
+    install_signed("office-model", {**OFFICE, "unet/w.bin": b"better weights " * 1000}, version=2)
+    new = _export(home, ["office-model"], tmp_path / "new")
+    trust_bundle_keys(offline, new)
+    assert _import(offline, new)[0].version == 2
+
+    with pytest.raises(RollbackError) as e:
+        _import(offline, old)
+    assert str(e.value) == "manifest 'office-model' v1 is older than v2 already seen; refusing a rollback"
+    assert Store(offline).get("office-model").version == 2
+
+
+def test_a_manifest_renamed_to_another_model_is_refused(home, offline, tmp_path, install_signed):
+    install_signed("office-model", OFFICE)
+    bundle = _export(home, ["office-model"], tmp_path / "bundle")
+    os.replace(bundle / "manifests" / "office-model.json", bundle / "manifests" / "pennello-tiny.json")
+    trust_bundle_keys(offline, bundle)
+    with pytest.raises(TrustError) as e:
+        _import(offline, bundle)
+    assert str(e.value) == "manifest is for model 'office-model', not 'pennello-tiny'; refused"
+    assert _nothing_installed(offline)
+
+
+def test_what_is_not_a_bundle_is_refused(offline, tmp_path):
+    with pytest.raises(FetchError) as e:
+        _import(offline, tmp_path)
+    assert str(e.value) == f"{tmp_path} has no manifests/*.json; is it a pennello bundle?"
+    with pytest.raises(FetchError) as e:
+        trust_bundle_keys(offline, tmp_path)
+    assert str(e.value) == f"{tmp_path} has no keys/*.pub to trust"

@@ -1,0 +1,78 @@
+"""Installing over a real HTTP mirror: every file of a version arrives intact, or nothing changes.
+
+The attacks here need the whole install flow rather than one fetcher or the store alone:
+files of two versions mixed under one manifest, a download interrupted between two runs of
+``pennello install``, and a file two models share being fetched once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from _fixtures_installer import make_manifest, mirror, publish  # noqa: F401 (fixtures)
+from pennello.config import Config
+from pennello.errors import FetchError, IntegrityError
+from pennello.installer import Installer, Store, TrustPolicy
+from pennello.installer.manifest import Source
+from pennello.installer.sources import FetchOptions
+
+SHARED = b"shared tokenizer " * 100
+WEIGHTS_1 = bytes(range(256)) * 1024  # 256 KiB
+WEIGHTS_2 = bytes(reversed(range(256))) * 1024  # same size, other bytes
+V1 = {"model_index.json": b'{"v": 1}', "tokenizer/vocab.json": SHARED, "unet/w.bin": WEIGHTS_1}
+V2 = {"model_index.json": b'{"v": 2}', "tokenizer/vocab.json": SHARED, "unet/w.bin": WEIGHTS_2}
+
+
+@pytest.fixture
+def install(home, mirror, publish):
+    """``install(name, files, version=1)``: serve ``files`` at ``mirror/<name>/`` and install them."""
+    def run(name: str, files: dict[str, bytes], version: int = 1, serve: bool = True):
+        if serve:
+            mirror.files.update({f"{name}/{path}": data for path, data in files.items()})
+        manifest = make_manifest(name, files, version, source=Source("mirror", base_url=f"{mirror.url}/{name}"))
+        options = FetchOptions(downloads_dir=home.downloads_dir, retries=0, read_timeout_s=5)
+        return Installer(home, Config(), options=options, progress=False).install_raw(publish(manifest))
+    return run
+
+
+def test_files_of_another_version_are_refused_and_the_old_version_stays(home, mirror, install):
+    install("tiny", V1)
+    mirror.files.update({f"tiny/{path}": data for path, data in V2.items()})
+    mirror.substitute["tiny/unet/w.bin"] = WEIGHTS_1  # v1's weights served under v2's manifest
+    with pytest.raises(IntegrityError) as e:
+        install("tiny", V2, version=2, serve=False)
+    assert str(e.value) == (f"unet/w.bin: sha256 {hashlib.sha256(WEIGHTS_1).hexdigest()}, manifest says "
+                            f"{hashlib.sha256(WEIGHTS_2).hexdigest()}; the file was refused and deleted")
+    store = Store(home)
+    assert store.get("tiny").version == 1 and not (store.models_dir / "tiny" / "v2").exists()
+    assert store.verify(["tiny"], progress=False) == []
+    assert TrustPolicy.load(home, Config().trust).seen_version("tiny") == 1  # v2 was never recorded
+
+    del mirror.substitute["tiny/unet/w.bin"]
+    assert install("tiny", V2, version=2, serve=False).version == 2  # the retry is not blocked
+
+
+def test_an_interrupted_install_resumes_where_it_stopped(home, mirror, install):
+    mirror.drop_after["tiny/unet/w.bin"] = 100_000
+    with pytest.raises(FetchError) as e:
+        install("tiny", V1)
+    message = str(e.value)  # the middle is the connection error, worded by urllib3
+    assert message.startswith(f"{mirror.url}/tiny/unet/w.bin: download failed after 1 attempts (")
+    assert message.endswith(f"); 100000 of {len(WEIGHTS_1)} bytes are kept and the next attempt resumes from there")
+    assert Store(home).names() == []
+
+    assert install("tiny", V1, serve=False).version == 1  # a new `pennello install` run
+    assert mirror.ranges("tiny/unet/w.bin") == ["bytes=100000-"]
+    assert (Store(home).get("tiny").path / "unet/w.bin").read_bytes() == WEIGHTS_1
+    assert list(home.downloads_dir.iterdir()) == []
+
+
+def test_a_file_two_models_share_is_fetched_once(home, mirror, install):
+    install("alpha", V1)
+    install("beta", V2)
+    fetched = [path for path, _ in mirror.requests]
+    assert "alpha/tokenizer/vocab.json" in fetched and "beta/tokenizer/vocab.json" not in fetched
+    store = Store(home)
+    assert store.blob_path(hashlib.sha256(SHARED).hexdigest()).stat().st_nlink == 3
