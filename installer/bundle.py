@@ -5,7 +5,9 @@
     DIR/manifests/<name>.json      the signed envelopes, byte for byte as installed
     DIR/blobs/sha256/<ab>/<hash>   every file once, named by its sha256 (shared files stored once)
     DIR/keys/<keyid>.pub           public keys that signed those manifests (for the admin to review)
-    DIR/wheels/                    with --with-wheels: pennello and its dependencies
+    DIR/wheels/                    with --with-wheels: wheels of pennello and its dependencies
+    DIR/lock.txt  DIR/bundle.json  with --with-wheels: the hash lock, and the signed list of the
+                                   code files (see :mod:`pennello.installer.wheelhouse`)
     DIR/README.txt  DIR/install.sh
 
 On the air-gapped machine ``pennello install --from DIR`` verifies every manifest with the
@@ -13,7 +15,10 @@ On the air-gapped machine ``pennello install --from DIR`` verifies every manifes
 trusts them first (``pennello keys trust DIR/keys/<keyid>.pub``) or passes
 ``--trust-bundle-keys``, which trusts them and prints each key id so it can be checked against
 the publisher's. Every manifest is verified before any file is read, every file is checked
-before it is used, and no model changes unless all of them arrive intact.
+before it is used, and no model changes unless all of them arrive intact. ``install.sh``
+installs the wheels only after ``pennello bundle verify`` accepted them (or, on a first
+install, after the lock's sha256 matched the one the admin was given), with pip in
+``--require-hashes`` mode.
 
     $ pennello bundle export pennello-tiny sd-turbo --out /media/usb/pennello
     $ pennello install --from /media/usb/pennello          # on the other machine
@@ -32,13 +37,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pennello.config import Config
-from pennello.errors import FetchError, StoreError
+from pennello.config import Config, TrustConfig
+from pennello.errors import FetchError, StoreError, TrustError
 from pennello.installer.install import Installer, check_disk_space
-from pennello.installer.keys import trust_key
+from pennello.installer.keys import TrustedKey
 from pennello.installer.manifest import MANIFEST_FILENAME, parse_envelope
-from pennello.installer.store import InstalledModel, Store, check_file, remove_tree
+from pennello.installer.store import InstalledModel, Store, check_file, file_sha256, remove_tree
 from pennello.installer.trust import TrustPolicy
+from pennello.installer.wheelhouse import (LOCK_FILE, PIP_INSTALL, collect_wheels, sign_bundle, signing_key,
+                                           write_lock)
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -54,44 +61,82 @@ Every file is checked against its signed manifest before it is used.
 
 1. Check the key ids in keys/ against the ones your publisher announced:
        {keyids}
-2. If pennello is not installed yet and wheels/ exists, run:   sh install.sh
-   (creates a virtual environment, installs pennello from wheels/ without network,
-   then installs the models). Set PENNELLO_VENV to choose where the environment goes.
-3. If pennello is installed, run:
-       pennello keys trust keys/<keyid>.pub      (once per key you accept)
+   A key is never trusted because it came in a bundle: trust the ones you checked,
+       pennello keys trust keys/<keyid>.pub
+2. If pennello is installed, run:
        pennello install --from {dirname}
+{wheels}"""
+
+README_WHEELS = """\
+3. To install or upgrade pennello itself from wheels/ (no network), run:   sh install.sh
+   It checks bundle.json (signed by key {signer}) with the pennello already on this machine
+   (`pennello bundle verify`), then lets pip install only the wheels lock.txt pins by sha256,
+   then installs the models. Set PENNELLO_VENV to choose where the environment goes.
+   First install (no pennello here yet to check the signature with): get the sha256 of
+   lock.txt from whoever exported this bundle, over another channel than this medium, and run
+       PENNELLO_LOCK_SHA256=<that sha256> sh install.sh
+   (at export it was {lock_sha256}; a copy written here proves nothing by itself).
 """
 
 INSTALL_SH = """\
 #!/bin/sh
-# Install pennello (from wheels/, no network) and the bundled models. See README.txt.
+# Install pennello from wheels/ (offline, every wheel pinned by sha256) and the bundled models.
+# See README.txt. Nothing is installed unless the bundle's code checks out first.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 if [ -d "$here/wheels" ]; then
+    checker=${{PENNELLO_CHECKER:-$(command -v pennello || true)}}
+    if [ -n "$checker" ]; then
+        # This machine's pennello and trusted keys check the signature and every file.
+        "$checker" bundle verify "$here"
+    elif [ -n "${{PENNELLO_LOCK_SHA256:-}}" ]; then
+        # First install: the lock's sha256, given by the exporter, anchors pip's hashes.
+        python3 - "$here/{lock}" "$PENNELLO_LOCK_SHA256" <<'EOF'
+import hashlib, sys
+digest = hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest()
+if digest != sys.argv[2].strip().lower():
+    sys.exit(f"error: {lock} has sha256 {{digest}}, not {{sys.argv[2]}}; refusing the bundle")
+EOF
+    else
+        echo "error: no pennello on this machine to check the bundle's signature with; set" >&2
+        echo "PENNELLO_LOCK_SHA256 to the sha256 of {lock} the exporter gave you (see README.txt)" >&2
+        exit 3
+    fi
     venv=${{PENNELLO_VENV:-$HOME/.local/share/pennello-venv}}
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --no-index --find-links "$here/wheels" pennello
+    "$venv/bin/pip" install {pip_install} --find-links "$here/wheels" -r "$here/{lock}"
     PATH="$venv/bin:$PATH"
 fi
-for key in "$here"/keys/*.pub; do
-    pennello keys trust "$key"
-done
 pennello install --from "$here"
-"""
+""".format(lock=LOCK_FILE, pip_install=" ".join(PIP_INSTALL))
 
 
 def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, with_wheels: bool = False,
                   platforms: tuple[str, ...] = (), python_version: str | None = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, key_name: str | None = None,
+                  wheels_from: Path | None = None) -> Path:
     """Write a bundle of installed models to ``out`` (which must not exist or be empty).
 
     The bundle is assembled next to ``out`` and renamed into place when complete.
 
+    Args:
+        with_wheels: also carry pennello's wheels, locked by hash and signed with ``key_name``.
+        key_name: the local signing key for ``bundle.json`` (needed with wheels).
+        wheels_from: take the wheels from this directory instead of downloading them.
+
     Raises:
         ModelNotFoundError: a model is not installed.
         IntegrityError: a store file no longer matches its manifest (run ``pennello verify``).
+        TrustError: wheels without a signing key, or a key not trusted here.
+        FetchError: the wheels could not be had (pip failed, or a file is not a wheel).
         DiskSpaceError, StoreError: ``out`` cannot take the bundle.
     """
+    signer: TrustedKey | None = None
+    if with_wheels or wheels_from is not None:
+        if key_name is None:
+            raise TrustError("a bundle with wheels must be signed: give the name of a local signing key "
+                             "(`--key KEYNAME`, see `pennello keys generate`)")
+        signer = signing_key(paths, config, key_name)  # before any download
     store = Store(paths)
     models = [store.get(name) for name in dict.fromkeys(names)]
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -107,13 +152,24 @@ def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, wit
     try:
         keyids = _write_manifests_and_keys(paths, config, models, staging)
         _copy_blobs(store, list(unique.values()), staging, progress)
-        if with_wheels:
-            download_wheels(staging / "wheels", platforms, python_version)
+        wheels = ""
+        if signer is not None and key_name is not None:
+            if wheels_from is not None:
+                collect_wheels(wheels_from, staging / "wheels")
+            else:
+                download_wheels(staging / "wheels", platforms, python_version)
+            lock = write_lock(staging)
+            if signer.keyid not in keyids:
+                (staging / "keys" / f"{signer.keyid}.pub").write_bytes(signer.pem())
+                keyids.append(signer.keyid)
+            wheels = README_WHEELS.format(signer=signer.keyid, lock_sha256=file_sha256(lock))
         (staging / "README.txt").write_text(README.format(
             models=", ".join(f"{m.name} v{m.version}" for m in models),
-            keyids="\n       ".join(keyids), dirname=out.name), encoding="utf-8")
+            keyids="\n       ".join(keyids), dirname=out.name, wheels=wheels), encoding="utf-8")
         (staging / "install.sh").write_text(INSTALL_SH, encoding="utf-8")
         os.chmod(staging / "install.sh", 0o755)
+        if signer is not None and key_name is not None:
+            sign_bundle(paths, config, staging, key_name)  # last: it lists install.sh and README.txt
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -169,8 +225,7 @@ def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str 
     target = [arg for platform in platforms for arg in ("--platform", platform)]
     if python_version:
         target += ["--python-version", python_version]
-    if target:
-        target += ["--only-binary=:all:"]
+    target += ["--only-binary=:all:"]  # wheels only: nothing is built (no setup.py runs) on the target
     requirements = [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
     source = Path(__file__).resolve().parent.parent
     ours = [str(source)] if (source / "pyproject.toml").exists() else \
@@ -196,7 +251,8 @@ def trust_bundle_keys(paths: Paths, directory: Path) -> list[str]:
     pubs = sorted((directory / "keys").glob("*.pub"))
     if not pubs:
         raise FetchError(f"{directory} has no keys/*.pub to trust")
-    return [trust_key(paths, pub).keyid for pub in pubs]
+    policy = TrustPolicy.load(paths, TrustConfig())  # the threshold plays no part in trusting keys
+    return [policy.trust(pub.read_bytes(), pub.name.removesuffix(".pub")).keyid for pub in pubs]
 
 
 def import_bundle(paths: Paths, config: Config, directory: Path, progress: bool = True,

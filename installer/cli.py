@@ -17,11 +17,12 @@ import click
 from pennello.config import load_config
 from pennello.errors import ModelNotFoundError
 from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
+from pennello.installer.wheelhouse import LOCK_FILE, verify_bundle
 from pennello.installer.catalog import Catalog
 from pennello.installer.cli_trust import keys, manifest
 from pennello.installer.install import Installer, format_bytes
 from pennello.installer.lock import lock_manifest
-from pennello.installer.store import Store
+from pennello.installer.store import Store, file_sha256
 from pennello.paths import get_paths
 
 __all__ = ["install", "models", "verify", "remove", "bundle", "keys", "manifest"]
@@ -143,25 +144,64 @@ def bundle() -> None:
 @bundle.command("export")
 @click.argument("names", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New directory for the bundle.")
-@click.option("--with-wheels", is_flag=True, help="Also download wheels of pennello and its dependencies (needs network).")
+@click.option("--with-wheels", is_flag=True,
+              help="Also carry wheels of pennello and its dependencies (downloads them; wheels only), "
+                   "pinned in lock.txt and signed with --key.")
+@click.option("--key", "key_name", metavar="KEYNAME",
+              help="Local signing key for the wheels' bundle.json (`pennello keys generate`); needed with wheels.")
+@click.option("--wheels-from", type=_EXISTING_DIR,
+              help="Take the wheels from this directory (a wheelhouse you built) instead of downloading.")
 @click.option("--platform", "platforms", multiple=True, help="Wheel platform tag of the target machine (repeatable), e.g. manylinux2014_x86_64.")
 @click.option("--python-version", help="Python version of the target machine, e.g. 3.11.")
-def export(names: tuple[str, ...], out: Path, with_wheels: bool, platforms: tuple[str, ...],
-           python_version: str | None) -> None:
+def export(names: tuple[str, ...], out: Path, with_wheels: bool, key_name: str | None,
+           wheels_from: Path | None, platforms: tuple[str, ...], python_version: str | None) -> None:
     """Write installed models (manifests, files, public keys) to a directory for an offline machine.
 
     \b
       pennello bundle export pennello-tiny sd-turbo --out /media/usb/pennello
+      pennello bundle export pennello-tiny --out /media/usb/pennello --with-wheels --key office
       # on the offline machine:
-      pennello install --from /media/usb/pennello
+      pennello install --from /media/usb/pennello     # pennello installed already
+      sh /media/usb/pennello/install.sh               # or: pennello itself, then the models
 
-    The bundle's README.txt lists the key ids to check before trusting them.
+    The bundle's README.txt lists the key ids to check before trusting them. With wheels, the
+    printed sha256 of lock.txt is what a first install on a machine without pennello checks:
+    send it to the admin over another channel than the bundle itself.
     """
-    if (platforms or python_version) and not with_wheels:
+    if (platforms or python_version) and not (with_wheels or wheels_from):
         raise click.UsageError("--platform and --python-version only apply with --with-wheels")
-    out = export_bundle(get_paths().ensure(), load_config(), list(names), out, with_wheels,
-                        platforms, python_version)
+    if (with_wheels or wheels_from) and not key_name:
+        raise click.UsageError("--with-wheels needs --key KEYNAME: the wheels are signed so the "
+                               "target machine can check them before pip runs")
+    if wheels_from and (platforms or python_version):
+        raise click.UsageError("--wheels-from takes the wheels as they are; --platform and "
+                               "--python-version apply to downloading")
+    out = export_bundle(get_paths().ensure(), load_config(), list(names), out, with_wheels, platforms,
+                        python_version, key_name=key_name, wheels_from=wheels_from)
     click.echo(f"bundle written to {out}")
+    if (out / LOCK_FILE).is_file():
+        click.echo(f"  {LOCK_FILE} sha256 {file_sha256(out / LOCK_FILE)}  (for a first install: "
+                   f"PENNELLO_LOCK_SHA256)")
+
+
+@bundle.command("verify")
+@click.argument("directory", type=_EXISTING_DIR)
+def bundle_verify(directory: Path) -> None:
+    """Check a bundle's wheels before installing them: the signed bundle.json and every file.
+
+    bundle.json must be signed as a model manifest must (keys trusted here, thresholds, the
+    trusted root, revocations, not expired); then lock.txt, every wheel, install.sh and
+    README.txt must match it byte for byte, and wheels/ may hold nothing else. install.sh runs
+    this before pip; exits 3 (trust) or 4 (a changed file) and installs nothing otherwise.
+    The models are checked by `pennello install --from DIR` against their own manifests.
+
+    \b
+      pennello bundle verify /media/usb/pennello && sh /media/usb/pennello/install.sh
+    """
+    verified = verify_bundle(get_paths(), load_config(), directory)
+    click.echo(f"{directory}: OK, {len(verified.manifest.files)} files as signed")
+    for key in verified.signers:
+        click.echo(f"  signer   {key.name} ({key.origin}) {key.keyid}")
 
 
 @manifest.command("lock")

@@ -1,9 +1,12 @@
-"""``pennello keys`` and ``pennello manifest``: manage trusted keys, sign and check manifests.
+"""``pennello keys`` and ``pennello manifest``: manage trusted keys and the trusted root, sign and
+check manifests.
 
-They parse options, call :mod:`pennello.installer.keys` and :mod:`pennello.installer.trust`
-and print; refusals are TrustErrors, shown with their exit code by the top-level group.
+They parse options, call :mod:`pennello.installer.keys`, :mod:`pennello.installer.root` and
+:mod:`pennello.installer.trust` and print; refusals are TrustErrors, shown with their exit code
+by the top-level group.
 
     $ pennello keys generate office
+    $ pennello keys root show
     $ pennello manifest sign my-model.json --key office
     $ pennello manifest verify my-model.json
 """
@@ -14,9 +17,14 @@ from pathlib import Path
 
 import click
 
+from datetime import datetime, timedelta, timezone
+
 from pennello.config import load_config
-from pennello.installer.keys import add_signature, generate_key, key_id, load_private_key
-from pennello.installer.manifest import format_time
+from pennello.errors import TrustError
+from pennello.installer import root as rootring
+from pennello.installer.keys import (TrustedKey, add_signature, check_key_name, generate_key, key_id,
+                                     load_private_key, load_public_key_pem)
+from pennello.installer.manifest import dump_envelope, format_time
 from pennello.installer.store import write_atomic
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import get_paths
@@ -40,16 +48,20 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 def keys() -> None:
     """Decide whose signatures this machine accepts on model manifests.
 
-    A manifest is used only when enough trusted keys signed it (config: trust.threshold).
-    The pennello release key ships trusted; add your publisher's key, or make your own to sign
-    models you lock or build yourself. A key is named by its key id, the sha256 of its public
-    key: compare it with the publisher over a channel you trust before `keys trust`.
+    Two kinds of keys sign manifests. The publisher's are listed in the signed trusted root
+    (`pennello keys root --help`): pennello ships it with the release key, and signed root
+    updates rotate or revoke those keys. Keys you add here (`keys trust`, `keys generate`) are
+    yours to manage. A manifest is used when at least trust.threshold (config, default 1)
+    distinct trusted keys signed it and, unless one of yours did, the publisher's keys reach
+    the root's own threshold. A key is named by its key id, the sha256 of its public key:
+    compare it with the publisher over a channel you trust before `keys trust`.
 
     \b
       pennello keys list
       pennello keys trust ./acme-models.pub        # then check the printed key id
       pennello keys generate office                # your own signing key, trusted here
       pennello keys untrust 33e3ec9e               # revoke (a unique prefix is enough)
+      pennello keys root show                      # the publisher's keys and thresholds
     """
 
 
@@ -74,13 +86,19 @@ def keys_generate(name: str) -> None:
 
 @keys.command("list")
 def keys_list() -> None:
-    """List the trusted keys (shipped with pennello, or added here) and revoked key ids."""
+    """List the keys that may sign manifests and the revoked ones.
+
+    ORIGIN is 'root' (the publisher's, from the trusted root's manifests role) or 'user'
+    (added here). REVOKED is when you revoked it here, or the root version that dropped it.
+    """
     policy = _policy()
     rows = [("KEYID", "NAME", "ORIGIN", "REVOKED")]
     for key in policy.keys():
         rows.append((key.keyid, key.name, key.origin, policy.revoked.get(key.keyid, "")))
     known = {key.keyid for key in policy.keys()}
     rows += [(keyid, "-", "-", when) for keyid, when in sorted(policy.revoked.items()) if keyid not in known]
+    rows += [(keyid, r.name, "-", f"dropped by root v{r.version}") for keyid, r in sorted(policy.retired.items())
+             if keyid not in known and keyid not in policy.revoked]
     _table(rows)
 
 
@@ -116,6 +134,198 @@ def keys_untrust(keyid: str) -> None:
     full = policy.resolve_keyid(keyid)
     policy.untrust(full)
     click.echo(f"revoked key {full}")
+
+
+@keys.group("root")
+def keys_root() -> None:
+    """The publisher's keys: the signed trusted root, and the updates that rotate them.
+
+    The root lists the keys that may sign manifests (role 'manifests') and the keys that must
+    sign the next root (role 'root'), each with a threshold. Pennello ships root v1 (the
+    release key). A newer root is applied only if its version is exactly one more than the
+    trusted one and it is signed by the threshold of the trusted root's root keys AND of its
+    own: a stolen manifest key cannot rotate the root, and revoking a key is one signed root
+    update. An older root is refused (rollback); the newest applied is kept in pennello's state.
+
+    \b
+    On each machine:
+      pennello keys root show
+      pennello keys root show root-2.json          # read a root file before applying it
+      pennello keys root update root-2.json root-3.json   # the publisher's files, any order
+    \b
+    The publisher, to revoke key 1234abcd and add a new manifest key:
+      pennello keys root draft root-2.json --remove 1234abcd --add manifests=new.pub
+      pennello keys root sign root-2.json --key release-2026   # the current root keys
+      pennello keys root sign root-2.json --key release-2027   # and the new root's own
+    """
+
+
+def _describe_root(root: rootring.Root) -> None:
+    for name in rootring.ROLE_NAMES:
+        role = root.roles[name]
+        click.echo(f"  role {name}: {role.threshold} of {len(role.keyids)} key(s)")
+        for keyid in role.keyids:
+            click.echo(f"    {keyid}  {root.keys[keyid].name}")
+
+
+@keys_root.command("show")
+@click.argument("file", type=_FILE, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the root file itself.")
+def keys_root_show(file: Path | None, as_json: bool) -> None:
+    """Show the trusted root (or, without applying it, the root in FILE).
+
+    A FILE is only read, not verified: `keys root update FILE` decides whether it is trusted.
+    """
+    if file is not None:
+        raw = file.read_bytes()
+        root = rootring.parse_root(raw)[0]
+        heading = f"root v{root.version} in {file} (not verified), expires {format_time(root.expires)}"
+    else:
+        trusted = rootring.load_trusted_root(get_paths())
+        raw, root = trusted.raw, trusted.root
+        where = "shipped with pennello" if trusted.origin == "shipped" else "applied here"
+        heading = f"trusted root v{root.version} ({where}), expires {format_time(root.expires)}"
+        if root.is_expired(datetime.now(timezone.utc)):
+            heading += " -- EXPIRED: apply a newer root"
+    if as_json:
+        click.echo(raw.decode("utf-8"), nl=False)
+        return
+    click.echo(heading)
+    _describe_root(root)
+    if file is None and trusted.retired:
+        click.echo("  dropped by root updates (refused):")
+        for keyid, retired in sorted(trusted.retired.items()):
+            click.echo(f"    {keyid}  {retired.name} (from v{retired.version})")
+
+
+@keys_root.command("update")
+@click.argument("files", nargs=-1, required=True, type=_FILE)
+def keys_root_update(files: tuple[Path, ...]) -> None:
+    """Apply newer roots from the publisher (FILES in any order; older ones are skipped).
+
+    Each must be the next version and signed by the threshold of the trusted root's root keys
+    and of its own; each accepted root is kept before the next is checked. Keys a root drops
+    are refused from then on, even where you had trusted them with `keys trust`. At most 32
+    roots are applied at once, and the last one must not have expired.
+
+    \b
+      pennello keys root update /media/usb/roots/*.json
+    """
+    paths = get_paths().ensure()
+    before = rootring.load_trusted_root(paths).root
+
+    def report(new: rootring.Root) -> None:
+        nonlocal before
+        click.echo(f"applied root v{new.version}: {_changes(before, new)}")
+        before = new
+    done = rootring.update_root(paths, [f.read_bytes() for f in files], applied=report)
+    if not done:
+        click.echo(f"trusted root v{before.version} is already the newest given; nothing to do")
+        return
+    click.echo(f"trusted root is now v{done[-1].version}, expires {format_time(done[-1].expires)}")
+
+
+def _changes(old: rootring.Root, new: rootring.Root) -> str:
+    parts = []
+    for name in rootring.ROLE_NAMES:
+        was, now = old.roles[name], new.roles[name]
+        parts += [f"{name} +{k[:16]} ({new.keys[k].name})" for k in now.keyids if k not in was.keyids]
+        parts += [f"{name} -{k[:16]} ({old.keys[k].name})" for k in was.keyids if k not in now.keyids]
+        if was.threshold != now.threshold:
+            parts.append(f"{name} threshold {was.threshold} -> {now.threshold}")
+    return ", ".join(parts) or "same keys and thresholds"
+
+
+def _role_value(value: str, option: str) -> tuple[str, str]:
+    role, sep, rest = value.partition("=")
+    if not sep or role not in rootring.ROLE_NAMES or not rest:
+        raise click.BadParameter(f"{value!r}: expected ROLE=VALUE with ROLE one of "
+                                 f"{', '.join(rootring.ROLE_NAMES)}", param_hint=option)
+    return role, rest
+
+
+@keys_root.command("draft")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "base_file", type=_FILE,
+              help="Start from this root file (a draft not applied yet) instead of the trusted root.")
+@click.option("--add", "adds", multiple=True, metavar="ROLE=FILE.pub",
+              help="Add the public key in FILE.pub to ROLE (root or manifests); repeatable.")
+@click.option("--remove", "removes", multiple=True, metavar="KEYID",
+              help="Drop a key from every role (a prefix of 8+ hex digits); machines that apply the "
+                   "root refuse it from then on. Repeatable.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="ROLE=N",
+              help="Set how many of ROLE's keys must sign; repeatable.")
+@click.option("--expires-days", type=click.IntRange(1, 3650), default=365, show_default=True,
+              help="Days until the new root expires.")
+def keys_root_draft(out: Path, base_file: Path | None, adds: tuple[str, ...], removes: tuple[str, ...],
+                    thresholds: tuple[str, ...], expires_days: int) -> None:
+    """Write OUT: the next root (version + 1), unsigned, with the changes asked for.
+
+    Then sign it with `keys root sign` by enough of the current root keys and, if the root
+    keys change, by enough of the new ones. A key's name in the root is its file name.
+
+    \b
+      pennello keys root draft root-2.json --remove 1234abcd --add manifests=office-2027.pub
+      pennello keys root draft root-3.json --from root-2.json --threshold manifests=2
+    """
+    if out.exists():
+        raise click.UsageError(f"{out} exists already; give a new file name")
+    paths = get_paths().ensure()
+    base = rootring.parse_root(base_file.read_bytes())[0] if base_file else rootring.load_trusted_root(paths).root
+    added = []
+    for value in adds:
+        role, file = _role_value(value, "--add")
+        pem = Path(file).read_bytes() if Path(file).is_file() else None
+        if pem is None:
+            raise click.BadParameter(f"{file!r} is not a file", param_hint="--add")
+        public_key = load_public_key_pem(pem, file)
+        added.append((role, TrustedKey(key_id(public_key), check_key_name(Path(file).name.removesuffix(".pub")),
+                                       public_key, "root")))
+    removed = [_resolve_root_key(base, prefix) for prefix in removes]
+    wanted = {}
+    for value in thresholds:
+        role, number = _role_value(value, "--threshold")
+        if not number.isdigit():
+            raise click.BadParameter(f"{value!r}: the threshold must be a number", param_hint="--threshold")
+        wanted[role] = int(number)
+    signed = rootring.draft_root(base, datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=expires_days),
+                                 added, removed, wanted)
+    write_atomic(out, dump_envelope(signed, []))
+    new = rootring.parse_root(out.read_bytes())[0]
+    click.echo(f"draft root v{new.version} written to {out} (unsigned): {_changes(base, new)}")
+    click.echo(f"  sign it with {base.roles['root'].threshold} of root v{base.version}'s root keys and "
+               f"{new.roles['root'].threshold} of its own: `pennello keys root sign {out} --key KEY`")
+
+
+def _resolve_root_key(root: rootring.Root, prefix: str) -> str:
+    matches = [k for k in root.keys if k.startswith(prefix.lower())] if len(prefix) >= 8 else []
+    if len(matches) != 1:
+        raise TrustError(f"{prefix!r} names {'no key' if not matches else 'several keys'} of root "
+                         f"v{root.version}; give 8 or more hex digits of a key id it lists")
+    return matches[0]
+
+
+@keys_root.command("sign")
+@click.argument("file", type=_FILE)
+@click.option("--key", "key", required=True, metavar="PATH_OR_NAME",
+              help="A private key file (PEM), or the NAME of a key from `pennello keys generate`.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the signed root here instead of replacing FILE.")
+def keys_root_sign(file: Path, key: str, out: Path | None) -> None:
+    """Add this key's signature to the root in FILE (replacing its earlier one).
+
+    Other signatures are kept, so the old root keys and the new ones can sign in turn, each on
+    their own machine. Nothing that pennello would refuse to read is signed.
+
+    \b
+      pennello keys root sign root-2.json --key ../keys/release-2026.key
+    """
+    private_key = load_private_key(key, get_paths())
+    signed = rootring.add_root_signature(file.read_bytes(), private_key)
+    target = out or file
+    write_atomic(target, signed)
+    version = rootring.parse_root(signed)[0].version
+    click.echo(f"signed root v{version} {file} with key {key_id(private_key.public_key())} -> {target}")
 
 
 @click.group()

@@ -1,11 +1,13 @@
-"""Ed25519 keys: make them, load them, sign with them, and keep the set of trusted public keys.
+"""Ed25519 keys: make them, load them, sign with them, and keep this machine's own trusted keys.
 
 A key is named by its *key id*: the sha256 (hex) of its raw 32-byte public key, so the same key
-has the same id everywhere and a publisher can read it out over the phone. Trusted public keys
-are PEM files (``SubjectPublicKeyInfo``):
+has the same id everywhere and a publisher can read it out over the phone. Keys come from two
+places:
 
-* *shipped* ones, package data of ``pennello.manifests`` (``keys/*.pub``, the release key);
-* *user* ones, in ``paths.trusted_keys_dir`` (added by ``pennello keys trust``/``generate``).
+* the publisher's, listed in the signed trusted root (:mod:`pennello.installer.root`: the
+  release key ships there, and signed root updates rotate them);
+* *user* ones, PEM files (``SubjectPublicKeyInfo``) in ``paths.trusted_keys_dir``, added on
+  this machine by ``pennello keys trust``/``generate``; this module keeps those.
 
 Revoked key ids are listed in ``paths.state_dir/revoked-keys.json``; a revoked key stays
 revoked even if its file comes back (say, in a bundle). Which manifests those keys may sign is
@@ -22,14 +24,13 @@ decided by :mod:`pennello.installer.trust`.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -40,12 +41,11 @@ from pennello.installer.manifest import Manifest, dump_envelope, format_time, pa
 from pennello.installer.store import write_atomic
 from pennello.paths import Paths
 
-KeyOrigin = Literal["shipped", "user"]
+KeyOrigin = Literal["root", "user"]  # listed in the trusted root, or added on this machine
 
 PUBLIC_SUFFIX = ".pub"
 PRIVATE_SUFFIX = ".key"
 REVOKED_FILE = "revoked-keys.json"
-SHIPPED_KEYS = ("pennello.manifests", "keys")  # package, folder
 KEYID_PREFIX_MIN = 8  # shortest key id prefix accepted where a user types one
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -66,8 +66,12 @@ class TrustedKey:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """sha256 hex of the raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(raw_public_bytes(public_key)).hexdigest()
+
+
+def raw_public_bytes(public_key: Ed25519PublicKey) -> bytes:
+    """The 32 bytes of an Ed25519 public key (RFC 8032), as a root lists them (in hex)."""
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def public_pem(public_key: Ed25519PublicKey) -> bytes:
@@ -171,14 +175,6 @@ def add_signature(envelope_bytes: bytes, private_key: Ed25519PrivateKey) -> byte
     return dump_envelope(signed, kept + [new])
 
 
-def shipped_keys() -> list[TrustedKey]:
-    """The public keys that ship with pennello (the release key)."""
-    package, folder = SHIPPED_KEYS
-    directory = importlib.resources.files(package) / folder
-    files = sorted((f for f in directory.iterdir() if f.name.endswith(PUBLIC_SUFFIX)), key=lambda f: f.name)
-    return [_trusted(f.read_bytes(), f.name, "shipped") for f in files]
-
-
 def user_keys(paths: Paths) -> list[TrustedKey]:
     """The public keys added on this machine.
 
@@ -195,7 +191,7 @@ def _trusted(pem: bytes, file_name: str, origin: KeyOrigin) -> TrustedKey:
 
 
 def trust_key(paths: Paths, source: Path | bytes, name: str | None = None,
-              unrevoke: bool = False) -> TrustedKey:
+              unrevoke: bool = False, known: Mapping[str, TrustedKey] | None = None) -> TrustedKey:
     """Add a public key (a ``.pub`` file or its PEM bytes) to this machine's trusted keys.
 
     Trusting a key that is trusted already changes nothing and returns it.
@@ -203,6 +199,7 @@ def trust_key(paths: Paths, source: Path | bytes, name: str | None = None,
     Args:
         name: the file name to keep it under; defaults to the source file's name.
         unrevoke: trust it again even though it was revoked here.
+        known: keys trusted already by other means (the trusted root's), by key id.
 
     Raises:
         TrustError: not an Ed25519 public key, no name, or the name is taken by another key.
@@ -223,9 +220,9 @@ def trust_key(paths: Paths, source: Path | bytes, name: str | None = None,
                               f"you are sure it is safe (`pennello keys trust --unrevoke`)")
     if keyid in revoked:
         _save_revoked(paths, {k: v for k, v in revoked.items() if k != keyid})
-    known = next((k for k in shipped_keys() + user_keys(paths) if k.keyid == keyid), None)
-    if known is not None:
-        return known
+    found = (known or {}).get(keyid) or next((k for k in user_keys(paths) if k.keyid == keyid), None)
+    if found is not None:
+        return found
     path = paths.trusted_keys_dir / f"{check_key_name(name)}{PUBLIC_SUFFIX}"
     if path.exists():
         raise TrustError(f"another key is trusted under the name {name!r} ({path}); choose another name")

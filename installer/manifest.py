@@ -309,35 +309,35 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def parse_envelope(raw: bytes) -> tuple[dict[str, Any], list[dict[str, str]]]:
+def parse_envelope(raw: bytes, what: str = "manifest") -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Split manifest file bytes into the ``signed`` object and its signature list.
 
-    Duplicate JSON keys are refused: two parsers must never disagree on what was signed.
+    Duplicate JSON keys are refused: two parsers must never disagree on what was signed. The
+    same envelope carries roots and bundle manifests; ``what`` names the file in messages.
 
     Raises:
         ManifestFormatError: not JSON, not an envelope, or a signature entry that is not
             ``{"keyid": <64 hex>, "sig": <128 hex>}``.
     """
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            keys = [k for k, _ in pairs]
+            raise ManifestFormatError(f"{what} repeats the JSON key {next(k for k in keys if keys.count(k) > 1)!r}")
+        return result
+
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestFormatError(f"manifest is not valid UTF-8 JSON: {e}") from e
+        raise ManifestFormatError(f"{what} is not valid UTF-8 JSON: {e}") from e
     if not isinstance(data, dict) or "signed" not in data or set(data) - {"signed", "signatures"}:
-        raise ManifestFormatError("manifest must be a JSON object with only 'signed' and 'signatures'")
+        raise ManifestFormatError(f"{what} must be a JSON object with only 'signed' and 'signatures'")
     signatures = data.get("signatures", [])
     if not isinstance(signatures, list):
         raise ManifestFormatError("'signatures' must be a list of {keyid, sig} objects")
     for number, signature in enumerate(signatures, 1):
         _check_signature_entry(number, signature)
     return data["signed"], signatures
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        keys = [k for k, _ in pairs]
-        raise ManifestFormatError(f"manifest repeats the JSON key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return result
 
 
 def _check_signature_entry(number: int, signature: Any) -> None:

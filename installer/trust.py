@@ -1,5 +1,16 @@
 """The trust policy: whether a signed manifest may be used, and the memory that stops rollbacks.
 
+Two sets of keys are trusted: the publisher's, listed in the ``manifests`` role of the trusted
+root (:mod:`pennello.installer.root`, rotated by signed root updates), and the ones the admin
+added on this machine (``pennello keys trust``/``generate``). A key revoked here
+(``pennello keys untrust``) or dropped by a root update counts for neither. Signatures are
+accepted when both rules hold:
+
+* **this machine's rule**: at least ``trust.threshold`` distinct trusted keys signed (keys of
+  either set count);
+* **the publisher's rule**: unless a key added here signed, the signers from the root's
+  ``manifests`` role reach that role's threshold, and the root has not expired.
+
 :meth:`TrustPolicy.verify` checks one envelope in a fixed order and raises the first
 :class:`~pennello.errors.TrustError` subclass that applies, with a message naming the model,
 its version and the reason:
@@ -7,8 +18,9 @@ its version and the reason:
 1. well formed, safe paths (``ManifestFormatError``, ``UnsafePathError``);
 2. signed at all (``UnsignedManifestError``);
 3. no signature by a trusted key fails to verify (``BadSignatureError``: changed after signing);
-4. enough *distinct* trusted, unrevoked keys signed it (``ThresholdError``), else why not:
-   only revoked signers (``RevokedKeyError``) or only unknown ones (``UntrustedKeyError``);
+4. the two rules above (``ThresholdError``), else why no signature counted: only the keys of
+   an expired root (``ExpiredManifestError``), only revoked or dropped signers
+   (``RevokedKeyError``) or only unknown ones (``UntrustedKeyError``);
 5. ``created`` not after ``expires``, every file within ``trust.max_file_bytes``;
 6. not expired at ``now`` (``ExpiredManifestError``: a freeze attack, or a stale mirror);
 7. not older than the highest version seen for that model, and not a *different* manifest
@@ -41,8 +53,10 @@ from pennello.errors import (BadSignatureError, ConfigError, ExpiredManifestErro
                              RevokedKeyError, RollbackError, ThresholdError, TrustError,
                              UnsignedManifestError, UntrustedKeyError)
 from pennello.installer import keys as keyring
-from pennello.installer.keys import KEYID_PREFIX_MIN, TrustedKey
+from pennello.installer import root as rootring
+from pennello.installer.keys import KEYID_PREFIX_MIN, TrustedKey, load_public_key_pem
 from pennello.installer.manifest import Manifest, canonical_json, format_time, parse_envelope
+from pennello.installer.root import TrustedRoot
 from pennello.installer.store import write_atomic
 from pennello.paths import Paths
 
@@ -69,41 +83,53 @@ class _Seen:
 
 
 class TrustPolicy:
-    """Trusted keys, revocations and versions seen on this machine, and the rules that use them.
+    """The trusted root, this machine's keys, revocations and versions seen, and the rules that use them.
 
     Build it with :meth:`load`; it reads its files once, and writes through on every change.
     """
 
     def __init__(self, paths: Paths, config: TrustConfig, keys: list[TrustedKey],
-                 revoked: dict[str, str]) -> None:
+                 revoked: dict[str, str], root: TrustedRoot) -> None:
+        """
+        Args:
+            keys: the keys added on this machine (origin "user").
+            revoked: key ids revoked here, and when.
+            root: the trusted root; its ``manifests`` keys are the publisher's.
+        """
         if config.threshold < 1:
             raise ConfigError(f"trust.threshold must be at least 1, not {config.threshold}")
         self.paths = paths
         self.config = config
-        self._keys: dict[str, TrustedKey] = {}
-        for key in keys:  # a shipped key stays "shipped" even if a user copy of it exists
+        self.root = root
+        self._publisher = frozenset(root.root.roles["manifests"].keyids)
+        self._local = frozenset(k.keyid for k in keys)
+        self._keys: dict[str, TrustedKey] = {k.keyid: k for k in root.root.role_keys("manifests")}
+        for key in keys:  # a key of the root stays "root" even if a user copy of it exists
             self._keys.setdefault(key.keyid, key)
-        self.revoked = dict(revoked)  # keyid -> when it was revoked
+        self.revoked = dict(revoked)  # keyid -> when it was revoked here
+        # keyid -> the root version that dropped it (a later root listing it again wins)
+        self.retired = {k: r for k, r in root.retired.items() if k not in root.root.keys}
 
     @classmethod
     def load(cls, paths: Paths, config: TrustConfig) -> "TrustPolicy":
-        """Read the shipped and user keys and the revocations.
+        """Read the trusted root, this machine's keys and the revocations.
 
         Raises:
-            TrustError: a trusted key file or the revocation file is damaged.
+            TrustError: the root, a trusted key file or a revocation file is damaged.
             ConfigError: ``trust.threshold`` is below 1.
         """
-        return cls(paths, config, keyring.shipped_keys() + keyring.user_keys(paths),
-                   keyring.load_revoked(paths))
+        return cls(paths, config, keyring.user_keys(paths), keyring.load_revoked(paths),
+                   rootring.load_trusted_root(paths))
 
     # --- keys ---------------------------------------------------------------------------------
 
     def keys(self) -> list[TrustedKey]:
-        """Every known key (revoked ones too: see :meth:`is_revoked`), shipped first."""
-        return sorted(self._keys.values(), key=lambda k: (k.origin != "shipped", k.name, k.keyid))
+        """Every key that may sign manifests (revoked ones too: see :meth:`is_revoked`), the root's first."""
+        return sorted(self._keys.values(), key=lambda k: (k.origin != "root", k.name, k.keyid))
 
     def is_revoked(self, keyid: str) -> bool:
-        return keyid in self.revoked
+        """Revoked here, or dropped by a root update."""
+        return keyid in self.revoked or keyid in self.retired
 
     def public_key_pem(self, keyid: str) -> bytes | None:
         """The PEM of a trusted, unrevoked key, or None."""
@@ -111,9 +137,22 @@ class TrustPolicy:
         return key.pem() if key is not None and not self.is_revoked(keyid) else None
 
     def trust(self, pem: bytes, name: str, unrevoke: bool = False) -> TrustedKey:
-        """Add a public key to the user's trusted keys (see :func:`keys.trust_key`)."""
-        key = keyring.trust_key(self.paths, pem, name, unrevoke=unrevoke)
+        """Add a public key to the user's trusted keys (see :func:`keys.trust_key`).
+
+        Raises:
+            RevokedKeyError: it was revoked here or dropped by a root update, and not ``unrevoke``.
+        """
+        keyid = keyring.key_id(load_public_key_pem(pem))
+        if keyid in self.retired and not unrevoke:
+            raise RevokedKeyError(f"key {keyid} was dropped by the trusted root v{self.retired[keyid].version} "
+                                  f"(revoked by its publisher); trust it again only if you are sure it is "
+                                  f"safe (`pennello keys trust --unrevoke`)")
+        key = keyring.trust_key(self.paths, pem, name, unrevoke=unrevoke, known=self._keys)
+        if self.retired.pop(keyid, None) is not None:
+            rootring.forget_retired(self.paths, keyid)
         self._keys.setdefault(key.keyid, key)
+        if key.origin == "user":
+            self._local |= {key.keyid}
         self.revoked.pop(key.keyid, None)
         return key
 
@@ -133,6 +172,7 @@ class TrustPolicy:
         key = self._keys.get(keyid)
         if key is not None and key.origin == "user":
             del self._keys[keyid]
+        self._local -= {keyid}
         log.info("revoked key %s", keyid)
 
     def resolve_keyid(self, prefix: str) -> str:
@@ -147,7 +187,8 @@ class TrustPolicy:
                              f"hex digits (see `pennello keys list`)")
         if len(prefix) == 64:
             return prefix
-        matches = sorted({k for k in [*self._keys, *self.revoked] if k.startswith(prefix)})
+        known = {*self._keys, *self.root.root.keys, *self.revoked, *self.retired}
+        matches = sorted(k for k in known if k.startswith(prefix))
         if len(matches) != 1:
             found = "no known key" if not matches else f"{len(matches)} keys ({', '.join(matches)})"
             raise TrustError(f"key id prefix {prefix!r} matches {found}; see `pennello keys list`")
@@ -176,7 +217,11 @@ class TrustPolicy:
                                       f"{MAX_MANIFEST_BYTES} a manifest may have")
         signed, signatures = parse_envelope(raw)
         manifest = Manifest.from_signed(signed)
-        signers = self._check_signatures(manifest, signed, signatures)
+        label = _label(manifest)
+        if not signatures:
+            raise UnsignedManifestError(f"{label} is not signed; only signed manifests are used "
+                                        f"(a publisher signs with `pennello manifest sign`)")
+        signers = self.check_signatures(label, signed, signatures, now)
         self._check_content(manifest)
         self._check_fresh(manifest, now)
         self._check_not_rolled_back(manifest)
@@ -199,12 +244,17 @@ class TrustPolicy:
         seen = self._load_seen().get(name)
         return seen.version if seen else None
 
-    def _check_signatures(self, manifest: Manifest, signed: dict[str, Any],
-                          signatures: list[dict[str, str]]) -> tuple[TrustedKey, ...]:
-        label = _label(manifest)
-        if not signatures:
-            raise UnsignedManifestError(f"{label} is not signed; only signed manifests are used "
-                                        f"(a publisher signs with `pennello manifest sign`)")
+    def check_signatures(self, label: str, signed: dict[str, Any], signatures: list[dict[str, str]],
+                         now: datetime) -> tuple[TrustedKey, ...]:
+        """The trusted keys whose signatures over ``signed`` count, if they satisfy both rules.
+
+        Used for model manifests and for bundle manifests alike (one trust root for weights and
+        code). ``label`` starts every message.
+
+        Raises:
+            BadSignatureError, ThresholdError, ExpiredManifestError, RevokedKeyError,
+            UntrustedKeyError: see the module docstring.
+        """
         message = canonical_json(signed)
         valid: dict[str, TrustedKey] = {}  # keyed by keyid: one key counts once
         revoked: set[str] = set()
@@ -212,7 +262,7 @@ class TrustPolicy:
         for signature in signatures:
             keyid = signature["keyid"]
             key = self._keys.get(keyid)
-            if keyid in self.revoked:
+            if self.is_revoked(keyid):
                 revoked.add(keyid)
             elif key is None:
                 unknown.add(keyid)
@@ -222,20 +272,42 @@ class TrustPolicy:
                 raise BadSignatureError(
                     f"{label}: the signature by trusted key {keyid} ({key.name}) does not match; "
                     f"the manifest was changed after it was signed (tampered or damaged)")
-        if len(valid) >= self.config.threshold:
-            return tuple(valid.values())
-        if not valid and revoked:
-            keyid = sorted(revoked)[0]
-            raise RevokedKeyError(f"{label} is signed by revoked key {keyid} ({self._name(keyid)}"
-                                  f"revoked {self.revoked[keyid]}); ask the publisher for one "
-                                  f"signed with a current key")
-        if not valid:
+        root = self.root.root
+        role = root.roles["manifests"]
+        root_expired = root.is_expired(now)
+        local = {k for k in valid if k in self._local}
+        publisher = {k for k in valid if k in self._publisher} if not root_expired else set()
+        counted = local | publisher
+        if len(counted) >= self.config.threshold and (local or len(publisher) >= role.threshold):
+            return tuple(valid[k] for k in sorted(counted, key=list(valid).index))
+        ignored = [f"revoked {k}" for k in sorted(revoked)] + [f"untrusted {k}" for k in sorted(unknown)]
+        not_counted = f" (not counted: {', '.join(ignored)})" if ignored else ""
+        if not counted and valid:  # only the keys of an expired root signed
+            raise ExpiredManifestError(
+                f"{label} is signed by the publisher's keys of the trusted root v{root.version}, which "
+                f"expired on {format_time(root.expires)}; apply a newer root (`pennello keys root "
+                f"update FILE`) or check this machine's clock")
+        if not counted and revoked:
+            raise RevokedKeyError(self._revoked_message(label, sorted(revoked)[0]))
+        if not counted:
             raise UntrustedKeyError(f"{label} is signed only by keys not trusted here: "
                                     f"{', '.join(sorted(unknown))}; if you trust its publisher, "
                                     f"confirm the key id with them and `pennello keys trust FILE.pub`")
-        ignored = [f"revoked {k}" for k in sorted(revoked)] + [f"untrusted {k}" for k in sorted(unknown)]
-        raise ThresholdError(f"{label} needs {self.config.threshold} signatures from trusted keys, "
-                             f"has {len(valid)}" + (f" (not counted: {', '.join(ignored)})" if ignored else ""))
+        if len(counted) < self.config.threshold:
+            raise ThresholdError(f"{label} needs {self.config.threshold} signatures from trusted keys, "
+                                 f"has {len(counted)}" + not_counted)
+        raise ThresholdError(f"{label} needs {role.threshold} signatures from the publisher's keys "
+                             f"(the manifests role of trusted root v{root.version}), has "
+                             f"{len(publisher)}" + not_counted)
+
+    def _revoked_message(self, label: str, keyid: str) -> str:
+        if keyid in self.revoked:
+            return (f"{label} is signed by revoked key {keyid} ({self._name(keyid)}revoked "
+                    f"{self.revoked[keyid]}); ask the publisher for one signed with a current key")
+        retired = self.retired[keyid]
+        return (f"{label} is signed by key {keyid} ({retired.name}), which the trusted root "
+                f"v{retired.version} dropped (revoked by its publisher); ask the publisher for one "
+                f"signed with a current key")
 
     def _check_content(self, manifest: Manifest) -> None:
         label = _label(manifest)

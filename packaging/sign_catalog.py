@@ -1,4 +1,4 @@
-"""Write and sign the shipped catalog: one manifest per model in ``manifests/<name>.json``.
+"""Write and sign the shipped catalog (``manifests/<name>.json``) and the shipped trusted root.
 
 ``pennello-tiny`` is *locked*: every file of ``installer/embedded/pennello-tiny/`` is listed
 with its sha256 and size. The other entries are *unlocked*: they pin a Hugging Face repository
@@ -7,10 +7,19 @@ at a full commit, and ``pennello manifest lock`` records their file digests at f
 Running it again changes nothing unless an entry's content changed (or ``--renew`` is given):
 then that entry gets ``version + 1``, a fresh ``created``, ``expires`` a year later, and a new
 signature. Timestamps and version alone never count as a change, so a rebuild that writes the
-same bytes leaves the manifests as they are::
+same bytes leaves the manifests as they are.
+
+A release runs::
 
     python packaging/build_embedded_model.py
     python packaging/sign_catalog.py --key ../shared/keys/pennello-release-2026.key
+
+The trusted root (``installer/embedded/root.json``) lists the release key in both its roles
+(``root`` and ``manifests``, threshold 1). It is re-signed the same way: only when its keys or
+thresholds change (or ``--renew``), with ``version + 1`` and ``expires`` two years on, and only if
+the result is a valid successor of the root already there (signed by the old root's keys), so
+machines that applied it can follow. Rotating the release key itself is a root that the old key
+*and* the new one sign: make it with ``pennello keys root draft`` and ``pennello keys root sign``.
 """
 
 from __future__ import annotations
@@ -25,9 +34,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pennello.errors import ManifestFormatError, PennelloError
-from pennello.installer.keys import load_private_key, sign_signed
+from pennello.installer.keys import TrustedKey, key_id, load_private_key, sign_signed
 from pennello.installer.manifest import (FileEntry, Manifest, PipelineSpec, Source, dump_envelope,
                                          parse_envelope)
+from pennello.installer.root import Role, Root, parse_root, verify_next
 from pennello.installer.store import file_sha256, write_atomic
 from pennello.paths import get_paths
 
@@ -37,7 +47,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS_DIR = REPO_ROOT / "manifests"
 EMBEDDED_DIR = REPO_ROOT / "installer" / "embedded"
 DEFAULT_KEY = REPO_ROOT.parent / "shared" / "keys" / "pennello-release-2026.key"
+ROOT_PATH = EMBEDDED_DIR / "root.json"
 VALIDITY = timedelta(days=365)
+ROOT_VALIDITY = timedelta(days=2 * 365)  # outlives the manifests it vouches for
 # What may differ between two signings of the same content.
 _VOLATILE = ("version", "created", "expires")
 
@@ -159,6 +171,35 @@ def sign_entry(manifest: Manifest, key: Ed25519PrivateKey, out: Path = MANIFESTS
     return True
 
 
+def sign_root(key: Ed25519PrivateKey, key_name: str, path: Path = ROOT_PATH, renew: bool = False,
+              now: datetime | None = None) -> bool:
+    """Write the shipped root (the release key in both roles) if it changed; True when written.
+
+    Raises:
+        PennelloError: the new root would not follow the one already at ``path`` (a different
+            release key: rotate it with `pennello keys root draft` and `sign` by both keys).
+    """
+    now = now or datetime.now(timezone.utc)
+    release = TrustedKey(key_id(key.public_key()), key_name, key.public_key(), "root")
+    both = Role((release.keyid,), 1)
+    wanted = Root(1, now + ROOT_VALIDITY, {release.keyid: release}, {"root": both, "manifests": both})
+    old = parse_root(path.read_bytes())[0] if path.exists() else None
+    if old is not None:
+        same = {k: old.to_signed()[k] for k in ("keys", "roles")} == \
+            {k: wanted.to_signed()[k] for k in ("keys", "roles")}
+        if same and not renew:
+            return False
+        wanted = Root(old.version + 1, wanted.expires, wanted.keys, wanted.roles)
+    signed = wanted.to_signed()
+    raw = dump_envelope(signed, [sign_signed(signed, key)])
+    if old is not None:
+        verify_next(old, raw)  # machines that trust the old root must be able to follow
+    write_atomic(path, raw)
+    path.chmod(0o644)
+    log.info("signed %s v%d", path, wanted.version)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -167,17 +208,26 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"release private key (PEM, Ed25519); default {DEFAULT_KEY}")
     parser.add_argument("--out", type=Path, default=MANIFESTS_DIR,
                         help=f"catalog directory to write (default {MANIFESTS_DIR})")
+    parser.add_argument("--root-out", type=Path,
+                        help=f"trusted root to write (default {ROOT_PATH} when --out is the shipped "
+                             f"catalog; otherwise no root is signed unless this is given)")
     parser.add_argument("--renew", action="store_true",
                         help="re-sign every entry with fresh dates and a higher version")
     args = parser.parse_args(argv)
+    # A catalog written elsewhere (a test, a trial) must never replace the shipped root.
+    root_out = args.root_out or (ROOT_PATH if args.out.resolve() == MANIFESTS_DIR.resolve() else None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         key = load_private_key(str(args.key), get_paths())
         written = sum(sign_entry(m, key, args.out, args.renew) for m in catalog(datetime.now(timezone.utc)))
+        if root_out is not None:
+            written += sign_root(key, args.key.stem, root_out, renew=args.renew)
+        else:
+            log.info("no trusted root signed: --out is not the shipped catalog (give --root-out)")
     except PennelloError as e:
         parser.exit(e.exit_code, f"error: {e}\n")
-    log.info("%d manifest(s) written, the rest unchanged", written)
+    log.info("%d file(s) written, the rest unchanged", written)
 
 
 if __name__ == "__main__":

