@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "get_family": "pipelines",
     "serve": "server",
     "start_background_server": "server",
+    "Advertiser": "advertise",
+    "NetworkGuard": "offline",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,17 +27,20 @@ from pennello.errors import BusyError, PennelloError
 from pennello.paths import Paths, get_paths
 
 from .engine import Engine
+from .offline import NetworkGuard
 
 log = logging.getLogger(__name__)
 
 # Modules of this package that define a module-level ``bp`` blueprint, registered in this order.
-BLUEPRINTS: tuple[str, ...] = ("routes_native", "routes_auth", "routes_openai", "routes_a1111", "openapi", "web")
+BLUEPRINTS: tuple[str, ...] = ("routes_native", "routes_auth", "routes_openai", "routes_a1111", "openapi", "web",
+                               "routes_offline", "routes_tools")
 
 LOCAL_OWNER = "local"
 _EXT = "pennello"
 
 
-def create_app(config: Config, engine: Engine | None = None, paths: Paths | None = None) -> Flask:
+def create_app(config: Config, engine: Engine | None = None, paths: Paths | None = None,
+               guard: NetworkGuard | None = None) -> Flask:
     """Build the WSGI app.
 
     Args:
@@ -45,6 +48,8 @@ def create_app(config: Config, engine: Engine | None = None, paths: Paths | None
         engine: a started engine; when None one is created for ``paths`` and started (loads the
             default model, so this can take a few seconds).
         paths: where state lives; defaults to :func:`pennello.paths.get_paths`.
+        guard: the no-network guard ``serve`` installed, reported by ``/api/offline`` and
+            ``/api/health``; None when no-network mode is off.
     """
     paths = paths or (engine.paths if engine is not None else get_paths())
     if engine is None:
@@ -53,7 +58,7 @@ def create_app(config: Config, engine: Engine | None = None, paths: Paths | None
     app = Flask("pennello.daemon")
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[_EXT] = {"engine": engine, "config": config, "paths": paths}
+    app.extensions[_EXT] = {"engine": engine, "config": config, "paths": paths, "guard": guard}
     app.register_error_handler(PennelloError, _pennello_error)
     app.register_error_handler(HTTPException, _http_error)
     app.before_request(_start_timer)
@@ -78,6 +83,10 @@ def current_config() -> Config:
 
 def current_paths() -> Paths:
     return current_app.extensions[_EXT]["paths"]
+
+
+def current_guard() -> NetworkGuard | None:
+    return current_app.extensions[_EXT]["guard"]
 
 
 def current_owner() -> str:

@@ -1,11 +1,13 @@
 """``pennello serve``, ``pennello status`` and ``pennello generate``.
 
 ``serve`` runs the daemon in the foreground; the other two talk to it over HTTP only, so they
-work the same against a daemon on another machine (``--url``, ``--token``).
+work the same against a daemon on another machine: a paired one found on the LAN
+(``--remote NAME`` or ``--remote auto``), or any one by address (``--url``, ``--token``).
 
     $ pennello serve --port 0 &
     $ pennello status
     $ pennello generate "a lighthouse at dusk" -n 2 --seed 7 --out pictures/
+    $ pennello generate "a lighthouse at dusk" --remote auto   # the paired daemon on the LAN
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from pennello.paths import get_paths
 @click.option("--port", type=click.IntRange(0, 65535),
               help="Port to listen on (default 8420; 0 picks a free one and prints it).")
 @click.option("--lan", is_flag=True, default=None,
-              help="Listen on every interface so phones and other PCs can connect; "
-                   "they need a paired token (see `pennello pair`).")
+              help="Serve HTTPS on every interface and advertise it over mDNS so phones and other "
+                   "PCs can find and connect to it; they need a paired token (see `pennello pair`).")
 def serve(host: str | None, port: int | None, lan: bool | None) -> None:
     """Keep the default model warm and serve the HTTP API until Ctrl-C or SIGTERM.
 
@@ -35,16 +37,22 @@ def serve(host: str | None, port: int | None, lan: bool | None) -> None:
 
     \b
       pennello serve                 # http://127.0.0.1:8420, this machine only
-      pennello serve --lan           # reachable from the local network, tokens required
+      pennello serve --lan           # HTTPS for the local network, advertised over mDNS,
+                                     # paired devices only (see `pennello pair`)
       pennello serve --port 0        # any free port; the URL is printed
     """
     from pennello.config import load_config
+
+    paths = get_paths().ensure()
+    config = load_config()
+    if config.offline.enabled:
+        from .offline import apply_offline_env
+
+        apply_offline_env()  # before anything imports huggingface_hub, diffusers or transformers
     from pennello.installer import ensure_embedded_default
 
     from .server import serve as run_server
 
-    paths = get_paths().ensure()
-    config = load_config()
     overrides = {key: value for key, value in (("host", host), ("port", port), ("lan", lan))
                  if value is not None}
     config = config.replace("server", **overrides)
@@ -53,10 +61,21 @@ def serve(host: str | None, port: int | None, lan: bool | None) -> None:
 
 
 _remote_options = [
+    click.option("--remote", envvar="PENNELLO_REMOTE", metavar="NAME|auto",
+                 help="A paired daemon on the LAN, by name or instance id; `auto`: the only paired "
+                      "one that answers. Found by mDNS, reached over TLS pinned at pairing."),
     click.option("--url", envvar="PENNELLO_URL",
                  help="Daemon to use, e.g. http://192.168.1.20:8420 (default: the local one)."),
     click.option("--token", envvar="PENNELLO_TOKEN", help="Paired device token for a remote daemon."),
 ]
+
+
+def _client(remote: str | None, url: str | None, token: str | None) -> Client:
+    if remote:
+        from pennello.remote import connect
+
+        return connect(remote)
+    return Client(url, token)
 
 
 def _remote(command: Any) -> Any:
@@ -67,12 +86,12 @@ def _remote(command: Any) -> Any:
 
 @click.command()
 @_remote
-def status(url: str | None, token: str | None) -> None:
+def status(remote: str | None, url: str | None, token: str | None) -> None:
     """Say whether the daemon runs, where, on which device, and how busy it is.
 
     Exits with status 8 when no daemon is running.
     """
-    client = Client(url, token)
+    client = _client(remote, url, token)
     health = client.health()
     click.echo(f"pennello {health['version']} is running at {client.base_url}")
     click.echo(f"  device:        {health['device']}")
@@ -80,6 +99,9 @@ def status(url: str | None, token: str | None) -> None:
                f" ({'loaded' if health['default_loaded'] else 'not loaded'})")
     click.echo(f"  loaded models: {', '.join(health['loaded']) or 'none'}")
     click.echo(f"  queue:         {health['running']} running, {health['queue_depth']} waiting")
+    offline = health.get("offline")
+    if offline:
+        click.echo(f"  no-network:    {offline['mode']} ({offline['refused']} attempts refused)")
 
 
 def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -108,7 +130,7 @@ def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @_remote
 def generate(prompt: str, n: int, size: tuple[int, int] | None, steps: int | None,
              guidance: float | None, seed: int | None, negative: str, model: str | None, fmt: str,
-             out: Path, url: str | None, token: str | None) -> None:
+             out: Path, remote: str | None, url: str | None, token: str | None) -> None:
     """Generate pictures with the running daemon and save them.
 
     Shows progress while the daemon works, then prints each saved file with its seed (the same
@@ -117,6 +139,7 @@ def generate(prompt: str, n: int, size: tuple[int, int] | None, steps: int | Non
     \b
       pennello generate "a red kite over a beach"
       pennello generate "a red kite" -n 4 --seed 7 --size 512x512 --out kites/
+      pennello generate "a red kite" --remote "Pennello on studio"
     """
     from tqdm import tqdm
 
@@ -125,7 +148,7 @@ def generate(prompt: str, n: int, size: tuple[int, int] | None, steps: int | Non
     if size:
         params["width"], params["height"] = size
     params = {key: value for key, value in params.items() if value is not None}
-    client = Client(url, token)
+    client = _client(remote, url, token)
     with tqdm(total=1, unit="step", desc="generating", leave=False) as bar:
         def on_progress(step: int, total: int) -> None:
             bar.total = total

@@ -1,6 +1,7 @@
 """``pennello pair`` and ``pennello tokens``: let other devices in, see them, and shut them out.
 
-    $ pennello pair                # a one-time code + QR code for a phone or laptop
+    $ pennello pair                # on the daemon's machine: a one-time code + QR code
+    $ pennello pair "Pennello on studio" --code K7M2QX9P   # on another PC: pair with it
     $ pennello tokens list         # paired devices
     $ pennello tokens revoke 3f9a1c2b
 """
@@ -19,21 +20,39 @@ from .auth import TOKENS_FILE, TokenStore
 
 
 @click.command()
+@click.argument("daemon", required=False, metavar="[NAME|auto]")
 @click.option("--qr/--no-qr", default=True, show_default=True, help="Draw the QR code in the terminal.")
-def pair(qr: bool) -> None:
-    """Show a one-time code that lets another device use this pennello.
+@click.option("--code", help="With NAME: the code the daemon's machine shows (asked for when absent).")
+@click.option("--as", "device_name", metavar="DEVICE", help="With NAME: how the daemon will list this "
+              "device (default: this computer's name).")
+@click.option("--fingerprint", help="With NAME: the certificate fingerprint the daemon's machine "
+              "shows; any other is refused.")
+@click.option("--timeout", type=float, default=3.0, show_default=True,
+              help="With NAME: seconds to look for it on the LAN.")
+def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None,
+         fingerprint: str | None, timeout: float) -> None:
+    """Let another device use this pennello, or (with NAME) pair this device with one on the LAN.
 
-    The daemon must be running with LAN access (`pennello serve --lan`). On the other device,
-    open the address shown (or scan the QR code) and type the code, or send it yourself:
+    Without NAME, on the daemon's machine: shows a one-time code (and QR code) that lets another
+    device use this pennello. The daemon must run with LAN access (`pennello serve --lan`). On the
+    other device run `pennello pair NAME --code CODE`, or open the address shown (a browser warns
+    about the self-signed certificate: compare its SHA-256 fingerprint with the one shown here),
+    or POST {"code": ..., "name": ...} to /api/pair. The answer holds the device's token; it sends
+    it as `Authorization: Bearer TOKEN`. A code works once and for 5 minutes; running
+    `pennello pair` again replaces it.
+
+    With NAME (as `pennello discover` lists it, its id, or `auto` for the only one answering), on
+    the other device: finds that daemon over mDNS, pins its certificate and trades the code for
+    a token, kept for `pennello generate --remote NAME`.
 
     \b
-      curl http://HOST:8420/api/pair -H 'Content-Type: application/json' \\
-           -d '{"code": "K7M2QX9P", "name": "kitchen tablet"}'
-
-    The answer holds the device's token; it sends it as `Authorization: Bearer TOKEN`. A code
-    works once and for 5 minutes; running `pennello pair` again replaces it.
+      pennello pair "Pennello on studio" --code K7M2QX9P
+      pennello pair auto --code K7M2QX9P --fingerprint sha256:3b1f...
     """
-    from pennello.client import Client
+    if daemon is not None:
+        _pair_with(daemon, code, device_name, fingerprint, timeout)
+        return
+    from pennello.client import Client, read_daemon_info
 
     client = Client()
     # The pennello client maps the daemon's error answers back to pennello errors.
@@ -44,9 +63,28 @@ def pair(qr: bool) -> None:
     if qr:
         click.echo(render_qr(offer["pair_url"]), nl=False)
     click.echo(f"QR code as an image: {client.base_url}{offer['qr_png_url']}")
+    fingerprint_here = (read_daemon_info() or {}).get("fingerprint")
+    if fingerprint_here:
+        click.echo(f"Certificate fingerprint (the device should show the same): {fingerprint_here}")
     if not offer.get("lan"):
         click.secho("note: the daemon listens on this computer only; restart it with "
                     "`pennello serve --lan` so other devices can reach it", fg="yellow", err=True)
+
+
+def _pair_with(daemon: str, code: str | None, device_name: str | None, fingerprint: str | None,
+               timeout: float) -> None:
+    from pennello.remote import pair as pair_remote
+
+    if code is None:
+        code = click.prompt("Pairing code shown on the daemon's machine")
+    remote = pair_remote(daemon, code, device_name=device_name, fingerprint=fingerprint, timeout=timeout)
+    click.echo(f"Paired with {remote.name} as {remote.device_name!r} (token {remote.token_id}).")
+    click.echo(f"Pinned certificate: {remote.fingerprint}")
+    click.echo(f"Use it with: pennello generate \"a red kite\" --remote {_quoted(remote.name)}")
+
+
+def _quoted(name: str) -> str:
+    return f'"{name}"' if " " in name else name
 
 
 def render_qr(data: str) -> str:

@@ -36,8 +36,8 @@ from pennello.errors import (BusyError, ConfigError, DaemonError, ModelNotFoundE
                              PennelloError, RequestError)
 from pennello.paths import Paths
 
-from .jobs import IMAGE_FORMATS, MAX_SEED, GenerateRequest, Job
-from .outputs import Outputs
+from .jobs import IMAGE_FORMATS, MAX_SEED, GenerateRequest, Job, OutputImage
+from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
 from .pipelines import ModelFamily, get_family
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class _Loaded:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     param_bytes: int = 0
+    derived: dict[str, Any] = field(default_factory=dict)  # img2img/inpaint pipes sharing `pipe`'s weights
 
 
 @dataclass
@@ -120,6 +121,8 @@ class Engine:
         self._worker: threading.Thread | None = None
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pennello-save")
         self._next_prune = 0.0
+        self._models_listeners: list[Callable[[], None]] = []
+        self.extensions: dict[str, Any] = {}  # per-engine state of optional tools (copyright index…)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -270,6 +273,35 @@ class Engine:
         return replace(request, model=installed.name, guidance=float(guidance), width=values["width"],
                        height=values["height"], steps=values["steps"])
 
+    def resolve(self, request: GenerateRequest) -> GenerateRequest:
+        """Validate a request and fill in the model's defaults without queueing it (edits use this)."""
+        return self._resolve(request)
+
+    def run_with_model(self, name: str, action: Callable[[Any], Any]) -> Any:
+        """Run ``action(loaded)`` on the worker with model ``name`` loaded, and return its result.
+
+        For work other than text-to-image that needs the device (edits, AI upscaling): it runs
+        between batches, never beside one. ``loaded`` has ``pipe``, ``family``, ``installed`` and
+        ``derived`` (a cache for pipelines built from ``pipe``'s components).
+
+        Raises:
+            ModelNotFoundError: not installed.  DaemonError: the engine is not running.
+        """
+        self.store.get(name)
+        return self._on_worker(lambda: action(self._ensure_loaded(name)))
+
+    def save_output(self, image: Any, record: dict[str, Any], fmt: str, enhance: bool = False,
+                    source: str | None = None) -> OutputImage:
+        """Run the post-steps (auto-enhance when asked, the copyright check when configured) and
+        save the picture; what they found is in its record and its ``notes``."""
+        from .poststeps import run_post_steps
+
+        image, notes = run_post_steps(self, image, {"enhance": enhance})
+        saved = self.outputs.save(image, {**record, **notes}, fmt,  # type: ignore[arg-type]
+                                  source or TRAINED_ALGORITHMIC_MEDIA)
+        saved.notes.update(notes)
+        return saved
+
     def _installed(self, name: str) -> Any:
         with self._cond:
             loaded = self._loaded.get(name)
@@ -321,6 +353,20 @@ class Engine:
         was_loaded = self._on_worker(lambda: self._drop(name))
         return {"name": name, "unloaded": was_loaded}
 
+    def add_models_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after a model is loaded or unloaded (LAN advertising re-announces).
+
+        It runs on the worker thread, so it must return at once; errors are logged and ignored.
+        """
+        self._models_listeners.append(listener)
+
+    def _models_changed(self) -> None:
+        for listener in list(self._models_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("models listener %r failed", listener)
+
     def _on_worker(self, action: Callable[[], Any]) -> Any:
         """Run ``action`` on the worker thread (it owns the device) and wait for its result."""
         future: Future = Future()
@@ -345,6 +391,7 @@ class Engine:
                 self._loaded[name] = loaded
             log.info("loaded %s v%d on %s in %.2fs (%.1f MB of weights)", name, installed.version,
                      self.device, time.perf_counter() - started, loaded.param_bytes / 1e6)
+            self._models_changed()
         loaded.last_used = time.monotonic()
         return loaded
 
@@ -357,6 +404,7 @@ class Engine:
         if self.device == "cuda":
             torch.cuda.empty_cache()
         log.info("unloaded %s", name)
+        self._models_changed()
         return True
 
     # --- status ----------------------------------------------------------------------------------
@@ -502,7 +550,8 @@ class Engine:
             if job.done:  # cancelled while its batch ran
                 continue
             try:
-                saved = self.outputs.save(image, _record(job, index, loaded), job.request.format)
+                saved = self.save_output(image, _record(job, index, loaded), job.request.format,
+                                         enhance=job.request.enhance)
             except Exception as e:  # e.g. a full disk: fail this job, keep serving
                 log.exception("saving an image of job %s failed", job.id)
                 job._finish("failed", f"could not save the image: {e}")

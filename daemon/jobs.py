@@ -47,6 +47,7 @@ class GenerateRequest:
     n: int = 1
     format: ImageFormat = "png"
     owner: str = "local"  # who may see the job and its images (a paired device, or "local")
+    enhance: bool = False  # auto-enhance each picture before saving it (see daemon/enhance.py)
 
     def batch_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
@@ -63,10 +64,13 @@ class OutputImage:
     width: int
     height: int
     format: ImageFormat
+    # What post-steps found, e.g. {"enhance": {...}, "copyright": {...}}; also in the record.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["path"]  # a server-side detail; clients fetch by id
+        data.update(data.pop("notes"))
         data["url"] = f"/api/images/{self.id}"
         return data
 
@@ -104,7 +108,7 @@ class Job:
         return {
             "id": self.id, "status": self.status, "model": r.model, "prompt": r.prompt,
             "negative_prompt": r.negative_prompt, "width": r.width, "height": r.height,
-            "steps": r.steps, "guidance": r.guidance, "n": r.n, "format": r.format,
+            "steps": r.steps, "guidance": r.guidance, "n": r.n, "format": r.format, "enhance": r.enhance,
             "seeds": list(self.seeds), "step": self.step, "total_steps": self.total_steps,
             "progress": self.progress, "batch_size": self.batch_size,
             "images": [image.to_dict() for image in self.images], "error": self.error,

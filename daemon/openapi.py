@@ -67,9 +67,11 @@ SCHEMAS: dict[str, Schema] = {
         "format": {"enum": [*IMAGE_FORMATS, None]},
         "stream": {"description": "Answer with server-sent events instead of JSON."},
         "wait": {"description": "Answer when the job ended instead of at once with 202."},
+        "enhance": {"description": "Auto-enhance each picture (contrast, sharpness) before saving it."},
     }), ("prompt",)),
     "Image": _obj({"id": _STR, "url": _STR, "seed": _INT, "width": _INT, "height": _INT,
-                   "format": {"enum": list(IMAGE_FORMATS)}}, ("id", "url", "seed", "width", "height", "format")),
+                   "format": {"enum": list(IMAGE_FORMATS)}, "enhance": _ref("EnhanceMetrics"),
+                   "copyright": _ref("CopyrightCheck")}, ("id", "url", "seed", "width", "height", "format")),
     "Job": _obj({
         "id": _STR, "status": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
         "model": _nullable("string"), "prompt": _STR, "negative_prompt": _STR, "width": _nullable("integer"),
@@ -101,7 +103,20 @@ SCHEMAS: dict[str, Schema] = {
                      ("state", "fraction"), extra=True),
     "Health": _obj({"version": _STR, "ready": _BOOL, "default_model": _STR, "default_loaded": _BOOL,
                     "device": _STR, "queue_depth": _INT, "running": _INT,
-                    "loaded": {"type": "array", "items": _STR}}, ("ready",), extra=True),
+                    "loaded": {"type": "array", "items": _STR}, "offline": _ref("OfflineSummary")},
+                   ("ready",), extra=True),
+    "OfflineSummary": _obj({"mode": {"enum": ["on", "off"]}, "lan": _nullable("boolean"),
+                            "allowed": {"type": "array", "items": _STR}, "refused": _INT},
+                           ("mode", "allowed", "refused"), extra=True,
+                           description="No-network mode: whether it is enforced, what the daemon may "
+                                       "reach, and how many attempts to reach anything else it refused."),
+    "OfflineAttempt": _obj({"event": _STR, "destination": _STR, "time": _NUM, "thread": _STR,
+                            "where": _STR, "stack": _STR},
+                           ("event", "destination", "time", "where", "stack")),
+    "OfflineStatus": {"allOf": [_ref("OfflineSummary"), _obj({
+        "since": _nullable("number"), "env": {"type": "object"},
+        "refused_by_destination": {"type": "object", "additionalProperties": _INT},
+        "attempts": {"type": "array", "items": _ref("OfflineAttempt")}}, extra=True)]},
     "PairCode": _obj({"code": {"type": "string", "pattern": "^[2-9A-HJ-NP-Z]{8}$"}, "expires_in_s": _NUM,
                       "pair_url": _STR, "qr_png_url": _STR, "lan": _BOOL},
                      ("code", "expires_in_s", "pair_url")),
@@ -179,7 +194,7 @@ def _op(summary: str, tag: str, ok: Schema | None = None, status: str = "200", b
 
 _ERROR_TEXT = {"400": "Invalid request; `field`/`param` names the input", "401": "A token is needed "
                "(non-loopback caller) or it is not valid", "403": "Only the owner may do this",
-               "404": "Not found", "409": "The job was cancelled", "429": "Busy or rate limited; "
+               "404": "Not found", "409": "The job was cancelled", "413": "Over a size limit ([images] in the config)", "429": "Busy or rate limited; "
                "see Retry-After", "500": "The job failed"}
 
 
@@ -237,6 +252,9 @@ def _paths() -> dict[str, dict[str, Schema]]:
         "/api/health": {"get": _op("Liveness and readiness (no token needed)", native, _json(_ref("Health")),
                                    public=True)},
         "/api/openapi.json": {"get": _op("This description", native, _json({"type": "object"}), public=True)},
+        "/api/offline": {"get": _op("No-network mode: what may be reached and the refused attempts, with "
+                                    "their stacks (owner only)", native, _json(_ref("OfflineStatus")),
+                                    errors=("403",))},
         "/api/pair/code": {"post": _op("A new one-time pairing code (owner only)", auth,
                                        _json(_ref("PairCode"), "Created"), status="201", errors=("403",))},
         "/api/pair/qr.png": {"get": _op("The current code's pairing address as a QR code (owner only)",
@@ -276,6 +294,7 @@ def _paths() -> dict[str, dict[str, Schema]]:
 @functools.lru_cache(maxsize=1)
 def build_spec() -> dict[str, Any]:
     """The whole OpenAPI document (built once)."""
+    from . import openapi_tools  # the picture tools' part; it uses this module's helpers
     return {
         "openapi": "3.1.0",
         "info": {"title": "pennello", "version": __version__,
@@ -286,10 +305,11 @@ def build_spec() -> dict[str, Any]:
                  {"name": "pairing", "description": "Pairing devices and managing their tokens"},
                  {"name": "openai", "description": "OpenAI-compatible images API"},
                  {"name": "a1111", "description": "AUTOMATIC1111-compatible API"},
-                 {"name": "web", "description": "The browser page"}],
+                 {"name": "web", "description": "The browser page"},
+                 {"name": "tools", "description": "Enhance, upscale, edit, styles and batches"}],
         "security": [{}, {"bearer": []}],
-        "paths": _paths(),
-        "components": {"schemas": SCHEMAS,
+        "paths": {**_paths(), **openapi_tools.paths()},
+        "components": {"schemas": {**SCHEMAS, **openapi_tools.SCHEMAS},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "A token from POST /api/pair."}}},
     }

@@ -85,8 +85,8 @@ def a1111_parameters(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def xmp_packet(record: dict[str, Any]) -> bytes:
-    return _XMP.format(ns=_PENNELLO_NS, source=TRAINED_ALGORITHMIC_MEDIA,
+def xmp_packet(record: dict[str, Any], source: str = TRAINED_ALGORITHMIC_MEDIA) -> bytes:
+    return _XMP.format(ns=_PENNELLO_NS, source=escape(source),
                        record=escape(json.dumps(record, sort_keys=True))).encode("utf-8")
 
 
@@ -109,18 +109,24 @@ class Outputs:
         self.root = root
         self.png_compress_level = png_compress_level
 
-    def save(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat) -> OutputImage:
-        """Encode and write one picture atomically; ``record`` becomes its embedded metadata."""
+    def save(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat,
+             source: str = TRAINED_ALGORITHMIC_MEDIA) -> OutputImage:
+        """Encode and write one picture atomically; ``record`` becomes its embedded metadata.
+
+        Args:
+            source: its IPTC DigitalSourceType (AI-drawn unless an upload was only enhanced or edited).
+        """
         image_id = new_image_id()
         record = {**record, "id": image_id, "format": fmt, "created": time.time()}
         path = self._path(image_id, fmt)
-        data = self._encode(image, record, fmt)
+        data = self._encode(image, record, fmt, source)
         atomic_write(path, data)
         return OutputImage(image_id, path, int(record.get("seed", 0)), image.width, image.height, fmt)
 
-    def _encode(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat) -> bytes:
+    def _encode(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat,
+                source: str = TRAINED_ALGORITHMIC_MEDIA) -> bytes:
         buffer = io.BytesIO()
-        xmp = xmp_packet(record)
+        xmp = xmp_packet(record, source)
         if fmt == "png":
             info = PngImagePlugin.PngInfo()
             info.add_text("parameters", a1111_parameters(record))

@@ -36,6 +36,10 @@ class ModelFamily:
     multiple: int = 8  # width and height must be multiples of this (the VAE's downscale factor)
     denoiser: str = "unet"  # pipeline attribute of the denoising network
     gpu_dtype: GpuDtype = "float16"
+    # diffusers classes built from a loaded pipeline's components (no weights reloaded) for
+    # image-to-image and inpainting; None: the family cannot edit pictures.
+    img2img: str | None = None
+    inpaint: str | None = None
     # Used where neither the request nor the manifest's pipeline.defaults say otherwise.
     defaults: tuple[tuple[str, Any], ...] = (("width", 512), ("height", 512), ("steps", 30),
                                              ("guidance", 7.0))
@@ -102,11 +106,18 @@ def families() -> list[str]:
 
 
 register_family(ModelFamily(
-    "sd", frozenset({"StableDiffusionPipeline"}), min_size=64, max_size=1024))
+    "sd", frozenset({"StableDiffusionPipeline"}), min_size=64, max_size=1024,
+    img2img="StableDiffusionImg2ImgPipeline", inpaint="StableDiffusionInpaintPipeline"))
 register_family(ModelFamily(
     "sdxl", frozenset({"StableDiffusionXLPipeline"}), min_size=256, max_size=2048,
-    defaults=(("width", 1024), ("height", 1024), ("steps", 30), ("guidance", 6.0))))
+    defaults=(("width", 1024), ("height", 1024), ("steps", 30), ("guidance", 6.0)),
+    img2img="StableDiffusionXLImg2ImgPipeline", inpaint="StableDiffusionXLInpaintPipeline"))
 register_family(ModelFamily(
     "flux", frozenset({"FluxPipeline"}), min_size=256, max_size=2048, multiple=16,
     denoiser="transformer", gpu_dtype="bfloat16",
-    defaults=(("width", 1024), ("height", 1024), ("steps", 28), ("guidance", 3.5))))
+    defaults=(("width", 1024), ("height", 1024), ("steps", 28), ("guidance", 3.5)),
+    img2img="FluxImg2ImgPipeline", inpaint="FluxInpaintPipeline"))
+# The AI upscaler slot (daemon/upscale.py): installed from the signed catalog, never generates.
+register_family(ModelFamily(
+    "sd-upscale", frozenset({"StableDiffusionUpscalePipeline"}), min_size=16, max_size=2048,
+    defaults=(("width", 128), ("height", 128), ("steps", 20), ("guidance", 0.0))))

@@ -60,6 +60,81 @@ OFF_ONLY_FIELDS: dict[str, tuple[Any, Any]] = {
 _ALL_FIELDS = {**TXT2IMG_FIELDS, **IGNORED_FIELDS, **{k: t for k, (t, _) in OFF_ONLY_FIELDS.items()}}
 
 
+# img2img: the txt2img fields plus these; A1111's inpainting fine-tuning knobs are accepted, ignored.
+IMG2IMG_FIELDS: dict[str, Any] = {
+    "init_images": list, "denoising_strength": float, "mask": str, "inpainting_mask_invert": int,
+    "include_init_images": bool}
+IMG2IMG_IGNORED_FIELDS: dict[str, Any] = {
+    "resize_mode": int, "image_cfg_scale": float, "mask_blur": int, "mask_blur_x": int, "mask_blur_y": int,
+    "inpainting_fill": int, "inpaint_full_res": bool, "inpaint_full_res_padding": int,
+    "initial_noise_multiplier": float, "latent_mask": str, "mask_round": bool}
+IMG2IMG_ALL = {**_ALL_FIELDS, **IMG2IMG_IGNORED_FIELDS, **IMG2IMG_FIELDS}
+
+
+@bp.post("/img2img")
+def img2img() -> Any:
+    """A1111's img2img: the first of ``init_images`` redrawn at ``denoising_strength`` (default
+    0.75), inpainted where ``mask`` is white (black with ``inpainting_mask_invert`` 1)."""
+    from PIL import ImageOps
+
+    from .edit import EditRequest, run_edit
+    from .imaging import decode_base64_upload
+
+    body = json_body(IMG2IMG_ALL, required=("init_images",))
+    for name, (_, off) in OFF_ONLY_FIELDS.items():
+        if body.get(name, off) not in (off, None):
+            raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
+    engine = current_engine()
+    limits = engine.config.images
+    init_images = body["init_images"]
+    if len(init_images) != 1:
+        raise RequestError(f"send exactly one init image (got {len(init_images)}); pennello's models "
+                           f"edit one picture at a time", field="init_images")
+    image = decode_base64_upload(init_images[0], limits, "init_images")
+    origin: dict[str, Any] = {"from_upload": _b64_digest(init_images[0])}
+    mask = None
+    if "mask" in body:
+        mask = decode_base64_upload(body["mask"], limits, "mask").convert("L")
+        if body.get("inpainting_mask_invert", 0) not in (0, 1):
+            raise RequestError("inpainting_mask_invert must be 0 or 1", field="inpainting_mask_invert")
+        if body.get("inpainting_mask_invert"):
+            mask = ImageOps.invert(mask)
+        origin["mask"] = _b64_digest(body["mask"])
+    total = _positive(body, "batch_size") * _positive(body, "n_iter")
+    seed = body.get("seed", -1)
+    try:
+        result = run_edit(engine, EditRequest(
+            prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""), image=image,
+            mask=mask, strength=body.get("denoising_strength", 0.75),
+            model=_checkpoint(body.get("override_settings", {})), width=body.get("width"),
+            height=body.get("height"), steps=body.get("steps"), guidance=body.get("cfg_scale"),
+            seed=secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed, n=total, format="png",
+            owner=current_owner(), origin=origin))
+    except RequestError as e:  # name the field as A1111 clients know it
+        e.field = {"strength": "denoising_strength", "guidance": "cfg_scale"}.get(e.field or "", e.field)
+        raise
+    images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in result.images]
+    r = result.request
+    info = {"prompt": r.prompt, "all_prompts": [r.prompt] * r.n, "negative_prompt": r.negative_prompt,
+            "seed": result.seeds[0], "all_seeds": result.seeds, "width": r.width, "height": r.height,
+            "cfg_scale": r.guidance, "steps": r.steps, "denoising_strength": result.strength,
+            "sd_model_name": r.model, "is_using_inpainting_conditioning": False,
+            "infotexts": [a1111_parameters(engine.outputs.read_record(i.id)) for i in result.images],
+            "version": f"pennello {__version__}"}
+    parameters = {key: value for key, value in body.items() if key not in ("init_images", "mask")}
+    return jsonify({"images": images if body.get("send_images", True) else [],
+                    "parameters": {"seed": result.seeds[0], "steps": r.steps, "cfg_scale": r.guidance,
+                                   "width": r.width, "height": r.height, **parameters},
+                    "info": json.dumps(info)})
+
+
+def _b64_digest(text: str) -> str:
+    """sha256 of a (validated) base64 picture's bytes, for the result's record."""
+    from .imaging import digest
+
+    return digest(base64.b64decode(text.partition(",")[2] if text.startswith("data:") else text))
+
+
 @bp.post("/txt2img")
 def txt2img() -> Any:
     body = json_body(_ALL_FIELDS)

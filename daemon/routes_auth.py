@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
@@ -42,7 +41,8 @@ PUBLIC_ENDPOINTS: frozenset[str] = frozenset({
 # Only the owner (loopback) may call these, even with a valid device token.
 OWNER_ONLY_ENDPOINTS: frozenset[str] = frozenset({
     "auth.new_code", "auth.qr_png", "auth.list_tokens", "auth.revoke_token",
-    "native.load_model", "native.unload_model"})
+    "native.load_model", "native.unload_model", "offline.offline_status",
+    "tools.save_pipeline", "tools.delete_pipeline", "tools.copyright_status"})
 _EXT = "pennello_auth"
 _CORS_HEADERS = {"Access-Control-Allow-Headers": "Authorization, Content-Type",
                  "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
@@ -178,20 +178,22 @@ def revoke_token(token_id: str) -> Any:
 
 
 def _pair_url(code: str) -> str:
-    """The web page's address on the LAN, with the code filled in."""
-    port = request.host.rpartition(":")[2] if ":" in request.host else "80"
-    return f"http://{_host_for_devices()}:{port}/?pair={code}"
+    """The web page's address on the LAN, with the code filled in (https in LAN mode)."""
+    default = "443" if request.scheme == "https" else "80"
+    port = request.host.rpartition(":")[2] if ":" in request.host.rpartition("]")[2] else default
+    host = _host_for_devices()
+    host = f"[{host}]" if ":" in host else host
+    return f"{request.scheme}://{host}:{port}/?pair={code}"
 
 
 def _host_for_devices() -> str:
-    """The address other devices reach this machine at: the configured one, else the LAN one."""
+    """The address other devices reach this machine at: the configured one, else the LAN one.
+
+    Read from the interfaces (no socket, no lookup), so it works in no-network mode.
+    """
     configured = current_config().server.host
     if configured not in ("", "0.0.0.0", "::") and not is_loopback(configured):
         return configured
-    try:
-        # Connecting a UDP socket only picks the outgoing interface; no packet is sent.
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("10.254.254.254", 9))
-            return probe.getsockname()[0]
-    except OSError:
-        return socket.gethostbyname(socket.gethostname())
+    from .advertise import lan_address
+
+    return lan_address(current_config().server.interfaces) or "127.0.0.1"

@@ -21,12 +21,13 @@ from .app import current_engine, current_owner, owner_filter
 from .jobs import GenerateRequest, Job
 from .engine import Engine
 from .outputs import content_type
+from .routes_offline import offline_summary
 
 bp = Blueprint("native", __name__, url_prefix="/api")
 
 GENERATE_FIELDS: dict[str, Any] = {
     "prompt": str, "negative_prompt": str, "model": str, "width": int, "height": int, "steps": int,
-    "guidance": float, "seed": int, "n": int, "format": str, "stream": bool, "wait": bool,
+    "guidance": float, "seed": int, "n": int, "format": str, "stream": bool, "wait": bool, "enhance": bool,
 }
 _STATUS_HTTP = {"done": 200, "failed": 500, "cancelled": 409}
 
@@ -118,4 +119,4 @@ def progress() -> Any:
 
 @bp.get("/health")
 def health() -> Any:
-    return jsonify(current_engine().health())
+    return jsonify({**current_engine().health(), "offline": offline_summary()})

@@ -69,6 +69,46 @@ def generate_images() -> Any:
         "output_format": job.request.format, "size": f"{job.request.width}x{job.request.height}"})
 
 
+# /v1/images/edits: multipart; the text fields arrive as strings and are converted to these types.
+EDIT_FIELDS: dict[str, Any] = {
+    "prompt": str, "model": str, "n": int, "size": str, "response_format": str, "output_format": str,
+    "stream": bool, **IGNORED_FIELDS, "input_fidelity": str, "complexity": str}
+EDIT_FILES = ("image", "image[]", "mask")
+
+
+@bp.post("/images/edits")
+def edit_images() -> Any:
+    """OpenAI's image edit: one picture (``image``, or a one-item ``image[]``), an optional
+    ``mask`` (transparent where to repaint) and a prompt; pennello redraws it image-to-image
+    (no mask) or inpaints (mask) with the model."""
+    from .edit import EditRequest, run_edit
+    from .routes_tools import form_fields, read_upload
+
+    body = form_fields(EDIT_FIELDS, files=EDIT_FILES, required=("prompt",))
+    response_format = body.get("response_format", "b64_json")
+    if response_format not in RESPONSE_FORMATS:
+        raise RequestError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
+                           field="response_format")
+    if body.get("stream"):
+        raise RequestError("streaming image edits are not supported; leave stream unset", field="stream")
+    uploads = request.files.getlist("image") + request.files.getlist("image[]")
+    if len(uploads) != 1:
+        raise RequestError(f"send exactly one image (got {len(uploads)}); pennello's models edit one "
+                           f"picture at a time", field="image")
+    image, origin = read_upload({}, upload=uploads[0])  # type: ignore[misc]
+    mask = read_upload({}, "mask", required=False, mode="RGBA")
+    if mask is not None:
+        origin["mask"] = mask[1]["from_upload"]
+    width, height = parse_size(body.get("size", "auto"))
+    result = run_edit(current_engine(), EditRequest(
+        prompt=body["prompt"], image=image, mask=mask[0] if mask else None, model=body.get("model"),
+        n=body.get("n", 1), width=width, height=height, format=body.get("output_format", "png"),
+        owner=current_owner(), origin=origin))
+    return jsonify({"created": int(time.time()), "data": [
+        _image_data(image, response_format) for image in result.images],
+        "output_format": result.request.format, "size": f"{result.request.width}x{result.request.height}"})
+
+
 def parse_size(size: str) -> tuple[int | None, int | None]:
     """``"WxH"`` as integers; ``"auto"`` as (None, None), the model's default size.
 

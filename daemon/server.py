@@ -1,10 +1,15 @@
-"""Running the daemon: waitress, one instance per pennello home, and a clean shutdown.
+"""Running the daemon: one instance per pennello home, no-network mode, LAN mode, and a clean shutdown.
 
 ``serve`` holds an exclusive lock on ``runtime_dir/daemon.lock`` for its whole life and
-publishes where it listens in ``runtime_dir/daemon.json`` (``{pid, url, started, version}``),
-which clients read to find it. On SIGTERM or Ctrl-C it stops accepting connections, cancels
-queued jobs, lets the running batch finish (cancelling it after a grace period), waits for
-pictures to be saved, answers the requests still open, and removes ``daemon.json``.
+publishes where it listens in ``runtime_dir/daemon.json`` (``{pid, url, fingerprint, started,
+version}``), which clients read to find it. Before anything else is imported it turns on
+no-network mode when ``offline.enabled`` (see :mod:`pennello.daemon.offline`). On loopback it
+serves plain HTTP with waitress. In LAN mode (``server.lan``) it serves HTTPS with its
+self-signed certificate on every address, IPv4 and IPv6 (:mod:`pennello.daemon.tls`), and
+advertises itself over mDNS (:mod:`pennello.daemon.advertise`). On SIGTERM or Ctrl-C it
+withdraws the mDNS record, stops accepting connections, cancels queued jobs, lets the running
+batch finish (cancelling it after a grace period), waits for pictures to be saved, answers the
+requests still open, and removes ``daemon.json``.
 
 Tests run the same server in a thread:
 
@@ -12,6 +17,8 @@ Tests run the same server in a thread:
     >>> requests.get(url + "/api/health").json()["ready"]  # doctest: +SKIP
     True
     >>> stop()  # doctest: +SKIP
+
+and with TLS, as LAN mode does: ``start_background_server(app, "::", 0, tls=ensure_certificate(paths))``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import filelock
 import waitress
@@ -36,6 +43,9 @@ from pennello.errors import DaemonError
 from pennello.paths import Paths
 
 from .outputs import atomic_write
+
+if TYPE_CHECKING:
+    from .tls import TlsFiles, TlsServer
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +96,20 @@ class WaitressServer:
         wasyncore.close_all(self._server._map)
 
 
-def start_background_server(app: Any, host: str = "127.0.0.1",
-                            port: int = 0) -> tuple[threading.Thread, str, Callable[[], None]]:
-    """Serve ``app`` from a thread (for tests and benchmarks).
+def start_background_server(app: Any, host: str = "127.0.0.1", port: int = 0,
+                            tls: "TlsFiles | None" = None) -> tuple[threading.Thread, str, Callable[[], None]]:
+    """Serve ``app`` from a thread (for tests and benchmarks); over HTTPS when ``tls`` is given.
 
     Returns:
         the thread, the base URL (real port when ``port`` is 0), and a function that stops it.
     """
-    server = WaitressServer(app, host, port)
+    server: Any
+    if tls is not None:
+        from .tls import make_tls_server
+
+        server = make_tls_server(app, host, port, tls.cert_path, tls.key_path)
+    else:
+        server = WaitressServer(app, host, port)
     thread = threading.Thread(target=server.run, name="pennello-http", daemon=True)
     thread.start()
 
@@ -129,11 +145,29 @@ class InstanceLock:
         self._lock.release()
 
 
-def _write_daemon_file(runtime_dir: Path, url: str) -> Path:
+def _write_daemon_file(runtime_dir: Path, url: str, fingerprint: str | None = None) -> Path:
     path = runtime_dir / DAEMON_FILE
-    info = {"pid": os.getpid(), "url": url, "started": time.time(), "version": __version__}
+    info = {"pid": os.getpid(), "url": url, "fingerprint": fingerprint, "started": time.time(),
+            "version": __version__}
     atomic_write(path, json.dumps(info).encode("utf-8"))
     return path
+
+
+def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str, bool]:
+    """The HTTPS server LAN mode uses: dual-stack ``::`` where the machine has IPv6, else 0.0.0.0.
+
+    Returns:
+        the bound server, its certificate fingerprint, and whether it accepts IPv6.
+    """
+    from .tls import ensure_certificate, make_tls_server
+
+    files = ensure_certificate(paths)
+    try:
+        server = make_tls_server(app, "::", port, files.cert_path, files.key_path)
+        return server, files.fingerprint, True
+    except OSError as e:
+        log.info("no IPv6 here (%s); serving the LAN on IPv4 only", e)
+        return make_tls_server(app, "0.0.0.0", port, files.cert_path, files.key_path), files.fingerprint, False
 
 
 def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None = None) -> None:
@@ -145,28 +179,47 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
     Raises:
         DaemonError: another daemon runs on this pennello home.
         ModelNotFoundError, StoreError: the default model is missing or does not load.
+        ConfigError: ``server.interfaces`` or ``offline.allow`` names something unusable.
     """
-    from .app import create_app
-    from .engine import Engine
+    from . import offline
 
     paths.ensure()
     lock = InstanceLock(paths)
     lock.acquire()
+    guard = None
+    if config.offline.enabled:  # before the model libraries are imported, so they see the env
+        guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
+    from .advertise import Advertiser, advertiser_for
+    from .app import create_app
+    from .engine import Engine
+
     stop_requested = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop_requested.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     daemon_file: Path | None = None
+    advertiser: Advertiser | None = None
     engine = Engine(config, paths)
     try:
         engine.start()
-        host = "0.0.0.0" if config.server.lan else config.server.host
-        server = WaitressServer(create_app(config, engine, paths), host, config.server.port)
-        daemon_file = _write_daemon_file(paths.runtime_dir, server.url)
+        app = create_app(config, engine, paths, guard=guard)
+        server: Any
+        fingerprint: str | None = None
+        if config.server.lan:
+            server, fingerprint, ipv6 = make_lan_server(app, paths, config.server.port)
+            advertiser = advertiser_for(config, paths, engine, server.port, fingerprint, ipv6=ipv6)
+            advertiser.start()
+            log.info("LAN clients: https on port %d, certificate %s, advertised as %r",
+                     server.port, fingerprint, advertiser.name)
+        else:
+            server = WaitressServer(app, config.server.host, config.server.port)
+        daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
         log.info("pennello %s serving on %s (device %s)", __version__, server.url, engine.device)
         if on_ready:
             on_ready(server.url)
         server.run(until=stop_requested.is_set)
         log.info("shutting down: finishing the running batch, then saving")
+        if advertiser is not None:
+            advertiser.stop()  # goodbye packets first: clients stop choosing this daemon
         server.stop_accepting()
         stopper = threading.Thread(target=engine.stop, kwargs={"timeout": SHUTDOWN_GRACE_S})
         stopper.start()
@@ -174,9 +227,13 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
         stopper.join()
         server.close()
     finally:
+        if advertiser is not None:
+            advertiser.stop()
         engine.stop(cancel_running=True)  # no-op after an orderly stop; frees the device on errors
         if daemon_file is not None:
             daemon_file.unlink(missing_ok=True)
+        if guard is not None:
+            guard.uninstall()
         lock.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -29,6 +29,16 @@ COMMANDS: dict[str, str] = {
     "generate": "pennello.daemon.cli:generate",
     "pair": "pennello.daemon.cli_auth:pair",
     "tokens": "pennello.daemon.cli_auth:tokens",
+    "discover": "pennello.cli_remote:discover",
+    "offline": "pennello.daemon.cli_offline:offline",
+    "tray": "pennello.tray.cli:tray",
+    "enhance": "pennello.daemon.cli_tools:enhance",
+    "upscale": "pennello.daemon.cli_tools:upscale",
+    "edit": "pennello.daemon.cli_tools:edit",
+    "copyright": "pennello.daemon.cli_tools:copyright_check",
+    "batch": "pennello.daemon.cli_tools:batch",
+    "styles": "pennello.daemon.cli_tools:styles",
+    "pipeline": "pennello.daemon.cli_tools:pipeline",
 }
 
 

@@ -2,6 +2,8 @@
 
 Without a URL it finds the local daemon through the ``daemon.json`` file the daemon publishes in
 its runtime directory. Errors come back as the same :mod:`pennello.errors` the daemon raised.
+A daemon serving HTTPS (LAN mode) is reached over a session pinned to its certificate's
+fingerprint; :func:`pennello.remote.connect` finds a paired daemon on the LAN and builds one.
 
     >>> from pennello.client import Client
     >>> client = Client()  # doctest: +SKIP
@@ -19,7 +21,7 @@ from typing import Any, Callable, Iterator
 import requests
 
 from pennello.errors import (AuthError, BusyError, DaemonError, ForbiddenError, NotFoundError,
-                             PennelloError, RequestError)
+                             PennelloError, RequestError, TrustError)
 from pennello.paths import Paths, get_paths
 
 DAEMON_FILE = "daemon.json"
@@ -31,7 +33,8 @@ _ERRORS_BY_STATUS: dict[int, type[RequestError]] = {
 
 
 def read_daemon_info(paths: Paths | None = None) -> dict[str, Any] | None:
-    """What the local daemon published about itself (``pid``, ``url``, ``started``), or None."""
+    """What the local daemon published about itself (``pid``, ``url``, ``fingerprint``,
+    ``started``), or None."""
     path = (paths or get_paths()).runtime_dir / DAEMON_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -48,21 +51,30 @@ class Client:
         token: a paired device token, sent as ``Authorization: Bearer``.
         paths: where to look for ``daemon.json`` (defaults to :func:`pennello.paths.get_paths`).
         timeout: seconds to wait for the daemon to answer a (non-streaming) request.
+        fingerprint: ``sha256:…`` of the daemon's certificate: HTTPS then accepts only that one
+            (taken from ``daemon.json`` for the local daemon).
 
     Raises:
         DaemonError: no URL given and no local daemon is running.
     """
 
     def __init__(self, base_url: str | None = None, token: str | None = None,
-                 paths: Paths | None = None, timeout: float = 30.0) -> None:
+                 paths: Paths | None = None, timeout: float = 30.0, fingerprint: str | None = None) -> None:
         if base_url is None:
             info = read_daemon_info(paths)
             if info is None:
                 raise DaemonError("pennello is not running; start it with `pennello serve`")
             base_url = info["url"]
+            fingerprint = fingerprint or info.get("fingerprint")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.session = requests.Session()
+        self.fingerprint = fingerprint
+        if fingerprint:
+            from pennello.discover import pinned_session
+
+            self.session = pinned_session(fingerprint)
+        else:
+            self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -102,6 +114,14 @@ class Client:
                     raise DaemonError(f"job {data['id']} {event}: {data.get('error') or 'no reason given'}")
         raise DaemonError("the daemon closed the event stream before the job ended")
 
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any API call, e.g. ``call("POST", "/api/upscale", files=..., data=...)``: its JSON answer.
+
+        Raises:
+            the :mod:`pennello.errors` class of the daemon's error (as for every method here).
+        """
+        return self._json(method, path, **kwargs)
+
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
@@ -110,6 +130,9 @@ class Client:
         try:
             response = self.session.request(method, url, timeout=self.timeout, stream=stream, **kwargs)
         except requests.ConnectionError as e:
+            trust = _trust_error(e)
+            if trust is not None:
+                raise trust from e
             raise DaemonError(f"pennello is not reachable at {self.base_url}; is `pennello serve` "
                               f"running?") from e
         except requests.Timeout as e:
@@ -117,6 +140,25 @@ class Client:
         if response.status_code >= 400:
             raise _error_from(response)
         return response
+
+
+def _trust_error(error: BaseException) -> TrustError | None:
+    """The pin mismatch behind a connection error, if that is what it was."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TrustError):
+            return current
+        pending += [current.__cause__, current.__context__, *[a for a in current.args
+                                                             if isinstance(a, BaseException)]]
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+    return None
 
 
 def _error_from(response: requests.Response) -> PennelloError:

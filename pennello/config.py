@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ class ServerConfig:
     lan: bool = False  # bind all interfaces; non-loopback clients then need a paired token
     max_body_bytes: int = 16 * 1024 * 1024  # largest accepted request body
     cors_origins: tuple[str, ...] = ()  # CORS stays off unless origins are listed
+    # LAN mode: interfaces (names like "eth0", or addresses) to advertise on over mDNS and whose
+    # private networks no-network mode lets the daemon reach; empty means every interface.
+    interfaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,29 @@ class OutputsConfig:
 
 @dataclass(frozen=True)
 class OfflineConfig:
-    enabled: bool = True  # no-network mode once setup is done
+    enabled: bool = True  # no-network mode once setup is done (see docs/no-network.md)
+    # Extra networks the daemon may reach in LAN mode, e.g. ("203.0.113.0/24",) for a LAN that
+    # uses public addresses; private on-link networks of the served interfaces need no entry.
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    """Uploaded pictures (enhance, upscale, edit) and what may be made of them."""
+
+    max_upload_bytes: int = 16 * 1024 * 1024  # one uploaded file; server.max_body_bytes caps the body
+    max_upload_pixels: int = 4096 * 4096  # width x height of an upload, checked before decoding
+    max_output_pixels: int = 8192 * 8192  # largest upscaled picture (8x of 1024x1024)
+    upscale_tile: int = 256  # source pixels per tile side when upscaling (bounds peak memory)
+    upscale_model: str = "sd-x4-upscaler"  # the AI upscaler's model name in the signed catalog
+
+
+@dataclass(frozen=True)
+class CopyrightConfig:
+    """Perceptual-hash comparison of outputs with protected works (docs/copyright-check.md)."""
+
+    reference_dir: str = ""  # folder of protected pictures; empty turns the check off
+    max_distance: int = 10  # bits of 64 two hashes may differ by and still count as a match
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,8 @@ class Config:
     trust: TrustConfig = field(default_factory=TrustConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    copyright: CopyrightConfig = field(default_factory=CopyrightConfig)
 
     def replace(self, section: str, **changes: Any) -> "Config":
         """Return a copy with fields of one section changed (used for CLI overrides)."""
@@ -172,3 +200,45 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{where} = {value!r}: expected {hint.__name__}")
     return value
+
+
+def write_setting(path: Path, section: str, key: str, value: bool | int | str) -> None:
+    """Set ``key = value`` in ``[section]`` of the config file, keeping the rest of the file as the
+    user wrote it (comments included). The file is created when missing. Used by commands such as
+    ``pennello offline on``.
+
+    Raises:
+        ConfigError: unknown section or key, or the file is not valid TOML (it is left unchanged).
+    """
+    import tomli_w
+
+    sections = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+    if section not in sections or key not in {f.name for f in dataclasses.fields(sections[section])}:
+        raise ConfigError(f"unknown setting {section}.{key}")
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML ({e}); fix it before changing settings") from e
+    line = tomli_w.dumps({key: value}).strip()
+    lines = text.splitlines()
+    header = re.compile(rf"\s*\[\s*{re.escape(section)}\s*\]\s*(#.*)?$")
+    start = next((i for i, text_line in enumerate(lines) if header.match(text_line)), None)
+    if start is None:
+        lines += ([""] if lines and lines[-1].strip() else []) + [f"[{section}]", line]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if re.match(r"\s*\[", lines[i])), len(lines))
+        assignment = re.compile(rf"\s*{re.escape(key)}\s*=")
+        found = next((i for i in range(start + 1, end) if assignment.match(lines[i])), None)
+        if found is not None:
+            lines[found] = line
+        else:
+            last = max((i for i in range(start, end) if lines[i].strip()), default=start)
+            lines.insert(last + 1, line)
+    new_text = "\n".join(lines) + "\n"
+    if tomllib.loads(new_text).get(section, {}).get(key) != value:
+        raise ConfigError(f"could not set {section}.{key} in {path} (a multi-line value?); edit it by hand")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(new_text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -16,7 +16,9 @@ pairing time and refuses any other certificate afterwards, without trusting any 
 TXT keys (each ``key=value`` at most 255 bytes, RFC 6763): ``v`` API version, ``id`` stable
 instance id, ``path`` API root, ``apis`` comma list, ``auth`` and ``tls`` (``0``/``1``), ``fp``
 certificate fingerprint, ``models`` comma list of installed models (``mt=1`` when it was cut
-short to fit; ask ``/api/models`` for all of them).
+short to fit; ask ``/api/models`` for all of them), ``loaded`` comma list of the models loaded
+warm right now (``lt=1`` when cut short). The daemon re-announces the record when a model is
+loaded or unloaded, or one is installed or removed.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class Service:
     apis: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     models_truncated: bool = False
+    loaded: tuple[str, ...] = ()  # models warm right now: a picture from these starts at once
     auth: bool = True
     tls: bool = False
     fingerprint: str | None = None
@@ -143,19 +146,21 @@ class Service:
 
 def encode_txt(instance_id: str, fingerprint: str | None, models: Sequence[str], tls: bool,
                auth_required: bool, apis: Sequence[str] = ("native", "openai", "a1111"),
-               path: str = "/api") -> dict[str, str]:
-    """The TXT properties a daemon advertises; ``models`` is cut to fit one TXT string."""
+               path: str = "/api", loaded: Sequence[str] = ()) -> dict[str, str]:
+    """The TXT properties a daemon advertises; ``models`` and ``loaded`` are cut to fit one TXT
+    string each."""
     txt = {"v": API_VERSION, "id": instance_id, "path": path, "apis": ",".join(apis),
            "auth": "1" if auth_required else "0", "tls": "1" if tls else "0"}
     if fingerprint:
         txt["fp"] = fingerprint
-    kept: list[str] = []
-    for model in models:
-        if len(f"models={','.join([*kept, model])}".encode()) > TXT_MAX_BYTES:
-            txt["mt"] = "1"
-            break
-        kept.append(model)
-    txt["models"] = ",".join(kept)
+    for key, flag, names in (("models", "mt", models), ("loaded", "lt", loaded)):
+        kept: list[str] = []
+        for name in names:
+            if len(f"{key}={','.join([*kept, name])}".encode()) > TXT_MAX_BYTES:
+                txt[flag] = "1"
+                break
+            kept.append(name)
+        txt[key] = ",".join(kept)
     too_long = [key for key, value in txt.items() if len(f"{key}={value}".encode()) > TXT_MAX_BYTES]
     if too_long:
         raise ValueError(f"TXT value(s) longer than {TXT_MAX_BYTES} bytes: {', '.join(too_long)}")
@@ -187,6 +192,7 @@ def decode_txt(name: str, addresses: Sequence[str], port: int,
                    addresses=tuple(sorted(addresses, key=lambda a: (":" in a, a))), port=port,
                    path=txt.get("path") or "/api", apis=_list(txt.get("apis")),
                    models=_list(txt.get("models")), models_truncated=txt.get("mt") == "1",
+                   loaded=_list(txt.get("loaded")),
                    auth=flags["auth"], tls=flags["tls"], fingerprint=fp)
 
 
@@ -212,7 +218,8 @@ def zeroconf_interfaces(interfaces: Sequence[str]) -> tuple[Any, IPVersion]:
     """Translate interface names or addresses into python-zeroconf's ``interfaces`` argument.
 
     Args:
-        interfaces: e.g. ``("eth0",)`` or ``("192.168.1.20",)``; empty means every interface.
+        interfaces: e.g. ``("eth0",)`` or ``("192.168.1.20",)``; empty means every interface but
+            loopback (multicast to ff02::fb over ``lo`` fails and zeroconf logs it on every send).
 
     Returns:
         the ``interfaces`` value and the IP version to use (IPv4 only when no IPv6 address is
@@ -221,9 +228,12 @@ def zeroconf_interfaces(interfaces: Sequence[str]) -> tuple[Any, IPVersion]:
     Raises:
         ValueError: a name that is neither a local interface nor an IP address.
     """
-    if not interfaces:
-        return InterfaceChoice.All, IPVersion.All
     adapters = {adapter.nice_name: adapter for adapter in ifaddr.get_adapters()}
+    if not interfaces:
+        interfaces = [name for name, adapter in adapters.items()
+                      if adapter.ips and not all(_loopback(ip) for ip in adapter.ips)]
+        if not interfaces:
+            return InterfaceChoice.All, IPVersion.All
     chosen: list[Any] = []
     for item in interfaces:
         if item in adapters:
@@ -239,6 +249,11 @@ def zeroconf_interfaces(interfaces: Sequence[str]) -> tuple[Any, IPVersion]:
         chosen.append(item)
     has_v6 = any(not isinstance(entry, str) or ":" in entry for entry in chosen)
     return chosen, IPVersion.All if has_v6 else IPVersion.V4Only
+
+
+def _loopback(ip: Any) -> bool:
+    address = ip.ip if ip.is_IPv4 else ip.ip[0]
+    return ipaddress.ip_address(address.split("%")[0]).is_loopback
 
 
 # --- browsing ---------------------------------------------------------------------------------

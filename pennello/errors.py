@@ -11,6 +11,8 @@ with ``from e`` when wrapping a library error so the cause stays in the logs.
 
 from __future__ import annotations
 
+import errno
+
 
 class PennelloError(Exception):
     """Root of every error pennello raises on purpose."""
@@ -144,6 +146,13 @@ class RequestError(PennelloError):
         self.field = field
 
 
+class TooLargeError(RequestError):
+    """An upload, or what was asked to be made of it, is over a configured limit."""
+
+    http_status = 413
+    kind = "too_large"
+
+
 class NotFoundError(RequestError):
     http_status = 404
     kind = "not_found"
@@ -183,9 +192,18 @@ class DaemonError(PennelloError):
     kind = "daemon"
 
 
-class OfflineViolationError(PennelloError):
-    """A network connection was attempted while no-network mode forbids it."""
+class OfflineViolationError(PennelloError, PermissionError):
+    """A network connection was attempted while no-network mode forbids it.
+
+    It is also a ``PermissionError`` (errno ``EPERM``, what a firewall answers), so libraries that
+    handle an unreachable network — urllib3, httpx, huggingface_hub's cache fallback — treat a
+    refused attempt as exactly that instead of crashing on an unknown exception.
+    """
 
     exit_code = 9
     http_status = 503
     kind = "offline_violation"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EPERM

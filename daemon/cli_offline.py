@@ -1,0 +1,94 @@
+"""``pennello offline on|off|status``: no-network mode, and proof that it holds.
+
+    $ pennello offline status
+    no-network mode: on (running daemon, pid 4242, since 10:02)
+      allowed: loopback and this machine's own addresses; mDNS 224.0.0.251:5353; …
+      refused: 0 attempts
+    $ pennello offline off      # written to config.toml; restart the daemon to apply
+
+See docs/no-network.md for what is enforced, by whom, and the OS-level rules.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import click
+
+from pennello.paths import get_paths
+
+
+@click.group()
+def offline() -> None:
+    """No-network mode: after setup the daemon reaches only this machine and its LAN clients.
+
+    On by default. The daemon then tells the model libraries to stay offline and refuses, logs
+    and counts every other connection attempt (docs/no-network.md).
+    """
+
+
+def _set(enabled: bool) -> None:
+    from pennello.client import read_daemon_info
+    from pennello.config import write_setting
+
+    paths = get_paths().ensure()
+    write_setting(paths.config_file, "offline", "enabled", enabled)
+    click.echo(f"no-network mode is {'on' if enabled else 'off'} in {paths.config_file}.")
+    if read_daemon_info(paths) is not None:
+        click.echo("The running daemon keeps its current mode until it restarts "
+                   "(`systemctl --user restart pennello`, or stop and start `pennello serve`).")
+
+
+@offline.command("on")
+def offline_on() -> None:
+    """Turn no-network mode on (the default after setup)."""
+    _set(True)
+
+
+@offline.command("off")
+def offline_off() -> None:
+    """Turn no-network mode off, e.g. to let a library fetch something itself (not recommended)."""
+    _set(False)
+
+
+@offline.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's full report as JSON.")
+@click.option("--stacks", is_flag=True, help="Show the stack of each refused attempt.")
+def offline_status(as_json: bool, stacks: bool) -> None:
+    """Show the mode, what the daemon may reach, and every attempt it refused.
+
+    Asks the running daemon (`GET /api/offline`); without one, shows the configured mode.
+    """
+    from pennello.client import Client, read_daemon_info
+    from pennello.config import load_config
+
+    configured = "on" if load_config().offline.enabled else "off"
+    info = read_daemon_info()
+    if info is None:
+        if as_json:
+            click.echo(json.dumps({"mode": None, "configured": configured, "running": False}))
+            return
+        click.echo(f"no-network mode: {configured} in the config; no daemon is running")
+        return
+    report = Client()._json("GET", "/api/offline")
+    if as_json:
+        click.echo(json.dumps({**report, "configured": configured, "running": True}, indent=2))
+        return
+    since = f", since {datetime.fromtimestamp(report['since']):%Y-%m-%d %H:%M}" if report.get("since") else ""
+    click.echo(f"no-network mode: {report['mode']} (running daemon, pid {info.get('pid')}{since})")
+    if report["mode"] != configured:
+        click.echo(f"  the config says {configured}: restart the daemon to apply it")
+    if report.get("reason"):
+        click.echo(f"  {report['reason']}")
+    click.echo("  allowed:")
+    for rule in report["allowed"]:
+        click.echo(f"    - {rule}")
+    click.echo(f"  refused: {report['refused']} attempt{'s' if report['refused'] != 1 else ''}")
+    for destination, count in report.get("refused_by_destination", {}).items():
+        click.echo(f"    {count:>5} x {destination}")
+    for attempt in report.get("attempts", []):
+        when = datetime.fromtimestamp(attempt["time"]).strftime("%H:%M:%S")
+        click.echo(f"  {when} {attempt['event']} to {attempt['destination']} from {attempt['where']}")
+        if stacks:
+            click.echo("      " + attempt["stack"].rstrip().replace("\n", "\n      "))

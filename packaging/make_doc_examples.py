@@ -1,0 +1,90 @@
+"""Write the example pictures of docs/tools.md with the embedded model (no network, CPU is fine).
+
+    python packaging/make_doc_examples.py      # -> docs/examples/*.png
+
+* ``batch-contact-sheet.png``: ``pennello batch "Albert Einstein" --styles 4 -n 20 --seed 100``.
+* ``enhance-before-after.png``: a washed-out, soft picture and what auto-enhance made of it, with
+  the before/after measurements.
+
+The embedded model's weights are random (docs/embedded-model.md), so the pictures show what the
+tools do, not what a trained model draws.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from pennello.config import Config
+from pennello.daemon.batch import finish_batch, submit_batch
+from pennello.daemon.engine import Engine
+from pennello.daemon.enhance import enhance
+from pennello.daemon.jobs import GenerateRequest
+from pennello.daemon.styles import builtin_styles, choose_styles
+from pennello.installer import ensure_embedded_default
+from pennello.paths import get_paths
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    paths = get_paths(tempfile.mkdtemp(prefix="pennello-docs-")).ensure()
+    ensure_embedded_default(paths, Config())
+    engine = Engine(Config(), paths)
+    engine.start()
+    try:
+        batch = finish_batch(engine, submit_batch(engine, "Albert Einstein", choose_styles(builtin_styles(), 4),
+                                                  n=20, seed=100))
+        Image.open(batch.contact_sheet.path).save(OUT / "batch-contact-sheet.png", optimize=True)
+        job = engine.submit(GenerateRequest(prompt="a lighthouse on a cliff", seed=3))
+        job.wait()
+        with Image.open(job.images[0].path) as image:
+            picture = image.convert("RGB").resize((256, 256), Image.Resampling.BICUBIC)
+    finally:
+        engine.stop()
+    font = ImageFont.load_default()
+    rows = [_degrade(_scene()), _degrade(picture)]  # a drawn scene, and the model's own picture
+    sheet = Image.new("RGB", (2 * 256 + 24, len(rows) * 312), (250, 250, 248))
+    draw = ImageDraw.Draw(sheet)
+    for row, before in enumerate(rows):
+        result = enhance(before)
+        y = row * 312
+        for x, image, label, metrics in ((8, before, "before", result.before),
+                                         (272, result.image, "after", result.after)):
+            sheet.paste(image, (x, y + 8))
+            draw.text((x, y + 272), f"{label}: contrast spread {metrics['contrast_spread']:.2f}",
+                      fill=(30, 30, 30), font=font)
+            draw.text((x, y + 288), f"sharpness (Laplacian variance) {metrics['sharpness']:.0f}",
+                      fill=(30, 30, 30), font=font)
+    sheet.save(OUT / "enhance-before-after.png", optimize=True)
+    print(f"wrote {OUT}/batch-contact-sheet.png and enhance-before-after.png")
+
+
+def _degrade(picture: Image.Image) -> Image.Image:
+    """Washed out (squeezed into 80-180) and soft (blurred): what auto-enhance is for."""
+    pixels = np.asarray(picture, dtype=np.float64)
+    washed = 80 + (pixels - pixels.min()) / max(np.ptp(pixels), 1) * 100
+    return Image.fromarray(washed.astype(np.uint8)).filter(ImageFilter.GaussianBlur(2))
+
+
+def _scene() -> Image.Image:
+    """A simple drawn landscape: sky, sun, hills, a house."""
+    image = Image.new("RGB", (256, 256))
+    draw = ImageDraw.Draw(image)
+    for y in range(256):
+        draw.line((0, y, 255, y), fill=(90 + y // 3, 150 + y // 4, 230))
+    draw.ellipse((180, 30, 230, 80), fill=(255, 220, 90))
+    draw.polygon([(0, 180), (80, 120), (170, 175), (256, 130), (256, 256), (0, 256)], fill=(60, 140, 70))
+    draw.rectangle((60, 150, 120, 200), fill=(200, 80, 60))
+    draw.polygon([(52, 152), (90, 118), (128, 152)], fill=(110, 50, 40))
+    draw.rectangle((82, 172, 98, 200), fill=(70, 40, 30))
+    draw.rectangle((102, 160, 114, 172), fill=(240, 240, 200))
+    return image
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Auto-enhance and upscaling: the algorithms on real pictures of the embedded model, the HTTP
+routes on a real server (uploads, limits, metadata), and ``pennello enhance`` / ``upscale``."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import requests
+from click.testing import CliRunner
+from PIL import Image, ImageFilter
+
+from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
+from pennello.cli import cli
+from pennello.config import ImagesConfig
+from pennello.daemon.enhance import enhance, measure
+from pennello.daemon.imaging import ALGORITHMICALLY_ENHANCED, decode_upload
+from pennello.daemon.jobs import GenerateRequest
+from pennello.daemon.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
+from pennello.daemon.upscale import upscale_lanczos
+from pennello.errors import RequestError, TooLargeError
+
+
+@pytest.fixture
+def url(api_server):
+    return api_server()
+
+
+@pytest.fixture(scope="module")
+def drawn(api_engine) -> Image.Image:
+    """A real picture of the embedded model (its exact pixels do not matter here)."""
+    job = api_engine.submit(GenerateRequest(prompt="a lighthouse on a cliff", seed=3))
+    assert job.wait(120) and job.status == "done"
+    with Image.open(job.images[0].path) as image:
+        return image.convert("RGB")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _degrade(image: Image.Image) -> Image.Image:
+    """Washed out (values squeezed into 80-180) and soft (blurred): what enhance should fix."""
+    pixels = np.asarray(image.resize((256, 256), Image.Resampling.BICUBIC), dtype=np.float64)
+    washed = 80 + (pixels - pixels.min()) / max(np.ptp(pixels), 1) * 100
+    return Image.fromarray(washed.astype(np.uint8)).filter(ImageFilter.GaussianBlur(2))
+
+
+def _fake_png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (no pixel data): a decompression bomb's shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _record(url: str, image: dict) -> tuple[str | None, dict]:
+    data = requests.get(url + image["url"], timeout=30).content
+    with Image.open(io.BytesIO(data)) as picture:
+        return parse_xmp(picture.info["xmp"])
+
+
+# --- enhance -------------------------------------------------------------------------------------
+
+def test_enhance_restores_contrast_and_sharpness_of_a_degraded_picture(drawn):
+    degraded = _degrade(drawn)
+    result = enhance(degraded)
+    assert result.applied == ["contrast", "sharpness"]
+    assert result.after["contrast_spread"] > result.before["contrast_spread"] + 0.3
+    assert result.after["sharpness"] > 2 * result.before["sharpness"]
+    assert result.after == measure(result.image) and result.image.size == degraded.size
+    # One linear stretch for R, G and B: the mid-tone stays near where it was.
+    assert abs(result.after["brightness"] - result.before["brightness"]) < 30
+
+
+def test_enhance_leaves_a_crisp_full_range_picture_alone():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    crisp = Image.fromarray(pixels)
+    result = enhance(crisp)
+    assert result.applied == [] and result.before == result.after
+    assert np.array_equal(np.asarray(result.image), pixels)
+
+
+def test_enhance_a_solid_colour_is_a_no_op():
+    result = enhance(Image.new("RGB", (32, 32), (90, 140, 60)))
+    assert result.applied == [] and result.before["contrast_spread"] == 0.0
+
+
+def test_post_enhance_saves_the_result_with_before_and_after_metrics(url, drawn):
+    upload = _png(_degrade(drawn))
+    response = requests.post(f"{url}/api/enhance", files={"image": ("washed.png", upload)}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["applied"] == ["contrast", "sharpness"]
+    assert body["after"]["contrast_spread"] > body["before"]["contrast_spread"]
+    assert body["image"]["enhance"]["before"] == body["before"]
+    source, record = _record(url, body["image"])
+    # An upload pennello did not draw is marked enhanced, not AI-made.
+    assert source == ALGORITHMICALLY_ENHANCED
+    assert record["tool"] == "enhance" and record["enhance"]["after"] == body["after"]
+    assert record["from_upload"].startswith("sha256:") and record["owner"] == "local"
+    gallery = requests.get(f"{url}/api/outputs", timeout=30).json()["images"]
+    assert gallery[0]["id"] == body["image"]["id"] and gallery[0]["enhance"]["applied"]
+
+
+def test_enhance_a_gallery_picture_by_id_keeps_it_marked_as_ai_made(url):
+    job = requests.post(f"{url}/api/generate", json={"prompt": "a kite", "seed": 5, "wait": True},
+                        timeout=120).json()
+    response = requests.post(f"{url}/api/enhance", files={"image_id": (None, job["images"][0]["id"]),
+                                                           "format": (None, "webp")}, timeout=60)
+    assert response.status_code == 200, response.text
+    image = response.json()["image"]
+    assert image["format"] == "webp"
+    source, record = _record(url, image)
+    assert source == TRAINED_ALGORITHMIC_MEDIA and record["from_image"] == job["images"][0]["id"]
+
+
+def test_generate_with_enhance_true_measures_and_records_each_picture(url):
+    response = requests.post(f"{url}/api/generate", json={"prompt": "a red kite", "seed": 11, "n": 2,
+                                                          "enhance": True, "wait": True}, timeout=120)
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["enhance"] is True
+    for image in job["images"]:
+        assert set(image["enhance"]) == {"before", "after", "applied"}
+        _, record = _record(url, image)
+        assert record["enhance"] == image["enhance"] and record["prompt"] == "a red kite"
+    plain = requests.post(f"{url}/api/generate", json={"prompt": "a red kite", "seed": 11, "wait": True},
+                          timeout=120).json()
+    assert "enhance" not in plain["images"][0]
+
+
+@pytest.mark.parametrize(("files", "data", "status", "field"), [
+    ({}, {"format": "png"}, 400, "image"),
+    ({"image": ("notes.txt", b"hello, not a picture")}, {}, 400, "image"),
+    ({"image": ("empty.png", b"")}, {}, 400, "image"),
+    ({"image": ("bomb.png", _fake_png_header(30000, 30000))}, {}, 413, "image"),
+    ({"image": ("cut.png", _fake_png_header(64, 64))}, {}, 400, "image"),
+    ({"image": ("x.png", _png(Image.new("RGB", (8, 8))))}, {"format": "gif"}, 400, "format"),
+    ({"image": ("x.png", _png(Image.new("RGB", (8, 8))))}, {"colour": "red"}, 400, "colour"),
+])
+def test_enhance_refuses_bad_uploads_naming_the_field(url, files, data, status, field):
+    response = requests.post(f"{url}/api/enhance", files=files or {"format": (None, "png")},
+                             data=data if files else None, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["field"] == field
+
+
+def test_enhance_needs_multipart(url):
+    response = requests.post(f"{url}/api/enhance", json={"image_id": "x"}, timeout=30)
+    assert response.status_code == 400 and "multipart" in response.json()["error"]["message"]
+
+
+def test_decode_limits_bytes_pixels_and_format():
+    small = ImagesConfig(max_upload_bytes=1000, max_upload_pixels=100)
+    with pytest.raises(TooLargeError, match="max_upload_bytes"):
+        decode_upload(b"\x89PNG\r\n\x1a\n" + b"0" * 2000, small)
+    with pytest.raises(TooLargeError, match="11x11"):
+        decode_upload(_png(Image.new("RGB", (11, 11))), small)
+    gif = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(gif, "GIF")
+    with pytest.raises(RequestError, match="not a PNG, JPEG or WebP"):
+        decode_upload(gif.getvalue(), small)
+    assert decode_upload(_png(Image.new("RGBA", (10, 10))), small).mode == "RGB"
+
+
+# --- upscale -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_tiled_lanczos_equals_a_whole_picture_resize(drawn, scale):
+    source = drawn.resize((100, 76))  # tiles that do not divide the picture evenly
+    tiled = upscale_lanczos(source, scale, tile=24)
+    whole = source.resize((100 * scale, 76 * scale), Image.Resampling.LANCZOS)
+    assert tiled.size == whole.size
+    difference = np.abs(np.asarray(tiled, dtype=np.int16) - np.asarray(whole, dtype=np.int16))
+    assert difference.max() <= 1
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_post_upscale_scales_and_records(url, drawn, scale):
+    response = requests.post(f"{url}/api/upscale", files={"image": ("kite.png", _png(drawn))},
+                             data={"scale": str(scale)}, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["image"]["width"], body["image"]["height"]) == (64 * scale, 64 * scale)
+    assert body["upscale"] == {"method": "lanczos", "scale": scale, "from": "64x64",
+                               "to": f"{64 * scale}x{64 * scale}", "tile": 256, "model": None}
+    _, record = _record(url, body["image"])
+    assert record["upscale"]["scale"] == scale and record["size"] == f"{64 * scale}x{64 * scale}"
+
+
+def test_upscale_with_enhance(url, drawn):
+    response = requests.post(f"{url}/api/upscale", files={"image": ("k.png", _png(_degrade(drawn)))},
+                             data={"scale": "2", "enhance": "true"}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["image"]["enhance"]["applied"]
+
+
+@pytest.mark.parametrize(("data", "status", "field", "words"), [
+    ({"scale": "3"}, 400, "scale", "2, 4, 8"),
+    ({"scale": "four"}, 400, "scale", "integer"),
+    ({}, 400, "scale", "required"),
+    ({"scale": "4", "method": "bicubic"}, 400, "method", "ai, lanczos"),
+    ({"scale": "4", "method": "ai"}, 404, "method", "sd-x4-upscaler"),
+])
+def test_upscale_refuses_bad_requests_clearly(url, drawn, data, status, field, words):
+    response = requests.post(f"{url}/api/upscale", files={"image": ("k.png", _png(drawn))}, data=data,
+                             timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and words in error["message"]
+
+
+def test_upscale_refuses_a_result_over_the_output_limit(url):
+    big = _png(Image.new("RGB", (1100, 1100), (20, 40, 60)))  # 8x would be 8800x8800 > 8192x8192
+    response = requests.post(f"{url}/api/upscale", files={"image": ("big.png", big)}, data={"scale": "8"},
+                             timeout=30)
+    assert response.status_code == 413
+    assert response.json()["error"]["field"] == "scale" and "8800x8800" in response.json()["error"]["message"]
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def test_cli_enhance_and_upscale(url, drawn, tmp_path):
+    source = tmp_path / "washed.png"
+    _degrade(drawn).save(source)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["enhance", str(source), "--url", url])
+    assert result.exit_code == 0, result.output
+    assert "washed-enhanced.png" in result.output and "applied: contrast, sharpness" in result.output
+    with Image.open(tmp_path / "washed-enhanced.png") as image:
+        assert image.size == (256, 256)
+    result = runner.invoke(cli, ["upscale", str(source), "--scale", "4", "--url", url, "--out",
+                                 str(tmp_path / "big")])
+    assert result.exit_code == 0, result.output
+    assert "256x256 -> 1024x1024" in result.output
+    with Image.open(tmp_path / "big" / "washed-x4.png") as image:
+        assert image.size == (1024, 1024)
+    result = runner.invoke(cli, ["upscale", str(source), "--method", "ai", "--url", url])
+    assert result.exit_code != 0 and "sd-x4-upscaler" in result.output

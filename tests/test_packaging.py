@@ -1,0 +1,262 @@
+"""The one-click installer, ``packaging/install.sh``, run for real in a fresh temporary HOME.
+
+Installing torch and pennello's other dependencies from scratch takes minutes, so the tests
+reuse the ones this test run already has, through a mechanism users have too:
+``--system-site-packages``. The fresh HOME gets a user site-packages with a ``.pth`` file
+pointing at a folder of links to this environment's packages (pennello, pip and setuptools
+left out), and the installer builds its venv with ``--python <base interpreter>
+--system-site-packages``, so pip finds them installed and keeps them ("torch … is already
+installed; keeping it"). Everything else is the real thing: the venv, pennello built and
+installed from the checkout (with ``--no-index``: its build requirement, setuptools, is a wheel
+repacked from this environment's installed copy, so no test touches a package index), the
+embedded model installed and verified, start at login, the menu entry, then a daemon from the
+installed environment making a picture, and an uninstall that must leave only the pictures.
+
+The air-gapped test runs the installer inside a network namespace with only loopback
+(``ip netns``, so it needs root), from a bundle made by ``pennello bundle export`` whose
+``wheels/`` holds pennello's wheel. A full ``--with-wheels`` bundle (torch included) is what
+``bench/bench_install.py`` times.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL_SH = ROOT / "packaging" / "install.sh"
+BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
+NOT_LINKED = ("pennello", "__editable__", "pip", "setuptools", "_distutils_hack", "pkg_resources",
+              "distutils-precedence.pth", "__pycache__")
+# Caches that tools other than pennello keep in HOME (pip's wheel cache, rustup's settings).
+NOT_OURS = (".cache/pip", ".rustup", ".local/lib")
+INSTALL_TIMEOUT_S = 900
+
+
+@pytest.fixture(scope="module")
+def deps_dir(tmp_path_factory) -> Path:
+    """A folder of links to this environment's installed packages, minus pennello and pip."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    if not (site / "torch").exists():
+        pytest.skip(f"this environment ({site}) has no torch to reuse")
+    farm = tmp_path_factory.mktemp("deps")
+    for entry in site.iterdir():
+        if not entry.name.startswith(NOT_LINKED) and not entry.name.endswith(".pth"):
+            (farm / entry.name).symlink_to(entry)
+    return farm
+
+
+@pytest.fixture(scope="module")
+def local_wheels(tmp_path_factory) -> Path:
+    """A find-links folder holding a wheel of this environment's setuptools, repacked from its
+    installed files, so builds and torch's ``setuptools>=77.0.3`` need no package index."""
+    dist = importlib.metadata.distribution("setuptools")
+    name = f"setuptools-{dist.version}-py3-none-any.whl"
+    folder = tmp_path_factory.mktemp("wheels")
+    with zipfile.ZipFile(folder / name, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for file in dist.files or []:
+            source = Path(dist.locate_file(file))
+            if ".." not in file.parts and "__pycache__" not in file.parts and source.is_file():
+                wheel.write(source, file.as_posix())
+    return folder
+
+
+@pytest.fixture
+def user_home(tmp_path, deps_dir) -> Path:
+    """A fresh HOME whose user site-packages points at :func:`deps_dir`."""
+    home = tmp_path / "user"
+    user_site = home / ".local" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    user_site.mkdir(parents=True)
+    (user_site / "pennello-test-deps.pth").write_text(f"{deps_dir}\n")
+    return home
+
+
+def user_env(home: Path, **extra: str) -> dict[str, str]:
+    drop = ("PENNELLO_", "XDG_", "PYSTRAY_", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "DISPLAY", "WAYLAND_DISPLAY")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return {**env, "HOME": str(home), **extra}
+
+
+def install_sh(home: Path, *args: str, prefix: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, "bash", str(INSTALL_SH), *args], capture_output=True, text=True,
+                          env=user_env(home, **env), stdin=subprocess.DEVNULL, timeout=INSTALL_TIMEOUT_S)
+
+
+def files_under(home: Path) -> set[str]:
+    found = set()
+    for path in home.rglob("*"):
+        relative = path.relative_to(home).as_posix()
+        if (path.is_file() or path.is_symlink()) and not relative.startswith(NOT_OURS):
+            found.add(relative)
+    return found
+
+
+GENERATE = textwrap.dedent("""
+    # Start the installed daemon, make one picture through the HTTP API, stop the daemon.
+    import json, re, signal, subprocess, sys, requests
+    serve = subprocess.Popen([sys.argv[1], "serve", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = serve.stdout.readline()
+        url = re.match(r"pennello is serving on (http://\\S+)", line).group(1)
+        job = requests.post(url + "/api/generate", json={"prompt": "a red kite", "seed": 7, "wait": True},
+                            timeout=300).json()
+        image = requests.get(url + job["images"][0]["url"], timeout=60)
+        open(sys.argv[2], "wb").write(image.content)
+        print(json.dumps({"status": job["status"], "type": image.headers["Content-Type"],
+                          "health": requests.get(url + "/api/health", timeout=10).json()}))
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=90)
+""")
+
+
+def generate_with(home: Path, venv: Path, out: Path, prefix: tuple[str, ...] = ()) -> dict:
+    script = home.parent / "generate.py"
+    script.write_text(GENERATE)
+    result = subprocess.run([*prefix, str(venv / "bin" / "python"), str(script), str(venv / "bin" / "pennello"),
+                             str(out)], capture_output=True, text=True, env=user_env(home), timeout=600, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_bad_arguments_and_sources_fail_with_what_to_do(tmp_path):
+    home = tmp_path / "user"
+    home.mkdir()
+    assert install_sh(home, "--help").returncode == 0
+    bogus = install_sh(home, "--bogus")
+    assert bogus.returncode == 1 and "unknown option: --bogus" in bogus.stderr and "--help" in bogus.stderr
+    missing = install_sh(home, "--from", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "is not a directory" in missing.stderr
+    (tmp_path / "bundle").mkdir()
+    no_wheels = install_sh(home, "--from", str(tmp_path / "bundle"))
+    assert no_wheels.returncode == 1 and "--with-wheels" in no_wheels.stderr
+    no_python = install_sh(home, "--python", str(tmp_path / "python9"))
+    assert no_python.returncode == 1 and "apt install python3 python3-venv" in no_python.stderr
+    refuse = install_sh(home, "uninstall")  # no terminal to ask and no --yes: nothing removed
+    assert refuse.returncode == 1 and "--yes" in refuse.stderr
+
+
+def test_install_from_checkout_generate_repair_and_uninstall(user_home, tmp_path, local_wheels):
+    before = files_under(user_home)
+    data = user_home / ".local" / "share" / "pennello"
+    venv = data / "venv"
+    offline_pip = {"PENNELLO_PIP_ARGS": f"--no-index --find-links {local_wheels}"}
+    result = install_sh(user_home, "--yes", "--no-start", "--python", BASE_PYTHON, "--system-site-packages",
+                        **offline_pip)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for n, title in enumerate(["Python", "Virtual environment", "PyTorch", "Pennello", "Models", "Start at login",
+                               "Menu entry and command", "Start"], start=1):
+        assert f"[{n}/8] {title}" in out
+    assert "already installed; keeping it" in out and "pennello-tiny installed and verified" in out
+    assert "Pennello is installed." in out
+
+    assert (venv / "bin" / "pennello").exists() and (venv / "pyvenv.cfg").read_text().count("true") == 1
+    unit = user_home / ".config" / "systemd" / "user" / "pennello.service"
+    if (ROOT / "packaging" / "systemd" / "pennello.service").exists():
+        assert f"ExecStart={venv}/bin/pennello serve" in unit.read_text() and "IPAddressDeny=any" in unit.read_text()
+    autostart = (user_home / ".config" / "autostart" / "pennello.desktop").read_text()
+    assert f"Exec={venv}/bin/pennello tray" in autostart
+    menu = (user_home / ".local" / "share" / "applications" / "pennello.desktop").read_text()
+    assert "Name=Pennello" in menu and "Icon=pennello" in menu
+    icon = user_home / ".local" / "share" / "icons" / "hicolor" / "256x256" / "apps" / "pennello.png"
+    assert Image.open(icon).size == (256, 256)
+    link = user_home / ".local" / "bin" / "pennello"
+    assert link.is_symlink() and Path(os.readlink(link)) == venv / "bin" / "pennello"
+    installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import pennello; print(pennello.__file__)"],
+                               capture_output=True, text=True, env=user_env(user_home), cwd="/")
+    assert installed.stdout.startswith(str(venv)), "pennello must run from the venv, not the checkout"
+
+    picture = tmp_path / "picture.png"
+    made = generate_with(user_home, venv, picture)
+    assert made["status"] == "done" and made["type"] == "image/png" and made["health"]["ready"]
+    assert Image.open(picture).size[0] > 0
+    outputs = list((user_home / "Pictures" / "Pennello").rglob("*.png"))
+    assert len(outputs) == 1
+
+    # Re-running repairs: a damaged model file, a removed menu entry and command come back.
+    blob = max((data / "store" / "blobs").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    blob.chmod(0o644)
+    blob.write_bytes(b"damaged")
+    link.unlink()
+    (user_home / ".local" / "share" / "applications" / "pennello.desktop").unlink()
+    again = install_sh(user_home, "--yes", "--no-start", "--python", BASE_PYTHON, "--system-site-packages",
+                       **offline_pip)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "reusing" in again.stdout and "pennello-tiny installed and verified" in again.stdout
+    assert link.is_symlink() and (user_home / ".local" / "share" / "applications" / "pennello.desktop").exists()
+    verify = subprocess.run([str(venv / "bin" / "pennello"), "verify"], capture_output=True, text=True,
+                            env=user_env(user_home), cwd="/")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    removed = install_sh(user_home, "uninstall", "--yes")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert "Pennello is uninstalled." in removed.stdout and "kept" in removed.stdout
+    left = files_under(user_home) - before
+    assert left == {p.relative_to(user_home).as_posix() for p in outputs}, f"left behind: {sorted(left)}"
+    assert not [p for p in user_home.rglob("*") if p.name.lower() == "pennello" and "Pictures" not in p.parts]
+
+    purged = install_sh(user_home, "uninstall", "--yes", "--purge")
+    assert purged.returncode == 0 and files_under(user_home) == before
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace with only loopback: nothing outside this machine can be reached."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (ip netns) for a network namespace")
+    name = f"pennello-install-{os.getpid()}"
+    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if created.returncode:
+        pytest.skip(f"cannot create a network namespace here: {created.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+@pytest.mark.root
+def test_air_gapped_install_from_a_bundle_inside_a_network_namespace(user_home, tmp_path, netns, local_wheels):
+    # The bundle: the installed models as `pennello bundle export` writes them, plus pennello's wheel.
+    source_home = tmp_path / "source"
+    env = {**os.environ, "PENNELLO_HOME": str(source_home)}
+    for args in (["install", "pennello-tiny"], ["bundle", "export", "pennello-tiny", "--out", str(tmp_path / "bundle")]):
+        done = subprocess.run([sys.executable, "-m", "pennello", *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+    bundle = tmp_path / "bundle"
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "--wheel-dir", str(bundle / "wheels"), str(ROOT)], capture_output=True, text=True)
+    assert wheel.returncode == 0, wheel.stderr[-2000:]
+    # torch needs a newer setuptools than a Python 3.11 venv starts with; a --with-wheels bundle
+    # carries it, and so does this one.
+    for wheel_file in local_wheels.iterdir():
+        shutil.copy(wheel_file, bundle / "wheels")
+
+    prefix = ("ip", "netns", "exec", netns)
+    offline = subprocess.run([*prefix, sys.executable, "-c",
+                              "import socket; socket.create_connection(('pypi.org', 443), timeout=3)"],
+                             capture_output=True, text=True)
+    assert offline.returncode != 0, "the namespace must have no network"
+    result = install_sh(user_home, "--from", str(bundle), "--yes", "--no-start", "--python", BASE_PYTHON,
+                        "--system-site-packages", prefix=prefix)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "from the bundle" in result.stdout and "installed the bundle's models" in result.stdout
+    log = (user_home / ".local" / "share" / "pennello" / "install.log").read_text()
+    assert "--no-index" in log and "Processing" in log and "pennello-0.1.0-py3-none-any.whl" in log
+
+    venv = user_home / ".local" / "share" / "pennello" / "venv"
+    made = generate_with(user_home, venv, tmp_path / "picture.png", prefix=prefix)
+    assert made["status"] == "done" and Image.open(tmp_path / "picture.png").size[0] > 0

@@ -1,0 +1,376 @@
+"""The tray's Tk windows, each run as its own process: quick generate, pairing, and a pop-up menu.
+
+    $ python -m pennello.tray._tk quick --url http://127.0.0.1:8420
+    $ python -m pennello.tray._tk menu < entries.json     # prints {"event": "chosen", ...}
+
+Every window reports what happened as JSON lines on stdout (``ready``, ``progress``, ``done``,
+``error``, ``chosen``), which the tray and the display tests read; people just see the window.
+Errors are shown in the window, in red, with what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tkinter as tk
+from datetime import date
+from pathlib import Path
+from tkinter import filedialog, ttk
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageTk
+
+from pennello.client import Client
+from pennello.errors import PennelloError
+
+from ._controller import MenuEntry
+from ._desktop import decode_offer, open_path
+from ._icon import draw_icon
+
+PREVIEW_PX = 384  # the preview's longest side
+_POLL_MS = 50
+_RED = "#b3261e"
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One JSON line on stdout for whoever started the window."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _root(title: str, class_name: str) -> tk.Tk:
+    root = tk.Tk(className=class_name)
+    root.title(title)
+    icon = ImageTk.PhotoImage(draw_icon("ready", 64), master=root)
+    root.iconphoto(True, icon)
+    root._pennello_icon = icon  # type: ignore[attr-defined]  # keep a reference: Tk does not
+    return root
+
+
+# --- quick generate ----------------------------------------------------------------------------
+
+class QuickGenerate:
+    """Prompt, Generate, progress, preview, and Save / Copy / Open folder."""
+
+    def __init__(self, root: tk.Tk, client: Client, model: str | None, outputs_dir: Path) -> None:
+        self.root, self.client, self.model, self.outputs_dir = root, client, model, outputs_dir
+        self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.image: dict[str, Any] | None = None
+        self.file: Path | None = None  # the picture written to a temp file (for Copy)
+        self.busy = False
+        root.minsize(440, 560)
+        frame = ttk.Frame(root, padding=14)
+        frame.pack(fill="both", expand=True)
+
+        ttk.Label(frame, text="Describe a picture:").pack(anchor="w")
+        row = ttk.Frame(frame)
+        row.pack(fill="x", pady=(4, 8))
+        self.prompt = ttk.Entry(row, width=40)
+        self.prompt.pack(side="left", fill="x", expand=True)
+        self.prompt.bind("<Return>", lambda _e: self.generate())
+        self.button = ttk.Button(row, text="Generate", command=self.generate)
+        self.button.pack(side="left", padx=(8, 0))
+
+        self.progress = ttk.Progressbar(frame, mode="determinate", maximum=1)
+        self.progress.pack(fill="x")
+        self.status = ttk.Label(frame, text=f"Model: {model or 'the default'} · ready")
+        self.status.pack(anchor="w", pady=(2, 6))
+        self.error = tk.Label(frame, text="", fg=_RED, wraplength=400, justify="left", anchor="w")
+        self.error.pack(fill="x")
+
+        self.placeholder = ImageTk.PhotoImage(_placeholder(PREVIEW_PX), master=root)
+        area = ttk.Frame(frame, width=PREVIEW_PX, height=PREVIEW_PX)
+        area.pack(pady=6)
+        area.pack_propagate(False)  # the window keeps its size when a picture replaces the placeholder
+        self.preview = ttk.Label(area, image=self.placeholder, anchor="center")
+        self.preview.pack(fill="both", expand=True)
+
+        buttons = ttk.Frame(frame)
+        buttons.pack(fill="x")
+        self.save_button = ttk.Button(buttons, text="Save…", command=self.save, state="disabled")
+        self.copy_button = ttk.Button(buttons, text="Copy", command=self.copy, state="disabled")
+        self.save_button.pack(side="left")
+        self.copy_button.pack(side="left", padx=6)
+        ttk.Button(buttons, text="Open folder", command=self.open_folder).pack(side="left")
+        self.prompt.focus_set()
+        root.after(_POLL_MS, self._poll)
+
+    def generate(self) -> None:
+        prompt = self.prompt.get().strip()
+        if self.busy:
+            return
+        if not prompt:
+            self.show_error("Type what the picture should show first.")
+            return
+        self.busy = True
+        self.show_error("")
+        self.button.configure(state="disabled")
+        self.progress.configure(value=0, maximum=1)
+        self.status.configure(text="Waiting for the daemon…")
+        emit("generating", prompt_chars=len(prompt))
+        threading.Thread(target=self._work, args=(prompt,), daemon=True).start()
+
+    def _work(self, prompt: str) -> None:
+        params = {"model": self.model} if self.model else {}
+        started = time.monotonic()
+        try:
+            images = self.client.generate(prompt, n=1, on_progress=lambda step, total:
+                                          self.events.put(("progress", step, total)), **params)
+            self.events.put(("done", images[0], time.monotonic() - started))
+        except PennelloError as e:
+            self.events.put(("error", str(e)))
+        except Exception as e:  # a window must say what happened, whatever it was
+            self.events.put(("error", f"unexpected error: {type(e).__name__}: {e}"))
+
+    def _poll(self) -> None:
+        try:
+            while True:
+                self._handle(*self.events.get_nowait())
+        except queue.Empty:
+            pass
+        self.root.after(_POLL_MS, self._poll)
+
+    def _handle(self, kind: str, *data: Any) -> None:
+        if kind == "progress":
+            step, total = data
+            self.progress.configure(maximum=total, value=step)
+            self.status.configure(text=f"Step {step} of {total}")
+            emit("progress", step=step, total=total)
+        elif kind == "done":
+            image, seconds = data
+            self.image = image
+            picture = _fit(Image.open(io.BytesIO(image["bytes"])), PREVIEW_PX)
+            self.photo = ImageTk.PhotoImage(picture, master=self.root)
+            self.preview.configure(image=self.photo)
+            self.file = Path(tempfile.gettempdir()) / f"pennello-{image['id']}.{_ext(image)}"
+            self.file.write_bytes(image["bytes"])
+            self.progress.configure(value=self.progress.cget("maximum"))
+            self.status.configure(text=f"Done in {seconds:.1f} s · {image['width']}×{image['height']} · "
+                                       f"seed {image['seed']}")
+            for button in (self.save_button, self.copy_button):
+                button.configure(state="normal")
+            self._idle()
+            emit("done", id=image["id"], seed=image["seed"], width=image["width"], height=image["height"])
+        elif kind == "error":
+            self.show_error(data[0])
+            self.status.configure(text="Not generated")
+            self._idle()
+            emit("error", message=data[0])
+
+    def _idle(self) -> None:
+        self.busy = False
+        self.button.configure(state="normal")
+
+    def show_error(self, message: str) -> None:
+        self.error.configure(text=message)
+
+    def save(self) -> None:
+        if self.image is None:
+            return
+        target = filedialog.asksaveasfilename(parent=self.root, initialfile=f"{self.image['id']}.{_ext(self.image)}",
+                                              initialdir=str(self.outputs_dir if self.outputs_dir.exists()
+                                                             else Path.home()))
+        if target:
+            try:
+                Path(target).write_bytes(self.image["bytes"])
+            except OSError as e:
+                self.show_error(f"Could not save to {target}: {e.strerror}. Choose another folder.")
+                return
+            self.status.configure(text=f"Saved to {target}")
+            emit("saved", path=target)
+
+    def copy(self) -> None:
+        if self.file is None:
+            return
+        how = copy_image(self.file)
+        if how is None:
+            self.root.clipboard_clear()
+            self.root.clipboard_append(str(self.file))
+            self.status.configure(text="Copied the picture's file path (install xclip or wl-clipboard "
+                                       "to copy the picture itself)")
+        else:
+            self.status.configure(text="Copied the picture")
+        emit("copied", how=how or "path")
+
+    def open_folder(self) -> None:
+        folder = self.outputs_dir / date.today().isoformat()
+        folder = folder if folder.exists() else self.outputs_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            open_path(folder)
+        except OSError as e:
+            self.show_error(f"Could not open {folder}: {e}")
+
+
+def _fit(picture: Image.Image, size: int) -> Image.Image:
+    """Scale to ``size`` on the longest side; small pictures are enlarged with sharp pixels."""
+    scale = size / max(picture.size)
+    target = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    return picture.convert("RGB").resize(target, Image.NEAREST if scale >= 2 else Image.LANCZOS)
+
+
+def _ext(image: dict[str, Any]) -> str:
+    return "jpg" if image.get("format") == "jpeg" else str(image.get("format", "png"))
+
+
+def _placeholder(size: int) -> Image.Image:
+    image = Image.new("RGB", (size, size), (236, 238, 241))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, size - 1, size - 1), outline=(200, 204, 210))
+    text = "Your picture appears here"
+    width = draw.textlength(text)
+    draw.text(((size - width) / 2, size / 2 - 6), text, fill=(120, 126, 134))
+    return image
+
+
+def copy_image(path: Path) -> str | None:
+    """Put the picture on the clipboard with the platform's tool; returns which, or None."""
+    if sys.platform == "darwin":
+        script = f'set the clipboard to (read (POSIX file "{path}") as «class PNGf»)'
+        commands = [["osascript", "-e", script]]
+    elif sys.platform == "win32":
+        script = ("Add-Type -AssemblyName System.Windows.Forms, System.Drawing; "
+                  "[Windows.Forms.Clipboard]::SetImage([Drawing.Image]::FromFile($env:PENNELLO_FILE))")
+        commands = [["powershell", "-NoProfile", "-STA", "-Command", script]]
+    else:
+        mime = "image/png" if path.suffix == ".png" else f"image/{path.suffix[1:]}"
+        commands = [["wl-copy", "--type", mime], ["xclip", "-selection", "clipboard", "-t", mime, "-i"]]
+        if not os.environ.get("WAYLAND_DISPLAY"):
+            commands.reverse()
+    for command in commands:
+        if shutil.which(command[0]) is None:
+            continue
+        with open(path, "rb") as data:
+            # xclip stays running to serve the selection: do not wait for it.
+            subprocess.Popen(command, stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PENNELLO_FILE": str(path)})
+        return command[0]
+    return None
+
+
+# --- pairing -----------------------------------------------------------------------------------
+
+def pairing_window(root: tk.Tk, offer_data: dict[str, Any]) -> None:
+    offer = decode_offer(offer_data)
+    frame = ttk.Frame(root, padding=16)
+    frame.pack(fill="both", expand=True)
+    ttk.Label(frame, text="Pair a phone or another computer", font=("TkDefaultFont", 12, "bold")).pack(anchor="w")
+    ttk.Label(frame, text="Scan the code, or open the address and type the code:").pack(anchor="w", pady=(6, 4))
+    qr = Image.open(io.BytesIO(offer.qr_png)).convert("RGB")
+    qr = qr.resize((260, 260), Image.NEAREST)
+    photo = ImageTk.PhotoImage(qr, master=root)
+    label = ttk.Label(frame, image=photo)
+    label.image = photo  # type: ignore[attr-defined]
+    label.pack(pady=4)
+    ttk.Label(frame, text=offer.code, font=("TkFixedFont", 22, "bold")).pack()
+    url = ttk.Entry(frame, width=44)
+    url.insert(0, offer.pair_url)
+    url.configure(state="readonly")
+    url.pack(pady=4)
+    fingerprint = offer.fingerprint or "none (the daemon serves plain HTTP on this computer)"
+    ttk.Label(frame, text=f"Certificate fingerprint:\n{fingerprint}", wraplength=380, justify="left").pack(
+        anchor="w", pady=4)
+    if not offer.lan:
+        tk.Label(frame, text="Pennello listens on this computer only. Other devices can pair once it runs "
+                             "with LAN access: `pennello serve --lan`.", fg=_RED, wraplength=380,
+                 justify="left").pack(anchor="w", pady=4)
+    expires = ttk.Label(frame)
+    expires.pack(anchor="w")
+    deadline = time.monotonic() + offer.expires_in_s
+
+    def tick() -> None:
+        left = int(deadline - time.monotonic())
+        expires.configure(text=f"The code works once, for {left // 60}:{left % 60:02d} more" if left > 0
+                          else "The code has expired; choose Pair a device… again")
+        root.after(1000, tick)
+
+    tick()
+    ttk.Button(frame, text="Close", command=root.destroy).pack(anchor="e", pady=(8, 0))
+
+
+# --- pop-up menu (trays without native menus) --------------------------------------------------
+
+def popup_menu(root: tk.Tk, entries: list[MenuEntry]) -> None:
+    root.withdraw()
+    chosen: list[bool] = []
+
+    def choose(entry: MenuEntry) -> None:
+        chosen.append(True)
+        emit("chosen", action=entry.action, arg=entry.arg)
+        root.after(10, root.destroy)
+
+    def build(parent: tk.Menu | tk.Tk, items: list[MenuEntry] | tuple[MenuEntry, ...]) -> tk.Menu:
+        menu = tk.Menu(parent, tearoff=False)
+        for entry in items:
+            state = "normal" if entry.enabled else "disabled"
+            if entry.separator:
+                menu.add_separator()
+            elif entry.submenu:
+                menu.add_cascade(label=entry.text, menu=build(menu, entry.submenu), state=state)
+            elif entry.checked is not None:
+                variable = tk.BooleanVar(master=root, value=entry.checked)
+                add = menu.add_radiobutton if entry.radio else menu.add_checkbutton
+                options = {"value": True} if entry.radio else {"onvalue": True, "offvalue": False}
+                add(label=entry.text, variable=variable, state=state,
+                    command=lambda e=entry: choose(e), **options)
+            else:
+                menu.add_command(label=entry.text, state=state, command=lambda e=entry: choose(e),
+                                 font=("TkMenuFont", 10, "bold") if entry.default else None)
+        return menu
+
+    menu = build(root, entries)
+
+    def dismissed(_event: Any = None) -> None:
+        root.after(200, lambda: None if chosen else (emit("dismissed"), root.destroy()))
+
+    menu.bind("<Unmap>", dismissed)
+    menu.bind("<Escape>", lambda _e: (menu.unpost(), dismissed()))
+    x, y = root.winfo_pointerxy()
+    default = next((i for i, entry in enumerate(entries) if entry.default and not entry.separator), None)
+    menu.tk_popup(x, y, default if default is not None else "")
+    menu.focus_set()
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pennello.tray._tk")
+    sub = parser.add_subparsers(dest="window", required=True)
+    quick = sub.add_parser("quick", help="the quick-generate window")
+    quick.add_argument("--url", help="daemon URL (default: the local daemon)")
+    quick.add_argument("--model", help="model to use (default: the daemon's default)")
+    quick.add_argument("--outputs", type=Path, help="folder Open folder opens")
+    sub.add_parser("pair", help="the pairing window (offer JSON on stdin)")
+    sub.add_parser("menu", help="a pop-up menu (entries JSON on stdin); prints the choice")
+    args = parser.parse_args(argv)
+
+    if args.window == "quick":
+        from pennello.paths import get_paths
+
+        root = _root("Pennello — Quick generate", "PennelloQuick")
+        try:
+            client = Client(args.url, os.environ.get("PENNELLO_TOKEN"))
+        except PennelloError as e:
+            client = Client("http://127.0.0.1:8420")
+            root.after(100, lambda: window.show_error(str(e)))
+        window = QuickGenerate(root, client, args.model, args.outputs or get_paths().outputs_dir)
+    elif args.window == "pair":
+        root = _root("Pennello — Pair a device", "PennelloPair")
+        pairing_window(root, json.loads(sys.stdin.read()))
+    else:
+        root = _root("Pennello", "PennelloMenu")
+        popup_menu(root, [MenuEntry.from_dict(entry) for entry in json.loads(sys.stdin.read())])
+    root.after_idle(lambda: emit("ready", window=args.window, id=root.winfo_id()))
+    root.mainloop()
+
+
+if __name__ == "__main__":
+    main()
