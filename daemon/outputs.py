@@ -18,11 +18,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from datetime import date, datetime, timedelta
@@ -34,6 +32,7 @@ from xml.sax.saxutils import escape
 from PIL import Image, PngImagePlugin
 
 from pennello.errors import NotFoundError
+from pennello.files import write_atomic
 
 from .jobs import ImageFormat, OutputImage
 
@@ -120,7 +119,9 @@ class Outputs:
         record = {**record, "id": image_id, "format": fmt, "created": time.time()}
         path = self._path(image_id, fmt)
         data = self._encode(image, record, fmt, source)
-        atomic_write(path, data)
+        # No directory fsync per picture: it would double the save on the answer's path, and a
+        # picture whose rename is lost in a power cut is one the client already has.
+        write_atomic(path, data, sync_dir=False)
         return OutputImage(image_id, path, int(record.get("seed", 0)), image.width, image.height, fmt)
 
     def _encode(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat,
@@ -226,18 +227,3 @@ def _is_day(name: str) -> bool:
     except ValueError:
         return False
     return len(name) == 10
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -40,9 +40,9 @@ from pennello import __version__
 from pennello.client import DAEMON_FILE, read_daemon_info
 from pennello.config import Config
 from pennello.errors import DaemonError
+from pennello.files import write_atomic
 from pennello.paths import Paths
 
-from .outputs import atomic_write
 
 if TYPE_CHECKING:
     from .tls import TlsFiles, TlsServer
@@ -149,7 +149,7 @@ def _write_daemon_file(runtime_dir: Path, url: str, fingerprint: str | None = No
     path = runtime_dir / DAEMON_FILE
     info = {"pid": os.getpid(), "url": url, "fingerprint": fingerprint, "started": time.time(),
             "version": __version__}
-    atomic_write(path, json.dumps(info).encode("utf-8"))
+    write_atomic(path, json.dumps(info).encode("utf-8"))
     return path
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
-import os
 import socket
 import threading
 import time
@@ -38,6 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from pennello.discover import fingerprint as der_fingerprint
 from pennello.errors import ConfigError
+from pennello.files import write_atomic
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,10 @@ def ensure_certificate(paths: Paths, hostname: str | None = None,
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _self_signed(key, hostname, local_addresses() if addresses is None else addresses)
     # Key first: a certificate on disk always has its key next to it.
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM,
+    write_atomic(key_path, key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()), mode=0o600)
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     files = TlsFiles(cert_path, key_path, fingerprint(cert))
     log.info("made a TLS certificate for %s: %s", hostname, files.fingerprint)
     log.debug("tls certificate made in %.1fms", (time.perf_counter() - started) * 1000)
@@ -128,20 +128,6 @@ def _self_signed(key: ec.EllipticCurvePrivateKey, hostname: str,
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .sign(key, hashes.SHA256()))
-
-
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file created with ``mode`` (never world-readable, even briefly), then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class TlsServer:

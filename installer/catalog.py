@@ -25,7 +25,7 @@ from typing import Literal
 
 from pennello.errors import ManifestFormatError, ModelNotFoundError, PennelloError
 from pennello.installer.manifest import Manifest, parse_envelope
-from pennello.installer.store import write_atomic
+from pennello.files import write_atomic
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)

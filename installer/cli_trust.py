@@ -25,7 +25,7 @@ from pennello.installer import root as rootring
 from pennello.installer.keys import (TrustedKey, add_signature, check_key_name, generate_key, key_id,
                                      load_private_key, load_public_key_pem)
 from pennello.installer.manifest import dump_envelope, format_time
-from pennello.installer.store import write_atomic
+from pennello.files import write_atomic
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import get_paths
 

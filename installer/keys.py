@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from pennello.errors import RevokedKeyError, TrustError
 from pennello.installer.manifest import Manifest, dump_envelope, format_time, parse_envelope, canonical_json
-from pennello.installer.store import write_atomic
+from pennello.files import write_atomic
 from pennello.paths import Paths
 
 KeyOrigin = Literal["root", "user"]  # listed in the trusted root, or added on this machine

@@ -47,7 +47,7 @@ from pennello.errors import (BadSignatureError, ExpiredManifestError, ManifestFo
                              ThresholdError, TrustError)
 from pennello.installer.keys import TrustedKey, check_key_name, key_id, raw_public_bytes, sign_signed
 from pennello.installer.manifest import canonical_json, dump_envelope, format_time, parse_envelope, parse_time
-from pennello.installer.store import write_atomic
+from pennello.files import write_atomic
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ at ``base_url`` (a JSON list of relative paths).
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
 import os
 import shutil

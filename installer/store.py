@@ -37,6 +37,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from pennello.errors import IntegrityError, ModelNotFoundError, StoreError
+from pennello.files import fsync_dir, write_atomic
 from pennello.installer.manifest import MANIFEST_FILENAME, FileEntry, Manifest, parse_envelope
 from pennello.paths import Paths
 
@@ -76,33 +77,6 @@ def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in large blocks by hashlib (as fast as ``sha256sum``)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def check_file(path: Path, entry: FileEntry) -> str | None:

@@ -57,7 +57,7 @@ from pennello.installer import root as rootring
 from pennello.installer.keys import KEYID_PREFIX_MIN, TrustedKey, load_public_key_pem
 from pennello.installer.manifest import Manifest, canonical_json, format_time, parse_envelope
 from pennello.installer.root import TrustedRoot
-from pennello.installer.store import write_atomic
+from pennello.files import write_atomic
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,8 @@ from pennello.errors import (ExpiredManifestError, FetchError, IntegrityError, M
                              TrustError, UnsignedManifestError)
 from pennello.installer.keys import TrustedKey, key_id, load_private_key, sign_signed
 from pennello.installer.manifest import FileEntry, dump_envelope, format_time, parse_envelope, parse_time
-from pennello.installer.store import file_sha256, write_atomic
+from pennello.files import write_atomic
+from pennello.installer.store import file_sha256
 from pennello.installer.trust import MAX_MANIFEST_BYTES, TrustPolicy
 from pennello.paths import Paths
 

@@ -4,7 +4,6 @@ non-loopback client address on this machine."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 
 import pytest

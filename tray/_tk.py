@@ -356,12 +356,14 @@ def main(argv: list[str] | None = None) -> None:
         from pennello.paths import get_paths
 
         root = _root("Pennello — Quick generate", "PennelloQuick")
+        problem = None
         try:
             client = Client(args.url, os.environ.get("PENNELLO_TOKEN"))
         except PennelloError as e:
-            client = Client("http://127.0.0.1:8420")
-            root.after(100, lambda: window.show_error(str(e)))
+            client, problem = Client("http://127.0.0.1:8420"), str(e)  # `e` is gone after except
         window = QuickGenerate(root, client, args.model, args.outputs or get_paths().outputs_dir)
+        if problem:
+            root.after(100, lambda: window.show_error(problem))
     elif args.window == "pair":
         root = _root("Pennello — Pair a device", "PennelloPair")
         pairing_window(root, json.loads(sys.stdin.read()))

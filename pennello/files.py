@@ -1,0 +1,49 @@
+"""Writing files so that no reader, and no crash, ever sees half of one.
+
+    >>> from pathlib import Path
+    >>> from pennello.files import write_atomic
+    >>> write_atomic(Path("/tmp/pennello-doc/state.json"), b"{}")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename.
+
+    Args:
+        mode: permissions of the new file; the temp file starts as 0600, so a private file is
+            never readable by others, even briefly.
+        sync_dir: also fsync the directory, so the rename itself survives a power cut.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
