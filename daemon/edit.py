@@ -87,8 +87,9 @@ def fit_size(size: tuple[int, int], family: ModelFamily) -> tuple[int, int]:
     width, height = size
     scale = min(1.0, family.max_size / max(width, height))
     scale = max(scale, family.min_size / min(width, height))
-    return tuple(min(family.max_size, max(family.min_size, int(side * scale) // family.multiple
-                                          * family.multiple)) for side in (width, height))  # type: ignore[return-value]
+    step = family.multiple
+    fitted = [min(family.max_size, max(family.min_size, int(side * scale) // step * step)) for side in size]
+    return fitted[0], fitted[1]
 
 
 def mask_to_l(mask: Image.Image) -> Image.Image:

@@ -109,19 +109,19 @@ class Outputs:
         self.png_compress_level = png_compress_level
 
     def save(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat,
-             source: str = TRAINED_ALGORITHMIC_MEDIA) -> OutputImage:
+             source: str = TRAINED_ALGORITHMIC_MEDIA, durable: bool = True) -> OutputImage:
         """Encode and write one picture atomically; ``record`` becomes its embedded metadata.
 
         Args:
             source: its IPTC DigitalSourceType (AI-drawn unless an upload was only enhanced or edited).
+            durable: fsync before returning; False leaves that to a later
+                :func:`pennello.files.make_durable` (the worker does so after answering).
         """
         image_id = new_image_id()
         record = {**record, "id": image_id, "format": fmt, "created": time.time()}
         path = self._path(image_id, fmt)
         data = self._encode(image, record, fmt, source)
-        # No directory fsync per picture: it would double the save on the answer's path, and a
-        # picture whose rename is lost in a power cut is one the client already has.
-        write_atomic(path, data, sync_dir=False)
+        write_atomic(path, data, durable=durable)
         return OutputImage(image_id, path, int(record.get("seed", 0)), image.width, image.height, fmt)
 
     def _encode(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat,
@@ -174,7 +174,11 @@ class Outputs:
         page: list[dict[str, Any]] = []
         skipped = 0
         for path in self.iter_newest():
-            record = read_record(path)
+            try:
+                record = read_record(path)
+            except (OSError, SyntaxError, ValueError) as e:  # e.g. cut short by a power failure
+                log.warning("skipping unreadable picture %s: %s", path, e)
+                continue
             if owner is not None and record.get("owner") != owner:
                 continue
             if skipped < offset:

@@ -202,7 +202,8 @@ def styles() -> Any:
     """Style presets: the built-ins and those of ``<config dir>/styles.toml``."""
     from .styles import load_styles
 
-    return jsonify({"styles": [style.to_dict() for style in load_styles(current_engine().paths.config_dir).values()]})
+    presets = load_styles(current_engine().paths.config_dir)
+    return jsonify({"styles": [style.to_dict() for style in presets.values()]})
 
 
 @bp.post("/batch")

@@ -154,7 +154,8 @@ def check_request(engine: Any, image_size: tuple[int, int], scale: Any, method: 
     return upscaler
 
 
-def upscale(engine: Any, image: Image.Image, scale: int, method: str = "lanczos") -> tuple[Image.Image, dict[str, Any]]:
+def upscale(engine: Any, image: Image.Image, scale: int,
+            method: str = "lanczos") -> tuple[Image.Image, dict[str, Any]]:
     """Upscale with a registered upscaler; returns the picture and a note for its record."""
     upscaler = check_request(engine, image.size, scale, method)
     started = time.perf_counter()

@@ -6,8 +6,8 @@
 * ``enhance-before-after.png``: a washed-out, soft picture and what auto-enhance made of it, with
   the before/after measurements.
 
-The embedded model's weights are random (docs/embedded-model.md), so the pictures show what the
-tools do, not what a trained model draws.
+The embedded model is tiny (docs/embedded-model.md), so the pictures show what the tools do,
+not what a general model draws; run this again when its weights change.
 """
 
 from __future__ import annotations

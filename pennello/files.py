@@ -1,6 +1,7 @@
 """Writing files so that no reader, and no crash, ever sees half of one.
 
     >>> from pathlib import Path
+from typing import Iterable
     >>> from pennello.files import write_atomic
     >>> write_atomic(Path("/tmp/pennello-doc/state.json"), b"{}")  # doctest: +SKIP
 """
@@ -11,6 +12,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 
 def fsync_dir(directory: Path) -> None:
@@ -23,13 +25,14 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int | None = None, sync_dir: bool = True) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename.
+def write_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
+    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync dir.
 
     Args:
         mode: permissions of the new file; the temp file starts as 0600, so a private file is
             never readable by others, even briefly.
-        sync_dir: also fsync the directory, so the rename itself survives a power cut.
+        durable: fsync the file before the rename and the directory after it. False still never
+            shows readers half a file; call :func:`make_durable` later to survive a power cut.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -39,11 +42,22 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, sync_dir: boo
                 os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync_dir:
+    if durable:
         fsync_dir(path.parent)
+
+
+def make_durable(paths: Iterable[Path]) -> None:
+    """fsync files written with ``durable=False``, then each of their directories once."""
+    paths = list(paths)
+    for path in paths:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    for directory in dict.fromkeys(path.parent for path in paths):
+        fsync_dir(directory)

@@ -272,3 +272,11 @@ def test_retention_prunes_old_days_only(engine):
     assert engine.outputs.prune(0) == 0 and old_day.exists()  # 0 keeps everything
     assert engine.outputs.prune(30) == 1
     assert not old_day.exists() and job.images[0].path.is_file()
+
+
+def test_an_unreadable_picture_is_skipped_by_the_gallery(engine):
+    job = run(engine)
+    day = job.images[0].path.parent
+    (day / "20200101-000000-000000-0000dead.png").write_bytes(b"")  # cut short by a power failure
+    listed = engine.outputs.gallery()
+    assert [record["id"] for record in listed] == [job.images[0].id]

@@ -27,6 +27,11 @@ function imageElement(image, label) {
   img.alt = label;
   img.title = label;
   img.loading = "lazy";
+  if (image.copyright && image.copyright.flagged) {  // the copyright check flags, never hides
+    const names = image.copyright.matches.map((match) => match.reference).join(", ");
+    img.classList.add("flagged");
+    img.title = `${label}\nCopyright check: resembles ${names}`;
+  }
   return img;
 }
 
