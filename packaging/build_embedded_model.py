@@ -1,18 +1,24 @@
 """Build ``pennello-tiny``, the small text-to-image model shipped inside the package.
 
 It is a complete diffusers ``StableDiffusionPipeline`` (CLIP text encoder, UNet, VAE, Euler
-scheduler) scaled down to under 5 MB so that ``pennello install pennello-tiny`` works with no
-download and the tests can run a real pipeline on a CPU in well under a second. Its weights are
-random for now: pictures are coloured noise. A trained model will replace it; training slots in
-between :func:`build_pipeline` and :func:`save_pipeline`.
+scheduler with v-prediction) of about 5 MB, so that ``pennello install pennello-tiny`` works with
+no download and the tests can run a real pipeline on a CPU in a fraction of a second. This module
+defines its architecture: :func:`build_pipeline` makes it with seeded random weights and
+:func:`save_pipeline` writes it. ``packaging/train_embedded_model.py`` trains it in between
+(coloured shapes on plain backgrounds, drawn as asked) and is what writes the shipped copy::
+
+    nice -n 19 python packaging/train_embedded_model.py   # trains, checks, writes installer/embedded/pennello-tiny/
+    python packaging/sign_catalog.py                      # re-hashes and re-signs manifests/
+
+Running this script alone writes the *untrained* pipeline, and only to an ``--out`` you name
+(it would otherwise replace the trained model)::
+
+    python packaging/build_embedded_model.py --out /tmp/pennello-tiny-untrained
 
 Every random draw is seeded, so the same environment (torch, diffusers, transformers,
 tokenizers versions) writes the same bytes on every run. Other versions may write different
 config bytes (``_diffusers_version``, ``transformers_version``); the signed manifest pins
-whichever bytes ship, so rebuild and re-sign together::
-
-    python packaging/build_embedded_model.py            # writes installer/embedded/pennello-tiny/
-    python packaging/sign_catalog.py                    # re-hashes and re-signs manifests/
+whichever bytes ship, so rebuild and re-sign together.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ log = logging.getLogger("build_embedded_model")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "installer" / "embedded" / "pennello-tiny"
 SEED = 20260101
-IMAGE_SIZE = 64  # pixels; the VAE downsamples once, so latents are 32x32
+IMAGE_SIZE = 64  # pixels
+VAE_SCALE = 4  # the VAE downsamples twice, so latents are 16x16
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_TOKENS = 77  # CLIP's context length, which diffusers' prompt handling expects
 BPE_MERGES = 400
@@ -95,27 +102,31 @@ def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
 
 def build_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4,
+        sample_size=IMAGE_SIZE // VAE_SCALE, in_channels=4, out_channels=4,
         block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8)
+        cross_attention_dim=32, attention_head_dim=8,
+        # The prompt, pooled, is also added to the timestep embedding, so every ResNet (the 16x16
+        # ones included, which have no cross-attention) sees the colours asked for.
+        addition_embed_type="text", addition_embed_type_num_heads=2)
 
 
 def build_vae() -> AutoencoderKL:
-    # Two blocks = one downsample: 64x64 pixels <-> 4x32x32 latents.
+    # Three blocks = two downsamples: 64x64 pixels <-> 4x16x16 latents. Training pins latent
+    # channels 0-2 to the picture averaged over 4x4 pixels (see train_embedded_model.py).
     return AutoencoderKL(
         sample_size=IMAGE_SIZE, in_channels=3, out_channels=3, latent_channels=4,
-        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=16,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
+        block_out_channels=(8, 16, 32), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3)
 
 
 def build_scheduler() -> EulerDiscreteScheduler:
     # "trailing" spacing is what makes 1-4 step sampling start from pure noise (as SD-Turbo does).
     return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                   num_train_timesteps=1000, timestep_spacing="trailing",
-                                  steps_offset=1)
+                                  steps_offset=1, prediction_type="v_prediction")
 
 
 def build_pipeline(seed: int = SEED) -> StableDiffusionPipeline:
@@ -149,15 +160,17 @@ def save_pipeline(pipe: StableDiffusionPipeline, out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Afterwards run packaging/sign_catalog.py to re-sign the manifest.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+                                     epilog="The shipped model is trained: see packaging/train_embedded_model.py.")
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"output directory for the untrained pipeline (the shipped, trained one is {DEFAULT_OUT}, "
+                             "written by train_embedded_model.py)")
     parser.add_argument("--seed", type=int, default=SEED, help="seed for every random weight")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pipe = build_pipeline(args.seed)
     save_pipeline(pipe, args.out)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
-    log.info("wrote %s (%.2f MB)", args.out, total / 1e6)
+    log.info("wrote %s (%.2f MB, untrained)", args.out, total / 1e6)
 
 
 if __name__ == "__main__":
