@@ -8,6 +8,7 @@ bytes, or send data without end. It records every request's path and headers.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -21,6 +22,10 @@ import pytest
 from pennello.installer.manifest import FileEntry, Manifest, PipelineSpec, Source, dump_envelope
 
 KEY_NAME = "test-publisher"
+# "pennello-tiny vN" as the shipped catalog has it: the version goes up whenever it is retrained.
+TINY_VERSION = "v{}".format(json.loads(
+    (Path(__file__).resolve().parents[1] / "manifests" / "pennello-tiny.json").read_bytes())["signed"]["version"])
+TINY_LABEL = f"pennello-tiny {TINY_VERSION}"
 
 
 def entries_for(files: dict[str, bytes]) -> tuple[FileEntry, ...]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_installer import KEY_NAME, make_manifest, publish, write_files  # noqa: F401 (fixture)
+from _fixtures_installer import KEY_NAME, TINY_LABEL, make_manifest, publish, write_files  # noqa: F401 (fixture)
 from _fixtures_trust import RELEASE_KEYID
 from pennello.config import Config
 from pennello.errors import (FetchError, IntegrityError, RevokedKeyError, RollbackError, StoreError,
@@ -78,7 +78,7 @@ def test_the_embedded_model_round_trips_through_a_bundle(home, offline, tmp_path
         assert blob.read_bytes() == (installed.path / entry.path).read_bytes()
     assert sorted(p.name for p in (bundle / "keys").iterdir()) == [f"{RELEASE_KEYID}.pub"]
     readme = (bundle / "README.txt").read_text(encoding="utf-8")
-    assert "Models: pennello-tiny v1" in readme and RELEASE_KEYID in readme
+    assert f"Models: {TINY_LABEL}" in readme and RELEASE_KEYID in readme
     assert "pennello install --from bundle" in readme
     script = bundle / "install.sh"
     assert script.stat().st_mode & stat.S_IXUSR

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from _fixtures_installer import make_manifest, write_files
+from _fixtures_installer import TINY_LABEL, TINY_VERSION, make_manifest, write_files
 from _fixtures_trust import RELEASE_KEYID, manifest_dict
 from pennello.installer.keys import key_id, public_pem
 from pennello.installer.manifest import dump_envelope
@@ -54,13 +54,13 @@ def _model_row(root: Path, name: str) -> list[str]:
 
 def test_install_verify_damage_repair_and_remove(home):
     root = _root(home)
-    assert ok(root, "install", "pennello-tiny") == "pennello-tiny v1 installed (4.9 MB)\n"
+    assert ok(root, "install", "pennello-tiny") == f"{TINY_LABEL} installed (4.9 MB)\n"
     name, version, size, unit, status, verified = _model_row(root, "pennello-tiny")
-    assert (version, size, unit, status) == ("v1", "4.9", "MB", "installed")
+    assert (version, size, unit, status) == (TINY_VERSION, "4.9", "MB", "installed")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", verified)
     assert ok(root, "verify") == "pennello-tiny: ok\n"
 
-    weights = home.store_dir / "models" / "pennello-tiny" / "v1" / TINY_UNET
+    weights = home.store_dir / "models" / "pennello-tiny" / TINY_VERSION / TINY_UNET
     os.chmod(weights, 0o644)
     with open(weights, "r+b") as f:  # one flipped byte, as a failing disk would
         f.seek(1000)
@@ -77,7 +77,7 @@ def test_install_verify_damage_repair_and_remove(home):
     assert quarantined.name.endswith(TINY_UNET.split("/")[-1]) and quarantined.read_bytes()[1000] == byte[0] ^ 0xFF
     assert _model_row(root, "pennello-tiny")[4] == "damaged"
 
-    assert ok(root, "install", "pennello-tiny") == "pennello-tiny v1 installed (4.9 MB)\n"  # the repair
+    assert ok(root, "install", "pennello-tiny") == f"{TINY_LABEL} installed (4.9 MB)\n"  # the repair
     assert weights.read_bytes() == (embedded_dir("pennello-tiny") / TINY_UNET).read_bytes()
     assert ok(root, "verify", "pennello-tiny") == "pennello-tiny: ok\n"
     assert _model_row(root, "pennello-tiny")[4] == "installed"
@@ -170,7 +170,7 @@ def test_bundle_export_and_install_from_it_on_a_second_home(home, tmp_path):
 
     installed = ok(offline, "install", "--from", str(bundle), "--trust-bundle-keys").splitlines()
     trusted = sorted(f"trusted key {keyid} from the bundle" for keyid in (RELEASE_KEYID, office))
-    assert installed == trusted + ["office-model v1 installed (15.0 KB)", "pennello-tiny v1 installed (4.9 MB)"]
+    assert installed == trusted + ["office-model v1 installed (15.0 KB)", f"{TINY_LABEL} installed (4.9 MB)"]
     assert ok(offline, "verify") == "office-model: ok\npennello-tiny: ok\n"
     assert get_paths(offline).trusted_keys_dir.joinpath(f"{office}.pub").is_file()
 

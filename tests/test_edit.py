@@ -78,8 +78,11 @@ def test_img2img_redraws_the_picture_reproducibly_and_records_it(url, drawn, api
     assert record["tool"] == "edit" and record["mode"] == "img2img" and record["seed"] == 5
     assert record["from_upload"].startswith("sha256:") and record["model"] == "pennello-tiny"
     assert pixels.std() > 0 and not np.array_equal(pixels, np.asarray(drawn, dtype=np.float64))
-    again = _edit(url, _png(drawn), seed=5, strength=0.6, steps=8).json()
-    assert np.array_equal(_fetch(url, again["images"][0])[0], pixels)  # same seed, same picture
+    again = _edit(url, _png(drawn), seed=5, n=2, strength=0.6, steps=8).json()
+    assert np.array_equal(_fetch(url, again["images"][0])[0], pixels)  # same request, same picture
+    alone = _edit(url, _png(drawn), seed=5, strength=0.6, steps=8).json()
+    # Batched kernels round differently: the same seed alone may differ by a level or two.
+    assert np.abs(_fetch(url, alone["images"][0])[0] - pixels).max() <= 2
     # The edit pipeline was built from the loaded model's components: no second copy of the weights.
     loaded = api_engine._loaded["pennello-tiny"]
     assert loaded.derived["img2img"].unet is loaded.pipe.unet and loaded.derived["img2img"].vae is loaded.pipe.vae

@@ -28,6 +28,7 @@ from pennello.daemon import GenerateRequest
 from pennello.paths import Paths
 from pennello.tray import (TRAY_STATES, DaemonSupervisor, MenuEntry, PairOffer, Status, TrayController,
                            draw_icon, login_item, set_config_value, status_from_health)
+from _fixtures_installer import TINY_LABEL
 from _fixtures_daemon import (SLOW_STEPS, engine, make_engine, make_server, server,  # noqa: F401
                               wait_until_running)
 
@@ -140,7 +141,7 @@ def test_menu_follows_the_daemon_through_ready_busy_offline_and_error(server, tr
                            "Models", "Outputs folder", "Start at login", "Quit"]
     assert entry(menu, "Quick generate").default and entry(menu, "Quick generate").enabled
     models = entry(menu, "Models").submenu
-    assert [(m.text, m.checked, m.radio) for m in models] == [("pennello-tiny v1", True, True)]
+    assert [(m.text, m.checked, m.radio) for m in models] == [(TINY_LABEL, True, True)]
 
     job = server.engine.submit(GenerateRequest(prompt="a slow kite", steps=SLOW_STEPS))
     wait_until_running(job)
@@ -290,7 +291,7 @@ def test_pystray_layer_draws_state_and_builds_the_menu(server, tray_for, dummy_p
         controller.status.line(), "Quick generate…"]
     assert items[0].enabled is False and items[2].default
     models = next(i for i in items if i.text == "Models")
-    assert [(i.text, i.checked, i.radio) for i in models.submenu] == [("pennello-tiny v1", True, True)]
+    assert [(i.text, i.checked, i.radio) for i in models.submenu] == [(TINY_LABEL, True, True)]
     login = next(i for i in items if i.text == "Start at login")
     assert login.checked is False
 

@@ -140,6 +140,19 @@ def not_blank(image: Image.Image) -> bool:
     return float(np.asarray(image.convert("L"), dtype=np.float32).std()) > 10
 
 
+def open_menu(display, g: dict) -> None:
+    """Click the tray icon and wait until the pop-up menu has been drawn."""
+    before = np.asarray(display.screenshot().crop((SCREEN[0] - 300, 0, SCREEN[0], 260)), dtype=np.int16)
+    display.click(g["X"] + g["WIDTH"] // 2, g["Y"] + g["HEIGHT"] // 2)
+    deadline = time.monotonic() + 30
+    while True:
+        region = np.asarray(display.screenshot().crop((SCREEN[0] - 300, 0, SCREEN[0], 260)), dtype=np.int16)
+        if np.abs(region - before).mean() > 20:
+            return
+        assert time.monotonic() < deadline, "the menu did not open"
+        time.sleep(0.3)
+
+
 def test_tray_icon_menu_and_quick_generate_under_a_real_tray(display, home: Paths, tmp_path):
     env = display.env(PENNELLO_HOME=str(home.runtime_dir.parent), PENNELLO_SERVER_PORT="0")
     tray = subprocess.Popen([sys.executable, "-m", "pennello", "tray"], env=env, stdout=subprocess.PIPE,
@@ -163,16 +176,7 @@ def test_tray_icon_menu_and_quick_generate_under_a_real_tray(display, home: Path
              tmp_path)
 
         # A click opens the menu (trayer is an XEmbed tray: pennello draws its own pop-up menu).
-        before = np.asarray(display.screenshot().crop((SCREEN[0] - 300, 0, SCREEN[0], 260)), dtype=np.int16)
-        display.click(g["X"] + g["WIDTH"] // 2, g["Y"] + g["HEIGHT"] // 2)
-        deadline = time.monotonic() + 30
-        while True:
-            menu_shot = display.screenshot()
-            region = np.asarray(menu_shot.crop((SCREEN[0] - 300, 0, SCREEN[0], 260)), dtype=np.int16)
-            if np.abs(region - before).mean() > 20:
-                break
-            assert time.monotonic() < deadline, "the menu did not open"
-            time.sleep(0.3)
+        open_menu(display, g)
         time.sleep(0.5)
         menu_shot = display.screenshot()
         assert not_blank(menu_shot.crop((SCREEN[0] - 300, 0, SCREEN[0], 260)))
@@ -205,8 +209,7 @@ def test_tray_icon_menu_and_quick_generate_under_a_real_tray(display, home: Path
         assert best < 12, f"the preview does not show the generated picture (mean difference {best:.1f})"
 
         # Quit from the menu (Up wraps to the last entry) stops the tray and the daemon it started.
-        display.click(g["X"] + g["WIDTH"] // 2, g["Y"] + g["HEIGHT"] // 2)
-        time.sleep(2.0)
+        open_menu(display, g)  # keys sent before it shows would go to the quick-generate window
         display.xdotool("key", "Up")
         time.sleep(0.3)
         display.xdotool("key", "Return")
