@@ -191,7 +191,7 @@ def test_tray_icon_menu_and_quick_generate_under_a_real_tray(display, home: Path
         time.sleep(0.5)
         w = display.geometry(window)
         display.click(w["X"] + 150, w["Y"] + 50)  # the prompt field
-        display.xdotool("type", "--delay", "15", "a red kite over a blue sea")
+        display.xdotool("type", "--delay", "15", "a red circle on a blue background")
         display.xdotool("key", "Return")
         done = events.wait_event("done", timeout=START_TIMEOUT_S)
         time.sleep(1.0)

@@ -89,7 +89,7 @@ def test_generate_in_the_browser_shows_the_picture(api_server, browser, tmp_path
     browser.get(f"{url}/")
     assert "owner" in browser.find_element("id", "who").text or _wait(
         browser, lambda b: "owner" in b.find_element("id", "who").text)
-    image = _generate(browser, "a red kite over a green hill")
+    image = _generate(browser, "a yellow star on a green background")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 64
     _wait(browser, lambda b: b.find_elements("css selector", "#gallery img"))
 
