@@ -26,7 +26,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any, Callable, Iterator
 import filelock
 
 from pennello.errors import AuthError, BusyError, NotFoundError, RequestError, StoreError
+from pennello.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +202,8 @@ class TokenStore:
                              f"devices again") from e
 
     def _write(self, records: list[TokenRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "tokens": [asdict(r) for r in records]}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        data = json.dumps({"version": 1, "tokens": [asdict(r) for r in records]}, indent=1)
+        write_atomic(self.path, data.encode("utf-8"), mode=0o600)
 
 
 def check_device_name(name: Any) -> str:

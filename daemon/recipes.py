@@ -24,7 +24,6 @@ and every saved picture passes the copyright post-step when ``[copyright] refere
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 from PIL import Image
 
 from pennello.errors import ConfigError, NotFoundError, PennelloError, RequestError
+from pennello.files import write_atomic
 
 from .jobs import IMAGE_FORMATS, GenerateRequest
 from .upscale import SCALES, upscale, upscalers
@@ -157,10 +157,7 @@ class RecipeBook:
                     tomli_w)
 
     def _write(self, data: dict[str, Any], tomli_w: Any) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, tomli_w.dumps(data).encode("utf-8"))
 
 
 def run_recipe(engine: Any, recipe: Recipe, subject: str | None = None, seed: int | None = None,

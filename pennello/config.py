@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from pennello.errors import ConfigError
+from pennello.files import write_atomic
 
 Device = Literal["auto", "cuda", "mps", "cpu"]
 DEFAULT_MODEL = "pennello-tiny"
@@ -236,9 +237,15 @@ def write_setting(path: Path, section: str, key: str, value: bool | int | str) -
             last = max((i for i in range(start, end) if lines[i].strip()), default=start)
             lines.insert(last + 1, line)
     new_text = "\n".join(lines) + "\n"
-    if tomllib.loads(new_text).get(section, {}).get(key) != value:
-        raise ConfigError(f"could not set {section}.{key} in {path} (a multi-line value?); edit it by hand")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(new_text, encoding="utf-8")
-    os.replace(tmp, path)
+    if _setting_of(new_text, section, key) != value:  # a dotted key or inline table: rewrite whole
+        data = tomllib.loads(text)
+        data.setdefault(section, {})[key] = value
+        new_text = tomli_w.dumps(data)
+    write_atomic(path, new_text.encode("utf-8"))
+
+
+def _setting_of(text: str, section: str, key: str) -> Any:
+    try:
+        return tomllib.loads(text).get(section, {}).get(key)
+    except tomllib.TOMLDecodeError:
+        return None

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-import os
 import socket
 import threading
 import time
@@ -35,6 +34,7 @@ import filelock
 from pennello.client import Client
 from pennello.discover import Service, browse
 from pennello.errors import DaemonError, RequestError, StoreError, TrustError
+from pennello.files import write_atomic
 from pennello.paths import Paths, get_paths
 
 REMOTES_FILE = "remotes.json"
@@ -102,14 +102,8 @@ class RemoteStore:
             raise StoreError(f"{self.path} is unreadable ({e}); delete it and pair again") from e
 
     def _write(self, remotes: list[Remote]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "remotes": [asdict(r) for r in remotes]}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        data = json.dumps({"version": 1, "remotes": [asdict(r) for r in remotes]}, indent=1)
+        write_atomic(self.path, data.encode("utf-8"), mode=0o600)
 
 
 def _select(items: Sequence[Any], selector: str, keys: Any) -> Any:

@@ -86,10 +86,10 @@ def test_the_embedded_model_round_trips_through_a_bundle(home, offline, tmp_path
     assert not list(bundle.parent.glob(".bundle.partial.*"))  # the staging directory became the bundle
 
     [model] = _import(offline, bundle)  # the release key ships trusted: no key step needed
-    assert (model.name, model.version, model.digest) == ("pennello-tiny", 1, installed.digest)
+    assert (model.name, model.version, model.digest) == ("pennello-tiny", installed.version, installed.digest)
     assert Store(offline).verify(progress=False) == []
     assert Store(offline).raw_manifest("pennello-tiny") == raw
-    assert TrustPolicy.load(offline, Config().trust).seen_version("pennello-tiny") == 1
+    assert TrustPolicy.load(offline, Config().trust).seen_version("pennello-tiny") == installed.version
 
 
 def test_keys_that_came_with_a_bundle_are_not_trusted_until_the_admin_says_so(home, offline, tmp_path,

@@ -27,8 +27,9 @@ from PIL import Image
 from pennello.daemon import GenerateRequest
 from pennello.paths import Paths
 from pennello.tray import (TRAY_STATES, DaemonSupervisor, MenuEntry, PairOffer, Status, TrayController,
-                           draw_icon, login_item, set_config_value, status_from_health)
+                           draw_icon, login_item, status_from_health)
 from _fixtures_installer import TINY_LABEL
+from pennello.config import write_setting
 from _fixtures_daemon import (SLOW_STEPS, engine, make_engine, make_server, server,  # noqa: F401
                               wait_until_running)
 
@@ -224,17 +225,18 @@ def test_set_default_model_writes_config_and_loads_it(server, tray_for, home):
     assert desktop.last("quick_generate") == (server.url, "pennello-tiny")
 
 
-def test_set_config_value_keeps_other_lines_and_refuses_broken_files(tmp_path):
+def test_setting_the_default_model_keeps_other_lines_and_refuses_broken_files(tmp_path):
+    # What Models > (a model) does: pennello.config.write_setting, shared with `pennello offline`.
     path = tmp_path / "config.toml"
-    set_config_value(path, "engine", "default_model", "sd-turbo")
+    write_setting(path, "engine", "default_model", "sd-turbo")
     assert path.read_text() == '[engine]\ndefault_model = "sd-turbo"\n'
-    set_config_value(path, "engine", "default_model", 'we"ird')
+    write_setting(path, "engine", "default_model", 'we"ird')
     assert path.read_text() == '[engine]\ndefault_model = "we\\"ird"\n'
     path.write_text("[engine]\nmax_n = 2\n[server]\nlan = true\n")
-    set_config_value(path, "engine", "default_model", "x")
-    assert path.read_text() == '[engine]\ndefault_model = "x"\nmax_n = 2\n[server]\nlan = true\n'
+    write_setting(path, "engine", "default_model", "x")
+    assert path.read_text() == '[engine]\nmax_n = 2\ndefault_model = "x"\n[server]\nlan = true\n'
     path.write_text("engine.default_model = 'a'\n")  # a dotted key: rewritten as a whole
-    set_config_value(path, "engine", "default_model", "b")
+    write_setting(path, "engine", "default_model", "b")
     import tomllib
 
     assert tomllib.loads(path.read_text()) == {"engine": {"default_model": "b"}}
@@ -242,7 +244,7 @@ def test_set_config_value_keeps_other_lines_and_refuses_broken_files(tmp_path):
     from pennello.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not valid TOML"):
-        set_config_value(path, "engine", "default_model", "x")
+        write_setting(path, "engine", "default_model", "x")
     assert path.read_text() == "[engine\n"
 
 

@@ -10,11 +10,13 @@ Needs ``xvfb``, ``trayer`` and ``xdotool`` (Debian packages); skipped without th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -140,6 +142,14 @@ def not_blank(image: Image.Image) -> bool:
     return float(np.asarray(image.convert("L"), dtype=np.float32).std()) > 10
 
 
+def stop_daemon_of(home: Paths) -> None:
+    """Stop a daemon the tray started and left behind (it runs in its own session)."""
+    info = home.runtime_dir / "daemon.json"
+    if info.exists():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            os.kill(int(json.loads(info.read_text())["pid"]), signal.SIGTERM)
+
+
 def open_menu(display, g: dict) -> None:
     """Click the tray icon and wait until the pop-up menu has been drawn."""
     before = np.asarray(display.screenshot().crop((SCREEN[0] - 300, 0, SCREEN[0], 260)), dtype=np.int16)
@@ -219,6 +229,7 @@ def test_tray_icon_menu_and_quick_generate_under_a_real_tray(display, home: Path
         if tray.poll() is None:
             tray.kill()
             tray.wait()
+        stop_daemon_of(home)
 
 
 def _best_match(screen: np.ndarray, expected: np.ndarray) -> float:

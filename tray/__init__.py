@@ -28,7 +28,6 @@ _EXPORTS: dict[str, str] = {
     "MenuEntry": "_controller",
     "PairOffer": "_controller",
     "status_from_health": "_controller",
-    "set_config_value": "_controller",
     "DaemonSupervisor": "_daemon",
     "login_item": "_autostart",
     "desktop_entry": "_autostart",

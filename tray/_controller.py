@@ -15,8 +15,6 @@ through a :class:`Desktop` object, so tests drive it against a real daemon with 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import ssl
 import threading
 import tomllib
@@ -27,6 +25,7 @@ from typing import Any, Callable, Literal, Protocol
 from urllib.parse import urlsplit
 
 from pennello.client import Client
+from pennello.config import write_setting
 from pennello.errors import PennelloError
 from pennello.paths import Paths
 
@@ -314,7 +313,7 @@ class TrayController:
         client = self._client()
         if name not in {m["name"] for m in self.models}:
             self.models = client.models()
-        set_config_value(self.paths.config_file, "engine", "default_model", name)
+        write_setting(self.paths.config_file, "engine", "default_model", name)
         client._json("POST", f"/api/models/{name}/load")
         self.models = client.models()
 
@@ -387,51 +386,3 @@ def certificate_fingerprint(base_url: str, paths: Paths) -> str | None:
         return None
 
 
-_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
-
-
-def set_config_value(path: Path, section: str, key: str, value: str) -> None:
-    """Set ``[section] key = "value"`` in a TOML file, keeping its other lines and comments.
-
-    Raises:
-        ConfigError: the file is not valid TOML (it is left as it was).
-    """
-    from pennello.errors import ConfigError
-
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    try:
-        tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML ({e}); fix it, then choose the model again") from e
-    line = f"{key} = {_toml_string(value)}"
-    lines = text.splitlines()
-    start = next((i for i, text_line in enumerate(lines)
-                  if (m := _HEADER.match(text_line)) and m.group(1) == section), None)
-    if start is None:
-        lines += ([""] if lines and lines[-1].strip() else []) + [f"[{section}]", line]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-        at = next((i for i in range(start + 1, end) if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i])), None)
-        if at is None:
-            lines.insert(start + 1, line)
-        else:
-            lines[at] = line
-    new_text = "\n".join(lines) + "\n"
-    try:
-        kept = tomllib.loads(new_text).get(section, {}).get(key) == value
-    except tomllib.TOMLDecodeError:
-        kept = False
-    if not kept:  # e.g. a dotted key or an inline table: rewrite the file whole
-        import tomli_w
-
-        data = tomllib.loads(text)
-        data.setdefault(section, {})[key] = value
-        new_text = tomli_w.dumps(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(new_text, encoding="utf-8")
-    os.replace(temp, path)
-
-
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
