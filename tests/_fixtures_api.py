@@ -105,3 +105,33 @@ def api_server(api_engine, request) -> Iterator[Callable[..., Any]]:
     yield start
     for stop in stops:
         stop()
+
+
+@pytest.fixture
+def url(api_server) -> str:
+    """A loopback server over the shared engine."""
+    return api_server()
+
+
+@pytest.fixture(scope="module")
+def drawn(api_engine):
+    """A real picture of the embedded model, for the image tools (their checks do not depend on
+    its exact pixels)."""
+    from PIL import Image
+
+    from pennello.daemon.jobs import GenerateRequest
+
+    job = api_engine.submit(GenerateRequest(prompt="a red circle on a blue background", seed=21))
+    assert job.wait(120) and job.status == "done"
+    with Image.open(job.images[0].path) as image:
+        return image.convert("RGB")
+
+
+def png_bytes(image) -> bytes:
+    """``image`` encoded as PNG, as an upload would carry it."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+

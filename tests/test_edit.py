@@ -16,32 +16,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
+from _fixtures_api import api_engine, api_server, drawn, png_bytes, url, lan_address  # noqa: F401
 from pennello.cli import cli
 from pennello.daemon.edit import fit_size, mask_to_l
 from pennello.daemon.imaging import COMPOSITE_WITH_TRAINED_MEDIA
-from pennello.daemon.jobs import GenerateRequest
 from pennello.daemon.outputs import parse_xmp
 from pennello.daemon.pipelines import get_family
-
-
-@pytest.fixture
-def url(api_server):
-    return api_server()
-
-
-@pytest.fixture(scope="module")
-def drawn(api_engine) -> Image.Image:
-    job = api_engine.submit(GenerateRequest(prompt="a house by a lake", seed=21))
-    assert job.wait(120) and job.status == "done"
-    with Image.open(job.images[0].path) as image:
-        return image.convert("RGB")
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def _fetch(url: str, image: dict) -> tuple[np.ndarray, str | None, dict]:
@@ -68,7 +48,7 @@ def _half_mask() -> Image.Image:
 
 
 def test_img2img_redraws_the_picture_reproducibly_and_records_it(url, drawn, api_engine):
-    response = _edit(url, _png(drawn), seed=5, n=2, strength=0.6, steps=8)
+    response = _edit(url, png_bytes(drawn), seed=5, n=2, strength=0.6, steps=8)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["mode"] == "img2img" and body["seeds"] == [5, 6] and body["strength"] == 0.6
@@ -78,9 +58,9 @@ def test_img2img_redraws_the_picture_reproducibly_and_records_it(url, drawn, api
     assert record["tool"] == "edit" and record["mode"] == "img2img" and record["seed"] == 5
     assert record["from_upload"].startswith("sha256:") and record["model"] == "pennello-tiny"
     assert pixels.std() > 0 and not np.array_equal(pixels, np.asarray(drawn, dtype=np.float64))
-    again = _edit(url, _png(drawn), seed=5, n=2, strength=0.6, steps=8).json()
+    again = _edit(url, png_bytes(drawn), seed=5, n=2, strength=0.6, steps=8).json()
     assert np.array_equal(_fetch(url, again["images"][0])[0], pixels)  # same request, same picture
-    alone = _edit(url, _png(drawn), seed=5, strength=0.6, steps=8).json()
+    alone = _edit(url, png_bytes(drawn), seed=5, strength=0.6, steps=8).json()
     # Batched kernels round differently: the same seed alone may differ by a level or two.
     assert np.abs(_fetch(url, alone["images"][0])[0] - pixels).max() <= 2
     # The edit pipeline was built from the loaded model's components: no second copy of the weights.
@@ -98,7 +78,7 @@ def test_strength_sets_how_many_denoising_steps_run(url, drawn, api_engine):
         counts = {}
         for strength in (0.25, 0.5, 1.0):
             calls.clear()
-            assert _edit(url, _png(drawn), seed=9, strength=strength, steps=8).status_code == 200
+            assert _edit(url, png_bytes(drawn), seed=9, strength=strength, steps=8).status_code == 200
             counts[strength] = len(calls)
     finally:
         hook.remove()
@@ -108,7 +88,7 @@ def test_strength_sets_how_many_denoising_steps_run(url, drawn, api_engine):
 def test_inpainting_keeps_the_unmasked_half_and_redraws_the_masked_one(url, drawn, api_engine):
     """Checked in latent space (the embedded model's weights are random, so its pixels say little):
     where the mask is black the final latents are the picture's own, where white they are redrawn."""
-    first = _edit(url, _png(drawn), mask=_png(_half_mask()), seed=3, steps=4)  # builds the pipeline
+    first = _edit(url, png_bytes(drawn), mask=png_bytes(_half_mask()), seed=3, steps=4)  # builds the pipeline
     assert first.status_code == 200, first.text
     assert first.json()["mode"] == "inpaint"
     assert _fetch(url, first.json()["images"][0])[2]["mask"].startswith("sha256:")
@@ -127,7 +107,7 @@ def test_inpainting_keeps_the_unmasked_half_and_redraws_the_masked_one(url, draw
 
     pipe.prepare_latents, pipe.vae.decode = spy_prepare, spy_decode
     try:
-        assert _edit(url, _png(drawn), mask=_png(_half_mask()), seed=3, strength=1.0, steps=4).status_code == 200
+        assert _edit(url, png_bytes(drawn), mask=png_bytes(_half_mask()), seed=3, strength=1.0, steps=4).status_code == 200
     finally:
         del pipe.prepare_latents, pipe.vae.decode
     half = seen["final"].shape[-1] // 2
@@ -158,7 +138,7 @@ def test_edit_a_gallery_picture_with_enhance(url, drawn):
     ({"prompt": ""}, 400, "prompt"),
 ])
 def test_edit_refuses_bad_fields_naming_them(url, drawn, fields, status, field):
-    response = _edit(url, _png(drawn), **fields)
+    response = _edit(url, png_bytes(drawn), **fields)
     assert response.status_code == status, response.text
     assert response.json()["error"]["field"] == field
 
@@ -166,10 +146,10 @@ def test_edit_refuses_bad_fields_naming_them(url, drawn, fields, status, field):
 def test_edit_needs_an_image_and_a_prompt(url):
     response = requests.post(f"{url}/api/edit", files={"prompt": (None, "x")}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["field"] == "image"
-    response = requests.post(f"{url}/api/edit", files={"image": ("a.png", _png(Image.new("RGB", (64, 64))))},
+    response = requests.post(f"{url}/api/edit", files={"image": ("a.png", png_bytes(Image.new("RGB", (64, 64))))},
                              timeout=30)
     assert response.status_code == 400 and response.json()["error"]["field"] == "prompt"
-    response = requests.post(f"{url}/api/edit", files={"image": ("a.png", _png(Image.new("RGB", (64, 64)))),
+    response = requests.post(f"{url}/api/edit", files={"image": ("a.png", png_bytes(Image.new("RGB", (64, 64)))),
                                                         "mask": ("m.txt", b"not a picture")},
                              data={"prompt": "x"}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["field"] == "mask"
@@ -195,7 +175,7 @@ def client(url):
 
 
 def test_official_openai_client_edits_and_inpaints(client, drawn):
-    result = client.images.edit(image=("house.png", _png(drawn), "image/png"), prompt="a house in snow",
+    result = client.images.edit(image=("house.png", png_bytes(drawn), "image/png"), prompt="a house in snow",
                                 n=2, size="64x64", response_format="b64_json")
     assert len(result.data) == 2 and result.size == "64x64"
     images = [Image.open(io.BytesIO(base64.b64decode(item.b64_json))) for item in result.data]
@@ -204,24 +184,24 @@ def test_official_openai_client_edits_and_inpaints(client, drawn):
     # OpenAI's mask: the picture with a transparent hole where to repaint.
     mask = drawn.convert("RGBA")
     mask.paste((0, 0, 0, 0), (32, 0, 64, 64))
-    result = client.images.edit(image=("house.png", _png(drawn), "image/png"),
-                                mask=("mask.png", _png(mask), "image/png"), prompt="a tree",
+    result = client.images.edit(image=("house.png", png_bytes(drawn), "image/png"),
+                                mask=("mask.png", png_bytes(mask), "image/png"), prompt="a tree",
                                 output_format="webp", quality="high")
     (item,) = result.data
     assert Image.open(io.BytesIO(base64.b64decode(item.b64_json))).format == "WEBP"
     # A list of one image (sent as image[]) works too.
-    result = client.images.edit(image=[("house.png", _png(drawn), "image/png")], prompt="a barn",
+    result = client.images.edit(image=[("house.png", png_bytes(drawn), "image/png")], prompt="a barn",
                                 response_format="url")
     assert result.data[0].url.startswith("http")
 
 
 def test_openai_edit_errors_have_openai_shape(client, drawn):
     with pytest.raises(openai.BadRequestError) as error:
-        client.images.edit(image=[("a.png", _png(drawn), "image/png"), ("b.png", _png(drawn), "image/png")],
+        client.images.edit(image=[("a.png", png_bytes(drawn), "image/png"), ("b.png", png_bytes(drawn), "image/png")],
                            prompt="two")
     assert error.value.body["param"] == "image" and "exactly one image" in error.value.body["message"]
     with pytest.raises(openai.NotFoundError) as error:
-        client.images.edit(image=("a.png", _png(drawn), "image/png"), prompt="x", model="dall-e-2")
+        client.images.edit(image=("a.png", png_bytes(drawn), "image/png"), prompt="x", model="dall-e-2")
     assert error.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as error:
         client.images.edit(image=("a.txt", b"text", "text/plain"), prompt="x")
@@ -231,7 +211,7 @@ def test_openai_edit_errors_have_openai_shape(client, drawn):
 # --- A1111 ----------------------------------------------------------------------------------------
 
 def test_a1111_img2img_and_inpainting(url, drawn):
-    init = base64.b64encode(_png(drawn)).decode()
+    init = base64.b64encode(png_bytes(drawn)).decode()
     response = requests.post(f"{url}/sdapi/v1/img2img", json={
         "init_images": [init], "prompt": "a house by a lake", "denoising_strength": 0.5, "steps": 8,
         "seed": 4, "batch_size": 2, "sampler_name": "Euler a", "resize_mode": 0}, timeout=120)
@@ -242,7 +222,7 @@ def test_a1111_img2img_and_inpainting(url, drawn):
     assert Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).size == (64, 64)
     assert "init_images" not in body["parameters"]
     response = requests.post(f"{url}/sdapi/v1/img2img", json={
-        "init_images": ["data:image/png;base64," + init], "mask": base64.b64encode(_png(_half_mask())).decode(),
+        "init_images": ["data:image/png;base64," + init], "mask": base64.b64encode(png_bytes(_half_mask())).decode(),
         "inpainting_mask_invert": 1, "prompt": "x", "seed": 1, "mask_blur": 4, "inpainting_fill": 1},
         timeout=120)
     assert response.status_code == 200, response.text
@@ -258,7 +238,7 @@ def test_a1111_img2img_and_inpainting(url, drawn):
     ({"enable_hr": True}, "enable_hr"),
 ])
 def test_a1111_img2img_refuses_bad_input(url, drawn, body, field):
-    request = {"init_images": [base64.b64encode(_png(drawn)).decode()], "prompt": "x", **body}
+    request = {"init_images": [base64.b64encode(png_bytes(drawn)).decode()], "prompt": "x", **body}
     if body == {}:
         del request["init_images"]
     response = requests.post(f"{url}/sdapi/v1/img2img", json=request, timeout=60)
@@ -296,15 +276,15 @@ def test_tool_responses_match_their_openapi_schemas(url, drawn):
         jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
                                          "components": spec["components"]}).validate(data)
 
-    image = {"image": ("h.png", _png(drawn))}
+    image = {"image": ("h.png", png_bytes(drawn))}
     check(requests.post(f"{url}/api/enhance", files=image, timeout=60).json(), "EnhanceResponse")
     check(requests.post(f"{url}/api/upscale", files=image, data={"scale": "2", "enhance": "1"},
                         timeout=60).json(), "UpscaleResponse")
-    check(_edit(url, _png(drawn), mask=_png(_half_mask()), enhance="true").json(), "EditResponse")
+    check(_edit(url, png_bytes(drawn), mask=png_bytes(_half_mask()), enhance="true").json(), "EditResponse")
     check(requests.post(f"{url}/v1/images/edits", files=image, data={"prompt": "x"}, timeout=60).json(),
           "OpenAIImagesResponse")
     check(requests.post(f"{url}/v1/images/edits", files=image, timeout=60).json(), "OpenAIError")
-    init = base64.b64encode(_png(drawn)).decode()
+    init = base64.b64encode(png_bytes(drawn)).decode()
     check(requests.post(f"{url}/sdapi/v1/img2img", json={"init_images": [init], "prompt": "x"},
                         timeout=60).json(), "A1111Txt2ImgResponse")
     check(requests.post(f"{url}/api/upscale", files=image, data={"scale": "3"}, timeout=60).json(), "Error")

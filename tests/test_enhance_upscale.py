@@ -13,35 +13,14 @@ import requests
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
+from _fixtures_api import api_engine, api_server, drawn, png_bytes, url, lan_address  # noqa: F401
 from pennello.cli import cli
 from pennello.config import ImagesConfig
 from pennello.daemon.enhance import enhance, measure
 from pennello.daemon.imaging import ALGORITHMICALLY_ENHANCED, decode_upload
-from pennello.daemon.jobs import GenerateRequest
 from pennello.daemon.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
 from pennello.daemon.upscale import upscale_lanczos
 from pennello.errors import RequestError, TooLargeError
-
-
-@pytest.fixture
-def url(api_server):
-    return api_server()
-
-
-@pytest.fixture(scope="module")
-def drawn(api_engine) -> Image.Image:
-    """A real picture of the embedded model (its exact pixels do not matter here)."""
-    job = api_engine.submit(GenerateRequest(prompt="a lighthouse on a cliff", seed=3))
-    assert job.wait(120) and job.status == "done"
-    with Image.open(job.images[0].path) as image:
-        return image.convert("RGB")
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def _degrade(image: Image.Image) -> Image.Image:
@@ -104,7 +83,7 @@ def test_enhance_a_solid_colour_is_a_no_op():
 
 
 def test_post_enhance_saves_the_result_with_before_and_after_metrics(url, drawn):
-    upload = _png(_degrade(drawn))
+    upload = png_bytes(_degrade(drawn))
     response = requests.post(f"{url}/api/enhance", files={"image": ("washed.png", upload)}, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -153,8 +132,8 @@ def test_generate_with_enhance_true_measures_and_records_each_picture(url):
     ({"image": ("empty.png", b"")}, {}, 400, "image"),
     ({"image": ("bomb.png", _fake_png_header(30000, 30000))}, {}, 413, "image"),
     ({"image": ("cut.png", _fake_png_header(64, 64))}, {}, 400, "image"),
-    ({"image": ("x.png", _png(Image.new("RGB", (8, 8))))}, {"format": "gif"}, 400, "format"),
-    ({"image": ("x.png", _png(Image.new("RGB", (8, 8))))}, {"colour": "red"}, 400, "colour"),
+    ({"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))))}, {"format": "gif"}, 400, "format"),
+    ({"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))))}, {"colour": "red"}, 400, "colour"),
 ])
 def test_enhance_refuses_bad_uploads_naming_the_field(url, files, data, status, field):
     response = requests.post(f"{url}/api/enhance", files=files or {"format": (None, "png")},
@@ -173,12 +152,12 @@ def test_decode_limits_bytes_pixels_and_format():
     with pytest.raises(TooLargeError, match="max_upload_bytes"):
         decode_upload(b"\x89PNG\r\n\x1a\n" + b"0" * 2000, small)
     with pytest.raises(TooLargeError, match="11x11"):
-        decode_upload(_png(Image.new("RGB", (11, 11))), small)
+        decode_upload(png_bytes(Image.new("RGB", (11, 11))), small)
     gif = io.BytesIO()
     Image.new("RGB", (4, 4)).save(gif, "GIF")
     with pytest.raises(RequestError, match="not a PNG, JPEG or WebP"):
         decode_upload(gif.getvalue(), small)
-    assert decode_upload(_png(Image.new("RGBA", (10, 10))), small).mode == "RGB"
+    assert decode_upload(png_bytes(Image.new("RGBA", (10, 10))), small).mode == "RGB"
 
 
 # --- upscale -------------------------------------------------------------------------------------
@@ -195,7 +174,7 @@ def test_tiled_lanczos_equals_a_whole_picture_resize(drawn, scale):
 
 @pytest.mark.parametrize("scale", [2, 4, 8])
 def test_post_upscale_scales_and_records(url, drawn, scale):
-    response = requests.post(f"{url}/api/upscale", files={"image": ("kite.png", _png(drawn))},
+    response = requests.post(f"{url}/api/upscale", files={"image": ("kite.png", png_bytes(drawn))},
                              data={"scale": str(scale)}, timeout=120)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -207,7 +186,7 @@ def test_post_upscale_scales_and_records(url, drawn, scale):
 
 
 def test_upscale_with_enhance(url, drawn):
-    response = requests.post(f"{url}/api/upscale", files={"image": ("k.png", _png(_degrade(drawn)))},
+    response = requests.post(f"{url}/api/upscale", files={"image": ("k.png", png_bytes(_degrade(drawn)))},
                              data={"scale": "2", "enhance": "true"}, timeout=120)
     assert response.status_code == 200, response.text
     assert response.json()["image"]["enhance"]["applied"]
@@ -221,7 +200,7 @@ def test_upscale_with_enhance(url, drawn):
     ({"scale": "4", "method": "ai"}, 404, "method", "sd-x4-upscaler"),
 ])
 def test_upscale_refuses_bad_requests_clearly(url, drawn, data, status, field, words):
-    response = requests.post(f"{url}/api/upscale", files={"image": ("k.png", _png(drawn))}, data=data,
+    response = requests.post(f"{url}/api/upscale", files={"image": ("k.png", png_bytes(drawn))}, data=data,
                              timeout=30)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -229,7 +208,7 @@ def test_upscale_refuses_bad_requests_clearly(url, drawn, data, status, field, w
 
 
 def test_upscale_refuses_a_result_over_the_output_limit(url):
-    big = _png(Image.new("RGB", (1100, 1100), (20, 40, 60)))  # 8x would be 8800x8800 > 8192x8192
+    big = png_bytes(Image.new("RGB", (1100, 1100), (20, 40, 60)))  # 8x would be 8800x8800 > 8192x8192
     response = requests.post(f"{url}/api/upscale", files={"image": ("big.png", big)}, data={"scale": "8"},
                              timeout=30)
     assert response.status_code == 413
