@@ -134,3 +134,17 @@ def mirror() -> Iterator[Mirror]:
     yield state
     server.shutdown()
     server.server_close()
+
+
+def load_script(name: str) -> Any:
+    """``packaging/<name>.py`` as a module (the scripts there are not part of the package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "packaging" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+

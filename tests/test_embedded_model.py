@@ -6,13 +6,12 @@ import importlib.resources
 import importlib.util
 import json
 import re
-import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _fixtures_installer import load_script
 from pennello.config import Config
 from pennello.errors import BadSignatureError
 from pennello.installer.keys import generate_key
@@ -105,12 +104,7 @@ def test_embedded_pipeline_draws_the_same_picture_for_the_same_seed(pipe):
 @pytest.fixture(scope="module")
 def trainer():
     """packaging/train_embedded_model.py: its scenes, held-out prompts and pixel checker."""
-    path = Path(__file__).resolve().parents[1] / "packaging" / "train_embedded_model.py"
-    spec = importlib.util.spec_from_file_location("train_embedded_model", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_embedded_model")
 
 
 def test_the_checker_reads_colour_and_shape_of_drawn_scenes(trainer):
@@ -141,12 +135,7 @@ def test_embedded_model_draws_the_colours_of_held_out_prompts(pipe, trainer):
 
 @pytest.fixture(scope="module")
 def sign_catalog():
-    path = Path(__file__).resolve().parents[1] / "packaging" / "sign_catalog.py"
-    spec = importlib.util.spec_from_file_location("sign_catalog", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("sign_catalog")
 
 
 def test_shipped_catalog_is_what_the_signing_script_writes(sign_catalog):

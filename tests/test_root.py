@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from _fixtures_installer import load_script
 from _fixtures_trust import envelope, manifest_dict, policy_for, signer  # noqa: F401 (fixture)
 from pennello.cli import cli
 from pennello.errors import (BadSignatureError, ExpiredManifestError, RevokedKeyError, RollbackError,
@@ -340,24 +341,11 @@ def test_keys_root_help_teaches_the_rules(home):
         assert phrase in " ".join(shown.split()), phrase
 
 
-def _sign_catalog_module():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "packaging" / "sign_catalog.py"
-    spec = importlib.util.spec_from_file_location("sign_catalog", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_signing_script_writes_a_root_only_where_told(home, tmp_path):
     from pennello.installer.keys import generate_key
     from pennello.installer.root import parse_root
 
-    sign_catalog = _sign_catalog_module()
+    sign_catalog = load_script("sign_catalog")
     shipped = sign_catalog.ROOT_PATH.read_bytes()
     generate_key(home, "test-release")
     out, root_out = tmp_path / "catalog", tmp_path / "root.json"
