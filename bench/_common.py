@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# PENNELLO_BENCH_RESULTS redirects results (the CI-sized runs in tests write to a temp dir).
+RESULTS_DIR = Path(os.environ.get("PENNELLO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def device_name() -> str:

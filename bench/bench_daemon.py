@@ -1,6 +1,7 @@
 """Daemon benchmark on the embedded model: HTTP overhead, batching gain, and cold start.
 
     python bench/bench_daemon.py            # writes bench/results/daemon-cpu.json
+    python bench/bench_daemon.py --quick    # the CI-sized run (tests/test_bench_cpu.py)
 
 1. Overhead: ``POST /api/generate {"wait": true}`` (queue, pipeline, PNG encode and write, JSON)
    against calling the same diffusers pipeline directly, one request at a time, the two
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import statistics
@@ -24,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 import torch
 from _common import percentile, row, write_result
-
-from pennello.config import Config
 from pennello.daemon import Engine, GenerateRequest, create_app, start_background_server
 from pennello.installer import ensure_embedded_default
+
+from pennello.config import Config
 from pennello.paths import get_paths
 
 REQUESTS = 50
@@ -36,14 +38,14 @@ PER_CLIENT = 8
 WARMUP = 5
 
 
-def paired_ms(direct, http, times: int) -> tuple[list[float], list[float]]:
+def paired_ms(direct, http, times: int, warmup: int = WARMUP) -> tuple[list[float], list[float]]:
     """Milliseconds of ``times`` calls of each, alternating after a few warm-up calls.
 
     Alternating matters: the tiny pipeline's own latency drifts by tens of percent over a run
     (clocks, caches, neighbours), and measuring all of one then all of the other would book
     that drift as HTTP overhead.
     """
-    for _ in range(WARMUP):
+    for _ in range(warmup):
         direct(), http()
     samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(times):
@@ -79,9 +81,8 @@ def http_call(url: str):
     return call
 
 
-def images_per_second(url: str, clients: int) -> float:
-    """Throughput of ``clients`` threads each sending requests back to back."""
-    total = CLIENTS * PER_CLIENT
+def images_per_second(url: str, clients: int, total: int = CLIENTS * PER_CLIENT) -> float:
+    """Throughput of ``clients`` threads sending ``total`` requests, each client back to back."""
 
     def client(index: int) -> None:
         session = requests.Session()
@@ -119,6 +120,10 @@ def cold_start_s() -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few requests of each kind (CI size)")
+    args = parser.parse_args()
+    requests_n, warmup, total = (6, 1, CLIENTS) if args.quick else (REQUESTS, WARMUP, CLIENTS * PER_CLIENT)
     with tempfile.TemporaryDirectory() as home:
         paths = get_paths(home).ensure()
         config = Config()
@@ -130,9 +135,9 @@ def main() -> None:
         request = probe.request
         _, url, stop = start_background_server(create_app(config, engine, paths))
         try:
-            direct, http = paired_ms(direct_pipeline_call(engine, request), http_call(url), REQUESTS)
-            sequential = images_per_second(url, 1)
-            concurrent = images_per_second(url, CLIENTS)
+            direct, http = paired_ms(direct_pipeline_call(engine, request), http_call(url), requests_n, warmup)
+            sequential = images_per_second(url, 1, total)
+            concurrent = images_per_second(url, CLIENTS, total)
         finally:
             stop()
             engine.stop()
@@ -152,7 +157,7 @@ def main() -> None:
         row("serve start to listening (fresh home)", serving, "s"),
         row("serve start to first image (fresh home)", first, "s"),
     ]
-    write_result("daemon-cpu", rows, requests=REQUESTS, http_p90_ms=percentile(http, 90),
+    write_result("daemon-cpu", rows, requests=requests_n, http_p90_ms=percentile(http, 90),
                   direct_p90_ms=percentile(direct, 90), direct_stdev_ms=statistics.stdev(direct),
                   load_average=os.getloadavg(), model=request.model,
                   image_size=[request.width, request.height], steps=request.steps)

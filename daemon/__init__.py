@@ -10,8 +10,7 @@ Names are imported on first use so that ``pennello status`` does not pay for imp
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pennello.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "Engine": "engine",
@@ -39,8 +38,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

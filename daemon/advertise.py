@@ -90,6 +90,12 @@ def instance_name(hostname: str | None = None) -> str:
     return name
 
 
+def srv_target(instance: str) -> str:
+    """The host name the SRV record points at (``pennello-<id prefix>.local.``); the daemon also
+    answers to it in the Host header (:mod:`pennello.daemon.surface`)."""
+    return f"pennello-{instance[:12]}.local."
+
+
 def engine_models(engine: "Engine") -> ModelsFn:
     """What to advertise for ``engine``: its installed models and the loaded ones."""
 
@@ -179,7 +185,7 @@ class Advertiser:
         self.port, self.fingerprint, self.auth = port, fingerprint, auth
         self.interfaces, self.ipv6, self.refresh_s = tuple(interfaces), ipv6, refresh_s
         self._models = models
-        self._server = f"pennello-{self.instance_id[:12]}.local."
+        self._server = srv_target(self.instance_id)
         self._zc: Zeroconf | None = None
         self._published: tuple[dict[str, str], list[str]] | None = None
         self._info: ServiceInfo | None = None

@@ -95,9 +95,10 @@ def current_owner() -> str:
 
 
 def owner_filter() -> str | None:
-    """The owner whose jobs and pictures the caller may see; None means all of them (local)."""
+    """The owner whose jobs and pictures the caller may see; None means all of them (the owner,
+    on loopback or with an owner token; the auth module sets ``g.pennello_sees_all``)."""
     owner = current_owner()
-    return None if owner == LOCAL_OWNER else owner
+    return None if g.get("pennello_sees_all", owner == LOCAL_OWNER) else owner
 
 
 def error_response(status: int, kind: str, message: str, field: str | None = None) -> Response:

@@ -6,6 +6,10 @@ owner runs ``pennello pair`` on the host, which shows a one-time 8-character cod
 the device sends that code with a name and receives a token it keeps. Tokens are stored only as
 SHA-256 hashes, so the token file is useless to whoever reads it.
 
+Every token has a *scope*: ``device`` (what pairing gives: make pictures, see its own) or
+``owner`` (everything the host's owner may do, issued on purpose with ``pennello tokens issue
+--admin``). Records written before scopes existed read as ``device``.
+
     >>> store = TokenStore(Path(getfixture("tmp_path")) / "tokens.json")
     >>> pairing = Pairing(store)
     >>> offer = pairing.new_code()
@@ -32,7 +36,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal, get_args
 
 import filelock
 
@@ -52,6 +56,8 @@ MAX_FAILURES = 5  # failed pairing attempts per window, per client address and i
 FAILURE_WINDOW_S = 60.0
 _LAST_USED_WRITE_S = 60.0  # last_used is written back at most this often per token
 DEVICE_OWNER_PREFIX = "device:"
+TokenScope = Literal["device", "owner"]
+TOKEN_SCOPES: tuple[TokenScope, ...] = get_args(TokenScope)
 
 
 def is_loopback(remote_addr: str | None) -> bool:
@@ -87,6 +93,7 @@ class TokenRecord:
     sha256: str
     created: float
     last_used: float | None = None
+    scope: TokenScope = "device"  # what pairing gives; "owner" only when issued as such
 
     def public(self) -> dict[str, Any]:
         """What may be shown (CLI, API): everything but the hash."""
@@ -111,23 +118,28 @@ class TokenStore:
         self._records: list[TokenRecord] = []
         self._stamp: tuple[int, int] | None = None
 
-    def issue(self, name: str) -> tuple[str, TokenRecord]:
+    def issue(self, name: str, scope: TokenScope = "device") -> tuple[str, TokenRecord]:
         """Make a new token for a device.
+
+        Args:
+            scope: ``device`` (a paired device) or ``owner`` (an admin token: everything).
 
         Returns:
             the token (shown once, never stored) and its record.
 
         Raises:
-            RequestError: the name is empty or too long.
+            RequestError: the name is empty or too long, or the scope unknown.
         """
         name = check_device_name(name)
+        if scope not in TOKEN_SCOPES:
+            raise RequestError(f"scope must be one of {', '.join(TOKEN_SCOPES)}", field="scope")
         token = secrets.token_urlsafe(TOKEN_BYTES)
         with self._editing() as records:
             taken = {r.id for r in records}
             token_id = next(i for i in iter(lambda: secrets.token_hex(4), None) if i not in taken)
-            record = TokenRecord(token_id, name, hash_token(token), round(self._clock(), 3))
+            record = TokenRecord(token_id, name, hash_token(token), round(self._clock(), 3), scope=scope)
             records.append(record)
-        log.info("paired device %r as token %s", name, record.id)
+        log.info("issued %s token %s for %r", scope, record.id, name)
         return token, record
 
     def verify(self, token: str) -> TokenRecord | None:
@@ -195,7 +207,11 @@ class TokenStore:
     def _read(self) -> list[TokenRecord]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            return [TokenRecord(**entry) for entry in data["tokens"]]
+            records = [TokenRecord(**entry) for entry in data["tokens"]]
+            unknown = {r.scope for r in records} - set(TOKEN_SCOPES)
+            if unknown:
+                raise ValueError(f"unknown token scope {min(unknown)!r}")
+            return records
         except (OSError, ValueError, KeyError, TypeError) as e:
             # Refusing every device beats guessing; the owner can fix or delete the file.
             raise StoreError(f"{self.path} is unreadable ({e}); fix it, or delete it and pair "

@@ -4,6 +4,7 @@
     $ pennello pair "Pennello on studio" --code K7M2QX9P   # on another PC: pair with it
     $ pennello tokens list         # paired devices
     $ pennello tokens revoke 3f9a1c2b
+    $ pennello tokens issue --admin "laptop admin"   # an owner token, for managing from elsewhere
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def _when(timestamp: float | None) -> str:
 @tokens.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_tokens(as_json: bool) -> None:
-    """Show paired devices: id, name, when paired, when last seen."""
+    """Show paired devices: id, name, scope, when paired, when last seen."""
     records = _store().list()
     if as_json:
         click.echo(json.dumps([r.public() for r in records], indent=2))
@@ -125,9 +126,9 @@ def list_tokens(as_json: bool) -> None:
     if not records:
         click.echo("No devices are paired. `pennello pair` pairs one.")
         return
-    click.echo(f"{'ID':<10} {'DEVICE':<32} {'PAIRED':<17} LAST USED")
+    click.echo(f"{'ID':<10} {'DEVICE':<32} {'SCOPE':<7} {'PAIRED':<17} LAST USED")
     for r in records:
-        click.echo(f"{r.id:<10} {r.name[:32]:<32} {_when(r.created):<17} {_when(r.last_used)}")
+        click.echo(f"{r.id:<10} {r.name[:32]:<32} {r.scope:<7} {_when(r.created):<17} {_when(r.last_used)}")
 
 
 @tokens.command()
@@ -136,3 +137,24 @@ def revoke(token_id: str) -> None:
     """Revoke a device's token by its ID (from `pennello tokens list`); it must pair again."""
     record = _store().revoke(token_id)
     click.echo(f"Revoked {record.id} ({record.name}).")
+
+
+@tokens.command()
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="An owner token: it may do everything the owner on this "
+              "computer may (pair and revoke devices, load models, read no-network status...).")
+def issue(name: str, admin: bool) -> None:
+    """Issue a token without pairing, for a client you set up by hand (device scope unless --admin).
+
+    The token is shown once; send it as `Authorization: Bearer TOKEN`.
+
+    \b
+      pennello tokens issue "render box"
+      pennello tokens issue --admin "laptop admin"
+    """
+    token, record = _store().issue(name, "owner" if admin else "device")
+    click.echo(f"Issued {record.scope} token {record.id} for {record.name!r}:")
+    click.echo(token)
+    click.echo("It is shown only now; `pennello tokens revoke " + record.id + "` withdraws it.", err=True)
+    if admin:
+        click.secho("This token may do everything the owner may; keep it like a password.", fg="yellow", err=True)

@@ -4,7 +4,7 @@
     no-network mode: on (running daemon, pid 4242, since 10:02)
       allowed: loopback and this machine's own addresses; mDNS 224.0.0.251:5353; …
       refused: 0 attempts
-    $ pennello offline off      # written to config.toml; restart the daemon to apply
+    $ pennello offline off      # asks first (--yes: no); written to config.toml; restart to apply
 
 See docs/no-network.md for what is enforced, by whom, and the OS-level rules.
 """
@@ -47,8 +47,16 @@ def offline_on() -> None:
 
 
 @offline.command("off")
-def offline_off() -> None:
-    """Turn no-network mode off, e.g. to let a library fetch something itself (not recommended)."""
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (or set PENNELLO_ASSUME_YES=1).")
+def offline_off(yes: bool) -> None:
+    """Turn no-network mode off, e.g. to let a library fetch something itself (not recommended).
+
+    Says what that allows and asks first; --yes agrees in advance. Without a terminal and
+    without --yes nothing changes and it exits 10.
+    """
+    from pennello.consent import NO_NETWORK_OFF_FACTS, confirm
+
+    confirm("Turn no-network mode off?", NO_NETWORK_OFF_FACTS, assume_yes=yes)
     _set(False)
 
 
@@ -69,7 +77,8 @@ def offline_status(as_json: bool, stacks: bool) -> None:
         if as_json:
             click.echo(json.dumps({"mode": None, "configured": configured, "running": False}))
             return
-        click.echo(f"no-network mode: {configured} in the config; no daemon is running")
+        click.echo(f"no-network mode: {configured} in the config (isolation: "
+                   f"{load_config().offline.isolation}); no daemon is running")
         return
     report = Client()._json("GET", "/api/offline")
     if as_json:
@@ -81,6 +90,7 @@ def offline_status(as_json: bool, stacks: bool) -> None:
         click.echo(f"  the config says {configured}: restart the daemon to apply it")
     if report.get("reason"):
         click.echo(f"  {report['reason']}")
+    _echo_isolation(report)
     click.echo("  allowed:")
     for rule in report["allowed"]:
         click.echo(f"    - {rule}")
@@ -92,3 +102,16 @@ def offline_status(as_json: bool, stacks: bool) -> None:
         click.echo(f"  {when} {attempt['event']} to {attempt['destination']} from {attempt['where']}")
         if stacks:
             click.echo("      " + attempt["stack"].rstrip().replace("\n", "\n      "))
+
+
+def _echo_isolation(report: dict) -> None:
+    """Which process layout keeps the network out (docs/no-network.md, "Isolation")."""
+    kind, why = report.get("isolation"), report.get("isolation_reason", "")
+    if kind == "network-namespace":
+        worker = report.get("worker", {})
+        click.echo(f"  isolation: network namespace (model worker pid {worker.get('pid')}; its interfaces: "
+                   f"{', '.join(worker.get('interfaces', [])) or 'none'})")
+    elif kind == "in-process-guard":
+        click.echo(f"  isolation: in-process guard only ({why})")
+    elif kind:
+        click.echo(f"  isolation: {kind} ({why})")

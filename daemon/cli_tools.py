@@ -10,6 +10,7 @@ Like ``pennello generate`` they talk to the daemon over HTTP only (``--url``, ``
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,16 @@ def _tool_client(remote: str | None, url: str | None, token: str | None) -> Clie
 
 
 def _upload(client: Client, path: str, source: Path, fields: dict[str, Any],
-            mask: Path | None = None) -> dict[str, Any]:
+            mask: Path | None = None, references: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """POST ``source`` (then each of ``references`` as a repeated ``image`` field, and ``mask``)."""
     data = {key: str(value).lower() if isinstance(value, bool) else str(value)
             for key, value in fields.items() if value is not None}
-    with source.open("rb") as image:
-        files: dict[str, Any] = {"image": (source.name, image)}
-        if mask is None:
-            return client.call("POST", path, files=files, data=data)
-        with mask.open("rb") as mask_file:
-            files["mask"] = (mask.name, mask_file)
-            return client.call("POST", path, files=files, data=data)
+    with ExitStack() as stack:
+        files: list[tuple[str, Any]] = [("image", (p.name, stack.enter_context(p.open("rb"))))
+                                        for p in (source, *references)]
+        if mask is not None:
+            files.append(("mask", (mask.name, stack.enter_context(mask.open("rb")))))
+        return client.call("POST", path, files=files, data=data)
 
 
 def _save(client: Client, image: dict[str, Any], source: Path, suffix: str, out: Path | None) -> Path:
@@ -114,6 +115,9 @@ def upscale(file: Path, scale: str, method: str, enhance_too: bool, fmt: str, ou
 @click.argument("file", type=_FILE)
 @click.argument("prompt")
 @click.option("--mask", type=_FILE, help="Repaint only where this is transparent (or white).")
+@click.option("--reference", "references", type=_FILE, multiple=True,
+              help="Another input picture (repeatable) for models that take several, e.g. "
+                   "qwen-image-edit: FILE is picture 1, the references pictures 2, 3.")
 @click.option("--strength", type=click.FloatRange(0, 1, min_open=True), default=0.75, show_default=True,
               help="How far the result may move from FILE.")
 @click.option("-n", "n", type=int, default=1, show_default=True, help="How many pictures.")
@@ -125,7 +129,7 @@ def upscale(file: Path, scale: str, method: str, enhance_too: bool, fmt: str, ou
 @_format_option
 @_out_option
 @_remote
-def edit(file: Path, prompt: str, mask: Path | None, strength: float, n: int, seed: int | None,
+def edit(file: Path, prompt: str, mask: Path | None, references: tuple[Path, ...], strength: float, n: int, seed: int | None,
          steps: int | None, negative: str, model: str | None, enhance_too: bool, fmt: str,
          out: Path | None, remote: str | None, url: str | None, token: str | None) -> None:
     """Redraw FILE following PROMPT (image-to-image), or only its masked part (inpainting).
@@ -133,15 +137,18 @@ def edit(file: Path, prompt: str, mask: Path | None, strength: float, n: int, se
     \b
       pennello edit photo.png "as a watercolour" --strength 0.6
       pennello edit photo.png "a red door" --mask door-mask.png -n 4 --seed 7
+      pennello edit cat.png "the cat of picture 1 on the sofa of picture 2" --reference sofa.png \\
+          --model qwen-image-edit
     """
     client = _tool_client(remote, url, token)
     fields = {"prompt": prompt, "strength": strength, "n": n, "seed": seed, "steps": steps,
               "negative_prompt": negative or None, "model": model, "format": fmt,
               "enhance": enhance_too or None}
-    result = _upload(client, "/api/edit", file, fields, mask=mask)
-    for index, image in enumerate(result["images"]):
+    result = _upload(client, "/api/edit", file, fields, mask=mask, references=references)
+    how = result["mode"] if result["strength"] is None else f"{result['mode']}, strength {result['strength']:g}"
+    for image in result["images"]:
         target = _save(client, image, file, f"edit-{image['seed']}", out)
-        click.echo(f"{target}  seed={image['seed']}  ({result['mode']}, strength {result['strength']:g})")
+        click.echo(f"{target}  seed={image['seed']}  ({how})")
 
 
 @click.command("copyright")

@@ -6,6 +6,10 @@ that are *compatible* (same model, size, steps and guidance; prompts, negative p
 may differ), up to ``engine.max_batch`` images, each with its own seeded generator. Encoding and
 saving pictures happens on a second thread, so the next batch can start denoising meanwhile.
 
+Edits and AI upscales are jobs with a :class:`Task` (``submit_task``): they wait in the same
+queue (so a full queue is a 429 for them too), run alone on the worker when they reach its head,
+report a progress event per denoising step and stop at the next step when cancelled.
+
     >>> from pennello.config import Config
     >>> from pennello.paths import get_paths
     >>> engine = Engine(Config(), get_paths())  # doctest: +SKIP
@@ -27,7 +31,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -40,7 +44,8 @@ from pennello.paths import Paths
 
 from .jobs import IMAGE_FORMATS, MAX_SEED, GenerateRequest, Job, OutputImage
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
-from .pipelines import ModelFamily, get_family
+from .pipelines import PURPOSE_ROUTES, ModelFamily, get_family
+from .profiles import Plan, apply_plan, free_vram, plan_for, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,34 @@ class _Interrupted(Exception):
     """Raised from the step callback when every job of the running batch was cancelled."""
 
 
+class Task(Protocol):
+    """Work that is not text-to-image (an edit, an AI upscale), run by the worker as one job.
+
+    ``run`` is called on the worker with the job's model loaded; it calls ``on_step(images)``
+    after each denoising step of a pipeline call making ``images`` pictures (``step_callback``
+    adapts it to diffusers), which raises to stop the work when the job was cancelled. ``save``
+    runs on the saver thread, once per picture ``run`` returned.
+    """
+
+    def run(self, loaded: Any, on_step: Callable[[int], None]) -> list[Any]: ...
+
+    # None: the picture was handed back on the task itself (the AI upscaler's 4x pass, which
+    # its caller scales and saves), so the job ends "done" with no gallery images of its own.
+    def save(self, engine: "Engine", loaded: Any, image: Any, index: int) -> OutputImage | None: ...
+
+    def describe(self) -> dict[str, Any]: ...  # extra fields for the job's JSON
+
+
+def step_callback(on_step: Callable[[int], None], images: int = 1) -> Callable[..., dict[str, Any]]:
+    """A diffusers ``callback_on_step_end`` reporting each step of a call making ``images`` pictures."""
+
+    def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(images)
+        return {}
+
+    return callback
+
+
 @dataclass
 class _Loaded:
     installed: Any  # pennello.installer.InstalledModel
@@ -63,6 +96,7 @@ class _Loaded:
     last_used: float = field(default_factory=time.monotonic)
     param_bytes: int = 0
     derived: dict[str, Any] = field(default_factory=dict)  # img2img/inpaint pipes sharing `pipe`'s weights
+    plan: Plan | None = None  # placement and memory savers (daemon/profiles.py)
 
 
 @dataclass
@@ -183,10 +217,38 @@ class Engine:
             BusyError: the queue is full.
             DaemonError: the engine is stopping or was never started.
         """
-        request = self._resolve(request)
+        request = self._resolve(request, purpose="generate")
         seeds = ([secrets.randbelow(MAX_SEED + 1) for _ in range(request.n)] if request.seed is None
                  else [(request.seed + i) % (MAX_SEED + 1) for i in range(request.n)])
-        job = Job(request, seeds)
+        job = self._enqueue(Job(request, seeds))
+        log.info("job %s queued: %s, %d image(s) %dx%d, %d steps", job.id, self._loggable(request),
+                 request.n, request.width, request.height, request.steps)
+        return job
+
+    def _loggable(self, request: GenerateRequest) -> str:
+        """The prompts for a log line only when ``engine.log_prompts`` is on, else their length."""
+        if self.config.engine.log_prompts:
+            return f"{request.prompt!r} (negative {request.negative_prompt!r})"
+        return f"{len(request.prompt)}-char prompt"
+
+    def submit_task(self, request: GenerateRequest, seeds: list[int], task: Task, kind: str,
+                    total_steps: int) -> Job:
+        """Queue non-batchable work (``request`` already resolved, e.g. by :meth:`resolve`).
+
+        Args:
+            total_steps: denoising steps per picture, for progress (img2img runs fewer than
+                ``request.steps``).
+
+        Raises:
+            BusyError: the queue is full.  DaemonError: the engine is not running.
+        """
+        job = self._enqueue(Job(request, seeds, total_steps=total_steps, kind=kind,  # type: ignore[arg-type]
+                                task=task))
+        log.info("job %s queued: %s with %s, %s, %d image(s)", job.id, kind, request.model,
+                 self._loggable(request), request.n)
+        return job
+
+    def _enqueue(self, job: Job) -> Job:
         with self._cond:
             if self._stopping or self._worker is None:
                 raise DaemonError("the engine is not running (shutting down or not started)")
@@ -196,9 +258,6 @@ class Engine:
             self._queue.append(job)
             self._remember(job)
             self._cond.notify_all()
-        log.info("job %s queued: %s, %d image(s) %dx%d, %d steps", job.id,
-                 repr(request.prompt) if self.config.engine.log_prompts else f"{len(request.prompt)}-char prompt",
-                 request.n, request.width, request.height, request.steps)
         return job
 
     def get_job(self, job_id: str, owner: str | None = None) -> Job:
@@ -237,8 +296,9 @@ class Engine:
         batches_ahead = len(self._queue) / max(1, self.config.engine.max_batch) + 1
         return max(1, math.ceil(batches_ahead * self._batch_seconds))
 
-    def _resolve(self, request: GenerateRequest) -> GenerateRequest:
-        """Check every field and fill the model's defaults in."""
+    def _resolve(self, request: GenerateRequest, purpose: str | None = None) -> GenerateRequest:
+        """Check every field and fill the model's defaults in; with ``purpose``, also that the
+        model's family does that (an upscaler cannot draw from text)."""
         limits = self.config.engine
         for name in ("prompt", "negative_prompt"):
             value = getattr(request, name)
@@ -261,6 +321,11 @@ class Engine:
             e.field = "model"  # type: ignore[attr-defined]  # so the HTTP error names the input
             raise
         family = get_family(installed.manifest.pipeline.family)
+        if purpose is not None and family.purpose != purpose:
+            raise RequestError(
+                f"{installed.name} is {'an' if family.purpose[0] in 'aeiou' else 'a'} {family.purpose} model "
+                f"({family.name} family), not a text-to-image one: use it with "
+                f"{PURPOSE_ROUTES[family.purpose]}, or name a text-to-image model", field="model")
         defaults = {**dict(family.defaults), **installed.manifest.pipeline.defaults}
         values = {name: getattr(request, name) if getattr(request, name) is not None else defaults[name]
                   for name in ("width", "height", "steps", "guidance")}
@@ -276,21 +341,9 @@ class Engine:
                        height=values["height"], steps=values["steps"])
 
     def resolve(self, request: GenerateRequest) -> GenerateRequest:
-        """Validate a request and fill in the model's defaults without queueing it (edits use this)."""
+        """Validate a request and fill in the model's defaults without queueing it, whatever the
+        model is for (edits use this, then check the family themselves)."""
         return self._resolve(request)
-
-    def run_with_model(self, name: str, action: Callable[[Any], Any]) -> Any:
-        """Run ``action(loaded)`` on the worker with model ``name`` loaded, and return its result.
-
-        For work other than text-to-image that needs the device (edits, AI upscaling): it runs
-        between batches, never beside one. ``loaded`` has ``pipe``, ``family``, ``installed`` and
-        ``derived`` (a cache for pipelines built from ``pipe``'s components).
-
-        Raises:
-            ModelNotFoundError: not installed.  DaemonError: the engine is not running.
-        """
-        self.store.get(name)
-        return self._on_worker(lambda: action(self._ensure_loaded(name)))
 
     def save_output(self, image: Any, record: dict[str, Any], fmt: str, enhance: bool = False,
                     source: str | None = None, durable: bool = True) -> OutputImage:
@@ -336,7 +389,8 @@ class Engine:
                 "idle_s": round(time.monotonic() - loaded.last_used, 3),
                 "expires_in_s": None if keep is None else
                 max(0.0, round(keep - (time.monotonic() - loaded.last_used), 3)),
-                "cuda_memory_allocated": torch.cuda.memory_allocated() if self.device == "cuda" else None}
+                "cuda_memory_allocated": torch.cuda.memory_allocated() if self.device == "cuda" else None,
+                "placement": loaded.plan.describe() if loaded.plan else None}
 
     def load(self, name: str) -> dict[str, Any]:
         """Load a model now (on the worker) and keep it warm.
@@ -386,9 +440,11 @@ class Engine:
             started = time.perf_counter()
             installed = self.store.get(name)
             family = get_family(installed.manifest.pipeline.family)
-            pipe = family.load(installed.manifest.pipeline.cls, installed.path, self.device,
-                               pick_dtype(self.device, family))
-            loaded = _Loaded(installed, family, pipe, param_bytes=_param_bytes(pipe))
+            dtype = pick_dtype(self.device, family)
+            plan = self._plan(installed, family, dtype)
+            # Loaded on the CPU, then placed: offloading wants the weights on the CPU first.
+            pipe = apply_plan(family.load(installed.manifest.pipeline.cls, installed.path, "cpu", dtype), plan)
+            loaded = _Loaded(installed, family, pipe, param_bytes=_param_bytes(pipe), plan=plan)
             with self._cond:
                 self._loaded[name] = loaded
             log.info("loaded %s v%d on %s in %.2fs (%.1f MB of weights)", name, installed.version,
@@ -396,6 +452,13 @@ class Engine:
             self._models_changed()
         loaded.last_used = time.monotonic()
         return loaded
+
+    def _plan(self, installed: Any, family: ModelFamily, dtype: torch.dtype) -> Plan:
+        """Where and how this model runs here: memory tier and offload on a GPU, threads on a CPU."""
+        defaults = {**dict(family.defaults), **installed.manifest.pipeline.defaults}
+        return plan_for(self.device, read_weights(installed.path), dtype.itemsize,
+                        pixels=defaults["width"] * defaults["height"], free_bytes=free_vram(self.device),
+                        profile=self.config.engine.memory_profile, cpu_threads=self.config.engine.cpu_threads)
 
     def _drop(self, name: str) -> bool:
         with self._cond:
@@ -459,10 +522,12 @@ class Engine:
             self._queue.remove(job)
         if not self._queue:
             return []
+        if self._queue[0].task is not None:  # edits and upscales run alone
+            return [(self._queue.popleft(), 0)]
         key = self._queue[0].request.batch_key()
         slots: list[_Slot] = []
         for job in list(self._queue):
-            if job.request.batch_key() != key:
+            if job.task is not None or job.request.batch_key() != key:
                 continue
             take = min(job.request.n - job._scheduled, self.config.engine.max_batch - len(slots))
             slots += [(job, job._scheduled + i) for i in range(take)]
@@ -474,6 +539,9 @@ class Engine:
         return slots
 
     def _run_batch(self, slots: list[_Slot]) -> None:
+        if slots[0][0].task is not None:
+            self._run_task(slots[0][0])
+            return
         jobs = list(dict.fromkeys(job for job, _ in slots))
         request = jobs[0].request
         for job in jobs:
@@ -496,11 +564,66 @@ class Engine:
         finally:
             with self._cond:
                 self._run = None
+        self._count_call(started, len(slots))
+        self._saver.submit(self._save_batch, loaded, slots, images, timing)
+
+    def _run_task(self, job: Job) -> None:
+        """On the worker: run an edit's or upscale's task, then hand its pictures to the saver."""
+        job._start(job.request.n)
+        with self._cond:
+            self._run = _Run([job], job.total_steps)
+        started = time.perf_counter()
+
+        def on_step(images: int = 1) -> None:
+            job._advance(images)
+            run = self._run
+            if run is not None:
+                run.step = job.step
+            if job.done:
+                raise _Interrupted
+
+        try:
+            loaded = self._ensure_loaded(job.request.model or "")
+            images = job.task.run(loaded, on_step)
+            loaded.last_used = time.monotonic()
+        except _Interrupted:
+            log.info("%s job %s interrupted: cancelled", job.kind, job.id)
+            return
+        except Exception as e:  # a failing edit must never take the worker down
+            log.exception("%s job %s failed", job.kind, job.id)
+            job._finish("failed", str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}")
+            return
+        finally:
+            with self._cond:
+                self._run = None
+        self._count_call(started, len(images))
+        self._saver.submit(self._save_task, job, loaded, images)
+
+    def _count_call(self, started: float, images: int) -> None:
+        """Stats, and the moving average of a device call's seconds that Retry-After is based on."""
         seconds = time.perf_counter() - started
         self._batch_seconds = seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds
         self.stats["pipeline_calls"] += 1
-        self.stats["images"] += len(slots)
-        self._saver.submit(self._save_batch, loaded, slots, images, timing)
+        self.stats["images"] += images
+
+    def _save_task(self, job: Job, loaded: _Loaded, images: list[Any]) -> None:
+        """On the saver thread: save a task's pictures (with the post-steps) and finish its job."""
+        for index, image in enumerate(images):
+            if job.done:  # cancelled meanwhile
+                return
+            try:
+                saved = job.task.save(self, loaded, image, index)
+            except Exception as e:  # e.g. a full disk: fail this job, keep serving
+                log.exception("saving an image of job %s failed", job.id)
+                job._finish("failed", f"could not save the image: {e}")
+                return
+            if saved is not None:
+                job._add_image(saved)
+        if not job.done and images and not job.images:  # every picture handed back on the task
+            job.step = job.total_steps
+            job._finish("done")
+        elif not job.done:  # the task made fewer pictures than asked: say so rather than hang
+            job._finish("failed", f"{len(images)} of {job.request.n} picture(s) were made")
 
     def _call_pipeline(self, loaded: _Loaded, slots: list[_Slot]) -> tuple[list[Any], dict[str, float]]:
         """One diffusers call for the whole batch; returns PIL images and per-stage seconds."""

@@ -11,6 +11,10 @@ publishes events that any number of listeners (SSE streams, waiting requests) ca
     True
     >>> [name for name, _ in job.events()]
     ['cancelled']
+
+Edits and AI upscales are jobs too (``kind`` says which): they carry a ``task``, the work the
+engine's worker runs with the model loaded (see :class:`.engine.Task`), and are never batched
+with other jobs; they queue, report progress, cancel and count against the queue the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Iterator, Literal
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 ImageFormat = Literal["png", "jpeg", "webp"]
 EventName = Literal["progress", "done", "failed", "cancelled"]
+JobKind = Literal["generate", "edit", "upscale"]
 
 IMAGE_FORMATS: tuple[str, ...] = typing.get_args(ImageFormat)
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
@@ -91,6 +96,8 @@ class Job:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    kind: JobKind = "generate"
+    task: Any = field(default=None, repr=False)  # non-batchable work (edits): see engine.Task
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
@@ -113,6 +120,7 @@ class Job:
             "progress": self.progress, "batch_size": self.batch_size,
             "images": [image.to_dict() for image in self.images], "error": self.error,
             "created": self.created, "started": self.started, "finished": self.finished,
+            "kind": self.kind, **(self.task.describe() if self.task is not None else {}),
         }
 
     @property

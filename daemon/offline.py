@@ -22,7 +22,8 @@ Three layers, each catching what the one before it misses (docs/no-network.md ha
    Anything else raises :class:`~pennello.errors.OfflineViolationError` (a ``PermissionError``,
    so libraries handle it as an unreachable network), is logged once per destination with the
    stack that tried, and is counted; ``GET /api/offline`` and ``pennello offline status`` show it.
-3. **The OS**: the systemd unit's ``IPAddressDeny=any`` + ``IPAddressAllow=…``, which also
+3. **The OS**: on Linux the model worker runs in a network namespace with only loopback
+   (:mod:`pennello.daemon.isolation`; ``summary()`` says whether it does), and the systemd unit's ``IPAddressDeny=any`` + ``IPAddressAllow=…``, which also
    covers native code (hf_xet, C extensions) that audit hooks never see.
 
     >>> guard = NetworkGuard(lan=False).install()  # doctest: +SKIP
@@ -49,7 +50,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ifaddr
 
@@ -155,6 +156,8 @@ class NetworkGuard:
         self._by_destination: dict[str, int] = {}
         self.refused = 0
         self.installed_at: float | None = None
+        # Set by ``serve``: which process layout keeps the network out (see isolation.py).
+        self.isolation_report: Callable[[], dict[str, Any]] | None = None
         self.refresh()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -339,8 +342,10 @@ class NetworkGuard:
 
     def summary(self) -> dict[str, Any]:
         """Mode, what is allowed and how many attempts were refused (for ``/api/health``)."""
+        isolation = self.isolation_report() if self.isolation_report is not None else \
+            {"isolation": "in-process-guard", "isolation_reason": "not started by `pennello serve`"}
         return {"mode": "on" if self.active else "off", "lan": self.lan, "allowed": self.allowed(),
-                "refused": self.refused}
+                "refused": self.refused, **isolation}
 
     def status(self) -> dict[str, Any]:
         """:meth:`summary` plus refusals per destination and the latest attempts with their stacks."""
@@ -353,7 +358,8 @@ class NetworkGuard:
 
 def off_status(reason: str) -> dict[str, Any]:
     """What status pages show when no guard runs."""
-    return {"mode": "off", "lan": None, "allowed": ["everything"], "refused": 0, "reason": reason}
+    return {"mode": "off", "lan": None, "allowed": ["everything"], "refused": 0, "reason": reason,
+            "isolation": "none", "isolation_reason": reason}
 
 
 def enable(lan: bool, interfaces: Sequence[str] = (), allow: Sequence[str] = ()) -> NetworkGuard:

@@ -2,6 +2,9 @@
 
 Request schemas are built from the field tables the routes themselves validate with, so the
 description cannot drift from what is accepted; a test fails on any route left undocumented.
+The bounds the engine enforces (prompt length, ``n``, ``steps``…) come from the daemon's own
+config, so a daemon with ``engine.max_n = 2`` describes ``n`` as at most 2; tests/test_fuzz.py
+fuzzes every operation from this description (docs/fuzz.md).
 
     $ curl -s localhost:8420/api/openapi.json | python -m json.tool | less
     >>> spec = build_spec()
@@ -17,9 +20,13 @@ from typing import Any, Mapping
 from flask import Blueprint, jsonify
 
 from pennello import __version__
+from pennello.config import Config, EngineConfig
 
 from . import routes_a1111, routes_openai
-from .jobs import IMAGE_FORMATS
+from .app import current_config
+from .engine import MAX_GUIDANCE
+from .jobs import IMAGE_FORMATS, MAX_SEED
+from .pipelines import families, get_family
 from .routes_native import GENERATE_FIELDS
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
@@ -53,6 +60,11 @@ def _nullable(kind: str, **more: Any) -> Schema:
 
 _STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 _SIZE_NOTE = "Must suit the model's family (for pennello-tiny: a multiple of 8 from 64 to 1024)."
+# A1111 fields accepted only at their "off" value (null counts as absent, as everywhere).
+_OFF_ONLY: dict[str, Schema] = {
+    "enable_hr": {"enum": [False, None], "description": "Only false (off) is accepted."},
+    "script_name": {"type": "null", "description": "Only null (no script) is accepted."},
+    "alwayson_scripts": {"maxProperties": 0, "description": "Only {} (no scripts) is accepted."}}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": _obj({"error": _obj({"type": _STR, "message": _STR, "field": _nullable("string")},
@@ -124,20 +136,26 @@ SCHEMAS: dict[str, Schema] = {
                          "name": {"type": "string", "maxLength": 64, "description": "The device's name."},
                          "cookie": {"type": "boolean", "description": "Also set the token as an "
                                     "HttpOnly cookie (for the web page)."}}, ("code", "name")),
-    "Token": _obj({"id": _STR, "name": _STR, "created": _NUM, "last_used": _nullable("number")},
-                  ("id", "name", "created")),
+    "Token": _obj({"id": _STR, "name": _STR, "created": _NUM, "last_used": _nullable("number"),
+                   "scope": {"enum": ["device", "owner"]}}, ("id", "name", "created")),
     "PairResponse": _obj({"token": {"type": "string", "description": "Shown once; send as Bearer."},
-                          "id": _STR, "name": _STR, "created": _NUM, "last_used": _nullable("number")},
+                          "id": _STR, "name": _STR, "created": _NUM, "last_used": _nullable("number"),
+                          "scope": {"enum": ["device", "owner"]}},
                          ("token", "id", "name")),
+    "TokenRequest": _obj({"name": {"type": "string", "maxLength": 64, "description": "Who will use it."},
+                          "scope": {"enum": ["device", "owner", None], "default": "device",
+                                    "description": "owner: an admin token that may do everything."}},
+                         ("name",)),
     "PairStatus": _obj({"owner": _BOOL, "paired": _BOOL, "device": {"oneOf": [_ref("Token"), {"type": "null"}]},
-                        "lan": _BOOL, "code_expires_in_s": _nullable("number")}, ("owner", "paired")),
+                        "lan": _BOOL, "scope": {"enum": ["owner", "device", "anonymous"]},
+                        "code_expires_in_s": _nullable("number")}, ("owner", "paired")),
     "TokenList": _obj({"tokens": {"type": "array", "items": _ref("Token")}}, ("tokens",)),
     "Revoked": _obj({"revoked": _ref("Token")}, ("revoked",)),
     "OpenAIImageRequest": _obj(_fields(routes_openai.GENERATION_FIELDS, {
         "size": {"description": "WIDTHxHEIGHT or auto (the model's default). " + _SIZE_NOTE},
         "response_format": {"enum": [*routes_openai.RESPONSE_FORMATS, None], "default": "b64_json"},
         "output_format": {"enum": [*IMAGE_FORMATS, None]},
-        "stream": {"description": "Must be false or absent."},
+        "stream": {"enum": [False, None], "description": "Must be false or absent."},
         **{name: {"description": "Accepted for compatibility; ignored."} for name in routes_openai.IGNORED_FIELDS},
     }), ("prompt",)),
     "OpenAIImage": _obj({"b64_json": _STR, "url": _STR, "revised_prompt": _STR}),
@@ -153,12 +171,12 @@ SCHEMAS: dict[str, Schema] = {
     "A1111Txt2ImgRequest": _obj(_fields(
         {**routes_a1111.TXT2IMG_FIELDS, **routes_a1111.IGNORED_FIELDS,
          **{k: t for k, (t, _) in routes_a1111.OFF_ONLY_FIELDS.items()}},
-        {"seed": {"description": "-1 or absent: random. Image i uses seed+i."},
+        {"seed": {"minimum": -1, "maximum": MAX_SEED, "description": "-1 or absent: random. Image i uses seed+i."},
          "cfg_scale": {"description": "Classifier-free guidance."},
-         "override_settings": {"description": "Only sd_model_checkpoint is used (a title from sd-models)."},
+         "override_settings": {"properties": {"sd_model_checkpoint": _nullable("string")},
+                               "description": "Only sd_model_checkpoint is used (a title from sd-models)."},
          **{name: {"description": "Accepted for compatibility; ignored."} for name in routes_a1111.IGNORED_FIELDS},
-         **{name: {"description": f"Only {off!r} (off) is accepted."}
-            for name, (_, off) in routes_a1111.OFF_ONLY_FIELDS.items()}})),
+         **_OFF_ONLY}), ("prompt",)),
     "A1111Txt2ImgResponse": _obj({"images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
                                   "parameters": {"type": "object"},
                                   "info": {"type": "string", "description": "JSON: seed, all_seeds, infotexts…"}},
@@ -181,7 +199,8 @@ def _op(summary: str, tag: str, ok: Schema | None = None, status: str = "200", b
         params: tuple[Schema, ...] = (), responses: Mapping[str, Schema] | None = None) -> Schema:
     op: Schema = {"summary": summary, "tags": [tag],
                   "responses": dict(responses or {status: ok or _json({"type": "object"})})}
-    for code in errors if public else ("401", *errors):
+    # A body over server.max_body_bytes is refused before any route sees it.
+    for code in (*(errors if public else ("401", *errors)), *(("413",) if body else ())):
         op["responses"][code] = _json(_ref(error_schema), _ERROR_TEXT[code])
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
@@ -194,8 +213,16 @@ def _op(summary: str, tag: str, ok: Schema | None = None, status: str = "200", b
 
 _ERROR_TEXT = {"400": "Invalid request; `field`/`param` names the input", "401": "A token is needed "
                "(non-loopback caller) or it is not valid", "403": "Only the owner may do this",
-               "404": "Not found", "409": "The job was cancelled", "413": "Over a size limit ([images] in the config)", "429": "Busy or rate limited; "
+               "404": "Not found", "409": "The job was cancelled", "413": "Over a size limit (server.max_body_bytes "
+               "or [images] in the config)", "429": "Busy or rate limited; "
                "see Retry-After", "500": "The job failed"}
+
+
+def _unroutable_404(op: Schema) -> Schema:
+    """A name no route matches (one with a line break) is answered by the app, in pennello's shape."""
+    op["responses"]["404"] = _json({"anyOf": [_ref("OpenAIError"), _ref("Error")]},
+                                   _ERROR_TEXT["404"] + " (pennello's shape when the name holds a line break)")
+    return op
 
 
 def _path_param(name: str, description: str) -> Schema:
@@ -265,7 +292,10 @@ def _paths() -> dict[str, dict[str, Schema]]:
         "/api/pair/status": {"get": _op("Whether the caller is the owner, a paired device, or neither",
                                         auth, _json(_ref("PairStatus")), public=True)},
         "/api/tokens": {"get": _op("Paired devices (owner only)", auth, _json(_ref("TokenList")),
-                                   errors=("403",))},
+                                   errors=("403",)),
+                        "post": _op("Issue a token without pairing, e.g. an owner (admin) token (owner only)",
+                                    auth, _json(_ref("PairResponse"), "Issued"), status="201",
+                                    body="TokenRequest", errors=("400", "403"))},
         "/api/tokens/{token_id}": {"delete": _op(
             "Revoke a device's token (owner only)", auth, _json(_ref("Revoked")), errors=("403", "404"),
             params=(_path_param("token_id", "A token id from GET /api/tokens."),))},
@@ -274,9 +304,9 @@ def _paths() -> dict[str, dict[str, Schema]]:
             body="OpenAIImageRequest", errors=("400", "404", "429", "500"), error_schema="OpenAIError")},
         "/v1/models": {"get": _op("OpenAI-compatible model list", oa, _json(_ref("OpenAIModelList")),
                                   error_schema="OpenAIError")},
-        "/v1/models/{name}": {"get": _op("One model, OpenAI-style", oa, _json(_ref("OpenAIModel")),
-                                         errors=("404",), error_schema="OpenAIError",
-                                         params=(_path_param("name", "An installed model."),))},
+        "/v1/models/{name}": {"get": _unroutable_404(_op(
+            "One model, OpenAI-style", oa, _json(_ref("OpenAIModel")), errors=("404",),
+            error_schema="OpenAIError", params=(_path_param("name", "An installed model."),)))},
         "/sdapi/v1/txt2img": {"post": _op(
             "AUTOMATIC1111-compatible txt2img", a1, _json(_ref("A1111Txt2ImgResponse")),
             body="A1111Txt2ImgRequest", errors=("400", "404", "429", "500"))},
@@ -285,21 +315,75 @@ def _paths() -> dict[str, dict[str, Schema]]:
         "/sdapi/v1/progress": {"get": _op(
             "AUTOMATIC1111-compatible progress", a1, _json(_ref("A1111Progress")),
             params=({"name": "skip_current_image", "in": "query", "required": False,
-                     "schema": _BOOL, "description": "Accepted; no preview image is ever sent."},))},
+                     "schema": _STR, "description": "Accepted (any value) and ignored; no preview "
+                                                    "image is ever sent."},))},
         "/": {"get": _op("The web page (no token needed; it pairs the browser)", "web",
                          {"description": "HTML", "content": {"text/html": {"schema": _STR}}}, public=True)},
     }
 
 
-@functools.lru_cache(maxsize=1)
-def build_spec() -> dict[str, Any]:
-    """The whole OpenAPI document (built once)."""
+# Request fields the engine checks, by schema: property -> the engine limit it is checked against.
+_ENGINE_CHECKED: dict[str, dict[str, str]] = {
+    "GenerateRequest": {f: f for f in ("prompt", "negative_prompt", "n", "steps", "seed", "guidance",
+                                       "width", "height")},
+    "OpenAIImageRequest": {"prompt": "prompt", "n": "n"},
+    "A1111Txt2ImgRequest": {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps",
+                            "cfg_scale": "guidance", "width": "width", "height": "height",
+                            "batch_size": "n", "n_iter": "n"},
+    "EditForm": {f: f for f in ("prompt", "negative_prompt", "n", "steps", "seed", "guidance",
+                                "width", "height")},
+    "OpenAIImageEditForm": {"prompt": "prompt", "n": "n"},
+    "A1111Img2ImgRequest": {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps",
+                            "cfg_scale": "guidance", "width": "width", "height": "height",
+                            "batch_size": "n", "n_iter": "n"},
+    "BatchRequest": {f: f for f in ("negative_prompt", "steps", "seed", "guidance", "width", "height")},
+    "PipelineRun": {"seed": "seed"},
+}
+
+
+def engine_limits(engine: EngineConfig) -> dict[str, Schema]:
+    """JSON Schema bounds of what :meth:`.engine.Engine.submit` accepts, under ``engine``'s limits.
+
+    Sizes are the union over the model families that draw (each family checks its own range).
+    """
+    drawing = [get_family(name) for name in families() if get_family(name).purpose in ("generate", "edit")]
+    size = {"minimum": min(f.min_size for f in drawing), "maximum": max(f.max_size for f in drawing),
+            "multipleOf": min(f.multiple for f in drawing)}
+    return {"prompt": {"maxLength": engine.max_prompt_chars, "pattern": r"\S"},
+            "negative_prompt": {"maxLength": engine.max_prompt_chars},
+            "n": {"minimum": 1, "maximum": engine.max_n}, "steps": {"minimum": 1, "maximum": engine.max_steps},
+            "seed": {"minimum": 0, "maximum": MAX_SEED}, "guidance": {"minimum": 0, "maximum": MAX_GUIDANCE},
+            "width": size, "height": size}
+
+
+def _with_limits(schemas: dict[str, Schema], engine: EngineConfig) -> dict[str, Schema]:
+    """``schemas`` with the engine's bounds on the request fields of :data:`_ENGINE_CHECKED`
+    (copies; the module-level schemas stay as they are)."""
+    limits = engine_limits(engine)
+    schemas = {name: {**schema, "properties": dict(schema["properties"])} if name in _ENGINE_CHECKED else schema
+               for name, schema in schemas.items()}
+    for name, checked in _ENGINE_CHECKED.items():
+        properties = schemas[name]["properties"]
+        for prop, limit in checked.items():
+            properties[prop] = {**properties[prop], **limits[limit]}
+    return schemas
+
+
+@functools.lru_cache(maxsize=4)
+def build_spec(config: Config | None = None) -> dict[str, Any]:
+    """The whole OpenAPI document for a daemon with ``config`` (the defaults when None; built
+    once per config)."""
     from . import openapi_tools  # the picture tools' part; it uses this module's helpers
+
+    config = config or Config()
     return {
         "openapi": "3.1.0",
         "info": {"title": "pennello", "version": __version__,
                  "description": "Private, offline image generation. Loopback callers need no credentials; "
-                                "other devices pair (`pennello pair`) and send `Authorization: Bearer <token>`."},
+                                "other devices pair (`pennello pair`) and send `Authorization: Bearer <token>`. "
+                                "A Host that does not name this machine is refused (421 host_not_allowed; "
+                                "`server.allowed_hosts`), and so are state-changing requests from another "
+                                "origin's page (403 origin_not_allowed). Scopes: docs/security-scopes.md."},
         "servers": [{"url": "/"}],
         "tags": [{"name": "native", "description": "pennello's own API"},
                  {"name": "pairing", "description": "Pairing devices and managing their tokens"},
@@ -309,7 +393,7 @@ def build_spec() -> dict[str, Any]:
                  {"name": "tools", "description": "Enhance, upscale, edit, styles and batches"}],
         "security": [{}, {"bearer": []}],
         "paths": {**_paths(), **openapi_tools.paths()},
-        "components": {"schemas": {**SCHEMAS, **openapi_tools.SCHEMAS},
+        "components": {"schemas": _with_limits({**SCHEMAS, **openapi_tools.SCHEMAS}, config.engine),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "A token from POST /api/pair."}}},
     }
@@ -317,4 +401,4 @@ def build_spec() -> dict[str, Any]:
 
 @bp.get("/openapi.json")
 def spec() -> Any:
-    return jsonify(build_spec())
+    return jsonify(build_spec(current_config()))

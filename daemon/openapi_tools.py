@@ -8,8 +8,8 @@ from typing import Any, Mapping
 
 from . import routes_a1111, routes_openai, routes_tools
 from .imaging import UPLOAD_FORMATS
-from .jobs import IMAGE_FORMATS
-from .openapi import _fields, _json, _obj, _op, _ref
+from .jobs import IMAGE_FORMATS, MAX_SEED
+from .openapi import _OFF_ONLY, _fields, _json, _obj, _op, _ref
 from .upscale import SCALES, upscalers
 
 Schema = dict[str, Any]
@@ -23,9 +23,21 @@ _METRICS = _obj({"contrast_spread": _NUM, "sharpness": _NUM, "brightness": _NUM}
 
 def _form(table: Mapping[str, Any], files: Mapping[str, Schema], notes: Mapping[str, Schema],
           required: tuple[str, ...] = ()) -> Schema:
-    """A multipart/form-data schema: files plus the route's text fields (sent as strings)."""
-    fields = _fields(table, notes)
-    return _obj({**files, **fields}, required)
+    """A multipart/form-data schema: files plus the route's text fields (sent as strings; a form
+    has no null, so a field is either sent or left out)."""
+    fields = {name: _not_null(schema) for name, schema in _fields(table, notes).items()}
+    schema = _obj({**files, **fields}, required)
+    if "image_id" in fields:  # the picture is an upload or a gallery picture, never both
+        uploads = [{"required": [name]} for name in ("image", "image[]") if name in files]
+        schema["oneOf"] = [{"required": ["image_id"]}, {"anyOf": uploads}]
+    return schema
+
+
+def _not_null(schema: Schema) -> Schema:
+    schema = {**schema, "type": next(t for t in schema["type"] if t != "null")}
+    if "enum" in schema:
+        schema["enum"] = [value for value in schema["enum"] if value is not None]
+    return schema
 
 
 def _multipart_op(summary: str, tag: str, ok: Schema, schema: str, errors: tuple[str, ...],
@@ -90,7 +102,7 @@ SCHEMAS: dict[str, Schema] = {
         "upscale_method": {"enum": upscalers()},
         "check": {"type": "boolean", "description": "Require the copyright check (404 when it is off)."}},
         ("name", "prompt"), description="A saved pipeline: generate, enhance, upscale, copyright check."),
-    "PipelineBody": _obj({}, extra=True, description="The fields of Pipeline except name."),
+    "PipelineBody": _obj({}, description="The fields of Pipeline except name (filled in below)."),
     "PipelineList": _obj({"pipelines": {"type": "array", "items": _ref("Pipeline")}}, ("pipelines",)),
     "PipelineRun": _obj({"subject": {"type": ["string", "null"]}, "seed": {"type": ["integer", "null"]}}),
     "PipelineResult": _obj({
@@ -115,7 +127,10 @@ SCHEMAS: dict[str, Schema] = {
                    "description": "lanczos (always there) or ai (the catalog's upscaler; 404 when "
                                   "not installed)."},
         "enhance": {"description": "Auto-enhance the result too."}}, ("scale",)),
-    "EditForm": _form(routes_tools.EDIT_FIELDS, {"image": _FILE, "mask": {
+    "EditForm": _form(routes_tools.EDIT_FIELDS, {"image": {
+        **_FILE, "description": _FILE["description"] + " Repeat the field (or use image[]) to send "
+        "up to 3 reference pictures to a model that takes them (qwen-image-edit); SD-class models "
+        "take one."}, "image[]": {"type": "array", "items": _FILE, "maxItems": 3}, "mask": {
         **_FILE, "description": "Where to repaint: transparent pixels, or (a mask without transparency) "
                                 "white ones. Resized to the result's size."}}, {
         "image_id": {"description": "A gallery picture to use instead of an upload."},
@@ -123,14 +138,23 @@ SCHEMAS: dict[str, Schema] = {
                      "description": "How far the result may move from the picture (0-1]."},
         "width": {"description": "Default: the picture's size fitted to the model's limits."},
         "format": {"enum": [*IMAGE_FORMATS, None]},
-        "enhance": {"description": "Auto-enhance each result."}}, ("prompt",)),
+        "enhance": {"description": "Auto-enhance each result."},
+        "wait": {"default": True, "description": "Answer when the edit job ended (200 done, 500 "
+                                                 "failed, 409 cancelled); false: 202 at once."},
+        "stream": {"description": "Answer with the job's server-sent events (as /api/generate)."}},
+        ("prompt",)),
     "EditResponse": _obj({
-        "mode": {"enum": ["img2img", "inpaint"]}, "model": _STR, "prompt": _STR, "negative_prompt": _STR,
-        "width": _INT, "height": _INT, "steps": _INT, "guidance": _NUM, "strength": _NUM, "n": _INT,
-        "format": _STR, "seeds": {"type": "array", "items": _INT},
-        "images": {"type": "array", "items": _ref("Image")}}, ("mode", "images", "seeds")),
+        "id": _STR, "kind": {"enum": ["edit"]},
+        "status": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
+        "mode": {"enum": ["img2img", "inpaint", "instruct"]}, "model": _STR, "prompt": _STR,
+        "negative_prompt": _STR, "width": _INT, "height": _INT, "steps": _INT, "guidance": _NUM,
+        "strength": {"type": ["number", "null"], "description": "null for instruction edits."},
+        "references": {"type": "integer", "description": "Pictures the edit was given."},
+        "n": _INT, "format": _STR, "seeds": {"type": "array", "items": _INT},
+        "images": {"type": "array", "items": _ref("Image")}}, ("id", "status", "mode", "images", "seeds"),
+        extra=True, description="The edit job (as GET /api/jobs/<id> shows it)."),
     "OpenAIImageEditForm": _form(routes_openai.EDIT_FIELDS, {
-        "image": _FILE, "image[]": {"type": "array", "items": _FILE, "maxItems": 1},
+        "image": _FILE, "image[]": {"type": "array", "items": _FILE, "maxItems": 3},
         "mask": {**_FILE, "description": "Transparent where to repaint (OpenAI's convention)."}}, {
         "size": {"description": "WIDTHxHEIGHT or auto (the picture's size fitted to the model)."},
         "response_format": {"enum": [*routes_openai.RESPONSE_FORMATS, None], "default": "b64_json"},
@@ -140,15 +164,31 @@ SCHEMAS: dict[str, Schema] = {
            for name in (*routes_openai.IGNORED_FIELDS, "input_fidelity", "complexity")}}, ("prompt",)),
     "A1111Img2ImgRequest": _obj(_fields(routes_a1111.IMG2IMG_ALL, {
         "init_images": {"items": {"type": "string", "contentEncoding": "base64"}, "minItems": 1,
-                        "maxItems": 1},
+                        "maxItems": 3, "description": "One picture; up to 3 for models that take "
+                                                      "reference pictures (qwen-image-edit)."},
         "denoising_strength": {"exclusiveMinimum": 0, "maximum": 1, "default": 0.75},
         "mask": {"contentEncoding": "base64", "description": "White where to repaint."},
         "inpainting_mask_invert": {"enum": [0, 1, None]},
+        "seed": {"minimum": -1, "maximum": MAX_SEED, "description": "-1 or absent: random."},
+        "override_settings": {"properties": {"sd_model_checkpoint": {"type": ["string", "null"]}}},
         **{name: {"description": "Accepted for compatibility; ignored."}
            for name in {**routes_a1111.IGNORED_FIELDS, **routes_a1111.IMG2IMG_IGNORED_FIELDS}
-           if name != "denoising_strength"}}), ("init_images",)),
+           if name != "denoising_strength"}, **_OFF_ONLY}), ("init_images", "prompt")),
     "UpscaleResponse": _obj({"image": _ref("Image"), "upscale": _ref("UpscaleNote")}, ("image", "upscale")),
 }
+
+
+def _edit_responses(op: Schema) -> Schema:
+    """An edit is a job: ``wait`` false answers 202, ``stream`` the job's events; a job that was
+    cancelled or failed while waited for answers 409 or 500, as /api/generate does."""
+    op["responses"].update({
+        "200": {"description": "Done (the default), or the job's events (`stream`)",
+                "content": {"application/json": {"schema": _ref("EditResponse")},
+                            "text/event-stream": {"schema": _STR}}},
+        "202": _json(_ref("EditResponse"), "Queued (`wait` false); Location names the job"),
+        "409": _json(_ref("EditResponse"), "Cancelled while waiting"),
+        "500": _json(_ref("EditResponse"), "Failed while waiting")})
+    return op
 
 
 def _optional_body(op: Schema) -> Schema:
@@ -156,7 +196,24 @@ def _optional_body(op: Schema) -> Schema:
     return op
 
 
-_NAME = {"name": "name", "in": "path", "required": True, "schema": _STR, "description": "A pipeline's name."}
+_NAME = {"name": "name", "in": "path", "required": True, "description": "A pipeline's name.",
+         "schema": SCHEMAS["Pipeline"]["properties"]["name"]}
+
+
+def _saved_field(name: str, schema: Schema) -> Schema:
+    """A Pipeline field as PUT takes it: null counts as absent; only the bounds of
+    routes_tools.SAVED_BOUNDS are checked on saving (the configurable ones when it runs)."""
+    if name == "prompt":
+        return {**schema, "pattern": r"\S"}
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None]}
+    low, high = routes_tools.SAVED_BOUNDS.get(name, (None, None))
+    bounds = {key: value for key, value in (("minimum", low), ("maximum", high)) if value is not None}
+    return {**{k: v for k, v in schema.items() if k != "minimum"}, "type": [schema["type"], "null"], **bounds}
+
+
+SCHEMAS["PipelineBody"].update(required=["prompt"], properties={
+    key: _saved_field(key, value) for key, value in SCHEMAS["Pipeline"]["properties"].items() if key != "name"})
 
 
 def paths() -> dict[str, dict[str, Schema]]:
@@ -195,9 +252,9 @@ def paths() -> dict[str, dict[str, Schema]]:
                 "200": _json(_ref("Batch"), "Done, with the contact sheet"),
                 "202": _json(_ref("Batch"), "Queued (wait: false)"),
                 "500": _json(_ref("Batch"), "A style's job failed or was cancelled")})},
-        "/api/edit": {"post": _multipart_op(
+        "/api/edit": {"post": _edit_responses(_multipart_op(
             "Redraw a picture from a prompt (image-to-image), or only its masked part (inpainting)",
-            tools, _json(_ref("EditResponse")), "EditForm", (*errors, "429"))},
+            tools, _json(_ref("EditResponse")), "EditForm", (*errors, "429")))},
         "/v1/images/edits": {"post": _multipart_op(
             "OpenAI-compatible image edit (image-to-image or inpainting)", "openai",
             _json(_ref("OpenAIImagesResponse")), "OpenAIImageEditForm", (*errors, "429"),

@@ -192,7 +192,7 @@ def run_recipe(engine: Any, recipe: Recipe, subject: str | None = None, seed: in
         for image in job.images:
             with Image.open(image.path) as picture:
                 source = picture.convert("RGB")
-            bigger, note = upscale(engine, source, recipe.upscale, recipe.upscale_method)
+            bigger, note = upscale(engine, source, recipe.upscale, recipe.upscale_method, owner)
             record = {**engine.outputs.read_record(image.id), "tool": "pipeline", "pipeline": recipe.name,
                       "from_image": image.id, "upscale": note, "width": bigger.width,
                       "height": bigger.height, "size": f"{bigger.width}x{bigger.height}"}

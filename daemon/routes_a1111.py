@@ -30,6 +30,7 @@ from ._http import json_body
 from .app import current_engine, current_owner
 from .jobs import MAX_SEED, GenerateRequest, Job
 from .outputs import a1111_parameters
+from .routes_native import visible_progress
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
 
@@ -74,7 +75,9 @@ IMG2IMG_ALL = {**_ALL_FIELDS, **IMG2IMG_IGNORED_FIELDS, **IMG2IMG_FIELDS}
 @bp.post("/img2img")
 def img2img() -> Any:
     """A1111's img2img: the first of ``init_images`` redrawn at ``denoising_strength`` (default
-    0.75), inpainted where ``mask`` is white (black with ``inpainting_mask_invert`` 1)."""
+    0.75), inpainted where ``mask`` is white (black with ``inpainting_mask_invert`` 1). More than
+    one init image goes to models that take reference pictures (qwen-image-edit); SD-class
+    models refuse them with 400."""
     from PIL import ImageOps
 
     from .edit import EditRequest, run_edit
@@ -87,16 +90,16 @@ def img2img() -> Any:
     engine = current_engine()
     limits = engine.config.images
     init_images = body["init_images"]
-    if len(init_images) != 1:
-        raise RequestError(f"send exactly one init image (got {len(init_images)}); pennello's models "
-                           f"edit one picture at a time", field="init_images")
-    image = decode_base64_upload(init_images[0], limits, "init_images")
+    if not init_images:
+        raise RequestError("send at least one init image", field="init_images")
+    pictures = [decode_base64_upload(text, limits, "init_images") for text in init_images]
     origin: dict[str, Any] = {"from_upload": _b64_digest(init_images[0])}
     mask = None
+    # Checked with or without a mask, so a wrong value is never silently ignored.
+    if body.get("inpainting_mask_invert", 0) not in (0, 1):
+        raise RequestError("inpainting_mask_invert must be 0 or 1", field="inpainting_mask_invert")
     if "mask" in body:
         mask = decode_base64_upload(body["mask"], limits, "mask").convert("L")
-        if body.get("inpainting_mask_invert", 0) not in (0, 1):
-            raise RequestError("inpainting_mask_invert must be 0 or 1", field="inpainting_mask_invert")
         if body.get("inpainting_mask_invert"):
             mask = ImageOps.invert(mask)
         origin["mask"] = _b64_digest(body["mask"])
@@ -104,14 +107,16 @@ def img2img() -> Any:
     seed = body.get("seed", -1)
     try:
         result = run_edit(engine, EditRequest(
-            prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""), image=image,
-            mask=mask, strength=body.get("denoising_strength", 0.75),
+            prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
+            image=pictures[0], references=tuple(pictures[1:]), mask=mask,
+            strength=body.get("denoising_strength", 0.75),
             model=_checkpoint(body.get("override_settings", {})), width=body.get("width"),
             height=body.get("height"), steps=body.get("steps"), guidance=body.get("cfg_scale"),
             seed=secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed, n=total, format="png",
             owner=current_owner(), origin=origin))
     except RequestError as e:  # name the field as A1111 clients know it
-        e.field = {"strength": "denoising_strength", "guidance": "cfg_scale"}.get(e.field or "", e.field)
+        e.field = {"strength": "denoising_strength", "guidance": "cfg_scale",
+                   "image": "init_images"}.get(e.field or "", e.field)
         raise
     images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in result.images]
     r = result.request
@@ -216,7 +221,7 @@ def sd_models() -> Any:
 def progress() -> Any:
     """A1111's progress shape for the batch on the device; ``current_image`` is always null."""
     engine = current_engine()
-    now = engine.progress()
+    now = visible_progress(engine)  # a device sees only its own jobs in it
     running = now["state"] == "running"
     started = _started(engine, now["jobs"])
     state = {"skipped": False, "interrupted": False, "stopping_generation": False,

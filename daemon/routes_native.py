@@ -114,7 +114,18 @@ def ps() -> Any:
 
 @bp.get("/progress")
 def progress() -> Any:
-    return jsonify(current_engine().progress())
+    return jsonify(visible_progress(current_engine()))
+
+
+def visible_progress(engine: Engine) -> dict[str, Any]:
+    """The device's progress as the caller may see it: a paired device sees that the device is
+    busy and how far the batch is, but only its own job ids (never whose or what the others are)."""
+    now = engine.progress()
+    owner = owner_filter()
+    if owner is not None:
+        mine = {job.id for job in engine.jobs(owner)}
+        now["jobs"] = [job_id for job_id in now["jobs"] if job_id in mine]
+    return now
 
 
 @bp.get("/health")

@@ -78,9 +78,10 @@ EDIT_FILES = ("image", "image[]", "mask")
 
 @bp.post("/images/edits")
 def edit_images() -> Any:
-    """OpenAI's image edit: one picture (``image``, or a one-item ``image[]``), an optional
+    """OpenAI's image edit: the picture(s) (``image``, repeated, or ``image[]``), an optional
     ``mask`` (transparent where to repaint) and a prompt; pennello redraws it image-to-image
-    (no mask) or inpaints (mask) with the model."""
+    (no mask) or inpaints (mask) with an SD-class model, which takes one picture; a model of a
+    family that takes references (qwen-image-edit) gets all of them, as GPT image models do."""
     from .edit import EditRequest, run_edit
     from .routes_tools import form_fields, read_upload
 
@@ -92,16 +93,19 @@ def edit_images() -> Any:
     if body.get("stream"):
         raise RequestError("streaming image edits are not supported; leave stream unset", field="stream")
     uploads = request.files.getlist("image") + request.files.getlist("image[]")
-    if len(uploads) != 1:
-        raise RequestError(f"send exactly one image (got {len(uploads)}); pennello's models edit one "
-                           f"picture at a time", field="image")
-    image, origin = read_upload({}, upload=uploads[0])  # type: ignore[misc]
+    if not uploads:
+        raise RequestError("image is required: a PNG, JPEG or WebP file", field="image")
+    pictures = [read_upload({}, upload=upload) for upload in uploads]
+    origin = dict(pictures[0][1])  # type: ignore[index]
+    if len(pictures) > 1:
+        origin["references_from_upload"] = [p[1]["from_upload"] for p in pictures[1:]]  # type: ignore[index]
     mask = read_upload({}, "mask", required=False, mode="RGBA")
     if mask is not None:
         origin["mask"] = mask[1]["from_upload"]
     width, height = parse_size(body.get("size", "auto"))
     result = run_edit(current_engine(), EditRequest(
-        prompt=body["prompt"], image=image, mask=mask[0] if mask else None, model=body.get("model"),
+        prompt=body["prompt"], image=pictures[0][0], references=tuple(p[0] for p in pictures[1:]),  # type: ignore[index]
+        mask=mask[0] if mask else None, model=body.get("model"),
         n=body.get("n", 1), width=width, height=height, format=body.get("output_format", "png"),
         owner=current_owner(), origin=origin))
     return jsonify({"created": int(time.time()), "data": [

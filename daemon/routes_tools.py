@@ -8,6 +8,12 @@ and answers with it:
     {"image": {"id": "…", "url": "/api/images/…", …}, "before": {…}, "after": {…}, "applied": […]}
     $ curl -s localhost:8420/api/upscale -F image=@photo.png -F scale=4
     $ curl -s localhost:8420/api/edit -F image=@photo.png -F prompt="in watercolour" -F strength=0.6
+    $ curl -s localhost:8420/api/edit -F image=@cat.png -F image=@sofa.png \
+        -F prompt="the cat of picture 1 on the sofa of picture 2" -F model=qwen-image-edit
+
+An edit is a job like text-to-image: by default the request answers when it ended (200 done,
+500 failed, 409 cancelled); ``wait=false`` answers 202 at once (follow ``/api/jobs/<id>``),
+``stream=true`` with server-sent events; a full queue is 429 with Retry-After.
 
 Uploads are checked by :mod:`.imaging` (bytes, format by magic bytes, pixels before decoding):
 400 for a bad file or field, 413 for one over a limit; every error names the field.
@@ -23,8 +29,9 @@ from pennello.errors import RequestError
 
 from ._http import FieldType, check_type, json_body
 from .app import current_engine, current_owner, owner_filter
+from .engine import MAX_GUIDANCE
 from .imaging import ALGORITHMICALLY_ENHANCED, decode_upload, digest
-from .jobs import IMAGE_FORMATS
+from .jobs import IMAGE_FORMATS, MAX_SEED
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp, read_record
 
 bp = Blueprint("tools", __name__, url_prefix="/api")
@@ -34,7 +41,9 @@ UPSCALE_FIELDS: dict[str, Any] = {"image_id": str, "format": str, "scale": int, 
                                   "enhance": bool}
 EDIT_FIELDS: dict[str, Any] = {
     "prompt": str, "negative_prompt": str, "model": str, "strength": float, "width": int, "height": int,
-    "steps": int, "guidance": float, "seed": int, "n": int, "format": str, "enhance": bool, "image_id": str}
+    "steps": int, "guidance": float, "seed": int, "n": int, "format": str, "enhance": bool, "image_id": str,
+    "wait": bool, "stream": bool}
+EDIT_FILES = ("image", "image[]", "mask")  # several pictures: repeat image (or image[])
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -143,27 +152,55 @@ def upscale() -> Any:
     fmt = output_format(body)
     image, origin = read_upload(body)  # type: ignore[misc]
     engine = current_engine()
-    bigger, note = run_upscale(engine, image, body["scale"], body.get("method", "lanczos"))
+    bigger, note = run_upscale(engine, image, body["scale"], body.get("method", "lanczos"), current_owner())
     record = {**base_record("upscale", bigger, origin), "upscale": note}
     saved = engine.save_output(bigger, record, fmt, enhance=body.get("enhance", False),
                                source=source_of(image))
     return jsonify({"image": saved.to_dict(), "upscale": note})
 
 
+def read_uploads(body: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Every uploaded ``image`` / ``image[]`` (or the gallery picture ``image_id``), in order,
+    and the record of where they came from.
+
+    Raises:
+        RequestError: none given, both an upload and image_id, or a file is not a usable picture.
+    """
+    uploads = request.files.getlist("image") + request.files.getlist("image[]")
+    if len(uploads) <= 1:
+        image, origin = read_upload(body, upload=uploads[0] if uploads else None)  # type: ignore[misc]
+        return [image], origin
+    if body.get("image_id") is not None:
+        raise RequestError("send either image or image_id, not both", field="image_id")
+    pictures = [read_upload(body, upload=upload) for upload in uploads]
+    origin = {"from_upload": pictures[0][1]["from_upload"],  # type: ignore[index]
+              "references_from_upload": [p[1]["from_upload"] for p in pictures[1:]]}  # type: ignore[index]
+    return [p[0] for p in pictures], origin  # type: ignore[index]
+
+
 @bp.post("/edit")
 def edit() -> Any:
-    from .edit import DEFAULT_STRENGTH, EditRequest, run_edit
+    from ._http import job_event_stream
+    from .edit import DEFAULT_STRENGTH, EditRequest, submit_edit
+    from .routes_native import _STATUS_HTTP, abandon_queued
 
-    body = form_fields(EDIT_FIELDS, files=("image", "mask"), required=("prompt",))
-    image, origin = read_upload(body)  # type: ignore[misc]
+    body = form_fields(EDIT_FIELDS, files=EDIT_FILES, required=("prompt",))
+    stream, wait = body.pop("stream", False), body.pop("wait", True)
+    images, origin = read_uploads(body)
     mask = read_upload(body, "mask", required=False, mode="RGBA")
     if mask is not None:
         origin["mask"] = mask[1]["from_upload"]
     body.pop("image_id", None)
-    result = run_edit(current_engine(), EditRequest(
-        image=image, mask=mask[0] if mask else None, strength=body.pop("strength", DEFAULT_STRENGTH),
-        owner=current_owner(), origin=origin, **body))
-    return jsonify(result.to_dict())
+    engine = current_engine()
+    job = submit_edit(engine, EditRequest(
+        image=images[0], references=tuple(images[1:]), mask=mask[0] if mask else None,
+        strength=body.pop("strength", DEFAULT_STRENGTH), owner=current_owner(), origin=origin, **body))
+    if stream:
+        return job_event_stream(job, abandon_queued(engine))
+    if not wait:
+        return jsonify(job.to_dict()), 202, {"Location": f"/api/jobs/{job.id}"}
+    job.wait()
+    return jsonify(job.to_dict()), _STATUS_HTTP[job.status]
 
 
 @bp.get("/copyright")
@@ -236,6 +273,24 @@ def list_pipelines() -> Any:
     return jsonify({"pipelines": [recipe.to_dict() for recipe in book.all().values()]})
 
 
+# Bounds a saved pipeline keeps whatever the config says; the engine's configurable limits
+# (engine.max_n, max_steps, a model's sizes) are checked when it runs, as they may change.
+SAVED_BOUNDS: dict[str, tuple[int, float | None]] = {
+    "n": (1, None), "steps": (1, None), "width": (1, None), "height": (1, None),
+    "seed": (0, MAX_SEED), "guidance": (0, MAX_GUIDANCE)}
+
+
+def check_saved_bounds(data: dict[str, Any]) -> None:
+    """Raises RequestError naming the first field of a pipeline that no daemon could run."""
+    for key, (low, high) in SAVED_BOUNDS.items():
+        value = data.get(key)
+        # Written so that NaN (which Python's JSON parser accepts) is refused too.
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not (low <= value and (high is None or value <= high)):
+            raise RequestError(f"{key} must be at least {low}" if high is None
+                               else f"{key} must be from {low} to {high:g}", field=key)
+
+
 @bp.put("/pipelines/<name>")
 def save_pipeline(name: str) -> Any:
     """Save (or replace) a pipeline; the body holds its fields (owner only: it writes the config)."""
@@ -245,6 +300,7 @@ def save_pipeline(name: str) -> Any:
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object (Content-Type: application/json)")
     recipe = Recipe.from_dict(name, data)
+    check_saved_bounds(data)
     RecipeBook(current_engine().paths.config_dir).save(recipe)
     return jsonify(recipe.to_dict())
 

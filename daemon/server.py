@@ -3,7 +3,10 @@
 ``serve`` holds an exclusive lock on ``runtime_dir/daemon.lock`` for its whole life and
 publishes where it listens in ``runtime_dir/daemon.json`` (``{pid, url, fingerprint, started,
 version}``), which clients read to find it. Before anything else is imported it turns on
-no-network mode when ``offline.enabled`` (see :mod:`pennello.daemon.offline`). On loopback it
+no-network mode when ``offline.enabled`` (see :mod:`pennello.daemon.offline`). On Linux the
+models then run in a worker process with its own, empty network namespace and this process
+forwards requests to it (:mod:`pennello.daemon.isolation`, :mod:`pennello.daemon.proxy`;
+``offline.isolation``); elsewhere everything runs in this process. On loopback it
 serves plain HTTP with waitress. In LAN mode (``server.lan``) it serves HTTPS with its
 self-signed certificate on every address, IPv4 and IPv6 (:mod:`pennello.daemon.tls`), and
 advertises itself over mDNS (:mod:`pennello.daemon.advertise`). On SIGTERM or Ctrl-C it
@@ -45,6 +48,7 @@ from pennello.paths import Paths
 
 
 if TYPE_CHECKING:
+    from .advertise import Advertiser, ModelsFn
     from .tls import TlsFiles, TlsServer
 
 log = logging.getLogger(__name__)
@@ -58,10 +62,18 @@ _THREADS = 16  # waiting and streaming requests each hold a thread while their j
 class WaitressServer:
     """A waitress server whose event loop we drive, so it can be stopped in an orderly way."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        self._server = waitress.create_server(app, host=host, port=port, threads=_THREADS,
-                                              ident="pennello", channel_timeout=60)
-        self.host, self.port = host, int(self._server.effective_port)
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, unix_socket: Path | None = None) -> None:
+        if unix_socket is not None:
+            # The isolated worker: only the server process reaches this socket (mode 0600), so the
+            # X-Forwarded-For/-Proto it sets are kept for the app's ProxyFix rather than cleared.
+            self._server = waitress.create_server(app, unix_socket=str(unix_socket), unix_socket_perms="600",
+                                                  threads=_THREADS, ident="pennello", channel_timeout=60,
+                                                  clear_untrusted_proxy_headers=False)
+            self.host, self.port = str(unix_socket), 0
+        else:
+            self._server = waitress.create_server(app, host=host, port=port, threads=_THREADS,
+                                                  ident="pennello", channel_timeout=60)
+            self.host, self.port = host, int(self._server.effective_port)
         self._stop = threading.Event()
 
     @property
@@ -171,47 +183,83 @@ def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str
 
 
 def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the daemon in this process until SIGTERM/SIGINT.
+    """Run the daemon until SIGTERM/SIGINT: the model worker in its own network namespace where the
+    OS allows it and no-network mode is on (:mod:`pennello.daemon.isolation`), else in this process.
 
     Args:
         on_ready: called with the base URL once requests are being accepted.
 
     Raises:
-        DaemonError: another daemon runs on this pennello home.
+        DaemonError: another daemon runs on this pennello home; the model worker died or could not
+            start; ``offline.isolation = "namespace"`` and no namespace can be made.
         ModelNotFoundError, StoreError: the default model is missing or does not load.
         ConfigError: ``server.interfaces`` or ``offline.allow`` names something unusable.
     """
-    from . import offline
+    from . import isolation, offline
 
     paths.ensure()
     lock = InstanceLock(paths)
     lock.acquire()
-    guard = None
-    if config.offline.enabled:  # before the model libraries are imported, so they see the env
-        guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
-    from .advertise import Advertiser, advertiser_for
-    from .app import create_app
-    from .engine import Engine
-
     stop_requested = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop_requested.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
+    guard = None
+    try:
+        decision = isolation.decide(config)
+        if config.offline.enabled:  # before the model libraries are imported, so they see the env
+            guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
+        if decision.namespace:
+            _serve_isolated(config, paths, guard, stop_requested, on_ready)
+        else:
+            if guard is not None:
+                guard.isolation_report = lambda: isolation.guard_only_report(decision.reason)
+            _serve_in_process(config, paths, guard, stop_requested, on_ready)
+    finally:
+        if guard is not None:
+            guard.uninstall()
+        lock.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("pennello stopped")
+
+
+def _listen(app: Any, config: Config, paths: Paths, models: "ModelsFn | None",
+            engine: Any = None, refresh_s: float | None = None) -> tuple[Any, str | None, "Advertiser | None"]:
+    """The listening server for ``app`` (LAN: HTTPS and mDNS; else loopback HTTP)."""
+    from .advertise import Advertiser, advertiser_for
+
+    if not config.server.lan:
+        return WaitressServer(app, config.server.host, config.server.port), None, None
+    server, fingerprint, ipv6 = make_lan_server(app, paths, config.server.port)
+    advertiser: Advertiser
+    if engine is not None:
+        advertiser = advertiser_for(config, paths, engine, server.port, fingerprint, ipv6=ipv6)
+    else:
+        advertiser = Advertiser(paths, server.port, fingerprint, models, interfaces=config.server.interfaces,
+                                ipv6=ipv6, **({"refresh_s": refresh_s} if refresh_s else {}))
+    try:
+        advertiser.start()
+    except BaseException:
+        server.close()
+        raise
+    log.info("LAN clients: https on port %d, certificate %s, advertised as %r",
+             server.port, fingerprint, advertiser.name)
+    return server, fingerprint, advertiser
+
+
+def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: threading.Event,
+                      on_ready: Callable[[str], None] | None) -> None:
+    """HTTP server and models in this one process (no namespace; the in-process guard only)."""
+    from .app import create_app
+    from .engine import Engine
+
     daemon_file: Path | None = None
-    advertiser: Advertiser | None = None
+    advertiser = None
     engine = Engine(config, paths)
     try:
         engine.start()
         app = create_app(config, engine, paths, guard=guard)
-        server: Any
-        fingerprint: str | None = None
-        if config.server.lan:
-            server, fingerprint, ipv6 = make_lan_server(app, paths, config.server.port)
-            advertiser = advertiser_for(config, paths, engine, server.port, fingerprint, ipv6=ipv6)
-            advertiser.start()
-            log.info("LAN clients: https on port %d, certificate %s, advertised as %r",
-                     server.port, fingerprint, advertiser.name)
-        else:
-            server = WaitressServer(app, config.server.host, config.server.port)
+        server, fingerprint, advertiser = _listen(app, config, paths, None, engine=engine)
         daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
         log.info("pennello %s serving on %s (device %s)", __version__, server.url, engine.device)
         if on_ready:
@@ -220,21 +268,129 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
         log.info("shutting down: finishing the running batch, then saving")
         if advertiser is not None:
             advertiser.stop()  # goodbye packets first: clients stop choosing this daemon
-        server.stop_accepting()
-        stopper = threading.Thread(target=engine.stop, kwargs={"timeout": SHUTDOWN_GRACE_S})
-        stopper.start()
-        server.drain(stopper.is_alive, timeout=SHUTDOWN_GRACE_S + 10)
-        stopper.join()
-        server.close()
+        _drain(server, engine)
     finally:
         if advertiser is not None:
             advertiser.stop()
         engine.stop(cancel_running=True)  # no-op after an orderly stop; frees the device on errors
         if daemon_file is not None:
             daemon_file.unlink(missing_ok=True)
-        if guard is not None:
-            guard.uninstall()
-        lock.release()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        log.info("pennello stopped")
+
+
+def _drain(server: Any, engine: Any) -> None:
+    """Stop accepting, let the engine finish (cancelling after the grace period), answer what is open."""
+    server.stop_accepting()
+    stopper = threading.Thread(target=engine.stop, kwargs={"timeout": SHUTDOWN_GRACE_S})
+    stopper.start()
+    server.drain(stopper.is_alive, timeout=SHUTDOWN_GRACE_S + 10)
+    stopper.join()
+    server.close()
+
+
+def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: threading.Event,
+                    on_ready: Callable[[str], None] | None) -> None:
+    """This process listens, advertises and forwards; the worker in its namespace does the rest."""
+    from . import isolation
+    from .proxy import WorkerProxy
+
+    socket = isolation.socket_path(paths)
+    network = isolation.ServerNetwork(paths, config.server.interfaces)
+    try:
+        worker = isolation.Worker.start(config, paths, socket, network=network, cancelled=stop_requested)
+    except DaemonError:
+        network.remove()
+        if stop_requested.is_set():
+            return  # SIGTERM while the models loaded: an orderly stop
+        raise
+    daemon_file: Path | None = None
+    advertiser = None
+    server = None
+    try:
+        proxy = WorkerProxy(socket, guard)
+        guard.isolation_report = lambda: {"isolation": "network-namespace", "worker": {"pid": worker.pid}}
+        server, fingerprint, advertiser = _listen(proxy, config, paths, _worker_models(proxy),
+                                                  refresh_s=_ADVERTISE_REFRESH_S)
+        daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
+        log.info("pennello %s serving on %s; models in worker pid %d", __version__, server.url, worker.pid)
+        if on_ready:
+            on_ready(server.url)
+        def done() -> bool:  # checked every 0.2 s
+            network.refresh()
+            return stop_requested.is_set() or not worker.alive()
+
+        server.run(until=done)
+        died = not stop_requested.is_set()
+        if advertiser is not None:
+            advertiser.stop()
+        server.stop_accepting()
+        if died:
+            code = worker.wait()
+            server.close()
+            raise DaemonError(f"the model worker (pid {worker.pid}) exited with code {code}; stopping "
+                              f"(its log lines above, or pennello-worker.log, say why)")
+        log.info("shutting down: the worker finishes the running batch, then saves")
+        worker.stop()
+        server.drain(worker.alive, timeout=SHUTDOWN_GRACE_S + 10)
+        code = worker.wait(timeout=SHUTDOWN_GRACE_S + 20)
+        server.close()
+        if code != 0:
+            raise DaemonError(f"the model worker (pid {worker.pid}) stopped with code {code}")
+    finally:
+        if advertiser is not None:
+            advertiser.stop()
+        if worker.alive():
+            worker.stop()
+            worker.wait(timeout=SHUTDOWN_GRACE_S + 20)
+        if daemon_file is not None:
+            daemon_file.unlink(missing_ok=True)
+        network.remove()
+
+
+_ADVERTISE_REFRESH_S = 5.0  # the worker's model loads reach the mDNS record by polling, not a callback
+
+
+def _worker_models(proxy: Any) -> "ModelsFn":
+    """What to advertise: the worker's installed and loaded models, asked over its socket."""
+
+    def models() -> tuple[list[str], list[str]]:
+        listed = proxy.request("GET", "/api/models")["models"]
+        return [m["name"] for m in listed], [m["name"] for m in listed if m["loaded"]]
+
+    return models
+
+
+def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callable[[], dict[str, Any]],
+                 on_ready: Callable[[], None]) -> None:
+    """The isolated worker's life (run by :func:`pennello.daemon.isolation.worker_main` once inside
+    its namespace): the guard, the engine, and the whole app on ``unix_socket`` until SIGTERM.
+
+    The client address and scheme come from the server's X-Forwarded-For/-Proto (ProxyFix); Host
+    and Origin are the client's own.
+    """
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from . import offline
+    from .app import create_app
+    from .engine import Engine
+
+    guard = None
+    if config.offline.enabled:  # defence in depth: the namespace already has no way out
+        guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
+        guard.isolation_report = report
+    stop_requested = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop_requested.set())
+    engine = Engine(config, paths)
+    try:
+        engine.start()
+        app = create_app(config, engine, paths, guard=guard)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
+        server = WaitressServer(app, unix_socket=unix_socket)
+        log.info("model worker ready on %s (device %s)", unix_socket, engine.device)
+        on_ready()
+        server.run(until=stop_requested.is_set)
+        log.info("worker shutting down: finishing the running batch, then saving")
+        _drain(server, engine)
+    finally:
+        engine.stop(cancel_running=True)
+        unix_socket.unlink(missing_ok=True)

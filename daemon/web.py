@@ -6,12 +6,23 @@ works on a machine that has never been online. It talks only to this daemon's ow
 On another device the page first asks for the pairing code; pairing sets an HttpOnly cookie so
 the page's requests, images and event streams carry the token.
 
+On this machine the page is served with the daemon's per-run *page secret* in
+``<meta name="pennello-page">``; the page sends it as ``X-Pennello-Page`` on its requests, which
+is how a browser proves it is this page and not another site's (see
+:mod:`pennello.daemon.routes_auth`). Another origin cannot read it: the Host check stops
+rebinding pages, and the page is never served with CORS headers.
+
     $ pennello serve   # then open http://127.0.0.1:8420/
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, send_from_directory
+from pathlib import Path
+
+from flask import Blueprint, Response
+from markupsafe import escape
+
+from .routes_auth import page_token_for_request
 
 bp = Blueprint("web", __name__, static_folder="static", static_url_path="/assets")
 
@@ -20,9 +31,18 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; styl
                            "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
+PAGE_META = '<meta name="pennello-page" content="">'  # filled in for callers on this machine
+
+
 @bp.get("/")
 def index() -> Response:
-    response = send_from_directory(bp.static_folder, "index.html", max_age=0)  # type: ignore[arg-type]
+    html = (Path(bp.static_folder) / "index.html").read_text(encoding="utf-8")  # type: ignore[arg-type]
+    token = page_token_for_request()
+    if token:
+        html = html.replace(PAGE_META, f'<meta name="pennello-page" content="{escape(token)}">', 1)
+    response = Response(html, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"  # it may carry this run's page secret
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response

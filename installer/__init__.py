@@ -2,7 +2,8 @@
 content-addressed store, and bundles (models, and pennello's own wheels locked and signed).
 
 It depends on nothing else of pennello's but the shared core (paths, config, errors). The daemon
-reads the verified store through ``Store`` and never fetches.
+reads the verified store through ``Store`` and never fetches: nothing here runs in the
+background, and importing ``Store`` does not even import the fetching modules.
 
     >>> from pennello.config import Config
     >>> from pennello.paths import get_paths
@@ -12,13 +13,30 @@ reads the verified store through ``Store`` and never fetches.
     >>> Store(paths).get("pennello-tiny").path  # doctest: +SKIP
 """
 
-from pennello.installer.catalog import Catalog
-from pennello.installer.install import Installer, ensure_embedded_default
-from pennello.installer.manifest import FileEntry, Manifest
-from pennello.installer.root import TrustedRoot, load_trusted_root, update_root
-from pennello.installer.store import InstalledModel, Store
-from pennello.installer.trust import TrustPolicy
-from pennello.installer.wheelhouse import verify_bundle
+import importlib
+from typing import Any
 
-__all__ = ["Catalog", "FileEntry", "InstalledModel", "Installer", "Manifest", "Store", "TrustPolicy",
-           "TrustedRoot", "ensure_embedded_default", "load_trusted_root", "update_root", "verify_bundle"]
+# name -> module. Imported on first use, so that reading the store (what the daemon does) never
+# imports the fetching code (sources, install): tests/test_consent.py checks it.
+_EXPORTS: dict[str, str] = {
+    "Catalog": "catalog",
+    "FileEntry": "manifest",
+    "InstalledModel": "store",
+    "Installer": "install",
+    "Manifest": "manifest",
+    "Store": "store",
+    "TrustPolicy": "trust",
+    "TrustedRoot": "root",
+    "ensure_embedded_default": "install",
+    "load_trusted_root": "root",
+    "update_root": "root",
+    "verify_bundle": "wheelhouse",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import click
 
-from pennello.config import load_config
+from pennello.config import InstallerConfig, load_config
+from pennello.consent import ASSUME_YES_ENV, confirm
 from pennello.errors import ModelNotFoundError
 from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
 from pennello.installer.wheelhouse import LOCK_FILE, verify_bundle
 from pennello.installer.catalog import Catalog
 from pennello.installer.cli_trust import keys, manifest
-from pennello.installer.install import Installer, format_bytes
+from pennello.installer.install import Downloads, Installer, Verified, format_bytes
 from pennello.installer.lock import lock_manifest
 from pennello.installer.store import Store, file_sha256
 from pennello.paths import get_paths
@@ -38,8 +39,10 @@ _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Install the model this signed manifest file describes.")
 @click.option("--trust-bundle-keys", "trust_keys", is_flag=True,
               help="With --from: trust the bundle's keys/*.pub first (their key ids are printed).")
+@click.option("--yes", "-y", is_flag=True,
+              help=f"Download without asking, whatever the size (or set {ASSUME_YES_ENV}=1).")
 def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path | None,
-            trust_keys: bool) -> None:
+            trust_keys: bool, yes: bool) -> None:
     """Install, repair or update models, verifying every file against its signed manifest.
 
     \b
@@ -49,6 +52,9 @@ def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path |
       pennello install --manifest office.json --from ./files   # one manifest, files from a directory
 
     A model whose files were damaged (`pennello verify`) is repaired by installing it again.
+    Before downloading more than `[installer] confirm_over_mb` (500 MB unless configured) it
+    says how much and asks; --yes agrees in advance. Without a terminal and without --yes it
+    downloads nothing and exits 10.
     """
     if trust_keys and from_dir is None:
         raise click.UsageError("--trust-bundle-keys needs --from DIR")
@@ -58,17 +64,60 @@ def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path |
     if trust_keys and from_dir is not None:
         for keyid in trust_bundle_keys(paths, from_dir):
             click.echo(f"trusted key {keyid} from the bundle")
-    if manifest_file is not None:
-        installed = [Installer(paths, config).install_raw(manifest_file.read_bytes(), local_dir=from_dir)]
-    elif from_dir is not None:
+    if manifest_file is None and from_dir is not None:
         installed = import_bundle(paths, config, from_dir, names=list(names) or None)
-    elif names:
+    elif manifest_file is not None or names:
         installer = Installer(paths, config)
-        installed = [installer.install(name) for name in names]
+        if manifest_file is not None:
+            verified = [installer.verify(manifest_file.read_bytes(), local_dir=from_dir)]
+        else:
+            catalog = Catalog(paths)
+            verified = [installer.verify(catalog.get(name).raw, expected_name=name) for name in names]
+        _confirm_downloads(installer.downloads(verified), verified, config.installer, yes)
+        installed = [installer.install_all([v])[0] for v in verified]
     else:
         raise click.UsageError("name a model (see `pennello models`), or use --from DIR or --manifest FILE")
     for model in installed:
         click.echo(f"{model.name} v{model.version} installed ({format_bytes(model.manifest.total_size)})")
+
+
+def _confirm_downloads(downloads: Downloads, verified: list[Verified], limits: InstallerConfig,
+                       yes: bool) -> None:
+    """Ask before a download over the configured size (ConsentError, exit 10, on no)."""
+    if downloads.size == 0 or downloads.size <= limits.confirm_over_mb * 1_000_000:
+        return
+    sources = dict.fromkeys(_where(v) for v in verified if f"{v.manifest.name} v{v.manifest.version}"
+                            in downloads.models)
+    confirm(f"Download {format_bytes(downloads.size)} for {', '.join(downloads.models)}?",
+            [f"{downloads.files} file{'s' if downloads.files != 1 else ''}, {format_bytes(downloads.size)} "
+             f"in all, from {', '.join(sources)} (files already on this machine are not counted)",
+             f"that is over [installer] confirm_over_mb = {limits.confirm_over_mb} (config.toml); "
+             f"every file is checked against its signed manifest"], assume_yes=yes)
+
+
+def _confirm_lock(model: str, sizes: dict[str, int | None], limits: InstallerConfig, yes: bool) -> None:
+    """Ask before locking downloads more than the configured size, or an unknown amount."""
+    known = sum(size for size in sizes.values() if size is not None)
+    unknown = sum(size is None for size in sizes.values())
+    if not unknown and known <= limits.confirm_over_mb * 1_000_000:
+        return
+    parts = [format_bytes(known)] if known or not unknown else []
+    parts += [f"{unknown} file{'s' if unknown != 1 else ''} of unknown size"] if unknown else []
+    amount = " and ".join(parts)
+    confirm(f"Download {amount} to lock {model}?",
+            [f"{len(sizes)} file{'s' if len(sizes) != 1 else ''}: the source "
+             + ("does not say how big some are, so the total may be much more" if unknown
+                else f"says {format_bytes(known)} in all, over [installer] confirm_over_mb = "
+                     f"{limits.confirm_over_mb}"),
+             "they go into the store, so installing the model afterwards downloads nothing again"],
+            assume_yes=yes)
+
+
+def _where(v: Verified) -> str:
+    source = v.manifest.source
+    if source.kind == "huggingface":
+        return f"Hugging Face {source.repo}@{(source.revision or '')[:12]}"
+    return source.base_url or source.kind
 
 
 @click.command()
@@ -210,7 +259,9 @@ def bundle_verify(directory: Path) -> None:
 @click.option("--files", "files", multiple=True,
               help="Lock exactly these paths (repeatable); default: the Hub repository's pipeline "
                    "files, or a mirror's index.json.")
-def lock(target: str, key_name: str, files: tuple[str, ...]) -> None:
+@click.option("--yes", "-y", is_flag=True,
+              help=f"Download without asking, whatever the size (or set {ASSUME_YES_ENV}=1).")
+def lock(target: str, key_name: str, files: tuple[str, ...], yes: bool) -> None:
     """Record the sha256 of every file of an unlocked catalog entry and sign it with a local key.
 
     \b
@@ -220,7 +271,10 @@ def lock(target: str, key_name: str, files: tuple[str, ...]) -> None:
 
     The locked copy goes to the user catalog and is marked trust-on-first-use: its hashes are
     what this machine received, checked against the pinned commit, not published by the maker.
+    Locking downloads every file: over `[installer] confirm_over_mb`, or when the source does
+    not say how big the files are, it asks first (--yes agrees in advance).
     """
-    paths = get_paths().ensure()
-    written = lock_manifest(paths, load_config(), target, key_name, list(files) or None)
+    paths, config = get_paths().ensure(), load_config()
+    written = lock_manifest(paths, config, target, key_name, list(files) or None,
+                            confirm=lambda model, sizes: _confirm_lock(model, sizes, config.installer, yes))
     click.echo(f"locked manifest written to {written}")

@@ -9,6 +9,11 @@ The order is what makes an install safe:
 4. ``current`` is switched, older versions and unreferenced blobs go, and only then is the
    version recorded as seen (so a failed install never blocks a retry of the same version).
 
+Before step 2 a caller can ask what it would download (:meth:`Installer.downloads`): the
+``pennello install`` command asks the user first when that is over
+``[installer] confirm_over_mb``. Files already in the store and files copied from this machine
+(the embedded model, ``--from DIR``) do not count.
+
     >>> from pennello.config import load_config
     >>> from pennello.paths import get_paths
     >>> installer = Installer(get_paths().ensure(), load_config())
@@ -46,6 +51,25 @@ class Verified:
     manifest: Manifest
     raw: bytes
     fetcher: Fetcher
+
+
+@dataclass(frozen=True)
+class Downloads:
+    """What installing some manifests would fetch over the network, before anything is fetched."""
+
+    size: int  # bytes, files already in the store left out
+    files: int
+    models: tuple[str, ...]  # "name vN" of each model that downloads something
+
+
+def _need(store: Store, verified: list[Verified]) -> dict[str, tuple[FileEntry, Verified]]:
+    """Every file the store lacks, once per sha256, with the manifest that brings it."""
+    missing: dict[str, tuple[FileEntry, Verified]] = {}
+    for v in verified:
+        for entry in v.manifest.files:
+            if entry.sha256 not in missing and not store.has_blob(entry):
+                missing[entry.sha256] = (entry, v)
+    return missing
 
 
 def format_bytes(n: float) -> str:
@@ -114,6 +138,13 @@ class Installer:
             fetcher = fetcher_for(Source("local"), manifest.name, replace(self.options, local_dir=local_dir))
         return Verified(manifest, raw, fetcher)
 
+    def downloads(self, verified: list[Verified]) -> Downloads:
+        """What :meth:`install_all` would download for ``verified``: nothing is fetched or changed."""
+        todo = [v for v in verified if not self._is_current(v.manifest)]
+        remote = [(entry, v) for entry, v in _need(self.store, todo).values() if v.fetcher.remote]
+        models = dict.fromkeys(f"{v.manifest.name} v{v.manifest.version}" for _, v in remote)
+        return Downloads(sum(entry.size for entry, _ in remote), len(remote), tuple(models))
+
     def install_all(self, verified: list[Verified]) -> list[InstalledModel]:
         """Fetch every file of every manifest, then make each version current.
 
@@ -142,11 +173,7 @@ class Installer:
             return False
 
     def _fetch_missing(self, verified: list[Verified]) -> None:
-        missing: dict[str, tuple[FileEntry, Verified]] = {}
-        for v in verified:
-            for entry in v.manifest.files:
-                if entry.sha256 not in missing and not self.store.has_blob(entry):
-                    missing[entry.sha256] = (entry, v)
+        missing = _need(self.store, verified)
         needed = sum(entry.size for entry, _ in missing.values())
         names = ", ".join(f"{v.manifest.name} v{v.manifest.version}" for v in verified)
         check_disk_space(self.store.root, needed, f"installing {names}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -71,8 +72,14 @@ def pipeline_files(paths: list[str]) -> list[str]:
 
 def lock_manifest(paths: Paths, config: Config, target: str, key_name: str,
                   files: list[str] | None = None, options: FetchOptions | None = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True,
+                  confirm: Callable[[str, dict[str, int | None]], None] | None = None) -> Path:
     """Lock an unlocked manifest (a catalog name or a manifest file) and sign it with ``key_name``.
+
+    Args:
+        confirm: called with the model's name and the size of each file to fetch (None where
+            the source does not say) before anything is fetched; it raises to stop (the
+            ``manifest lock`` command asks the user there, see :mod:`pennello.consent`).
 
     Returns:
         where the locked manifest was written (the user catalog).
@@ -93,6 +100,8 @@ def lock_manifest(paths: Paths, config: Config, target: str, key_name: str,
     wanted = [check_relative_path(f) for f in files] if files else _default_files(fetcher, manifest.source.kind)
     if not wanted:
         raise ManifestFormatError(f"no files to lock for {manifest.name!r}; name them with --files")
+    if confirm is not None and fetcher.remote:
+        confirm(f"{manifest.name} v{manifest.version}", fetcher.sizes(wanted))
     entries = _fetch_and_record(Store(paths), fetcher, wanted, manifest.name, progress)
     signed = replace(manifest, files=tuple(entries), locked=True, trust_on_first_use=True).to_signed()
     locked = dump_envelope(signed, [sign_signed(signed, load_private_key(key_name, paths))])

@@ -68,6 +68,10 @@ class FetchOptions:
 class Fetcher(Protocol):
     """Puts the bytes of one manifest file into ``dest``."""
 
+    #: True when fetching means downloading (what ``pennello install`` asks about over
+    #: ``[installer] confirm_over_mb``); False for files already on this machine.
+    remote: bool
+
     def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
         """Write ``entry``'s bytes to ``dest``, never more than ``entry.size`` of them.
 
@@ -82,6 +86,10 @@ class Fetcher(Protocol):
 
     def list_files(self) -> list[str]:
         """Relative paths of every file the source offers (for locking an unlocked manifest)."""
+
+    def sizes(self, paths: list[str]) -> dict[str, int | None]:
+        """What each of ``paths`` would weigh, as far as the source says without sending it
+        (None: unknown). Only for asking before a download: nothing here is trusted."""
 
 
 FetcherFactory = Callable[[Source, str, FetchOptions], Fetcher]
@@ -124,6 +132,8 @@ _RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.Ch
 class HttpFetcher:
     """Resumable, size-capped downloads over HTTP(S). Subclasses say what URL a path has."""
 
+    remote = True
+
     def __init__(self, options: FetchOptions, headers: dict[str, str] | None = None) -> None:
         self.options = options
         # Identity encoding: the bytes counted and hashed are the file's bytes.
@@ -135,6 +145,20 @@ class HttpFetcher:
 
     def list_files(self) -> list[str]:
         raise NotImplementedError
+
+    def sizes(self, paths: list[str]) -> dict[str, int | None]:
+        """Each file's ``Content-Length`` from a HEAD request; None where the server gives none."""
+        return {path: self._head_size(path) for path in paths}
+
+    def _head_size(self, path: str) -> int | None:
+        try:
+            response = self.session.head(self.url(path), headers=self.headers, allow_redirects=True,
+                                         timeout=(self.options.connect_timeout_s, self.options.read_timeout_s))
+        except requests.RequestException as e:
+            log.info("%s: no size (%s)", self.url(path), e)
+            return None
+        length = response.headers.get("Content-Length", "")
+        return int(length) if response.ok and length.isdigit() else None
 
     def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
         # Named by the expected hash: a partial of one file can never be resumed as another.
@@ -286,6 +310,19 @@ class HubFetcher(HttpFetcher):
             raise FetchError(f"cannot list {self.repo}@{self.revision} on {self.endpoint}: {e}") from e
         return [check_relative_path(p) for p in paths]
 
+    def sizes(self, paths: list[str]) -> dict[str, int | None]:
+        """Sizes from the Hub's file listing at the pinned commit (one API call)."""
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            tree = HfApi(endpoint=self.endpoint).list_repo_tree(self.repo, revision=self.revision, recursive=True)
+            known = {item.path: getattr(item, "size", None) for item in tree}
+        except (HfHubHTTPError, OSError) as e:
+            log.info("cannot list the sizes of %s@%s: %s", self.repo, self.revision, e)
+            known = {}
+        return {path: known.get(path) for path in paths}
+
 
 @register_fetcher("mirror")
 def _mirror(source: Source, name: str, options: FetchOptions) -> Fetcher:
@@ -308,6 +345,8 @@ class LocalFetcher:
     ``<name>/<path>`` (a directory of several models) and ``<path>`` (one model's directory).
     """
 
+    remote = False
+
     def __init__(self, root: Path, name: str) -> None:
         self.root, self.name = root, name
 
@@ -327,6 +366,9 @@ class LocalFetcher:
 
     def list_files(self) -> list[str]:
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+
+    def sizes(self, paths: list[str]) -> dict[str, int | None]:
+        return {path: None for path in paths}  # local files are copies, never downloads
 
     def _copy(self, relative: str, dest: Path, size: int, progress: Progress) -> None:
         source = self.root / relative

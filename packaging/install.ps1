@@ -14,7 +14,8 @@
     (asked first unless -Yes), a Start menu shortcut, and then the tray (unless -NoStart).
     `install.ps1 uninstall` removes all of it but your pictures (Pictures\Pennello) unless -Purge.
 
-    Environment: PENNELLO_VENV, PENNELLO_TORCH, PENNELLO_PIP_ARGS, PENNELLO_HOME (as install.sh).
+    Environment: PENNELLO_VENV, PENNELLO_TORCH, PENNELLO_PIP_ARGS, PENNELLO_HOME,
+    PENNELLO_ASSUME_YES (as install.sh).
 #>
 [CmdletBinding()]
 param(
@@ -61,7 +62,7 @@ function Die($what, [string[]]$todo = @()) {
     exit 1
 }
 function Ask($question, $default) {
-    if ($Yes) { return $true }
+    if ($Yes -or ($env:PENNELLO_ASSUME_YES -match '^(1|true|yes|on)$')) { return $true }
     if (-not [Environment]::UserInteractive -or [Console]::IsInputRedirected) { return $null }
     $hint = if ($default) { "[Y/n]" } else { "[y/N]" }
     $answer = Read-Host "      $question $hint"
@@ -165,8 +166,20 @@ function Install-Pennello {
     Ok "pennello-tiny installed and verified"
 
     Step "Start at login"
-    $answer = if ($Autostart) { $true } elseif ($NoAutostart) { $false } else { Ask "Start Pennello when you log in?" $true }
-    if ($answer -eq $null) { Say "not asked (no console); run again with -Yes or -Autostart" }
+    # Same logic as install.sh: the facts, then a question that defaults to no for a new
+    # registration and to keeping an existing one; no console and no answer: nothing registered.
+    $registered = Test-Path $StartupLink
+    $answer = if ($Autostart) { $true } elseif ($NoAutostart) { $false } else {
+        if (-not $Yes) {
+            Say "The tray and the daemon would start each time you log in, keeping the default"
+            Say "model in memory; registered as $StartupLink (the tray's menu turns it off)."
+        }
+        if ($registered) { Ask "Keep starting Pennello when you log in?" $true } else { Ask "Start Pennello when you log in?" $false }
+    }
+    if ($answer -eq $null) {
+        if ($registered) { Say "not asked (no console); start at login stays on as it was" }
+        else { Say "not asked (no console), so Pennello will not start at login; to turn it on later, choose Start at login in the tray's menu, or run: install.ps1 -Autostart" }
+    }
     elseif ($answer) { Shortcut $StartupLink $PyVenvW "-m pennello tray"; Ok $StartupLink }
     else { if (Test-Path $StartupLink) { Remove-Item $StartupLink }; Ok "Pennello will not start at login (the tray's menu can turn it on)" }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Pennello one-click installer for Linux and macOS. Safe to run again: it repairs and upgrades.
 #
-#   bash install.sh                      install (asks before registering start at login)
-#   bash install.sh --yes                install without questions
+#   bash install.sh                      install (asks before registering start at login; without a
+#                                        terminal it does not register it and says how to later)
+#   bash install.sh --yes                install without questions (start at login included)
 #   bash install.sh --from BUNDLE        air-gapped: everything from a bundle, no network at all
 #   bash install.sh uninstall [--purge]  remove pennello (your pictures stay unless --purge)
 #
@@ -18,6 +19,7 @@
 #   PENNELLO_PIP_ARGS   extra arguments for every `pip install` (e.g. --no-build-isolation,
 #                       --find-links DIR), word-split
 #   PENNELLO_HOME       relocates all of pennello's state (as for pennello itself)
+#   PENNELLO_ASSUME_YES=1  as --yes (as for pennello itself)
 # Bash 3.2 compatible (macOS's /bin/bash).
 set -euo pipefail
 
@@ -25,12 +27,13 @@ PROG=install.sh
 ARGS="$*"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ACTION=install FROM="" YES=0 START=1 AUTOSTART=ask PYTHON="" SYSTEM_SITE=0 SOURCE=auto TRUST_KEYS=0 PURGE=0
+case "${PENNELLO_ASSUME_YES:-}" in 1|[Tt]rue|[Yy]es|[Oo]n) YES=1 ;; esac
 TORCH_SPEC=${PENNELLO_TORCH:-torch==2.13.0}
 PIP_EXTRA=${PENNELLO_PIP_ARGS:-}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 usage() {
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
   --from BUNDLE           install pennello, torch and the models from a bundle made with
@@ -250,17 +253,27 @@ install() {
     ok "pennello-tiny installed and verified (every file re-hashed)"
 
     step "Start at login"
-    local registered=0 question="Start Pennello when you log in?"
+    # A new registration defaults to no (Enter declines); an existing one to keeping it.
+    local registered=0 question="Start Pennello when you log in?" default=n where
     "$PY_VENV" -c 'from pennello.tray import login_item; raise SystemExit(0 if login_item().enabled() else 1)' 2>/dev/null \
-        && registered=1 && question="Keep starting Pennello when you log in?"
+        && registered=1 && question="Keep starting Pennello when you log in?" && default=y
+    where=$("$PY_VENV" -c 'from pennello.tray import login_item; print(login_item().path)' 2>/dev/null || echo "a login item")
     local answer=0
     case "$AUTOSTART" in
         yes) answer=0 ;;
         no) answer=1 ;;
-        ask) ask "$question" y || answer=$? ;;
+        ask)
+            # The facts first (consent, issue 8): what starts, what it costs, what is written.
+            if [ "$YES" != 1 ] && [ -t 0 ]; then
+                say "The tray and the daemon would start each time you log in, keeping the default"
+                say "model in memory; registered in $where (the tray's menu turns it off)."
+            fi
+            ask "$question" "$default" || answer=$? ;;
     esac
     if [ "$answer" = 2 ]; then
-        say "not asked (no terminal); run again with --yes or --autostart to start at login"
+        if [ "$registered" = 1 ]; then say "not asked (no terminal); start at login stays on as it was"
+        else say "not asked (no terminal), so Pennello will not start at login; to turn it on later," \
+                 "choose Start at login in the tray's menu, or run: bash $PROG --autostart"; fi
     elif [ "$answer" = 0 ]; then
         install_unit
         run_logged "autostart" "$PY_VENV" -c 'from pennello.tray import login_item; login_item().enable()' \

@@ -2,9 +2,14 @@
 
     python packaging/make_doc_examples.py      # -> docs/examples/*.png
 
-* ``batch-contact-sheet.png``: ``pennello batch "Albert Einstein" --styles 4 -n 20 --seed 100``.
+* ``batch-contact-sheet.png``: ``pennello batch "a red circle on a blue background" --styles 4
+  -n 20 --seed 100`` (a subject the embedded model was trained on).
 * ``enhance-before-after.png``: a washed-out, soft picture and what auto-enhance made of it, with
   the before/after measurements.
+* ``edit-before-after.png``: a picture of the model, redrawn image-to-image at two strengths and
+  inpainted in its right half (``pennello edit``), as edit jobs through the engine's queue.
+* ``upscale-before-after.png``: a 64x64 picture, a detail of it, and the same detail upscaled
+  2x, 4x and 8x (tiled Lanczos).
 
 The embedded model is tiny (docs/embedded-model.md), so the pictures show what the tools do,
 not what a general model draws; run this again when its weights change.
@@ -20,14 +25,18 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pennello.config import Config
 from pennello.daemon.batch import finish_batch, submit_batch
+from pennello.daemon.edit import EditRequest, run_edit
 from pennello.daemon.engine import Engine
 from pennello.daemon.enhance import enhance
 from pennello.daemon.jobs import GenerateRequest
 from pennello.daemon.styles import builtin_styles, choose_styles
+from pennello.daemon.upscale import upscale_lanczos
 from pennello.installer import ensure_embedded_default
 from pennello.paths import get_paths
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "examples"
+SUBJECT = "a red circle on a blue background"  # what the embedded model knows (shapes, colours)
+CELL = 192  # side of one picture on the sheets: big enough to see, small enough to ship
 
 
 def main() -> None:
@@ -37,15 +46,18 @@ def main() -> None:
     engine = Engine(Config(), paths)
     engine.start()
     try:
-        batch = finish_batch(engine, submit_batch(engine, "Albert Einstein", choose_styles(builtin_styles(), 4),
+        batch = finish_batch(engine, submit_batch(engine, SUBJECT, choose_styles(builtin_styles(), 4),
                                                   n=20, seed=100))
         Image.open(batch.contact_sheet.path).save(OUT / "batch-contact-sheet.png", optimize=True)
-        job = engine.submit(GenerateRequest(prompt="a lighthouse on a cliff", seed=3))
+        job = engine.submit(GenerateRequest(prompt="a yellow star on a green background", seed=3))
         job.wait()
         with Image.open(job.images[0].path) as image:
-            picture = image.convert("RGB").resize((256, 256), Image.Resampling.BICUBIC)
+            small = image.convert("RGB")
+        picture = small.resize((256, 256), Image.Resampling.BICUBIC)
+        edit_sheet(engine, small)
     finally:
         engine.stop()
+    upscale_sheet(small)
     font = ImageFont.load_default()
     rows = [_degrade(_scene()), _degrade(picture)]  # a drawn scene, and the model's own picture
     sheet = Image.new("RGB", (2 * 256 + 24, len(rows) * 312), (250, 250, 248))
@@ -61,7 +73,46 @@ def main() -> None:
             draw.text((x, y + 288), f"sharpness (Laplacian variance) {metrics['sharpness']:.0f}",
                       fill=(30, 30, 30), font=font)
     sheet.save(OUT / "enhance-before-after.png", optimize=True)
-    print(f"wrote {OUT}/batch-contact-sheet.png and enhance-before-after.png")
+    print(f"wrote {OUT}/: batch-contact-sheet.png, enhance-before-after.png, edit-before-after.png, "
+          f"upscale-before-after.png")
+
+
+def _sheet(cells: list[tuple[Image.Image, str]], name: str) -> None:
+    """One row of labelled pictures, each shown CELL pixels wide (nearest: pixels stay visible)."""
+    font = ImageFont.load_default()
+    sheet = Image.new("RGB", (len(cells) * (CELL + 8) + 8, CELL + 40), (250, 250, 248))
+    draw = ImageDraw.Draw(sheet)
+    for column, (image, label) in enumerate(cells):
+        x = 8 + column * (CELL + 8)
+        sheet.paste(image.resize((CELL, CELL), Image.Resampling.NEAREST), (x, 8))
+        draw.text((x, CELL + 16), label, fill=(30, 30, 30), font=font)
+    sheet.save(OUT / name, optimize=True)
+
+
+def edit_sheet(engine: Engine, picture: Image.Image) -> None:
+    """Before, image-to-image at strengths 0.4 and 0.8, and inpainting of the right half."""
+    mask = Image.new("L", picture.size, 0)
+    mask.paste(255, (picture.width // 2, 0, picture.width, picture.height))
+    cells = [(picture, "before")]
+    for strength, prompt in ((0.4, "a blue square on a yellow background"),
+                             (0.8, "a blue square on a yellow background")):
+        result = run_edit(engine, EditRequest(prompt=prompt, image=picture, strength=strength, seed=5, steps=20))
+        cells.append((Image.open(result.images[0].path).convert("RGB"), f"img2img, strength {strength}"))
+    result = run_edit(engine, EditRequest(prompt="a red triangle on a white background", image=picture,
+                                          mask=mask, strength=1.0, seed=5, steps=20))
+    cells.append((Image.open(result.images[0].path).convert("RGB"), "inpaint right half"))
+    _sheet(cells, "edit-before-after.png")
+
+
+def upscale_sheet(picture: Image.Image) -> None:
+    """The picture, its 24x24-pixel detail as is (pixels enlarged), and the same detail of its
+    2x, 4x and 8x upscales."""
+    box = (picture.width // 2 - 24, picture.height // 2 - 24, picture.width // 2, picture.height // 2)
+    cells = [(picture, f"before {picture.width}x{picture.height}"), (picture.crop(box), "detail, as is")]
+    for scale in (2, 4, 8):
+        big = upscale_lanczos(picture, scale, tile=16)
+        cells.append((big.crop(tuple(side * scale for side in box)), f"{scale}x ({big.width}x{big.height})"))
+    _sheet(cells, "upscale-before-after.png")
 
 
 def _degrade(picture: Image.Image) -> Image.Image:

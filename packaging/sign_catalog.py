@@ -112,12 +112,22 @@ CATALOG: dict[str, Entry] = {
         "FLUX.1 [schnell]: 12B rectified-flow transformer, 4 steps at 1024x1024. High quality; "
         "needs a large GPU (bfloat16) or CPU offload.",
         repo="black-forest-labs/FLUX.1-schnell", revision="741f7c3ce8b383c54771c7003378a50191e9efe9"),
+    # The 2509 model: the Plus pipeline, which takes up to 3 reference pictures per edit.
     "qwen-image-edit": Entry(
-        "QwenImageEditPipeline", "qwen-image-edit", "Apache-2.0",
-        {"width": 1024, "height": 1024, "steps": 50, "guidance": 4.0},
-        "Qwen-Image-Edit: 20B instruction-based image editing (an input picture plus a text "
-        "instruction). Needs a large GPU (bfloat16) or CPU offload.",
-        repo="Qwen/Qwen-Image-Edit", revision="ac7f9318f633fc4b5778c59367c8128225f1e3de"),
+        "QwenImageEditPlusPipeline", "qwen-image-edit", "Apache-2.0",
+        {"width": 1024, "height": 1024, "steps": 40, "guidance": 4.0},
+        "Qwen-Image-Edit-2509: 20B instruction-based image editing: one to three input pictures "
+        "plus a text instruction ('put the cat of picture 1 on the sofa of picture 2'). Edits "
+        "only (POST /api/edit); needs a large GPU (bfloat16) or CPU offload.",
+        repo="Qwen/Qwen-Image-Edit-2509", revision="d3968ef930e841f4c73640fb8afa3b306a78167e"),
+    # The AI upscaler of `pennello upscale --method ai` ([images] upscale_model).
+    "sd-x4-upscaler": Entry(
+        "StableDiffusionUpscalePipeline", "sd-upscale", "openrail++",
+        {"width": 128, "height": 128, "steps": 20, "guidance": 0.0},
+        "Stable Diffusion x4 upscaler: a text-guided latent diffusion model that enlarges a "
+        "picture 4x (pennello runs it tile by tile; 2x and 8x are built on its 4x pass). "
+        "Upscaling only (POST /api/upscale with method=ai); about 1.7 GB in float16.",
+        repo="stabilityai/stable-diffusion-x4-upscaler", revision="572c99286543a273bfd17fac263db5a77be12c4c"),
 }
 
 

@@ -33,6 +33,8 @@ from pennello.errors import ConfigError
 from pennello.files import write_atomic
 
 Device = Literal["auto", "cuda", "mps", "cpu"]
+Isolation = Literal["auto", "namespace", "off"]  # offline.isolation
+MemoryProfile = Literal["auto", "large", "16gb", "12gb", "8gb"]
 DEFAULT_MODEL = "pennello-tiny"
 
 
@@ -43,6 +45,9 @@ class ServerConfig:
     lan: bool = False  # bind all interfaces; non-loopback clients then need a paired token
     max_body_bytes: int = 16 * 1024 * 1024  # largest accepted request body
     cors_origins: tuple[str, ...] = ()  # CORS stays off unless origins are listed
+    # Extra names (or addresses) the Host header may carry, e.g. ("pennello.home.arpa",) when a
+    # local DNS name points here; loopback, this machine's names and addresses need no entry.
+    allowed_hosts: tuple[str, ...] = ()
     # LAN mode: interfaces (names like "eth0", or addresses) to advertise on over mDNS and whose
     # private networks no-network mode lets the daemon reach; empty means every interface.
     interfaces: tuple[str, ...] = ()
@@ -59,6 +64,8 @@ class EngineConfig:
     max_steps: int = 100
     max_prompt_chars: int = 2000
     log_prompts: bool = False  # prompts stay out of logs unless this is on
+    memory_profile: MemoryProfile = "auto"  # GPU tier; auto picks it from free VRAM (daemon/profiles.py)
+    cpu_threads: int = 0  # torch threads on a CPU; 0: all cores but one (see bench/bench_threads.py)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,10 @@ class OfflineConfig:
     # Extra networks the daemon may reach in LAN mode, e.g. ("203.0.113.0/24",) for a LAN that
     # uses public addresses; private on-link networks of the served interfaces need no entry.
     allow: tuple[str, ...] = ()
+    # Linux: run model loading and generation in a worker process in its own network namespace
+    # (only loopback), the HTTP server in the parent. auto: when the OS allows it and no-network
+    # mode is on, else the in-process guard alone; namespace: refuse to start without it.
+    isolation: Isolation = "auto"
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,15 @@ class CopyrightConfig:
 
 
 @dataclass(frozen=True)
+class InstallerConfig:
+    """What ``pennello install`` may do without asking (see :mod:`pennello.consent`)."""
+
+    # Ask before downloading more than this many megabytes (10^6 bytes) in one install; files
+    # already in the store do not count. 0 asks before every download.
+    confirm_over_mb: int = 500
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -109,6 +129,7 @@ class Config:
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     copyright: CopyrightConfig = field(default_factory=CopyrightConfig)
+    installer: InstallerConfig = field(default_factory=InstallerConfig)
 
     def replace(self, section: str, **changes: Any) -> "Config":
         """Return a copy with fields of one section changed (used for CLI overrides)."""

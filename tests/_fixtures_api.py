@@ -135,3 +135,23 @@ def png_bytes(image) -> bytes:
     image.save(buffer, "PNG")
     return buffer.getvalue()
 
+
+class StoreWithExtras:
+    """The real store plus entries a test adds (models it builds, since it cannot install them)."""
+
+    def __init__(self, store: Any, **extra: Any) -> None:
+        self.store, self.extra = store, extra
+
+    def installed(self) -> list[Any]:
+        return self.store.installed() + list(self.extra.values())
+
+    def get(self, name: str, verify: bool = False) -> Any:
+        return self.extra[name] if name in self.extra else self.store.get(name, verify)
+
+
+def installed_as(tiny: Any, target: Any, name: str, family: str, cls: str) -> Any:
+    """``tiny``'s store record for the files at ``target``, under another name, class and family."""
+    from dataclasses import replace
+
+    pipeline = replace(tiny.manifest.pipeline, cls=cls, family=family, defaults={})
+    return replace(tiny, name=name, path=target, manifest=replace(tiny.manifest, name=name, pipeline=pipeline))

@@ -234,7 +234,8 @@ def test_lan_caller_needs_a_token_except_for_public_routes(api_server):
     assert requests.get(f"{lan}/api/jobs", headers=_bearer("made-up")).status_code == 401
     assert requests.get(f"{lan}/api/health").json()["ready"] is True
     assert requests.get(f"{lan}/api/pair/status").json() == {
-        "owner": False, "paired": False, "device": None, "lan": True, "code_expires_in_s": None}
+        "owner": False, "paired": False, "device": None, "lan": True, "scope": "anonymous",
+        "code_expires_in_s": None}
     assert requests.get(f"{lan}/").status_code == 200  # the page itself, to pair from
     # Unknown routes answer 401 too: an unpaired caller learns nothing about what exists.
     assert requests.get(f"{lan}/api/no-such-route").status_code == 401

@@ -16,7 +16,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from _fixtures_api import api_engine, api_server, drawn, png_bytes, url, lan_address  # noqa: F401
+from _fixtures_api import (StoreWithExtras, api_engine, api_server, drawn, installed_as,  # noqa: F401
+                           lan_address, png_bytes, url)
+from _fixtures_daemon import (SLOW_STEPS, config_with, make_engine, make_server,  # noqa: F401
+                             wait_until_running)
 from pennello.cli import cli
 from pennello.daemon.edit import fit_size, mask_to_l
 from pennello.daemon.imaging import COMPOSITE_WITH_TRAINED_MEDIA
@@ -199,7 +202,7 @@ def test_openai_edit_errors_have_openai_shape(client, drawn):
     with pytest.raises(openai.BadRequestError) as error:
         client.images.edit(image=[("a.png", png_bytes(drawn), "image/png"), ("b.png", png_bytes(drawn), "image/png")],
                            prompt="two")
-    assert error.value.body["param"] == "image" and "exactly one image" in error.value.body["message"]
+    assert error.value.body["param"] == "image" and "one picture at a time; got 2" in error.value.body["message"]
     with pytest.raises(openai.NotFoundError) as error:
         client.images.edit(image=("a.png", png_bytes(drawn), "image/png"), prompt="x", model="dall-e-2")
     assert error.value.body["param"] == "model"
@@ -291,4 +294,140 @@ def test_tool_responses_match_their_openapi_schemas(url, drawn):
     with pytest.raises(jsonschema.ValidationError):
         check({"prompt": "x", "colour": "red"}, "EditForm")
     with pytest.raises(jsonschema.ValidationError):
-        check({"init_images": ["a", "b"]}, "A1111Img2ImgRequest")
+        check({"init_images": ["a", "b", "c", "d"]}, "A1111Img2ImgRequest")
+
+
+# --- edits are jobs: queue, progress, cancel, 429 (issue 7) ----------------------------------------
+
+def test_an_edit_streams_progress_events_like_a_generation(url, drawn):
+    from pennello.client import sse_events
+
+    files = {"image": ("in.png", png_bytes(drawn))}
+    with requests.post(f"{url}/api/edit", files=files, stream=True, timeout=120, data={
+            "prompt": "a house", "strength": "0.5", "steps": "8", "seed": "3", "stream": "true"}) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = list(sse_events(response))
+    names = [name for name, _ in events]
+    # strength 0.5 of 8 steps: img2img runs the last 4 of the schedule, one event each.
+    assert names == ["job", "progress", "progress", "progress", "progress", "done"], names
+    assert [data["step"] for name, data in events if name == "progress"] == [1, 2, 3, 4]
+    done = events[-1][1]
+    assert done["kind"] == "edit" and done["mode"] == "img2img" and done["total_steps"] == 4
+    assert done["progress"] == 1.0 and len(done["images"]) == 1 and done["seeds"] == [3]
+
+
+def test_an_edit_job_is_listed_and_can_be_cancelled(url, drawn, api_engine):
+    response = requests.post(f"{url}/api/edit", files={"image": ("in.png", png_bytes(drawn))}, timeout=60,
+                             data={"prompt": "slow", "strength": "1", "steps": str(SLOW_STEPS), "n": "4",
+                                   "wait": "false"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert response.headers["Location"] == f"/api/jobs/{job_id}"
+    assert job_id in [job["id"] for job in requests.get(f"{url}/api/jobs", timeout=10).json()["jobs"]]
+    wait_until_running(api_engine.get_job(job_id))
+    cancelled = requests.delete(f"{url}/api/jobs/{job_id}", timeout=10).json()
+    assert cancelled["status"] == "cancelled" and cancelled["kind"] == "edit"
+    job = api_engine.get_job(job_id)
+    assert job.wait(30) and 0 < job.step < SLOW_STEPS and job.images == []
+    # The worker goes on: the next edit (a job of its own) finishes.
+    after = _edit(url, png_bytes(drawn), steps=4, strength=0.5)
+    assert after.status_code == 200 and after.json()["status"] == "done"
+
+
+def test_edits_count_against_the_queue_and_a_full_queue_is_429(make_server, drawn):
+    from pennello.daemon.jobs import GenerateRequest
+
+    running = make_server(config_with(engine={"queue_size": 1}))
+    blocker = running.engine.submit(GenerateRequest(prompt="busy", steps=SLOW_STEPS))
+    wait_until_running(blocker)
+    waiting = _edit(running.url, png_bytes(drawn), wait="false", steps=4)
+    assert waiting.status_code == 202, waiting.text
+    refused = _edit(running.url, png_bytes(drawn), steps=4)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["error"]["type"] == "busy"
+    running.engine.cancel(blocker.id)
+    edit_job = running.engine.get_job(waiting.json()["id"])
+    assert edit_job.wait(60) and edit_job.status == "done" and edit_job.kind == "edit"
+    assert edit_job.batch_size == 1  # run alone, never batched with text-to-image jobs
+
+
+def test_edit_jobs_are_private_to_their_owner(api_engine, drawn):
+    from pennello.daemon.edit import EditRequest, submit_edit
+    from pennello.errors import NotFoundError
+
+    job = submit_edit(api_engine, EditRequest(prompt="mine", image=drawn, steps=2, owner="device-a"))
+    assert job.wait(60) and job.status == "done"
+    assert api_engine.get_job(job.id, owner="device-a") is job
+    with pytest.raises(NotFoundError):
+        api_engine.get_job(job.id, owner="device-b")
+    assert job.id not in [j.id for j in api_engine.jobs(owner="device-b")]
+
+
+# --- several pictures: only for families that take references ------------------------------------
+
+def test_several_pictures_to_an_sd_class_model_are_refused_naming_the_limit(url, drawn):
+    files = [("image", ("a.png", png_bytes(drawn))), ("image", ("b.png", png_bytes(drawn)))]
+    response = requests.post(f"{url}/api/edit", files=files, data={"prompt": "both"}, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["field"] == "image" and "one picture at a time; got 2" in error["message"]
+    assert "qwen-image-edit" in error["message"]
+    init = base64.b64encode(png_bytes(drawn)).decode()
+    response = requests.post(f"{url}/sdapi/v1/img2img", json={"init_images": [init, init], "prompt": "x"},
+                             timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["field"] == "init_images"
+
+
+def _as_family(home, name, family, cls):
+    """The embedded model's files installed under another name whose manifest names another
+    family: enough for everything that happens before the weights load."""
+    import shutil
+
+    from pennello.installer import Store
+
+    tiny = Store(home).get("pennello-tiny")
+    target = home.cache_dir / name
+    shutil.copytree(tiny.path, target)
+    return installed_as(tiny, target, name, family, cls)
+
+
+def test_reference_limits_and_masks_for_an_instruction_edit_family(make_server, make_engine, home, drawn):
+    from pennello.installer import Store
+
+    store = StoreWithExtras(Store(home))
+    running = make_server(engine=make_engine(store=store))
+    store.extra["editor"] = _as_family(home, "editor", "qwen-image-edit", "QwenImageEditPlusPipeline")
+    store.extra["editor-v1"] = _as_family(home, "editor-v1", "qwen-image-edit", "QwenImageEditPipeline")
+
+    def post(model, count, mask=False):
+        files = [("image", (f"{i}.png", png_bytes(drawn))) for i in range(count)]
+        if mask:
+            files.append(("mask", ("m.png", png_bytes(_half_mask()))))
+        return requests.post(f"{running.url}/api/edit", files=files, data={"prompt": "x", "model": model},
+                             timeout=60)
+
+    too_many = post("editor", 4)
+    assert too_many.status_code == 400 and too_many.json()["error"]["field"] == "image"
+    assert "takes at most 3 picture(s)" in too_many.json()["error"]["message"]
+    assert post("editor-v1", 2).json()["error"]["message"].startswith("editor-v1 (QwenImageEditPipeline) "
+                                                                      "takes at most 1 picture(s)")
+    masked = post("editor", 1, mask=True)
+    assert masked.status_code == 400 and masked.json()["error"]["field"] == "mask"
+    assert "editor" not in running.engine.health()["loaded"]  # refused before any load
+    # Text-to-image with the edit model: a clear 400 sending the client to /api/edit.
+    drawing = requests.post(f"{running.url}/api/generate", json={"prompt": "x", "model": "editor"}, timeout=30)
+    assert drawing.status_code == 400 and drawing.json()["error"]["field"] == "model"
+    assert "POST /api/edit" in drawing.json()["error"]["message"]
+
+
+def test_the_qwen_family_names_what_it_needs_before_loading(tmp_path):
+    """transformers 5 cannot build Qwen2VLProcessor without torchvision: say so, not a deep
+    ImportError from inside from_pretrained."""
+    import importlib.util
+
+    from pennello.errors import StoreError
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here, so the check passes")
+    with pytest.raises(StoreError, match="needs torchvision, which is not installed"):
+        get_family("qwen-image-edit").load("QwenImageEditPlusPipeline", tmp_path, "cpu", torch.float32)

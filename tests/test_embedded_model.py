@@ -57,7 +57,32 @@ def _draw(pipe, seed: int) -> np.ndarray:
 
 
 def test_catalog_lists_the_embedded_model_and_the_hub_models():
-    assert {"pennello-tiny", "sd-turbo", "sdxl-turbo", "flux.1-schnell", "qwen-image-edit"} <= set(_catalog_names())
+    assert {"pennello-tiny", "sd-turbo", "sdxl-turbo", "flux.1-schnell", "qwen-image-edit",
+            "sd-x4-upscaler"} <= set(_catalog_names())
+
+
+@pytest.mark.parametrize("name", _catalog_names())
+def test_the_daemon_can_serve_every_catalog_entry(name):
+    """Each entry names a registered family that allows its pipeline class, and that class
+    exists in the installed diffusers, so installing it never ends in an unservable model."""
+    import diffusers
+
+    from pennello.daemon.pipelines import get_family
+
+    manifest = Manifest.from_signed(parse_envelope(_raw(name))[0])
+    family = get_family(manifest.pipeline.family)
+    assert manifest.pipeline.cls in family.classes and hasattr(diffusers, manifest.pipeline.cls)
+
+
+def test_the_catalog_has_the_ai_upscaler_the_config_names_and_a_multi_picture_editor():
+    from pennello.daemon.pipelines import get_family
+
+    upscaler = Manifest.from_signed(parse_envelope(_raw(Config().images.upscale_model))[0])
+    assert get_family(upscaler.pipeline.family).purpose == "upscale"
+    assert upscaler.source.repo == "stabilityai/stable-diffusion-x4-upscaler"
+    editor = Manifest.from_signed(parse_envelope(_raw("qwen-image-edit"))[0])
+    family = get_family(editor.pipeline.family)
+    assert family.purpose == "edit" and family.images_allowed(editor.pipeline.cls) > 1
 
 
 @pytest.mark.parametrize("name", _catalog_names())

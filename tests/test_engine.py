@@ -280,3 +280,22 @@ def test_an_unreadable_picture_is_skipped_by_the_gallery(engine):
     (day / "20200101-000000-000000-0000dead.png").write_bytes(b"")  # cut short by a power failure
     listed = engine.outputs.gallery()
     assert [record["id"] for record in listed] == [job.images[0].id]
+
+
+@pytest.mark.parametrize(("family", "cls", "route"), [
+    ("sd-upscale", "StableDiffusionUpscalePipeline", "/api/upscale"),
+    ("qwen-image-edit", "QwenImageEditPlusPipeline", "/api/edit"),
+])
+def test_text_to_image_with_a_model_made_for_something_else_is_refused(make_engine, home, family, cls, route):
+    """An upscaler or an edit model named for text-to-image: a 400 naming the model and the
+    route to use, before any load is tried."""
+    store = ExtraModels(Store(home))
+    engine = make_engine(store=store)
+    other = second_model(home, "other")
+    pipeline = replace(other.manifest.pipeline, family=family, cls=cls, defaults={})
+    store.extra["other"] = replace(other, manifest=replace(other.manifest, pipeline=pipeline))
+    with pytest.raises(RequestError) as caught:
+        engine.submit(GenerateRequest(prompt="a kite", model="other"))
+    assert caught.value.field == "model" and caught.value.http_status == 400
+    assert "not a text-to-image one" in str(caught.value) and route in str(caught.value)
+    assert "other" not in engine.health()["loaded"] and engine.jobs() == []

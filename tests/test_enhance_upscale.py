@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -13,7 +14,9 @@ import requests
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
-from _fixtures_api import api_engine, api_server, drawn, png_bytes, url, lan_address  # noqa: F401
+from _fixtures_api import (StoreWithExtras, api_engine, api_server, drawn, installed_as,  # noqa: F401
+                           lan_address, png_bytes, url)
+from _fixtures_daemon import make_engine, make_server  # noqa: F401
 from pennello.cli import cli
 from pennello.config import ImagesConfig
 from pennello.daemon.enhance import enhance, measure
@@ -234,3 +237,81 @@ def test_cli_enhance_and_upscale(url, drawn, tmp_path):
         assert image.size == (1024, 1024)
     result = runner.invoke(cli, ["upscale", str(source), "--method", "ai", "--url", url])
     assert result.exit_code != 0 and "sd-x4-upscaler" in result.output
+
+
+# --- the AI upscaler as a job (a tiny random-weight StableDiffusionUpscalePipeline) ---------------
+
+def _tiny_upscaler(home, name="sd-x4-upscaler"):
+    """A real StableDiffusionUpscalePipeline built here from the embedded model's text encoder,
+    tokenizer and VAE (its VAE scales by 4, as the x4 upscaler's does) and a small random UNet
+    taking latents plus the low-res picture (4 + 3 channels), installed under ``name``."""
+    import torch
+    from diffusers import (DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, StableDiffusionUpscalePipeline,
+                           UNet2DConditionModel)
+
+    from pennello.installer import Store
+
+    tiny = Store(home).get("pennello-tiny")
+    base = StableDiffusionPipeline.from_pretrained(tiny.path, local_files_only=True)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=7, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=base.text_encoder.config.hidden_size, attention_head_dim=4, norm_num_groups=8,
+        num_class_embeds=1000)  # the noise level of the low-res picture is its class label
+    pipe = StableDiffusionUpscalePipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        max_noise_level=350)
+    target = home.cache_dir / name
+    pipe.save_pretrained(target)
+    return installed_as(tiny, target, name, "sd-upscale", "StableDiffusionUpscalePipeline")
+
+
+@pytest.fixture
+def ai_server(make_server, make_engine, home):
+    from pennello.installer import Store
+
+    store = StoreWithExtras(Store(home))
+    running = make_server(engine=make_engine(store=store))
+    store.extra["sd-x4-upscaler"] = _tiny_upscaler(home)
+    return running
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_ai_upscale_runs_as_a_job_of_the_catalog_model(ai_server, drawn, scale):
+    small = drawn.resize((40, 32))
+    response = requests.post(f"{ai_server.url}/api/upscale", files={"image": ("s.png", png_bytes(small))},
+                             data={"scale": str(scale), "method": "ai"}, timeout=300)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["image"]["width"], body["image"]["height"]) == (40 * scale, 32 * scale)
+    assert body["upscale"]["model"] == "sd-x4-upscaler" and body["upscale"]["method"] == "ai"
+    (job,) = [j for j in requests.get(f"{ai_server.url}/api/jobs", timeout=10).json()["jobs"]
+              if j["kind"] == "upscale"]
+    # One 128-pixel tile, 20 denoising steps, each a progress step of the job.
+    assert job["status"] == "done" and job["tiles"] == 1 and job["total_steps"] == 20 and job["step"] == 20
+    assert job["model"] == "sd-x4-upscaler" and job["images"] == []  # the route saved the picture
+
+
+def test_ai_upscale_is_tiled_and_can_be_cancelled(ai_server, drawn):
+    import threading
+
+    big = drawn.resize((240, 240))  # 2 x 2 overlapping tiles of 128 (stride 112): 4 x 20 steps
+    answers: list[requests.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(requests.post(
+        f"{ai_server.url}/api/upscale", files={"image": ("b.png", png_bytes(big))},
+        data={"scale": "4", "method": "ai"}, timeout=300)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not [j for j in ai_server.engine.jobs() if j.kind == "upscale" and j.step > 0]:
+            assert time.monotonic() < deadline, "the upscale job never made progress"
+            time.sleep(0.05)
+        (job,) = [j for j in ai_server.engine.jobs() if j.kind == "upscale"]
+        assert job.total_steps == 4 * 20
+        assert requests.delete(f"{ai_server.url}/api/jobs/{job.id}", timeout=10).json()["status"] == "cancelled"
+    finally:
+        thread.join(120)
+    assert answers and answers[0].status_code == 409, answers and answers[0].text
+    assert "cancelled" in answers[0].json()["error"]["message"] and job.step < job.total_steps

@@ -257,7 +257,7 @@ def test_offline_on_and_off_write_the_config(home):
     from pennello.config import load_config
 
     home.config_file.write_text("# mine\n[server]\nport = 9000\n", encoding="utf-8")
-    result = CliRunner().invoke(cli, ["offline", "off"])
+    result = CliRunner().invoke(cli, ["offline", "off", "--yes"])  # asking: tests/test_consent.py
     assert result.exit_code == 0, result.output
     assert load_config().offline.enabled is False
     assert "no-network mode: off in the config" in CliRunner().invoke(cli, ["offline", "status"]).output

@@ -35,6 +35,8 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
+from test_consent import run_on_terminal
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SH = ROOT / "packaging" / "install.sh"
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
@@ -146,6 +148,8 @@ def test_bad_arguments_and_sources_fail_with_what_to_do(tmp_path):
     assert no_python.returncode == 1 and "apt install python3 python3-venv" in no_python.stderr
     refuse = install_sh(home, "uninstall")  # no terminal to ask and no --yes: nothing removed
     assert refuse.returncode == 1 and "--yes" in refuse.stderr
+    agreed = install_sh(home, "uninstall", PENNELLO_ASSUME_YES="1")  # as --yes, for scripts
+    assert agreed.returncode == 0 and "Pennello is uninstalled." in agreed.stdout, agreed.stderr
 
 
 def test_install_from_checkout_generate_repair_and_uninstall(user_home, tmp_path, local_wheels):
@@ -153,9 +157,14 @@ def test_install_from_checkout_generate_repair_and_uninstall(user_home, tmp_path
     data = user_home / ".local" / "share" / "pennello"
     venv = data / "venv"
     offline_pip = {"PENNELLO_PIP_ARGS": f"--no-index --find-links {local_wheels}"}
-    result = install_sh(user_home, "--yes", "--no-start", "--python", BASE_PYTHON, "--system-site-packages",
+    autostart_file = user_home / ".config" / "autostart" / "pennello.desktop"
+    # No terminal and neither --yes nor --autostart: installed, but not started at login.
+    result = install_sh(user_home, "--no-start", "--python", BASE_PYTHON, "--system-site-packages",
                         **offline_pip)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "not asked (no terminal), so Pennello will not start at login" in result.stdout
+    assert "choose Start at login in the tray's menu, or run: bash install.sh --autostart" in result.stdout
+    assert not autostart_file.exists()
     out = result.stdout
     for n, title in enumerate(["Python", "Virtual environment", "PyTorch", "Pennello", "Models", "Start at login",
                                "Menu entry and command", "Start"], start=1):
@@ -164,11 +173,6 @@ def test_install_from_checkout_generate_repair_and_uninstall(user_home, tmp_path
     assert "Pennello is installed." in out
 
     assert (venv / "bin" / "pennello").exists() and (venv / "pyvenv.cfg").read_text().count("true") == 1
-    unit = user_home / ".config" / "systemd" / "user" / "pennello.service"
-    if (ROOT / "packaging" / "systemd" / "pennello.service").exists():
-        assert f"ExecStart={venv}/bin/pennello serve" in unit.read_text() and "IPAddressDeny=any" in unit.read_text()
-    autostart = (user_home / ".config" / "autostart" / "pennello.desktop").read_text()
-    assert f"Exec={venv}/bin/pennello tray" in autostart
     menu = (user_home / ".local" / "share" / "applications" / "pennello.desktop").read_text()
     assert "Name=Pennello" in menu and "Icon=pennello" in menu
     icon = user_home / ".local" / "share" / "icons" / "hicolor" / "256x256" / "apps" / "pennello.png"
@@ -192,14 +196,28 @@ def test_install_from_checkout_generate_repair_and_uninstall(user_home, tmp_path
     blob.write_bytes(b"damaged")
     link.unlink()
     (user_home / ".local" / "share" / "applications" / "pennello.desktop").unlink()
-    again = install_sh(user_home, "--yes", "--no-start", "--python", BASE_PYTHON, "--system-site-packages",
-                       **offline_pip)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "reusing" in again.stdout and "pennello-tiny installed and verified" in again.stdout
+    # This time on a terminal: the facts, then the question (default no), answered "y".
+    status, shown = run_on_terminal(["bash", str(INSTALL_SH), "--no-start", "--python", BASE_PYTHON,
+                                     "--system-site-packages"], user_env(user_home, **offline_pip), answer="y",
+                                    timeout=INSTALL_TIMEOUT_S)
+    assert status == 0, shown[-3000:]
+    assert "reusing" in shown and "pennello-tiny installed and verified" in shown
+    assert "The tray and the daemon would start each time you log in" in shown
+    assert f"registered in {autostart_file}" in shown and "Start Pennello when you log in? [y/N]" in shown
+    assert f"Exec={venv}/bin/pennello tray" in autostart_file.read_text()
+    unit = user_home / ".config" / "systemd" / "user" / "pennello.service"
+    if (ROOT / "packaging" / "systemd" / "pennello.service").exists():
+        assert f"ExecStart={venv}/bin/pennello serve" in unit.read_text() and "IPAddressDeny=any" in unit.read_text()
     assert link.is_symlink() and (user_home / ".local" / "share" / "applications" / "pennello.desktop").exists()
     verify = subprocess.run([str(venv / "bin" / "pennello"), "verify"], capture_output=True, text=True,
                             env=user_env(user_home), cwd="/")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    # --no-autostart declines without asking, even with --yes, and undoes the registration.
+    declined = install_sh(user_home, "--yes", "--no-autostart", "--no-start", "--python", BASE_PYTHON,
+                          "--system-site-packages", **offline_pip)
+    assert declined.returncode == 0, declined.stdout[-3000:] + declined.stderr[-3000:]
+    assert "Pennello will not start at login" in declined.stdout and not autostart_file.exists()
 
     removed = install_sh(user_home, "uninstall", "--yes")
     assert removed.returncode == 0, removed.stdout + removed.stderr

@@ -12,10 +12,12 @@ import io
 import json
 import os
 import plistlib
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,10 +39,15 @@ START_TIMEOUT_S = 180
 
 
 class FakeDesktop:
-    """Records what the tray asked the desktop to do."""
+    """Records what the tray asked the desktop to do; answers confirmations with ``answer``."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bool = True) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.answer = answer
+
+    def confirm(self, question: str, facts: Any) -> bool:
+        self.calls.append(("confirm", (question, list(facts))))
+        return self.answer
 
     def open_url(self, url: str) -> None:
         self.calls.append(("open_url", url))
@@ -139,7 +146,7 @@ def test_menu_follows_the_daemon_through_ready_busy_offline_and_error(server, tr
     menu = controller.menu()
     assert menu[0].text.startswith("pennello-tiny on cpu · idle") and not menu[0].enabled
     assert texts(menu)[1:] == ["Quick generate…", "Open web page", "Pair a device…",
-                           "Models", "Outputs folder", "Start at login", "Quit"]
+                           "Models", "Outputs folder", "No-network mode", "Start at login", "Quit"]
     assert entry(menu, "Quick generate").default and entry(menu, "Quick generate").enabled
     models = entry(menu, "Models").submenu
     assert [(m.text, m.checked, m.radio) for m in models] == [(TINY_LABEL, True, True)]
@@ -249,15 +256,22 @@ def test_setting_the_default_model_keeps_other_lines_and_refuses_broken_files(tm
 
 
 def test_start_at_login_toggles_the_registrations(server, tray_for, autostart, tmp_path):
-    controller, _, _ = tray_for(server.url)
+    controller, desktop, _ = tray_for(server.url)
     controller.start()
     assert entry(controller.menu(), "Start at login").checked is False
+    desktop.answer = False  # turning it on asks first; a no changes nothing
+    assert controller.run("toggle_autostart") is False and not autostart.path.exists()
+    question, facts = desktop.last("confirm")
+    assert question == "Start Pennello when you log in?" and str(autostart.path) in " ".join(facts)
+    desktop.answer = True
     assert controller.run("toggle_autostart") is True
     text = autostart.path.read_text()
     assert autostart.path == tmp_path / "userhome" / ".config" / "autostart" / "pennello.desktop"
     assert "Exec=/opt/pennello/bin/pennello tray" in text and "Type=Application" in text
     assert entry(controller.menu(), "Start at login").checked is True
+    asked = len([call for call, _ in desktop.calls if call == "confirm"])
     assert controller.run("toggle_autostart") is False and not autostart.path.exists()
+    assert len([call for call, _ in desktop.calls if call == "confirm"]) == asked  # off: no question
 
     env = {"HOME": str(tmp_path / "mac"), "APPDATA": str(tmp_path / "win")}
     agent = login_item("darwin", env, ["/Users/a/pennello", "tray"])
@@ -269,6 +283,66 @@ def test_start_at_login_toggles_the_registrations(server, tray_for, autostart, t
     assert not agent.enabled()
     windows = login_item("win32", env)
     assert windows.path.parts[-2:] == ("Startup", "Pennello.lnk") and not windows.enabled()
+
+
+def test_leaving_no_network_mode_asks_and_coming_back_does_not(server, tray_for, home):
+    from pennello.config import load_config
+
+    controller, desktop, _ = tray_for(server.url)
+    controller.start()
+    assert entry(controller.menu(), "No-network mode").checked is True  # the default
+
+    desktop.answer = False
+    assert controller.run("toggle_offline") is True and load_config().offline.enabled is True
+    question, facts = desktop.last("confirm")
+    assert question == "Turn no-network mode off?" and "reach the internet" in facts[0]
+    assert not home.config_file.exists()  # a no writes nothing
+
+    desktop.answer = True
+    assert controller.run("toggle_offline") is False and load_config().offline.enabled is False
+    assert entry(controller.menu(), "No-network mode").checked is False
+    assert "off from pennello's next start" in desktop.last("notify")
+
+    desktop.calls.clear()
+    assert controller.run("toggle_offline") is True and load_config().offline.enabled is True
+    assert not [call for call, _ in desktop.calls if call == "confirm"]  # back to safety: no question
+
+
+def test_a_confirmation_dialog_that_cannot_open_is_a_no(monkeypatch):
+    from pennello.tray._desktop import SystemDesktop
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    assert SystemDesktop(Path("/nonexistent")).confirm("Turn no-network mode off?", ["facts"]) is False
+
+
+@pytest.mark.display
+@pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xdotool")), reason="needs Xvfb and xdotool")
+def test_the_confirmation_dialog_says_yes_only_when_yes_is_chosen(tmp_path, monkeypatch):
+    from pennello.tray._desktop import SystemDesktop
+    from test_tray_display import Display
+
+    display = Display(tmp_path, tray=False)
+    try:
+        monkeypatch.setenv("DISPLAY", display.name)
+        desktop = SystemDesktop(Path("/nonexistent"))
+        # Cancel has the focus: Return and Escape are a no; Tab then space chooses Yes.
+        for keys, expected in ((["Return"], False), (["Escape"], False), (["Tab", "space"], True)):
+            answers: list[bool] = []
+            asking = threading.Thread(target=lambda: answers.append(
+                desktop.confirm("Turn no-network mode off?", ["It may reach the internet."])))
+            asking.start()
+            window = display.wait_window("--class", "PennelloConfirm")
+            time.sleep(0.5)
+            g = display.geometry(window)
+            display.click(g["X"] + 20, g["Y"] + 20)  # the question's label: focus the window
+            for key in keys:
+                display.xdotool("key", key)
+                time.sleep(0.2)
+            asking.join(timeout=60)
+            assert answers == [expected], keys
+    finally:
+        display.close()
 
 
 # --- the pystray layer with the dummy backend ------------------------------------------------------

@@ -44,18 +44,31 @@ def test_nothing_is_loaded_from_elsewhere():
     assert "<script>" not in (STATIC / "index.html").read_text()  # no inline script (CSP)
 
 
-@pytest.fixture
-def browser():
+def _chromium(*extra_flags: str):
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in CHROME_FLAGS:
+    for flag in (*CHROME_FLAGS, *extra_flags):
         options.add_argument(flag)
     session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
     session.set_page_load_timeout(60)
+    return session
+
+
+@pytest.fixture
+def browser():
+    session = _chromium()
+    yield session
+    session.quit()
+
+
+@pytest.fixture
+def rebinding_browser():
+    """A browser for which rebind.example resolves to 127.0.0.1, as after a DNS-rebinding attack."""
+    session = _chromium("--host-resolver-rules=MAP rebind.example 127.0.0.1")
     yield session
     session.quit()
 
@@ -144,3 +157,64 @@ def test_a_wrong_code_is_explained_in_the_page(api_server, browser):
     browser.find_element("css selector", "#pair-form button").click()
     message = _wait(browser, lambda b: b.find_element("id", "pair-error").text)
     assert "pairing code" in message
+
+
+# --- the HTTP surface in a real browser (docs/security-scopes.md) ----------------------------------
+
+@pytest.fixture
+def other_site(tmp_path):
+    """Another web site on this machine (another port, so another origin), serving ``page.html``."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    site = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{site.server_address[1]}"
+    site.shutdown()
+    site.server_close()
+
+
+@pytest.mark.browser
+def test_a_page_of_another_site_cannot_act_as_the_owner(api_server, browser, other_site, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pennello.daemon.app")
+    url = api_server()
+    folder, site = other_site
+    (folder / "page.html").write_text(f"""<!doctype html><title>start</title>
+<form id="f" method="post" action="{url}/api/pair/code" target="sink"></form>
+<iframe name="sink"></iframe>
+<script>
+fetch("{url}/api/pair/code", {{method: "POST", mode: "no-cors"}})
+  .then(() => {{ document.getElementById("f").submit(); document.title = "sent"; }})
+  .catch((e) => {{ document.title = "error " + e; }});
+</script>""")
+    browser.get(f"{site}/page.html")
+    _wait(browser, lambda b: b.title == "sent")
+    _wait(browser, lambda b: caplog.text.count("http POST /api/pair/code -> 403") >= 2, timeout=30)
+    assert "-> 201" not in caplog.text
+    assert requests.get(f"{url}/api/pair/status").json()["code_expires_in_s"] is None  # no code was made
+
+    # The daemon's own page, holding this run's page secret, can.
+    browser.get(f"{url}/")
+    _wait(browser, lambda b: b.find_element("id", "devices-section").is_displayed())
+    browser.find_element("id", "new-code").click()
+    code = _wait(browser, lambda b: b.find_element("id", "code").text)
+    assert requests.get(f"{url}/api/pair/status").json()["code_expires_in_s"] > 0
+    assert re.fullmatch(r"[2-9A-HJ-NP-Z]{8}", code)
+
+
+@pytest.mark.browser
+def test_a_rebinding_page_gets_nothing(api_server, rebinding_browser):
+    url = api_server()
+    port = url.rsplit(":", 1)[1]
+    rebinding_browser.get(f"http://rebind.example:{port}/")
+    body = rebinding_browser.find_element("tag name", "body").text
+    assert "host_not_allowed" in body and "rebind.example" in body  # our daemon answered, and refused
+    assert "pennello-page" not in rebinding_browser.page_source
+    rebinding_browser.get(f"http://rebind.example:{port}/api/outputs")
+    assert "host_not_allowed" in rebinding_browser.find_element("tag name", "body").text

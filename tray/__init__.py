@@ -17,8 +17,7 @@ Run it with ``pennello tray``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pennello.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "TrayController": "_controller",
@@ -38,9 +37,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    # Imported on first use: `pennello --help` must not import Pillow or pystray.
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

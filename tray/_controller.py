@@ -21,12 +21,13 @@ import tomllib
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol, Sequence
 from urllib.parse import urlsplit
 
 from pennello.client import Client
-from pennello.config import write_setting
-from pennello.errors import PennelloError
+from pennello.config import load_config, write_setting
+from pennello.consent import NO_NETWORK_OFF_FACTS
+from pennello.errors import ConfigError, PennelloError
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ TrayState = Literal["starting", "ready", "busy", "offline", "error"]
 TRAY_STATES: tuple[str, ...] = typing.get_args(TrayState)
 
 Action = Literal["quick_generate", "open_web", "pair", "set_default_model", "open_outputs",
-                 "toggle_autostart", "retry", "quit"]
+                 "toggle_offline", "toggle_autostart", "retry", "quit"]
 ACTIONS: tuple[str, ...] = typing.get_args(Action)
 
 MODELS_EVERY = 15  # refreshes between two model lists (a model installed meanwhile shows up)
@@ -155,10 +156,15 @@ class Desktop(Protocol):
     def quick_generate(self, base_url: str, model: str | None) -> None: ...
     def show_pairing(self, offer: "PairOffer") -> None: ...
     def notify(self, title: str, message: str) -> None: ...
+    def confirm(self, question: str, facts: Sequence[str]) -> bool:
+        """Ask ``question`` after showing ``facts``; True only on an explicit yes."""
+        ...
     def quit(self) -> None: ...
 
 
 class Autostart(Protocol):
+    path: Path  # the file that registers it (autostart entry, LaunchAgent, Startup shortcut)
+
     def enabled(self) -> bool: ...
     def enable(self) -> None: ...
     def disable(self) -> None: ...
@@ -260,6 +266,7 @@ class TrayController:
             MenuEntry("Models", submenu=models, enabled=up),
             MenuEntry("Outputs folder", "open_outputs"),
             SEPARATOR,
+            MenuEntry("No-network mode", "toggle_offline", checked=self.configured_offline()),
             MenuEntry("Start at login", "toggle_autostart", checked=self.autostart.enabled()),
         ]
         if status.state == "error":
@@ -333,12 +340,32 @@ class TrayController:
         return folder
 
     def toggle_autostart(self) -> bool:
-        """Turn start at login on or off; returns the new setting."""
+        """Turn start at login off, or on after the user agreed; returns the new setting."""
         if self.autostart.enabled():
             self.autostart.disable()
-        else:
+        elif self.desktop.confirm("Start Pennello when you log in?", [
+                "Pennello's tray, and with it the daemon, will start each time you log in and keep "
+                "the default model loaded (memory, and GPU memory when there is a GPU).",
+                f"Registered as {self.autostart.path}; this menu turns it off again."]):
             self.autostart.enable()
         return self.autostart.enabled()
+
+    def configured_offline(self) -> bool:
+        """No-network mode as config.toml sets it (what the daemon uses from its next start)."""
+        try:
+            return load_config(self.paths.config_file).offline.enabled
+        except ConfigError:
+            return True  # a broken file: the daemon refuses to start, so nothing is reachable
+
+    def toggle_offline(self) -> bool:
+        """Turn no-network mode on, or off after the user agreed; returns the configured mode."""
+        enabled = self.configured_offline()
+        if enabled and not self.desktop.confirm("Turn no-network mode off?", NO_NETWORK_OFF_FACTS):
+            return True
+        write_setting(self.paths.config_file, "offline", "enabled", not enabled)
+        self.desktop.notify("Pennello", f"No-network mode is {'off' if enabled else 'on'} from pennello's next "
+                                        f"start (Quit and start it again to apply it now).")
+        return not enabled
 
     def retry(self) -> Status:
         return self.start()

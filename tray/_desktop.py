@@ -1,6 +1,6 @@
 """The real desktop: browser, file manager, notifications, and the tray's windows.
 
-Windows (quick generate, pairing, and the pop-up menu on trays that have no native menus) run
+Windows (quick generate, pairing, confirmations, and the pop-up menu on trays that have no native menus) run
 as separate ``python -m pennello.tray._tk`` processes: Tk and the tray toolkit each want the
 main thread (on macOS both insist), and a window that hangs cannot take the icon with it.
 
@@ -66,6 +66,25 @@ class SystemDesktop:
         if self.notifier and self.notifier(title, message):
             return
         notify(title, message)
+
+    def confirm(self, question: str, facts: Sequence[str]) -> bool:
+        """Ask in a dialog (``python -m pennello.tray._tk confirm``) and wait for the answer.
+
+        Returns:
+            True only when the user chose the yes button; a closed dialog, or one that could
+            not open, is a no.
+        """
+        payload = json.dumps({"question": question, "facts": list(facts)}).encode()
+        try:
+            result = subprocess.run(window_command(["confirm"]), input=payload, capture_output=True, timeout=3600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("the confirmation dialog failed: %s", e)
+            return False
+        for line in result.stdout.decode(errors="replace").splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == "answered":
+                return json.loads(line).get("yes") is True
+        log.warning("the confirmation dialog did not answer: %s", result.stderr.decode(errors="replace")[-500:])
+        return False
 
     def quit(self) -> None:
         for window in self.windows.values():

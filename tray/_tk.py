@@ -1,10 +1,12 @@
-"""The tray's Tk windows, each run as its own process: quick generate, pairing, and a pop-up menu.
+"""The tray's Tk windows, each run as its own process: quick generate, pairing, confirmations and a pop-up menu.
 
     $ python -m pennello.tray._tk quick --url http://127.0.0.1:8420
     $ python -m pennello.tray._tk menu < entries.json     # prints {"event": "chosen", ...}
+    $ echo '{"question": "Turn no-network mode off?", "facts": ["…"]}' | python -m pennello.tray._tk confirm
+    {"event": "answered", "yes": false}
 
 Every window reports what happened as JSON lines on stdout (``ready``, ``progress``, ``done``,
-``error``, ``chosen``), which the tray and the display tests read; people just see the window.
+``error``, ``chosen``, ``answered``), which the tray and the display tests read; people just see the window.
 Errors are shown in the window, in red, with what to do next.
 """
 
@@ -296,6 +298,35 @@ def pairing_window(root: tk.Tk, offer_data: dict[str, Any]) -> None:
     ttk.Button(frame, text="Close", command=root.destroy).pack(anchor="e", pady=(8, 0))
 
 
+# --- confirmation (start at login, leaving no-network mode) -------------------------------------
+
+def confirm_window(root: tk.Tk, question: str, facts: list[str]) -> None:
+    """The question, the facts, and Cancel (focused: Return or closing the window is a no) / Yes."""
+    answered: list[bool] = []
+
+    def answer(yes: bool) -> None:
+        if not answered:
+            answered.append(yes)
+            emit("answered", yes=yes)
+        root.after(10, root.destroy)
+
+    frame = ttk.Frame(root, padding=16)
+    frame.pack(fill="both", expand=True)
+    ttk.Label(frame, text=question, font=("TkDefaultFont", 12, "bold")).pack(anchor="w")
+    for fact in facts:
+        ttk.Label(frame, text=fact, wraplength=420, justify="left").pack(anchor="w", pady=(6, 0))
+    buttons = ttk.Frame(frame)
+    buttons.pack(anchor="e", pady=(14, 0))
+    cancel = ttk.Button(buttons, text="Cancel", command=lambda: answer(False))
+    cancel.pack(side="left")
+    ttk.Button(buttons, text="Yes, " + question.rstrip("?")[0].lower() + question.rstrip("?")[1:],
+               command=lambda: answer(True)).pack(side="left", padx=(8, 0))
+    cancel.focus_set()
+    root.bind("<Return>", lambda _e: answer(False))
+    root.bind("<Escape>", lambda _e: answer(False))
+    root.protocol("WM_DELETE_WINDOW", lambda: answer(False))
+
+
 # --- pop-up menu (trays without native menus) --------------------------------------------------
 
 def popup_menu(root: tk.Tk, entries: list[MenuEntry]) -> None:
@@ -350,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     quick.add_argument("--outputs", type=Path, help="folder Open folder opens")
     sub.add_parser("pair", help="the pairing window (offer JSON on stdin)")
     sub.add_parser("menu", help="a pop-up menu (entries JSON on stdin); prints the choice")
+    sub.add_parser("confirm", help="a yes/no question ({question, facts} JSON on stdin); prints the answer")
     args = parser.parse_args(argv)
 
     if args.window == "quick":
@@ -367,6 +399,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.window == "pair":
         root = _root("Pennello — Pair a device", "PennelloPair")
         pairing_window(root, json.loads(sys.stdin.read()))
+    elif args.window == "confirm":
+        data = json.loads(sys.stdin.read())
+        root = _root("Pennello", "PennelloConfirm")
+        confirm_window(root, str(data["question"]), [str(fact) for fact in data.get("facts", [])])
     else:
         root = _root("Pennello", "PennelloMenu")
         popup_menu(root, [MenuEntry.from_dict(entry) for entry in json.loads(sys.stdin.read())])

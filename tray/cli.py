@@ -33,7 +33,8 @@ def tray(url: str | None, token: str | None) -> None:
 
     The icon shows the state (grey: starting, green: ready, amber: busy, padlock: no-network
     mode, red: error). Its menu has Quick generate, the web page, pairing, models, the outputs
-    folder, Start at login and Quit; Quit stops the daemon only if the tray started it.
+    folder, No-network mode, Start at login and Quit; Quit stops the daemon only if the tray
+    started it. Turning no-network mode off or start at login on asks first, in a dialog.
 
     Without a system tray (e.g. GNOME without the AppIndicator extension, or no desktop at all)
     pennello keeps running without an icon and opens the web page instead; Ctrl-C stops it.

@@ -2,12 +2,16 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// This run's page secret, present when the page was served to this computer: it shows the daemon
+// that a request comes from its own page and not from another site's.
+const PAGE_TOKEN = document.querySelector('meta[name="pennello-page"]')?.content || "";
 
 async function api(path, options = {}) {
   const init = { credentials: "same-origin", ...options };
+  init.headers = PAGE_TOKEN ? { "X-Pennello-Page": PAGE_TOKEN } : {};
   if (options.json !== undefined) {
     init.method = init.method || "POST";
-    init.headers = { "Content-Type": "application/json" };
+    init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(options.json);
   }
   const response = await fetch(path, init);

@@ -1,0 +1,59 @@
+"""The CPU benchmarks run end to end in CI at small sizes and write well-formed results.
+
+Speed is not asserted here (bench/ measures it); these runs prove the suite still works and that
+every figure it reports is a real measurement of this machine. Results go to a temp dir, never
+over the committed ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(tmp_path: Path, script: str, *args: str) -> dict:
+    env = {**os.environ, "PENNELLO_BENCH_RESULTS": str(tmp_path), "PENNELLO_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, script, *args], cwd=BENCH, env=env, capture_output=True, check=False,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = tmp_path.glob("*.json")
+    data = json.loads(result.read_text(encoding="utf-8"))
+    assert data["machine"]["device"].startswith("cpu: ")
+    for row in data["rows"]:
+        assert isinstance(row["value"], (int, float)) and math.isfinite(row["value"]), row
+        assert row["device"] == data["machine"]["device"]
+    return {row["metric"]: row["value"] for row in data["rows"]}
+
+
+def test_daemon_bench_measures_overhead_batching_and_cold_start(tmp_path):
+    rows = run_bench(tmp_path, "bench_daemon.py", "--quick")
+    assert rows["pipeline direct p50 (64x64, 4 steps)"] > 0
+    assert rows["HTTP generate+wait p50"] > 0
+    assert rows["throughput, 8 concurrent clients"] > 0 and rows["batching gain"] > 0
+    assert 0 < rows["serve start to listening (fresh home)"] < rows["serve start to first image (fresh home)"]
+
+
+def test_embedded_bench_scores_adherence_and_latency(tmp_path):
+    rows = run_bench(tmp_path, "bench_embedded.py", "--n", "4", "--rounds", "2")
+    assert 0 <= rows["held-out adherence: colour"] <= 100
+    assert rows["latency 64x64 4 steps, batch 1"] > 0
+    assert 0 < rows["weights"] <= 20
+
+
+@pytest.mark.skipif((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) < 8 * 1024**3,
+                    reason="SD-Turbo in fp32 needs about 8 GB of memory")
+def test_pipeline_bench_times_the_real_sd_turbo_architecture_on_cpu(tmp_path):
+    rows = run_bench(tmp_path, "bench_pipelines.py", "--cpu-small", "--size", "64", "--runs", "2")
+    assert rows["sd-turbo 64² fp32 CPU UNet achieved"] > 0
+    assert rows["sd-turbo 64² fp32 CPU cold start to first image"] > 0
+    # the meta-device analysis of the GPU targets is in the same run
+    assert any(metric.startswith("sdxl-turbo") for metric in rows)
+    assert any(metric.startswith("flux-schnell") for metric in rows)
