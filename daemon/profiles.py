@@ -28,7 +28,8 @@ the verified files, before anything is loaded:
 
 On the CPU the profile sets the thread count: all cores but one, because torch's OpenMP workers
 spin while waiting and a desktop's other busy program then stalls every step (measured in
-``bench/bench_threads.py``: 2 threads next to one busy process ran 2.4x slower than 1 thread).
+``bench/bench_threads.py``: on 2 cores, 2 threads next to one busy process ran 3.1x slower
+than 1 thread, while on an idle machine they were 16% faster).
 """
 
 from __future__ import annotations
