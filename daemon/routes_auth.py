@@ -31,13 +31,13 @@ from typing import Any, Literal
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 
-from pennello.errors import AuthError, ForbiddenError, NotFoundError
+from pennello.errors import AuthError, ForbiddenError, NotFoundError, PageTokenError
 
 from ._http import json_body
 from .app import LOCAL_OWNER, current_config
 from .auth import TOKENS_FILE, Pairing, TokenRecord, TokenStore, is_loopback, owner_of
-from .surface import (PAGE_HEADER, STATE_CHANGING, HostPolicy, PageTokenError, check_origin,
-                      host_refusal, looks_like_browser, scope_of)
+from .surface import (PAGE_HEADER, STATE_CHANGING, HostPolicy, check_origin, host_refusal, looks_like_browser,
+                      scope_of)
 
 log = logging.getLogger(__name__)
 

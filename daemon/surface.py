@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 
-from pennello.errors import ForbiddenError
+from pennello.errors import HostNotAllowedError, OriginNotAllowedError
 
 Scope = Literal["public", "device", "owner"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -101,26 +101,6 @@ PAGE_HEADER = "X-Pennello-Page"
 _BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode")
 _NOT_IN_HOST = re.compile(r"[@/?#\\\s]")
 _ADDRESS_TTL_S = 5.0  # interface addresses are re-read at most this often (DHCP may change them)
-
-
-class HostNotAllowedError(ForbiddenError):
-    """The Host header names something other than this machine (a DNS-rebinding page, or a
-    name the owner has not listed)."""
-
-    http_status = 421
-    kind = "host_not_allowed"
-
-
-class OriginNotAllowedError(ForbiddenError):
-    """A browser page from another origin tried to change something."""
-
-    kind = "origin_not_allowed"
-
-
-class PageTokenError(ForbiddenError):
-    """A browser on this machine acted as the owner without the web page's token."""
-
-    kind = "page_token_required"
 
 
 def scope_of(endpoint: str | None) -> Scope:

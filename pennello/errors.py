@@ -172,6 +172,26 @@ class ForbiddenError(RequestError):
     kind = "forbidden"
 
 
+class HostNotAllowedError(ForbiddenError):
+    """The Host header names something other than this machine (a DNS-rebinding page, or a
+    name the owner has not listed)."""
+
+    http_status = 421
+    kind = "host_not_allowed"
+
+
+class OriginNotAllowedError(ForbiddenError):
+    """A browser page from another origin tried to change something."""
+
+    kind = "origin_not_allowed"
+
+
+class PageTokenError(ForbiddenError):
+    """A browser on this machine acted as the owner without the web page's token."""
+
+    kind = "page_token_required"
+
+
 class BusyError(PennelloError):
     """The daemon is at capacity; try again after ``retry_after`` seconds."""
 

@@ -42,7 +42,26 @@ def run_cli(home: Paths, *args: str, netns: str | None = None, timeout: float = 
                           text=True, timeout=timeout, env=env or cli_env(home))
 
 
-class ServeProcess:
+class ServedProcess:
+    """A ``pennello serve`` subprocess (``process``) and its log file (``log``)."""
+
+    process: subprocess.Popen
+    log: Path
+
+    def terminate(self, timeout: float = 90) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+class ServeProcess(ServedProcess):
     """``pennello serve --lan --port 0`` in a subprocess; knows its URL, fingerprint and instance id.
 
     Args:
@@ -64,18 +83,6 @@ class ServeProcess:
         info = json.loads((home.runtime_dir / "daemon.json").read_text())
         self.fingerprint: str = info["fingerprint"]
         self.instance_id = (home.state_dir / "instance-id").read_text().strip()
-
-    def terminate(self, timeout: float = 60) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log_text(self) -> str:
-        return self.log.read_text()
 
 
 def host_pairing_code(home: Paths, netns: str | None = None) -> str:

@@ -33,6 +33,7 @@ from pennello.errors import ConfigError, DaemonError
 from pennello.paths import Paths, get_paths
 
 from _fixtures_api import lan_address  # noqa: F401  (a fixture)
+from _fixtures_lan import ServedProcess
 
 DAEMON_EXIT = 8
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -41,7 +42,7 @@ needs_namespace = pytest.mark.skipif(_UNAVAILABLE is not None,
                                      reason=f"no network namespace for the worker here: {_UNAVAILABLE}")
 
 
-class Serve:
+class Serve(ServedProcess):
     """``pennello serve --port 0`` in a subprocess, with its URL and its worker's pid."""
 
     def __init__(self, home: Paths, lan: bool = False, **env: str) -> None:
@@ -67,18 +68,6 @@ class Serve:
         """Pids of the server's child processes."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return [int(pid) for pid in children.read_text().split()]
-
-    def terminate(self, timeout: float = 90) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log_text(self) -> str:
-        return self.log.read_text()
 
 
 def _home(root: Path) -> Paths:
