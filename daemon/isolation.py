@@ -283,7 +283,7 @@ class Worker:
 
         Args:
             network: the file the server keeps its addresses in for the worker.
-            cancelled: an Event; when it is set while waiting, the worker is stopped.
+            cancelled: a flag with ``is_set()`` (the server's StopFlag); when it is set while waiting, the worker is stopped.
 
         Raises:
             DaemonError: the worker exited before it was ready (its log lines say why), or

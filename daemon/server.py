@@ -59,6 +59,23 @@ _POLL_S = 0.2
 _THREADS = 16  # waiting and streaming requests each hold a thread while their job runs
 
 
+class StopFlag:
+    """Set by SIGTERM/SIGINT, polled by the serve loops.
+
+    Not a threading.Event: a handler runs between any two bytecodes of the main thread, also
+    inside Event.set() holding its lock, and a second signal there deadlocked the worker.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self, *_: Any) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
 class WaitressServer:
     """A waitress server whose event loop we drive, so it can be stopped in an orderly way."""
 
@@ -200,8 +217,8 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
     paths.ensure()
     lock = InstanceLock(paths)
     lock.acquire()
-    stop_requested = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop_requested.set())
+    stop_requested = StopFlag()
+    previous = {sig: signal.signal(sig, stop_requested.set)
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     guard = None
     try:
@@ -247,7 +264,7 @@ def _listen(app: Any, config: Config, paths: Paths, models: "ModelsFn | None",
     return server, fingerprint, advertiser
 
 
-def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: threading.Event,
+def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: StopFlag,
                       on_ready: Callable[[str], None] | None) -> None:
     """HTTP server and models in this one process (no namespace; the in-process guard only)."""
     from .app import create_app
@@ -287,7 +304,7 @@ def _drain(server: Any, engine: Any) -> None:
     server.close()
 
 
-def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: threading.Event,
+def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: StopFlag,
                     on_ready: Callable[[str], None] | None) -> None:
     """This process listens, advertises and forwards; the worker in its namespace does the rest."""
     from . import isolation
@@ -377,9 +394,9 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
     if config.offline.enabled:  # defence in depth: the namespace already has no way out
         guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
         guard.isolation_report = report
-    stop_requested = threading.Event()
+    stop_requested = StopFlag()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop_requested.set())
+        signal.signal(sig, stop_requested.set)
     engine = Engine(config, paths)
     try:
         engine.start()
