@@ -13,7 +13,6 @@ import pytest
 import requests
 from PIL import Image
 
-from _fixtures_api import api_engine, api_server  # noqa: F401
 
 
 @pytest.fixture

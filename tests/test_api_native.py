@@ -13,8 +13,7 @@ from pennello.client import Client, sse_events
 from pennello.daemon import GenerateRequest
 from pennello.daemon.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
 from pennello.errors import BusyError, RequestError
-from _fixtures_daemon import (SLOW_STEPS, config_with, engine, make_engine, make_server,  # noqa: F401
-                                    server, wait_until_running)
+from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
 
 
 def post_generate(server, **body) -> requests.Response:

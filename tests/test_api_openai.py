@@ -11,7 +11,6 @@ import pytest
 import requests
 from PIL import Image
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
 
 
 @pytest.fixture

@@ -201,7 +201,6 @@ def test_a_damaged_token_file_refuses_rather_than_guesses(store):
 
 # --- over HTTP: a real server, a real non-loopback client ------------------------------------
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: E402,F401
 
 from pennello.daemon.routes_auth import COOKIE  # noqa: E402
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_installer import KEY_NAME, TINY_LABEL, make_manifest, publish, write_files  # noqa: F401 (fixture)
+from _fixtures_installer import KEY_NAME, TINY_LABEL, make_manifest, write_files
 from _fixtures_trust import RELEASE_KEYID
 from pennello.config import Config
 from pennello.errors import (FetchError, IntegrityError, RevokedKeyError, RollbackError, StoreError,

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from _fixtures_installer import make_manifest, mirror, publish  # noqa: F401
+from _fixtures_installer import make_manifest
 from pennello.config import load_config
 from pennello.consent import ConsentError, assumed_yes, confirm
 from pennello.installer.catalog import Catalog

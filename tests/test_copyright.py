@@ -4,7 +4,6 @@ the gallery (never dropped), the check route and ``pennello copyright``."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import requests
 from click.testing import CliRunner
 from PIL import Image, ImageOps
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
 from pennello.cli import cli
 from pennello.config import Config
 from pennello.daemon import create_app, start_background_server

@@ -27,7 +27,6 @@ from pennello.discover import SERVICE_TYPE, Service, browse, encode_txt, pinned_
 from pennello.errors import TrustError
 from pennello.paths import get_paths
 
-from _fixtures_api import api_engine  # noqa: F401 (fixture)
 from _fixtures_lan import ServeProcess, host_pairing_code, run_cli
 
 if not interface_addresses():

@@ -16,10 +16,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from _fixtures_api import (StoreWithExtras, api_engine, api_server, drawn, installed_as,  # noqa: F401
-                           lan_address, png_bytes, url)
-from _fixtures_daemon import (SLOW_STEPS, config_with, make_engine, make_server,  # noqa: F401
-                             wait_until_running)
+from _fixtures_api import StoreWithExtras, installed_as, png_bytes
+from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
 from pennello.cli import cli
 from pennello.daemon.edit import fit_size, mask_to_l
 from pennello.daemon.imaging import COMPOSITE_WITH_TRAINED_MEDIA

@@ -15,7 +15,7 @@ from pennello.daemon import GenerateRequest
 from pennello.daemon.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
 from pennello.errors import BusyError, DaemonError, ModelNotFoundError, NotFoundError, RequestError
 from pennello.installer import Store
-from _fixtures_daemon import SLOW_STEPS, config_with, engine, make_engine, wait_until_running  # noqa: F401
+from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
 
 
 def pixels(job, index=0) -> np.ndarray:

@@ -14,9 +14,7 @@ import requests
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
-from _fixtures_api import (StoreWithExtras, api_engine, api_server, drawn, installed_as,  # noqa: F401
-                           lan_address, png_bytes, url)
-from _fixtures_daemon import make_engine, make_server  # noqa: F401
+from _fixtures_api import StoreWithExtras, installed_as, png_bytes
 from pennello.cli import cli
 from pennello.config import ImagesConfig
 from pennello.daemon.enhance import enhance, measure

@@ -14,8 +14,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
-from _fixtures_daemon import config_with, make_engine, make_server  # noqa: F401
+from _fixtures_daemon import config_with
 from pennello.daemon.auth import TokenStore, hash_token
 from pennello.daemon.surface import (ENDPOINT_SCOPES, PAGE_HEADER, STATE_CHANGING, HostPolicy,
                                      OriginNotAllowedError, check_origin, host_name,

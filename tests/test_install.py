@@ -11,7 +11,7 @@ import hashlib
 
 import pytest
 
-from _fixtures_installer import make_manifest, mirror, publish  # noqa: F401 (fixtures)
+from _fixtures_installer import make_manifest
 from pennello.config import Config
 from pennello.errors import FetchError, IntegrityError
 from pennello.installer import Installer, Store, TrustPolicy

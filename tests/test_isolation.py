@@ -32,7 +32,6 @@ from pennello.daemon import advertise, isolation
 from pennello.errors import ConfigError, DaemonError
 from pennello.paths import Paths, get_paths
 
-from _fixtures_api import lan_address  # noqa: F401  (a fixture)
 from _fixtures_lan import ServedProcess
 
 DAEMON_EXIT = 8

@@ -24,7 +24,6 @@ from pennello.daemon import offline
 from pennello.daemon.offline import OFFLINE_ENV, NetworkGuard, apply_offline_env
 from pennello.errors import OfflineViolationError
 
-from _fixtures_daemon import engine, make_engine  # noqa: F401 (fixtures)
 
 PUBLIC = "192.0.2.1"  # TEST-NET-1: never routed; and on some CI hosts the (public) gateway itself
 

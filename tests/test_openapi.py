@@ -10,7 +10,6 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
 from pennello.daemon.openapi import build_spec
 
 _IGNORED_METHODS = {"HEAD", "OPTIONS"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _fixtures_daemon import config_with, make_engine  # noqa: F401  (fixture)
+from _fixtures_daemon import config_with
 from _fixtures_installer import load_script
 from pennello.daemon.profiles import GIB, ModelWeights, Plan, apply_plan, plan_for, read_weights
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from _fixtures_installer import load_script
-from _fixtures_trust import envelope, manifest_dict, policy_for, signer  # noqa: F401 (fixture)
+from _fixtures_trust import envelope, manifest_dict, policy_for
 from pennello.cli import cli
 from pennello.errors import (BadSignatureError, ExpiredManifestError, RevokedKeyError, RollbackError,
                              ThresholdError, TrustError, UntrustedKeyError)

@@ -10,7 +10,6 @@ import requests
 from click.testing import CliRunner
 from PIL import Image
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
 from pennello.cli import cli
 from pennello.daemon.outputs import parse_xmp
 from pennello.daemon.recipes import PIPELINES_FILE, Recipe, RecipeBook

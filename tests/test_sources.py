@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from _fixtures_installer import Mirror, entries_for, mirror  # noqa: F401 (fixture)
+from _fixtures_installer import Mirror, entries_for
 from pennello.errors import FetchError, IntegrityError
 from pennello.installer.manifest import FileEntry, Source
 from pennello.installer.sources import FetchOptions, HubFetcher, LocalFetcher, fetcher_for

@@ -10,7 +10,6 @@ import requests
 from click.testing import CliRunner
 from PIL import Image
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
 from pennello.cli import cli
 from pennello.daemon.outputs import parse_xmp
 from pennello.daemon.styles import STYLES_FILE, builtin_styles, choose_styles, load_styles, plan_batch

@@ -32,8 +32,7 @@ from pennello.tray import (TRAY_STATES, DaemonSupervisor, MenuEntry, PairOffer, 
                            draw_icon, login_item, status_from_health)
 from _fixtures_installer import TINY_LABEL
 from pennello.config import write_setting
-from _fixtures_daemon import (SLOW_STEPS, engine, make_engine, make_server, server,  # noqa: F401
-                              wait_until_running)
+from _fixtures_daemon import SLOW_STEPS, wait_until_running
 
 START_TIMEOUT_S = 180
 

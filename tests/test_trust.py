@@ -13,7 +13,7 @@ from importlib.resources import files
 import pytest
 from click.testing import CliRunner
 
-from _fixtures_trust import RELEASE_KEYID, envelope, manifest_dict, policy_for, signer, stranger  # noqa: F401
+from _fixtures_trust import RELEASE_KEYID, envelope, manifest_dict, policy_for, stranger
 from pennello.cli import cli
 from pennello.config import TrustConfig
 from pennello.errors import (BadSignatureError, ConfigError, ExpiredManifestError, ManifestFormatError,

@@ -13,7 +13,6 @@ import pytest
 import requests
 from PIL import Image
 
-from _fixtures_api import api_engine, api_server, lan_address  # noqa: F401
 
 STATIC = Path(__file__).resolve().parents[1] / "daemon" / "static"
 SCREENSHOT_COPY = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "web.png"
