@@ -24,7 +24,7 @@ from typing import Mapping, Sequence, TextIO
 
 import click
 
-from pennello.errors import PennelloError
+from pennello.errors import ConsentError
 
 ASSUME_YES_ENV = "PENNELLO_ASSUME_YES"
 _TRUE = ("1", "true", "yes", "on")
@@ -36,14 +36,6 @@ NO_NETWORK_OFF_FACTS = (
     "Your prompts and pictures still stay on this machine, and pennello never updates itself or "
     "models in the background. `pennello offline on` turns the mode back on.",
 )
-
-
-class ConsentError(PennelloError):
-    """The user said no, or could not be asked (no terminal and no ``--yes``). Nothing was done."""
-
-    exit_code = 10
-    http_status = 409
-    kind = "consent"
 
 
 def assumed_yes(environ: Mapping[str, str] | None = None) -> bool:

@@ -227,3 +227,11 @@ class OfflineViolationError(PennelloError, PermissionError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.errno = errno.EPERM
+
+
+class ConsentError(PennelloError):
+    """The user said no, or could not be asked (no terminal and no ``--yes``). Nothing was done."""
+
+    exit_code = 10
+    http_status = 409
+    kind = "consent"

@@ -22,7 +22,8 @@ import pytest
 
 from _fixtures_installer import make_manifest
 from pennello.config import load_config
-from pennello.consent import ConsentError, assumed_yes, confirm
+from pennello.consent import assumed_yes, confirm
+from pennello.errors import ConsentError
 from pennello.installer.catalog import Catalog
 from pennello.installer.manifest import Source
 from pennello.paths import Paths
