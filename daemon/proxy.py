@@ -111,7 +111,9 @@ class WorkerProxy:
             connection.close()
 
     def _forward(self, connection: UnixHTTPConnection, environ: dict[str, Any]) -> http.client.HTTPResponse:
-        path = quote(environ.get("PATH_INFO", "") or "/", safe="/:@!$&'()*+,;=-._~%")
+        # PATH_INFO is already percent-decoded and holds the raw bytes as latin-1 (PEP 3333):
+        # encode it back exactly, '%' included, or "%252e" would reach the worker as "." .
+        path = quote((environ.get("PATH_INFO", "") or "/").encode("latin-1"), safe="/:@!$&'()*+,;=-._~")
         if environ.get("QUERY_STRING"):
             path += "?" + environ["QUERY_STRING"]
         stream, length = environ["wsgi.input"], int(environ.get("CONTENT_LENGTH") or 0)

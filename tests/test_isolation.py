@@ -301,6 +301,15 @@ def test_cancel_and_cancel_on_disconnect_reach_the_worker(daemon):
 
 
 @needs_namespace
+def test_paths_reach_the_worker_exactly_as_the_client_sent_them(daemon):
+    # An encoded '%' must stay one (else %252e%252e would arrive as ".."), and UTF-8 must stay UTF-8.
+    for sent, name in (("%252e%252e", "%2e%2e"), ("caf%C3%A9", "café")):
+        response = daemon.http.get(f"{daemon.url}/v1/models/{sent}", timeout=10)
+        assert response.status_code == 404
+        assert f"the model {name!r} does not exist" in response.json()["error"]["message"]
+
+
+@needs_namespace
 def test_the_real_client_address_reaches_the_worker(daemon, lan_address):
     port = daemon.url.rsplit(":", 1)[1]
     # Owner-only: loopback gets it, whatever it claims to be.
