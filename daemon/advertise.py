@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import ifaddr
-from zeroconf import DNSQuestionType, IPVersion, ServiceBrowser, ServiceInfo, Zeroconf
+from zeroconf import (DNSOutgoing, DNSQuestion, DNSQuestionType, IPVersion, ServiceBrowser, ServiceInfo,
+                      Zeroconf)
 
 from pennello.discover import SERVICE_TYPE, encode_txt, zeroconf_interfaces
 from pennello.errors import ConfigError
@@ -55,6 +56,8 @@ _ID_RE = re.compile(r"[0-9a-f]{32}")
 _MAX_LABEL_BYTES = 63  # one DNS label: the instance name
 _REGISTER_TIMEOUT_S = 20.0  # probing takes about 1 s; more means zeroconf's loop is stuck
 _PROBES, _PROBE_S = 3, 0.250  # RFC 6762 §8.1
+# DNS wire constants for a probe (RFC 1035 §3.2.2-4, RFC 6762 §18.2 and §5.4).
+_FLAGS_AA, _TYPE_PTR, _CLASS_IN, _QU_BIT = 0x0400, 12, 1, 0x8000
 
 #: ``() -> (installed model names, loaded model names)``
 ModelsFn = Callable[[], tuple[Sequence[str], Sequence[str]]]
@@ -262,7 +265,7 @@ class Advertiser:
                 continue
             if probes == _PROBES:
                 break
-            zc.async_send(zc.generate_service_query(info))
+            zc.async_send(_probe(info, unicast_answer=probes == 0))
             probes, next_at = probes + 1, next_at + _PROBE_S
         await zc.async_register_service(info, cooperating_responders=True)  # probed above
         self.registered_at = time.monotonic()
@@ -350,3 +353,16 @@ def advertiser_for(config: Any, paths: Paths, engine: "Engine", port: int, finge
     engine.add_models_listener(advertiser.refresh)
     return advertiser
 
+
+def _probe(info: ServiceInfo, unicast_answer: bool) -> DNSOutgoing:
+    """One probe for ``info``'s name: a question with our record in the authority section.
+
+    RFC 6762 §8.1 asks for "QU" (answer by unicast) on the first probe only. The later ones ask
+    for multicast: a defender answers a probe at once, exempt from the one-second rate limit,
+    and a unicast answer to another responder on this same host can land on the wrong socket
+    (they share port 5353), so only a multicast defence reliably reaches us there.
+    """
+    out = DNSOutgoing(_FLAGS_AA)  # a query (QR bit clear)
+    out.add_question(DNSQuestion(info.type, _TYPE_PTR, _CLASS_IN | (_QU_BIT if unicast_answer else 0)))
+    out.add_authorative_answer(info.dns_pointer())
+    return out
