@@ -114,6 +114,22 @@ class Client:
                     raise DaemonError(f"job {data['id']} {event}: {data.get('error') or 'no reason given'}")
         raise DaemonError("the daemon closed the event stream before the job ended")
 
+    def upscale(self, image_id: str, scale: int, method: str = "lanczos") -> dict[str, Any]:
+        """Upscale a gallery picture (``POST /api/upscale``) and download the result.
+
+        Returns:
+            the new picture as :meth:`generate` gives one, plus ``upscale`` (method, tiles, seconds).
+
+        Raises:
+            RequestError: a scale, method or size the daemon refuses (``field`` names it).
+            NotFoundError: no such picture, or not one this caller may see.
+        """
+        fields = {"image_id": image_id, "scale": str(scale), "method": method}
+        # (None, value) parts make requests send multipart form fields, which the tool routes take.
+        answer = self._json("POST", "/api/upscale", files={k: (None, v) for k, v in fields.items()})
+        image = answer["image"]
+        return {**image, "upscale": answer["upscale"], "bytes": self.image_bytes(image["id"])}
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """Any API call, e.g. ``call("POST", "/api/upscale", files=..., data=...)``: its JSON answer.
 

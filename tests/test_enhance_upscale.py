@@ -186,6 +186,20 @@ def test_post_upscale_scales_and_records(url, drawn, scale):
     assert record["upscale"]["scale"] == scale and record["size"] == f"{64 * scale}x{64 * scale}"
 
 
+def test_the_client_upscales_a_gallery_picture_as_the_tray_does(url):
+    from pennello.client import Client
+
+    client = Client(url)
+    (made,) = client.generate("a small red circle", seed=3)
+    bigger = client.upscale(made["id"], 4)
+    assert (bigger["width"], bigger["height"]) == (made["width"] * 4, made["height"] * 4)
+    assert bigger["upscale"]["method"] == "lanczos"
+    _, record = _record(url, bigger)
+    assert record["from_image"] == made["id"]
+    with Image.open(io.BytesIO(bigger["bytes"])) as picture:
+        assert picture.size == (bigger["width"], bigger["height"])
+
+
 def test_upscale_with_enhance(url, drawn):
     response = requests.post(f"{url}/api/upscale", files={"image": ("k.png", png_bytes(_degrade(drawn)))},
                              data={"scale": "2", "enhance": "true"}, timeout=120)

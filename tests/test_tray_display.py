@@ -218,6 +218,16 @@ def test_tray_icon_menu_and_quick_generate_under_a_real_tray(display, home: Path
         best = _best_match(screen, expected)
         assert best < 12, f"the preview does not show the generated picture (mean difference {best:.1f})"
 
+        # Upscale (Alt+U) enlarges that picture on the daemon and the preview follows it.
+        display.xdotool("key", "alt+u")
+        upscaled = events.wait_event("upscaled", timeout=START_TIMEOUT_S)
+        assert (upscaled["width"], upscaled["height"]) == (done["width"] * 4, done["height"] * 4)
+        big = Image.open(io.BytesIO(requests.get(f"{url}/api/images/{upscaled['id']}", timeout=30).content))
+        assert big.size == (upscaled["width"], upscaled["height"])
+        shrunk = np.asarray(big.convert("RGB").resize(made.size, Image.BOX), dtype=np.int16)
+        difference = np.abs(shrunk - np.asarray(made.convert("RGB"), dtype=np.int16)).mean()
+        assert difference < 6, f"the upscaled picture is not the generated one (mean difference {difference:.1f})"
+
         # Quit from the menu (Up wraps to the last entry) stops the tray and the daemon it started.
         open_menu(display, g)  # keys sent before it shows would go to the quick-generate window
         display.xdotool("key", "Up")

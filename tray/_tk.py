@@ -39,6 +39,7 @@ from ._desktop import decode_offer, open_path
 from ._icon import draw_icon
 
 PREVIEW_PX = 384  # the preview's longest side
+UPSCALE = 4  # the Upscale button's factor: a 512² picture becomes 2048², as big as screens need
 _POLL_MS = 50
 _RED = "#b3261e"
 
@@ -60,7 +61,7 @@ def _root(title: str, class_name: str) -> tk.Tk:
 # --- quick generate ----------------------------------------------------------------------------
 
 class QuickGenerate:
-    """Prompt, Generate, progress, preview, and Save / Copy / Open folder."""
+    """Prompt, Generate, progress, preview, and Save / Copy / Upscale / Open folder."""
 
     def __init__(self, root: tk.Tk, client: Client, model: str | None, outputs_dir: Path) -> None:
         self.root, self.client, self.model, self.outputs_dir = root, client, model, outputs_dir
@@ -99,9 +100,13 @@ class QuickGenerate:
         buttons.pack(fill="x")
         self.save_button = ttk.Button(buttons, text="Save…", command=self.save, state="disabled")
         self.copy_button = ttk.Button(buttons, text="Copy", command=self.copy, state="disabled")
+        self.upscale_button = ttk.Button(buttons, text=f"Upscale {UPSCALE}×", command=self.upscale,
+                                         state="disabled", underline=0)
         self.save_button.pack(side="left")
         self.copy_button.pack(side="left", padx=6)
-        ttk.Button(buttons, text="Open folder", command=self.open_folder).pack(side="left")
+        self.upscale_button.pack(side="left")
+        ttk.Button(buttons, text="Open folder", command=self.open_folder).pack(side="left", padx=6)
+        root.bind("<Alt-u>", lambda _e: self.upscale())
         self.prompt.focus_set()
         root.after(_POLL_MS, self._poll)
 
@@ -112,13 +117,25 @@ class QuickGenerate:
         if not prompt:
             self.show_error("Type what the picture should show first.")
             return
-        self.busy = True
-        self.show_error("")
-        self.button.configure(state="disabled")
-        self.progress.configure(value=0, maximum=1)
-        self.status.configure(text="Waiting for the daemon…")
+        self._start("Waiting for the daemon…")
         emit("generating", prompt_chars=len(prompt))
         threading.Thread(target=self._work, args=(prompt,), daemon=True).start()
+
+    def upscale(self) -> None:
+        """Enlarge the picture shown, on the daemon (Lanczos: instant, no model needed)."""
+        if self.busy or self.image is None:
+            return
+        self._start(f"Upscaling {UPSCALE}×…")
+        emit("upscaling", id=self.image["id"], scale=UPSCALE)
+        threading.Thread(target=self._upscale_work, args=(self.image["id"],), daemon=True).start()
+
+    def _start(self, status: str) -> None:
+        self.busy = True
+        self.show_error("")
+        for button in (self.button, self.upscale_button):
+            button.configure(state="disabled")
+        self.progress.configure(value=0, maximum=1)
+        self.status.configure(text=status)
 
     def _work(self, prompt: str) -> None:
         params = {"model": self.model} if self.model else {}
@@ -127,10 +144,15 @@ class QuickGenerate:
             images = self.client.generate(prompt, n=1, on_progress=lambda step, total:
                                           self.events.put(("progress", step, total)), **params)
             self.events.put(("done", images[0], time.monotonic() - started))
-        except PennelloError as e:
-            self.events.put(("error", str(e)))
-        except Exception as e:  # a window must say what happened, whatever it was
-            self.events.put(("error", f"unexpected error: {type(e).__name__}: {e}"))
+        except Exception as e:
+            self.events.put(("error", _message(e)))
+
+    def _upscale_work(self, image_id: str) -> None:
+        started = time.monotonic()
+        try:
+            self.events.put(("upscaled", self.client.upscale(image_id, UPSCALE), time.monotonic() - started))
+        except Exception as e:
+            self.events.put(("error", _message(e)))
 
     def _poll(self) -> None:
         try:
@@ -148,28 +170,36 @@ class QuickGenerate:
             emit("progress", step=step, total=total)
         elif kind == "done":
             image, seconds = data
-            self.image = image
-            picture = _fit(Image.open(io.BytesIO(image["bytes"])), PREVIEW_PX)
-            self.photo = ImageTk.PhotoImage(picture, master=self.root)
-            self.preview.configure(image=self.photo)
-            self.file = Path(tempfile.gettempdir()) / f"pennello-{image['id']}.{_ext(image)}"
-            self.file.write_bytes(image["bytes"])
-            self.progress.configure(value=self.progress.cget("maximum"))
-            self.status.configure(text=f"Done in {seconds:.1f} s · {image['width']}×{image['height']} · "
-                                       f"seed {image['seed']}")
-            for button in (self.save_button, self.copy_button):
-                button.configure(state="normal")
-            self._idle()
+            self._show(image, f"Done in {seconds:.1f} s · {image['width']}×{image['height']} · seed {image['seed']}")
             emit("done", id=image["id"], seed=image["seed"], width=image["width"], height=image["height"])
+        elif kind == "upscaled":
+            image, seconds = data
+            self._show(image, f"Upscaled {UPSCALE}× in {seconds:.1f} s · {image['width']}×{image['height']}")
+            emit("upscaled", id=image["id"], width=image["width"], height=image["height"])
         elif kind == "error":
             self.show_error(data[0])
             self.status.configure(text="Not generated")
             self._idle()
             emit("error", message=data[0])
 
+    def _show(self, image: dict[str, Any], status: str) -> None:
+        """Preview a picture the daemon made and make Save, Copy and Upscale act on it."""
+        self.image = image
+        picture = _fit(Image.open(io.BytesIO(image["bytes"])), PREVIEW_PX)
+        self.photo = ImageTk.PhotoImage(picture, master=self.root)
+        self.preview.configure(image=self.photo)
+        self.file = Path(tempfile.gettempdir()) / f"pennello-{image['id']}.{_ext(image)}"
+        self.file.write_bytes(image["bytes"])
+        self.progress.configure(value=self.progress.cget("maximum"))
+        self.status.configure(text=status)
+        for button in (self.save_button, self.copy_button):
+            button.configure(state="normal")
+        self._idle()
+
     def _idle(self) -> None:
         self.busy = False
-        self.button.configure(state="normal")
+        for button in (self.button, self.upscale_button):
+            button.configure(state="normal" if button is self.button or self.image else "disabled")
 
     def show_error(self, message: str) -> None:
         self.error.configure(text=message)
@@ -217,6 +247,13 @@ def _fit(picture: Image.Image, size: int) -> Image.Image:
     scale = size / max(picture.size)
     target = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
     return picture.convert("RGB").resize(target, Image.NEAREST if scale >= 2 else Image.LANCZOS)
+
+
+def _message(error: Exception) -> str:
+    """What the window says about a failed call: pennello's own errors say what to do next."""
+    if isinstance(error, PennelloError):
+        return str(error)
+    return f"unexpected error: {type(error).__name__}: {error}"  # a window must say what happened
 
 
 def _ext(image: dict[str, Any]) -> str:
