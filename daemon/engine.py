@@ -31,7 +31,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, get_args
 
 import torch
 
@@ -45,7 +45,8 @@ from pennello.paths import Paths
 from .jobs import IMAGE_FORMATS, MAX_SEED, GenerateRequest, Job, OutputImage
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
 from .pipelines import PURPOSE_ROUTES, ModelFamily, get_family
-from .profiles import Plan, apply_plan, free_vram, plan_for, read_weights
+from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups, free_vram, plan_for,
+                       read_weights)
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class Engine:
                 f"{installed.name} is {'an' if family.purpose[0] in 'aeiou' else 'a'} {family.purpose} model "
                 f"({family.name} family), not a text-to-image one: use it with "
                 f"{PURPOSE_ROUTES[family.purpose]}, or name a text-to-image model", field="model")
-        defaults = {**dict(family.defaults), **installed.manifest.pipeline.defaults}
+        defaults = _model_defaults(installed, family)
         values = {name: getattr(request, name) if getattr(request, name) is not None else defaults[name]
                   for name in ("width", "height", "steps", "guidance")}
         _check_int(values["width"], "width", 1, None)
@@ -437,28 +438,64 @@ class Engine:
         with self._cond:
             loaded = self._loaded.get(name)
         if loaded is None:
-            started = time.perf_counter()
-            installed = self.store.get(name)
-            family = get_family(installed.manifest.pipeline.family)
-            dtype = pick_dtype(self.device, family)
-            plan = self._plan(installed, family, dtype)
-            # Loaded on the CPU, then placed: offloading wants the weights on the CPU first.
-            pipe = apply_plan(family.load(installed.manifest.pipeline.cls, installed.path, "cpu", dtype), plan)
-            loaded = _Loaded(installed, family, pipe, param_bytes=_param_bytes(pipe), plan=plan)
+            loaded = self._load(name)
             with self._cond:
                 self._loaded[name] = loaded
-            log.info("loaded %s v%d on %s in %.2fs (%.1f MB of weights)", name, installed.version,
-                     self.device, time.perf_counter() - started, loaded.param_bytes / 1e6)
             self._models_changed()
         loaded.last_used = time.monotonic()
         return loaded
 
+    def _load(self, name: str) -> _Loaded:
+        """Load, tune and place a model, then warm it up when it was compiled (on the worker)."""
+        started = time.perf_counter()
+        installed = self.store.get(name)
+        family = get_family(installed.manifest.pipeline.family)
+        dtype = pick_dtype(self.device, family)
+        plan = self._plan(installed, family, dtype)
+        # Loaded and tuned on the CPU, then placed: offloading wants the weights on the CPU first.
+        pipe = family.load(installed.manifest.pipeline.cls, installed.path, "cpu", dtype)
+        plan = apply_speed_ups(pipe, plan, family.denoiser, self.paths.cache_dir / COMPILE_CACHE)
+        loaded = _Loaded(installed, family, apply_plan(pipe, plan))
+        loaded.plan = plan = self._warm_up(loaded, plan) if plan.compile else plan
+        loaded.param_bytes = _param_bytes(loaded.pipe)
+        log.info("loaded %s v%d on %s in %.2fs (%.1f MB of weights); placement %s", name, installed.version,
+                 self.device, time.perf_counter() - started, loaded.param_bytes / 1e6, plan.describe())
+        return loaded
+
+    def _warm_up(self, loaded: _Loaded, plan: Plan) -> Plan:
+        """Generate once at the model's default size, batch 1, so that compiling happens now rather
+        than in the first request (another size or batch size still compiles once, when first asked).
+
+        Returns:
+            The plan with the warm-up's seconds, or without compile when it failed (e.g. no C++
+            compiler for Inductor): the model then runs uncompiled rather than not at all.
+        """
+        defaults = _model_defaults(loaded.installed, loaded.family)
+        started = time.perf_counter()
+        try:
+            loaded.pipe(prompt=["warm-up"], width=defaults["width"], height=defaults["height"],
+                        num_inference_steps=min(2, defaults["steps"]),  # the second step: no recompile
+                        guidance_scale=defaults["guidance"], generator=[torch.Generator("cpu").manual_seed(0)],
+                        output_type="latent")  # the VAE is not compiled
+        except Exception as e:
+            log.exception("compiling %s failed; it runs uncompiled", loaded.installed.name)
+            del getattr(loaded.pipe, loaded.family.denoiser).forward  # the class's own forward again
+            return plan.without("compile", f"warm-up failed: {type(e).__name__}: {e}")
+        return replace(plan, warmup_s=round(time.perf_counter() - started, 3))
+
     def _plan(self, installed: Any, family: ModelFamily, dtype: torch.dtype) -> Plan:
-        """Where and how this model runs here: memory tier and offload on a GPU, threads on a CPU."""
-        defaults = {**dict(family.defaults), **installed.manifest.pipeline.defaults}
-        return plan_for(self.device, read_weights(installed.path), dtype.itemsize,
+        """Where and how this model runs here: memory tier and offload on a GPU, threads on a CPU,
+        and the speed-ups the engine settings and the profile ask for."""
+        defaults = _model_defaults(installed, family)
+        engine = self.config.engine
+        plan = plan_for(self.device, read_weights(installed.path), dtype.itemsize,
                         pixels=defaults["width"] * defaults["height"], free_bytes=free_vram(self.device),
-                        profile=self.config.engine.memory_profile, cpu_threads=self.config.engine.cpu_threads)
+                        profile=engine.memory_profile, cpu_threads=engine.cpu_threads,
+                        speed={name: getattr(engine, name) for name in get_args(SpeedUp)},
+                        compile_mode=engine.compile_mode)
+        if plan.compile and family.purpose != "generate":  # its warm-up would need input pictures
+            plan = plan.without("compile", f"not for {family.purpose} models")
+        return plan
 
     def _drop(self, name: str) -> bool:
         with self._cond:
@@ -746,6 +783,11 @@ def _check_int(value: Any, name: str, low: int, high: int | None) -> None:
     if value < low or (high is not None and value > high):
         raise RequestError(f"{name} must be from {low} to {high}" if high is not None
                            else f"{name} must be at least {low}", field=name)
+
+
+def _model_defaults(installed: Any, family: ModelFamily) -> dict[str, Any]:
+    """Size, steps and guidance where a request does not say: the manifest's, else the family's."""
+    return {**dict(family.defaults), **installed.manifest.pipeline.defaults}
 
 
 def _param_bytes(pipe: Any) -> int:

@@ -15,18 +15,19 @@ fuzzes every operation from this description (docs/fuzz.md).
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args
 
 from flask import Blueprint, jsonify
 
 from pennello import __version__
-from pennello.config import Config, EngineConfig
+from pennello.config import CompileMode, Config, EngineConfig
 
 from . import routes_a1111, routes_openai
 from .app import current_config
 from .engine import MAX_GUIDANCE
 from .jobs import IMAGE_FORMATS, MAX_SEED
 from .pipelines import families, get_family
+from .profiles import Offload
 from .routes_native import GENERATE_FIELDS
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
@@ -106,8 +107,22 @@ SCHEMAS: dict[str, Schema] = {
     "ModelList": _obj({"models": {"type": "array", "items": _ref("Model")}}, ("models",)),
     "LoadedModel": _obj({"name": _STR, "version": _INT, "family": _STR, "device": _STR, "dtype": _STR,
                          "param_bytes": _INT, "loaded_at": _NUM, "idle_s": _NUM,
-                         "expires_in_s": _nullable("number"), "cuda_memory_allocated": _nullable("integer")},
+                         "expires_in_s": _nullable("number"), "cuda_memory_allocated": _nullable("integer"),
+                         "placement": {"anyOf": [_ref("Placement"), {"type": "null"}]}},
                         ("name",), extra=True),
+    "Placement": _obj({
+        "profile": _STR, "device": _STR, "offload": {"enum": list(get_args(Offload))}, "vae_tiling": _BOOL,
+        "vae_slicing": _BOOL, "attention_slicing": _BOOL, "cpu_threads": _INT, "reason": _STR,
+        "compile": {"enum": list(get_args(CompileMode)),
+                    "description": "torch.compile mode of the denoiser; absent: not compiled."},
+        "channels_last": _BOOL, "fuse_qkv": _BOOL,
+        "warmup_s": {**_NUM, "description": "Seconds of the warm-up generation at load (compile)."},
+        "not_applied": {"type": "array", "items": _STR,
+                        "description": "Speed-ups asked for that this model or placement cannot take, "
+                                       "each with why."}},
+        ("profile", "device"), extra=True,
+        description="How the model was placed and tuned on load (docs/performance.md); switches that "
+                    "are off are left out."),
     "LoadedList": _obj({"models": {"type": "array", "items": _ref("LoadedModel")}}, ("models",)),
     "Unloaded": _obj({"name": _STR, "unloaded": _BOOL}, ("name", "unloaded")),
     "Progress": _obj({"state": {"enum": ["idle", "running"]}, "jobs": {"type": "array", "items": _STR},

@@ -30,6 +30,16 @@ On the CPU the profile sets the thread count: all cores but one, because torch's
 spin while waiting and a desktop's other busy program then stalls every step (measured in
 ``bench/bench_threads.py``: on 2 cores, 2 threads next to one busy process ran 3.1x slower
 than 1 thread, while on an idle machine they were 16% faster).
+
+Speed-ups (``torch.compile`` of the denoiser, channels-last memory format, fused QKV projections)
+are part of the plan too. Each engine setting is ``on``, ``off`` or ``auto``; ``auto`` takes what
+:data:`PROFILE_SPEED_UPS` lists for the chosen profile, which is nothing anywhere until
+``bench/run_gpu.sh`` has measured a win on a real card:
+
+    >>> plan_for("cuda", sdxl, 2, 1024 * 1024, free_bytes=78 * GIB, speed={"compile": "on"}).compile
+    'default'
+    >>> plan_for("cuda", sdxl, 2, 1024 * 1024, free_bytes=78 * GIB).compile is None
+    True
 """
 
 from __future__ import annotations
@@ -37,12 +47,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import struct
-from dataclasses import asdict, dataclass
+import typing
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
-from pennello.config import MemoryProfile
+from pennello.config import CompileMode, MemoryProfile, Toggle
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +63,25 @@ Offload = Literal["none", "model", "sequential"]
 # Free VRAM at or above which a tier applies, largest first.
 GPU_TIERS: tuple[tuple[str, float], ...] = (("large", 20 * GIB), ("16gb", 14 * GIB), ("12gb", 10 * GIB),
                                             ("8gb", 0.0))
+COMPILE_CACHE = "torch-compile"  # Inductor's cache, under Paths.cache_dir (PENNELLO_HOME relocates it)
 USABLE_FRACTION = 0.9  # of free VRAM: the CUDA context, allocator slack and the other process on the card
 # Activation memory of one image while denoising and decoding with VAE tiling, estimated as
 # BASE + PER_MEGAPIXEL x megapixels x batch; to be calibrated against bench_pipelines' peak rows.
 ACTIVATION_BASE = 0.5 * GIB
 ACTIVATION_PER_MEGAPIXEL = 1.0 * GIB
+SpeedUp = Literal["compile", "channels_last", "fuse_qkv"]
+# What each profile turns on where the engine setting is "auto". Nothing yet: no GPU has been lent
+# to measure these, and each costs something (compile: minutes of warm-up per model and shape).
+# Once bench/run_gpu.sh shows a win, turning one on is one line, e.g.
+#     "large": frozenset({"compile", "channels_last"}),
+PROFILE_SPEED_UPS: dict[str, frozenset[SpeedUp]] = {
+    "cpu": frozenset(),
+    "mps": frozenset(),
+    "large": frozenset(),
+    "16gb": frozenset(),
+    "12gb": frozenset(),
+    "8gb": frozenset(),
+}
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -85,9 +111,19 @@ class Plan:
     attention_slicing: bool = False
     cpu_threads: int | None = None
     reason: str = ""
+    compile: CompileMode | None = None  # torch.compile mode of the denoiser; None: not compiled
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    warmup_s: float | None = None  # the load-time warm-up generation (compile), measured
+    not_applied: tuple[str, ...] = ()  # speed-ups asked for that this model or placement cannot take
 
     def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, False, "")}
+        return {k: v for k, v in asdict(self).items() if v not in (None, False, "", ())}
+
+    def without(self, speed_up: SpeedUp, why: str) -> "Plan":
+        """This plan with one speed-up turned off, saying why (reported in ``/api/ps``)."""
+        off = None if speed_up == "compile" else False
+        return replace(self, **{speed_up: off}, not_applied=(*self.not_applied, f"{speed_up}: {why}"))
 
 
 def read_weights(model_dir: Path) -> ModelWeights:
@@ -129,8 +165,9 @@ def gpu_tier(free_bytes: float) -> str:
 
 
 def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, free_bytes: float = 0.0,
-             profile: MemoryProfile = "auto", cpu_threads: int = 0, batch: int = 1) -> Plan:
-    """Choose the placement of one model.
+             profile: MemoryProfile = "auto", cpu_threads: int = 0, batch: int = 1,
+             speed: Mapping[str, Toggle] | None = None, compile_mode: CompileMode = "default") -> Plan:
+    """Choose the placement and speed-ups of one model.
 
     Args:
         device: ``cuda``, ``mps`` or ``cpu``.
@@ -141,7 +178,31 @@ def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, 
         profile: ``engine.memory_profile``; ``auto`` picks the tier from ``free_bytes``.
         cpu_threads: ``engine.cpu_threads``; 0 means all cores but one.
         batch: images per pipeline call the activations must hold.
+        speed: ``engine.compile``, ``engine.channels_last``, ``engine.fuse_qkv`` by name; a
+            missing one is ``auto``.
+        compile_mode: ``engine.compile_mode``.
     """
+    plan = _placement(device, weights, dtype_bytes, pixels, free_bytes, profile, cpu_threads, batch)
+    chosen = choose_speed_ups(plan.profile, speed or {})
+    plan = replace(plan, compile=compile_mode if "compile" in chosen else None,
+                   channels_last="channels_last" in chosen, fuse_qkv="fuse_qkv" in chosen)
+    if plan.compile and plan.offload != "none":  # offload hooks move weights under the compiled graph
+        plan = plan.without("compile", f"not with {plan.offload} offload")
+    if plan.fuse_qkv and plan.attention_slicing:  # sliced attention replaces the fused processors
+        plan = plan.without("fuse_qkv", "not with attention slicing")
+    return plan
+
+
+def choose_speed_ups(profile: str, settings: Mapping[str, Toggle]) -> frozenset[SpeedUp]:
+    """The speed-ups set ``on``, plus those the profile turns on that are left ``auto``."""
+    by_profile = PROFILE_SPEED_UPS.get(profile, frozenset())
+    return frozenset(name for name in typing.get_args(SpeedUp)
+                     if (setting := settings.get(name, "auto")) == "on" or (setting == "auto" and name in by_profile))
+
+
+def _placement(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, free_bytes: float,
+               profile: MemoryProfile, cpu_threads: int, batch: int) -> Plan:
+    """The memory side of :func:`plan_for`: tier, offload, savers, threads."""
     if device == "cpu":
         return Plan("cpu", device, cpu_threads=cpu_threads or default_cpu_threads(),
                     reason="CPU: threads leave one core to the rest of the machine")
@@ -190,8 +251,61 @@ def apply_plan(pipe: Any, plan: Plan) -> Any:
         vae.enable_slicing()
     if plan.attention_slicing and hasattr(pipe, "enable_attention_slicing"):
         pipe.enable_attention_slicing()
-    log.info("placement of %s: %s", type(pipe).__name__, plan.describe())
     return pipe
+
+
+def apply_speed_ups(pipe: Any, plan: Plan, denoiser: str, compile_cache: Path) -> Plan:
+    """Fuse QKV, switch to channels-last and compile the denoiser, as ``plan`` says.
+
+    Done on the CPU before :func:`apply_plan` places the pipeline (moving keeps the memory format),
+    and in this order because compiling traces the modules as they will run. Compiling is lazy:
+    the caller's first generation (the engine's warm-up at load) pays for it.
+
+    Args:
+        denoiser: the pipeline attribute of the denoising network (``unet``, ``transformer``).
+        compile_cache: where Inductor keeps compiled graphs, so the next start reuses them.
+
+    Returns:
+        The plan as applied: a speed-up this pipeline cannot take is off, with a note.
+    """
+    import torch
+
+    if plan.fuse_qkv:
+        plan = _fuse_qkv(pipe, plan, denoiser)
+    if plan.channels_last:
+        for name in (denoiser, "vae"):
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.to(memory_format=torch.channels_last)
+    if plan.compile:
+        use_compile_cache(compile_cache)
+        module = getattr(pipe, denoiser)
+        # The forward, not the module: forward hooks (the engine's per-stage timing) stay outside
+        # the compiled graph and can come and go without a recompile.
+        module.forward = torch.compile(module.forward, mode=plan.compile)
+    return plan
+
+
+def _fuse_qkv(pipe: Any, plan: Plan, denoiser: str) -> Plan:
+    """The pipeline's own ``fuse_qkv_projections`` (denoiser and VAE), else the denoiser's."""
+    target = pipe if hasattr(pipe, "fuse_qkv_projections") else getattr(pipe, denoiser)
+    if not hasattr(target, "fuse_qkv_projections"):
+        return plan.without("fuse_qkv", f"{type(pipe).__name__} has no fused projections")
+    try:
+        target.fuse_qkv_projections()
+    except (ValueError, NotImplementedError) as e:  # e.g. added-KV attention, a non-KL VAE
+        return plan.without("fuse_qkv", str(e))
+    return plan
+
+
+def use_compile_cache(directory: Path) -> None:
+    """Point Inductor's on-disk caches (FX graphs, AOT autograd, Triton kernels) at ``directory``.
+
+    Inductor reads the variable each time it looks something up, so this takes effect for the
+    next compile; by default it would use a per-user folder in /tmp, lost at reboot.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
 
 
 def free_vram(device: str) -> float:

@@ -35,6 +35,9 @@ from pennello.files import write_atomic
 Device = Literal["auto", "cuda", "mps", "cpu"]
 Isolation = Literal["auto", "namespace", "off"]  # offline.isolation
 MemoryProfile = Literal["auto", "large", "16gb", "12gb", "8gb"]
+# A speed-up's setting: auto leaves it to the device profile (daemon/profiles.py PROFILE_SPEED_UPS).
+Toggle = Literal["auto", "on", "off"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 DEFAULT_MODEL = "pennello-tiny"
 
 
@@ -66,6 +69,14 @@ class EngineConfig:
     log_prompts: bool = False  # prompts stay out of logs unless this is on
     memory_profile: MemoryProfile = "auto"  # GPU tier; auto picks it from free VRAM (daemon/profiles.py)
     cpu_threads: int = 0  # torch threads on a CPU; 0: all cores but one (see bench/bench_threads.py)
+    # Speed-ups applied when a model loads (docs/performance.md); each stays off on every device
+    # class until bench/run_gpu.sh has measured it on a real card.
+    # torch.compile of the denoiser, plus one small warm-up generation at load so the first request
+    # does not pay for compiling (seconds to minutes per model; cached on disk for the next start).
+    compile: Toggle = "auto"
+    compile_mode: CompileMode = "default"  # torch.compile's mode when compile is on
+    channels_last: Toggle = "auto"  # channels-last memory format for the denoiser and the VAE
+    fuse_qkv: Toggle = "auto"  # fused attention projections, where the pipeline supports them
 
 
 @dataclass(frozen=True)
