@@ -32,6 +32,11 @@ def device_name() -> str:
             return f"cuda: {torch.cuda.get_device_name(0)}"
     except ImportError:
         pass
+    return cpu_name()
+
+
+def cpu_name() -> str:
+    """'cpu: <model> (<n> cores)', for rows measured on the CPU of a machine that has a GPU too."""
     return f"cpu: {_cpu_model()} ({os.cpu_count()} cores)"
 
 

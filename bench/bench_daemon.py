@@ -56,26 +56,33 @@ def paired_ms(direct, http, times: int, warmup: int = WARMUP) -> tuple[list[floa
     return samples
 
 
-def direct_pipeline_call(engine: Engine, request: GenerateRequest):
-    """The same work without the daemon: the warm pipeline called in this thread."""
+def direct_pipeline_call(engine: Engine, request: GenerateRequest, batch: int = 1):
+    """The same work without HTTP, queue or saving: the warm pipeline called as the engine calls
+    it (a prompt and a seeded CPU generator per image, PIL images out), on the engine's worker
+    thread. Not on this one: the engine sets torch's CPU threads from its worker, and OpenMP
+    keeps that count per calling thread, so a call from here would run with a different number
+    of threads (3x slower next to a busy process on 2 cores, see bench_threads.py)."""
     pipe = engine._ensure_loaded(request.model).pipe
     seed = iter(range(10**6))
 
     def call() -> None:
-        pipe(prompt=["a red kite"], width=request.width, height=request.height,
-             num_inference_steps=request.steps, guidance_scale=request.guidance,
-             generator=[torch.Generator("cpu").manual_seed(next(seed))], output_type="pil")
+        generators = [torch.Generator("cpu").manual_seed(next(seed)) for _ in range(batch)]
+        engine._on_worker(lambda: pipe(
+            prompt=["a red kite"] * batch, width=request.width, height=request.height,
+            num_inference_steps=request.steps, guidance_scale=request.guidance, generator=generators,
+            output_type="pil"))
 
     return call
 
 
-def http_call(url: str):
+def http_call(url: str, n: int = 1, timeout: float = 60):
+    """``POST /api/generate {"wait": true}`` of ``n`` images at the model's defaults."""
     session = requests.Session()
-    seed = iter(range(10**6))
+    seed = iter(range(0, 10**6, n))
 
     def call() -> None:
-        response = session.post(url + "/api/generate", timeout=60,
-                                json={"prompt": "a red kite", "seed": next(seed), "wait": True})
+        response = session.post(url + "/api/generate", timeout=timeout,
+                                json={"prompt": "a red kite", "seed": next(seed), "n": n, "wait": True})
         assert response.status_code == 200, response.text
 
     return call

@@ -48,8 +48,12 @@ def test_embedded_bench_scores_adherence_and_latency(tmp_path):
     assert 0 < rows["weights"] <= 20
 
 
-@pytest.mark.skipif((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) < 8 * 1024**3,
-                    reason="SD-Turbo in fp32 needs about 8 GB of memory")
+needs_sd_turbo_memory = pytest.mark.skipif(
+    (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) < 8 * 1024**3,
+    reason="SD-Turbo in fp32 needs about 8 GB of memory")
+
+
+@needs_sd_turbo_memory
 def test_pipeline_bench_times_the_real_sd_turbo_architecture_on_cpu(tmp_path):
     rows = run_bench(tmp_path, "bench_pipelines.py", "--cpu-small", "--size", "64", "--runs", "2")
     assert rows["sd-turbo 64² fp32 CPU UNet achieved"] > 0
@@ -57,3 +61,21 @@ def test_pipeline_bench_times_the_real_sd_turbo_architecture_on_cpu(tmp_path):
     # the meta-device analysis of the GPU targets is in the same run
     assert any(metric.startswith("sdxl-turbo") for metric in rows)
     assert any(metric.startswith("flux-schnell") for metric in rows)
+
+
+@needs_sd_turbo_memory
+def test_api_bench_serves_the_real_sd_turbo_architecture_through_the_daemon(tmp_path):
+    rows = run_bench(tmp_path, "bench_api.py", "--cpu-small", "--size", "64", "--runs", "2", "--warmup", "0",
+                     "--batch", "2", "--demo-images", "4")
+    label = "sd-turbo 64² 1 step"  # the installed model's defaults, which requests without sizes get
+    assert rows[f"{label}: pipeline direct b1 p50"] > 0
+    for route in ("POST /api/generate b1", "POST /v1/images/generations b1"):
+        assert rows[f"{label}: {route} p50"] > 0
+        assert rows[f"{label}: {route} p50 through pennello serve"] > 0
+        # a difference of two noisy timings: its sign is not asserted, only that it was measured
+        assert f"{label}: {route} overhead relative to the pipeline" in rows
+    assert rows[f"{label}: throughput b2 via /api/generate n=2"] > 0
+    assert rows[f"{label}: demo 4 Einsteins via POST /api/batch, pictures received"] > 0
+    assert rows[f"{label}: demo 4 Einsteins via 4 concurrent /v1/images/generations n=1"] > 0
+    assert 0 < rows[f"{label}: pennello serve, launch to listening (model loaded)"] \
+        < rows[f"{label}: pennello serve, launch to first picture"]
