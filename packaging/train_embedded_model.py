@@ -9,8 +9,8 @@ the colour and shape of the main object back from the pixels. The pipeline is th
 training fills in its weights in two stages:
 
 1. the VAE, as a near-identity autoencoder: the first three latent channels are pinned to the
-   image averaged over 2x2 pixels, so the latent space is a half-size picture and the decoder
-   only has to upsample (a few minutes to good reconstruction);
+   image averaged over 4x4 pixels, so the latent space is a quarter-size picture and the
+   decoder only has to upsample;
 2. the UNet (v-prediction, loss weighted up where the object is) and the CLIP text encoder
    together, on those latents, with an exponential moving average of both.
 
@@ -52,6 +52,7 @@ log = logging.getLogger("train_embedded_model")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED = 20260101
 IMAGE_SIZE = 64
+VAE_SCALE = 4  # latents are the picture averaged over 4x4 pixels; build_embedded_model.VAE_SCALE
 
 # The palette: object and background colours (RGB).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -107,11 +108,13 @@ def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
     raise ValueError(shape)
 
 
-def render(scene: Scene, rng: random.Random | None = None, scale: int = 4) -> np.ndarray:
-    """The scene as a 64x64x3 uint8 array; ``rng`` jitters position and size a little."""
+def render(scene: Scene, rng: random.Random | None = None, scale: int = 4, jitter: float = 1.0) -> np.ndarray:
+    """The scene as a 64x64x3 uint8 array; ``rng`` jitters position (up to 3 pixels times
+    ``jitter``) and size (up to 1.5 pixels times ``jitter``)."""
     jx = jy = js = 0.0
     if rng is not None:
-        jx, jy, js = rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-1.5, 1.5)
+        jx, jy, js = (jitter * rng.uniform(-3, 3), jitter * rng.uniform(-3, 3),
+                      jitter * rng.uniform(-1.5, 1.5))
     s = IMAGE_SIZE * scale
     r = (SIZES[scene.size] + js) * scale
     fx, fy = POSITIONS[scene.position]
@@ -299,8 +302,9 @@ def _load_build_module():
     return module
 
 
-def make_dataset(scenes: list[Scene], n: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """``n`` jittered renders of scenes drawn at random.
+def make_dataset(scenes: list[Scene], n: int, seed: int,
+                 jitter: float = 1.0) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """``n`` jittered renders of scenes drawn at random (``jitter``: see :func:`render`).
 
     Returns:
         images in [-1, 1] (n, 3, 64, 64), captions, and object masks (n, 1, 64, 64): where the
@@ -308,7 +312,7 @@ def make_dataset(scenes: list[Scene], n: int, seed: int) -> tuple[torch.Tensor, 
     """
     rng = random.Random(seed)
     picks = [rng.choice(scenes) for _ in range(n)]
-    images = np.stack([render(s, rng) for s in picks])
+    images = np.stack([render(s, rng, jitter=jitter) for s in picks])
     backgrounds = np.array([COLOURS[s.background] for s in picks], dtype=float)[:, None, None, :]
     masks = np.abs(images.astype(float) - backgrounds).sum(-1) > 30
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -319,15 +323,15 @@ def pinned_latents(x: torch.Tensor) -> torch.Tensor:
     """The latent the VAE is trained to produce: the picture averaged over 4x4 pixels, plus a zero channel.
 
     Fixing it in advance makes the latent space a quarter-size picture (easy for the denoiser)
-    and lets the VAE and the denoiser train at the same time, each on its own core.
+    and lets the VAE and the denoiser train independently.
     """
-    pooled = F.avg_pool2d(x, 4)
+    pooled = F.avg_pool2d(x, VAE_SCALE)
     return torch.cat([pooled, torch.zeros_like(pooled[:, :1])], dim=1)
 
 
 def latent_scale(data: torch.Tensor) -> float:
     """The VAE's ``scaling_factor``: brings the pinned colour channels to unit variance."""
-    return round(1.0 / F.avg_pool2d(data, 4).std().item(), 4)
+    return round(1.0 / F.avg_pool2d(data, VAE_SCALE).std().item(), 4)
 
 
 def train_vae(vae, data: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> None:
@@ -375,7 +379,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def train_denoiser(pipe, latents: torch.Tensor, scale: float, captions: list[str], weights: torch.Tensor,
                    steps: int, batch: int, lr: float, ema_decay: float, seed: int, sampled_fraction: float = 0.5,
-                   eval_fn=None, eval_every: int = 0, ema_warmup: bool = True):
+                   eval_fn=None, eval_every: int = 0, ema_warmup: bool = True, text_lr_scale: float = 1.0):
     """UNet (v-prediction) and text encoder trained together; returns the EMA copies."""
     torch.manual_seed(seed)
     unet, text_encoder, tokenizer, scheduler = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
@@ -389,7 +393,9 @@ def train_denoiser(pipe, latents: torch.Tensor, scale: float, captions: list[str
     unet.train(); text_encoder.train()
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW([{"params": list(unet.parameters())},
+                             {"params": list(text_encoder.parameters()), "lr": lr * text_lr_scale}],
+                            lr=lr, weight_decay=0.01)
     warm = max(1, min(200, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1))
@@ -468,9 +474,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--object-weight", type=float, default=4.0,
                         help="extra loss weight on latent pixels covered by the object")
+    parser.add_argument("--edge-weight", type=float, default=0.0,
+                        help="extra loss weight on latent pixels along the object's outline (2 pixels either side)")
+    parser.add_argument("--text-lr-scale", type=float, default=1.0,
+                        help="the text encoder's learning rate as a multiple of --lr")
     parser.add_argument("--sampled-fraction", type=float, default=0.75,
                         help="share of training timesteps drawn from those 4/8-step sampling visits")
     parser.add_argument("--data", type=int, default=12000, help="training renders")
+    parser.add_argument("--jitter", type=float, default=1.0,
+                        help="scale of the renders' position and size jitter (1: up to 3 and 1.5 pixels)")
     parser.add_argument("--eval-every", type=int, default=300, help="steps between checkpoints")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pennello-tiny-train"), help="checkpoints")
     parser.add_argument("--no-ema-warmup", action="store_true", help="EMA at --ema from the first step")
@@ -500,9 +512,11 @@ def main(argv: list[str] | None = None) -> None:
         finalize(pipe, held, baseline, out, args.sheet, args.report, None)
         return
 
+    if build.VAE_SCALE != VAE_SCALE:
+        raise SystemExit(f"VAE_SCALE {VAE_SCALE} here but {build.VAE_SCALE} in build_embedded_model.py")
     pipe = untrained
     train_scenes, _ = split(args.seed)
-    data, captions, masks = make_dataset(train_scenes, args.data, args.seed)
+    data, captions, masks = make_dataset(train_scenes, args.data, args.seed, args.jitter)
     scale = latent_scale(data)
     log.info("data: %d renders of %d training scenes, %d held-out prompts; latent scale %.4f",
              len(data), len(train_scenes), len(held), scale)
@@ -521,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.stage == "vae":
             return
     vae_dir = args.vae_from or args.work / "vae"
+    if args.stage == "denoiser" and (vae_dir / "config.json").exists():
+        # Train on the latent scale the pipeline will decode with (the VAE's, fixed when it was trained).
+        scale = json.loads((vae_dir / "config.json").read_text())["scaling_factor"]
     if args.init:  # continue from a saved denoiser (its UNet and text encoder)
         init = StableDiffusionPipeline.from_pretrained(args.init, local_files_only=True)
         pipe.unet, pipe.text_encoder = init.unet.train(), init.text_encoder.train()
@@ -533,13 +550,17 @@ def main(argv: list[str] | None = None) -> None:
             trained_vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
             with_vae = StableDiffusionPipeline(**{**pipe.components, "vae": trained_vae})
             with_vae.set_progress_bar_config(disable=True)
-            log.info("step %d held-out: %s", step, score(with_vae, held[:32]))
+            log.info("step %d held-out: %s", step, score(with_vae, held[:48]))
         pipe.unet, pipe.text_encoder = live_unet, live_text
 
-    weights = 1.0 + args.object_weight * F.avg_pool2d(masks, 4)
+    weights = 1.0 + args.object_weight * F.avg_pool2d(masks, VAE_SCALE)
+    if args.edge_weight:  # the band along the object's outline: where the shapes differ
+        band = F.max_pool2d(masks, 5, 1, 2) - (-F.max_pool2d(-masks, 5, 1, 2))
+        weights = weights + args.edge_weight * F.avg_pool2d(band, VAE_SCALE)
     ema_unet, ema_text = train_denoiser(pipe, pinned_latents(data), scale, captions, weights, args.steps,
                                         args.batch, args.lr, args.ema, args.seed + 2, args.sampled_fraction,
-                                        checkpoint, args.eval_every, not args.no_ema_warmup)
+                                        checkpoint, args.eval_every, not args.no_ema_warmup,
+                                        args.text_lr_scale)
     pipe.unet, pipe.text_encoder = ema_unet.eval(), ema_text.eval()
     pipe.vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
     pipe.save_pretrained(args.work / "final", safe_serialization=True)

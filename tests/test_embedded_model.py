@@ -22,7 +22,9 @@ from pennello.installer.trust import TrustPolicy
 
 CATALOG = importlib.resources.files("pennello.manifests")
 EMBEDDED = embedded_dir("pennello-tiny")
-HELD_OUT_COLOUR_FLOOR = 0.7  # fraction of held-out prompts drawn in the right colour (untrained: ~0.15)
+HELD_OUT_COLOUR_FLOOR = 0.85  # fraction of held-out prompts drawn in the right colour (untrained: ~0.15)
+# Fraction drawn right in both colour and shape (untrained: ~0.05; the blob-drawing model before: ~0.15).
+HELD_OUT_BOTH_FLOOR = 0.35
 
 
 def _raw(name: str) -> bytes:
@@ -150,12 +152,14 @@ def test_a_red_circle_prompt_draws_a_red_circle(pipe, trainer):
     assert sum(shape == "circle" for _, shape in read) >= 3, read
 
 
-def test_embedded_model_draws_the_colours_of_held_out_prompts(pipe, trainer):
+def test_embedded_model_draws_held_out_prompts(pipe, trainer):
     # 16 prompts whose colour-shape-background combination training never showed (the first of
     # them colour-shape pairs it never saw at all); the checker reads the main object's colour
-    # from the pixels. Shape is not asserted: the model draws blobs (docs/embedded-model.md).
+    # and shape from the pixels. Colour is nearly always right; shape about two times in three
+    # (stars mostly come out as blobs: docs/embedded-model.md), so its floor is lower.
     result = trainer.score(pipe, trainer.held_out_prompts(16))
     assert result["colour"] >= HELD_OUT_COLOUR_FLOOR, result
+    assert result["both"] >= HELD_OUT_BOTH_FLOOR, result
 
 
 @pytest.fixture(scope="module")
