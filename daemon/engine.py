@@ -46,7 +46,7 @@ from .jobs import IMAGE_FORMATS, MAX_SEED, GenerateRequest, Job, OutputImage
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
 from .pipelines import PURPOSE_ROUTES, ModelFamily, get_family
 from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups, free_vram, plan_for,
-                       read_weights)
+                       read_weights, undo_compile)
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +479,7 @@ class Engine:
                         output_type="latent")  # the VAE is not compiled
         except Exception as e:
             log.exception("compiling %s failed; it runs uncompiled", loaded.installed.name)
-            del getattr(loaded.pipe, loaded.family.denoiser).forward  # the class's own forward again
+            undo_compile(loaded.pipe, loaded.family.denoiser)
             return plan.without("compile", f"warm-up failed: {type(e).__name__}: {e}")
         return replace(plan, warmup_s=round(time.perf_counter() - started, 3))
 
@@ -488,14 +488,11 @@ class Engine:
         and the speed-ups the engine settings and the profile ask for."""
         defaults = _model_defaults(installed, family)
         engine = self.config.engine
-        plan = plan_for(self.device, read_weights(installed.path), dtype.itemsize,
+        return plan_for(self.device, read_weights(installed.path), dtype.itemsize,
                         pixels=defaults["width"] * defaults["height"], free_bytes=free_vram(self.device),
                         profile=engine.memory_profile, cpu_threads=engine.cpu_threads,
                         speed={name: getattr(engine, name) for name in get_args(SpeedUp)},
-                        compile_mode=engine.compile_mode)
-        if plan.compile and family.purpose != "generate":  # its warm-up would need input pictures
-            plan = plan.without("compile", f"not for {family.purpose} models")
-        return plan
+                        compile_mode=engine.compile_mode, purpose=family.purpose)
 
     def _drop(self, name: str) -> bool:
         with self._cond:

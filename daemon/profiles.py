@@ -166,7 +166,8 @@ def gpu_tier(free_bytes: float) -> str:
 
 def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, free_bytes: float = 0.0,
              profile: MemoryProfile = "auto", cpu_threads: int = 0, batch: int = 1,
-             speed: Mapping[str, Toggle] | None = None, compile_mode: CompileMode = "default") -> Plan:
+             speed: Mapping[str, Toggle] | None = None, compile_mode: CompileMode = "default",
+             purpose: str = "generate") -> Plan:
     """Choose the placement and speed-ups of one model.
 
     Args:
@@ -181,11 +182,14 @@ def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, 
         speed: ``engine.compile``, ``engine.channels_last``, ``engine.fuse_qkv`` by name; a
             missing one is ``auto``.
         compile_mode: ``engine.compile_mode``.
+        purpose: the model family's (``generate``, ``edit``, ``upscale``).
     """
     plan = _placement(device, weights, dtype_bytes, pixels, free_bytes, profile, cpu_threads, batch)
     chosen = choose_speed_ups(plan.profile, speed or {})
     plan = replace(plan, compile=compile_mode if "compile" in chosen else None,
                    channels_last="channels_last" in chosen, fuse_qkv="fuse_qkv" in chosen)
+    if plan.compile and purpose != "generate":  # the load-time warm-up would need input pictures
+        plan = plan.without("compile", f"not for {purpose} models")
     if plan.compile and plan.offload != "none":  # offload hooks move weights under the compiled graph
         plan = plan.without("compile", f"not with {plan.offload} offload")
     if plan.fuse_qkv and plan.attention_slicing:  # sliced attention replaces the fused processors
@@ -284,6 +288,11 @@ def apply_speed_ups(pipe: Any, plan: Plan, denoiser: str, compile_cache: Path) -
         # the compiled graph and can come and go without a recompile.
         module.forward = torch.compile(module.forward, mode=plan.compile)
     return plan
+
+
+def undo_compile(pipe: Any, denoiser: str) -> None:
+    """The denoiser's own, uncompiled forward again (after a failed warm-up)."""
+    del getattr(pipe, denoiser).forward  # the instance attribute apply_speed_ups set
 
 
 def _fuse_qkv(pipe: Any, plan: Plan, denoiser: str) -> Plan:
