@@ -48,7 +48,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +65,7 @@ from PIL import Image
 
 from _common import cpu_name, percentile, row, write_result
 from archs import ARCHS, Arch, build_pipeline, model_index
-from bench_daemon import direct_pipeline_call, http_call, paired_ms
+from bench_daemon import direct_pipeline_call, http_call, paired_ms, served
 from bench_pipelines import EINSTEIN_STYLES, einstein_demo
 from pennello.config import Config, load_config
 from pennello.daemon import Engine, GenerateRequest, create_app, start_background_server
@@ -240,28 +239,6 @@ def in_process(config: Config, paths: Paths) -> Iterator[tuple[Engine, GenerateR
             stop()
     finally:
         engine.stop()
-
-
-@contextmanager
-def served(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, float, float]]:
-    """``pennello serve --port 0`` as a subprocess; yields (URL, seconds from launch to listening,
-    seconds to the first picture answered)."""
-    started = time.perf_counter()
-    with log_path.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "pennello", "serve", "--port", "0"],
-                                   stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-    try:
-        line = process.stdout.readline()
-        listening = time.perf_counter() - started
-        match = re.search(r"(http://\S+)", line)
-        if not match:
-            raise SystemExit(f"pennello serve did not start ({line!r}):\n{log_path.read_text()[-3000:]}")
-        url = match.group(1)
-        http_call(url, timeout=1800)()
-        yield url, listening, time.perf_counter() - started
-    finally:
-        process.terminate()
-        process.wait(timeout=300)
 
 
 # ---------------------------------------------------------------- measurements
