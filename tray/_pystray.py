@@ -11,6 +11,8 @@ i3bar…) get the same entries as a Tk pop-up menu on a left click.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from typing import Any
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the daemon's health is asked
 ICON_PX = 64
+QUIT_GRACE_S = 5.0  # after Quit, the longest the icon's event loop may take to end
 
 
 def _listen_for_clicks(icon: pystray.Icon) -> None:
@@ -126,9 +129,22 @@ class PystrayTray:
 
     def stop(self) -> None:
         self._stopped.set()
+        # pystray's X11 loop sometimes never returns after stop() (seen under Xvfb + trayer, about
+        # one Quit in six, with the daemon already stopped): Quit must still end the tray.
+        watchdog = threading.Timer(QUIT_GRACE_S, _exit_now)
+        watchdog.daemon = True  # a tray that closes normally does not wait for it
+        watchdog.start()
         self.icon.stop()
 
     @staticmethod
     def _in_thread(function: Any, *args: Any) -> None:
         # pystray calls menu actions on its event thread; keep it free to redraw the icon.
         threading.Thread(target=function, args=args, daemon=True).start()
+
+
+def _exit_now() -> None:
+    """End the process at once (the daemon it started is already stopped), output flushed."""
+    log.warning("the tray icon did not close in %.0f s after Quit; exiting", QUIT_GRACE_S)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
