@@ -6,13 +6,15 @@ captioned the way a user would ask ("a small red circle on a blue background, to
 held-out set of prompt combinations the model never sees in training; and a checker that reads
 the colour and shape of the main object back from the pixels. The pipeline is the one
 :func:`build_embedded_model.build_pipeline` makes (a diffusers ``StableDiffusionPipeline``);
-training fills in its weights in two stages:
+training fills in its weights in stages:
 
 1. the VAE, as a near-identity autoencoder: the first three latent channels are pinned to the
    image averaged over 4x4 pixels, so the latent space is a quarter-size picture and the
-   decoder only has to upsample;
-2. the UNet (v-prediction, loss weighted up where the object is) and the CLIP text encoder
-   together, on those latents, with an exponential moving average of both.
+   decoder only has to upsample; then its decoder alone, on latents roughened the way a
+   few-step denoiser gives them back, to draw crisp outlines from soft ones;
+2. the UNet (v-prediction, loss weighted up where the object is and more on its outline) and
+   the CLIP text encoder together, on those latents, some captions left empty so that
+   classifier-free guidance works, with an exponential moving average of both.
 
 The shipped weights came from a chain of such runs; docs/embedded-model.md lists the commands.
 
@@ -62,6 +64,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": 11.0, "large": 19.0}  # circumradius-like half extent, pixels
+# The shipped sampling default (packaging/sign_catalog.py puts it in the manifest): classifier-free
+# guidance, which needs a denoiser trained with some empty prompts (--uncond-fraction).
+GUIDANCE = 2.0
 POSITIONS = {"top left": (0.3, 0.3), "top right": (0.7, 0.3), "bottom left": (0.3, 0.7),
              "bottom right": (0.7, 0.7), "center": (0.5, 0.5)}
 # Colour-shape pairs never drawn in training (each colour and shape still appears otherwise).
@@ -184,33 +189,59 @@ def _normalised_mask(mask: np.ndarray, size: int = 20) -> np.ndarray:
 _TEMPLATES: dict[str, np.ndarray] | None = None
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected region of ``mask`` (a small flood fill; no scipy needed)."""
+def _components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Labels (1, 2, ...) of the 4-connected regions of ``mask`` and their sizes (a small flood
+    fill; no scipy needed)."""
     labels = np.zeros(mask.shape, dtype=np.int32)
-    best, best_size, current = 0, 0, 0
+    sizes: list[int] = []
     h, w = mask.shape
     for y0, x0 in zip(*np.nonzero(mask)):
         if labels[y0, x0]:
             continue
-        current += 1
+        labels[y0, x0] = len(sizes) + 1
         stack, size = [(y0, x0)], 0
-        labels[y0, x0] = current
         while stack:
             y, x = stack.pop()
             size += 1
             for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
                 if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = current
+                    labels[ny, nx] = len(sizes) + 1
                     stack.append((ny, nx))
-        if size > best_size:
-            best, best_size = current, size
-    return labels == best if best else mask
+        sizes.append(size)
+    return labels, sizes
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, sizes = _components(mask)
+    return labels == 1 + int(np.argmax(sizes)) if sizes else mask
 
 
 def nearest_colour(rgb: np.ndarray) -> str:
     names = list(COLOURS)
     palette = np.array([COLOURS[n] for n in names], dtype=float)
     return names[int(np.argmin(((palette - rgb) ** 2).sum(-1)))]
+
+
+def _against_background(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The picture as floats, its background colour (the median of a ring 3 pixels in from the
+    edge) and each pixel's distance from that colour."""
+    img = np.asarray(image, dtype=float)[..., :3]
+    k = 3
+    ring = np.concatenate([img[k, k:-k], img[-k - 1, k:-k], img[k:-k, k], img[k:-k, -k - 1]])
+    bg = np.median(ring, axis=0)
+    return img, bg, np.sqrt(((img - bg) ** 2).sum(-1))
+
+
+def read_layout(image: np.ndarray) -> tuple[tuple[float, float] | None, int]:
+    """Where the main object's centre is (x, y as fractions of the side; None if there is no
+    object) and how many separate objects (regions of at least 12 pixels) the picture shows."""
+    _, _, dist = _against_background(image)
+    labels, sizes = _components(dist > 60)
+    objects = [i + 1 for i, size in enumerate(sizes) if size >= 12]
+    if not objects:
+        return None, 0
+    ys, xs = np.nonzero(labels == max(objects, key=lambda i: sizes[i - 1]))
+    return ((xs.mean() + 0.5) / IMAGE_SIZE, (ys.mean() + 0.5) / IMAGE_SIZE), len(objects)
 
 
 def read_scene(image: np.ndarray) -> tuple[str | None, str | None]:
@@ -224,11 +255,7 @@ def read_scene(image: np.ndarray) -> tuple[str | None, str | None]:
     that outline best.
     """
     global _TEMPLATES
-    img = np.asarray(image, dtype=float)[..., :3]
-    k = 3
-    ring = np.concatenate([img[k, k:-k], img[-k - 1, k:-k], img[k:-k, k], img[k:-k, -k - 1]])
-    bg = np.median(ring, axis=0)
-    dist = np.sqrt(((img - bg) ** 2).sum(-1))
+    img, bg, dist = _against_background(image)
     mask = dist > 60
     if mask.sum() < 12:
         return None, None
@@ -252,29 +279,42 @@ def check(image: np.ndarray, scene: Scene) -> tuple[bool, bool]:
     return colour == scene.colour, shape == scene.shape
 
 
-def generate(pipe, scenes: list[Scene], steps: int = 4, seed: int = 0, batch: int = 16) -> list[np.ndarray]:
-    """Draw each scene's prompt at 64x64, guidance 1.0; seeds ``seed``, ``seed + 1``, ... per picture."""
+def generate(pipe, scenes: list[Scene], steps: int = 4, seed: int = 0, batch: int = 16,
+             guidance: float = GUIDANCE) -> list[np.ndarray]:
+    """Draw each scene's prompt at 64x64; seeds ``seed``, ``seed + 1``, ... per picture."""
     images = []
     for i in range(0, len(scenes), batch):
         chunk = scenes[i:i + batch]
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
         out = pipe([s.prompt for s in chunk], num_inference_steps=steps, height=IMAGE_SIZE, width=IMAGE_SIZE,
-                   guidance_scale=1.0, generator=gens).images
+                   guidance_scale=guidance, generator=gens).images
         images += [np.asarray(im) for im in out]
     return images
 
 
-def score(pipe, scenes: list[Scene], steps: int = 4, seed: int = 0) -> dict[str, float]:
-    """Fractions of ``scenes`` whose picture has the right colour, shape, and both."""
-    results = [check(im, s) for im, s in zip(generate(pipe, scenes, steps, seed), scenes)]
+def placed(image: np.ndarray, scene: Scene) -> bool:
+    """Whether the main object's centre is within a tenth of the side (in x and in y) of the
+    place asked for: nearer it than any other of the five places."""
+    centre, _ = read_layout(image)
+    return centre is not None and bool(max(abs(a - b) for a, b in zip(centre, POSITIONS[scene.position])) <= 0.1)
+
+
+def score(pipe, scenes: list[Scene], steps: int = 4, seed: int = 0, guidance: float = GUIDANCE) -> dict[str, float]:
+    """Fractions of ``scenes`` whose picture has the right colour, shape, and both; also of
+    those with the object in the right place, and with exactly one object."""
+    images = generate(pipe, scenes, steps, seed, guidance=guidance)
+    results = [check(im, s) for im, s in zip(images, scenes)]
     n = len(results)
     return {"colour": sum(c for c, _ in results) / n, "shape": sum(s for _, s in results) / n,
-            "both": sum(c and s for c, s in results) / n, "n": n}
+            "both": sum(c and s for c, s in results) / n, "n": n,
+            "place": sum(placed(im, s) for im, s in zip(images, scenes)) / n,
+            "one_object": sum(read_layout(im)[1] == 1 for im in images) / n}
 
 
-def contact_sheet(pipe, scenes: list[Scene], path: Path, steps: int = 4, seed: int = 0, cols: int = 8) -> None:
+def contact_sheet(pipe, scenes: list[Scene], path: Path, steps: int = 4, seed: int = 0, cols: int = 8,
+                  guidance: float = GUIDANCE) -> None:
     """A grid: each held-out prompt's picture above its checker verdict (green tick / red cross bar)."""
-    images = generate(pipe, scenes, steps, seed)
+    images = generate(pipe, scenes, steps, seed, guidance=guidance)
     rows = math.ceil(len(scenes) / cols)
     cell = IMAGE_SIZE + 6
     sheet = Image.new("RGB", (cols * cell, rows * cell), (255, 255, 255))
@@ -334,14 +374,18 @@ def latent_scale(data: torch.Tensor) -> float:
     return round(1.0 / F.avg_pool2d(data, VAE_SCALE).std().item(), 4)
 
 
+def _warmup_cosine(opt: torch.optim.Optimizer, steps: int, warm: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warm`` steps, then a cosine decay to a tenth of the learning rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1))
+
+
 def train_vae(vae, data: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> None:
     """Encoder regressed onto :func:`pinned_latents`; decoder trained to draw the picture back from it."""
     torch.manual_seed(seed)
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1))
+    sched = _warmup_cosine(opt, steps, max(1, steps // 20))
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
     for step in range(steps):
@@ -364,6 +408,49 @@ def train_vae(vae, data: torch.Tensor, steps: int, batch: int, lr: float, seed: 
     vae.eval()
 
 
+def outline_band(masks: torch.Tensor) -> torch.Tensor:
+    """1 on a 2-pixel band either side of the object's outline (where a circle, square, triangle
+    and star differ), 0 elsewhere; same shape as ``masks``."""
+    return F.max_pool2d(masks, 5, 1, 2) + F.max_pool2d(-masks, 5, 1, 2)
+
+
+def roughen(z: torch.Tensor, g: torch.Generator, noise: float) -> torch.Tensor:
+    """``z`` the way a few-step denoiser gives it back: softened by a random share of a 3x3 blur, plus noise."""
+    share = 0.5 * torch.rand(len(z), 1, 1, 1, generator=g)
+    soft = F.avg_pool2d(z, 3, 1, 1, count_include_pad=False)
+    return torch.lerp(z, soft, share) + noise * torch.randn(z.shape, generator=g)
+
+
+def train_decoder(vae, data: torch.Tensor, masks: torch.Tensor, steps: int, batch: int, lr: float, seed: int,
+                  edge_weight: float, noise: float, eval_fn=None, eval_every: int = 0) -> None:
+    """Fine-tune only the decoder (the encoder already gives the pinned latents) to draw sharp
+    outlines back from roughened latents; the loss is weighted up on the outline band."""
+    torch.manual_seed(seed)
+    params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    vae.train()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = _warmup_cosine(opt, steps, max(1, steps // 20))
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    for step in range(steps):
+        idx = torch.randint(len(data), (batch,), generator=g)
+        x = data[idx]
+        w = 1.0 + edge_weight * outline_band(masks[idx])
+        recon = vae.decode(roughen(pinned_latents(x), g, noise)).sample
+        loss = (w * (recon - x) ** 2).mean() + 0.5 * (w * (recon - x).abs()).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("decoder %5d/%d loss %.4f  %.0fs", step, steps, loss.item(), time.time() - t0)
+        if eval_fn is not None and eval_every and step and step % eval_every == 0:
+            vae.eval()
+            eval_fn(vae, step)
+            vae.train()
+    vae.eval()
+
+
 @torch.no_grad()
 def encode_latents(vae, data: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """Encoder means (no sampling) for ``data``, unscaled."""
@@ -379,12 +466,21 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def train_denoiser(pipe, latents: torch.Tensor, scale: float, captions: list[str], weights: torch.Tensor,
                    steps: int, batch: int, lr: float, ema_decay: float, seed: int, sampled_fraction: float = 0.5,
-                   eval_fn=None, eval_every: int = 0, ema_warmup: bool = True, text_lr_scale: float = 1.0):
-    """UNet (v-prediction) and text encoder trained together; returns the EMA copies."""
+                   eval_fn=None, eval_every: int = 0, ema_warmup: bool = True, text_lr_scale: float = 1.0,
+                   uncond_fraction: float = 0.0):
+    """UNet (v-prediction) and text encoder trained together; returns the EMA copies.
+
+    ``uncond_fraction`` of the captions are replaced by the empty prompt, which is what the
+    pipeline's classifier-free guidance feeds as its unconditional branch.
+    """
     torch.manual_seed(seed)
     unet, text_encoder, tokenizer, scheduler = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+
+    def tokens(texts: list[str]) -> torch.Tensor:
+        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+
+    ids, empty = tokens(captions), tokens([""])[0]
     alphas = scheduler.alphas_cumprod.float()
     n_train = scheduler.config.num_train_timesteps
     # The timesteps few-step sampling visits (4 and 8 trailing steps) get extra weight.
@@ -396,9 +492,7 @@ def train_denoiser(pipe, latents: torch.Tensor, scale: float, captions: list[str
     opt = torch.optim.AdamW([{"params": list(unet.parameters())},
                              {"params": list(text_encoder.parameters()), "lr": lr * text_lr_scale}],
                             lr=lr, weight_decay=0.01)
-    warm = max(1, min(200, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1))
+    sched = _warmup_cosine(opt, steps, max(1, min(200, steps // 10)))
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
     running = None
@@ -413,7 +507,10 @@ def train_denoiser(pipe, latents: torch.Tensor, scale: float, captions: list[str
         s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
         xt = a * x0 + s * noise
         v = a * noise - s * x0
-        cond = text_encoder(ids[idx])[0]
+        batch_ids = ids[idx]
+        if uncond_fraction:
+            batch_ids[torch.rand(batch, generator=g) < uncond_fraction] = empty
+        cond = text_encoder(batch_ids)[0]
         # Euler sampling feeds the UNet x_t (scaled back to unit variance), as trained here.
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         # The object is a tenth of the picture but all of what the prompt asks; weigh it up.
@@ -437,16 +534,16 @@ def train_denoiser(pipe, latents: torch.Tensor, scale: float, captions: list[str
 
 
 def finalize(pipe, held: list[Scene], baseline: dict, out: Path | None, sheet: Path | None,
-             report: Path | None, train_seconds: float | None) -> dict:
+             report: Path | None, train_seconds: float | None, guidance: float = GUIDANCE) -> dict:
     """Score on every held-out prompt, draw the contact sheet, and write the pipeline if it is better."""
     build = _load_build_module()
-    result = score(pipe, held)
+    result = score(pipe, held, guidance=guidance)
     log.info("trained model on %d held-out prompts: %s (untrained: %s)", len(held), result, baseline)
     if report:
-        report.write_text(json.dumps({"trained": result, "untrained": baseline,
+        report.write_text(json.dumps({"trained": result, "untrained": baseline, "guidance": guidance,
                                       "train_seconds": train_seconds}, indent=2) + "\n")
     if sheet:
-        contact_sheet(pipe, held[:48], sheet)
+        contact_sheet(pipe, held[:48], sheet, guidance=guidance)
         log.info("wrote %s", sheet)
     if out is not None:
         if result["both"] <= baseline["both"]:
@@ -457,16 +554,47 @@ def finalize(pipe, held: list[Scene], baseline: dict, out: Path | None, sheet: P
     return result
 
 
+def _finetune_decoder(args: argparse.Namespace, data: torch.Tensor, masks: torch.Tensor, held: list[Scene]) -> None:
+    """The decoder stage: checkpoints (scored on the exact latents of held-out renders) and WORK/vae."""
+    from diffusers import AutoencoderKL
+
+    if args.vae_init is None:
+        raise SystemExit("--stage decoder needs --vae-init (the VAE whose decoder it fine-tunes)")
+    vae = AutoencoderKL.from_pretrained(args.vae_init, local_files_only=True)
+    rng = random.Random(args.seed + 5)
+    renders = np.stack([render(s, rng) for s in held])
+    exact = pinned_latents(torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+
+    def checkpoint(model, step: int) -> None:
+        with torch.no_grad():
+            out = ((model.decode(exact).sample.clamp(-1, 1) + 1) * 127.5).round().byte()
+        results = [check(im, s) for im, s in zip(out.permute(0, 2, 3, 1).numpy(), held)]
+        log.info("step %d, held-out renders' exact latents: shape %.3f colour %.3f", step,
+                 np.mean([sh for _, sh in results]), np.mean([c for c, _ in results]))
+        model.save_pretrained(args.work / f"vae-step{step:05d}", safe_serialization=True)
+
+    checkpoint(vae, 0)
+    train_decoder(vae, data, masks, args.vae_steps, args.batch, args.vae_lr, args.seed + 3,
+                  args.decoder_edge_weight, args.decoder_noise, checkpoint, args.eval_every)
+    checkpoint(vae, args.vae_steps)
+    vae.save_pretrained(args.work / "vae", safe_serialization=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     build = _load_build_module()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=build.DEFAULT_OUT, help="where the trained pipeline goes")
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--stage", choices=("all", "vae", "denoiser"), default="all",
-                        help="train both (one after the other) or one; the denoiser stage uses --vae-from")
+    parser.add_argument("--stage", choices=("all", "vae", "denoiser", "decoder"), default="all",
+                        help="train both (one after the other) or one; the denoiser stage uses --vae-from; "
+                             "decoder fine-tunes the decoder of --vae-init")
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-lr", type=float, default=3e-3)
     parser.add_argument("--vae-init", type=Path, default=None, help="continue training this VAE directory")
+    parser.add_argument("--decoder-edge-weight", type=float, default=4.0,
+                        help="decoder stage: extra loss weight on the 2-pixel band along the outline")
+    parser.add_argument("--decoder-noise", type=float, default=0.04,
+                        help="decoder stage: noise added to the (also softened) latents it learns from")
     parser.add_argument("--vae-from", type=Path, default=None, help="a trained VAE directory (default WORK/vae)")
     parser.add_argument("--steps", type=int, default=2500, help="denoiser training steps")
     parser.add_argument("--batch", type=int, default=16)
@@ -478,6 +606,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="extra loss weight on latent pixels along the object's outline (2 pixels either side)")
     parser.add_argument("--text-lr-scale", type=float, default=1.0,
                         help="the text encoder's learning rate as a multiple of --lr")
+    parser.add_argument("--uncond-fraction", type=float, default=0.1,
+                        help="share of captions replaced by the empty prompt (lets guidance above 1.0 work)")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE,
+                        help="guidance scale the checkpoints are scored at (1.0 for a denoiser trained without "
+                             "--uncond-fraction)")
     parser.add_argument("--sampled-fraction", type=float, default=0.75,
                         help="share of training timesteps drawn from those 4/8-step sampling visits")
     parser.add_argument("--data", type=int, default=12000, help="training renders")
@@ -501,7 +634,7 @@ def main(argv: list[str] | None = None) -> None:
     untrained = build.build_pipeline(args.seed)
     untrained.set_progress_bar_config(disable=True)
     held = held_out_prompts(seed=args.seed)
-    baseline = score(untrained, held[:48])
+    baseline = score(untrained, held[:48], guidance=args.guidance)
     log.info("untrained model on held-out prompts: %s", baseline)
     out = None if args.no_save else args.out
     if args.finalize:
@@ -509,7 +642,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.vae_from:
             pipe.vae = AutoencoderKL.from_pretrained(args.vae_from, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
-        finalize(pipe, held, baseline, out, args.sheet, args.report, None)
+        finalize(pipe, held, baseline, out, args.sheet, args.report, None, args.guidance)
         return
 
     if build.VAE_SCALE != VAE_SCALE:
@@ -521,6 +654,9 @@ def main(argv: list[str] | None = None) -> None:
     log.info("data: %d renders of %d training scenes, %d held-out prompts; latent scale %.4f",
              len(data), len(train_scenes), len(held), scale)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.stage == "decoder":
+        _finetune_decoder(args, data, masks, held)
+        return
     if args.stage in ("vae", "all"):
         if args.vae_init:
             pipe.vae = AutoencoderKL.from_pretrained(args.vae_init, local_files_only=True)
@@ -550,21 +686,20 @@ def main(argv: list[str] | None = None) -> None:
             trained_vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
             with_vae = StableDiffusionPipeline(**{**pipe.components, "vae": trained_vae})
             with_vae.set_progress_bar_config(disable=True)
-            log.info("step %d held-out: %s", step, score(with_vae, held[:48]))
+            log.info("step %d held-out: %s", step, score(with_vae, held[:48], guidance=args.guidance))
         pipe.unet, pipe.text_encoder = live_unet, live_text
 
     weights = 1.0 + args.object_weight * F.avg_pool2d(masks, VAE_SCALE)
     if args.edge_weight:  # the band along the object's outline: where the shapes differ
-        band = F.max_pool2d(masks, 5, 1, 2) - (-F.max_pool2d(-masks, 5, 1, 2))
-        weights = weights + args.edge_weight * F.avg_pool2d(band, VAE_SCALE)
+        weights = weights + args.edge_weight * F.avg_pool2d(outline_band(masks), VAE_SCALE)
     ema_unet, ema_text = train_denoiser(pipe, pinned_latents(data), scale, captions, weights, args.steps,
                                         args.batch, args.lr, args.ema, args.seed + 2, args.sampled_fraction,
                                         checkpoint, args.eval_every, not args.no_ema_warmup,
-                                        args.text_lr_scale)
+                                        args.text_lr_scale, args.uncond_fraction)
     pipe.unet, pipe.text_encoder = ema_unet.eval(), ema_text.eval()
     pipe.vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
     pipe.save_pretrained(args.work / "final", safe_serialization=True)
-    finalize(pipe, held, baseline, out, args.sheet, args.report, round(time.time() - t_start))
+    finalize(pipe, held, baseline, out, args.sheet, args.report, round(time.time() - t_start), args.guidance)
 
 if __name__ == "__main__":
     main()
