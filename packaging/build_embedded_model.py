@@ -143,12 +143,31 @@ def build_pipeline(seed: int = SEED) -> StableDiffusionPipeline:
         feature_extractor=None, image_encoder=None, requires_safety_checker=False, **components)
 
 
+def _reset_tokenizer_state(tokenizer: CLIPTokenizer) -> None:
+    # Each call leaves its padding and truncation settings in the backend, which would then be
+    # saved: put back what a new CLIPTokenizer has, so the bytes do not depend on the last call.
+    backend = tokenizer.backend_tokenizer
+    backend.no_truncation()
+    backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
+
+
+def _drop_load_paths(saved: Path) -> None:
+    # diffusers records where a part was loaded from ("/tmp/run/final/unet"): a build machine's
+    # path has no place in shipped, signed files.
+    for config in saved.rglob("*.json"):
+        data = json.loads(config.read_text())
+        if isinstance(data, dict) and data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def save_pipeline(pipe: StableDiffusionPipeline, out: Path) -> None:
     """Write the pipeline to ``out``, replacing what was there only once the new copy is complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         staged = Path(tmp) / out.name
+        _reset_tokenizer_state(pipe.tokenizer)
         pipe.save_pretrained(staged, safe_serialization=True)
+        _drop_load_paths(staged)
         # safetensors writes 0600; a wheel keeps modes, and other users must be able to read these.
         for path in staged.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
