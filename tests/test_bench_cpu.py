@@ -44,7 +44,7 @@ def test_daemon_bench_measures_overhead_batching_and_cold_start(tmp_path):
 def test_embedded_bench_scores_adherence_and_latency(tmp_path):
     rows = run_bench(tmp_path, "bench_embedded.py", "--n", "4", "--rounds", "2")
     assert 0 <= rows["held-out adherence: colour"] <= 100
-    assert rows["latency 64x64 4 steps, batch 1"] > 0
+    assert rows["latency 64x64 4 steps guidance 2, batch 1"] > 0
     assert 0 < rows["weights"] <= 20
 
 
