@@ -156,6 +156,17 @@ def test_the_manifest_samples_as_the_model_was_scored(trainer):
     assert _defaults() == {"width": 64, "height": 64, "steps": 4, "guidance": trainer.GUIDANCE}
 
 
+def test_saving_the_shipped_pipeline_writes_the_signed_bytes_again(pipe, tmp_path):
+    """What training's last step writes is what ships: no build paths, no leftover tokenizer state."""
+    _draw(pipe, seed=0)  # a call leaves padding and truncation settings in the tokenizer
+    load_script("build_embedded_model").save_pipeline(pipe, tmp_path / "resaved")
+    shipped = {p.relative_to(EMBEDDED): p.read_bytes() for p in EMBEDDED.rglob("*") if p.is_file()}
+    resaved = {p.relative_to(tmp_path / "resaved"): p.read_bytes()
+               for p in (tmp_path / "resaved").rglob("*") if p.is_file()}
+    assert sorted(resaved) == sorted(shipped)
+    assert [str(path) for path in shipped if resaved[path] != shipped[path]] == []
+
+
 def test_held_out_prompts_never_appear_in_training(trainer):
     train, test = trainer.split()
     seen = {(s.colour, s.shape, s.background) for s in train}
