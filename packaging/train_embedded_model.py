@@ -232,16 +232,24 @@ def _against_background(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return img, bg, np.sqrt(((img - bg) ** 2).sum(-1))
 
 
-def read_layout(image: np.ndarray) -> tuple[tuple[float, float] | None, int]:
-    """Where the main object's centre is (x, y as fractions of the side; None if there is no
-    object) and how many separate objects (regions of at least 12 pixels) the picture shows."""
-    _, _, dist = _against_background(image)
+def _objects(dist: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """The main object's pixels (the largest region that differs from the background; None if
+    no region has 12 pixels) and how many regions of at least 12 pixels there are."""
     labels, sizes = _components(dist > 60)
     objects = [i + 1 for i, size in enumerate(sizes) if size >= 12]
     if not objects:
         return None, 0
-    ys, xs = np.nonzero(labels == max(objects, key=lambda i: sizes[i - 1]))
-    return ((xs.mean() + 0.5) / IMAGE_SIZE, (ys.mean() + 0.5) / IMAGE_SIZE), len(objects)
+    return labels == max(objects, key=lambda i: sizes[i - 1]), len(objects)
+
+
+def read_layout(image: np.ndarray) -> tuple[tuple[float, float] | None, int]:
+    """Where the main object's centre is (x, y as fractions of the side; None if there is no
+    object) and how many separate objects (regions of at least 12 pixels) the picture shows."""
+    main, count = _objects(_against_background(image)[2])
+    if main is None:
+        return None, 0
+    ys, xs = np.nonzero(main)
+    return ((xs.mean() + 0.5) / IMAGE_SIZE, (ys.mean() + 0.5) / IMAGE_SIZE), count
 
 
 def read_scene(image: np.ndarray) -> tuple[str | None, str | None]:
@@ -256,11 +264,8 @@ def read_scene(image: np.ndarray) -> tuple[str | None, str | None]:
     """
     global _TEMPLATES
     img, bg, dist = _against_background(image)
-    mask = dist > 60
-    if mask.sum() < 12:
-        return None, None
-    mask = _largest_component(mask)
-    if mask.sum() < 12:
+    mask, _ = _objects(dist)
+    if mask is None:
         return None, None
     core = mask & (dist >= np.median(dist[mask]))
     obj = np.median(img[core], axis=0)
@@ -292,11 +297,14 @@ def generate(pipe, scenes: list[Scene], steps: int = 4, seed: int = 0, batch: in
     return images
 
 
+def _near(centre: tuple[float, float] | None, position: str) -> bool:
+    return centre is not None and bool(max(abs(a - b) for a, b in zip(centre, POSITIONS[position])) <= 0.1)
+
+
 def placed(image: np.ndarray, scene: Scene) -> bool:
     """Whether the main object's centre is within a tenth of the side (in x and in y) of the
     place asked for: nearer it than any other of the five places."""
-    centre, _ = read_layout(image)
-    return centre is not None and bool(max(abs(a - b) for a, b in zip(centre, POSITIONS[scene.position])) <= 0.1)
+    return _near(read_layout(image)[0], scene.position)
 
 
 def score(pipe, scenes: list[Scene], steps: int = 4, seed: int = 0, guidance: float = GUIDANCE) -> dict[str, float]:
@@ -304,11 +312,12 @@ def score(pipe, scenes: list[Scene], steps: int = 4, seed: int = 0, guidance: fl
     those with the object in the right place, and with exactly one object."""
     images = generate(pipe, scenes, steps, seed, guidance=guidance)
     results = [check(im, s) for im, s in zip(images, scenes)]
+    layouts = [read_layout(im) for im in images]
     n = len(results)
     return {"colour": sum(c for c, _ in results) / n, "shape": sum(s for _, s in results) / n,
             "both": sum(c and s for c, s in results) / n, "n": n,
-            "place": sum(placed(im, s) for im, s in zip(images, scenes)) / n,
-            "one_object": sum(read_layout(im)[1] == 1 for im in images) / n}
+            "place": sum(_near(centre, s.position) for (centre, _), s in zip(layouts, scenes)) / n,
+            "one_object": sum(count == 1 for _, count in layouts) / n}
 
 
 def contact_sheet(pipe, scenes: list[Scene], path: Path, steps: int = 4, seed: int = 0, cols: int = 8,
