@@ -351,6 +351,11 @@ def _load_build_module():
     return module
 
 
+def _as_vae_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 pictures (n, 64, 64, 3) as the VAE takes them: (n, 3, 64, 64) floats in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def make_dataset(scenes: list[Scene], n: int, seed: int,
                  jitter: float = 1.0) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     """``n`` jittered renders of scenes drawn at random (``jitter``: see :func:`render`).
@@ -364,8 +369,7 @@ def make_dataset(scenes: list[Scene], n: int, seed: int,
     images = np.stack([render(s, rng, jitter=jitter) for s in picks])
     backgrounds = np.array([COLOURS[s.background] for s in picks], dtype=float)[:, None, None, :]
     masks = np.abs(images.astype(float) - backgrounds).sum(-1) > 30
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x, [s.caption(rng) for s in picks], torch.from_numpy(masks)[:, None].float()
+    return _as_vae_input(images), [s.caption(rng) for s in picks], torch.from_numpy(masks)[:, None].float()
 
 
 def pinned_latents(x: torch.Tensor) -> torch.Tensor:
@@ -572,7 +576,7 @@ def _finetune_decoder(args: argparse.Namespace, data: torch.Tensor, masks: torch
     vae = AutoencoderKL.from_pretrained(args.vae_init, local_files_only=True)
     rng = random.Random(args.seed + 5)
     renders = np.stack([render(s, rng) for s in held])
-    exact = pinned_latents(torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    exact = pinned_latents(_as_vae_input(renders))
 
     def checkpoint(model, step: int) -> None:
         with torch.no_grad():
