@@ -69,8 +69,8 @@ from bench_daemon import direct_pipeline_call, http_call, paired_ms, served
 from bench_pipelines import EINSTEIN_STYLES, einstein_demo
 from pennello.config import Config, load_config
 from pennello.daemon import Engine, GenerateRequest, create_app, start_background_server
-from pennello.daemon.engine import pick_device, pick_dtype
-from pennello.daemon.pipelines import families, get_family
+from pennello.daemon.engine.engine import pick_device, pick_dtype
+from pennello.daemon.engine.families import families, get_family
 from pennello.installer import Installer, Manifest
 from pennello.installer.keys import generate_key, load_private_key, sign_signed
 from pennello.installer.manifest import FileEntry, PipelineSpec, Source, dump_envelope

@@ -3,7 +3,7 @@
     sudo .venv/bin/python bench/bench_discovery.py      # writes bench/results/discovery.json
     .venv/bin/python bench/bench_discovery.py --rounds 5 # without root: both ends on this host
 
-The advertiser (``pennello.daemon.advertise.Advertiser``, as ``serve --lan`` uses it) and the
+The advertiser (``pennello.daemon.net.mdns.Advertiser``, as ``serve --lan`` uses it) and the
 browsers run in two network namespaces joined by a veth (tests/_fixtures_netns.py), so every
 packet crosses a real link between two network stacks; without root both run on this host.
 
@@ -70,7 +70,7 @@ def role_browser() -> None:
 def role_advertiser(rounds: int, hold_s: float) -> None:
     """Advertise a fresh daemon per round; print when start was called and when it went live.
     Then keep one advertised (its id on a line of its own) until stdin closes."""
-    from pennello.daemon.advertise import Advertiser
+    from pennello.daemon.net.mdns import Advertiser
     from pennello.paths import get_paths
 
     with tempfile.TemporaryDirectory() as tmp:

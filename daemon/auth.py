@@ -19,7 +19,7 @@ Every token has a *scope*: ``device`` (what pairing gives: make pictures, see it
     >>> needs_token("192.0.2.7"), needs_token("127.0.0.1")
     (True, False)
 
-This module has no HTTP in it; :mod:`pennello.daemon.routes_auth` puts it behind Flask.
+This module has no HTTP in it; :mod:`pennello.daemon.http.routes.auth` puts it behind Flask.
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pennello.config import Config
-from pennello.daemon.batch import finish_batch, submit_batch
-from pennello.daemon.edit import EditRequest, run_edit
-from pennello.daemon.engine import Engine
-from pennello.daemon.enhance import enhance
-from pennello.daemon.jobs import GenerateRequest
-from pennello.daemon.styles import builtin_styles, choose_styles
-from pennello.daemon.upscale import upscale_lanczos
+from pennello.daemon.tools.style_batch import finish_batch, submit_batch
+from pennello.daemon.tools.edit import EditRequest, run_edit
+from pennello.daemon.engine.engine import Engine
+from pennello.daemon.tools.enhance import enhance
+from pennello.daemon.engine.jobs import GenerateRequest
+from pennello.daemon.tools.styles import builtin_styles, choose_styles
+from pennello.daemon.tools.upscale import upscale_lanczos
 from pennello.installer import ensure_embedded_default
 from pennello.paths import get_paths
 

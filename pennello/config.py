@@ -35,7 +35,7 @@ from pennello.files import write_atomic
 Device = Literal["auto", "cuda", "mps", "cpu"]
 Isolation = Literal["auto", "namespace", "off"]  # offline.isolation
 MemoryProfile = Literal["auto", "large", "16gb", "12gb", "8gb"]
-# A speed-up's setting: auto leaves it to the device profile (daemon/profiles.py PROFILE_SPEED_UPS).
+# A speed-up's setting: auto leaves it to the device profile (daemon/engine/profiles.py PROFILE_SPEED_UPS).
 Toggle = Literal["auto", "on", "off"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 DEFAULT_MODEL = "pennello-tiny"
@@ -67,7 +67,7 @@ class EngineConfig:
     max_steps: int = 100
     max_prompt_chars: int = 2000
     log_prompts: bool = False  # prompts stay out of logs unless this is on
-    memory_profile: MemoryProfile = "auto"  # GPU tier; auto picks it from free VRAM (daemon/profiles.py)
+    memory_profile: MemoryProfile = "auto"  # GPU tier; auto picks it from free VRAM (daemon/engine/profiles.py)
     cpu_threads: int = 0  # torch threads on a CPU; 0: all cores but one (see bench/bench_threads.py)
     # Speed-ups applied when a model loads (docs/performance.md); each stays off on every device
     # class until bench/run_gpu.sh has measured it on a real card.

@@ -67,7 +67,7 @@ def lan_address() -> Iterator[str]:
 def api_engine(tmp_path_factory):
     """An engine on the installed embedded tiny model, shared by a test module (loading a model per
     test would triple these tests' time; ``make_engine`` in _fixtures_daemon is the per-test one)."""
-    from pennello.daemon.engine import Engine
+    from pennello.daemon.engine.engine import Engine
     from pennello.installer import ensure_embedded_default
     from pennello.paths import get_paths
 
@@ -86,8 +86,8 @@ def api_server(api_engine, request) -> Iterator[Callable[..., Any]]:
     Call with ``lan=True`` (needs ``lan_address``) to bind 0.0.0.0 and get ``(url, lan_url)``;
     ``**server`` sets ``[server]`` config fields (e.g. ``cors_origins``).
     """
-    from pennello.daemon.app import create_app
-    from pennello.daemon.server import start_background_server
+    from pennello.daemon.http.app import create_app
+    from pennello.daemon.net.server import start_background_server
 
     stops: list[Callable[[], None]] = []
 
@@ -119,7 +119,7 @@ def drawn(api_engine):
     its exact pixels)."""
     from PIL import Image
 
-    from pennello.daemon.jobs import GenerateRequest
+    from pennello.daemon.engine.jobs import GenerateRequest
 
     job = api_engine.submit(GenerateRequest(prompt="a red circle on a blue background", seed=21))
     assert job.wait(120) and job.status == "done"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pennello.client import Client, sse_events
 from pennello.daemon import GenerateRequest
-from pennello.daemon.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
+from pennello.daemon.engine.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
 from pennello.errors import BusyError, RequestError
 from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
 

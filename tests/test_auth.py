@@ -202,7 +202,7 @@ def test_a_damaged_token_file_refuses_rather_than_guesses(store):
 # --- over HTTP: a real server, a real non-loopback client ------------------------------------
 
 
-from pennello.daemon.routes_auth import COOKIE  # noqa: E402
+from pennello.daemon.http.routes.auth import COOKIE  # noqa: E402
 
 
 def _pair(owner_url: str, device_url: str, name: str = "tablet") -> dict:
@@ -363,7 +363,7 @@ def test_cors_only_for_listed_origins(api_server):
 def test_pennello_pair_shows_a_code_that_works(api_server, api_engine, monkeypatch):
     from click.testing import CliRunner
 
-    from pennello.daemon.cli_auth import pair
+    from pennello.daemon.cli.auth import pair
 
     url, lan = api_server(lan=True)
     monkeypatch.setenv("PENNELLO_HOME", str(api_engine.paths.data_dir.parent))
@@ -383,7 +383,7 @@ def test_pennello_pair_shows_a_code_that_works(api_server, api_engine, monkeypat
 def test_pennello_pair_without_a_daemon_says_so(home):
     from click.testing import CliRunner
 
-    from pennello.daemon.cli_auth import pair
+    from pennello.daemon.cli.auth import pair
 
     result = CliRunner().invoke(pair, [])
     assert result.exit_code != 0 and "not running" in str(result.exception)
@@ -392,7 +392,7 @@ def test_pennello_pair_without_a_daemon_says_so(home):
 def test_pennello_tokens_list_and_revoke(home):
     from click.testing import CliRunner
 
-    from pennello.daemon.cli_auth import tokens
+    from pennello.daemon.cli.auth import tokens
 
     store = TokenStore(home.state_dir / "tokens.json")
     token, record = store.issue("garden pi")

@@ -256,7 +256,7 @@ SERVE_AND_REPORT = textwrap.dedent("""
         importlib.import_module(f"pennello.daemon.{module.name}")
     from pennello.config import Config
     from pennello.daemon import create_app, start_background_server
-    from pennello.daemon.engine import Engine
+    from pennello.daemon.engine.engine import Engine
     from pennello.paths import get_paths
 
     paths = get_paths()

@@ -14,10 +14,10 @@ from PIL import Image, ImageOps
 from pennello.cli import cli
 from pennello.config import Config
 from pennello.daemon import create_app, start_background_server
-from pennello.daemon.copyright import ReferenceIndex, distance, hashes
-from pennello.daemon.engine import Engine
-from pennello.daemon.jobs import GenerateRequest
-from pennello.daemon.outputs import parse_xmp
+from pennello.daemon.tools.copyright import ReferenceIndex, distance, hashes
+from pennello.daemon.engine.engine import Engine
+from pennello.daemon.engine.jobs import GenerateRequest
+from pennello.daemon.engine.outputs import parse_xmp
 from pennello.installer import ensure_embedded_default
 from pennello.paths import get_paths
 
@@ -162,7 +162,8 @@ def test_a_saved_pipeline_with_check_reports_flags(setup, tmp_path):
 
 
 def test_a_failing_check_never_costs_the_picture(monkeypatch):
-    from pennello.daemon import copyright, poststeps
+    from pennello.daemon.tools import copyright
+    from pennello.daemon.engine import poststeps
 
     class Engine:
         config = Config().replace("copyright", reference_dir="/nowhere")

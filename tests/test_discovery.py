@@ -19,10 +19,10 @@ import requests
 from zeroconf import ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from pennello.config import Config
-from pennello.daemon.advertise import Advertiser, advertiser_for, instance_id, interface_addresses
-from pennello.daemon.app import create_app
-from pennello.daemon.server import make_lan_server, start_background_server
-from pennello.daemon.tls import ensure_certificate
+from pennello.daemon.net.mdns import Advertiser, advertiser_for, instance_id, interface_addresses
+from pennello.daemon.http.app import create_app
+from pennello.daemon.net.server import make_lan_server, start_background_server
+from pennello.daemon.net.tls import ensure_certificate
 from pennello.discover import SERVICE_TYPE, Service, browse, encode_txt, pinned_session, zeroconf_interfaces
 from pennello.errors import TrustError
 from pennello.paths import get_paths

@@ -19,10 +19,10 @@ from PIL import Image
 from _fixtures_api import StoreWithExtras, installed_as, png_bytes
 from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
 from pennello.cli import cli
-from pennello.daemon.edit import fit_size, mask_to_l
-from pennello.daemon.imaging import COMPOSITE_WITH_TRAINED_MEDIA
-from pennello.daemon.outputs import parse_xmp
-from pennello.daemon.pipelines import get_family
+from pennello.daemon.tools.edit import fit_size, mask_to_l
+from pennello.daemon.tools.uploads import COMPOSITE_WITH_TRAINED_MEDIA
+from pennello.daemon.engine.outputs import parse_xmp
+from pennello.daemon.engine.families import get_family
 
 
 def _fetch(url: str, image: dict) -> tuple[np.ndarray, str | None, dict]:
@@ -269,7 +269,7 @@ def test_cli_edit(url, drawn, tmp_path):
 def test_tool_responses_match_their_openapi_schemas(url, drawn):
     import jsonschema
 
-    from pennello.daemon.openapi import build_spec
+    from pennello.daemon.http.openapi import build_spec
 
     spec = build_spec()
 
@@ -333,7 +333,7 @@ def test_an_edit_job_is_listed_and_can_be_cancelled(url, drawn, api_engine):
 
 
 def test_edits_count_against_the_queue_and_a_full_queue_is_429(make_server, drawn):
-    from pennello.daemon.jobs import GenerateRequest
+    from pennello.daemon.engine.jobs import GenerateRequest
 
     running = make_server(config_with(engine={"queue_size": 1}))
     blocker = running.engine.submit(GenerateRequest(prompt="busy", steps=SLOW_STEPS))
@@ -350,7 +350,7 @@ def test_edits_count_against_the_queue_and_a_full_queue_is_429(make_server, draw
 
 
 def test_edit_jobs_are_private_to_their_owner(api_engine, drawn):
-    from pennello.daemon.edit import EditRequest, submit_edit
+    from pennello.daemon.tools.edit import EditRequest, submit_edit
     from pennello.errors import NotFoundError
 
     job = submit_edit(api_engine, EditRequest(prompt="mine", image=drawn, steps=2, owner="device-a"))

@@ -77,7 +77,7 @@ def test_the_daemon_can_serve_every_catalog_entry(name):
     exists in the installed diffusers, so installing it never ends in an unservable model."""
     import diffusers
 
-    from pennello.daemon.pipelines import get_family
+    from pennello.daemon.engine.families import get_family
 
     manifest = Manifest.from_signed(parse_envelope(_raw(name))[0])
     family = get_family(manifest.pipeline.family)
@@ -85,7 +85,7 @@ def test_the_daemon_can_serve_every_catalog_entry(name):
 
 
 def test_the_catalog_has_the_ai_upscaler_the_config_names_and_a_multi_picture_editor():
-    from pennello.daemon.pipelines import get_family
+    from pennello.daemon.engine.families import get_family
 
     upscaler = Manifest.from_signed(parse_envelope(_raw(Config().images.upscale_model))[0])
     assert get_family(upscaler.pipeline.family).purpose == "upscale"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pennello.daemon import GenerateRequest
-from pennello.daemon.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
+from pennello.daemon.engine.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
 from pennello.errors import BusyError, DaemonError, ModelNotFoundError, NotFoundError, RequestError
 from pennello.installer import Store
 from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pennello.daemon.openapi import build_spec
+from pennello.daemon.http.openapi import build_spec
 
 
 def _bench_module(name: str):

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from _fixtures_daemon import config_with
 from pennello.daemon.auth import TokenStore, hash_token
-from pennello.daemon.surface import (ENDPOINT_SCOPES, PAGE_HEADER, STATE_CHANGING, HostPolicy,
+from pennello.daemon.http.surface import (ENDPOINT_SCOPES, PAGE_HEADER, STATE_CHANGING, HostPolicy,
                                      OriginNotAllowedError, check_origin, host_name,
                                      normalize_origin, origin_allowed, scope_of)
 
@@ -225,7 +225,7 @@ def test_a_foreign_host_is_refused_with_a_message_that_says_what_to_do(api_serve
 def test_this_machines_names_and_listed_hosts_are_served(api_server, api_engine):
     import socket
 
-    from pennello.daemon.advertise import instance_id, srv_target
+    from pennello.daemon.net.mdns import instance_id, srv_target
 
     url = api_server(allowed_hosts=("pennello.home.arpa",))
     port = url.rsplit(":", 1)[1]
@@ -382,7 +382,7 @@ def test_an_admin_token_is_the_owner_from_another_device(api_server):
 
 
 def test_pennello_tokens_issue_admin(home):
-    from pennello.daemon.cli_auth import tokens
+    from pennello.daemon.cli.auth import tokens
 
     runner = CliRunner()
     result = runner.invoke(tokens, ["issue", "--admin", "laptop admin"])

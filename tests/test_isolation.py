@@ -28,7 +28,8 @@ import pytest
 import requests
 
 from pennello.config import load_config
-from pennello.daemon import advertise, isolation
+from pennello.daemon.net import mdns as advertise
+from pennello.daemon.net import isolation
 from pennello.errors import ConfigError, DaemonError
 from pennello.paths import Paths, get_paths
 
@@ -131,7 +132,7 @@ def test_an_unprivileged_worker_gets_a_user_namespace_and_files_keep_their_owner
 
 
 def _unprivileged_namespace(prefix: list[str], uid: int, tmp_path: Path) -> None:
-    code = ("import json, os, sys\nfrom pennello.daemon.isolation import enter_network_namespace, interfaces\n"
+    code = ("import json, os, sys\nfrom pennello.daemon.net.isolation import enter_network_namespace, interfaces\n"
             "try:\n    made = enter_network_namespace()\nexcept OSError as e:\n    print(e); sys.exit(3)\n"
             "open(sys.argv[1], 'w').write('x')\n"
             "print(json.dumps({'made': made, 'interfaces': interfaces(), 'uid': os.geteuid()}))\n")

@@ -20,8 +20,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from pennello.daemon import offline
-from pennello.daemon.offline import OFFLINE_ENV, NetworkGuard, apply_offline_env
+from pennello.daemon.net import offline
+from pennello.daemon.net.offline import OFFLINE_ENV, NetworkGuard, apply_offline_env
 from pennello.errors import OfflineViolationError
 
 
@@ -54,7 +54,7 @@ def hf_flags(monkeypatch):
 # --- refused -------------------------------------------------------------------------------------
 
 def test_a_connect_to_a_public_address_is_refused_counted_and_logged(guard, caplog):
-    caplog.set_level(logging.WARNING, logger="pennello.daemon.offline")
+    caplog.set_level(logging.WARNING, logger="pennello.daemon.net.offline")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with sock, pytest.raises(OfflineViolationError) as refused:
         sock.connect((PUBLIC, 443))
@@ -213,8 +213,8 @@ def test_uninstalled_guard_lets_everything_through_and_threads_share_it():
 def test_the_daemon_reports_mode_allowed_and_refused_over_http_and_the_cli(home, engine):  # noqa: F811
     from pennello.cli import cli
     from pennello.config import Config
-    from pennello.daemon.app import create_app
-    from pennello.daemon.server import _write_daemon_file, start_background_server
+    from pennello.daemon.http.app import create_app
+    from pennello.daemon.net.server import _write_daemon_file, start_background_server
 
     guard = NetworkGuard(lan=False).install()
     try:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from _fixtures_daemon import config_with
 from _fixtures_installer import load_script
-from pennello.daemon.profiles import GIB, ModelWeights, Plan, apply_plan, plan_for, read_weights
+from pennello.daemon.engine.profiles import GIB, ModelWeights, Plan, apply_plan, plan_for, read_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "installer" / "embedded" / "pennello-tiny"

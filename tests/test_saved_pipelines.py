@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pennello.cli import cli
-from pennello.daemon.outputs import parse_xmp
-from pennello.daemon.recipes import PIPELINES_FILE, Recipe, RecipeBook
+from pennello.daemon.engine.outputs import parse_xmp
+from pennello.daemon.tools.pipelines import PIPELINES_FILE, Recipe, RecipeBook
 from pennello.errors import ConfigError, NotFoundError, RequestError
 
 
@@ -115,7 +115,7 @@ def test_cli_pipeline(url, tmp_path):
 def test_pipeline_responses_match_their_openapi_schemas(url):
     import jsonschema
 
-    from pennello.daemon.openapi import build_spec
+    from pennello.daemon.http.openapi import build_spec
 
     components = build_spec()["components"]
 

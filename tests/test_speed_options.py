@@ -21,7 +21,7 @@ from _fixtures_daemon import config_with
 from test_engine import pixels, run
 
 from pennello.config import load_config
-from pennello.daemon.profiles import COMPILE_CACHE, GIB, PROFILE_SPEED_UPS, ModelWeights, Plan, plan_for
+from pennello.daemon.engine.profiles import COMPILE_CACHE, GIB, PROFILE_SPEED_UPS, ModelWeights, Plan, plan_for
 from pennello.errors import ConfigError
 
 SD_TURBO = ModelWeights({"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863})

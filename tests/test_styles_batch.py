@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pennello.cli import cli
-from pennello.daemon.outputs import parse_xmp
-from pennello.daemon.styles import STYLES_FILE, builtin_styles, choose_styles, load_styles, plan_batch
+from pennello.daemon.engine.outputs import parse_xmp
+from pennello.daemon.tools.styles import STYLES_FILE, builtin_styles, choose_styles, load_styles, plan_batch
 from pennello.errors import ConfigError, RequestError
 
 
@@ -122,7 +122,7 @@ def test_styles_route_and_cli_include_the_users_file(url, api_engine, tmp_path):
 def test_batch_and_styles_match_their_openapi_schemas(url):
     import jsonschema
 
-    from pennello.daemon.openapi import build_spec
+    from pennello.daemon.http.openapi import build_spec
 
     components = build_spec()["components"]
 

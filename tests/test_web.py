@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 
-STATIC = Path(__file__).resolve().parents[1] / "daemon" / "static"
+STATIC = Path(__file__).resolve().parents[1] / "daemon" / "http" / "static"
 SCREENSHOT_COPY = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "web.png"
 UPDATE_SCREENSHOTS = os.environ.get("PENNELLO_UPDATE_SCREENSHOTS") == "1"  # refresh docs/ deliberately
 CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -181,7 +181,7 @@ def other_site(tmp_path):
 def test_a_page_of_another_site_cannot_act_as_the_owner(api_server, browser, other_site, caplog):
     import logging
 
-    caplog.set_level(logging.DEBUG, logger="pennello.daemon.app")
+    caplog.set_level(logging.DEBUG, logger="pennello.daemon.http.app")
     url = api_server()
     folder, site = other_site
     (folder / "page.html").write_text(f"""<!doctype html><title>start</title>

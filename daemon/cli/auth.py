@@ -1,0 +1,160 @@
+"""``pennello pair`` and ``pennello tokens``: let other devices in, see them, and shut them out.
+
+    $ pennello pair                # on the daemon's machine: a one-time code + QR code
+    $ pennello pair "Pennello on studio" --code K7M2QX9P   # on another PC: pair with it
+    $ pennello tokens list         # paired devices
+    $ pennello tokens revoke 3f9a1c2b
+    $ pennello tokens issue --admin "laptop admin"   # an owner token, for managing from elsewhere
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime
+
+import click
+
+from pennello.paths import get_paths
+
+from ..auth import TOKENS_FILE, TokenStore
+
+
+@click.command()
+@click.argument("daemon", required=False, metavar="[NAME|auto]")
+@click.option("--qr/--no-qr", default=True, show_default=True, help="Draw the QR code in the terminal.")
+@click.option("--code", help="With NAME: the code the daemon's machine shows (asked for when absent).")
+@click.option("--as", "device_name", metavar="DEVICE", help="With NAME: how the daemon will list this "
+              "device (default: this computer's name).")
+@click.option("--fingerprint", help="With NAME: the certificate fingerprint the daemon's machine "
+              "shows; any other is refused.")
+@click.option("--timeout", type=float, default=3.0, show_default=True,
+              help="With NAME: seconds to look for it on the LAN.")
+def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None,
+         fingerprint: str | None, timeout: float) -> None:
+    """Let another device use this pennello, or (with NAME) pair this device with one on the LAN.
+
+    Without NAME, on the daemon's machine: shows a one-time code (and QR code) that lets another
+    device use this pennello. The daemon must run with LAN access (`pennello serve --lan`). On the
+    other device run `pennello pair NAME --code CODE`, or open the address shown (a browser warns
+    about the self-signed certificate: compare its SHA-256 fingerprint with the one shown here),
+    or POST {"code": ..., "name": ...} to /api/pair. The answer holds the device's token; it sends
+    it as `Authorization: Bearer TOKEN`. A code works once and for 5 minutes; running
+    `pennello pair` again replaces it.
+
+    With NAME (as `pennello discover` lists it, its id, or `auto` for the only one answering), on
+    the other device: finds that daemon over mDNS, pins its certificate and trades the code for
+    a token, kept for `pennello generate --remote NAME`.
+
+    \b
+      pennello pair "Pennello on studio" --code K7M2QX9P
+      pennello pair auto --code K7M2QX9P --fingerprint sha256:3b1f...
+    """
+    if daemon is not None:
+        _pair_with(daemon, code, device_name, fingerprint, timeout)
+        return
+    from pennello.client import Client, read_daemon_info
+
+    client = Client()
+    # The pennello client maps the daemon's error answers back to pennello errors.
+    offer = client._json("POST", "/api/pair/code")
+    click.echo(f"Pairing code: {click.style(offer['code'], bold=True)}  "
+               f"(valid {int(offer['expires_in_s']) // 60} minutes, once)")
+    click.echo(f"On the device, open: {offer['pair_url']}")
+    if qr:
+        click.echo(render_qr(offer["pair_url"]), nl=False)
+    click.echo(f"QR code as an image: {client.base_url}{offer['qr_png_url']}")
+    fingerprint_here = (read_daemon_info() or {}).get("fingerprint")
+    if fingerprint_here:
+        click.echo(f"Certificate fingerprint (the device should show the same): {fingerprint_here}")
+    if not offer.get("lan"):
+        click.secho("note: the daemon listens on this computer only; restart it with "
+                    "`pennello serve --lan` so other devices can reach it", fg="yellow", err=True)
+
+
+def _pair_with(daemon: str, code: str | None, device_name: str | None, fingerprint: str | None,
+               timeout: float) -> None:
+    from pennello.remote import pair as pair_remote
+
+    if code is None:
+        code = click.prompt("Pairing code shown on the daemon's machine")
+    remote = pair_remote(daemon, code, device_name=device_name, fingerprint=fingerprint, timeout=timeout)
+    click.echo(f"Paired with {remote.name} as {remote.device_name!r} (token {remote.token_id}).")
+    click.echo(f"Pinned certificate: {remote.fingerprint}")
+    click.echo(f"Use it with: pennello generate \"a red kite\" --remote {_quoted(remote.name)}")
+
+
+def _quoted(name: str) -> str:
+    return f'"{name}"' if " " in name else name
+
+
+def render_qr(data: str) -> str:
+    """``data`` as a QR code drawn with block characters, dark on a light terminal or not."""
+    import qrcode
+
+    code = qrcode.QRCode(border=2)
+    code.add_data(data)
+    out = io.StringIO()
+    code.print_ascii(out=out, invert=True)
+    return out.getvalue()
+
+
+@click.group()
+def tokens() -> None:
+    """Paired devices and their tokens (stored hashed in the state directory).
+
+    Works whether or not the daemon runs; a running daemon notices changes at once.
+    """
+
+
+def _store() -> TokenStore:
+    return TokenStore(get_paths().ensure().state_dir / TOKENS_FILE)
+
+
+def _when(timestamp: float | None) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M") if timestamp else "never"
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_tokens(as_json: bool) -> None:
+    """Show paired devices: id, name, scope, when paired, when last seen."""
+    records = _store().list()
+    if as_json:
+        click.echo(json.dumps([r.public() for r in records], indent=2))
+        return
+    if not records:
+        click.echo("No devices are paired. `pennello pair` pairs one.")
+        return
+    click.echo(f"{'ID':<10} {'DEVICE':<32} {'SCOPE':<7} {'PAIRED':<17} LAST USED")
+    for r in records:
+        click.echo(f"{r.id:<10} {r.name[:32]:<32} {r.scope:<7} {_when(r.created):<17} {_when(r.last_used)}")
+
+
+@tokens.command()
+@click.argument("token_id")
+def revoke(token_id: str) -> None:
+    """Revoke a device's token by its ID (from `pennello tokens list`); it must pair again."""
+    record = _store().revoke(token_id)
+    click.echo(f"Revoked {record.id} ({record.name}).")
+
+
+@tokens.command()
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="An owner token: it may do everything the owner on this "
+              "computer may (pair and revoke devices, load models, read no-network status...).")
+def issue(name: str, admin: bool) -> None:
+    """Issue a token without pairing, for a client you set up by hand (device scope unless --admin).
+
+    The token is shown once; send it as `Authorization: Bearer TOKEN`.
+
+    \b
+      pennello tokens issue "render box"
+      pennello tokens issue --admin "laptop admin"
+    """
+    token, record = _store().issue(name, "owner" if admin else "device")
+    click.echo(f"Issued {record.scope} token {record.id} for {record.name!r}:")
+    click.echo(token)
+    click.echo("It is shown only now; `pennello tokens revoke " + record.id + "` withdraws it.", err=True)
+    if admin:
+        click.secho("This token may do everything the owner may; keep it like a password.", fg="yellow", err=True)

@@ -1,0 +1,136 @@
+"""The Flask application factory: one engine behind a set of blueprints and one error handler.
+
+There is no module-level app. Tests and the server build one with an engine of their choice:
+
+    >>> from pennello.config import Config
+    >>> app = create_app(Config(), engine=my_engine)  # doctest: +SKIP
+    >>> app.test_client().get("/api/health").json["ready"]  # doctest: +SKIP
+    True
+
+Route modules reach the engine, config and paths through :func:`current_engine`,
+:func:`current_config` and :func:`current_paths`, and the caller's identity through
+:func:`current_owner` (set per request by the auth module; ``"local"`` without it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from pennello.config import Config
+from pennello.errors import BusyError, PennelloError
+from pennello.paths import Paths, get_paths
+
+from ..engine.engine import Engine
+from ..net.offline import NetworkGuard
+
+log = logging.getLogger(__name__)
+
+# Modules of this package that define a module-level ``bp`` blueprint, registered in this order.
+BLUEPRINTS: tuple[str, ...] = ("routes.native", "routes.auth", "routes.openai", "routes.a1111", "openapi",
+                               "routes.web", "routes.offline", "routes.tools")
+
+LOCAL_OWNER = "local"
+_EXT = "pennello"
+
+
+def create_app(config: Config, engine: Engine | None = None, paths: Paths | None = None,
+               guard: NetworkGuard | None = None) -> Flask:
+    """Build the WSGI app.
+
+    Args:
+        config: the daemon's configuration.
+        engine: a started engine; when None one is created for ``paths`` and started (loads the
+            default model, so this can take a few seconds).
+        paths: where state lives; defaults to :func:`pennello.paths.get_paths`.
+        guard: the no-network guard ``serve`` installed, reported by ``/api/offline`` and
+            ``/api/health``; None when no-network mode is off.
+    """
+    paths = paths or (engine.paths if engine is not None else get_paths())
+    if engine is None:
+        engine = Engine(config, paths)
+        engine.start()
+    app = Flask("pennello.daemon")
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[_EXT] = {"engine": engine, "config": config, "paths": paths, "guard": guard}
+    app.register_error_handler(PennelloError, _pennello_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.before_request(_start_timer)
+    app.after_request(_log_timing)
+    for name in BLUEPRINTS:
+        app.register_blueprint(importlib.import_module(f"{__package__}.{name}").bp)
+    # --- auth: daemon/http/routes/auth.py (pairing, tokens, per-device owners) hooks in here -----------
+    from .routes.auth import init_app as init_auth
+
+    init_auth(app)
+    # ----------------------------------------------------------------------------------------------
+    return app
+
+
+def current_engine() -> Engine:
+    return current_app.extensions[_EXT]["engine"]
+
+
+def current_config() -> Config:
+    return current_app.extensions[_EXT]["config"]
+
+
+def current_paths() -> Paths:
+    return current_app.extensions[_EXT]["paths"]
+
+
+def current_guard() -> NetworkGuard | None:
+    return current_app.extensions[_EXT]["guard"]
+
+
+def current_owner() -> str:
+    """Who is asking: ``"local"``, or the paired device the auth module identified."""
+    return g.get("pennello_owner", LOCAL_OWNER)
+
+
+def owner_filter() -> str | None:
+    """The owner whose jobs and pictures the caller may see; None means all of them (the owner,
+    on loopback or with an owner token; the auth module sets ``g.pennello_sees_all``)."""
+    owner = current_owner()
+    return None if g.get("pennello_sees_all", owner == LOCAL_OWNER) else owner
+
+
+def error_response(status: int, kind: str, message: str, field: str | None = None) -> Response:
+    """The one JSON error shape: ``{"error": {"type", "message", "field"}}``."""
+    response = jsonify({"error": {"type": kind, "message": message, "field": field}})
+    response.status_code = status
+    return response
+
+
+def _pennello_error(e: PennelloError) -> Response:
+    if e.http_status >= 500:
+        log.error("%s %s failed: %s", request.method, request.path, e)
+    response = error_response(e.http_status, e.kind, str(e), getattr(e, "field", None))
+    if isinstance(e, BusyError):
+        response.headers["Retry-After"] = str(e.retry_after)
+    return response
+
+
+def _http_error(e: HTTPException) -> Response:
+    kind = (e.name or "error").lower().replace(" ", "_")
+    response = error_response(e.code or 500, kind, e.description or e.name)
+    if e.code == 405 and e.valid_methods:  # type: ignore[attr-defined]
+        response.headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
+    return response
+
+
+def _start_timer() -> None:
+    g.pennello_started = time.perf_counter()
+
+
+def _log_timing(response: Response) -> Response:
+    if log.isEnabledFor(logging.DEBUG) and "pennello_started" in g:
+        log.debug("http %s %s -> %d in %.1fms", request.method, request.path, response.status_code,
+                  (time.perf_counter() - g.pennello_started) * 1000)
+    return response

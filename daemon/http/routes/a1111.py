@@ -1,0 +1,238 @@
+"""An AUTOMATIC1111-compatible API under ``/sdapi/v1``, for the many tools written against it.
+
+    $ curl -s localhost:8420/sdapi/v1/txt2img -H 'Content-Type: application/json' \\
+        -d '{"prompt": "a red kite", "steps": 8, "width": 64, "height": 64, "seed": -1, "batch_size": 2}'
+    {"images": ["iVBORw0KGgo…", "iVBORw0KGgo…"], "parameters": {…}, "info": "{\\"seed\\": 1234, \\"all_seeds\\": […], …}"}
+
+``txt2img`` makes ``batch_size * n_iter`` PNG pictures. ``seed`` -1 (or absent) picks a random
+first seed; picture *i* uses seed + *i*, as in A1111. Fields left out take the model's defaults
+(not A1111's 512x512/50 steps, which suit other models). The model is the default one unless
+``override_settings.sd_model_checkpoint`` names another (a title from ``/sdapi/v1/sd-models``).
+A1111 fields that pennello has no equivalent for (samplers, face restoration, tiling, subseeds…)
+are accepted and ignored; ones that would change the result in ways it cannot honour
+(``enable_hr``, scripts) are refused with a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from pennello import __version__
+from pennello.errors import PennelloError, RequestError
+
+from ..request import json_body
+from ..app import current_engine, current_owner
+from ...engine.jobs import MAX_SEED, GenerateRequest, Job
+from ...engine.outputs import a1111_parameters
+from .native import visible_progress
+
+bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
+
+# name -> JSON type; the ones pennello uses.
+TXT2IMG_FIELDS: dict[str, Any] = {
+    "prompt": str, "negative_prompt": str, "steps": int, "cfg_scale": float, "width": int,
+    "height": int, "seed": int, "batch_size": int, "n_iter": int, "override_settings": dict,
+    "send_images": bool,
+}
+# A1111 fields without a pennello equivalent: accepted so A1111 clients work, then ignored.
+IGNORED_FIELDS: dict[str, Any] = {
+    "sampler_name": str, "sampler_index": str, "scheduler": str, "styles": list, "subseed": int,
+    "subseed_strength": float, "seed_resize_from_h": int, "seed_resize_from_w": int,
+    "seed_enable_extras": bool, "restore_faces": bool, "tiling": bool, "do_not_save_samples": bool,
+    "do_not_save_grid": bool, "eta": float, "denoising_strength": float, "s_min_uncond": float,
+    "s_churn": float, "s_tmax": float, "s_tmin": float, "s_noise": float,
+    "override_settings_restore_afterwards": bool, "refiner_checkpoint": str,
+    "refiner_switch_at": float, "disable_extra_networks": bool, "comments": dict,
+    "firstphase_width": int, "firstphase_height": int, "hr_scale": float, "hr_upscaler": str,
+    "hr_second_pass_steps": int, "hr_resize_x": int, "hr_resize_y": int,
+    "hr_checkpoint_name": str, "hr_sampler_name": str, "hr_scheduler": str, "hr_prompt": str,
+    "hr_negative_prompt": str, "force_task_id": str, "infotext": str, "save_images": bool,
+    "script_args": list,
+}
+# Accepted only at their "off" value: anything else would be silently not done.
+OFF_ONLY_FIELDS: dict[str, tuple[Any, Any]] = {
+    "enable_hr": (bool, False), "script_name": (str, None), "alwayson_scripts": (dict, {})}
+_ALL_FIELDS = {**TXT2IMG_FIELDS, **IGNORED_FIELDS, **{k: t for k, (t, _) in OFF_ONLY_FIELDS.items()}}
+
+
+# img2img: the txt2img fields plus these; A1111's inpainting fine-tuning knobs are accepted, ignored.
+IMG2IMG_FIELDS: dict[str, Any] = {
+    "init_images": list, "denoising_strength": float, "mask": str, "inpainting_mask_invert": int,
+    "include_init_images": bool}
+IMG2IMG_IGNORED_FIELDS: dict[str, Any] = {
+    "resize_mode": int, "image_cfg_scale": float, "mask_blur": int, "mask_blur_x": int, "mask_blur_y": int,
+    "inpainting_fill": int, "inpaint_full_res": bool, "inpaint_full_res_padding": int,
+    "initial_noise_multiplier": float, "latent_mask": str, "mask_round": bool}
+IMG2IMG_ALL = {**_ALL_FIELDS, **IMG2IMG_IGNORED_FIELDS, **IMG2IMG_FIELDS}
+
+
+@bp.post("/img2img")
+def img2img() -> Any:
+    """A1111's img2img: the first of ``init_images`` redrawn at ``denoising_strength`` (default
+    0.75), inpainted where ``mask`` is white (black with ``inpainting_mask_invert`` 1). More than
+    one init image goes to models that take reference pictures (qwen-image-edit); SD-class
+    models refuse them with 400."""
+    from PIL import ImageOps
+
+    from ...tools.edit import EditRequest, run_edit
+    from ...tools.uploads import decode_base64_upload
+
+    body = json_body(IMG2IMG_ALL, required=("init_images",))
+    for name, (_, off) in OFF_ONLY_FIELDS.items():
+        if body.get(name, off) not in (off, None):
+            raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
+    engine = current_engine()
+    limits = engine.config.images
+    init_images = body["init_images"]
+    if not init_images:
+        raise RequestError("send at least one init image", field="init_images")
+    pictures = [decode_base64_upload(text, limits, "init_images") for text in init_images]
+    origin: dict[str, Any] = {"from_upload": _b64_digest(init_images[0])}
+    mask = None
+    # Checked with or without a mask, so a wrong value is never silently ignored.
+    if body.get("inpainting_mask_invert", 0) not in (0, 1):
+        raise RequestError("inpainting_mask_invert must be 0 or 1", field="inpainting_mask_invert")
+    if "mask" in body:
+        mask = decode_base64_upload(body["mask"], limits, "mask").convert("L")
+        if body.get("inpainting_mask_invert"):
+            mask = ImageOps.invert(mask)
+        origin["mask"] = _b64_digest(body["mask"])
+    total = _positive(body, "batch_size") * _positive(body, "n_iter")
+    seed = body.get("seed", -1)
+    try:
+        result = run_edit(engine, EditRequest(
+            prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
+            image=pictures[0], references=tuple(pictures[1:]), mask=mask,
+            strength=body.get("denoising_strength", 0.75),
+            model=_checkpoint(body.get("override_settings", {})), width=body.get("width"),
+            height=body.get("height"), steps=body.get("steps"), guidance=body.get("cfg_scale"),
+            seed=secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed, n=total, format="png",
+            owner=current_owner(), origin=origin))
+    except RequestError as e:  # name the field as A1111 clients know it
+        e.field = {"strength": "denoising_strength", "guidance": "cfg_scale",
+                   "image": "init_images"}.get(e.field or "", e.field)
+        raise
+    images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in result.images]
+    r = result.request
+    info = {"prompt": r.prompt, "all_prompts": [r.prompt] * r.n, "negative_prompt": r.negative_prompt,
+            "seed": result.seeds[0], "all_seeds": result.seeds, "width": r.width, "height": r.height,
+            "cfg_scale": r.guidance, "steps": r.steps, "denoising_strength": result.strength,
+            "sd_model_name": r.model, "is_using_inpainting_conditioning": False,
+            "infotexts": [a1111_parameters(engine.outputs.read_record(i.id)) for i in result.images],
+            "version": f"pennello {__version__}"}
+    parameters = {key: value for key, value in body.items() if key not in ("init_images", "mask")}
+    return jsonify({"images": images if body.get("send_images", True) else [],
+                    "parameters": {"seed": result.seeds[0], "steps": r.steps, "cfg_scale": r.guidance,
+                                   "width": r.width, "height": r.height, **parameters},
+                    "info": json.dumps(info)})
+
+
+def _b64_digest(text: str) -> str:
+    """sha256 of a (validated) base64 picture's bytes, for the result's record."""
+    from ...tools.uploads import digest
+
+    return digest(base64.b64decode(text.partition(",")[2] if text.startswith("data:") else text))
+
+
+@bp.post("/txt2img")
+def txt2img() -> Any:
+    body = json_body(_ALL_FIELDS)
+    for name, (_, off) in OFF_ONLY_FIELDS.items():
+        if body.get(name, off) not in (off, None):
+            raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
+    total = _positive(body, "batch_size") * _positive(body, "n_iter")
+    seed = body.get("seed", -1)
+    engine = current_engine()
+    job = engine.submit(GenerateRequest(
+        prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
+        model=_checkpoint(body.get("override_settings", {})), width=body.get("width"),
+        height=body.get("height"), steps=body.get("steps"), guidance=body.get("cfg_scale"),
+        seed=secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed, n=total, format="png",
+        owner=current_owner()))
+    job.wait()
+    if job.status != "done":
+        raise PennelloError(f"txt2img {job.status}: {job.error or 'no pictures were made'}")
+    images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in job.images]
+    return jsonify({"images": images if body.get("send_images", True) else [],
+                    "parameters": {**_resolved(job, body), **body},
+                    "info": json.dumps(_info(job, body))})
+
+
+def _positive(body: dict[str, Any], name: str) -> int:
+    value = body.get(name, 1)
+    if value < 1:
+        raise RequestError(f"{name} must be at least 1", field=name)
+    return value
+
+
+def _checkpoint(override_settings: dict[str, Any]) -> str | None:
+    """The model named by ``sd_model_checkpoint``: a title ``name [hash]`` or a bare name."""
+    title = override_settings.get("sd_model_checkpoint")
+    if title is None:
+        return None
+    if not isinstance(title, str):
+        raise RequestError("override_settings.sd_model_checkpoint must be a string", field="override_settings")
+    return title.split(" [", 1)[0].strip()
+
+
+def _resolved(job: Job, body: dict[str, Any]) -> dict[str, Any]:
+    r = job.request
+    return {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": job.seeds[0],
+            "steps": r.steps, "cfg_scale": r.guidance, "width": r.width, "height": r.height,
+            "batch_size": body.get("batch_size", 1), "n_iter": body.get("n_iter", 1),
+            "sampler_name": body.get("sampler_name")}
+
+
+def _info(job: Job, body: dict[str, Any]) -> dict[str, Any]:
+    """What A1111 puts in ``info`` (``Processed.js()``), for the fields pennello has."""
+    r, engine = job.request, current_engine()
+    digest = next((m["digest"] for m in engine.models() if m["name"] == r.model), "")
+    started = datetime.fromtimestamp(job.started or job.created)
+    return {
+        "prompt": r.prompt, "all_prompts": [r.prompt] * r.n,
+        "negative_prompt": r.negative_prompt, "all_negative_prompts": [r.negative_prompt] * r.n,
+        "seed": job.seeds[0], "all_seeds": list(job.seeds), "subseed": -1, "all_subseeds": [-1] * r.n,
+        "subseed_strength": 0, "width": r.width, "height": r.height,
+        "sampler_name": body.get("sampler_name"), "cfg_scale": r.guidance, "steps": r.steps,
+        "batch_size": body.get("batch_size", 1), "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": r.model, "sd_model_hash": digest[:10], "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+        "extra_generation_params": {}, "index_of_first_image": 0,
+        "infotexts": [a1111_parameters(engine.outputs.read_record(image.id)) for image in job.images],
+        "styles": body.get("styles") or [], "job_timestamp": f"{started:%Y%m%d%H%M%S}",
+        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"pennello {__version__}",
+    }
+
+
+@bp.get("/sd-models")
+def sd_models() -> Any:
+    return jsonify([{"title": f"{m['name']} [{m['digest'][:10]}]", "model_name": m["name"],
+                     "hash": m["digest"][:10], "sha256": m["digest"], "filename": m["name"],
+                     "config": None} for m in current_engine().models()])
+
+
+@bp.get("/progress")
+def progress() -> Any:
+    """A1111's progress shape for the batch on the device; ``current_image`` is always null."""
+    engine = current_engine()
+    now = visible_progress(engine)  # a device sees only its own jobs in it
+    running = now["state"] == "running"
+    started = _started(engine, now["jobs"])
+    state = {"skipped": False, "interrupted": False, "stopping_generation": False,
+             "job": "txt2img" if running else "", "job_count": 1 if running else 0,
+             "job_timestamp": f"{started:%Y%m%d%H%M%S}" if started else "0", "job_no": 0,
+             "sampling_step": now["step"], "sampling_steps": now["total"]}
+    return jsonify({"progress": now["fraction"], "eta_relative": now["eta_s"], "state": state,
+                    "current_image": None,
+                    "textinfo": f"{now['queue_depth']} queued" if running else None})
+
+
+def _started(engine: Any, job_ids: list[str]) -> datetime | None:
+    job = engine.get_job(job_ids[0]) if job_ids else None
+    return datetime.fromtimestamp(job.started) if job and job.started else None

@@ -1,0 +1,133 @@
+"""Pennello's own HTTP API under ``/api``. Each route parses, calls the engine, and serializes.
+
+    $ curl -s localhost:8420/api/generate -d '{"prompt": "a red kite", "wait": true}' \\
+        -H 'Content-Type: application/json'
+    {"id": "…", "status": "done", "images": [{"id": "…", "url": "/api/images/…", "seed": 1234…}], …}
+
+``POST /api/generate`` answers 202 with the queued job; ``"wait": true`` answers when the job
+ended (200 done, 500 failed, 409 cancelled); ``"stream": true`` answers with server-sent events
+(``job``, ``progress``…, then ``done``/``failed``/``cancelled``). Errors are
+``{"error": {"type", "message", "field"}}`` with a 4xx status for anything the client can fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from flask import Blueprint, Response, jsonify, send_file
+
+from ..request import job_event_stream, json_body, query_int
+from ..app import current_engine, current_owner, owner_filter
+from ...engine.jobs import GenerateRequest, Job
+from ...engine.engine import Engine
+from ...engine.outputs import content_type
+from .offline import offline_summary
+
+bp = Blueprint("native", __name__, url_prefix="/api")
+
+GENERATE_FIELDS: dict[str, Any] = {
+    "prompt": str, "negative_prompt": str, "model": str, "width": int, "height": int, "steps": int,
+    "guidance": float, "seed": int, "n": int, "format": str, "stream": bool, "wait": bool, "enhance": bool,
+}
+_STATUS_HTTP = {"done": 200, "failed": 500, "cancelled": 409}
+
+
+@bp.post("/generate")
+def generate() -> Any:
+    body = json_body(GENERATE_FIELDS, required=("prompt",))
+    stream, wait = body.pop("stream", False), body.pop("wait", False)
+    job = current_engine().submit(GenerateRequest(**body, owner=current_owner()))
+    if stream:
+        return job_event_stream(job, abandon_queued(current_engine()))
+    if wait:
+        job.wait()
+        return jsonify(job.to_dict()), _STATUS_HTTP[job.status]
+    return jsonify(job.to_dict()), 202, {"Location": f"/api/jobs/{job.id}"}
+
+
+def abandon_queued(engine: Engine) -> Callable[[Job], None]:
+    """What to do when a streaming client leaves: a job that has not started is no longer
+    wanted, so it is cancelled; running work is kept (its pictures stay in the gallery)."""
+
+    def abandon(job: Job) -> None:
+        if job.status == "queued":
+            engine.cancel(job.id)
+
+    return abandon
+
+
+@bp.get("/jobs")
+def list_jobs() -> Any:
+    return jsonify({"jobs": [job.to_dict() for job in current_engine().jobs(owner_filter())]})
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Any:
+    return jsonify(current_engine().get_job(job_id, owner_filter()).to_dict())
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str) -> Any:
+    return jsonify(current_engine().cancel(job_id, owner_filter()).to_dict())
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    engine = current_engine()
+    return job_event_stream(engine.get_job(job_id, owner_filter()), abandon_queued(engine))
+
+
+@bp.get("/images/<image_id>")
+def image(image_id: str) -> Response:
+    path = current_engine().outputs.find(image_id, owner_filter())
+    return send_file(path, mimetype=content_type(path), max_age=31536000, etag=True)
+
+
+@bp.get("/outputs")
+def outputs() -> Any:
+    limit = query_int("limit", 50, 1, 500)
+    offset = query_int("offset", 0, 0, 10**9)
+    images = current_engine().outputs.gallery(owner_filter(), limit=limit, offset=offset)
+    return jsonify({"images": images, "limit": limit, "offset": offset,
+                    "next_offset": offset + len(images) if len(images) == limit else None})
+
+
+@bp.get("/models")
+def models() -> Any:
+    return jsonify({"models": current_engine().models()})
+
+
+@bp.post("/models/<name>/load")
+def load_model(name: str) -> Any:
+    return jsonify(current_engine().load(name))
+
+
+@bp.post("/models/<name>/unload")
+def unload_model(name: str) -> Any:
+    return jsonify(current_engine().unload(name))
+
+
+@bp.get("/ps")
+def ps() -> Any:
+    return jsonify({"models": current_engine().ps()})
+
+
+@bp.get("/progress")
+def progress() -> Any:
+    return jsonify(visible_progress(current_engine()))
+
+
+def visible_progress(engine: Engine) -> dict[str, Any]:
+    """The device's progress as the caller may see it: a paired device sees that the device is
+    busy and how far the batch is, but only its own job ids (never whose or what the others are)."""
+    now = engine.progress()
+    owner = owner_filter()
+    if owner is not None:
+        mine = {job.id for job in engine.jobs(owner)}
+        now["jobs"] = [job_id for job_id in now["jobs"] if job_id in mine]
+    return now
+
+
+@bp.get("/health")
+def health() -> Any:
+    return jsonify({**current_engine().health(), "offline": offline_summary()})

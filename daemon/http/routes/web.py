@@ -1,0 +1,50 @@
+"""The browser page at ``/``: prompt, size and steps, live progress, the gallery, and pairing.
+
+The page is plain HTML, CSS and JavaScript from ``daemon/http/static`` (no CDN, no build step), so it
+works on a machine that has never been online. It talks only to this daemon's own API:
+``POST /api/generate``, ``/api/jobs/<id>/events`` (server-sent events) and ``/api/outputs``.
+On another device the page first asks for the pairing code; pairing sets an HttpOnly cookie so
+the page's requests, images and event streams carry the token.
+
+On this machine the page is served with the daemon's per-run *page secret* in
+``<meta name="pennello-page">``; the page sends it as ``X-Pennello-Page`` on its requests, which
+is how a browser proves it is this page and not another site's (see
+:mod:`pennello.daemon.http.routes.auth`). Another origin cannot read it: the Host check stops
+rebinding pages, and the page is never served with CORS headers.
+
+    $ pennello serve   # then open http://127.0.0.1:8420/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response
+from markupsafe import escape
+
+from .auth import page_token_for_request
+
+# The assets live beside the HTTP layer (daemon/http/static), not beside this module.
+bp = Blueprint("web", __name__, static_folder=str(Path(__file__).resolve().parents[1] / "static"),
+               static_url_path="/assets")
+
+# The page loads nothing from elsewhere and runs no inline script: a strict policy costs nothing.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                           "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+PAGE_META = '<meta name="pennello-page" content="">'  # filled in for callers on this machine
+
+
+@bp.get("/")
+def index() -> Response:
+    html = (Path(bp.static_folder) / "index.html").read_text(encoding="utf-8")  # type: ignore[arg-type]
+    token = page_token_for_request()
+    if token:
+        html = html.replace(PAGE_META, f'<meta name="pennello-page" content="{escape(token)}">', 1)
+    response = Response(html, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"  # it may carry this run's page secret
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response

@@ -1,0 +1,206 @@
+"""The server's half of an isolated daemon: a streaming reverse proxy to the model worker's Unix socket.
+
+With isolation (:mod:`pennello.daemon.net.isolation`), ``serve`` keeps the TCP listeners and hands
+every request to the worker, which runs the real app on a Unix socket. :class:`WorkerProxy` is
+that hand-off as a WSGI app:
+
+* method, path, query, headers and body go through unchanged — ``Host`` and ``Origin`` included,
+  so the worker's checks see what the browser sent; the body is streamed, not buffered;
+* ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are set to the real client address and scheme,
+  replacing whatever the client sent (the worker trusts them because only this process can reach
+  its socket: mode 0600, and the worker has no network);
+* the response is passed on as it arrives (server-sent progress events, large pictures); when the
+  client goes away, the worker's connection is closed, so the worker sees the disconnect too
+  (a queued job whose stream was abandoned is cancelled, as without isolation);
+* ``/api/offline`` and ``/api/health`` get what only this process knows added: its own guard's
+  refusals and what it may reach (the worker can reach nothing).
+
+    >>> proxy = WorkerProxy(Path("run/worker.sock"), guard)  # doctest: +SKIP
+    >>> WaitressServer(proxy, "127.0.0.1", 8420).run()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import quote
+
+from .offline import NetworkGuard
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection, not the message.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                         "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection",
+                         "expect"})  # 100-continue was this server's business with the client
+# What a client might send to pose as another address or scheme; the proxy sets its own.
+_SPOOFABLE = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                        "x-forwarded-port", "x-forwarded-prefix", "x-real-ip"})
+_MERGED_PATHS = frozenset({"/api/offline", "/api/health"})
+_CHUNK = 64 * 1024
+_KEPT_ATTEMPTS = 50
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over a Unix socket (the host name only fills the Host header)."""
+
+    def __init__(self, path: Path, timeout: float | None = None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+class WorkerProxy:
+    """The WSGI app the isolated server runs: forwards to the worker at ``socket_path``.
+
+    Args:
+        socket_path: the worker's Unix socket.
+        guard: this process's no-network guard; its report is merged into the worker's.
+    """
+
+    def __init__(self, socket_path: Path, guard: NetworkGuard | None) -> None:
+        self.socket_path, self.guard = socket_path, guard
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        connection = UnixHTTPConnection(self.socket_path)  # no timeout: generation may take minutes
+        try:
+            response = self._forward(connection, environ)
+        except OSError as e:  # the worker is gone or restarting
+            connection.close()
+            log.error("model worker unreachable for %s %s: %s", environ["REQUEST_METHOD"],
+                      environ.get("PATH_INFO"), e)
+            body = json.dumps({"error": {"type": "daemon", "message": "the model worker is not running; "
+                                         "the daemon is stopping", "field": None}}).encode()
+            start_response("503 Service Unavailable", [("Content-Type", "application/json"),
+                                                       ("Content-Length", str(len(body)))])
+            return [body]
+        headers = [(name, value) for name, value in response.getheaders()
+                   if name.lower() not in _HOP_BY_HOP]
+        status = f"{response.status} {response.reason}"
+        if environ.get("PATH_INFO") in _MERGED_PATHS and environ["REQUEST_METHOD"] == "GET" \
+                and response.status == 200 and self.guard is not None:
+            body = self._merged(environ["PATH_INFO"], response.read())
+            connection.close()
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+            start_response(status, [*headers, ("Content-Length", str(len(body)))])
+            return [body]
+        start_response(status, headers)
+        return _Body(response, connection)
+
+    def request(self, method: str, path: str) -> Any:
+        """A request of the server's own to the worker, as the owner (e.g. the models to advertise)."""
+        connection = UnixHTTPConnection(self.socket_path, timeout=30)
+        try:
+            connection.request(method, path, headers={"X-Forwarded-For": "127.0.0.1",
+                                                      "X-Forwarded-Proto": "http"})
+            response = connection.getresponse()
+            return json.loads(response.read())
+        finally:
+            connection.close()
+
+    def _forward(self, connection: UnixHTTPConnection, environ: dict[str, Any]) -> http.client.HTTPResponse:
+        # PATH_INFO is already percent-decoded and holds the raw bytes as latin-1 (PEP 3333):
+        # encode it back exactly, '%' included, or "%252e" would reach the worker as "." .
+        path = quote((environ.get("PATH_INFO", "") or "/").encode("latin-1"), safe="/:@!$&'()*+,;=-._~")
+        if environ.get("QUERY_STRING"):
+            path += "?" + environ["QUERY_STRING"]
+        stream, length = environ["wsgi.input"], int(environ.get("CONTENT_LENGTH") or 0)
+        if not length and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            # cheroot (LAN mode) hands chunked bodies on undecoded in length; read it whole
+            # (its max_request_body_size bounds it) and send it with a length.
+            body = stream.read()
+            stream, length = io.BytesIO(body), len(body)
+            environ = {**environ, "CONTENT_LENGTH": str(length)}
+        connection.putrequest(environ["REQUEST_METHOD"], path, skip_host=True, skip_accept_encoding=True)
+        for name, value in _request_headers(environ):
+            connection.putheader(name, value)
+        connection.endheaders()
+        try:
+            _send_body(connection, stream, length)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker answered early (e.g. 413 too large); its answer is still readable
+        return connection.getresponse()
+
+    def _merged(self, path: str, raw: bytes) -> bytes:
+        report = json.loads(raw)
+        if path == "/api/health":
+            if isinstance(report.get("offline"), dict):
+                report["offline"] = merge_reports(report["offline"], self.guard.summary())
+        else:
+            report = merge_reports(report, self.guard.status())
+        return json.dumps(report).encode()
+
+
+class _Body:
+    """The worker's response body, passed on as it arrives; closing it closes the worker's side."""
+
+    def __init__(self, response: http.client.HTTPResponse, connection: UnixHTTPConnection) -> None:
+        self.response, self.connection = response, connection
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.response.read1(_CHUNK)  # what has arrived, without waiting for a full block
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        # Called by the WSGI server when the response is done or the client disconnected.
+        self.response.close()
+        self.connection.close()
+
+
+def _request_headers(environ: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for key, value in environ.items():
+        if not key.startswith("HTTP_"):
+            continue
+        name = key[5:].replace("_", "-").title()
+        if name.lower() in _HOP_BY_HOP or name.lower() in _SPOOFABLE:
+            continue
+        yield name, value
+    for key, name in (("CONTENT_TYPE", "Content-Type"), ("CONTENT_LENGTH", "Content-Length")):
+        if environ.get(key):
+            yield name, environ[key]
+    yield "X-Forwarded-For", environ.get("REMOTE_ADDR", "")
+    yield "X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http")
+
+
+def _send_body(connection: UnixHTTPConnection, stream: Any, length: int) -> None:
+    while length > 0:
+        chunk = stream.read(min(_CHUNK, length))
+        if not chunk:
+            return
+        connection.send(chunk)
+        length -= len(chunk)
+
+
+def merge_reports(worker: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]:
+    """One no-network report for the daemon from the worker's and the server's.
+
+    What may be reached is the server's list (the worker reaches nothing); refusals of both
+    processes are added up; the isolation fields are the worker's.
+    """
+    merged = {**worker, "mode": server["mode"] if worker.get("mode") == "on" else worker.get("mode"),
+              "lan": server.get("lan"), "allowed": server["allowed"],
+              "refused": worker.get("refused", 0) + server.get("refused", 0)}
+    if "refused_by_destination" in server:
+        counts = dict(worker.get("refused_by_destination", {}))
+        for destination, count in server["refused_by_destination"].items():
+            counts[destination] = counts.get(destination, 0) + count
+        merged["refused_by_destination"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        attempts = [*worker.get("attempts", []), *server.get("attempts", [])]
+        merged["attempts"] = sorted(attempts, key=lambda a: -a["time"])[:_KEPT_ATTEMPTS]
+        merged["since"] = server.get("since")
+    return merged

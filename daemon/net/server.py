@@ -1,0 +1,414 @@
+"""Running the daemon: one instance per pennello home, no-network mode, LAN mode, and a clean shutdown.
+
+``serve`` holds an exclusive lock on ``runtime_dir/daemon.lock`` for its whole life and
+publishes where it listens in ``runtime_dir/daemon.json`` (``{pid, url, fingerprint, started,
+version}``), which clients read to find it. Before anything else is imported it turns on
+no-network mode when ``offline.enabled`` (see :mod:`pennello.daemon.net.offline`). On Linux the
+models then run in a worker process with its own, empty network namespace and this process
+forwards requests to it (:mod:`pennello.daemon.net.isolation`, :mod:`pennello.daemon.net.proxy`;
+``offline.isolation``); elsewhere everything runs in this process. On loopback it
+serves plain HTTP with waitress. In LAN mode (``server.lan``) it serves HTTPS with its
+self-signed certificate on every address, IPv4 and IPv6 (:mod:`pennello.daemon.net.tls`), and
+advertises itself over mDNS (:mod:`pennello.daemon.net.mdns`). On SIGTERM or Ctrl-C it
+withdraws the mDNS record, stops accepting connections, cancels queued jobs, lets the running
+batch finish (cancelling it after a grace period), waits for pictures to be saved, answers the
+requests still open, and removes ``daemon.json``.
+
+Tests run the same server in a thread:
+
+    >>> thread, url, stop = start_background_server(app, "127.0.0.1", 0)  # doctest: +SKIP
+    >>> requests.get(url + "/api/health").json()["ready"]  # doctest: +SKIP
+    True
+    >>> stop()  # doctest: +SKIP
+
+and with TLS, as LAN mode does: ``start_background_server(app, "::", 0, tls=ensure_certificate(paths))``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import filelock
+import waitress
+from waitress import wasyncore
+
+from pennello import __version__
+from pennello.client import DAEMON_FILE, read_daemon_info
+from pennello.config import Config
+from pennello.errors import DaemonError
+from pennello.files import write_atomic
+from pennello.paths import Paths
+
+
+if TYPE_CHECKING:
+    from .mdns import Advertiser, ModelsFn
+    from .tls import TlsFiles, TlsServer
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "daemon.lock"
+SHUTDOWN_GRACE_S = 30.0  # how long a running batch may take to finish before it is cancelled
+_POLL_S = 0.2
+_THREADS = 16  # waiting and streaming requests each hold a thread while their job runs
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT, polled by the serve loops.
+
+    Not a threading.Event: a handler runs between any two bytecodes of the main thread, also
+    inside Event.set() holding its lock, and a second signal there deadlocked the worker.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self, *_: Any) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
+class WaitressServer:
+    """A waitress server whose event loop we drive, so it can be stopped in an orderly way."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, unix_socket: Path | None = None) -> None:
+        if unix_socket is not None:
+            # The isolated worker: only the server process reaches this socket (mode 0600), so the
+            # X-Forwarded-For/-Proto it sets are kept for the app's ProxyFix rather than cleared.
+            self._server = waitress.create_server(app, unix_socket=str(unix_socket), unix_socket_perms="600",
+                                                  threads=_THREADS, ident="pennello", channel_timeout=60,
+                                                  clear_untrusted_proxy_headers=False)
+            self.host, self.port = str(unix_socket), 0
+        else:
+            self._server = waitress.create_server(app, host=host, port=port, threads=_THREADS,
+                                                  ident="pennello", channel_timeout=60)
+            self.host, self.port = host, int(self._server.effective_port)
+        self._stop = threading.Event()
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Serve until :meth:`stop` is called or ``until()`` is true (checked every 0.2 s)."""
+        while not self._stop.is_set() and not (until and until()):
+            wasyncore.loop(timeout=_POLL_S, map=self._server._map, count=1)
+
+    def stop_accepting(self) -> None:
+        self._server.accepting = False  # waitress' listener then stops being readable
+
+    def drain(self, busy: Callable[[], bool], timeout: float) -> None:
+        """Keep answering open requests while ``busy()``; then until they are answered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (busy() or self._has_open_requests()):
+            wasyncore.loop(timeout=0.05, map=self._server._map, count=1)
+
+    def _has_open_requests(self) -> bool:
+        return any(getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
+                   for channel in list(self._server._map.values()) if channel is not self._server)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._server.task_dispatcher.shutdown(timeout=2)
+        wasyncore.close_all(self._server._map)
+
+
+def start_background_server(app: Any, host: str = "127.0.0.1", port: int = 0,
+                            tls: "TlsFiles | None" = None) -> tuple[threading.Thread, str, Callable[[], None]]:
+    """Serve ``app`` from a thread (for tests and benchmarks); over HTTPS when ``tls`` is given.
+
+    Returns:
+        the thread, the base URL (real port when ``port`` is 0), and a function that stops it.
+    """
+    server: Any
+    if tls is not None:
+        from .tls import make_tls_server
+
+        server = make_tls_server(app, host, port, tls.cert_path, tls.key_path)
+    else:
+        server = WaitressServer(app, host, port)
+    thread = threading.Thread(target=server.run, name="pennello-http", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.stop()
+        thread.join()
+        server.close()
+
+    return thread, server.url, stop
+
+
+class InstanceLock:
+    """One daemon per pennello home: an OS file lock that dies with the process."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self._lock = filelock.FileLock(str(paths.runtime_dir / LOCK_FILE))
+
+    def acquire(self) -> None:
+        """Raises:
+            DaemonError: another pennello holds the lock (the message says where it runs).
+        """
+        self.paths.runtime_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            info = read_daemon_info(self.paths) or {}
+            raise DaemonError(f"pennello is already running at {info.get('url', '?')} "
+                              f"(pid {info.get('pid', '?')}); stop it first or use another "
+                              f"PENNELLO_HOME") from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def _write_daemon_file(runtime_dir: Path, url: str, fingerprint: str | None = None) -> Path:
+    path = runtime_dir / DAEMON_FILE
+    info = {"pid": os.getpid(), "url": url, "fingerprint": fingerprint, "started": time.time(),
+            "version": __version__}
+    write_atomic(path, json.dumps(info).encode("utf-8"))
+    return path
+
+
+def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str, bool]:
+    """The HTTPS server LAN mode uses: dual-stack ``::`` where the machine has IPv6, else 0.0.0.0.
+
+    Returns:
+        the bound server, its certificate fingerprint, and whether it accepts IPv6.
+    """
+    from .tls import ensure_certificate, make_tls_server
+
+    files = ensure_certificate(paths)
+    try:
+        server = make_tls_server(app, "::", port, files.cert_path, files.key_path)
+        return server, files.fingerprint, True
+    except OSError as e:
+        log.info("no IPv6 here (%s); serving the LAN on IPv4 only", e)
+        return make_tls_server(app, "0.0.0.0", port, files.cert_path, files.key_path), files.fingerprint, False
+
+
+def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT: the model worker in its own network namespace where the
+    OS allows it and no-network mode is on (:mod:`pennello.daemon.net.isolation`), else in this process.
+
+    Args:
+        on_ready: called with the base URL once requests are being accepted.
+
+    Raises:
+        DaemonError: another daemon runs on this pennello home; the model worker died or could not
+            start; ``offline.isolation = "namespace"`` and no namespace can be made.
+        ModelNotFoundError, StoreError: the default model is missing or does not load.
+        ConfigError: ``server.interfaces`` or ``offline.allow`` names something unusable.
+    """
+    from . import isolation
+    from . import offline
+
+    paths.ensure()
+    lock = InstanceLock(paths)
+    lock.acquire()
+    stop_requested = StopFlag()
+    previous = {sig: signal.signal(sig, stop_requested.set)
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    guard = None
+    try:
+        decision = isolation.decide(config)
+        if config.offline.enabled:  # before the model libraries are imported, so they see the env
+            guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
+        if decision.namespace:
+            _serve_isolated(config, paths, guard, stop_requested, on_ready)
+        else:
+            if guard is not None:
+                guard.isolation_report = lambda: isolation.guard_only_report(decision.reason)
+            _serve_in_process(config, paths, guard, stop_requested, on_ready)
+    finally:
+        if guard is not None:
+            guard.uninstall()
+        lock.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("pennello stopped")
+
+
+def _listen(app: Any, config: Config, paths: Paths, models: "ModelsFn | None",
+            engine: Any = None, refresh_s: float | None = None) -> tuple[Any, str | None, "Advertiser | None"]:
+    """The listening server for ``app`` (LAN: HTTPS and mDNS; else loopback HTTP)."""
+    from .mdns import Advertiser, advertiser_for
+
+    if not config.server.lan:
+        return WaitressServer(app, config.server.host, config.server.port), None, None
+    server, fingerprint, ipv6 = make_lan_server(app, paths, config.server.port)
+    advertiser: Advertiser
+    if engine is not None:
+        advertiser = advertiser_for(config, paths, engine, server.port, fingerprint, ipv6=ipv6)
+    else:
+        advertiser = Advertiser(paths, server.port, fingerprint, models, interfaces=config.server.interfaces,
+                                ipv6=ipv6, **({"refresh_s": refresh_s} if refresh_s else {}))
+    try:
+        advertiser.start()
+    except BaseException:
+        server.close()
+        raise
+    log.info("LAN clients: https on port %d, certificate %s, advertised as %r",
+             server.port, fingerprint, advertiser.name)
+    return server, fingerprint, advertiser
+
+
+def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: StopFlag,
+                      on_ready: Callable[[str], None] | None) -> None:
+    """HTTP server and models in this one process (no namespace; the in-process guard only)."""
+    from ..http.app import create_app
+    from ..engine.engine import Engine
+
+    daemon_file: Path | None = None
+    advertiser = None
+    engine = Engine(config, paths)
+    try:
+        engine.start()
+        app = create_app(config, engine, paths, guard=guard)
+        server, fingerprint, advertiser = _listen(app, config, paths, None, engine=engine)
+        daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
+        log.info("pennello %s serving on %s (device %s)", __version__, server.url, engine.device)
+        if on_ready:
+            on_ready(server.url)
+        server.run(until=stop_requested.is_set)
+        log.info("shutting down: finishing the running batch, then saving")
+        if advertiser is not None:
+            advertiser.stop()  # goodbye packets first: clients stop choosing this daemon
+        _drain(server, engine)
+    finally:
+        if advertiser is not None:
+            advertiser.stop()
+        engine.stop(cancel_running=True)  # no-op after an orderly stop; frees the device on errors
+        if daemon_file is not None:
+            daemon_file.unlink(missing_ok=True)
+
+
+def _drain(server: Any, engine: Any) -> None:
+    """Stop accepting, let the engine finish (cancelling after the grace period), answer what is open."""
+    server.stop_accepting()
+    stopper = threading.Thread(target=engine.stop, kwargs={"timeout": SHUTDOWN_GRACE_S})
+    stopper.start()
+    server.drain(stopper.is_alive, timeout=SHUTDOWN_GRACE_S + 10)
+    stopper.join()
+    server.close()
+
+
+def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: StopFlag,
+                    on_ready: Callable[[str], None] | None) -> None:
+    """This process listens, advertises and forwards; the worker in its namespace does the rest."""
+    from . import isolation
+    from .proxy import WorkerProxy
+
+    socket = isolation.socket_path(paths)
+    network = isolation.ServerNetwork(paths, config.server.interfaces)
+    try:
+        worker = isolation.Worker.start(config, paths, socket, network=network, cancelled=stop_requested)
+    except DaemonError:
+        network.remove()
+        if stop_requested.is_set():
+            return  # SIGTERM while the models loaded: an orderly stop
+        raise
+    daemon_file: Path | None = None
+    advertiser = None
+    server = None
+    try:
+        proxy = WorkerProxy(socket, guard)
+        guard.isolation_report = lambda: {"isolation": "network-namespace", "worker": {"pid": worker.pid}}
+        server, fingerprint, advertiser = _listen(proxy, config, paths, _worker_models(proxy),
+                                                  refresh_s=_ADVERTISE_REFRESH_S)
+        daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
+        log.info("pennello %s serving on %s; models in worker pid %d", __version__, server.url, worker.pid)
+        if on_ready:
+            on_ready(server.url)
+        def done() -> bool:  # checked every 0.2 s
+            network.refresh()
+            return stop_requested.is_set() or not worker.alive()
+
+        server.run(until=done)
+        died = not stop_requested.is_set()
+        if advertiser is not None:
+            advertiser.stop()
+        server.stop_accepting()
+        if died:
+            code = worker.wait()
+            server.close()
+            raise DaemonError(f"the model worker (pid {worker.pid}) exited with code {code}; stopping "
+                              f"(its log lines above, or pennello-worker.log, say why)")
+        log.info("shutting down: the worker finishes the running batch, then saves")
+        worker.stop()
+        server.drain(worker.alive, timeout=SHUTDOWN_GRACE_S + 10)
+        code = worker.wait(timeout=SHUTDOWN_GRACE_S + 20)
+        server.close()
+        if code != 0:
+            raise DaemonError(f"the model worker (pid {worker.pid}) stopped with code {code}")
+    finally:
+        if advertiser is not None:
+            advertiser.stop()
+        if worker.alive():
+            worker.stop()
+            worker.wait(timeout=SHUTDOWN_GRACE_S + 20)
+        if daemon_file is not None:
+            daemon_file.unlink(missing_ok=True)
+        network.remove()
+
+
+_ADVERTISE_REFRESH_S = 5.0  # the worker's model loads reach the mDNS record by polling, not a callback
+
+
+def _worker_models(proxy: Any) -> "ModelsFn":
+    """What to advertise: the worker's installed and loaded models, asked over its socket."""
+
+    def models() -> tuple[list[str], list[str]]:
+        listed = proxy.request("GET", "/api/models")["models"]
+        return [m["name"] for m in listed], [m["name"] for m in listed if m["loaded"]]
+
+    return models
+
+
+def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callable[[], dict[str, Any]],
+                 on_ready: Callable[[], None]) -> None:
+    """The isolated worker's life (run by :func:`pennello.daemon.net.isolation.worker_main` once inside
+    its namespace): the guard, the engine, and the whole app on ``unix_socket`` until SIGTERM.
+
+    The client address and scheme come from the server's X-Forwarded-For/-Proto (ProxyFix); Host
+    and Origin are the client's own.
+    """
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from . import offline
+    from ..http.app import create_app
+    from ..engine.engine import Engine
+
+    guard = None
+    if config.offline.enabled:  # defence in depth: the namespace already has no way out
+        guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
+        guard.isolation_report = report
+    stop_requested = StopFlag()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_requested.set)
+    engine = Engine(config, paths)
+    try:
+        engine.start()
+        app = create_app(config, engine, paths, guard=guard)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
+        server = WaitressServer(app, unix_socket=unix_socket)
+        log.info("model worker ready on %s (device %s)", unix_socket, engine.device)
+        on_ready()
+        server.run(until=stop_requested.is_set)
+        log.info("worker shutting down: finishing the running batch, then saving")
+        _drain(server, engine)
+    finally:
+        engine.stop(cancel_running=True)
+        unix_socket.unlink(missing_ok=True)
