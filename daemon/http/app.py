@@ -7,9 +7,8 @@ There is no module-level app. Tests and the server build one with an engine of t
     >>> app.test_client().get("/api/health").json["ready"]  # doctest: +SKIP
     True
 
-Route modules reach the engine, config and paths through :func:`current_engine`,
-:func:`current_config` and :func:`current_paths`, and the caller's identity through
-:func:`current_owner` (set per request by the auth module; ``"local"`` without it).
+Route modules reach the engine, config, paths and caller through :mod:`.context`, never through
+this module, so the factory and the routes do not import each other.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from pennello.config import Config
@@ -28,6 +27,7 @@ from pennello.paths import Paths, get_paths
 
 from ..engine.engine import Engine
 from ..net.offline import NetworkGuard
+from .context import EXTENSION
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 BLUEPRINTS: tuple[str, ...] = ("routes.native", "routes.auth", "routes.openai", "routes.a1111", "openapi",
                                "routes.web", "routes.offline", "routes.tools")
 
-LOCAL_OWNER = "local"
-_EXT = "pennello"
 
 
 def create_app(config: Config, engine: Engine | None = None, paths: Paths | None = None,
@@ -58,7 +56,7 @@ def create_app(config: Config, engine: Engine | None = None, paths: Paths | None
     app = Flask("pennello.daemon")
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[_EXT] = {"engine": engine, "config": config, "paths": paths, "guard": guard}
+    app.extensions[EXTENSION] = {"engine": engine, "config": config, "paths": paths, "guard": guard}
     app.register_error_handler(PennelloError, _pennello_error)
     app.register_error_handler(HTTPException, _http_error)
     app.before_request(_start_timer)
@@ -71,34 +69,6 @@ def create_app(config: Config, engine: Engine | None = None, paths: Paths | None
     init_auth(app)
     # ----------------------------------------------------------------------------------------------
     return app
-
-
-def current_engine() -> Engine:
-    return current_app.extensions[_EXT]["engine"]
-
-
-def current_config() -> Config:
-    return current_app.extensions[_EXT]["config"]
-
-
-def current_paths() -> Paths:
-    return current_app.extensions[_EXT]["paths"]
-
-
-def current_guard() -> NetworkGuard | None:
-    return current_app.extensions[_EXT]["guard"]
-
-
-def current_owner() -> str:
-    """Who is asking: ``"local"``, or the paired device the auth module identified."""
-    return g.get("pennello_owner", LOCAL_OWNER)
-
-
-def owner_filter() -> str | None:
-    """The owner whose jobs and pictures the caller may see; None means all of them (the owner,
-    on loopback or with an owner token; the auth module sets ``g.pennello_sees_all``)."""
-    owner = current_owner()
-    return None if g.get("pennello_sees_all", owner == LOCAL_OWNER) else owner
 
 
 def error_response(status: int, kind: str, message: str, field: str | None = None) -> Response:

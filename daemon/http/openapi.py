@@ -24,7 +24,7 @@ from pennello.config import CompileMode, Config, EngineConfig
 
 from .routes import a1111 as routes_a1111
 from .routes import openai as routes_openai
-from .app import current_config
+from .context import current_config
 from ..engine.engine import MAX_GUIDANCE
 from ..engine.jobs import IMAGE_FORMATS, MAX_SEED
 from ..engine.families import families, get_family

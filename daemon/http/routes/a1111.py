@@ -27,7 +27,7 @@ from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
 from ..request import json_body
-from ..app import current_engine, current_owner
+from ..context import current_engine, current_owner
 from ...engine.jobs import MAX_SEED, GenerateRequest, Job
 from ...engine.outputs import a1111_parameters
 from .native import visible_progress

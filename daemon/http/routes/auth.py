@@ -34,7 +34,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from pennello.errors import AuthError, ForbiddenError, NotFoundError, PageTokenError
 
 from ..request import json_body
-from ..app import LOCAL_OWNER, current_config
+from ..context import LOCAL_OWNER, current_config
 from ...auth import TOKENS_FILE, Pairing, TokenRecord, TokenStore, is_loopback, owner_of
 from ..surface import (PAGE_HEADER, STATE_CHANGING, HostPolicy, check_origin, host_refusal, looks_like_browser,
                       scope_of)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from flask import Blueprint, Response, jsonify, send_file
 
 from ..request import job_event_stream, json_body, query_int
-from ..app import current_engine, current_owner, owner_filter
+from ..context import current_engine, current_owner, owner_filter
 from ...engine.jobs import GenerateRequest, Job
 from ...engine.engine import Engine
 from ...engine.outputs import content_type

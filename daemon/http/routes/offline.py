@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from ..app import current_config, current_guard
+from ..context import current_config, current_guard
 from ...net.offline import off_status
 
 bp = Blueprint("offline", __name__, url_prefix="/api")

@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 from pennello.errors import ModelNotFoundError, PennelloError, RequestError
 
 from ..request import json_body
-from ..app import current_engine, current_owner
+from ..context import current_engine, current_owner
 from ...engine.jobs import GenerateRequest
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")

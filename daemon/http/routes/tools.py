@@ -28,7 +28,7 @@ from flask import Blueprint, jsonify, request
 from pennello.errors import RequestError
 
 from ..request import FieldType, check_type, json_body
-from ..app import current_engine, current_owner, owner_filter
+from ..context import current_engine, current_owner, owner_filter
 from ...engine.engine import MAX_GUIDANCE
 from ...tools.uploads import ALGORITHMICALLY_ENHANCED, decode_upload, digest
 from ...engine.jobs import IMAGE_FORMATS, MAX_SEED

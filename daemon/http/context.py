@@ -1,0 +1,52 @@
+"""The request context: what a route may ask about the app it runs in and the caller it serves.
+
+Flask's ``current_app`` and ``g`` carry them; this module names them, so route modules import
+these accessors instead of the app factory (as Flask's own ``globals.py`` does):
+
+    >>> from pennello.daemon.http.context import current_engine  # doctest: +SKIP
+    >>> current_engine().progress()  # inside a request  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import current_app, g
+
+if TYPE_CHECKING:
+    from pennello.config import Config
+    from pennello.paths import Paths
+
+    from ..engine.engine import Engine
+    from ..net.offline import NetworkGuard
+
+LOCAL_OWNER = "local"
+EXTENSION = "pennello"  # the key of app.extensions that holds engine, config, paths and guard
+
+
+def current_engine() -> Engine:
+    return current_app.extensions[EXTENSION]["engine"]
+
+
+def current_config() -> Config:
+    return current_app.extensions[EXTENSION]["config"]
+
+
+def current_paths() -> Paths:
+    return current_app.extensions[EXTENSION]["paths"]
+
+
+def current_guard() -> NetworkGuard | None:
+    return current_app.extensions[EXTENSION]["guard"]
+
+
+def current_owner() -> str:
+    """Who is asking: ``"local"``, or the paired device the auth module identified."""
+    return g.get("pennello_owner", LOCAL_OWNER)
+
+
+def owner_filter() -> str | None:
+    """The owner whose jobs and pictures the caller may see; None means all of them (the owner,
+    on loopback or with an owner token; the auth module sets ``g.pennello_sees_all``)."""
+    owner = current_owner()
+    return None if g.get("pennello_sees_all", owner == LOCAL_OWNER) else owner
