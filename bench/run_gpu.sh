@@ -10,7 +10,7 @@
 #
 # Results: bench/results/pipelines-gpu-<tag>.json, one file per option, and api-gpu-$API_TAG.json
 # (the same models through the daemon's HTTP API, the 20-Einstein demo end to end); then
-# bench/report.py refreshes the table in README.md. Needs a CUDA build of torch; no network is used.
+# bench/report.py refreshes the tables in docs/benchmarks.md and README.md. Needs a CUDA build of torch; no network is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
