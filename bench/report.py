@@ -33,7 +33,8 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 HEADLINE = (
     ("embedded-cpu", "held-out adherence: colour and shape", "Embedded model draws the colour and shape asked for"),
     ("embedded-cpu", "weights", "Embedded model size (ships inside the package)"),
-    ("install", "one-click install, fresh (air-gapped bundle, no downloads)", "One-click install on a fresh machine"),
+    ("install", "one-click install, fresh (air-gapped bundle, no downloads)",
+     "One-click install on a fresh machine, from a bundle"),
     ("daemon-cpu", "serve start to first image (fresh home)", "`pennello serve` to first picture, embedded model"),
     ("embedded-cpu", "latency 64x64 4 steps guidance 2, batch 1", "Per-picture latency, embedded model, CPU"),
     ("daemon-cpu", "batching gain", "Throughput gain when 8 clients share the model (batching)"),
