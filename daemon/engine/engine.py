@@ -563,10 +563,8 @@ class Engine:
         for job in list(self._queue):
             if job.task is not None or job.request.batch_key() != key:
                 continue
-            take = min(job.request.n - job._scheduled, self.config.engine.max_batch - len(slots))
-            slots += [(job, job._scheduled + i) for i in range(take)]
-            job._scheduled += take
-            if job._scheduled == job.request.n:
+            slots += [(job, index) for index in job.schedule(self.config.engine.max_batch - len(slots))]
+            if job.fully_scheduled:
                 self._queue.remove(job)
             if len(slots) == self.config.engine.max_batch:
                 break
@@ -579,7 +577,7 @@ class Engine:
         jobs = list(dict.fromkeys(job for job, _ in slots))
         request = jobs[0].request
         for job in jobs:
-            job._start(len(slots))
+            job.start(len(slots))
         with self._cond:
             self._run = _Run(jobs, request.steps or 0)
         started = time.perf_counter()
@@ -593,7 +591,7 @@ class Engine:
             log.exception("batch of %d image(s) for %s failed", len(slots), request.model)
             message = str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}"
             for job in jobs:
-                job._finish("failed", message)
+                job.fail(message)
             return
         finally:
             with self._cond:
@@ -603,13 +601,13 @@ class Engine:
 
     def _run_task(self, job: Job) -> None:
         """On the worker: run an edit's or upscale's task, then hand its pictures to the saver."""
-        job._start(job.request.n)
+        job.start(job.request.n)
         with self._cond:
             self._run = _Run([job], job.total_steps)
         started = time.perf_counter()
 
         def on_step(images: int = 1) -> None:
-            job._advance(images)
+            job.advance(images)
             run = self._run
             if run is not None:
                 run.step = job.step
@@ -625,7 +623,7 @@ class Engine:
             return
         except Exception as e:  # a failing edit must never take the worker down
             log.exception("%s job %s failed", job.kind, job.id)
-            job._finish("failed", str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}")
+            job.fail(str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}")
             return
         finally:
             with self._cond:
@@ -649,15 +647,14 @@ class Engine:
                 saved = job.task.save(self, loaded, image, index)
             except Exception as e:  # e.g. a full disk: fail this job, keep serving
                 log.exception("saving an image of job %s failed", job.id)
-                job._finish("failed", f"could not save the image: {e}")
+                job.fail(f"could not save the image: {e}")
                 return
             if saved is not None:
-                job._add_image(saved)
+                job.add_image(saved)
         if not job.done and images and not job.images:  # every picture handed back on the task
-            job.step = job.total_steps
-            job._finish("done")
+            job.complete()
         elif not job.done:  # the task made fewer pictures than asked: say so rather than hang
-            job._finish("failed", f"{len(images)} of {job.request.n} picture(s) were made")
+            job.fail(f"{len(images)} of {job.request.n} picture(s) were made")
 
     def _call_pipeline(self, loaded: _Loaded, slots: list[_Slot]) -> tuple[list[Any], dict[str, float]]:
         """One diffusers call for the whole batch; returns PIL images and per-stage seconds."""
@@ -674,7 +671,7 @@ class Engine:
             if self._run is not None:
                 self._run.step = step + 1
             for job, count in per_job.items():
-                job._advance(count)
+                job.advance(count)
             if all(job.done for job in jobs):
                 raise _Interrupted
             return {}
@@ -720,10 +717,10 @@ class Engine:
                                          enhance=job.request.enhance, durable=False)
             except Exception as e:  # e.g. a full disk: fail this job, keep serving
                 log.exception("saving an image of job %s failed", job.id)
-                job._finish("failed", f"could not save the image: {e}")
+                job.fail(f"could not save the image: {e}")
                 continue
             written.append(saved.path)
-            job._add_image(saved)
+            job.add_image(saved)
         timing["save"] = time.perf_counter() - started
         try:
             make_durable(written)
