@@ -13,7 +13,7 @@ publishes events that any number of listeners (SSE streams, waiting requests) ca
     ['cancelled']
 
 Edits and AI upscales are jobs too (``kind`` says which): they carry a ``task``, the work the
-engine's worker runs with the model loaded (see :class:`.engine.Task`), and are never batched
+engine's worker runs with the model loaded (see :class:`.runner.Task`), and are never batched
 with other jobs; they queue, report progress, cancel and count against the queue the same way.
 """
 
@@ -97,7 +97,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     kind: JobKind = "generate"
-    task: Any = field(default=None, repr=False)  # non-batchable work (edits): see engine.Task
+    task: Any = field(default=None, repr=False)  # non-batchable work (edits): see runner.Task
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
@@ -226,3 +226,5 @@ class Job:
         self._events.append((name, data))
         self._cond.notify_all()
 
+
+Slot = tuple[Job, int]  # a job and the index of one of its images, as a pipeline call serves them
