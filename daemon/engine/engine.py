@@ -1,18 +1,14 @@
 """The engine: warm models, a bounded job queue, and one worker thread that owns the device.
 
-:class:`Engine` is a façade: routes, tools and tests call it, and it wires parts with one job each
-(much like a scheduler that owns residency apart from the request queue and the runner):
+:class:`Engine` is the façade that routes, tools and tests call; it wires parts with one job each,
+sharing one lock (the condition the worker sleeps on) so that their state changes together:
 
-- :mod:`.resolve` checks a request and fills in the model's defaults, on submit;
-- :mod:`.queue` holds waiting jobs (bounded: a full queue is a 429) and takes compatible batches;
-- :mod:`.worker` is the thread that owns the device: control actions, batches, housekeeping;
-- :mod:`.runner` makes a batch's pictures in one pipeline call (or runs an edit's :class:`Task`);
-- :mod:`.saver` encodes and writes pictures on a second thread, so the next batch can start;
-- :mod:`.residency` loads models, keeps them warm, and unloads idle ones.
-
-The parts share one lock (a condition the worker sleeps on), so the engine's state changes
-together. Edits and AI upscales are jobs with a :class:`Task` (``submit_task``): they wait in the
-same queue, run alone on the worker, report progress per denoising step and stop when cancelled.
+- :mod:`.resolve` checks a request and fills in the model's defaults;
+- :mod:`.queue` holds waiting jobs (a full queue is a 429) and takes compatible batches;
+- :mod:`.worker` is the device's thread: control actions, batches, housekeeping;
+- :mod:`.runner` makes a batch in one pipeline call, or runs an edit's or upscale's :class:`Task`;
+- :mod:`.saver` writes pictures on a second thread, so the next batch can start meanwhile;
+- :mod:`.residency` loads models, keeps them warm and unloads idle ones.
 
     >>> from pennello.config import Config
     >>> from pennello.paths import get_paths
