@@ -286,9 +286,9 @@ def demo_rows(arch: Arch, label: str, engine: Engine, request: GenerateRequest, 
               details: dict[str, Any]) -> list[dict[str, Any]]:
     """The Einstein demo: raw pipeline (the reference, on the engine's worker thread as the
     engine would run it), then through the API two ways."""
-    pipe = engine._ensure_loaded(request.model).pipe
+    pipe = engine.residency.ensure_loaded(request.model).pipe
     per_style = n // len(EINSTEIN_STYLES)
-    raw = engine._on_worker(lambda: einstein_demo(arch, pipe, torch.device(engine.device), per_style))
+    raw = engine.on_worker(lambda: einstein_demo(arch, pipe, torch.device(engine.device), per_style))
     batch = demo_batch(url, n)
     openai = demo_openai(url, n)
     details["demo"] = batch

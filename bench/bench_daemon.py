@@ -65,12 +65,12 @@ def direct_pipeline_call(engine: Engine, request: GenerateRequest, batch: int = 
     thread. Not on this one: the engine sets torch's CPU threads from its worker, and OpenMP
     keeps that count per calling thread, so a call from here would run with a different number
     of threads (3x slower next to a busy process on 2 cores, see bench_threads.py)."""
-    pipe = engine._ensure_loaded(request.model).pipe
+    pipe = engine.residency.ensure_loaded(request.model).pipe
     seed = iter(range(10**6))
 
     def call() -> None:
         generators = [torch.Generator("cpu").manual_seed(next(seed)) for _ in range(batch)]
-        engine._on_worker(lambda: pipe(
+        engine.on_worker(lambda: pipe(
             prompt=["a red kite"] * batch, width=request.width, height=request.height,
             num_inference_steps=request.steps, guidance_scale=request.guidance, generator=generators,
             output_type="pil"))

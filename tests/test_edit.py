@@ -65,14 +65,14 @@ def test_img2img_redraws_the_picture_reproducibly_and_records_it(url, drawn, api
     # Batched kernels round differently: the same seed alone may differ by a level or two.
     assert np.abs(_fetch(url, alone["images"][0])[0] - pixels).max() <= 2
     # The edit pipeline was built from the loaded model's components: no second copy of the weights.
-    loaded = api_engine._loaded["pennello-tiny"]
+    loaded = api_engine.residency.loaded["pennello-tiny"]
     assert loaded.derived["img2img"].unet is loaded.pipe.unet and loaded.derived["img2img"].vae is loaded.pipe.vae
 
 
 def test_strength_sets_how_many_denoising_steps_run(url, drawn, api_engine):
     """img2img starts part-way: strength x steps UNet calls (guidance 1.0: one call per step).
     The embedded model's weights are random, so this is checked by counting, not by pixels."""
-    unet = api_engine._loaded["pennello-tiny"].pipe.unet
+    unet = api_engine.residency.loaded["pennello-tiny"].pipe.unet
     calls: list[int] = []
     hook = unet.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -93,7 +93,7 @@ def test_inpainting_keeps_the_unmasked_half_and_redraws_the_masked_one(url, draw
     assert first.status_code == 200, first.text
     assert first.json()["mode"] == "inpaint"
     assert _fetch(url, first.json()["images"][0])[2]["mask"].startswith("sha256:")
-    pipe = api_engine._loaded["pennello-tiny"].derived["inpaint"]
+    pipe = api_engine.residency.loaded["pennello-tiny"].derived["inpaint"]
     seen: dict[str, torch.Tensor] = {}
     prepare, decode = pipe.prepare_latents, pipe.vae.decode
 

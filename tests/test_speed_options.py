@@ -122,7 +122,7 @@ def test_channels_last_draws_the_same_picture_and_is_reported_over_http(make_eng
     expected = baseline(make_engine)
     server = make_server(config_with(engine={"channels_last": "on"}))
     engine = server.engine
-    pipe = engine._loaded["pennello-tiny"].pipe
+    pipe = engine.residency.loaded["pennello-tiny"].pipe
     for conv in (pipe.unet.conv_in, pipe.vae.decoder.conv_in):
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert requests.get(server.api("/ps")).json()["models"][0]["placement"]["channels_last"] is True
@@ -132,7 +132,7 @@ def test_channels_last_draws_the_same_picture_and_is_reported_over_http(make_eng
 def test_fused_qkv_draws_the_same_picture(make_engine):
     expected = baseline(make_engine)
     engine = make_engine(config_with(engine={"fuse_qkv": "on"}))
-    pipe = engine._loaded["pennello-tiny"].pipe
+    pipe = engine.residency.loaded["pennello-tiny"].pipe
     attention = [m for m in [*pipe.unet.modules(), *pipe.vae.modules()] if isinstance(m, Attention)]
     assert attention and all(m.fused_projections for m in attention)
     assert placement(engine)["fuse_qkv"] is True
@@ -161,5 +161,5 @@ def test_a_failed_compile_leaves_the_model_running_uncompiled(make_engine, compi
     engine = make_engine(config_with(engine={"compile": "on"}))
     reported = placement(engine)
     assert "compile" not in reported and "no C++ compiler" in reported["not_applied"][0]
-    assert "forward" not in vars(engine._loaded["pennello-tiny"].pipe.unet)  # the class's own again
+    assert "forward" not in vars(engine.residency.loaded["pennello-tiny"].pipe.unet)  # the class's own again
     assert run(engine, seed=5).status == "done"

@@ -13,7 +13,7 @@ publishes events that any number of listeners (SSE streams, waiting requests) ca
     ['cancelled']
 
 Edits and AI upscales are jobs too (``kind`` says which): they carry a ``task``, the work the
-engine's worker runs with the model loaded (see :class:`.engine.Task`), and are never batched
+engine's worker runs with the model loaded (see :class:`.runner.Task`), and are never batched
 with other jobs; they queue, report progress, cancel and count against the queue the same way.
 """
 
@@ -97,7 +97,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     kind: JobKind = "generate"
-    task: Any = field(default=None, repr=False)  # non-batchable work (edits): see engine.Task
+    task: Any = field(default=None, repr=False)  # non-batchable work (edits): see runner.Task
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
@@ -159,15 +159,30 @@ class Job:
         """Mark the job cancelled unless it already ended. Returns whether it changed."""
         return self._finish("cancelled")
 
-    # --- transitions, called by the engine ------------------------------------------------------
+    # --- transitions, called by the engine's queue, runner and saver -----------------------------
 
-    def _start(self, batch_size: int) -> None:
+    def schedule(self, most: int) -> range:
+        """Hand up to ``most`` more of this job's images to a pipeline call; returns their indices.
+
+        Only the worker calls this (with the queue's lock held), so it needs no lock of its own.
+        """
+        first = self._scheduled
+        self._scheduled = min(self.request.n, first + most)
+        return range(first, self._scheduled)
+
+    @property
+    def fully_scheduled(self) -> bool:
+        """Every image was handed to a pipeline call: the job leaves the queue."""
+        return self._scheduled == self.request.n
+
+    def start(self, batch_size: int) -> None:
+        """A pipeline call serving ``batch_size`` images, some of them this job's, begins."""
         with self._cond:
             if self.status == "queued":
                 self.status, self.started = "running", time.time()
             self.batch_size = max(self.batch_size, batch_size)
 
-    def _advance(self, images: int) -> None:
+    def advance(self, images: int) -> None:
         """One denoising step finished for ``images`` of this job's images."""
         with self._cond:
             self._image_steps += images
@@ -178,15 +193,26 @@ class Job:
             self._publish("progress", {"step": step, "total_steps": self.total_steps,
                                        "progress": self.progress})
 
-    def _add_image(self, image: OutputImage) -> None:
+    def add_image(self, image: OutputImage) -> None:
         """One picture saved; the job is done once all ``n`` are."""
         with self._cond:
             if self.done:
                 return
             self.images.append(image)
             if len(self.images) == self.request.n:
-                self.step = self.total_steps
-                self._finish("done")
+                self.complete()
+
+    def complete(self) -> bool:
+        """Mark the job done with every step counted (its pictures are saved, or handed back)."""
+        with self._cond:
+            if self.done:
+                return False
+            self.step = self.total_steps
+            return self._finish("done")
+
+    def fail(self, error: str) -> bool:
+        """Mark the job failed with ``error`` unless it already ended. Returns whether it changed."""
+        return self._finish("failed", error)
 
     def _finish(self, status: JobStatus, error: str | None = None) -> bool:
         with self._cond:
@@ -199,3 +225,6 @@ class Job:
     def _publish(self, name: str, data: dict[str, Any]) -> None:
         self._events.append((name, data))
         self._cond.notify_all()
+
+
+Slot = tuple[Job, int]  # a job and the index of one of its images, as a pipeline call serves them

@@ -224,7 +224,7 @@ def run_edit(engine: Any, request: EditRequest, timeout: float | None = None) ->
 
 @dataclass
 class EditTask:
-    """One edit job's work (an :class:`.engine.Task`): the pipeline call(s) on the worker, then
+    """One edit job's work (an :class:`.runner.Task`): the pipeline call(s) on the worker, then
     saving each picture with its record."""
 
     request: GenerateRequest  # resolved
@@ -240,7 +240,7 @@ class EditTask:
         return {"mode": self.mode, "strength": self.strength, "references": len(self.pictures)}
 
     def run(self, loaded: Any, on_step: Callable[[int], None]) -> list[Image.Image]:
-        from ..engine.engine import step_callback
+        from ..engine.runner import step_callback
 
         started = time.perf_counter()
         r = self.request

@@ -1,0 +1,223 @@
+"""The runner: what the worker does with a batch the queue hands it — the pipeline call itself.
+
+A text-to-image batch is one diffusers call for every image in it, each with its own seeded CPU
+generator (so a seed gives the same picture on every device and whatever its batch mates). The
+call's stages are timed (text encoding, denoising, decoding) for the debug log. Edits and AI
+upscales bring their own :class:`Task` and run alone. Either way, each denoising step advances
+the jobs' progress, and a step after which every job of the call was cancelled stops the call.
+The pictures then go to the :class:`.saver.Saver`, on its own thread, so the next batch can start.
+
+    >>> runner = Runner(cond, residency, saver)  # doctest: +SKIP
+    >>> runner.run(slots)  # on the worker  # doctest: +SKIP
+    >>> runner.progress(queue)["state"]  # doctest: +SKIP
+    'idle'
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sized
+
+import torch
+
+from pennello.errors import PennelloError
+
+from .jobs import Job, OutputImage, Slot
+from .residency import Loaded, Residency
+from .saver import Saver
+
+log = logging.getLogger(__name__)
+
+
+class _Interrupted(Exception):
+    """Raised from the step callback when every job of the running batch was cancelled."""
+
+
+class Task(Protocol):
+    """Work that is not text-to-image (an edit, an AI upscale), run by the worker as one job.
+
+    ``run`` is called on the worker with the job's model loaded; it calls ``on_step(images)``
+    after each denoising step of a pipeline call making ``images`` pictures (``step_callback``
+    adapts it to diffusers), which raises to stop the work when the job was cancelled. ``save``
+    runs on the saver thread, once per picture ``run`` returned, with the engine as ``engine``.
+    """
+
+    def run(self, loaded: Any, on_step: Callable[[int], None]) -> list[Any]: ...
+
+    # None: the picture was handed back on the task itself (the AI upscaler's 4x pass, which
+    # its caller scales and saves), so the job ends "done" with no gallery images of its own.
+    def save(self, engine: Any, loaded: Any, image: Any, index: int) -> OutputImage | None: ...
+
+    def describe(self) -> dict[str, Any]: ...  # extra fields for the job's JSON
+
+
+def step_callback(on_step: Callable[[int], None], images: int = 1) -> Callable[..., dict[str, Any]]:
+    """A diffusers ``callback_on_step_end`` reporting each step of a call making ``images`` pictures."""
+
+    def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(images)
+        return {}
+
+    return callback
+
+
+@dataclass
+class _Run:
+    """The batch on the device right now, for progress and ETA."""
+
+    jobs: list[Job]
+    steps: int
+    started: float = field(default_factory=time.monotonic)
+    step: int = 0
+
+
+class Runner:
+    """Runs batches on the worker thread; ``progress`` and ``running`` are safe from any thread."""
+
+    def __init__(self, cond: threading.Condition, residency: Residency, saver: Saver) -> None:
+        self.cond, self.residency, self.saver = cond, residency, saver
+        self.stats = {"pipeline_calls": 0, "images": 0}
+        self._batch_seconds = 0.0  # moving average, for Retry-After and ETA
+        self._run: _Run | None = None
+
+    def seconds_per_call(self) -> float:
+        """The moving average of a device call's seconds (0 before the first)."""
+        return self._batch_seconds
+
+    def running(self) -> int:
+        """How many jobs the call on the device now serves (``cond`` held)."""
+        return len(self._run.jobs) if self._run else 0
+
+    def progress(self, queue: Sized) -> dict[str, Any]:
+        """The batch on the device now: fraction done, step, and an ETA in seconds."""
+        with self.cond:
+            run, depth = self._run, len(queue)
+        if run is None:
+            return {"state": "idle", "jobs": [], "step": 0, "total": 0, "fraction": 0.0,
+                    "eta_s": 0.0, "queue_depth": depth}
+        elapsed = time.monotonic() - run.started
+        per_step = elapsed / run.step if run.step else self._batch_seconds / max(run.steps, 1)
+        return {"state": "running", "jobs": [job.id for job in run.jobs], "step": run.step,
+                "total": run.steps, "fraction": run.step / run.steps,
+                "eta_s": round(per_step * (run.steps - run.step), 3), "queue_depth": depth}
+
+    def cancel_running(self) -> None:
+        """Cancel every job of the call on the device; it stops at its next denoising step."""
+        run = self._run
+        for job in run.jobs if run else ():
+            job.cancel()
+
+    def run(self, slots: list[Slot]) -> None:
+        """Make the pictures of ``slots`` (one task job, or a compatible text-to-image batch)
+        and hand them to the saver; a failure fails the jobs, never the worker."""
+        if slots[0][0].task is not None:
+            self._run_task(slots[0][0])
+            return
+        jobs = list(dict.fromkeys(job for job, _ in slots))
+        request = jobs[0].request
+        for job in jobs:
+            job.start(len(slots))
+        with self.cond:
+            self._run = _Run(jobs, request.steps or 0)
+        started = time.perf_counter()
+        try:
+            loaded = self.residency.ensure_loaded(request.model or "")
+            images, timing = self._call_pipeline(loaded, slots)
+        except _Interrupted:
+            log.info("batch of %d image(s) interrupted: every job in it was cancelled", len(slots))
+            return
+        except Exception as e:  # one failing batch must never take the worker down
+            log.exception("batch of %d image(s) for %s failed", len(slots), request.model)
+            message = str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}"
+            for job in jobs:
+                job.fail(message)
+            return
+        finally:
+            with self.cond:
+                self._run = None
+        self._count_call(started, len(slots))
+        self.saver.submit_batch(loaded, slots, images, timing)
+
+    def _run_task(self, job: Job) -> None:
+        """Run an edit's or upscale's task, then hand its pictures to the saver."""
+        job.start(job.request.n)
+        with self.cond:
+            self._run = _Run([job], job.total_steps)
+        started = time.perf_counter()
+
+        def on_step(images: int = 1) -> None:
+            job.advance(images)
+            run = self._run
+            if run is not None:
+                run.step = job.step
+            if job.done:
+                raise _Interrupted
+
+        try:
+            loaded = self.residency.ensure_loaded(job.request.model or "")
+            images = job.task.run(loaded, on_step)
+            loaded.touch()
+        except _Interrupted:
+            log.info("%s job %s interrupted: cancelled", job.kind, job.id)
+            return
+        except Exception as e:  # a failing edit must never take the worker down
+            log.exception("%s job %s failed", job.kind, job.id)
+            job.fail(str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}")
+            return
+        finally:
+            with self.cond:
+                self._run = None
+        self._count_call(started, len(images))
+        self.saver.submit_task(job, loaded, images)
+
+    def _count_call(self, started: float, images: int) -> None:
+        """Stats, and the moving average of a device call's seconds that Retry-After is based on."""
+        seconds = time.perf_counter() - started
+        self._batch_seconds = seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds
+        self.stats["pipeline_calls"] += 1
+        self.stats["images"] += images
+
+    def _call_pipeline(self, loaded: Loaded, slots: list[Slot]) -> tuple[list[Any], dict[str, float]]:
+        """One diffusers call for the whole batch; returns PIL images and per-stage seconds."""
+        request = slots[0][0].request
+        jobs = list(dict.fromkeys(job for job, _ in slots))
+        per_job = {job: sum(1 for j, _ in slots if j is job) for job in jobs}
+        marks: dict[str, float] = {"start": time.perf_counter()}
+
+        def on_denoiser(*_: Any) -> None:
+            marks.setdefault("denoise", time.perf_counter())
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            marks["decode"] = time.perf_counter()
+            if self._run is not None:
+                self._run.step = step + 1
+            for job, count in per_job.items():
+                job.advance(count)
+            if all(job.done for job in jobs):
+                raise _Interrupted
+            return {}
+
+        negatives = [job.request.negative_prompt for job, _ in slots]
+        denoiser = getattr(loaded.pipe, loaded.family.denoiser)
+        hook = denoiser.register_forward_pre_hook(on_denoiser)
+        try:
+            # CPU generators: the same seed gives the same picture on every device.
+            result = loaded.pipe(
+                prompt=[job.request.prompt for job, _ in slots],
+                negative_prompt=negatives if any(negatives) else None,
+                width=request.width, height=request.height, num_inference_steps=request.steps,
+                guidance_scale=request.guidance, num_images_per_prompt=1,
+                generator=[torch.Generator("cpu").manual_seed(job.seeds[i]) for job, i in slots],
+                callback_on_step_end=on_step_end, output_type="pil")
+        finally:
+            hook.remove()
+        end = time.perf_counter()
+        denoise_at = marks.get("denoise", marks["start"])
+        decode_at = marks.get("decode", denoise_at)
+        timing = {"encode": denoise_at - marks["start"], "denoise": decode_at - denoise_at,
+                  "decode": end - decode_at}
+        loaded.touch()
+        return result.images, timing
