@@ -250,11 +250,11 @@ def pipeline() -> None:
 @_remote
 def pipeline_list(remote: str | None, url: str | None, token: str | None) -> None:
     """List the saved pipelines."""
-    for recipe in _client(remote, url, token).call("GET", "/api/pipelines")["pipelines"]:
-        stages = ["generate"] + (["enhance"] if recipe.get("enhance") else []) + \
-            ([f"upscale x{recipe['upscale']}"] if recipe.get("upscale") else []) + \
-            (["check"] if recipe.get("check") else [])
-        click.echo(f"{recipe['name']:<16} {' -> '.join(stages)}  {recipe['prompt']!r}")
+    for saved in _client(remote, url, token).call("GET", "/api/pipelines")["pipelines"]:
+        stages = ["generate"] + (["enhance"] if saved.get("enhance") else []) + \
+            ([f"upscale x{saved['upscale']}"] if saved.get("upscale") else []) + \
+            (["check"] if saved.get("check") else [])
+        click.echo(f"{saved['name']:<16} {' -> '.join(stages)}  {saved['prompt']!r}")
 
 
 @pipeline.command("save")
