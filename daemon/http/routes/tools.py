@@ -246,17 +246,17 @@ def styles() -> Any:
 @bp.post("/batch")
 def batch() -> Any:
     """One subject across styles and seeds; with ``wait`` (the default) also a contact sheet."""
-    from ...tools.style_batch import finish_batch, submit_batch
+    from ...tools.style_batch import finish_style_batch, submit_style_batch
     from ...tools.styles import choose_styles, load_styles
 
     body = json_body(BATCH_FIELDS, required=("subject",))
     wait = body.pop("wait", True)
     engine = current_engine()
     chosen = choose_styles(load_styles(engine.paths.config_dir), body.pop("styles", 4))
-    result = submit_batch(engine, body.pop("subject"), chosen, owner=current_owner(), **body)
+    result = submit_style_batch(engine, body.pop("subject"), chosen, owner=current_owner(), **body)
     if not wait:
         return jsonify(result.to_dict()), 202
-    finish_batch(engine, result)
+    finish_style_batch(engine, result)
     return jsonify(result.to_dict()), 200 if result.status == "done" else 500
 
 
