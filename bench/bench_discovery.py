@@ -112,53 +112,52 @@ def _spawn(prefix: list[str], *args: str) -> subprocess.Popen:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
-def run(rounds: int, hold_s: float, use_netns: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from _fixtures_netns import Namespaces, netns_unavailable
+def _prefixes(namespaces: Any) -> tuple[list[str], list[str]]:
+    """The command prefixes that run the advertiser's and the browsers' side: one namespace each,
+    joined by a veth, or none (both on this host) when there are no namespaces."""
+    if namespaces is None:
+        return [], []
+    a, b = namespaces.add("adv"), namespaces.add("brw")
+    namespaces.link(a, "10.78.0.1/24", b, "10.78.0.2/24")
+    return namespaces.exec(a), namespaces.exec(b)
 
-    reason = netns_unavailable() if use_netns else "disabled with --same-host"
-    namespaces = None
-    advertiser_ns: list[str] = []
-    browser_ns: list[str] = []
-    if reason is None:
-        namespaces = Namespaces()
-        a, b = namespaces.add("adv"), namespaces.add("brw")
-        namespaces.link(a, "10.78.0.1/24", b, "10.78.0.2/24")
-        advertiser_ns, browser_ns = namespaces.exec(a), namespaces.exec(b)
-        where = "two network namespaces joined by a veth"
-    else:
-        where = f"same host ({reason})"
-    print(f"measuring on {where}", file=sys.stderr)
-    try:
-        browser = _spawn(browser_ns, "--role", "browser")
-        assert json.loads(browser.stdout.readline()).get("ready")
-        time.sleep(0.5)
-        found: dict[str, float] = {}
 
-        def collect() -> None:
-            for line in browser.stdout:
-                entry = json.loads(line)
-                found.setdefault(entry["name"], entry["found"])
+def _measure(advertiser_ns: list[str], browser_ns: list[str], rounds: int,
+             hold_s: float) -> tuple[list[dict[str, Any]], dict[str, float], list[dict[str, Any]]]:
+    """Run the three roles; return the advertiser's registrations, when the browser found each
+    name, and the timed ``browse()`` calls."""
+    browser = _spawn(browser_ns, "--role", "browser")
+    assert json.loads(browser.stdout.readline()).get("ready")
+    time.sleep(0.5)
+    found: dict[str, float] = {}
 
-        threading.Thread(target=collect, daemon=True).start()
-        advertiser = _spawn(advertiser_ns, "--role", "advertiser", "--rounds", str(rounds), "--hold", str(hold_s))
-        registrations = []
-        steady = None
-        for line in advertiser.stdout:
+    def collect() -> None:
+        for line in browser.stdout:
             entry = json.loads(line)
-            if "steady" in entry:
-                steady = entry["steady"]
-                break
-            registrations.append(entry)
-        # One mDNS socket per host, as on a phone: a unicast answer to port 5353 reaches only one
-        # of several sockets sharing it, so the running browser goes before browse() is timed.
-        browser.communicate("")
-        discover = _spawn(browser_ns, "--role", "discover", "--id", steady, "--rounds", str(rounds))
-        discover_ms = [json.loads(line) for line in discover.communicate()[0].splitlines()]
-        advertiser.communicate("")
-    finally:
-        if namespaces is not None:
-            namespaces.close()
+            found.setdefault(entry["name"], entry["found"])
 
+    threading.Thread(target=collect, daemon=True).start()
+    advertiser = _spawn(advertiser_ns, "--role", "advertiser", "--rounds", str(rounds), "--hold", str(hold_s))
+    registrations = []
+    steady = None
+    for line in advertiser.stdout:
+        entry = json.loads(line)
+        if "steady" in entry:
+            steady = entry["steady"]
+            break
+        registrations.append(entry)
+    # One mDNS socket per host, as on a phone: a unicast answer to port 5353 reaches only one
+    # of several sockets sharing it, so the running browser goes before browse() is timed.
+    browser.communicate("")
+    discover = _spawn(browser_ns, "--role", "discover", "--id", steady, "--rounds", str(rounds))
+    discover_ms = [json.loads(line) for line in discover.communicate()[0].splitlines()]
+    advertiser.communicate("")
+    return registrations, found, discover_ms
+
+
+def _summarise(registrations: list[dict[str, Any]], found: dict[str, float], discover_ms: list[dict[str, Any]],
+               where: str, rounds: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The result rows (medians against the goal) and the raw samples behind them."""
     after_registered = [(found[r["name"]] - r["registered"]) * 1000 for r in registrations if r["name"] in found]
     after_called = [(found[r["name"]] - r["called"]) * 1000 for r in registrations if r["name"] in found]
     browse_ms = [d["ms"] for d in discover_ms if d["found"]]
@@ -180,6 +179,23 @@ def run(rounds: int, hold_s: float, use_netns: bool) -> tuple[list[dict[str, Any
                             "called_to_found": [round(v, 1) for v in after_called],
                             "browse_to_found": [round(v, 1) for v in browse_ms]}}
     return rows, extra
+
+
+def run(rounds: int, hold_s: float, use_netns: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Measure ``rounds`` advertisements; the rows for the result file and its extra fields."""
+    from _fixtures_netns import Namespaces, netns_unavailable
+
+    reason = netns_unavailable() if use_netns else "disabled with --same-host"
+    namespaces = Namespaces() if reason is None else None
+    where = "two network namespaces joined by a veth" if namespaces is not None else f"same host ({reason})"
+    try:
+        advertiser_ns, browser_ns = _prefixes(namespaces)
+        print(f"measuring on {where}", file=sys.stderr)
+        registrations, found, discover_ms = _measure(advertiser_ns, browser_ns, rounds, hold_s)
+    finally:
+        if namespaces is not None:
+            namespaces.close()
+    return _summarise(registrations, found, discover_ms, where, rounds)
 
 
 def main() -> None:

@@ -139,35 +139,15 @@ def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, wit
         signer = signing_key(paths, config, key_name)  # before any download
     store = Store(paths)
     models = [store.get(name) for name in dict.fromkeys(names)]
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise StoreError(f"{out} already exists and is not an empty directory; give a new directory to --out")
     unique = {e.sha256: e for m in models for e in m.manifest.files}
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        check_disk_space(out.parent, sum(e.size for e in unique.values()), f"exporting {', '.join(names)}")
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial."))
-    except OSError as e:
-        raise StoreError(f"cannot write a bundle in {out.parent} ({e.strerror or e}); "
-                         f"give --out a directory you can write to") from e
+    staging = _staging_dir(out, sum(e.size for e in unique.values()), names)
     try:
         keyids = _write_manifests_and_keys(paths, config, models, staging)
         _copy_blobs(store, list(unique.values()), staging, progress)
         wheels = ""
         if signer is not None and key_name is not None:
-            if wheels_from is not None:
-                collect_wheels(wheels_from, staging / "wheels")
-            else:
-                download_wheels(staging / "wheels", platforms, python_version)
-            lock = write_lock(staging)
-            if signer.keyid not in keyids:
-                (staging / "keys" / f"{signer.keyid}.pub").write_bytes(signer.pem())
-                keyids.append(signer.keyid)
-            wheels = README_WHEELS.format(signer=signer.keyid, lock_sha256=file_sha256(lock))
-        (staging / "README.txt").write_text(README.format(
-            models=", ".join(f"{m.name} v{m.version}" for m in models),
-            keyids="\n       ".join(keyids), dirname=out.name, wheels=wheels), encoding="utf-8")
-        (staging / "install.sh").write_text(INSTALL_SH, encoding="utf-8")
-        os.chmod(staging / "install.sh", 0o755)
+            wheels = _add_wheels(staging, signer, keyids, wheels_from, platforms, python_version)
+        _write_instructions(staging, models, keyids, out.name, wheels)
         if signer is not None and key_name is not None:
             sign_bundle(paths, config, staging, key_name)  # last: it lists install.sh and README.txt
         if out.exists():
@@ -181,6 +161,45 @@ def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, wit
         raise
     log.info("exported %s to %s", ", ".join(names), out)
     return out
+
+
+def _staging_dir(out: Path, size: int, names: list[str]) -> Path:
+    """A fresh directory beside ``out`` to assemble the bundle in, once ``out`` is known to be free
+    and its disk to have room for ``size`` bytes (so one rename publishes the finished bundle)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StoreError(f"{out} already exists and is not an empty directory; give a new directory to --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        check_disk_space(out.parent, size, f"exporting {', '.join(names)}")
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial."))
+    except OSError as e:
+        raise StoreError(f"cannot write a bundle in {out.parent} ({e.strerror or e}); "
+                         f"give --out a directory you can write to") from e
+
+
+def _add_wheels(staging: Path, signer: TrustedKey, keyids: list[str], wheels_from: Path | None,
+                platforms: tuple[str, ...], python_version: str | None) -> str:
+    """Put the wheels and their hash lock in ``staging`` and the signer's public key among the
+    bundle's keys (adding it to ``keyids``); returns the README's paragraph about them."""
+    if wheels_from is not None:
+        collect_wheels(wheels_from, staging / "wheels")
+    else:
+        download_wheels(staging / "wheels", platforms, python_version)
+    lock = write_lock(staging)
+    if signer.keyid not in keyids:
+        (staging / "keys" / f"{signer.keyid}.pub").write_bytes(signer.pem())
+        keyids.append(signer.keyid)
+    return README_WHEELS.format(signer=signer.keyid, lock_sha256=file_sha256(lock))
+
+
+def _write_instructions(staging: Path, models: list[InstalledModel], keyids: list[str], dirname: str,
+                        wheels: str) -> None:
+    """README.txt for the admin on the other side, and the install.sh it describes."""
+    (staging / "README.txt").write_text(README.format(
+        models=", ".join(f"{m.name} v{m.version}" for m in models),
+        keyids="\n       ".join(keyids), dirname=dirname, wheels=wheels), encoding="utf-8")
+    (staging / "install.sh").write_text(INSTALL_SH, encoding="utf-8")
+    os.chmod(staging / "install.sh", 0o755)
 
 
 def _write_manifests_and_keys(paths: Paths, config: Config, models: list[InstalledModel],

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pennello.config import load_config
 from pennello.errors import TrustError
 from pennello.installer import root as rootring
+from pennello.installer.root_drafts import add_root_signature, draft_root
 from pennello.installer.keys import (TrustedKey, add_signature, check_key_name, generate_key, key_id,
                                      load_private_key, load_public_key_pem)
 from pennello.installer.manifest import dump_envelope, format_time
@@ -288,8 +289,8 @@ def keys_root_draft(out: Path, base_file: Path | None, adds: tuple[str, ...], re
         if not number.isdigit():
             raise click.BadParameter(f"{value!r}: the threshold must be a number", param_hint="--threshold")
         wanted[role] = int(number)
-    signed = rootring.draft_root(base, datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=expires_days),
-                                 added, removed, wanted)
+    signed = draft_root(base, datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=expires_days),
+                        added, removed, wanted)
     write_atomic(out, dump_envelope(signed, []))
     new = rootring.parse_root(out.read_bytes())[0]
     click.echo(f"draft root v{new.version} written to {out} (unsigned): {_changes(base, new)}")
@@ -321,7 +322,7 @@ def keys_root_sign(file: Path, key: str, out: Path | None) -> None:
       pennello keys root sign root-2.json --key ../keys/release-2026.key
     """
     private_key = load_private_key(key, get_paths())
-    signed = rootring.add_root_signature(file.read_bytes(), private_key)
+    signed = add_root_signature(file.read_bytes(), private_key)
     target = out or file
     write_atomic(target, signed)
     version = rootring.parse_root(signed)[0].version

@@ -17,7 +17,8 @@ drops is remembered in ``root-retired.json``: it stays refused even where it was
 too, until an admin says otherwise (``pennello keys trust FILE --unrevoke``).
 
 Keys the admin trusts on this machine (``pennello keys trust``) are not in the root; how the two
-combine is decided by :mod:`pennello.installer.trust`.
+combine is decided by :mod:`pennello.installer.trust`; making and signing a new root is
+:mod:`pennello.installer.root_drafts`.
 
     >>> from pennello.paths import get_paths
     >>> paths = get_paths("/tmp/pennello-doc").ensure()  # doctest: +SKIP
@@ -37,16 +38,16 @@ import re
 import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from filelock import FileLock
 
 from pennello.errors import (BadSignatureError, ExpiredManifestError, ManifestFormatError, RollbackError,
                              ThresholdError, TrustError)
-from pennello.installer.keys import TrustedKey, check_key_name, key_id, raw_public_bytes, sign_signed
-from pennello.installer.manifest import canonical_json, dump_envelope, format_time, parse_envelope, parse_time
+from pennello.installer.keys import TrustedKey, check_key_name, key_id, raw_public_bytes
+from pennello.installer.manifest import canonical_json, format_time, parse_envelope, parse_time
 from pennello.files import write_atomic
 from pennello.paths import Paths
 
@@ -330,6 +331,30 @@ def update_root(paths: Paths, raws: list[bytes], *, now: datetime | None = None,
             raised after it was recorded: a newer root must follow it).
     """
     now = now or datetime.now(timezone.utc)
+    candidates = _by_version(raws, max_updates)
+    done: list[Root] = []
+    with FileLock(str(paths.state_dir / f"{ROOT_FILE}.lock")):
+        trusted = load_trusted_root(paths)
+        current = trusted.root
+        chain = [raw for version, (_, raw) in sorted(candidates.items()) if version > current.version]
+        if not chain and _is_trusted_already(current, candidates):
+            return []
+        retired = dict(trusted.retired)
+        for raw in chain:
+            current = _apply_next(paths, current, raw, retired)
+            done.append(current)
+            if applied is not None:
+                applied(current)
+    if current.is_expired(now):
+        raise ExpiredManifestError(
+            f"root v{current.version} expired on {format_time(current.expires)}; it is now the trusted "
+            f"root (a newer one must follow it), but nothing signed by the publisher's keys is used "
+            f"until `pennello keys root update` applies a newer root (or this machine's clock is fixed)")
+    return done
+
+
+def _by_version(raws: list[bytes], max_updates: int) -> dict[int, tuple[Root, bytes]]:
+    """Each given root under its version; two different roots claiming one version refuse both."""
     if len(raws) > max_updates:
         raise TrustError(f"{len(raws)} roots given; at most {max_updates} root updates are applied at "
                          f"once (a longer chain is refused as endless data): apply them in steps")
@@ -341,39 +366,34 @@ def update_root(paths: Paths, raws: list[bytes], *, now: datetime | None = None,
             raise TrustError(f"two different roots claim version {root.version}; refusing both "
                              f"(ask the publisher which one is genuine)")
         candidates[root.version] = (root, raw)
-    done: list[Root] = []
-    with FileLock(str(paths.state_dir / f"{ROOT_FILE}.lock")):
-        trusted = load_trusted_root(paths)
-        current = trusted.root
-        chain = [candidates[v] for v in sorted(candidates) if v > current.version]
-        if not chain:
-            newest, raw = candidates[max(candidates)]
-            if newest.version == current.version and newest.digest == current.digest:
-                return []  # already trusted: nothing to do
-            if newest.version == current.version:
-                raise RollbackError(f"root v{newest.version} differs from the trusted root v{current.version}; "
-                                    f"one version must name one root, refusing it")
-            verify_next(current, raw)  # raises the rollback refusal
-        retired = dict(trusted.retired)
-        for _, raw in chain:
-            new = verify_next(current, raw)
-            for keyid in set(current.keys) - set(new.keys):
-                retired.setdefault(keyid, Retired(new.version, current.keys[keyid].name))
-            for keyid in set(new.keys) & set(retired):  # a root may bring a dropped key back
-                del retired[keyid]
-            _save_retired(paths, retired)  # before the root: a crash between leaves an extra entry only
-            write_atomic(paths.state_dir / ROOT_FILE, raw)
-            log.info("trusted root is now v%d", new.version)
-            done.append(new)
-            if applied is not None:
-                applied(new)
-            current = new
-    if current.is_expired(now):
-        raise ExpiredManifestError(
-            f"root v{current.version} expired on {format_time(current.expires)}; it is now the trusted "
-            f"root (a newer one must follow it), but nothing signed by the publisher's keys is used "
-            f"until `pennello keys root update` applies a newer root (or this machine's clock is fixed)")
-    return done
+    return candidates
+
+
+def _is_trusted_already(current: Root, candidates: dict[int, tuple[Root, bytes]]) -> bool:
+    """With nothing newer given: True when the newest given is the trusted root itself; an older
+    root, or another root of the trusted version, is refused as a rollback."""
+    newest, raw = candidates[max(candidates)]
+    if newest.version == current.version and newest.digest == current.digest:
+        return True
+    if newest.version == current.version:
+        raise RollbackError(f"root v{newest.version} differs from the trusted root v{current.version}; "
+                            f"one version must name one root, refusing it")
+    verify_next(current, raw)  # raises the rollback refusal
+    return False
+
+
+def _apply_next(paths: Paths, current: Root, raw: bytes, retired: dict[str, Retired]) -> Root:
+    """Verify ``raw`` against ``current`` and make it the trusted root, recording in ``retired``
+    the keys it drops (and forgetting those it brings back)."""
+    new = verify_next(current, raw)
+    for keyid in set(current.keys) - set(new.keys):
+        retired.setdefault(keyid, Retired(new.version, current.keys[keyid].name))
+    for keyid in set(new.keys) & set(retired):  # a root may bring a dropped key back
+        del retired[keyid]
+    _save_retired(paths, retired)  # before the root: a crash between leaves an extra entry only
+    write_atomic(paths.state_dir / ROOT_FILE, raw)
+    log.info("trusted root is now v%d", new.version)
+    return new
 
 
 def _load_retired(paths: Paths) -> dict[str, Retired]:
@@ -398,52 +418,3 @@ def forget_retired(paths: Paths, keyid: str) -> None:
     retired = _load_retired(paths)
     if retired.pop(keyid, None) is not None:
         _save_retired(paths, retired)
-
-
-# --- making roots (the publisher's side) -------------------------------------------------------
-
-def draft_root(base: Root, expires: datetime, add: Sequence[tuple[str, TrustedKey]] = (),
-               remove: Sequence[str] = (), thresholds: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """The ``signed`` part of the root that follows ``base``: version + 1, with these changes.
-
-    Args:
-        add: (role, key) pairs; a key may be added to both roles.
-        remove: key ids dropped from every role (and so revoked on machines that apply it).
-        thresholds: new thresholds by role name.
-
-    Raises:
-        ManifestFormatError: the result is not a valid root (an empty role, a threshold higher
-            than its number of keys, an unknown role or key id).
-    """
-    keys = {k: v for k, v in base.keys.items() if k not in remove}
-    unknown = [k for k in remove if k not in base.keys]
-    if unknown:
-        raise ManifestFormatError(f"key(s) {unknown} are not in root v{base.version}")
-    roles = {name: list(k for k in base.roles[name].keyids if k not in remove) for name in ROLE_NAMES}
-    for role, key in add:
-        if role not in ROLE_NAMES:
-            raise ManifestFormatError(f"unknown role {role!r}; roles are {', '.join(ROLE_NAMES)}")
-        keys.setdefault(key.keyid, TrustedKey(key.keyid, key.name, key.public_key, "root"))
-        if key.keyid not in roles[role]:
-            roles[role].append(key.keyid)
-    wanted = {name: base.roles[name].threshold for name in ROLE_NAMES} | dict(thresholds or {})
-    if set(wanted) - set(ROLE_NAMES):
-        raise ManifestFormatError(f"unknown role(s) {sorted(set(wanted) - set(ROLE_NAMES))}; roles are "
-                                  f"{', '.join(ROLE_NAMES)}")
-    used = {k for ids in roles.values() for k in ids}
-    keys = {k: v for k, v in keys.items() if k in used}
-    signed = Root(base.version + 1, expires, keys,
-                  {name: Role(tuple(roles[name]), wanted[name]) for name in ROLE_NAMES}).to_signed()
-    Root.from_signed(signed)  # refuse to write what no pennello would accept
-    return signed
-
-
-def add_root_signature(envelope: bytes, private_key: Ed25519PrivateKey) -> bytes:
-    """Sign a root envelope: replace this key's earlier signature, keep everyone else's.
-
-    Raises:
-        ManifestFormatError: not a valid root (nothing invalid is signed).
-    """
-    _, signed, signatures = parse_root(envelope)
-    new = sign_signed(signed, private_key)
-    return dump_envelope(signed, [s for s in signatures if s["keyid"] != new["keyid"]] + [new])

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pennello.config import Config
-from pennello.daemon.tools.style_batch import finish_batch, submit_batch
+from pennello.daemon.tools.style_batch import finish_style_batch, submit_style_batch
 from pennello.daemon.tools.edit import EditRequest, run_edit
 from pennello.daemon.engine.engine import Engine
 from pennello.daemon.tools.enhance import enhance
@@ -46,9 +46,9 @@ def main() -> None:
     engine = Engine(Config(), paths)
     engine.start()
     try:
-        batch = finish_batch(engine, submit_batch(engine, SUBJECT, choose_styles(builtin_styles(), 4),
-                                                  n=20, seed=100))
-        Image.open(batch.contact_sheet.path).save(OUT / "batch-contact-sheet.png", optimize=True)
+        submitted = submit_style_batch(engine, SUBJECT, choose_styles(builtin_styles(), 4), n=20, seed=100)
+        style_batch = finish_style_batch(engine, submitted)
+        Image.open(style_batch.contact_sheet.path).save(OUT / "batch-contact-sheet.png", optimize=True)
         job = engine.submit(GenerateRequest(prompt="a yellow star on a green background", seed=3))
         job.wait()
         with Image.open(job.images[0].path) as image:

@@ -36,7 +36,7 @@ COMMANDS: dict[str, str] = {
     "upscale": "pennello.daemon.cli.tools:upscale",
     "edit": "pennello.daemon.cli.tools:edit",
     "copyright": "pennello.daemon.cli.tools:copyright_check",
-    "batch": "pennello.daemon.cli.tools:batch",
+    "batch": "pennello.daemon.cli.tools:style_batch",
     "styles": "pennello.daemon.cli.tools:styles",
     "pipeline": "pennello.daemon.cli.tools:pipeline",
 }

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pennello.cli import cli
 from pennello.daemon.engine.outputs import parse_xmp
-from pennello.daemon.tools.pipelines import PIPELINES_FILE, Recipe, RecipeBook
+from pennello.daemon.tools.pipelines import PIPELINES_FILE, PipelineBook, SavedPipeline
 from pennello.errors import ConfigError, NotFoundError, RequestError
 
 
@@ -22,12 +22,12 @@ def url(api_server, api_engine):
     (api_engine.paths.config_dir / PIPELINES_FILE).unlink(missing_ok=True)
 
 
-def test_recipes_validate_and_round_trip(tmp_path):
-    book = RecipeBook(tmp_path)
+def test_saved_pipelines_validate_and_round_trip(tmp_path):
+    book = PipelineBook(tmp_path)
     assert book.all() == {}
-    recipe = Recipe.from_dict("poster", {"prompt": "{subject}, poster", "upscale": 4, "enhance": True, "n": 2})
-    book.save(recipe)
-    assert book.get("poster") == recipe and recipe.to_dict() == {
+    pipeline = SavedPipeline.from_dict("poster", {"prompt": "{subject}, poster", "upscale": 4, "enhance": True, "n": 2})
+    book.save(pipeline)
+    assert book.get("poster") == pipeline and pipeline.to_dict() == {
         "name": "poster", "prompt": "{subject}, poster", "n": 2, "enhance": True, "upscale": 4}
     for name, data, field in (("Bad Name", {"prompt": "x"}, "name"), ("p", {}, "prompt"),
                               ("p", {"prompt": "x", "upscale": 3}, "upscale"),
@@ -35,10 +35,10 @@ def test_recipes_validate_and_round_trip(tmp_path):
                               ("p", {"prompt": "x", "colour": "red"}, "colour"),
                               ("p", {"prompt": "x", "upscale_method": "bicubic"}, "upscale_method")):
         with pytest.raises(RequestError) as error:
-            Recipe.from_dict(name, data)
+            SavedPipeline.from_dict(name, data)
         assert error.value.field == field
     with pytest.raises(RequestError, match="subject"):
-        recipe.render_prompt(None)
+        pipeline.render_prompt(None)
     book.delete("poster")
     with pytest.raises(NotFoundError):
         book.delete("poster")
@@ -72,15 +72,15 @@ def test_save_list_run_and_delete_over_http(url):
     assert requests.post(f"{url}/api/pipelines/poster/run", timeout=30).status_code == 404
 
 
-@pytest.mark.parametrize(("recipe", "run", "status", "field", "words"), [
+@pytest.mark.parametrize(("pipeline", "run", "status", "field", "words"), [
     ({"prompt": "{subject}, poster"}, {}, 400, "subject", "subject"),
     ({"prompt": "x", "check": True}, {}, 404, None, "reference_dir"),
     ({"prompt": "x", "upscale": 4, "upscale_method": "ai"}, {}, 404, "method", "sd-x4-upscaler"),
     ({"prompt": "x", "width": 65}, {}, 400, "width", "multiple of 8"),
     ({"prompt": "x"}, {"colour": "red"}, 400, "colour", "unknown"),
 ])
-def test_runs_fail_early_and_clearly(url, recipe, run, status, field, words):
-    assert requests.put(f"{url}/api/pipelines/p", json=recipe, timeout=30).status_code == 200
+def test_runs_fail_early_and_clearly(url, pipeline, run, status, field, words):
+    assert requests.put(f"{url}/api/pipelines/p", json=pipeline, timeout=30).status_code == 200
     response = requests.post(f"{url}/api/pipelines/p/run", json=run, timeout=60)
     assert response.status_code == status, response.text
     error = response.json()["error"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pennello.cli import cli
 from pennello.daemon.engine.outputs import parse_xmp
-from pennello.daemon.tools.styles import STYLES_FILE, builtin_styles, choose_styles, load_styles, plan_batch
+from pennello.daemon.tools.styles import STYLES_FILE, builtin_styles, choose_styles, load_styles, plan_style_batch
 from pennello.errors import ConfigError, RequestError
 
 
@@ -27,7 +27,7 @@ def test_presets_render_and_plans_spread_evenly():
     assert styles["pixel-art"].render("  Albert Einstein ").startswith("Albert Einstein, 16-bit pixel art")
     four = choose_styles(styles, 4)
     assert [style.name for style in four] == list(styles)[:4]
-    assert plan_batch(four, 20) == [5, 5, 5, 5] and plan_batch(four, 6) == [2, 2, 1, 1]
+    assert plan_style_batch(four, 20) == [5, 5, 5, 5] and plan_style_batch(four, 6) == [2, 2, 1, 1]
     for wanted, words in ((0, "from 1 to"), (99, "from 1 to"), (["photo", "nope"], "nope"),
                           (["photo", "photo"], "twice"), ([], "non-empty"), ("photo", "list")):
         with pytest.raises(RequestError, match=words) as error:
@@ -49,35 +49,36 @@ def test_user_styles_file_adds_and_replaces_presets(tmp_path):
             load_styles(tmp_path)
 
 
-def test_batch_runs_one_subject_across_styles_and_seeds_with_a_contact_sheet(url):
+def test_style_batch_runs_one_subject_across_styles_and_seeds_with_a_contact_sheet(url):
     response = requests.post(f"{url}/api/batch", json={"subject": "Albert Einstein", "styles": 4, "n": 20,
                                                        "seed": 100}, timeout=300)
     assert response.status_code == 200, response.text
-    batch = response.json()
-    assert batch["status"] == "done" and batch["seed"] == 100 and len(batch["styles"]) == 4
-    for style in batch["styles"]:
+    style_batch = response.json()
+    assert style_batch["status"] == "done" and style_batch["seed"] == 100 and len(style_batch["styles"]) == 4
+    for style in style_batch["styles"]:
         job = style["job"]
         assert job["status"] == "done" and style["prompt"].startswith("Albert Einstein, ")
         assert [image["seed"] for image in job["images"]] == [100, 101, 102, 103, 104]
         assert style["negative_prompt"] == builtin_styles()[style["name"]].negative
-    sheet = batch["contact_sheet"]
+    sheet = style_batch["contact_sheet"]
     data = requests.get(url + sheet["url"], timeout=30).content
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.size == (sheet["width"], sheet["height"])
         assert picture.width > 5 * 96 and picture.height > 4 * 96  # 5 columns, 4 rows of cells
         _, record = parse_xmp(picture.info["xmp"])
     assert record["tool"] == "contact-sheet" and record["subject"] == "Albert Einstein"
-    assert record["images"] == [[image["id"] for image in style["job"]["images"]] for style in batch["styles"]]
+    assert record["images"] == [[image["id"] for image in style["job"]["images"]]
+                                for style in style_batch["styles"]]
 
 
-def test_batch_by_names_without_waiting(url):
+def test_style_batch_by_names_without_waiting(url):
     response = requests.post(f"{url}/api/batch", json={"subject": "a lighthouse", "styles": ["anime", "photo"],
                                                        "wait": False, "negative_prompt": "fog"}, timeout=60)
     assert response.status_code == 202, response.text
-    batch = response.json()
-    assert [style["name"] for style in batch["styles"]] == ["anime", "photo"]
-    assert batch["contact_sheet"] is None and batch["styles"][0]["negative_prompt"].endswith(", fog")
-    for style in batch["styles"]:
+    style_batch = response.json()
+    assert [style["name"] for style in style_batch["styles"]] == ["anime", "photo"]
+    assert style_batch["contact_sheet"] is None and style_batch["styles"][0]["negative_prompt"].endswith(", fog")
+    for style in style_batch["styles"]:
         job = requests.get(f"{url}/api/jobs/{style['job']['id']}", timeout=30).json()
         assert job["prompt"] == style["prompt"] and job["n"] == 1
 
@@ -92,7 +93,7 @@ def test_batch_by_names_without_waiting(url):
     ({"width": 65}, "width"),
     ({"colour": "red"}, "colour"),
 ])
-def test_batch_refuses_bad_requests_naming_the_field(url, body, field):
+def test_style_batch_refuses_bad_requests_naming_the_field(url, body, field):
     response = requests.post(f"{url}/api/batch", json={"subject": "a kite", **body}, timeout=60)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["field"] == field
@@ -119,7 +120,7 @@ def test_styles_route_and_cli_include_the_users_file(url, api_engine, tmp_path):
     assert result.exit_code != 0 and "nope" in result.output
 
 
-def test_batch_and_styles_match_their_openapi_schemas(url):
+def test_style_batch_and_styles_match_their_openapi_schemas(url):
     import jsonschema
 
     from pennello.daemon.http.openapi import build_spec

@@ -187,7 +187,7 @@ def _parse_styles(_ctx: click.Context, _param: click.Parameter, value: str | Non
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-@click.command()
+@click.command("batch")
 @click.argument("subject")
 @click.option("--styles", "chosen", callback=_parse_styles, metavar="N|NAME,NAME…",
               help="How many presets to use, or their names (see `pennello styles`). Default 4.")
@@ -200,9 +200,9 @@ def _parse_styles(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Directory for the pictures and the contact sheet.")
 @_remote
-def batch(subject: str, chosen: int | list[str] | None, n: int | None, seed: int | None, negative: str,
-          model: str | None, enhance_too: bool, fmt: str, out: Path, remote: str | None, url: str | None,
-          token: str | None) -> None:
+def style_batch(subject: str, chosen: int | list[str] | None, n: int | None, seed: int | None,
+                negative: str, model: str | None, enhance_too: bool, fmt: str, out: Path, remote: str | None,
+                url: str | None, token: str | None) -> None:
     """Draw SUBJECT in several styles over the same seeds, with a contact sheet.
 
     \b
@@ -250,11 +250,11 @@ def pipeline() -> None:
 @_remote
 def pipeline_list(remote: str | None, url: str | None, token: str | None) -> None:
     """List the saved pipelines."""
-    for recipe in _client(remote, url, token).call("GET", "/api/pipelines")["pipelines"]:
-        stages = ["generate"] + (["enhance"] if recipe.get("enhance") else []) + \
-            ([f"upscale x{recipe['upscale']}"] if recipe.get("upscale") else []) + \
-            (["check"] if recipe.get("check") else [])
-        click.echo(f"{recipe['name']:<16} {' -> '.join(stages)}  {recipe['prompt']!r}")
+    for saved in _client(remote, url, token).call("GET", "/api/pipelines")["pipelines"]:
+        stages = ["generate"] + (["enhance"] if saved.get("enhance") else []) + \
+            ([f"upscale x{saved['upscale']}"] if saved.get("upscale") else []) + \
+            (["check"] if saved.get("check") else [])
+        click.echo(f"{saved['name']:<16} {' -> '.join(stages)}  {saved['prompt']!r}")
 
 
 @pipeline.command("save")

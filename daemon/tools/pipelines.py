@@ -1,6 +1,6 @@
-"""Saved pipelines ("recipes"): generate → enhance → upscale → copyright check, by name.
+"""Saved pipelines: generate → enhance → upscale → copyright check, by name.
 
-A recipe is stored as one table of ``<config dir>/pipelines.toml``; its prompt may hold a
+A saved pipeline is stored as one table of ``<config dir>/pipelines.toml``; its prompt may hold a
 ``{subject}`` slot filled in when it runs::
 
     [poster]
@@ -14,10 +14,10 @@ A recipe is stored as one table of ``<config dir>/pipelines.toml``; its prompt m
 Stages run in that fixed order: the model draws, auto-enhance corrects each picture before it
 is saved, the upscaler enlarges it (saved again, with a record naming the picture it came from),
 and every saved picture passes the copyright post-step when ``[copyright] reference_dir`` is set.
-("Recipe" in the code, "pipeline" for users: diffusers pipelines are something else here.)
+(:class:`SavedPipeline` in the code, so it is not taken for a diffusers pipeline.)
 
-    >>> recipe = Recipe.from_dict("poster", {"prompt": "{subject}, poster", "upscale": 2})
-    >>> recipe.render_prompt("a fox")
+    >>> pipeline = SavedPipeline.from_dict("poster", {"prompt": "{subject}, poster", "upscale": 2})
+    >>> pipeline.render_prompt("a fox")
     'a fox, poster'
 """
 
@@ -43,7 +43,9 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
-class Recipe:
+class SavedPipeline:
+    """One saved pipeline: what to generate, and which stages follow."""
+
     name: str
     prompt: str  # may contain {subject}
     negative_prompt: str = ""
@@ -61,7 +63,7 @@ class Recipe:
     check: bool = False
 
     @classmethod
-    def from_dict(cls, name: str, data: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, name: str, data: dict[str, Any]) -> "SavedPipeline":
         """Raises:
             RequestError: naming the offending field (bad name, unknown key, wrong type or value).
         """
@@ -105,13 +107,13 @@ class Recipe:
         return self.prompt
 
 
-class RecipeBook:
+class PipelineBook:
     """The saved pipelines of one pennello home (``<config dir>/pipelines.toml``)."""
 
     def __init__(self, config_dir: Path) -> None:
         self.path = config_dir / PIPELINES_FILE
 
-    def all(self) -> dict[str, Recipe]:
+    def all(self) -> dict[str, SavedPipeline]:
         """Raises:
             ConfigError: the file is not valid TOML or holds an invalid pipeline.
         """
@@ -121,46 +123,44 @@ class RecipeBook:
             data = tomllib.loads(self.path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{self.path} is not valid TOML: {e}") from e
-        recipes = {}
+        pipelines = {}
         for name, table in data.items():
             try:
                 if not isinstance(table, dict):
                     raise RequestError("must be a table")
-                recipes[name] = Recipe.from_dict(name, table)
+                pipelines[name] = SavedPipeline.from_dict(name, table)
             except RequestError as e:
                 raise ConfigError(f"{self.path}: [{name}]: {e}") from e
-        return recipes
+        return pipelines
 
-    def get(self, name: str) -> Recipe:
-        recipe = self.all().get(name)
-        if recipe is None:
+    def get(self, name: str) -> SavedPipeline:
+        pipeline = self.all().get(name)
+        if pipeline is None:
             raise NotFoundError(f"no saved pipeline named {name!r}; GET /api/pipelines lists them", field="name")
-        return recipe
+        return pipeline
 
-    def save(self, recipe: Recipe) -> None:
+    def save(self, pipeline: SavedPipeline) -> None:
         """Add or replace one pipeline (the file is rewritten; comments in it are not kept)."""
-        import tomli_w
-
-        recipes = self.all()
-        recipes[recipe.name] = recipe
-        self._write({name: {k: v for k, v in r.to_dict().items() if k != "name"} for name, r in recipes.items()},
-                    tomli_w)
+        pipelines = self.all()
+        pipelines[pipeline.name] = pipeline
+        self._write(pipelines)
 
     def delete(self, name: str) -> None:
+        pipelines = self.all()
+        if name not in pipelines:
+            raise NotFoundError(f"no saved pipeline named {name!r}", field="name")
+        del pipelines[name]
+        self._write(pipelines)
+
+    def _write(self, pipelines: dict[str, SavedPipeline]) -> None:
+        """The whole file again: one table per pipeline, named by it."""
         import tomli_w
 
-        recipes = self.all()
-        if name not in recipes:
-            raise NotFoundError(f"no saved pipeline named {name!r}", field="name")
-        del recipes[name]
-        self._write({n: {k: v for k, v in r.to_dict().items() if k != "name"} for n, r in recipes.items()},
-                    tomli_w)
-
-    def _write(self, data: dict[str, Any], tomli_w: Any) -> None:
+        data = {name: {k: v for k, v in p.to_dict().items() if k != "name"} for name, p in pipelines.items()}
         write_atomic(self.path, tomli_w.dumps(data).encode("utf-8"))
 
 
-def run_recipe(engine: Any, recipe: Recipe, subject: str | None = None, seed: int | None = None,
+def run_saved_pipeline(engine: Any, pipeline: SavedPipeline, subject: str | None = None, seed: int | None = None,
                owner: str = "local") -> dict[str, Any]:
     """Run every stage and wait; returns the job, the final pictures and the copyright summary.
 
@@ -169,37 +169,37 @@ def run_recipe(engine: Any, recipe: Recipe, subject: str | None = None, seed: in
             they can be known in advance (prompt, upscaler, copyright check configured).
         PennelloError: the generation failed.
     """
-    if recipe.check:
+    if pipeline.check:
         from .copyright import index_for
 
         index_for(engine)  # 404 now when the check is off
-    if recipe.upscale:
+    if pipeline.upscale:
         from .upscale import check_request
 
-        check_request(engine, (1, 1), recipe.upscale, recipe.upscale_method)  # method and model
+        check_request(engine, (1, 1), pipeline.upscale, pipeline.upscale_method)  # method and model
     job = engine.submit(GenerateRequest(
-        prompt=recipe.render_prompt(subject), negative_prompt=recipe.negative_prompt, model=recipe.model,
-        width=recipe.width, height=recipe.height, steps=recipe.steps,
-        guidance=float(recipe.guidance) if recipe.guidance is not None else None, n=recipe.n,
-        seed=seed if seed is not None else recipe.seed, format=recipe.format, owner=owner,  # type: ignore[arg-type]
-        enhance=recipe.enhance))
+        prompt=pipeline.render_prompt(subject), negative_prompt=pipeline.negative_prompt, model=pipeline.model,
+        width=pipeline.width, height=pipeline.height, steps=pipeline.steps,
+        guidance=float(pipeline.guidance) if pipeline.guidance is not None else None, n=pipeline.n,
+        seed=seed if seed is not None else pipeline.seed, format=pipeline.format, owner=owner,  # type: ignore[arg-type]
+        enhance=pipeline.enhance))
     job.wait()
     if job.status != "done":
-        raise PennelloError(f"pipeline {recipe.name!r}: generation {job.status}: {job.error or 'no pictures'}")
+        raise PennelloError(f"pipeline {pipeline.name!r}: generation {job.status}: {job.error or 'no pictures'}")
     finals = list(job.images)
-    if recipe.upscale:
+    if pipeline.upscale:
         finals = []
         for image in job.images:
             with Image.open(image.path) as picture:
                 source = picture.convert("RGB")
-            bigger, note = upscale(engine, source, recipe.upscale, recipe.upscale_method, owner)
-            record = {**engine.outputs.read_record(image.id), "tool": "pipeline", "pipeline": recipe.name,
+            bigger, note = upscale(engine, source, pipeline.upscale, pipeline.upscale_method, owner)
+            record = {**engine.outputs.read_record(image.id), "tool": "pipeline", "pipeline": pipeline.name,
                       "from_image": image.id, "upscale": note, "width": bigger.width,
                       "height": bigger.height, "size": f"{bigger.width}x{bigger.height}"}
             for key in ("id", "url", "created", "copyright", "format"):
                 record.pop(key, None)
-            finals.append(engine.save_output(bigger, record, recipe.format))
+            finals.append(engine.save_output(bigger, record, pipeline.format))
     flagged = [image.id for image in finals if image.notes.get("copyright", {}).get("flagged")]
-    return {"pipeline": recipe.name, "status": "done", "job": job.to_dict(),
+    return {"pipeline": pipeline.name, "status": "done", "job": job.to_dict(),
             "images": [image.to_dict() for image in finals],
             "copyright": {"checked": "copyright" in (finals[0].notes if finals else {}), "flagged": flagged}}

@@ -4,8 +4,9 @@ Each style becomes one ordinary job (so the engine batches them on the device li
 and each can be followed at ``/api/jobs/<id>``); every style starts at the same seed, so the
 sheet's columns compare styles at equal seeds.
 
-    >>> batch = submit_batch(engine, "Albert Einstein", choose_styles(load_styles(dir), 4), n=20)  # doctest: +SKIP
-    >>> finish_batch(engine, batch).contact_sheet.id  # doctest: +SKIP
+    >>> chosen = choose_styles(load_styles(dir), 4)  # doctest: +SKIP
+    >>> style_batch = submit_style_batch(engine, "Albert Einstein", chosen, n=20)  # doctest: +SKIP
+    >>> finish_style_batch(engine, style_batch).contact_sheet.id  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from pennello.errors import PennelloError, RequestError
 
 from .contact_sheet import contact_sheet
 from ..engine.jobs import MAX_SEED, GenerateRequest, Job, OutputImage
-from .styles import Style, plan_batch
+from .styles import Style, plan_style_batch
 
 
 @dataclass
-class Batch:
+class StyleBatch:
+    """One subject across styles: a job per style, all from the same first seed, and the
+    contact sheet once :func:`finish_style_batch` made it."""
+
     subject: str
     seed: int
     styles: list[Style]
@@ -53,9 +57,9 @@ class Batch:
                 "contact_sheet": self.contact_sheet.to_dict() if self.contact_sheet else None}
 
 
-def submit_batch(engine: Any, subject: str, styles: list[Style], n: int | None = None,
+def submit_style_batch(engine: Any, subject: str, styles: list[Style], n: int | None = None,
                  seed: int | None = None, negative_prompt: str = "", owner: str = "local",
-                 **params: Any) -> Batch:
+                 **params: Any) -> StyleBatch:
     """Queue one job per style. ``n`` pictures in all (default one per style), spread evenly.
 
     Raises:
@@ -76,7 +80,7 @@ def submit_batch(engine: Any, subject: str, styles: list[Style], n: int | None =
         seed = secrets.randbelow(MAX_SEED + 1)
     jobs: list[Job] = []
     try:
-        for style, count in zip(styles, plan_batch(styles, n)):
+        for style, count in zip(styles, plan_style_batch(styles, n)):
             negative = ", ".join(part for part in (style.negative, negative_prompt) if part)
             jobs.append(engine.submit(GenerateRequest(prompt=style.render(subject), negative_prompt=negative,
                                                       n=count, seed=seed, owner=owner, **params)))
@@ -84,28 +88,29 @@ def submit_batch(engine: Any, subject: str, styles: list[Style], n: int | None =
         for job in jobs:
             engine.cancel(job.id)
         raise
-    return Batch(subject.strip(), seed, styles, jobs, owner)
+    return StyleBatch(subject.strip(), seed, styles, jobs, owner)
 
 
-def finish_batch(engine: Any, batch: Batch, timeout: float | None = None) -> Batch:
+def finish_style_batch(engine: Any, style_batch: StyleBatch, timeout: float | None = None) -> StyleBatch:
     """Wait for every job, then save a contact sheet of the pictures made (rows: styles,
     columns: seeds). A failed or cancelled style leaves its row empty."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    for job in batch.jobs:
+    for job in style_batch.jobs:
         job.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
     rows = []
-    for style, job in zip(batch.styles, batch.jobs):
+    for style, job in zip(style_batch.styles, style_batch.jobs):
         pictures = []
         for image in job.images:
             with Image.open(image.path) as picture:
                 pictures.append(picture.convert("RGB"))
         rows.append((style.name, pictures))
-    columns = max(job.request.n for job in batch.jobs)
-    sheet = contact_sheet(rows, [f"seed {batch.seed + i}" for i in range(columns)], title=batch.subject)
-    record = {"tool": "contact-sheet", "prompt": batch.subject, "subject": batch.subject,
-              "seed": batch.seed, "styles": [style.name for style in batch.styles],
-              "images": [[image.id for image in job.images] for job in batch.jobs],
+    columns = max(job.request.n for job in style_batch.jobs)
+    sheet = contact_sheet(rows, [f"seed {style_batch.seed + i}" for i in range(columns)],
+                          title=style_batch.subject)
+    record = {"tool": "contact-sheet", "prompt": style_batch.subject, "subject": style_batch.subject,
+              "seed": style_batch.seed, "styles": [style.name for style in style_batch.styles],
+              "images": [[image.id for image in job.images] for job in style_batch.jobs],
               "width": sheet.width, "height": sheet.height, "size": f"{sheet.width}x{sheet.height}",
-              "owner": batch.owner, "generator": f"pennello {__version__}"}
-    batch.contact_sheet = engine.outputs.save(sheet, record, "png")
-    return batch
+              "owner": style_batch.owner, "generator": f"pennello {__version__}"}
+    style_batch.contact_sheet = engine.outputs.save(sheet, record, "png")
+    return style_batch

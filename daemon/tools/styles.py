@@ -9,13 +9,13 @@ table per style (a user style of the same name replaces the built-in)::
     negative = "colour, cartoon"
     description = "1940s crime film"
 
-A batch runs every chosen style over the same seeds, so a contact sheet's columns compare styles
+A style batch runs every chosen style over the same seeds, so a contact sheet's columns compare styles
 at equal seeds:
 
     >>> styles = builtin_styles()
     >>> styles["watercolour"].render("Albert Einstein")
     'Albert Einstein, watercolour painting, soft washes of colour, paper texture'
-    >>> plan_batch([styles["photo"], styles["watercolour"]], n=5)
+    >>> plan_style_batch([styles["photo"], styles["watercolour"]], n=5)
     [3, 2]
 """
 
@@ -144,6 +144,6 @@ def choose_styles(available: dict[str, Style], wanted: list[str] | int) -> list[
     return [available[name] for name in wanted]
 
 
-def plan_batch(styles: list[Style], n: int) -> list[int]:
+def plan_style_batch(styles: list[Style], n: int) -> list[int]:
     """How many pictures each style gets: ``n`` spread as evenly as possible, earlier styles first."""
     return [n // len(styles) + (1 if i < n % len(styles) else 0) for i in range(len(styles))]

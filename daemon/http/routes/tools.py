@@ -246,17 +246,17 @@ def styles() -> Any:
 @bp.post("/batch")
 def batch() -> Any:
     """One subject across styles and seeds; with ``wait`` (the default) also a contact sheet."""
-    from ...tools.style_batch import finish_batch, submit_batch
+    from ...tools.style_batch import finish_style_batch, submit_style_batch
     from ...tools.styles import choose_styles, load_styles
 
     body = json_body(BATCH_FIELDS, required=("subject",))
     wait = body.pop("wait", True)
     engine = current_engine()
     chosen = choose_styles(load_styles(engine.paths.config_dir), body.pop("styles", 4))
-    result = submit_batch(engine, body.pop("subject"), chosen, owner=current_owner(), **body)
+    result = submit_style_batch(engine, body.pop("subject"), chosen, owner=current_owner(), **body)
     if not wait:
         return jsonify(result.to_dict()), 202
-    finish_batch(engine, result)
+    finish_style_batch(engine, result)
     return jsonify(result.to_dict()), 200 if result.status == "done" else 500
 
 
@@ -267,10 +267,10 @@ RUN_FIELDS: dict[str, Any] = {"subject": str, "seed": int}
 
 @bp.get("/pipelines")
 def list_pipelines() -> Any:
-    from ...tools.pipelines import RecipeBook
+    from ...tools.pipelines import PipelineBook
 
-    book = RecipeBook(current_engine().paths.config_dir)
-    return jsonify({"pipelines": [recipe.to_dict() for recipe in book.all().values()]})
+    book = PipelineBook(current_engine().paths.config_dir)
+    return jsonify({"pipelines": [pipeline.to_dict() for pipeline in book.all().values()]})
 
 
 # Bounds a saved pipeline keeps whatever the config says; the engine's configurable limits
@@ -294,31 +294,31 @@ def check_saved_bounds(data: dict[str, Any]) -> None:
 @bp.put("/pipelines/<name>")
 def save_pipeline(name: str) -> Any:
     """Save (or replace) a pipeline; the body holds its fields (owner only: it writes the config)."""
-    from ...tools.pipelines import Recipe, RecipeBook
+    from ...tools.pipelines import PipelineBook, SavedPipeline
 
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object (Content-Type: application/json)")
-    recipe = Recipe.from_dict(name, data)
+    pipeline = SavedPipeline.from_dict(name, data)
     check_saved_bounds(data)
-    RecipeBook(current_engine().paths.config_dir).save(recipe)
-    return jsonify(recipe.to_dict())
+    PipelineBook(current_engine().paths.config_dir).save(pipeline)
+    return jsonify(pipeline.to_dict())
 
 
 @bp.delete("/pipelines/<name>")
 def delete_pipeline(name: str) -> Any:
-    from ...tools.pipelines import RecipeBook
+    from ...tools.pipelines import PipelineBook
 
-    RecipeBook(current_engine().paths.config_dir).delete(name)
+    PipelineBook(current_engine().paths.config_dir).delete(name)
     return jsonify({"name": name, "deleted": True})
 
 
 @bp.post("/pipelines/<name>/run")
 def run_pipeline(name: str) -> Any:
     """Run a saved pipeline and answer when its last stage is done."""
-    from ...tools.pipelines import RecipeBook, run_recipe
+    from ...tools.pipelines import PipelineBook, run_saved_pipeline
 
     body = json_body(RUN_FIELDS) if request.content_length else {}
     engine = current_engine()
-    recipe = RecipeBook(engine.paths.config_dir).get(name)
-    return jsonify(run_recipe(engine, recipe, body.get("subject"), body.get("seed"), current_owner()))
+    pipeline = PipelineBook(engine.paths.config_dir).get(name)
+    return jsonify(run_saved_pipeline(engine, pipeline, body.get("subject"), body.get("seed"), current_owner()))
