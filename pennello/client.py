@@ -22,25 +22,13 @@ import requests
 
 from pennello.errors import (AuthError, BusyError, DaemonError, ForbiddenError, NotFoundError,
                              PennelloError, RequestError, TrustError)
-from pennello.paths import Paths, get_paths
-
-DAEMON_FILE = "daemon.json"
+from pennello.paths import Paths
+from pennello.runtime import read_daemon_info
 
 ProgressCallback = Callable[[int, int], None]  # (step, total_steps)
 
 _ERRORS_BY_STATUS: dict[int, type[RequestError]] = {
     400: RequestError, 401: AuthError, 403: ForbiddenError, 404: NotFoundError, 413: RequestError}
-
-
-def read_daemon_info(paths: Paths | None = None) -> dict[str, Any] | None:
-    """What the local daemon published about itself (``pid``, ``url``, ``fingerprint``,
-    ``started``), or None."""
-    path = (paths or get_paths()).runtime_dir / DAEMON_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("url"), str) else None
 
 
 class Client:

@@ -53,7 +53,8 @@ def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None
     if daemon is not None:
         _pair_with(daemon, code, device_name, fingerprint, timeout)
         return
-    from pennello.client import Client, read_daemon_info
+    from pennello.client import Client
+    from pennello.runtime import read_daemon_info
 
     client = Client()
     # The pennello client maps the daemon's error answers back to pennello errors.

@@ -26,9 +26,7 @@ and with TLS, as LAN mode does: ``start_background_server(app, "::", 0, tls=ensu
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -40,11 +38,10 @@ import waitress
 from waitress import wasyncore
 
 from pennello import __version__
-from pennello.client import DAEMON_FILE, read_daemon_info
 from pennello.config import Config
 from pennello.errors import DaemonError
-from pennello.files import write_atomic
 from pennello.paths import Paths
+from pennello.runtime import read_daemon_info, write_daemon_info
 
 
 if TYPE_CHECKING:
@@ -174,14 +171,6 @@ class InstanceLock:
         self._lock.release()
 
 
-def _write_daemon_file(runtime_dir: Path, url: str, fingerprint: str | None = None) -> Path:
-    path = runtime_dir / DAEMON_FILE
-    info = {"pid": os.getpid(), "url": url, "fingerprint": fingerprint, "started": time.time(),
-            "version": __version__}
-    write_atomic(path, json.dumps(info).encode("utf-8"))
-    return path
-
-
 def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str, bool]:
     """The HTTPS server LAN mode uses: dual-stack ``::`` where the machine has IPv6, else 0.0.0.0.
 
@@ -278,7 +267,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
         engine.start()
         app = create_app(config, engine, paths, guard=guard)
         server, fingerprint, advertiser = _listen(app, config, paths, None, engine=engine)
-        daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
+        daemon_file = write_daemon_info(paths.runtime_dir, server.url, fingerprint)
         log.info("pennello %s serving on %s (device %s)", __version__, server.url, engine.device)
         if on_ready:
             on_ready(server.url)
@@ -328,7 +317,7 @@ def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: St
         guard.isolation_report = lambda: {"isolation": "network-namespace", "worker": {"pid": worker.pid}}
         server, fingerprint, advertiser = _listen(proxy, config, paths, _worker_models(proxy),
                                                   refresh_s=_ADVERTISE_REFRESH_S)
-        daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
+        daemon_file = write_daemon_info(paths.runtime_dir, server.url, fingerprint)
         log.info("pennello %s serving on %s; models in worker pid %d", __version__, server.url, worker.pid)
         if on_ready:
             on_ready(server.url)
