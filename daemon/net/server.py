@@ -275,7 +275,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
         log.info("shutting down: finishing the running batch, then saving")
         if advertiser is not None:
             advertiser.stop()  # goodbye packets first: clients stop choosing this daemon
-        _drain(server, engine)
+        shut_down(server, engine)
     finally:
         if advertiser is not None:
             advertiser.stop()
@@ -284,7 +284,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
             daemon_file.unlink(missing_ok=True)
 
 
-def _drain(server: Any, engine: Any) -> None:
+def shut_down(server: Any, engine: Any) -> None:
     """Stop accepting, let the engine finish (cancelling after the grace period), answer what is open."""
     server.stop_accepting()
     stopper = threading.Thread(target=engine.stop, kwargs={"timeout": SHUTDOWN_GRACE_S})
@@ -364,40 +364,3 @@ def _worker_models(proxy: Any) -> "ModelsFn":
         return [m["name"] for m in listed], [m["name"] for m in listed if m["loaded"]]
 
     return models
-
-
-def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callable[[], dict[str, Any]],
-                 on_ready: Callable[[], None]) -> None:
-    """The isolated worker's life (run by :func:`pennello.daemon.net.isolation.worker_main` once inside
-    its namespace): the guard, the engine, and the whole app on ``unix_socket`` until SIGTERM.
-
-    The client address and scheme come from the server's X-Forwarded-For/-Proto (ProxyFix); Host
-    and Origin are the client's own.
-    """
-    from werkzeug.middleware.proxy_fix import ProxyFix
-
-    from . import offline
-    from ..http.app import create_app
-    from ..engine.engine import Engine
-
-    guard = None
-    if config.offline.enabled:  # defence in depth: the namespace already has no way out
-        guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
-        guard.isolation_report = report
-    stop_requested = StopFlag()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop_requested.set)
-    engine = Engine(config, paths)
-    try:
-        engine.start()
-        app = create_app(config, engine, paths, guard=guard)
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
-        server = WaitressServer(app, unix_socket=unix_socket)
-        log.info("model worker ready on %s (device %s)", unix_socket, engine.device)
-        on_ready()
-        server.run(until=stop_requested.is_set)
-        log.info("worker shutting down: finishing the running batch, then saving")
-        _drain(server, engine)
-    finally:
-        engine.stop(cancel_running=True)
-        unix_socket.unlink(missing_ok=True)
