@@ -69,11 +69,40 @@ class Client:
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/api/health")
 
+    def progress(self) -> dict[str, Any]:
+        """The running batch's progress (``GET /api/progress``: ``fraction`` and more)."""
+        return self._json("GET", "/api/progress")
+
+    def offline(self) -> dict[str, Any]:
+        """The no-network report (``GET /api/offline``): mode, isolation, refused attempts."""
+        return self._json("GET", "/api/offline")
+
     def models(self) -> list[dict[str, Any]]:
         return self._json("GET", "/api/models")["models"]
 
+    def load_model(self, name: str) -> dict[str, Any]:
+        """Load an installed model now (``POST /api/models/NAME/load``)."""
+        return self._json("POST", f"/api/models/{name}/load")
+
+    def pair_code(self) -> dict[str, Any]:
+        """A fresh pairing code (owner only): ``code``, ``pair_url``, ``qr_png_url``,
+        ``expires_in_s``, ``lan``, ``fingerprint``."""
+        return self._json("POST", "/api/pair/code")
+
+    def pair(self, code: str, device_name: str) -> dict[str, Any]:
+        """Trade a pairing code for a device token: ``token``, ``id`` and ``name``.
+
+        Raises:
+            AuthError: a wrong or expired code.
+        """
+        return self._json("POST", "/api/pair", json={"code": code, "name": device_name})
+
+    def download(self, path: str) -> bytes:
+        """The raw body of ``GET path``, e.g. a picture or the pairing QR code."""
+        return self._request("GET", path).content
+
     def image_bytes(self, image_id: str) -> bytes:
-        return self._request("GET", f"/api/images/{image_id}").content
+        return self.download(f"/api/images/{image_id}")
 
     def generate(self, prompt: str, on_progress: ProgressCallback | None = None,
                  **params: Any) -> list[dict[str, Any]]:

@@ -169,7 +169,7 @@ def pair(selector: str, code: str, device_name: str | None = None, fingerprint: 
         raise TrustError(f"{service.name} presents {service.fingerprint}, not the {fingerprint} shown on "
                          f"the daemon's screen; something else may be answering in its name")
     client = Client(service.url, fingerprint=service.fingerprint, timeout=30)
-    answer = client._json("POST", "/api/pair", json={"code": code, "name": device_name or socket.gethostname()})
+    answer = client.pair(code, device_name or socket.gethostname())
     remote = Remote(name=service.name, id=service.id, fingerprint=service.fingerprint,
                     token=answer["token"], token_id=answer["id"], device_name=answer["name"],
                     paired_at=round(time.time(), 3), last_url=service.url)

@@ -58,7 +58,7 @@ def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None
 
     client = Client()
     # The pennello client maps the daemon's error answers back to pennello errors.
-    offer = client._json("POST", "/api/pair/code")
+    offer = client.pair_code()
     click.echo(f"Pairing code: {click.style(offer['code'], bold=True)}  "
                f"(valid {int(offer['expires_in_s']) // 60} minutes, once)")
     click.echo(f"On the device, open: {offer['pair_url']}")

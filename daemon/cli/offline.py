@@ -81,7 +81,7 @@ def offline_status(as_json: bool, stacks: bool) -> None:
         click.echo(f"no-network mode: {configured} in the config (isolation: "
                    f"{load_config().offline.isolation}); no daemon is running")
         return
-    report = Client()._json("GET", "/api/offline")
+    report = Client().offline()
     if as_json:
         click.echo(json.dumps({**report, "configured": configured, "running": True}, indent=2))
         return
