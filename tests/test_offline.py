@@ -139,7 +139,7 @@ def test_loopback_is_allowed(guard):
 
 
 def test_mdns_is_allowed_and_discovery_works_under_the_guard(guard):
-    from pennello.discover import browse
+    from pennello.client.discover import browse
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)

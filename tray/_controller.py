@@ -396,7 +396,7 @@ def certificate_fingerprint(base_url: str, paths: Paths) -> str | None:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from pennello.discover import fingerprint
+    from pennello.lan import fingerprint
 
     parts = urlsplit(base_url)
     if parts.scheme == "https":

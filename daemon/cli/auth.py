@@ -75,7 +75,7 @@ def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None
 
 def _pair_with(daemon: str, code: str | None, device_name: str | None, fingerprint: str | None,
                timeout: float) -> None:
-    from pennello.remote import pair as pair_remote
+    from pennello.client.remote import pair as pair_remote
 
     if code is None:
         code = click.prompt("Pairing code shown on the daemon's machine")

@@ -3,7 +3,7 @@
 Without a URL it finds the local daemon through the ``daemon.json`` file the daemon publishes in
 its runtime directory. Errors come back as the same :mod:`pennello.errors` the daemon raised.
 A daemon serving HTTPS (LAN mode) is reached over a session pinned to its certificate's
-fingerprint; :func:`pennello.remote.connect` finds a paired daemon on the LAN and builds one.
+fingerprint; :func:`pennello.client.remote.connect` finds a paired daemon on the LAN and builds one.
 
     >>> from pennello.client import Client
     >>> client = Client()  # doctest: +SKIP
@@ -58,7 +58,7 @@ class Client:
         self.timeout = timeout
         self.fingerprint = fingerprint
         if fingerprint:
-            from pennello.discover import pinned_session
+            from pennello.client.discover import pinned_session
 
             self.session = pinned_session(fingerprint)
         else:
