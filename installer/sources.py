@@ -1,8 +1,8 @@
 """The fetchers that download: HTTP(S) mirrors and the Hugging Face Hub.
 
 They register with the registry of :mod:`pennello.installer.fetchers`, which imports this
-module only when a manifest's source is one of these kinds, so nothing that merely reads the
-store or installs from this machine loads it. Each download is resumable and never reads more
+module the first time a source needs a fetcher it does not have (a mirror or the Hub), so
+nothing that merely reads the store or installs from this machine loads it. Each download is resumable and never reads more
 than the manifest's size (a server sending endless data is cut off and refused).
 
 ============  ================================================================================
