@@ -74,7 +74,7 @@ from pennello.daemon.engine.families import families, get_family
 from pennello.installer import Installer, Manifest
 from pennello.installer.keys import generate_key, load_private_key, sign_signed
 from pennello.installer.manifest import FileEntry, PipelineSpec, Source, dump_envelope
-from pennello.installer.sources import LocalFetcher
+from pennello.installer.fetchers import LocalFetcher
 from pennello.paths import Paths, get_paths
 
 log = logging.getLogger("bench.api")

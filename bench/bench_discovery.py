@@ -13,7 +13,7 @@ packet crosses a real link between two network stacks; without root both run on 
 2. **register called → found**: the same, including the conflict probing mDNS requires before a
    name may be used (RFC 6762 §8.1: 0–250 ms, then three probes 250 ms apart and 250 ms for a
    defence) — what ``serve --lan`` adds to start-up. Also held to ≤ 1 s.
-3. **browse() → found**: ``pennello.discover.browse`` (as ``pennello discover`` and
+3. **browse() → found**: ``pennello.client.discover.browse`` (as ``pennello discover`` and
    ``generate --remote`` use it) started while the daemon is already advertising, until it
    returns the daemon.
 
@@ -48,7 +48,7 @@ def role_browser() -> None:
     """Print one JSON line per service added, until stdin closes."""
     from zeroconf import ServiceBrowser, ServiceStateChange, Zeroconf
 
-    from pennello.discover import SERVICE_TYPE, zeroconf_interfaces
+    from pennello.lan import SERVICE_TYPE, zeroconf_interfaces
 
     choice, ip_version = zeroconf_interfaces(())
     zc = Zeroconf(interfaces=choice, ip_version=ip_version)
@@ -95,7 +95,7 @@ def role_advertiser(rounds: int, hold_s: float) -> None:
 
 def role_discover(instance: str, rounds: int) -> None:
     """Time ``browse()`` until it returns ``instance``, ``rounds`` times."""
-    from pennello.discover import browse
+    from pennello.client.discover import browse
 
     for _ in range(rounds):
         started = time.monotonic()

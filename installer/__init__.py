@@ -17,7 +17,9 @@ import importlib
 from typing import Any
 
 # name -> module. Imported on first use, so that reading the store (what the daemon does) never
-# imports the fetching code (sources, install): tests/test_consent.py checks it.
+# imports the code that installs or downloads (install, sources), and installing the embedded
+# model (what `pennello serve` does) never imports the code that downloads (sources):
+# tests/test_consent.py checks both.
 _EXPORTS: dict[str, str] = {
     "Catalog": "catalog",
     "FileEntry": "manifest",

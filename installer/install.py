@@ -36,7 +36,7 @@ from pennello.errors import (DiskSpaceError, IntegrityError, ManifestFormatError
                              TrustError)
 from pennello.installer.catalog import Catalog
 from pennello.installer.manifest import FileEntry, Manifest, Source
-from pennello.installer.sources import FetchOptions, Fetcher, fetcher_for
+from pennello.installer.fetchers import FetchOptions, Fetcher, fetcher_for
 from pennello.installer.store import InstalledModel, Store
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import Paths

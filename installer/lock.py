@@ -31,7 +31,7 @@ from pennello.errors import ManifestFormatError
 from pennello.installer.catalog import Catalog
 from pennello.installer.keys import load_private_key, sign_signed
 from pennello.installer.manifest import FileEntry, check_relative_path, dump_envelope
-from pennello.installer.sources import FetchOptions, Fetcher, fetcher_for
+from pennello.installer.fetchers import FetchOptions, Fetcher, fetcher_for
 from pennello.installer.store import Store, file_sha256
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import Paths

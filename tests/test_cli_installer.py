@@ -21,7 +21,7 @@ from _fixtures_installer import TINY_LABEL, TINY_VERSION, make_manifest, write_f
 from _fixtures_trust import RELEASE_KEYID, manifest_dict
 from pennello.installer.keys import key_id, public_pem
 from pennello.installer.manifest import dump_envelope
-from pennello.installer.sources import embedded_dir
+from pennello.installer.fetchers import embedded_dir
 from pennello.paths import Paths, get_paths
 
 TINY_UNET = "unet/diffusion_pytorch_model.safetensors"

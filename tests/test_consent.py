@@ -13,6 +13,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -244,8 +245,10 @@ def test_offline_off_explains_and_asks_and_on_does_not(home):
 
 # --- no background updates --------------------------------------------------------------------------
 
-FETCHING = ("pennello.installer.sources", "pennello.installer.install", "pennello.installer.lock",
-            "pennello.installer.bundle", "pennello.installer.wheelhouse")
+# Downloading, locking (which downloads) and bundles; installing adds the code that writes models.
+DOWNLOADING = ("pennello.installer.sources", "pennello.installer.lock", "pennello.installer.bundle",
+               "pennello.installer.wheelhouse")
+FETCHING = (*DOWNLOADING, "pennello.installer.install")
 
 SERVE_AND_REPORT = textwrap.dedent("""
     # Import every daemon module, serve, generate one picture, then list what got imported.
@@ -284,7 +287,8 @@ def test_the_daemon_has_no_code_that_fetches(home, tmp_path):
     ensure_embedded_default(home, Config())  # what `pennello serve` does once, in the foreground
     script = tmp_path / "serve.py"
     script.write_text(SERVE_AND_REPORT)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+    # -I: only the installed package is imported, never a `pennello` folder next to the script.
+    result = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, timeout=600,
                             env=_env(home, OMP_NUM_THREADS="1"), cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -292,3 +296,42 @@ def test_the_daemon_has_no_code_that_fetches(home, tmp_path):
     imported = set(report["modules"])
     assert "pennello.installer.store" in imported  # it does read the verified store
     assert not imported & set(FETCHING), sorted(imported & set(FETCHING))
+
+
+SERVE_COMMAND = textwrap.dedent("""
+    # `pennello serve ARGS`, which writes the names of every module it imported when it exits.
+    import atexit, json, sys
+    from pennello.cli import main
+
+    report = sys.argv.pop(1)
+    atexit.register(lambda: open(report, "w").write(json.dumps(sorted(sys.modules))))
+    main()
+""")
+
+
+def test_pennello_serve_never_imports_code_that_downloads(home, tmp_path):
+    """A real ``pennello serve`` on a fresh home installs the embedded default model (files
+    shipped inside the package) and serves, yet never imports a module that can download."""
+    import requests
+
+    from pennello.config import Config
+    from pennello.installer.store import Store
+
+    report, log = tmp_path / "modules.json", tmp_path / "serve.log"
+    # -I and a cwd outside the checkout: the installed package runs, not a folder that shadows it.
+    process = subprocess.Popen([sys.executable, "-I", "-c", SERVE_COMMAND, str(report), "serve", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=str(tmp_path),
+                               env=_env(home, OMP_NUM_THREADS="1"))
+    try:
+        line = process.stdout.readline()  # blocks until serving, or EOF if it died
+        assert line.startswith("pennello is serving on "), f"{line!r}\n{log.read_text()[-3000:]}"
+        assert requests.get(line.split()[-1] + "/api/health", timeout=60).json()["ready"] is True
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    assert code == 0, log.read_text()[-3000:]
+    imported = set(json.loads(report.read_text()))
+    # It did install the default model, through the installer and the local-files fetcher.
+    assert {"pennello.installer.install", "pennello.installer.fetchers"} <= imported
+    assert Store(home).get(Config().engine.default_model).path.exists()
+    assert not imported & set(DOWNLOADING), sorted(imported & set(DOWNLOADING))

@@ -23,8 +23,9 @@ from pennello.daemon.net.mdns import Advertiser, advertiser_for, instance_id, in
 from pennello.daemon.http.app import create_app
 from pennello.daemon.net.server import make_lan_server, start_background_server
 from pennello.daemon.net.tls import ensure_certificate
-from pennello.discover import SERVICE_TYPE, Service, browse, encode_txt, pinned_session, zeroconf_interfaces
+from pennello.client.discover import browse, pinned_session
 from pennello.errors import TrustError
+from pennello.lan import SERVICE_TYPE, Service, encode_txt, zeroconf_interfaces
 from pennello.paths import get_paths
 
 from _fixtures_lan import ServeProcess, host_pairing_code, run_cli
@@ -172,7 +173,7 @@ def test_a_name_already_taken_gets_a_numbered_suffix(tmp_path):
 # --- what is not a pennello daemon -----------------------------------------------------------------
 
 def test_malformed_records_and_other_programs_services_are_ignored(tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="pennello.discover")
+    caplog.set_level(logging.DEBUG, logger="pennello.client.discover")
     tag = secrets.token_hex(3)
     good_id = secrets.token_hex(16)
     valid = encode_txt(good_id, "sha256:" + "ab" * 32, ["pennello-tiny"], tls=True, auth_required=True)

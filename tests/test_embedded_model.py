@@ -16,7 +16,7 @@ from pennello.config import Config
 from pennello.errors import BadSignatureError
 from pennello.installer.keys import generate_key
 from pennello.installer.manifest import Manifest, parse_envelope
-from pennello.installer.sources import embedded_dir
+from pennello.installer.fetchers import embedded_dir
 from pennello.installer.store import check_file
 from pennello.installer.trust import TrustPolicy
 

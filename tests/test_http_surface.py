@@ -333,7 +333,7 @@ def test_plain_clients_keep_working_on_loopback(api_server):
 
     url = api_server()
     client = Client(url)
-    assert client._json("POST", "/api/pair/code")["code"]
+    assert client.pair_code()["code"]
     assert requests.delete(f"{url}/api/tokens/nothing").status_code == 404
 
 

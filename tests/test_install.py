@@ -16,7 +16,7 @@ from pennello.config import Config
 from pennello.errors import FetchError, IntegrityError
 from pennello.installer import Installer, Store, TrustPolicy
 from pennello.installer.manifest import Source
-from pennello.installer.sources import FetchOptions
+from pennello.installer.fetchers import FetchOptions
 
 SHARED = b"shared tokenizer " * 100
 WEIGHTS_1 = bytes(range(256)) * 1024  # 256 KiB

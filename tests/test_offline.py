@@ -139,7 +139,7 @@ def test_loopback_is_allowed(guard):
 
 
 def test_mdns_is_allowed_and_discovery_works_under_the_guard(guard):
-    from pennello.discover import browse
+    from pennello.client.discover import browse
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
@@ -214,7 +214,8 @@ def test_the_daemon_reports_mode_allowed_and_refused_over_http_and_the_cli(home,
     from pennello.cli import cli
     from pennello.config import Config
     from pennello.daemon.http.app import create_app
-    from pennello.daemon.net.server import _write_daemon_file, start_background_server
+    from pennello.daemon.net.server import start_background_server
+    from pennello.runtime import write_daemon_info
 
     guard = NetworkGuard(lan=False).install()
     try:
@@ -235,7 +236,7 @@ def test_the_daemon_reports_mode_allowed_and_refused_over_http_and_the_cli(home,
             lan_client = app.test_client().get("/api/offline", environ_base={"REMOTE_ADDR": "192.168.1.9"})
             assert lan_client.status_code == 401
 
-            _write_daemon_file(home.runtime_dir, url)
+            write_daemon_info(home.runtime_dir, url)
             result = CliRunner().invoke(cli, ["offline", "status"])
             assert result.exit_code == 0, result.output
             assert "no-network mode: on (running daemon" in result.output

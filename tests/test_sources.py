@@ -10,7 +10,8 @@ import pytest
 from _fixtures_installer import Mirror, entries_for
 from pennello.errors import FetchError, IntegrityError
 from pennello.installer.manifest import FileEntry, Source
-from pennello.installer.sources import FetchOptions, HubFetcher, LocalFetcher, fetcher_for
+from pennello.installer.fetchers import FetchOptions, LocalFetcher, fetcher_for
+from pennello.installer.sources import HubFetcher
 from pennello.installer.store import Store
 
 WEIGHTS = bytes(range(256)) * 4096  # 1 MiB

@@ -226,7 +226,7 @@ class TrayController:
             health = client.health()
             progress = None
             if health.get("running"):
-                progress = float(client._json("GET", "/api/progress").get("fraction", 0.0))
+                progress = float(client.progress().get("fraction", 0.0))
             status = status_from_health(health, progress)
             self._polls += 1
             if status.state != "starting" and (not self.models or self._polls % MODELS_EVERY == 0
@@ -303,8 +303,8 @@ class TrayController:
     def pair(self) -> PairOffer:
         """A fresh pairing code, its QR code and the daemon's certificate fingerprint."""
         client = self._client()
-        offer = client._json("POST", "/api/pair/code")
-        qr = client._request("GET", offer["qr_png_url"]).content
+        offer = client.pair_code()
+        qr = client.download(offer["qr_png_url"])
         pairing = PairOffer(code=offer["code"], pair_url=offer["pair_url"],
                             expires_in_s=int(offer["expires_in_s"]), lan=bool(offer.get("lan")), qr_png=qr,
                             fingerprint=offer.get("fingerprint") or certificate_fingerprint(client.base_url,
@@ -321,7 +321,7 @@ class TrayController:
         if name not in {m["name"] for m in self.models}:
             self.models = client.models()
         write_setting(self.paths.config_file, "engine", "default_model", name)
-        client._json("POST", f"/api/models/{name}/load")
+        client.load_model(name)
         self.models = client.models()
 
     def configured_default(self) -> str | None:
@@ -396,7 +396,7 @@ def certificate_fingerprint(base_url: str, paths: Paths) -> str | None:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from pennello.discover import fingerprint
+    from pennello.lan import fingerprint
 
     parts = urlsplit(base_url)
     if parts.scheme == "https":

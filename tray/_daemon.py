@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import IO, Sequence
 
-from pennello.client import Client, read_daemon_info
+from pennello.client import Client
+from pennello.runtime import read_daemon_info
 from pennello.errors import DaemonError, PennelloError
 from pennello.paths import Paths
 

@@ -53,11 +53,12 @@ def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None
     if daemon is not None:
         _pair_with(daemon, code, device_name, fingerprint, timeout)
         return
-    from pennello.client import Client, read_daemon_info
+    from pennello.client import Client
+    from pennello.runtime import read_daemon_info
 
     client = Client()
     # The pennello client maps the daemon's error answers back to pennello errors.
-    offer = client._json("POST", "/api/pair/code")
+    offer = client.pair_code()
     click.echo(f"Pairing code: {click.style(offer['code'], bold=True)}  "
                f"(valid {int(offer['expires_in_s']) // 60} minutes, once)")
     click.echo(f"On the device, open: {offer['pair_url']}")
@@ -74,7 +75,7 @@ def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None
 
 def _pair_with(daemon: str, code: str | None, device_name: str | None, fingerprint: str | None,
                timeout: float) -> None:
-    from pennello.remote import pair as pair_remote
+    from pennello.client.remote import pair as pair_remote
 
     if code is None:
         code = click.prompt("Pairing code shown on the daemon's machine")

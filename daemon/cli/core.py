@@ -13,12 +13,14 @@ work the same against a daemon on another machine: a paired one found on the LAN
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from pennello.client import Client, save_images
 from pennello.paths import get_paths
+
+if TYPE_CHECKING:  # imported where used: `pennello serve` never loads the client side
+    from pennello.client import Client
 
 
 @click.command()
@@ -72,9 +74,11 @@ _remote_options = [
 
 def _client(remote: str | None, url: str | None, token: str | None) -> Client:
     if remote:
-        from pennello.remote import connect
+        from pennello.client.remote import connect
 
         return connect(remote)
+    from pennello.client import Client
+
     return Client(url, token)
 
 
@@ -142,6 +146,8 @@ def generate(prompt: str, n: int, size: tuple[int, int] | None, steps: int | Non
       pennello generate "a red kite" --remote "Pennello on studio"
     """
     from tqdm import tqdm
+
+    from pennello.client import save_images
 
     params: dict[str, Any] = {"n": n, "format": fmt, "negative_prompt": negative, "steps": steps,
                               "guidance": guidance, "seed": seed, "model": model}

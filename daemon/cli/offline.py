@@ -29,7 +29,7 @@ def offline() -> None:
 
 
 def _set(enabled: bool) -> None:
-    from pennello.client import read_daemon_info
+    from pennello.runtime import read_daemon_info
     from pennello.config import write_setting
 
     paths = get_paths().ensure()
@@ -68,7 +68,8 @@ def offline_status(as_json: bool, stacks: bool) -> None:
 
     Asks the running daemon (`GET /api/offline`); without one, shows the configured mode.
     """
-    from pennello.client import Client, read_daemon_info
+    from pennello.client import Client
+    from pennello.runtime import read_daemon_info
     from pennello.config import load_config
 
     configured = "on" if load_config().offline.enabled else "off"
@@ -80,7 +81,7 @@ def offline_status(as_json: bool, stacks: bool) -> None:
         click.echo(f"no-network mode: {configured} in the config (isolation: "
                    f"{load_config().offline.isolation}); no daemon is running")
         return
-    report = Client()._json("GET", "/api/offline")
+    report = Client().offline()
     if as_json:
         click.echo(json.dumps({**report, "configured": configured, "running": True}, indent=2))
         return

@@ -27,7 +27,7 @@ from pennello.paths import Paths, get_paths
 
 from ..engine.engine import Engine
 from ..net.offline import NetworkGuard
-from .context import EXTENSION
+from .context import EXTENSION, MachineNetwork
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ BLUEPRINTS: tuple[str, ...] = ("routes.native", "routes.auth", "routes.openai", 
 
 
 def create_app(config: Config, engine: Engine | None = None, paths: Paths | None = None,
-               guard: NetworkGuard | None = None) -> Flask:
+               guard: NetworkGuard | None = None, network: MachineNetwork | None = None) -> Flask:
     """Build the WSGI app.
 
     Args:
@@ -48,6 +48,8 @@ def create_app(config: Config, engine: Engine | None = None, paths: Paths | None
         paths: where state lives; defaults to :func:`pennello.paths.get_paths`.
         guard: the no-network guard ``serve`` installed, reported by ``/api/offline`` and
             ``/api/health``; None when no-network mode is off.
+        network: this machine's addresses when this process cannot see them (the isolated
+            model worker); None reads the interfaces.
     """
     paths = paths or (engine.paths if engine is not None else get_paths())
     if engine is None:
@@ -56,7 +58,8 @@ def create_app(config: Config, engine: Engine | None = None, paths: Paths | None
     app = Flask("pennello.daemon")
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = {"engine": engine, "config": config, "paths": paths, "guard": guard}
+    app.extensions[EXTENSION] = {"engine": engine, "config": config, "paths": paths, "guard": guard,
+                                 "network": network}
     app.register_error_handler(PennelloError, _pennello_error)
     app.register_error_handler(HTTPException, _http_error)
     app.before_request(_start_timer)

@@ -9,7 +9,8 @@ these accessors instead of the app factory (as Flask's own ``globals.py`` does):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from flask import current_app, g
 
@@ -21,7 +22,17 @@ if TYPE_CHECKING:
     from ..net.offline import NetworkGuard
 
 LOCAL_OWNER = "local"
-EXTENSION = "pennello"  # the key of app.extensions that holds engine, config, paths and guard
+EXTENSION = "pennello"  # the key of app.extensions that holds engine, config, paths, guard, network
+
+
+@dataclass(frozen=True)
+class MachineNetwork:
+    """This machine's addresses, for an app that cannot read them itself: the isolated model
+    worker sees only loopback, so the server reads them for it. Without one (``None``), the app
+    reads this process's interfaces."""
+
+    addresses: Callable[[], list[str]]  # every interface address, read live (Host checks)
+    lan_address: Callable[[], str | None]  # where other devices reach this machine (pairing URLs)
 
 
 def current_engine() -> Engine:
@@ -38,6 +49,10 @@ def current_paths() -> Paths:
 
 def current_guard() -> NetworkGuard | None:
     return current_app.extensions[EXTENSION]["guard"]
+
+
+def current_network() -> MachineNetwork | None:
+    return current_app.extensions[EXTENSION]["network"]
 
 
 def current_owner() -> str:

@@ -1,7 +1,7 @@
 """Isolation: model work runs in a worker process that has no network at all (Linux).
 
 ``pennello serve`` splits at the HTTP boundary when it can. The **worker** — started with
-:class:`Worker` as ``python -m pennello.daemon.net.isolation`` — first calls ``unshare(2)`` to enter
+:class:`Worker` as ``python -m pennello.daemon.net.worker`` (:mod:`.worker`) — first calls ``unshare(2)`` to enter
 a new, empty network namespace (just ``CLONE_NEWNET`` as root; ``CLONE_NEWUSER|CLONE_NEWNET``
 otherwise, mapping its own uid and gid to themselves so files keep their owner), *then* imports
 torch and diffusers, loads the models and serves the whole Flask app on a Unix socket (path
@@ -25,7 +25,8 @@ instead. ``pennello offline status`` says which is active and why.
     ['lo']
 
 Nothing heavy is imported at module level: the worker must still be single-threaded when it
-calls ``unshare`` (the kernel refuses ``CLONE_NEWUSER`` to threaded processes).
+calls ``unshare`` (the kernel refuses ``CLONE_NEWUSER`` to threaded processes). This module
+imports neither the server nor the worker's serving code, so each of them can import it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ SOCKET_NAME = "worker.sock"
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; leave room
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWUSER = 0x10000000
-_PR_SET_PDEATHSIG = 1
 _PROBE_TIMEOUT_S = 20.0
 
 
@@ -297,7 +297,7 @@ class Worker:
             network.refresh()
             env[NETWORK_FILE_ENV] = str(network.path)
         # stdout=2: the worker's stray prints join its log lines, never the server's own stdout.
-        process = subprocess.Popen([sys.executable, "-m", "pennello.daemon.net.isolation"], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "pennello.daemon.net.worker"], env=env,
                                    pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=2)
         os.close(write_fd)
         try:
@@ -360,69 +360,3 @@ def _read_line(fd: int, process: subprocess.Popen, cancelled: Any) -> bytes:
             return b""
         data += chunk
     return data
-
-
-# --- the worker process, from inside -------------------------------------------------------------
-
-def _die_with_parent() -> None:
-    """SIGTERM this process when the server dies, so a worker is never orphaned."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the server died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _worker_logging(paths: Paths) -> None:
-    import logging.handlers
-
-    from pennello.logs import FORMAT, setup_logging
-
-    setup_logging(log_dir=None)  # stderr is the server's: its journal or console
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(paths.log_dir / "pennello-worker.log",
-                                                   maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(FORMAT))
-    logging.getLogger().addHandler(handler)
-
-
-def worker_main() -> int:
-    """The worker: enter the namespace, then load models and serve (see the module docstring)."""
-    spec = json.loads(os.environ.pop(WORKER_ENV))
-    ready_fd = int(os.environ.pop(READY_FD_ENV))
-    try:
-        namespaces = enter_network_namespace()  # first: still one thread, nothing imported
-    except IsolationUnavailable as e:
-        print(f"pennello worker: no network namespace: {e.strerror or e}", file=sys.stderr)
-        return 3
-    _die_with_parent()
-    from pennello.paths import get_paths
-
-    from .offline import apply_offline_env
-
-    apply_offline_env()  # before anything imports huggingface_hub, diffusers or transformers
-    paths = get_paths()
-    _worker_logging(paths)
-    config = config_from_json(spec["config"])
-
-    def ready() -> None:
-        os.write(ready_fd, (json.dumps({"pid": os.getpid(), "namespaces": namespaces,
-                                        "interfaces": interfaces()}) + "\n").encode())
-        os.close(ready_fd)
-
-    from pennello.errors import PennelloError
-
-    from .server import serve_worker
-
-    try:
-        serve_worker(config, paths, Path(spec["socket"]), lambda: worker_report(namespaces), ready)
-    except PennelloError as e:  # as the CLI would: one line, its exit code (the server passes it on)
-        log.error("%s", e)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    # Through the package's module, not this __main__ copy: one module, named loggers.
-    from pennello.daemon.net.isolation import worker_main as main
-
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Advertising a LAN daemon over mDNS/DNS-SD, so phones and PCs find it without typing an address.
 
 While ``pennello serve --lan`` runs, it publishes one ``_pennello._tcp.local.`` service named
-"Pennello on <hostname>" whose TXT record is described in :mod:`pennello.discover` (version,
+"Pennello on <hostname>" whose TXT record is described in :mod:`pennello.lan` (version,
 stable instance id, API root and families, whether a token and TLS are needed, the certificate
 fingerprint, installed and loaded models). The record is re-announced when a model is loaded or
 unloaded (the engine calls :meth:`Advertiser.refresh`) and, checked every 30 s, when models are
@@ -41,7 +41,7 @@ import ifaddr
 from zeroconf import (DNSOutgoing, DNSQuestion, DNSQuestionType, IPVersion, ServiceBrowser, ServiceInfo,
                       Zeroconf)
 
-from pennello.discover import SERVICE_TYPE, encode_txt, zeroconf_interfaces
+from pennello.lan import SERVICE_TYPE, encode_txt, zeroconf_interfaces
 from pennello.errors import ConfigError
 from pennello.paths import Paths
 

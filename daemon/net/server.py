@@ -26,9 +26,7 @@ and with TLS, as LAN mode does: ``start_background_server(app, "::", 0, tls=ensu
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -40,11 +38,10 @@ import waitress
 from waitress import wasyncore
 
 from pennello import __version__
-from pennello.client import DAEMON_FILE, read_daemon_info
 from pennello.config import Config
 from pennello.errors import DaemonError
-from pennello.files import write_atomic
 from pennello.paths import Paths
+from pennello.runtime import read_daemon_info, write_daemon_info
 
 
 if TYPE_CHECKING:
@@ -174,14 +171,6 @@ class InstanceLock:
         self._lock.release()
 
 
-def _write_daemon_file(runtime_dir: Path, url: str, fingerprint: str | None = None) -> Path:
-    path = runtime_dir / DAEMON_FILE
-    info = {"pid": os.getpid(), "url": url, "fingerprint": fingerprint, "started": time.time(),
-            "version": __version__}
-    write_atomic(path, json.dumps(info).encode("utf-8"))
-    return path
-
-
 def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str, bool]:
     """The HTTPS server LAN mode uses: dual-stack ``::`` where the machine has IPv6, else 0.0.0.0.
 
@@ -278,7 +267,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
         engine.start()
         app = create_app(config, engine, paths, guard=guard)
         server, fingerprint, advertiser = _listen(app, config, paths, None, engine=engine)
-        daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
+        daemon_file = write_daemon_info(paths.runtime_dir, server.url, fingerprint)
         log.info("pennello %s serving on %s (device %s)", __version__, server.url, engine.device)
         if on_ready:
             on_ready(server.url)
@@ -286,7 +275,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
         log.info("shutting down: finishing the running batch, then saving")
         if advertiser is not None:
             advertiser.stop()  # goodbye packets first: clients stop choosing this daemon
-        _drain(server, engine)
+        shut_down(server, engine)
     finally:
         if advertiser is not None:
             advertiser.stop()
@@ -295,7 +284,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
             daemon_file.unlink(missing_ok=True)
 
 
-def _drain(server: Any, engine: Any) -> None:
+def shut_down(server: Any, engine: Any) -> None:
     """Stop accepting, let the engine finish (cancelling after the grace period), answer what is open."""
     server.stop_accepting()
     stopper = threading.Thread(target=engine.stop, kwargs={"timeout": SHUTDOWN_GRACE_S})
@@ -328,7 +317,7 @@ def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: St
         guard.isolation_report = lambda: {"isolation": "network-namespace", "worker": {"pid": worker.pid}}
         server, fingerprint, advertiser = _listen(proxy, config, paths, _worker_models(proxy),
                                                   refresh_s=_ADVERTISE_REFRESH_S)
-        daemon_file = _write_daemon_file(paths.runtime_dir, server.url, fingerprint)
+        daemon_file = write_daemon_info(paths.runtime_dir, server.url, fingerprint)
         log.info("pennello %s serving on %s; models in worker pid %d", __version__, server.url, worker.pid)
         if on_ready:
             on_ready(server.url)
@@ -375,40 +364,3 @@ def _worker_models(proxy: Any) -> "ModelsFn":
         return [m["name"] for m in listed], [m["name"] for m in listed if m["loaded"]]
 
     return models
-
-
-def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callable[[], dict[str, Any]],
-                 on_ready: Callable[[], None]) -> None:
-    """The isolated worker's life (run by :func:`pennello.daemon.net.isolation.worker_main` once inside
-    its namespace): the guard, the engine, and the whole app on ``unix_socket`` until SIGTERM.
-
-    The client address and scheme come from the server's X-Forwarded-For/-Proto (ProxyFix); Host
-    and Origin are the client's own.
-    """
-    from werkzeug.middleware.proxy_fix import ProxyFix
-
-    from . import offline
-    from ..http.app import create_app
-    from ..engine.engine import Engine
-
-    guard = None
-    if config.offline.enabled:  # defence in depth: the namespace already has no way out
-        guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
-        guard.isolation_report = report
-    stop_requested = StopFlag()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop_requested.set)
-    engine = Engine(config, paths)
-    try:
-        engine.start()
-        app = create_app(config, engine, paths, guard=guard)
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
-        server = WaitressServer(app, unix_socket=unix_socket)
-        log.info("model worker ready on %s (device %s)", unix_socket, engine.device)
-        on_ready()
-        server.run(until=stop_requested.is_set)
-        log.info("worker shutting down: finishing the running batch, then saving")
-        _drain(server, engine)
-    finally:
-        engine.stop(cancel_running=True)
-        unix_socket.unlink(missing_ok=True)

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pennello.discover import fingerprint as der_fingerprint
+from pennello.lan import fingerprint as der_fingerprint
 from pennello.errors import ConfigError
 from pennello.files import write_atomic
 from pennello.paths import Paths

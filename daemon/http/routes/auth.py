@@ -34,7 +34,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from pennello.errors import AuthError, ForbiddenError, NotFoundError, PageTokenError
 
 from ..request import json_body
-from ..context import LOCAL_OWNER, current_config
+from ..context import LOCAL_OWNER, current_config, current_network
 from ...auth import TOKENS_FILE, Pairing, TokenRecord, TokenStore, is_loopback, owner_of
 from ..surface import (PAGE_HEADER, STATE_CHANGING, HostPolicy, check_origin, host_refusal, looks_like_browser,
                       scope_of)
@@ -89,15 +89,15 @@ def init_app(app: Flask, pairing: Pairing | None = None) -> None:
 
     paths = app.extensions["pennello"]["paths"]
     config = app.extensions["pennello"]["config"]
+    network = app.extensions["pennello"]["network"]
     app.extensions[_EXT] = pairing or Pairing(TokenStore(paths.state_dir / TOKENS_FILE))
-    from ...net.isolation import server_addresses
-
-    # server_addresses(): in an isolated worker, the server's addresses (it sees only loopback).
     try:
         mdns_name: str | None = srv_target(instance_id(paths))
     except OSError:  # a read-only state directory: no advertised name to answer to
         mdns_name = None
-    hosts = HostPolicy(config.server.allowed_hosts, mdns_name=mdns_name, addresses=server_addresses())
+    # In an isolated worker, the server's addresses (it sees only loopback); else read here.
+    hosts = HostPolicy(config.server.allowed_hosts, mdns_name=mdns_name,
+                       addresses=network.addresses if network is not None else None)
     # A new secret every run: a page left open across a restart must be reloaded to act.
     app.extensions[_SURFACE_EXT] = _Surface(hosts, secrets.token_urlsafe(32))
     app.before_request(authenticate)
@@ -286,7 +286,8 @@ def _host_for_devices() -> str:
     if configured not in ("", "0.0.0.0", "::") and not is_loopback(configured):
         return configured
     from ...net.mdns import lan_address
-    from ...net.isolation import server_lan_address
 
     # An isolated model worker sees only loopback; the server finds the LAN address for it.
-    return server_lan_address() or lan_address(current_config().server.interfaces) or "127.0.0.1"
+    network = current_network()
+    found = network.lan_address() if network is not None else None
+    return found or lan_address(current_config().server.interfaces) or "127.0.0.1"

@@ -3,7 +3,7 @@
 Without a URL it finds the local daemon through the ``daemon.json`` file the daemon publishes in
 its runtime directory. Errors come back as the same :mod:`pennello.errors` the daemon raised.
 A daemon serving HTTPS (LAN mode) is reached over a session pinned to its certificate's
-fingerprint; :func:`pennello.remote.connect` finds a paired daemon on the LAN and builds one.
+fingerprint; :func:`pennello.client.remote.connect` finds a paired daemon on the LAN and builds one.
 
     >>> from pennello.client import Client
     >>> client = Client()  # doctest: +SKIP
@@ -22,25 +22,13 @@ import requests
 
 from pennello.errors import (AuthError, BusyError, DaemonError, ForbiddenError, NotFoundError,
                              PennelloError, RequestError, TrustError)
-from pennello.paths import Paths, get_paths
-
-DAEMON_FILE = "daemon.json"
+from pennello.paths import Paths
+from pennello.runtime import read_daemon_info
 
 ProgressCallback = Callable[[int, int], None]  # (step, total_steps)
 
 _ERRORS_BY_STATUS: dict[int, type[RequestError]] = {
     400: RequestError, 401: AuthError, 403: ForbiddenError, 404: NotFoundError, 413: RequestError}
-
-
-def read_daemon_info(paths: Paths | None = None) -> dict[str, Any] | None:
-    """What the local daemon published about itself (``pid``, ``url``, ``fingerprint``,
-    ``started``), or None."""
-    path = (paths or get_paths()).runtime_dir / DAEMON_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("url"), str) else None
 
 
 class Client:
@@ -70,7 +58,7 @@ class Client:
         self.timeout = timeout
         self.fingerprint = fingerprint
         if fingerprint:
-            from pennello.discover import pinned_session
+            from pennello.client.discover import pinned_session
 
             self.session = pinned_session(fingerprint)
         else:
@@ -81,11 +69,40 @@ class Client:
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/api/health")
 
+    def progress(self) -> dict[str, Any]:
+        """The running batch's progress (``GET /api/progress``: ``fraction`` and more)."""
+        return self._json("GET", "/api/progress")
+
+    def offline(self) -> dict[str, Any]:
+        """The no-network report (``GET /api/offline``): mode, isolation, refused attempts."""
+        return self._json("GET", "/api/offline")
+
     def models(self) -> list[dict[str, Any]]:
         return self._json("GET", "/api/models")["models"]
 
+    def load_model(self, name: str) -> dict[str, Any]:
+        """Load an installed model now (``POST /api/models/NAME/load``)."""
+        return self._json("POST", f"/api/models/{name}/load")
+
+    def pair_code(self) -> dict[str, Any]:
+        """A fresh pairing code (owner only): ``code``, ``pair_url``, ``qr_png_url``,
+        ``expires_in_s``, ``lan``, ``fingerprint``."""
+        return self._json("POST", "/api/pair/code")
+
+    def pair(self, code: str, device_name: str) -> dict[str, Any]:
+        """Trade a pairing code for a device token: ``token``, ``id`` and ``name``.
+
+        Raises:
+            AuthError: a wrong or expired code.
+        """
+        return self._json("POST", "/api/pair", json={"code": code, "name": device_name})
+
+    def download(self, path: str) -> bytes:
+        """The raw body of ``GET path``, e.g. a picture or the pairing QR code."""
+        return self._request("GET", path).content
+
     def image_bytes(self, image_id: str) -> bytes:
-        return self._request("GET", f"/api/images/{image_id}").content
+        return self.download(f"/api/images/{image_id}")
 
     def generate(self, prompt: str, on_progress: ProgressCallback | None = None,
                  **params: Any) -> list[dict[str, Any]]:

@@ -30,9 +30,9 @@ def discover(timeout: float, interfaces: tuple[str, ...], as_json: bool) -> None
 
     Exits with status 8 when none answered.
     """
-    from pennello.discover import browse
+    from pennello.client.discover import browse
+    from pennello.client.remote import RemoteStore
     from pennello.errors import DaemonError
-    from pennello.remote import RemoteStore
 
     services = browse(timeout, interfaces)
     paired = {remote.id for remote in RemoteStore.default().list()}

@@ -1,7 +1,7 @@
 """Using a pennello daemon on another machine: find it on the LAN, pair once, then talk to it over
 TLS pinned to the certificate seen at pairing, with the token pairing gave.
 
-    >>> from pennello.remote import pair, connect
+    >>> from pennello.client.remote import pair, connect
     >>> pair("Pennello on studio", code="K7M2QX9P", device_name="laptop")  # doctest: +SKIP
     Remote(name='Pennello on studio', id='3f9a…', fingerprint='sha256:…', …)
     >>> client = connect("auto")  # the one paired daemon that answers  # doctest: +SKIP
@@ -31,10 +31,11 @@ from typing import Any, Iterator, Sequence
 
 import filelock
 
-from pennello.client import Client
-from pennello.discover import Service, browse
+from pennello.client.api import Client
+from pennello.client.discover import browse
 from pennello.errors import DaemonError, RequestError, StoreError, TrustError
 from pennello.files import write_atomic
+from pennello.lan import Service
 from pennello.paths import Paths, get_paths
 
 REMOTES_FILE = "remotes.json"
@@ -169,7 +170,7 @@ def pair(selector: str, code: str, device_name: str | None = None, fingerprint: 
         raise TrustError(f"{service.name} presents {service.fingerprint}, not the {fingerprint} shown on "
                          f"the daemon's screen; something else may be answering in its name")
     client = Client(service.url, fingerprint=service.fingerprint, timeout=30)
-    answer = client._json("POST", "/api/pair", json={"code": code, "name": device_name or socket.gethostname()})
+    answer = client.pair(code, device_name or socket.gethostname())
     remote = Remote(name=service.name, id=service.id, fingerprint=service.fingerprint,
                     token=answer["token"], token_id=answer["id"], device_name=answer["name"],
                     paired_at=round(time.time(), 3), last_url=service.url)
@@ -179,7 +180,7 @@ def pair(selector: str, code: str, device_name: str | None = None, fingerprint: 
 
 def connect(selector: str = AUTO, timeout: float = BROWSE_S, paths: Paths | None = None,
             interfaces: Sequence[str] = ()) -> Client:
-    """A :class:`~pennello.client.Client` for a paired daemon: found by discovery, pinned, with its token.
+    """A :class:`~pennello.client.api.Client` for a paired daemon: found by discovery, pinned, with its token.
 
     Args:
         selector: a paired daemon's name or instance id, or ``auto`` for the only paired one
