@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 import threading
 import time
 from collections import OrderedDict, deque
@@ -42,7 +41,8 @@ from pennello.errors import (BusyError, ConfigError, DaemonError, ModelNotFoundE
 from pennello.files import make_durable
 from pennello.paths import Paths
 
-from .jobs import IMAGE_FORMATS, MAX_SEED, GenerateRequest, Job, OutputImage
+from .jobs import GenerateRequest, Job, OutputImage
+from .params import IMAGE_FORMATS, check, seeds_for
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
 from .families import PURPOSE_ROUTES, ModelFamily, get_family
 from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups, free_vram, plan_for,
@@ -50,7 +50,6 @@ from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups
 
 log = logging.getLogger(__name__)
 
-MAX_GUIDANCE = 30.0
 _KEPT_JOBS = 1000  # finished jobs remembered for GET /api/jobs/<id>
 _PRUNE_EVERY_S = 24 * 3600
 _Slot = tuple[Job, int]  # a job and the index of one of its images
@@ -219,8 +218,7 @@ class Engine:
             DaemonError: the engine is stopping or was never started.
         """
         request = self._resolve(request, purpose="generate")
-        seeds = ([secrets.randbelow(MAX_SEED + 1) for _ in range(request.n)] if request.seed is None
-                 else [(request.seed + i) % (MAX_SEED + 1) for i in range(request.n)])
+        seeds = seeds_for(request.seed, request.n)
         job = self._enqueue(Job(request, seeds))
         log.info("job %s queued: %s, %d image(s) %dx%d, %d steps", job.id, self._loggable(request),
                  request.n, request.width, request.height, request.steps)
@@ -312,9 +310,9 @@ class Engine:
             raise RequestError("prompt must not be empty", field="prompt")
         if request.format not in IMAGE_FORMATS:
             raise RequestError(f"format must be one of {', '.join(IMAGE_FORMATS)}", field="format")
-        _check_int(request.n, "n", 1, limits.max_n)
+        check("n", request.n, limits)
         if request.seed is not None:
-            _check_int(request.seed, "seed", 0, MAX_SEED)
+            check("seed", request.seed, limits)
         model = request.model or limits.default_model
         try:
             installed = self._installed(model)
@@ -330,16 +328,13 @@ class Engine:
         defaults = _model_defaults(installed, family)
         values = {name: getattr(request, name) if getattr(request, name) is not None else defaults[name]
                   for name in ("width", "height", "steps", "guidance")}
-        _check_int(values["width"], "width", 1, None)
-        _check_int(values["height"], "height", 1, None)
+        for name in ("width", "height"):
+            check(name, values[name], limits)
         family.check_size(values["width"], values["height"])
-        _check_int(values["steps"], "steps", 1, limits.max_steps)
-        guidance = values["guidance"]
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) \
-                or not 0 <= guidance <= MAX_GUIDANCE:
-            raise RequestError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}", field="guidance")
-        return replace(request, model=installed.name, guidance=float(guidance), width=values["width"],
-                       height=values["height"], steps=values["steps"])
+        check("steps", values["steps"], limits)
+        check("guidance", values["guidance"], limits)
+        return replace(request, model=installed.name, guidance=float(values["guidance"]),
+                       width=values["width"], height=values["height"], steps=values["steps"])
 
     def resolve(self, request: GenerateRequest) -> GenerateRequest:
         """Validate a request and fill in the model's defaults without queueing it, whatever the
@@ -772,14 +767,6 @@ def _record(job: Job, index: int, loaded: _Loaded) -> dict[str, Any]:
             "size": f"{r.width}x{r.height}", "seed": job.seeds[index], "model": r.model,
             "model_version": loaded.installed.version, "manifest_digest": loaded.installed.digest,
             "owner": r.owner, "job_id": job.id, "generator": f"pennello {__version__}"}
-
-
-def _check_int(value: Any, name: str, low: int, high: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{name} must be an integer", field=name)
-    if value < low or (high is not None and value > high):
-        raise RequestError(f"{name} must be from {low} to {high}" if high is not None
-                           else f"{name} must be at least {low}", field=name)
 
 
 def _model_defaults(installed: Any, family: ModelFamily) -> dict[str, Any]:
