@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from .params import GenerationParams, ImageFormat, param_names
+from .params import GenerationParams, ImageFormat, values
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 EventName = Literal["progress", "done", "failed", "cancelled"]
@@ -99,9 +99,8 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         # The requested seed is left out: "seeds" lists the ones each picture used.
-        params = {name: getattr(self.request, name) for name in param_names() if name != "seed"}
         return {
-            "id": self.id, "status": self.status, **params,
+            "id": self.id, "status": self.status, **values(self.request, leave_out=("seed",)),
             "seeds": list(self.seeds), "step": self.step, "total_steps": self.total_steps,
             "progress": self.progress, "batch_size": self.batch_size,
             "images": [image.to_dict() for image in self.images], "error": self.error,

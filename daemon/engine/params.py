@@ -10,7 +10,7 @@ OpenAI and AUTOMATIC1111 dialects (:class:`Dialect`). From that one definition c
 * the routes' field tables (:func:`field_types`, :func:`dialect_types`);
 * the engine's checks (:func:`check`), with the same wording wherever they run;
 * the OpenAPI request schemas (:func:`property_schemas`, through pydantic's JSON Schema);
-* the fields of job and record dictionaries (:func:`param_names`);
+* the parameters of job dictionaries and of requests made from others (:func:`values`);
 * the one place a random seed is drawn (:func:`random_seed`).
 
     >>> field_types()["guidance"], dialect_types("a1111")["cfg_scale"]
@@ -131,9 +131,9 @@ def _json_type(kind: Any) -> type:
     return type(typing.get_args(kind)[0]) if typing.get_origin(kind) is Literal else kind
 
 
-def param_names() -> tuple[str, ...]:
-    """Every parameter, in declaration order (the keys of job and record dictionaries)."""
-    return tuple(_fields())
+def values(params: GenerationParams, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The parameters of ``params`` (a request, an edit, a saved pipeline) as a dictionary."""
+    return {name: getattr(params, name) for name in _fields() if name not in leave_out}
 
 
 def field_types() -> dict[str, type]:
@@ -209,16 +209,16 @@ def _schema() -> dict[str, Any]:
     return TypeAdapter(GenerationParams).json_schema()
 
 
-def property_schemas(limits: Any) -> dict[str, dict[str, Any]]:
-    """Each parameter as a JSON Schema property, null left out, with the config's ``limits``
-    (an ``EngineConfig``) applied: ``maxLength`` for strings, ``maximum`` for numbers."""
+def property_schemas(limits: Any = None) -> dict[str, dict[str, Any]]:
+    """Each parameter as a JSON Schema property, null left out; with ``limits`` (an
+    ``EngineConfig``) the config's bounds too: ``maxLength`` for strings, ``maximum`` for numbers."""
     out = {}
     for name, prop in _schema()["properties"].items():
         prop = {k: v for k, v in prop.items() if k not in ("title", "default")}
         inner = [s for s in prop.pop("anyOf", []) if s.get("type") != "null"]
         prop = {**(inner[0] if inner else {}), **prop}
         limit = _meta(name, Limit)
-        if limit is not None:
+        if limit is not None and limits is not None:
             prop["maxLength" if prop["type"] == "string" else "maximum"] = getattr(limits, limit.config)
         out[name] = prop
     return out

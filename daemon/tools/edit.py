@@ -46,7 +46,7 @@ from pennello.errors import PennelloError, RequestError
 
 from .uploads import COMPOSITE_WITH_TRAINED_MEDIA
 from ..engine.jobs import GenerateRequest, Job, OutputImage
-from ..engine.params import GenerationParams, param_names, seeds_for
+from ..engine.params import GenerationParams, seeds_for, values
 from ..engine.families import PURPOSE_ROUTES, ModelFamily, get_family
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,8 @@ class EditResult:
     job: Job | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        r = self.request
-        return {"mode": self.mode, "model": r.model, "prompt": r.prompt, "negative_prompt": r.negative_prompt,
-                "width": r.width, "height": r.height, "steps": r.steps, "guidance": r.guidance,
-                "strength": self.strength, "n": r.n, "format": r.format, "seeds": self.seeds,
+        # As a job's dictionary: "seeds" lists the seeds each picture used.
+        return {"mode": self.mode, **values(self.request, leave_out=("seed",)), "strength": self.strength, "seeds": self.seeds,
                 "images": [image.to_dict() for image in self.images]}
 
 
@@ -153,8 +151,7 @@ def submit_edit(engine: Any, request: EditRequest) -> Job:
         RequestError: a field is out of range (``field`` names it), or the model cannot edit so.
         ModelNotFoundError: the model is not installed.  BusyError: the queue is full.
     """
-    resolved = engine.resolve(GenerateRequest(
-        **{name: getattr(request, name) for name in param_names()}, owner=request.owner))
+    resolved = engine.resolve(GenerateRequest(**values(request), owner=request.owner))
     manifest = engine.store.get(resolved.model).manifest
     family = get_family(manifest.pipeline.family)
     mode = edit_mode(resolved.model, family, manifest.pipeline.cls, request)

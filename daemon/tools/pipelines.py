@@ -36,7 +36,7 @@ from pennello.errors import ConfigError, NotFoundError, PennelloError, RequestEr
 from pennello.files import write_atomic
 
 from ..engine.jobs import GenerateRequest
-from ..engine.params import IMAGE_FORMATS, GenerationParams, field_types, param_names
+from ..engine.params import IMAGE_FORMATS, GenerationParams, field_types, values
 from .upscale import SCALES, upscale, upscalers
 
 PIPELINES_FILE = "pipelines.toml"
@@ -168,9 +168,8 @@ def run_recipe(engine: Any, recipe: Recipe, subject: str | None = None, seed: in
         from .upscale import check_request
 
         check_request(engine, (1, 1), recipe.upscale, recipe.upscale_method)  # method and model
-    params = {name: getattr(recipe, name) for name in param_names()}
     job = engine.submit(GenerateRequest(**{
-        **params, "prompt": recipe.render_prompt(subject), "seed": seed if seed is not None else recipe.seed,
+        **values(recipe), "prompt": recipe.render_prompt(subject), "seed": seed if seed is not None else recipe.seed,
         "guidance": float(recipe.guidance) if recipe.guidance is not None else None}, owner=owner))
     job.wait()
     if job.status != "done":
