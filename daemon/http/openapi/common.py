@@ -43,7 +43,9 @@ def nullable(kind: str, **more: Any) -> Schema:
 
 def or_null(schema: Schema) -> Schema:
     """``schema`` that also takes null: request bodies treat null as absent."""
-    schema = {**schema, "type": [schema["type"], "null"]}
+    schema = dict(schema)
+    if "type" in schema:
+        schema["type"] = [schema["type"], "null"]
     if "enum" in schema:
         schema["enum"] = [*schema["enum"], None]
     return schema

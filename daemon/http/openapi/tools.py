@@ -5,9 +5,9 @@ no generation parameters (those with parameters are :mod:`.requests`')."""
 from __future__ import annotations
 
 from ..routes import tools as routes_tools
-from ...engine.params import IMAGE_FORMATS
+from ...engine.params import IMAGE_FORMATS, property_schemas
 from ...tools.upscale import SCALES, upscalers
-from .common import BOOL, INT, NUM, STR, Schema, obj, op, ref, reply
+from .common import BOOL, INT, NUM, STR, Schema, obj, op, or_null, ref, reply
 from .requests import FILE, form
 
 _METRICS = obj({"contrast_spread": NUM, "sharpness": NUM, "brightness": NUM},
@@ -24,60 +24,48 @@ def _multipart_op(summary: str, tag: str, ok: Schema, schema: str, errors: tuple
 
 SCHEMAS: dict[str, Schema] = {
     "EnhanceMetrics": obj({"before": _METRICS, "after": _METRICS,
-                            "applied": {"type": "array", "items": {"enum": ["contrast", "sharpness"]}}},
-                           ("before", "after", "applied"),
-                           description="Contrast spread (1st-99th luminance percentile, 0-1) and "
-                                       "sharpness (variance of the Laplacian) before and after."),
+                           "applied": {"type": "array", "items": {"enum": ["contrast", "sharpness"]}}},
+                          ("before", "after", "applied"),
+                          description="Contrast spread (1st-99th luminance percentile, 0-1) and "
+                                      "sharpness (variance of the Laplacian) before and after."),
     "CopyrightCheck": obj({
         "flagged": BOOL, "references": INT, "max_distance": INT,
         "error": {"type": "string", "description": "Present when the check itself failed."},
         "matches": {"type": "array", "items": obj({"reference": STR, "phash_distance": INT,
-                                                    "dhash_distance": INT, "mirrored": BOOL},
-                                                   ("reference",))}},
+                                                   "dhash_distance": INT, "mirrored": BOOL},
+                                                  ("reference",))}},
         ("flagged", "matches"), description="Perceptual-hash comparison with [copyright] reference_dir; "
                                             "a flagged picture is kept, never dropped."),
     "CopyrightStatus": obj({"reference_dir": STR, "exists": BOOL, "references": INT,
-                             "skipped": {"type": "array", "items": STR}, "max_distance": INT},
-                            ("reference_dir", "exists", "references", "max_distance")),
+                            "skipped": {"type": "array", "items": STR}, "max_distance": INT},
+                           ("reference_dir", "exists", "references", "max_distance")),
     "CopyrightForm": form({"image_id": str}, {"image": FILE},
-                           {"image_id": {"description": "A gallery picture to check instead of an upload."}}),
+                          {"image_id": {"description": "A gallery picture to check instead of an upload."}}),
     "Style": obj({"name": STR, "prompt": STR, "negative": STR, "description": STR, "builtin": BOOL},
-                  ("name", "prompt")),
+                 ("name", "prompt")),
     "StyleList": obj({"styles": {"type": "array", "items": ref("Style")}}, ("styles",)),
     "BatchStyle": obj({"name": STR, "prompt": STR, "negative_prompt": STR, "job": ref("Job")},
-                       ("name", "prompt", "job")),
+                      ("name", "prompt", "job")),
     "Batch": obj({"subject": STR, "seed": INT,
-                   "status": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
-                   "styles": {"type": "array", "items": ref("BatchStyle")},
-                   "contact_sheet": {"oneOf": [ref("Image"), {"type": "null"}]}},
-                  ("subject", "seed", "status", "styles", "contact_sheet")),
-    "Pipeline": obj({
-        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
-        "prompt": {"type": "string", "description": "May hold a {subject} slot, filled in at run time."},
-        "negative_prompt": STR, "model": STR, "width": INT, "height": INT, "steps": INT,
-        "guidance": NUM, "n": {"type": "integer", "minimum": 1}, "seed": INT,
-        "format": {"enum": list(IMAGE_FORMATS)},
-        "enhance": {"type": "boolean", "description": "Auto-enhance each picture before it is saved."},
-        "upscale": {"enum": list(SCALES), "description": "Upscale each picture; absent: no upscaling."},
-        "upscale_method": {"enum": upscalers()},
-        "check": {"type": "boolean", "description": "Require the copyright check (404 when it is off)."}},
-        ("name", "prompt"), description="A saved pipeline: generate, enhance, upscale, copyright check."),
-    "PipelineBody": obj({}, description="The fields of Pipeline except name (filled in below)."),
+                  "status": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
+                  "styles": {"type": "array", "items": ref("BatchStyle")},
+                  "contact_sheet": {"oneOf": [ref("Image"), {"type": "null"}]}},
+                 ("subject", "seed", "status", "styles", "contact_sheet")),
     "PipelineList": obj({"pipelines": {"type": "array", "items": ref("Pipeline")}}, ("pipelines",)),
     "PipelineResult": obj({
         "pipeline": STR, "status": {"const": "done"}, "job": ref("Job"),
         "images": {"type": "array", "items": ref("Image")},
         "copyright": obj({"checked": BOOL, "flagged": {"type": "array", "items": STR}},
-                          ("checked", "flagged"))}, ("pipeline", "status", "job", "images", "copyright")),
+                         ("checked", "flagged"))}, ("pipeline", "status", "job", "images", "copyright")),
     "UpscaleNote": obj({"method": {"enum": upscalers()}, "scale": {"enum": list(SCALES)}, "from": STR,
-                         "to": STR, "tile": INT, "model": {"type": ["string", "null"]}},
-                        ("method", "scale", "from", "to")),
+                        "to": STR, "tile": INT, "model": {"type": ["string", "null"]}},
+                       ("method", "scale", "from", "to")),
     "EnhanceForm": form(routes_tools.ENHANCE_FIELDS, {"image": FILE}, {
         "image_id": _IMAGE_ID,
         "format": {"enum": [*IMAGE_FORMATS, None]}}),
     "EnhanceResponse": obj({"image": ref("Image"), "before": _METRICS, "after": _METRICS,
-                             "applied": {"type": "array", "items": {"enum": ["contrast", "sharpness"]}}},
-                            ("image", "before", "after", "applied")),
+                            "applied": {"type": "array", "items": {"enum": ["contrast", "sharpness"]}}},
+                           ("image", "before", "after", "applied")),
     "UpscaleForm": form(routes_tools.UPSCALE_FIELDS, {"image": FILE}, {
         "image_id": _IMAGE_ID,
         "format": {"enum": [*IMAGE_FORMATS, None]},
@@ -119,23 +107,27 @@ def _optional_body(operation: Schema) -> Schema:
 
 
 _NAME = {"name": "name", "in": "path", "required": True, "description": "A pipeline's name.",
-         "schema": SCHEMAS["Pipeline"]["properties"]["name"]}
+         "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}}
 
 
-def _saved_field(name: str, schema: Schema) -> Schema:
-    """A Pipeline field as PUT takes it: null counts as absent; only the bounds of
-    routes_tools.SAVED_BOUNDS are checked on saving (the configurable ones when it runs)."""
-    if name == "prompt":
-        return {**schema, "pattern": r"\S"}
-    if "enum" in schema:
-        return {**schema, "enum": [*schema["enum"], None]}
-    low, high = routes_tools.SAVED_BOUNDS.get(name, (None, None))
-    bounds = {key: value for key, value in (("minimum", low), ("maximum", high)) if value is not None}
-    return {**{k: v for k, v in schema.items() if k != "minimum"}, "type": [schema["type"], "null"], **bounds}
+def _pipeline_schemas() -> dict[str, Schema]:
+    """A saved pipeline as GET shows it, and as PUT takes it (null: absent). Only the bounds that
+    hold whatever the config says are checked on saving (routes_tools.check_saved_bounds); the
+    configurable ones when it runs."""
+    params = property_schemas()
+    params["prompt"] = {**params["prompt"], "description": "May hold a {subject} slot, filled in at run time."}
+    stored = {**params,
+              "upscale": {"enum": list(SCALES), "description": "Upscale each picture; absent: no upscaling."},
+              "upscale_method": {"enum": upscalers()},
+              "check": {"type": "boolean", "description": "Require the copyright check (404 when it is off)."}}
+    return {"Pipeline": obj({"name": _NAME["schema"], **stored}, ("name", "prompt"),
+                            description="A saved pipeline: generate, enhance, upscale, copyright check."),
+            "PipelineBody": obj({key: value if key == "prompt" else or_null(value)  # prompt: required
+                                 for key, value in stored.items()}, ("prompt",),
+                                description="The fields of Pipeline except name.")}
 
 
-SCHEMAS["PipelineBody"].update(required=["prompt"], properties={
-    key: _saved_field(key, value) for key, value in SCHEMAS["Pipeline"]["properties"].items() if key != "name"})
+SCHEMAS.update(_pipeline_schemas())
 
 
 def paths() -> dict[str, dict[str, Schema]]:
@@ -152,13 +144,13 @@ def paths() -> dict[str, dict[str, Schema]]:
             "The copyright check's reference folder and threshold (owner only; 404 when it is off)", tools,
             reply(ref("CopyrightStatus")), errors=("403", "404"))},
         "/api/pipelines": {"get": op("Saved pipelines (<config dir>/pipelines.toml)", tools,
-                                      reply(ref("PipelineList")), errors=("500",))},
+                                     reply(ref("PipelineList")), errors=("500",))},
         "/api/pipelines/{name}": {
             "put": op("Save or replace a pipeline (owner only)", tools, reply(ref("Pipeline")),
-                       body="PipelineBody", errors=("400", "403"), params=(_NAME,)),
+                      body="PipelineBody", errors=("400", "403"), params=(_NAME,)),
             "delete": op("Delete a saved pipeline (owner only)", tools,
-                          reply(obj({"name": STR, "deleted": BOOL}, ("name", "deleted"))),
-                          errors=("403", "404"), params=(_NAME,))},
+                         reply(obj({"name": STR, "deleted": BOOL}, ("name", "deleted"))),
+                         errors=("403", "404"), params=(_NAME,))},
         "/api/pipelines/{name}/run": {"post": _optional_body(op(
             "Run a saved pipeline: generate, enhance, upscale, check; answers when done", tools,
             reply(ref("PipelineResult")), body="PipelineRun", errors=("400", "404", "429", "500"),
@@ -167,7 +159,7 @@ def paths() -> dict[str, dict[str, Schema]]:
             "Compare one picture with the protected works (nothing is saved)", tools,
             reply(ref("CopyrightCheck")), "CopyrightForm", errors)},
         "/api/styles": {"get": op("Style presets: built-ins and <config dir>/styles.toml", tools,
-                                   reply(ref("StyleList")))},
+                                  reply(ref("StyleList")))},
         "/api/batch": {"post": op(
             "One subject across styles and seeds, with a contact sheet", tools, body="BatchRequest",
             errors=("400", "404", "429"), responses={
