@@ -42,7 +42,7 @@ from pennello.files import make_durable
 from pennello.paths import Paths
 
 from .jobs import GenerateRequest, Job, OutputImage
-from .params import IMAGE_FORMATS, check, seeds_for
+from .params import IMAGE_FORMATS, check, defaults_from, seeds_for
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
 from .families import PURPOSE_ROUTES, ModelFamily, get_family
 from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups, free_vram, plan_for,
@@ -327,7 +327,7 @@ class Engine:
                 f"{PURPOSE_ROUTES[family.purpose]}, or name a text-to-image model", field="model")
         defaults = _model_defaults(installed, family)
         values = {name: getattr(request, name) if getattr(request, name) is not None else defaults[name]
-                  for name in ("width", "height", "steps", "guidance")}
+                  for name in defaults_from("manifest")}
         for name in ("width", "height"):
             check(name, values[name], limits)
         family.check_size(values["width"], values["height"])

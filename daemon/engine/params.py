@@ -45,6 +45,7 @@ IMAGE_FORMATS: tuple[str, ...] = typing.get_args(ImageFormat)
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 30.0
 DialectName = Literal["openai", "a1111"]
+DefaultSource = Literal["fixed", "manifest", "config", "random"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Default:
     """Where an absent field's value comes from: ``fixed`` (the field's default), ``manifest``
     (the model's manifest, else its family), ``config`` (the daemon's config) or ``random``."""
 
-    source: Literal["fixed", "manifest", "config", "random"]
+    source: DefaultSource
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,12 @@ class GenerationParams:
                                                "saving it.")] = False
 
 
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
-    """The type inside ``X | None``, and whether None was allowed."""
+def _without_none(annotation: Any) -> Any:
+    """The type inside ``X | None``; any other annotation as it is."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
-        return next(arg for arg in args if arg is not type(None)), True
-    return annotation, False
+        return next(arg for arg in args if arg is not type(None))
+    return annotation
 
 
 @functools.cache
@@ -117,8 +118,7 @@ def _fields() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     out = {}
     for field in dataclasses.fields(GenerationParams):
         annotated = hints[field.name]
-        kind, _ = _unwrap(typing.get_args(annotated)[0])
-        out[field.name] = (kind, annotated.__metadata__)
+        out[field.name] = (_without_none(typing.get_args(annotated)[0]), annotated.__metadata__)
     return out
 
 
@@ -134,6 +134,11 @@ def _json_type(kind: Any) -> type:
 def values(params: GenerationParams, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
     """The parameters of ``params`` (a request, an edit, a saved pipeline) as a dictionary."""
     return {name: getattr(params, name) for name in _fields() if name not in leave_out}
+
+
+def defaults_from(source: DefaultSource) -> tuple[str, ...]:
+    """The parameters whose :class:`Default` is ``source`` (e.g. those a model's manifest fills in)."""
+    return tuple(name for name in _fields() if _meta(name, Default) == Default(source))
 
 
 def field_types() -> dict[str, type]:
