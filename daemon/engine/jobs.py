@@ -33,6 +33,8 @@ EventName = Literal["progress", "done", "failed", "cancelled"]
 JobKind = Literal["generate", "edit", "upscale"]
 
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+# Parameters a batched pipeline call takes per picture, or that apply after it (format, enhance).
+PER_PICTURE = ("prompt", "negative_prompt", "seed", "n", "format", "enhance")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,8 +44,9 @@ class GenerateRequest(GenerationParams):
     owner: str = "local"  # who may see the job and its images (a paired device, or "local")
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
-        return (self.model, self.width, self.height, self.steps, self.guidance)
+        """Jobs with equal keys can share one pipeline call: every parameter the pipeline call
+        takes once for all its pictures is equal (prompts and seeds may differ)."""
+        return tuple(values(self, leave_out=PER_PICTURE).values())
 
 
 @dataclass
