@@ -42,7 +42,7 @@ from pennello.files import make_durable
 from pennello.paths import Paths
 
 from .jobs import GenerateRequest, Job, OutputImage
-from .params import IMAGE_FORMATS, check, defaults_from, seeds_for
+from .params import IMAGE_FORMATS, check, check_given, defaults_from, seeds_for
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
 from .families import PURPOSE_ROUTES, ModelFamily, get_family
 from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups, free_vram, plan_for,
@@ -310,9 +310,7 @@ class Engine:
             raise RequestError("prompt must not be empty", field="prompt")
         if request.format not in IMAGE_FORMATS:
             raise RequestError(f"format must be one of {', '.join(IMAGE_FORMATS)}", field="format")
-        check("n", request.n, limits)
-        if request.seed is not None:
-            check("seed", request.seed, limits)
+        check_given(request, limits, leave_out=defaults_from("manifest"))
         model = request.model or limits.default_model
         try:
             installed = self._installed(model)

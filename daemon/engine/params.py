@@ -93,10 +93,10 @@ class GenerationParams:
                      _FROM_MANIFEST, Dialect(a1111="steps")] = None
     guidance: Annotated[float | None, Field(ge=0, le=MAX_GUIDANCE, description="Classifier-free guidance."),
                         _FROM_MANIFEST, Dialect(a1111="cfg_scale")] = None
-    seed: Annotated[int | None, Field(ge=0, le=MAX_SEED, description="Random when absent; image i uses seed+i."),
-                    Default("random"), Dialect(a1111="seed")] = None
     n: Annotated[int, Field(ge=1, description="Number of pictures (up to engine.max_n)."), Limit("max_n"),
                  Dialect(openai="n", a1111="batch_size")] = 1
+    seed: Annotated[int | None, Field(ge=0, le=MAX_SEED, description="Random when absent; image i uses seed+i."),
+                    Default("random"), Dialect(a1111="seed")] = None
     format: Annotated[ImageFormat, Field(description="The pictures' file format."),
                       Dialect(openai="output_format")] = "png"
     enhance: Annotated[bool, Field(description="Auto-enhance each picture (contrast, sharpness) before "
@@ -189,6 +189,17 @@ def check(name: str, value: Any, limits: Any = None) -> None:
     if value < low or (high is not None and value > high):  # type: ignore[operator]
         raise RequestError(f"{name} must be from {low} to {high}" if high is not None
                            else f"{name} must be at least {low}", field=name)
+
+
+def check_given(params: GenerationParams, limits: Any, leave_out: tuple[str, ...] = ()) -> None:
+    """:func:`check` every numeric parameter ``params`` gives (None, where that is the default:
+    not given), in declaration order, but those in ``leave_out`` (e.g. the ones checked once
+    defaults are filled in)."""
+    optional = {field.name for field in dataclasses.fields(GenerationParams) if field.default is None}
+    for name, kind in field_types().items():
+        value = getattr(params, name)
+        if kind in (int, float) and name not in leave_out and not (value is None and name in optional):
+            check(name, value, limits)
 
 
 def fixed_bounds() -> dict[str, tuple[float, float | None]]:
