@@ -42,7 +42,7 @@ from pennello.files import make_durable
 from pennello.paths import Paths
 
 from .jobs import GenerateRequest, Job, OutputImage
-from .params import IMAGE_FORMATS, check, check_given, defaults_from, seeds_for
+from .params import check, check_given, defaults_from, seeds_for
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
 from .families import PURPOSE_ROUTES, ModelFamily, get_family
 from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups, free_vram, plan_for,
@@ -299,18 +299,9 @@ class Engine:
         """Check every field and fill the model's defaults in; with ``purpose``, also that the
         model's family does that (an upscaler cannot draw from text)."""
         limits = self.config.engine
-        for name in ("prompt", "negative_prompt"):
-            value = getattr(request, name)
-            if not isinstance(value, str):
-                raise RequestError(f"{name} must be a string", field=name)
-            if len(value) > limits.max_prompt_chars:
-                raise RequestError(f"{name} is {len(value)} characters; the limit is "
-                                   f"{limits.max_prompt_chars}", field=name)
+        check_given(request, limits, leave_out=defaults_from("manifest"))
         if not request.prompt.strip():
             raise RequestError("prompt must not be empty", field="prompt")
-        if request.format not in IMAGE_FORMATS:
-            raise RequestError(f"format must be one of {', '.join(IMAGE_FORMATS)}", field="format")
-        check_given(request, limits, leave_out=defaults_from("manifest"))
         model = request.model or limits.default_model
         try:
             installed = self._installed(model)

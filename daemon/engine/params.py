@@ -8,7 +8,8 @@ OpenAI and AUTOMATIC1111 dialects (:class:`Dialect`). From that one definition c
 
 * the request dataclasses, which inherit the fields (:class:`.jobs.GenerateRequest`, edits);
 * the routes' field tables (:func:`field_types`, :func:`dialect_types`);
-* the engine's checks (:func:`check`), with the same wording wherever they run;
+* the engine's checks (:func:`check`, :func:`check_given`), with the same wording everywhere,
+  and which parameters a model's manifest fills in (:func:`defaults_from`);
 * the OpenAPI request schemas (:func:`property_schemas`, through pydantic's JSON Schema);
 * the parameters of job dictionaries and of requests made from others (:func:`values`);
 * the one place a random seed is drawn (:func:`random_seed`).
@@ -22,7 +23,9 @@ OpenAI and AUTOMATIC1111 dialects (:class:`Dialect`). From that one definition c
     pennello.errors.RequestError: n must be from 1 to 2
 
 Adding a parameter is adding one field here (and using it where a pipeline is called).
-The module needs no Flask, so the engine and the tools use it as well as the HTTP layer.
+The classes are plain frozen dataclasses: pydantic reads their annotations for the JSON Schema
+only, so building a request validates nothing by itself and every refusal keeps pennello's
+wording and ``field``. The module needs no Flask, so the engine and the tools use it too.
 """
 
 from __future__ import annotations
@@ -176,29 +179,48 @@ def _field_info(name: str) -> FieldInfo:
 
 def check(name: str, value: Any, limits: Any = None) -> None:
     """Raises RequestError naming ``name`` unless ``value`` is of its type and within its bounds
-    (``limits``: see :func:`bounds`)."""
-    low, high = bounds(name, limits)
-    if field_types()[name] is float:
+    (``limits``: see :func:`bounds`). Any value passes for a flag, as Python's truth does."""
+    kind = _fields()[name][0]
+    if typing.get_origin(kind) is Literal:
+        if value not in typing.get_args(kind):
+            raise RequestError(f"{name} must be one of {', '.join(typing.get_args(kind))}", field=name)
+    elif kind is str:
+        _check_text(name, value, limits)
+    elif kind is float:
+        low, high = bounds(name, limits)
         # Written so that NaN, which compares false with everything, is refused too.
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not low <= value <= high:  # type: ignore[operator]
             raise RequestError(f"{name} must be a number from {low:g} to {high:g}", field=name)
-        return
+    elif kind is int:
+        _check_int(name, value, *bounds(name, limits))
+
+
+def _check_text(name: str, value: Any, limits: Any) -> None:
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be a string", field=name)
+    limit = _meta(name, Limit)
+    if limit is not None and limits is not None and len(value) > getattr(limits, limit.config):
+        raise RequestError(f"{name} is {len(value)} characters; the limit is "
+                           f"{getattr(limits, limit.config)}", field=name)
+
+
+def _check_int(name: str, value: Any, low: Any, high: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"{name} must be an integer", field=name)
-    if value < low or (high is not None and value > high):  # type: ignore[operator]
+    if value < low or (high is not None and value > high):
         raise RequestError(f"{name} must be from {low} to {high}" if high is not None
                            else f"{name} must be at least {low}", field=name)
 
 
 def check_given(params: GenerationParams, limits: Any, leave_out: tuple[str, ...] = ()) -> None:
-    """:func:`check` every numeric parameter ``params`` gives (None, where that is the default:
-    not given), in declaration order, but those in ``leave_out`` (e.g. the ones checked once
+    """:func:`check` every parameter ``params`` gives (None, where that is the default: not
+    given), in declaration order, but those in ``leave_out`` (e.g. the ones checked once
     defaults are filled in)."""
     optional = {field.name for field in dataclasses.fields(GenerationParams) if field.default is None}
-    for name, kind in field_types().items():
+    for name in _fields():
         value = getattr(params, name)
-        if kind in (int, float) and name not in leave_out and not (value is None and name in optional):
+        if name not in leave_out and not (value is None and name in optional):
             check(name, value, limits)
 
 
