@@ -22,7 +22,7 @@ from ..routes import openai as routes_openai
 from ..routes import tools as routes_tools
 from ..routes.native import GENERATE_FIELDS
 from ...engine.families import families, get_family
-from ...engine.params import MAX_SEED, SIZE_NOTE, DialectName, dialect_names, property_schemas
+from ...engine.params import SIZE_NOTE, DialectName, dialect_names, property_schemas
 from ...tools.uploads import UPLOAD_FORMATS
 from .common import IGNORED, Schema, fields, obj, or_null
 
@@ -130,7 +130,7 @@ def _openai(engine: EngineConfig) -> dict[str, Schema]:
 def _a1111(engine: EngineConfig) -> dict[str, Schema]:
     params = param_properties(engine, "a1111")
     params["n_iter"] = {**params["batch_size"], "description": "Batches; batch_size * n_iter pictures."}
-    params["seed"] = {**params["seed"], "minimum": -1, "maximum": MAX_SEED,
+    params["seed"] = {**params["seed"], "minimum": -1,
                       "description": "-1 or absent: random. Image i uses seed+i."}
     ignored = {**routes_a1111.IGNORED_FIELDS, **routes_a1111.IMG2IMG_IGNORED_FIELDS}
     notes = {"override_settings": _CHECKPOINT, **{name: IGNORED for name in ignored}, **_OFF_ONLY}
