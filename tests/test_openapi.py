@@ -43,7 +43,7 @@ def test_every_route_is_documented_and_nothing_else(app_and_url):
     spec = build_spec()
     documented = {(path, method) for path, item in spec["paths"].items() for method in item}
     routes = _routes(app)
-    assert routes - documented == set(), "routes missing from daemon/http/openapi.py"
+    assert routes - documented == set(), "routes missing from daemon/http/openapi/"
     assert documented - routes == set(), "documented routes the app does not have"
     # The blueprints the app really registers are the ones tagged in the description.
     assert {"/v1/images/generations", "/sdapi/v1/txt2img", "/api/pair", "/api/generate"} <= \

@@ -23,7 +23,6 @@ The engine has no HTTP in it; :mod:`pennello.daemon.http.app` puts it behind Fla
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from typing import Any, Callable
 
@@ -32,17 +31,18 @@ from pennello.config import Config
 from pennello.paths import Paths
 
 from .devices import pick_device, pick_dtype
-from .jobs import MAX_SEED, GenerateRequest, Job, OutputImage
+from .jobs import GenerateRequest, Job, OutputImage
 from .outputs import Outputs
 from .queue import JobQueue
 from .residency import Residency
-from .resolve import MAX_GUIDANCE, resolve_request
+from .params import seeds_for
+from .resolve import resolve_request
 from .runner import Runner, Task, step_callback
 from .saver import Saver
 from .worker import Worker
 
 # What callers import from here, wherever it lives now.
-__all__ = ["Engine", "MAX_GUIDANCE", "Task", "pick_device", "pick_dtype", "step_callback"]
+__all__ = ["Engine", "Task", "pick_device", "pick_dtype", "step_callback"]
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ class Engine:
             DaemonError: the engine is stopping or was never started.
         """
         request = self._resolve(request, purpose="generate")
-        seeds = ([secrets.randbelow(MAX_SEED + 1) for _ in range(request.n)] if request.seed is None
-                 else [(request.seed + i) % (MAX_SEED + 1) for i in range(request.n)])
+        seeds = seeds_for(request.seed, request.n)
         job = self.queue.submit(Job(request, seeds))
         log.info("job %s queued: %s, %d image(s) %dx%d, %d steps", job.id, self._loggable(request),
                  request.n, request.width, request.height, request.steps)

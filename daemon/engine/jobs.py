@@ -21,42 +21,32 @@ from __future__ import annotations
 
 import threading
 import time
-import typing
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from .params import GenerationParams, ImageFormat, values
+
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
-ImageFormat = Literal["png", "jpeg", "webp"]
 EventName = Literal["progress", "done", "failed", "cancelled"]
 JobKind = Literal["generate", "edit", "upscale"]
 
-IMAGE_FORMATS: tuple[str, ...] = typing.get_args(ImageFormat)
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
-MAX_SEED = 2**32 - 1
+# Parameters a batched pipeline call takes per picture, or that apply after it (format, enhance).
+PER_PICTURE = ("prompt", "negative_prompt", "seed", "n", "format", "enhance")
 
 
-@dataclass(frozen=True)
-class GenerateRequest:
-    """What a client asks for. ``None`` means "the model's default"; ``seed`` None means random."""
+@dataclass(frozen=True, kw_only=True)
+class GenerateRequest(GenerationParams):
+    """What a client asks for: the parameters (:mod:`.params`) and who asks."""
 
-    prompt: str
-    negative_prompt: str = ""
-    model: str | None = None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    n: int = 1
-    format: ImageFormat = "png"
     owner: str = "local"  # who may see the job and its images (a paired device, or "local")
-    enhance: bool = False  # auto-enhance each picture before saving it (see daemon/tools/enhance.py)
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
-        return (self.model, self.width, self.height, self.steps, self.guidance)
+        """Jobs with equal keys can share one pipeline call: every parameter the pipeline call
+        takes once for all its pictures is equal (prompts and seeds may differ)."""
+        return tuple(values(self, leave_out=PER_PICTURE).values())
 
 
 @dataclass
@@ -111,11 +101,9 @@ class Job:
         return self.status in TERMINAL
 
     def to_dict(self) -> dict[str, Any]:
-        r = self.request
+        # The requested seed is left out: "seeds" lists the ones each picture used.
         return {
-            "id": self.id, "status": self.status, "model": r.model, "prompt": r.prompt,
-            "negative_prompt": r.negative_prompt, "width": r.width, "height": r.height,
-            "steps": r.steps, "guidance": r.guidance, "n": r.n, "format": r.format, "enhance": r.enhance,
+            "id": self.id, "status": self.status, **values(self.request, leave_out=("seed",)),
             "seeds": list(self.seeds), "step": self.step, "total_steps": self.total_steps,
             "progress": self.progress, "batch_size": self.batch_size,
             "images": [image.to_dict() for image in self.images], "error": self.error,

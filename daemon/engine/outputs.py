@@ -34,7 +34,8 @@ from PIL import Image, PngImagePlugin
 from pennello.errors import NotFoundError
 from pennello.files import write_atomic
 
-from .jobs import ImageFormat, OutputImage
+from .jobs import OutputImage
+from .params import ImageFormat
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal
@@ -46,7 +45,8 @@ from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
 from .uploads import COMPOSITE_WITH_TRAINED_MEDIA
-from ..engine.jobs import MAX_SEED, GenerateRequest, Job, OutputImage
+from ..engine.jobs import GenerateRequest, Job, OutputImage
+from ..engine.params import GenerationParams, seeds_for, values
 from ..engine.families import PURPOSE_ROUTES, ModelFamily, get_family
 
 log = logging.getLogger(__name__)
@@ -61,27 +61,16 @@ class EditEndedError(PennelloError):
     kind = "edit_ended"
 
 
-@dataclass(frozen=True)
-class EditRequest:
-    """An edit of one picture (plus ``references`` for families that take several). ``None``
-    fields take the model's defaults; the size defaults to the picture's own, fitted to the
-    model family's limits."""
+@dataclass(frozen=True, kw_only=True)
+class EditRequest(GenerationParams):
+    """An edit of one picture (plus ``references`` for families that take several): the
+    generation parameters (:mod:`..engine.params`) and the pictures. ``None`` fields take the
+    model's defaults; the size defaults to the picture's own, fitted to the model family's limits."""
 
-    prompt: str
     image: Image.Image
     mask: Image.Image | None = None
     strength: float = DEFAULT_STRENGTH
-    negative_prompt: str = ""
-    model: str | None = None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    n: int = 1
-    format: str = "png"
     owner: str = "local"
-    enhance: bool = False
     origin: dict[str, Any] = field(default_factory=dict)  # where the picture came from, for the record
     references: tuple[Image.Image, ...] = ()  # more input pictures, after ``image``
 
@@ -100,10 +89,8 @@ class EditResult:
     job: Job | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        r = self.request
-        return {"mode": self.mode, "model": r.model, "prompt": r.prompt, "negative_prompt": r.negative_prompt,
-                "width": r.width, "height": r.height, "steps": r.steps, "guidance": r.guidance,
-                "strength": self.strength, "n": r.n, "format": r.format, "seeds": self.seeds,
+        # As a job's dictionary: "seeds" lists the seeds each picture used.
+        return {"mode": self.mode, **values(self.request, leave_out=("seed",)), "strength": self.strength, "seeds": self.seeds,
                 "images": [image.to_dict() for image in self.images]}
 
 
@@ -164,10 +151,7 @@ def submit_edit(engine: Any, request: EditRequest) -> Job:
         RequestError: a field is out of range (``field`` names it), or the model cannot edit so.
         ModelNotFoundError: the model is not installed.  BusyError: the queue is full.
     """
-    resolved = engine.resolve(GenerateRequest(
-        prompt=request.prompt, negative_prompt=request.negative_prompt, model=request.model,
-        width=request.width, height=request.height, steps=request.steps, guidance=request.guidance,
-        seed=request.seed, n=request.n, format=request.format, owner=request.owner))  # type: ignore[arg-type]
+    resolved = engine.resolve(GenerateRequest(**values(request), owner=request.owner))
     manifest = engine.store.get(resolved.model).manifest
     family = get_family(manifest.pipeline.family)
     mode = edit_mode(resolved.model, family, manifest.pipeline.cls, request)
@@ -188,8 +172,7 @@ def submit_edit(engine: Any, request: EditRequest) -> Job:
         if total_steps < 1:
             raise RequestError(f"strength {strength:g} x {resolved.steps} steps leaves no denoising step; "
                                f"raise strength or steps", field="strength")
-    seeds = ([secrets.randbelow(MAX_SEED + 1) for _ in range(resolved.n)] if resolved.seed is None
-             else [(resolved.seed + i) % (MAX_SEED + 1) for i in range(resolved.n)])
+    seeds = seeds_for(resolved.seed, resolved.n)
     size = (resolved.width, resolved.height)
     if mode == "instruct":
         pictures = [picture.convert("RGB") for picture in request.pictures]  # the pipeline sizes them

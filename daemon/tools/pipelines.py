@@ -35,29 +35,20 @@ from PIL import Image
 from pennello.errors import ConfigError, NotFoundError, PennelloError, RequestError
 from pennello.files import write_atomic
 
-from ..engine.jobs import IMAGE_FORMATS, GenerateRequest
+from ..engine.jobs import GenerateRequest
+from ..engine.params import IMAGE_FORMATS, GenerationParams, field_types, values
 from .upscale import SCALES, upscale, upscalers
 
 PIPELINES_FILE = "pipelines.toml"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
-@dataclass(frozen=True)
-class SavedPipeline:
-    """One saved pipeline: what to generate, and which stages follow."""
+@dataclass(frozen=True, kw_only=True)
+class SavedPipeline(GenerationParams):
+    """A saved pipeline: the generation parameters (its prompt may contain ``{subject}``) and the
+    stages after generating."""
 
     name: str
-    prompt: str  # may contain {subject}
-    negative_prompt: str = ""
-    model: str | None = None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    n: int = 1
-    seed: int | None = None
-    format: str = "png"
-    enhance: bool = False
     upscale: int | None = None  # 2, 4 or 8
     upscale_method: str = "lanczos"
     check: bool = False
@@ -74,11 +65,9 @@ class SavedPipeline:
         if unknown:
             raise RequestError(f"unknown field(s): {', '.join(unknown)}; accepted: {', '.join(fields)}",
                                field=unknown[0])
-        types = {"prompt": str, "negative_prompt": str, "model": str, "width": int, "height": int,
-                 "steps": int, "guidance": (int, float), "n": int, "seed": int, "format": str,
-                 "enhance": bool, "upscale": int, "upscale_method": str, "check": bool}
+        types: dict[str, Any] = {**field_types(), "upscale": int, "upscale_method": str, "check": bool}
         for key, value in data.items():
-            expected = types[key]
+            expected = (int, float) if types[key] is float else types[key]
             if value is not None and (not isinstance(value, expected)
                                       or (isinstance(value, bool) and expected is not bool)):
                 raise RequestError(f"{key} has the wrong type ({type(value).__name__})", field=key)
@@ -177,12 +166,9 @@ def run_saved_pipeline(engine: Any, pipeline: SavedPipeline, subject: str | None
         from .upscale import check_request
 
         check_request(engine, (1, 1), pipeline.upscale, pipeline.upscale_method)  # method and model
-    job = engine.submit(GenerateRequest(
-        prompt=pipeline.render_prompt(subject), negative_prompt=pipeline.negative_prompt, model=pipeline.model,
-        width=pipeline.width, height=pipeline.height, steps=pipeline.steps,
-        guidance=float(pipeline.guidance) if pipeline.guidance is not None else None, n=pipeline.n,
-        seed=seed if seed is not None else pipeline.seed, format=pipeline.format, owner=owner,  # type: ignore[arg-type]
-        enhance=pipeline.enhance))
+    job = engine.submit(GenerateRequest(**{
+        **values(pipeline), "prompt": pipeline.render_prompt(subject), "seed": seed if seed is not None else pipeline.seed,
+        "guidance": float(pipeline.guidance) if pipeline.guidance is not None else None}, owner=owner))
     job.wait()
     if job.status != "done":
         raise PennelloError(f"pipeline {pipeline.name!r}: generation {job.status}: {job.error or 'no pictures'}")

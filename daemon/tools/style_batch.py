@@ -11,7 +11,6 @@ sheet's columns compare styles at equal seeds.
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,8 @@ from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
 from .contact_sheet import contact_sheet
-from ..engine.jobs import MAX_SEED, GenerateRequest, Job, OutputImage
+from ..engine.jobs import GenerateRequest, Job, OutputImage
+from ..engine.params import random_seed
 from .styles import Style, plan_style_batch
 
 
@@ -77,7 +77,7 @@ def submit_style_batch(engine: Any, subject: str, styles: list[Style], n: int | 
         raise RequestError(f"n must be at most {most} for {len(styles)} style(s) "
                            f"({engine.config.engine.max_n} per style)", field="n")
     if seed is None:
-        seed = secrets.randbelow(MAX_SEED + 1)
+        seed = random_seed()
     jobs: list[Job] = []
     try:
         for style, count in zip(styles, plan_style_batch(styles, n)):

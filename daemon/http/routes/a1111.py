@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from datetime import datetime
 from typing import Any
 
@@ -28,18 +27,16 @@ from pennello.errors import PennelloError, RequestError
 
 from ..request import json_body
 from ..context import current_engine, current_owner
-from ...engine.jobs import MAX_SEED, GenerateRequest, Job
+from ...engine.jobs import GenerateRequest, Job
+from ...engine.params import dialect_names, dialect_types, random_seed
 from ...engine.outputs import a1111_parameters
 from .native import visible_progress
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
 
-# name -> JSON type; the ones pennello uses.
+# name -> JSON type; the ones pennello uses: A1111's names for our parameters, then its own.
 TXT2IMG_FIELDS: dict[str, Any] = {
-    "prompt": str, "negative_prompt": str, "steps": int, "cfg_scale": float, "width": int,
-    "height": int, "seed": int, "batch_size": int, "n_iter": int, "override_settings": dict,
-    "send_images": bool,
-}
+    **dialect_types("a1111"), "n_iter": int, "override_settings": dict, "send_images": bool}
 # A1111 fields without a pennello equivalent: accepted so A1111 clients work, then ignored.
 IGNORED_FIELDS: dict[str, Any] = {
     "sampler_name": str, "sampler_index": str, "scheduler": str, "styles": list, "subseed": int,
@@ -103,17 +100,11 @@ def img2img() -> Any:
         if body.get("inpainting_mask_invert"):
             mask = ImageOps.invert(mask)
         origin["mask"] = _b64_digest(body["mask"])
-    total = _positive(body, "batch_size") * _positive(body, "n_iter")
-    seed = body.get("seed", -1)
+    params = a1111_params(body)
     try:
         result = run_edit(engine, EditRequest(
-            prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
-            image=pictures[0], references=tuple(pictures[1:]), mask=mask,
-            strength=body.get("denoising_strength", 0.75),
-            model=_checkpoint(body.get("override_settings", {})), width=body.get("width"),
-            height=body.get("height"), steps=body.get("steps"), guidance=body.get("cfg_scale"),
-            seed=secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed, n=total, format="png",
-            owner=current_owner(), origin=origin))
+            **params, image=pictures[0], references=tuple(pictures[1:]), mask=mask,
+            strength=body.get("denoising_strength", 0.75), owner=current_owner(), origin=origin))
     except RequestError as e:  # name the field as A1111 clients know it
         e.field = {"strength": "denoising_strength", "guidance": "cfg_scale",
                    "image": "init_images"}.get(e.field or "", e.field)
@@ -146,15 +137,9 @@ def txt2img() -> Any:
     for name, (_, off) in OFF_ONLY_FIELDS.items():
         if body.get(name, off) not in (off, None):
             raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
-    total = _positive(body, "batch_size") * _positive(body, "n_iter")
-    seed = body.get("seed", -1)
+    params = a1111_params(body)
     engine = current_engine()
-    job = engine.submit(GenerateRequest(
-        prompt=body.get("prompt", ""), negative_prompt=body.get("negative_prompt", ""),
-        model=_checkpoint(body.get("override_settings", {})), width=body.get("width"),
-        height=body.get("height"), steps=body.get("steps"), guidance=body.get("cfg_scale"),
-        seed=secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed, n=total, format="png",
-        owner=current_owner()))
+    job = engine.submit(GenerateRequest(**params, owner=current_owner()))
     job.wait()
     if job.status != "done":
         raise PennelloError(f"txt2img {job.status}: {job.error or 'no pictures were made'}")
@@ -162,6 +147,18 @@ def txt2img() -> Any:
     return jsonify({"images": images if body.get("send_images", True) else [],
                     "parameters": {**_resolved(job, body), **body},
                     "info": json.dumps(_info(job, body))})
+
+
+def a1111_params(body: dict[str, Any]) -> dict[str, Any]:
+    """The generation parameters of a txt2img or img2img body, in pennello's names: its own
+    names for them, plus what A1111 spells differently (a random first seed is -1; pictures
+    are ``batch_size * n_iter``; the model is a checkpoint title; pictures are PNG)."""
+    params = {name: body[alias] for name, alias in dialect_names("a1111").items() if alias in body}
+    params["n"] = _positive(body, "batch_size") * _positive(body, "n_iter")
+    seed = body.get("seed", -1)
+    params["seed"] = random_seed() if seed == -1 else seed
+    return {**params, "prompt": body.get("prompt", ""), "format": "png",
+            "model": _checkpoint(body.get("override_settings", {}))}
 
 
 def _positive(body: dict[str, Any], name: str) -> int:

@@ -21,14 +21,12 @@ from ..context import current_engine, current_owner, owner_filter
 from ...engine.jobs import GenerateRequest, Job
 from ...engine.engine import Engine
 from ...engine.outputs import content_type
+from ...engine.params import field_types
 from .offline import offline_summary
 
 bp = Blueprint("native", __name__, url_prefix="/api")
 
-GENERATE_FIELDS: dict[str, Any] = {
-    "prompt": str, "negative_prompt": str, "model": str, "width": int, "height": int, "steps": int,
-    "guidance": float, "seed": int, "n": int, "format": str, "stream": bool, "wait": bool, "enhance": bool,
-}
+GENERATE_FIELDS: dict[str, Any] = {**field_types(), "stream": bool, "wait": bool}
 _STATUS_HTTP = {"done": 200, "failed": 500, "cancelled": 409}
 
 

@@ -31,6 +31,7 @@ from pennello.errors import ModelNotFoundError, PennelloError, RequestError
 from ..request import json_body
 from ..context import current_engine, current_owner
 from ...engine.jobs import GenerateRequest
+from ...engine.params import dialect_names, dialect_types
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -39,12 +40,12 @@ RESPONSE_FORMATS = ("b64_json", "url")
 IGNORED_FIELDS: dict[str, Any] = {
     "quality": str, "style": str, "user": str, "background": str, "moderation": str,
     "output_compression": int, "partial_images": int, "safety_identifier": str}
+# OpenAI's names for the parameters it has, plus ``size`` (our width and height in one).
 GENERATION_FIELDS: dict[str, Any] = {
-    "prompt": str, "model": str, "n": int, "size": str, "response_format": str,
-    "output_format": str, "stream": bool, **IGNORED_FIELDS}
+    **dialect_types("openai"), "size": str, "response_format": str, "stream": bool, **IGNORED_FIELDS}
 _SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 # Our request fields as OpenAI names them, for the error's ``param``.
-_PARAM_NAMES = {"width": "size", "height": "size", "format": "output_format"}
+_PARAM_NAMES = {**dialect_names("openai"), "width": "size", "height": "size"}
 
 
 @bp.post("/images/generations")
@@ -59,8 +60,7 @@ def generate_images() -> Any:
                            field="stream")
     width, height = parse_size(body.get("size", "auto"))
     job = current_engine().submit(GenerateRequest(
-        prompt=body["prompt"], model=body.get("model"), n=body.get("n", 1), width=width,
-        height=height, format=body.get("output_format", "png"), owner=current_owner()))
+        **openai_params(body), width=width, height=height, owner=current_owner()))
     job.wait()
     if job.status != "done":
         raise PennelloError(f"image generation {job.status}: {job.error or 'no pictures were made'}")
@@ -69,10 +69,13 @@ def generate_images() -> Any:
         "output_format": job.request.format, "size": f"{job.request.width}x{job.request.height}"})
 
 
+def openai_params(body: dict[str, Any]) -> dict[str, Any]:
+    """The generation parameters a body names, in pennello's names (absent ones left out)."""
+    return {name: body[alias] for name, alias in dialect_names("openai").items() if alias in body}
+
+
 # /v1/images/edits: multipart; the text fields arrive as strings and are converted to these types.
-EDIT_FIELDS: dict[str, Any] = {
-    "prompt": str, "model": str, "n": int, "size": str, "response_format": str, "output_format": str,
-    "stream": bool, **IGNORED_FIELDS, "input_fidelity": str, "complexity": str}
+EDIT_FIELDS: dict[str, Any] = {**GENERATION_FIELDS, "input_fidelity": str, "complexity": str}
 EDIT_FILES = ("image", "image[]", "mask")
 
 
@@ -104,9 +107,8 @@ def edit_images() -> Any:
         origin["mask"] = mask[1]["from_upload"]
     width, height = parse_size(body.get("size", "auto"))
     result = run_edit(current_engine(), EditRequest(
-        prompt=body["prompt"], image=pictures[0][0], references=tuple(p[0] for p in pictures[1:]),  # type: ignore[index]
-        mask=mask[0] if mask else None, model=body.get("model"),
-        n=body.get("n", 1), width=width, height=height, format=body.get("output_format", "png"),
+        image=pictures[0][0], references=tuple(p[0] for p in pictures[1:]),  # type: ignore[index]
+        mask=mask[0] if mask else None, **openai_params(body), width=width, height=height,
         owner=current_owner(), origin=origin))
     return jsonify({"created": int(time.time()), "data": [
         _image_data(image, response_format) for image in result.images],

@@ -29,9 +29,8 @@ from pennello.errors import RequestError
 
 from ..request import FieldType, check_type, json_body
 from ..context import current_engine, current_owner, owner_filter
-from ...engine.engine import MAX_GUIDANCE
 from ...tools.uploads import ALGORITHMICALLY_ENHANCED, decode_upload, digest
-from ...engine.jobs import IMAGE_FORMATS, MAX_SEED
+from ...engine.params import IMAGE_FORMATS, field_types, fixed_bounds
 from ...engine.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp, read_record
 
 bp = Blueprint("tools", __name__, url_prefix="/api")
@@ -39,10 +38,8 @@ bp = Blueprint("tools", __name__, url_prefix="/api")
 ENHANCE_FIELDS: dict[str, Any] = {"image_id": str, "format": str}
 UPSCALE_FIELDS: dict[str, Any] = {"image_id": str, "format": str, "scale": int, "method": str,
                                   "enhance": bool}
-EDIT_FIELDS: dict[str, Any] = {
-    "prompt": str, "negative_prompt": str, "model": str, "strength": float, "width": int, "height": int,
-    "steps": int, "guidance": float, "seed": int, "n": int, "format": str, "enhance": bool, "image_id": str,
-    "wait": bool, "stream": bool}
+EDIT_FIELDS: dict[str, Any] = {**field_types(), "strength": float, "image_id": str, "wait": bool,
+                               "stream": bool}
 EDIT_FILES = ("image", "image[]", "mask")  # several pictures: repeat image (or image[])
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -228,10 +225,10 @@ def copyright_check() -> Any:
     return jsonify(check_image(engine, image))
 
 
+# Each style's prompt wraps the subject, so the batch takes every parameter but the prompt.
 BATCH_FIELDS: dict[str, Any] = {
-    "subject": str, "styles": (int, list), "n": int, "seed": int, "negative_prompt": str, "model": str,
-    "width": int, "height": int, "steps": int, "guidance": float, "format": str, "enhance": bool,
-    "wait": bool}
+    "subject": str, "styles": (int, list),
+    **{name: kind for name, kind in field_types().items() if name != "prompt"}, "wait": bool}
 
 
 @bp.get("/styles")
@@ -275,9 +272,7 @@ def list_pipelines() -> Any:
 
 # Bounds a saved pipeline keeps whatever the config says; the engine's configurable limits
 # (engine.max_n, max_steps, a model's sizes) are checked when it runs, as they may change.
-SAVED_BOUNDS: dict[str, tuple[int, float | None]] = {
-    "n": (1, None), "steps": (1, None), "width": (1, None), "height": (1, None),
-    "seed": (0, MAX_SEED), "guidance": (0, MAX_GUIDANCE)}
+SAVED_BOUNDS: dict[str, tuple[float, float | None]] = fixed_bounds()
 
 
 def check_saved_bounds(data: dict[str, Any]) -> None:

@@ -1,0 +1,222 @@
+"""The OpenAPI description of pennello's own API, pairing, and the OpenAI and A1111 APIs: their
+response schemas and their operations. The request schemas are :mod:`.requests`'."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from pennello.config import CompileMode
+
+from ...engine.params import IMAGE_FORMATS
+from ...engine.profiles import Offload
+from .common import BOOL, ERROR_TEXT, INT, NUM, STR, Schema, nullable, obj, op, path_param, ref, reply
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": obj({"error": obj({"type": STR, "message": STR, "field": nullable("string")},
+                               ("type", "message", "field"))}, ("error",),
+                 description="Every pennello error. `field` names the offending input when there is one."),
+    "Image": obj({"id": STR, "url": STR, "seed": INT, "width": INT, "height": INT,
+                  "format": {"enum": list(IMAGE_FORMATS)}, "enhance": ref("EnhanceMetrics"),
+                  "copyright": ref("CopyrightCheck")}, ("id", "url", "seed", "width", "height", "format")),
+    "Job": obj({
+        "id": STR, "status": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
+        "model": nullable("string"), "prompt": STR, "negative_prompt": STR, "width": nullable("integer"),
+        "height": nullable("integer"), "steps": nullable("integer"), "guidance": nullable("number"),
+        "n": INT, "format": STR, "seeds": {"type": "array", "items": INT}, "step": INT,
+        "total_steps": INT, "progress": NUM, "batch_size": INT,
+        "images": {"type": "array", "items": ref("Image")}, "error": nullable("string"),
+        "created": NUM, "started": nullable("number"), "finished": nullable("number")},
+        ("id", "status", "images"), extra=True),
+    "JobList": obj({"jobs": {"type": "array", "items": ref("Job")}}, ("jobs",)),
+    "OutputRecord": obj({"id": STR, "prompt": STR, "seed": INT, "model": STR, "format": STR,
+                         "created": NUM, "size": STR}, ("id",), extra=True,
+                        description="A saved picture's embedded record (as in its XMP metadata)."),
+    "Outputs": obj({"images": {"type": "array", "items": ref("OutputRecord")}, "limit": INT,
+                    "offset": INT, "next_offset": nullable("integer")}, ("images",)),
+    "Model": obj({"name": STR, "version": INT, "family": STR, "pipeline": STR,
+                  "defaults": {"type": "object"}, "description": nullable("string"),
+                  "license": nullable("string"), "digest": STR, "loaded": BOOL, "default": BOOL},
+                 ("name", "loaded"), extra=True),
+    "ModelList": obj({"models": {"type": "array", "items": ref("Model")}}, ("models",)),
+    "LoadedModel": obj({"name": STR, "version": INT, "family": STR, "device": STR, "dtype": STR,
+                        "param_bytes": INT, "loaded_at": NUM, "idle_s": NUM,
+                        "expires_in_s": nullable("number"), "cuda_memory_allocated": nullable("integer"),
+                        "placement": {"anyOf": [ref("Placement"), {"type": "null"}]}},
+                       ("name",), extra=True),
+    "Placement": obj({
+        "profile": STR, "device": STR, "offload": {"enum": list(get_args(Offload))}, "vae_tiling": BOOL,
+        "vae_slicing": BOOL, "attention_slicing": BOOL, "cpu_threads": INT, "reason": STR,
+        "compile": {"enum": list(get_args(CompileMode)),
+                    "description": "torch.compile mode of the denoiser; absent: not compiled."},
+        "channels_last": BOOL, "fuse_qkv": BOOL,
+        "warmup_s": {**NUM, "description": "Seconds of the warm-up generation at load (compile)."},
+        "not_applied": {"type": "array", "items": STR,
+                        "description": "Speed-ups asked for that this model or placement cannot take, "
+                                       "each with why."}},
+        ("profile", "device"), extra=True,
+        description="How the model was placed and tuned on load (docs/performance.md); switches that "
+                    "are off are left out."),
+    "LoadedList": obj({"models": {"type": "array", "items": ref("LoadedModel")}}, ("models",)),
+    "Unloaded": obj({"name": STR, "unloaded": BOOL}, ("name", "unloaded")),
+    "Progress": obj({"state": {"enum": ["idle", "running"]}, "jobs": {"type": "array", "items": STR},
+                     "step": INT, "total": INT, "fraction": NUM, "eta_s": NUM, "queue_depth": INT},
+                    ("state", "fraction"), extra=True),
+    "Health": obj({"version": STR, "ready": BOOL, "default_model": STR, "default_loaded": BOOL,
+                   "device": STR, "queue_depth": INT, "running": INT,
+                   "loaded": {"type": "array", "items": STR}, "offline": ref("OfflineSummary")},
+                  ("ready",), extra=True),
+    "OfflineSummary": obj({"mode": {"enum": ["on", "off"]}, "lan": nullable("boolean"),
+                           "allowed": {"type": "array", "items": STR}, "refused": INT},
+                          ("mode", "allowed", "refused"), extra=True,
+                          description="No-network mode: whether it is enforced, what the daemon may "
+                                      "reach, and how many attempts to reach anything else it refused."),
+    "OfflineAttempt": obj({"event": STR, "destination": STR, "time": NUM, "thread": STR,
+                           "where": STR, "stack": STR},
+                          ("event", "destination", "time", "where", "stack")),
+    "OfflineStatus": {"allOf": [ref("OfflineSummary"), obj({
+        "since": nullable("number"), "env": {"type": "object"},
+        "refused_by_destination": {"type": "object", "additionalProperties": INT},
+        "attempts": {"type": "array", "items": ref("OfflineAttempt")}}, extra=True)]},
+    "PairCode": obj({"code": {"type": "string", "pattern": "^[2-9A-HJ-NP-Z]{8}$"}, "expires_in_s": NUM,
+                     "pair_url": STR, "qr_png_url": STR, "lan": BOOL},
+                    ("code", "expires_in_s", "pair_url")),
+    "PairRequest": obj({"code": {"type": "string", "description": "As shown; case and dashes ignored."},
+                        "name": {"type": "string", "maxLength": 64, "description": "The device's name."},
+                        "cookie": {"type": "boolean", "description": "Also set the token as an "
+                                    "HttpOnly cookie (for the web page)."}}, ("code", "name")),
+    "Token": obj({"id": STR, "name": STR, "created": NUM, "last_used": nullable("number"),
+                  "scope": {"enum": ["device", "owner"]}}, ("id", "name", "created")),
+    "PairResponse": obj({"token": {"type": "string", "description": "Shown once; send as Bearer."},
+                         "id": STR, "name": STR, "created": NUM, "last_used": nullable("number"),
+                         "scope": {"enum": ["device", "owner"]}},
+                        ("token", "id", "name")),
+    "TokenRequest": obj({"name": {"type": "string", "maxLength": 64, "description": "Who will use it."},
+                         "scope": {"enum": ["device", "owner", None], "default": "device",
+                                   "description": "owner: an admin token that may do everything."}},
+                        ("name",)),
+    "PairStatus": obj({"owner": BOOL, "paired": BOOL, "device": {"oneOf": [ref("Token"), {"type": "null"}]},
+                       "lan": BOOL, "scope": {"enum": ["owner", "device", "anonymous"]},
+                       "code_expires_in_s": nullable("number")}, ("owner", "paired")),
+    "TokenList": obj({"tokens": {"type": "array", "items": ref("Token")}}, ("tokens",)),
+    "Revoked": obj({"revoked": ref("Token")}, ("revoked",)),
+    "OpenAIImage": obj({"b64_json": STR, "url": STR, "revised_prompt": STR}),
+    "OpenAIImagesResponse": obj({"created": INT, "data": {"type": "array", "items": ref("OpenAIImage")},
+                                 "output_format": STR, "size": STR}, ("created", "data")),
+    "OpenAIModel": obj({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR},
+                       ("id", "object", "created", "owned_by")),
+    "OpenAIModelList": obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("OpenAIModel")}},
+                           ("object", "data")),
+    "OpenAIError": obj({"error": obj({"message": STR, "type": STR, "param": nullable("string"),
+                                      "code": nullable("string")}, ("message", "type", "param", "code"))},
+                       ("error",)),
+    "A1111Txt2ImgResponse": obj({"images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
+                                 "parameters": {"type": "object"},
+                                 "info": {"type": "string", "description": "JSON: seed, all_seeds, infotexts…"}},
+                                ("images", "parameters", "info")),
+    "A1111SDModel": obj({"title": STR, "model_name": STR, "hash": nullable("string"),
+                         "sha256": nullable("string"), "filename": STR, "config": nullable("string")},
+                        ("title", "model_name", "filename")),
+    "A1111Progress": obj({"progress": NUM, "eta_relative": NUM, "state": {"type": "object"},
+                          "current_image": nullable("string"), "textinfo": nullable("string")},
+                         ("progress", "eta_relative", "state")),
+}
+
+
+def _unroutable_404(operation: Schema) -> Schema:
+    """A name no route matches (one with a line break) is answered by the app, in pennello's shape."""
+    operation["responses"]["404"] = reply({"anyOf": [ref("OpenAIError"), ref("Error")]},
+                                          ERROR_TEXT["404"] + " (pennello's shape when the name holds a line break)")
+    return operation
+
+
+def _query_int(name: str, default: int, low: int, high: int) -> Schema:
+    return {"name": name, "in": "query", "required": False,
+            "schema": {"type": "integer", "default": default, "minimum": low, "maximum": high}}
+
+
+_JOB_ID = path_param("job_id", "A job id from POST /api/generate.")
+_SSE = {"description": "Server-sent events: `job`, `progress`…, then `done`, `failed` or `cancelled`; "
+                       "each `data` is JSON.", "content": {"text/event-stream": {"schema": STR}}}
+_PNG = {"description": "A PNG image", "content": {"image/png": {"schema": {"type": "string",
+                                                                           "contentMediaType": "image/png"}}}}
+
+
+def paths() -> dict[str, dict[str, Schema]]:
+    native, auth, oa, a1 = "native", "pairing", "openai", "a1111"
+    return {
+        "/api/generate": {"post": op(
+            "Queue a generation (202), or wait for it, or stream its events", native, body="GenerateRequest",
+            errors=("400", "404", "429"), responses={
+                "202": reply(ref("Job"), "Queued; Location names the job"),
+                "200": {"description": "Done (`wait`), or an event stream (`stream`)",
+                        "content": {"application/json": {"schema": ref("Job")},
+                                    "text/event-stream": {"schema": STR}}},
+                "409": reply(ref("Job"), "Cancelled while waiting"),
+                "500": reply(ref("Job"), "Failed while waiting")})},
+        "/api/jobs": {"get": op("Jobs the caller may see, oldest first", native, reply(ref("JobList")))},
+        "/api/jobs/{job_id}": {
+            "get": op("One job", native, reply(ref("Job")), errors=("404",), params=(_JOB_ID,)),
+            "delete": op("Cancel a job", native, reply(ref("Job")), errors=("404",), params=(_JOB_ID,))},
+        "/api/jobs/{job_id}/events": {"get": op("Follow a job as server-sent events", native, _SSE,
+                                                errors=("404",), params=(_JOB_ID,))},
+        "/api/images/{image_id}": {"get": op(
+            "A saved picture (PNG, JPEG or WebP)", native, errors=("404",),
+            params=(path_param("image_id", "An image id from a job or the gallery."),),
+            responses={"200": {"description": "The picture", "content": {
+                f"image/{fmt}": {"schema": {"type": "string", "contentMediaType": f"image/{fmt}"}}
+                for fmt in IMAGE_FORMATS}}})},
+        "/api/outputs": {"get": op("The gallery, newest first", native, reply(ref("Outputs")), errors=("400",),
+                                   params=(_query_int("limit", 50, 1, 500), _query_int("offset", 0, 0, 10**9)))},
+        "/api/models": {"get": op("Installed models", native, reply(ref("ModelList")))},
+        "/api/models/{name}/load": {"post": op(
+            "Load a model now and keep it warm (owner only)", native, reply(ref("LoadedModel")),
+            errors=("403", "404"), params=(path_param("name", "An installed model."),))},
+        "/api/models/{name}/unload": {"post": op(
+            "Free a model's memory (owner only)", native, reply(ref("Unloaded")), errors=("403", "404"),
+            params=(path_param("name", "An installed model."),))},
+        "/api/ps": {"get": op("Loaded models and their memory", native, reply(ref("LoadedList")))},
+        "/api/progress": {"get": op("The batch on the device now", native, reply(ref("Progress")))},
+        "/api/health": {"get": op("Liveness and readiness (no token needed)", native, reply(ref("Health")),
+                                  public=True)},
+        "/api/openapi.json": {"get": op("This description", native, reply({"type": "object"}), public=True)},
+        "/api/offline": {"get": op("No-network mode: what may be reached and the refused attempts, with "
+                                   "their stacks (owner only)", native, reply(ref("OfflineStatus")),
+                                   errors=("403",))},
+        "/api/pair/code": {"post": op("A new one-time pairing code (owner only)", auth,
+                                      reply(ref("PairCode"), "Created"), status="201", errors=("403",))},
+        "/api/pair/qr.png": {"get": op("The current code's pairing address as a QR code (owner only)",
+                                       auth, _PNG, errors=("403", "404"))},
+        "/api/pair": {"post": op("Exchange a pairing code for a token (no token needed)", auth,
+                                 reply(ref("PairResponse"), "Paired"), status="201", body="PairRequest",
+                                 errors=("400", "401", "429"), public=True)},
+        "/api/pair/status": {"get": op("Whether the caller is the owner, a paired device, or neither",
+                                       auth, reply(ref("PairStatus")), public=True)},
+        "/api/tokens": {"get": op("Paired devices (owner only)", auth, reply(ref("TokenList")),
+                                  errors=("403",)),
+                        "post": op("Issue a token without pairing, e.g. an owner (admin) token (owner only)",
+                                   auth, reply(ref("PairResponse"), "Issued"), status="201",
+                                   body="TokenRequest", errors=("400", "403"))},
+        "/api/tokens/{token_id}": {"delete": op(
+            "Revoke a device's token (owner only)", auth, reply(ref("Revoked")), errors=("403", "404"),
+            params=(path_param("token_id", "A token id from GET /api/tokens."),))},
+        "/v1/images/generations": {"post": op(
+            "OpenAI-compatible image generation", oa, reply(ref("OpenAIImagesResponse")),
+            body="OpenAIImageRequest", errors=("400", "404", "429", "500"), error_schema="OpenAIError")},
+        "/v1/models": {"get": op("OpenAI-compatible model list", oa, reply(ref("OpenAIModelList")),
+                                 error_schema="OpenAIError")},
+        "/v1/models/{name}": {"get": _unroutable_404(op(
+            "One model, OpenAI-style", oa, reply(ref("OpenAIModel")), errors=("404",),
+            error_schema="OpenAIError", params=(path_param("name", "An installed model."),)))},
+        "/sdapi/v1/txt2img": {"post": op(
+            "AUTOMATIC1111-compatible txt2img", a1, reply(ref("A1111Txt2ImgResponse")),
+            body="A1111Txt2ImgRequest", errors=("400", "404", "429", "500"))},
+        "/sdapi/v1/sd-models": {"get": op("AUTOMATIC1111-compatible model list", a1,
+                                          reply({"type": "array", "items": ref("A1111SDModel")}))},
+        "/sdapi/v1/progress": {"get": op(
+            "AUTOMATIC1111-compatible progress", a1, reply(ref("A1111Progress")),
+            params=({"name": "skip_current_image", "in": "query", "required": False,
+                     "schema": STR, "description": "Accepted (any value) and ignored; no preview "
+                                                   "image is ever sent."},))},
+        "/": {"get": op("The web page (no token needed; it pairs the browser)", "web",
+                        {"description": "HTML", "content": {"text/html": {"schema": STR}}}, public=True)},
+    }
