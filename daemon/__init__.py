@@ -30,8 +30,8 @@ _EXPORTS: dict[str, str] = {
     "register_style": "tools.styles",
     "EditRequest": "tools.edit",
     "run_edit": "tools.edit",
-    "serve": "net.server",
-    "start_background_server": "net.server",
+    "serve": "server",
+    "start_background_server": "server",
     "Advertiser": "net.mdns",
     "NetworkGuard": "net.offline",
 }

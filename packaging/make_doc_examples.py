@@ -27,7 +27,7 @@ from pennello.config import Config
 from pennello.daemon.tools.style_batch import finish_style_batch, submit_style_batch
 from pennello.daemon.tools.edit import EditRequest, run_edit
 from pennello.daemon.engine.engine import Engine
-from pennello.daemon.tools.enhance import enhance
+from pennello.daemon.pictures.enhance import enhance
 from pennello.daemon.engine.jobs import GenerateRequest
 from pennello.daemon.tools.styles import builtin_styles, choose_styles
 from pennello.daemon.tools.upscale import upscale_lanczos

@@ -87,7 +87,7 @@ def api_server(api_engine, request) -> Iterator[Callable[..., Any]]:
     ``**server`` sets ``[server]`` config fields (e.g. ``cors_origins``).
     """
     from pennello.daemon.http.app import create_app
-    from pennello.daemon.net.server import start_background_server
+    from pennello.daemon.server import start_background_server
 
     stops: list[Callable[[], None]] = []
 

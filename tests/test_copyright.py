@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from pennello.cli import cli
 from pennello.config import Config
 from pennello.daemon import create_app, start_background_server
-from pennello.daemon.tools.copyright import ReferenceIndex, distance, hashes
+from pennello.daemon.pictures.copyright import ReferenceIndex, distance, hashes
 from pennello.daemon.engine.engine import Engine
 from pennello.daemon.engine.jobs import GenerateRequest
 from pennello.daemon.engine.outputs import parse_xmp
@@ -162,7 +162,7 @@ def test_a_saved_pipeline_with_check_reports_flags(setup, tmp_path):
 
 
 def test_a_failing_check_never_costs_the_picture(monkeypatch):
-    from pennello.daemon.tools import copyright
+    from pennello.daemon.pictures import copyright
     from pennello.daemon.engine import poststeps
 
     class Engine:

@@ -21,7 +21,7 @@ from zeroconf import ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 from pennello.config import Config
 from pennello.daemon.net.mdns import Advertiser, advertiser_for, instance_id, interface_addresses
 from pennello.daemon.http.app import create_app
-from pennello.daemon.net.server import make_lan_server, start_background_server
+from pennello.daemon.server import make_lan_server, start_background_server
 from pennello.daemon.net.tls import ensure_certificate
 from pennello.client.discover import browse, pinned_session
 from pennello.errors import TrustError

@@ -20,7 +20,7 @@ from _fixtures_api import StoreWithExtras, installed_as, png_bytes
 from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
 from pennello.cli import cli
 from pennello.daemon.tools.edit import fit_size, mask_to_l
-from pennello.daemon.tools.uploads import COMPOSITE_WITH_TRAINED_MEDIA
+from pennello.daemon.pictures.uploads import COMPOSITE_WITH_TRAINED_MEDIA
 from pennello.daemon.engine.outputs import parse_xmp
 from pennello.daemon.engine.families import get_family
 

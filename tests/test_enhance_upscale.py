@@ -17,8 +17,8 @@ from PIL import Image, ImageFilter
 from _fixtures_api import StoreWithExtras, installed_as, png_bytes
 from pennello.cli import cli
 from pennello.config import ImagesConfig
-from pennello.daemon.tools.enhance import enhance, measure
-from pennello.daemon.tools.uploads import ALGORITHMICALLY_ENHANCED, decode_upload
+from pennello.daemon.pictures.enhance import enhance, measure
+from pennello.daemon.pictures.uploads import ALGORITHMICALLY_ENHANCED, decode_upload
 from pennello.daemon.engine.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
 from pennello.daemon.tools.upscale import upscale_lanczos
 from pennello.errors import RequestError, TooLargeError

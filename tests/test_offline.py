@@ -214,7 +214,7 @@ def test_the_daemon_reports_mode_allowed_and_refused_over_http_and_the_cli(home,
     from pennello.cli import cli
     from pennello.config import Config
     from pennello.daemon.http.app import create_app
-    from pennello.daemon.net.server import start_background_server
+    from pennello.daemon.server import start_background_server
     from pennello.runtime import write_daemon_info
 
     guard = NetworkGuard(lan=False).install()

@@ -53,7 +53,7 @@ def serve(host: str | None, port: int | None, lan: bool | None) -> None:
         apply_offline_env()  # before anything imports huggingface_hub, diffusers or transformers
     from pennello.installer import ensure_embedded_default
 
-    from ..net.server import serve as run_server
+    from ..server import serve as run_server
 
     overrides = {key: value for key, value in (("host", host), ("port", port), ("lan", lan))
                  if value is not None}

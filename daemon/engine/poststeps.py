@@ -47,7 +47,7 @@ def run_post_steps(engine: Any, image: Image.Image,
 def _enhance_step(engine: Any, image: Image.Image, options: dict[str, Any]) -> tuple[Image.Image, Any]:
     if not options.get("enhance"):
         return image, None
-    from ..tools.enhance import enhance
+    from ..pictures.enhance import enhance
 
     result = enhance(image)
     return result.image, result.metrics()
@@ -56,7 +56,7 @@ def _enhance_step(engine: Any, image: Image.Image, options: dict[str, Any]) -> t
 def _copyright_step(engine: Any, image: Image.Image, options: dict[str, Any]) -> tuple[Image.Image, Any]:
     if not engine.config.copyright.reference_dir:
         return image, None
-    from ..tools.copyright import check_image
+    from ..pictures.copyright import check_image
 
     try:
         return image, check_image(engine, image)

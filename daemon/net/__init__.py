@@ -1,1 +1,1 @@
-"""The daemon on the network: the server process, the isolated model worker and its proxy, TLS, mDNS advertising, and the no-network guard."""
+"""Network plumbing: isolating the model worker from the network, the proxy to it, TLS, mDNS advertising, and the no-network guard. The processes that use them are :mod:`pennello.daemon.server` and :mod:`pennello.daemon.worker`."""

@@ -1,7 +1,7 @@
 """Isolation: model work runs in a worker process that has no network at all (Linux).
 
 ``pennello serve`` splits at the HTTP boundary when it can. The **worker** — started with
-:class:`Worker` as ``python -m pennello.daemon.net.worker`` (:mod:`.worker`) — first calls ``unshare(2)`` to enter
+:class:`Worker` as ``python -m pennello.daemon.worker`` (:mod:`.worker`) — first calls ``unshare(2)`` to enter
 a new, empty network namespace (just ``CLONE_NEWNET`` as root; ``CLONE_NEWUSER|CLONE_NEWNET``
 otherwise, mapping its own uid and gid to themselves so files keep their owner), *then* imports
 torch and diffusers, loads the models and serves the whole Flask app on a Unix socket (path
@@ -297,7 +297,7 @@ class Worker:
             network.refresh()
             env[NETWORK_FILE_ENV] = str(network.path)
         # stdout=2: the worker's stray prints join its log lines, never the server's own stdout.
-        process = subprocess.Popen([sys.executable, "-m", "pennello.daemon.net.worker"], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "pennello.daemon.worker"], env=env,
                                    pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=2)
         os.close(write_fd)
         try:

@@ -1,1 +1,1 @@
-"""Picture tools on top of the engine: edit, enhance, upscale, copyright check, styles, style batches, saved pipelines."""
+"""Picture tools on top of the engine: edit, upscale, styles, style batches, saved pipelines."""

@@ -44,7 +44,7 @@ from PIL import Image
 from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
-from .uploads import COMPOSITE_WITH_TRAINED_MEDIA
+from ..pictures.uploads import COMPOSITE_WITH_TRAINED_MEDIA
 from ..engine.jobs import GenerateRequest, Job, OutputImage
 from ..engine.params import GenerationParams, seeds_for, values
 from ..engine.families import PURPOSE_ROUTES, ModelFamily, get_family

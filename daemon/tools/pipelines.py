@@ -159,7 +159,7 @@ def run_saved_pipeline(engine: Any, pipeline: SavedPipeline, subject: str | None
         PennelloError: the generation failed.
     """
     if pipeline.check:
-        from .copyright import index_for
+        from ..pictures.copyright import index_for
 
         index_for(engine)  # 404 now when the check is off
     if pipeline.upscale:

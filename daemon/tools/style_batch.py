@@ -20,7 +20,7 @@ from PIL import Image
 from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
-from .contact_sheet import contact_sheet
+from ..pictures.contact_sheet import contact_sheet
 from ..engine.jobs import GenerateRequest, Job, OutputImage
 from ..engine.params import random_seed
 from .styles import Style, plan_style_batch

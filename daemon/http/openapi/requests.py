@@ -23,7 +23,7 @@ from ..routes import tools as routes_tools
 from ..routes.native import GENERATE_FIELDS
 from ...engine.families import families, get_family
 from ...engine.params import SIZE_NOTE, DialectName, dialect_names, property_schemas
-from ...tools.uploads import UPLOAD_FORMATS
+from ...pictures.uploads import UPLOAD_FORMATS
 from .common import IGNORED, Schema, fields, obj, or_null
 
 FILE = {"type": "string", "contentMediaType": "application/octet-stream",

@@ -78,7 +78,7 @@ def img2img() -> Any:
     from PIL import ImageOps
 
     from ...tools.edit import EditRequest, run_edit
-    from ...tools.uploads import decode_base64_upload
+    from ...pictures.uploads import decode_base64_upload
 
     body = json_body(IMG2IMG_ALL, required=("init_images",))
     for name, (_, off) in OFF_ONLY_FIELDS.items():
@@ -126,7 +126,7 @@ def img2img() -> Any:
 
 def _b64_digest(text: str) -> str:
     """sha256 of a (validated) base64 picture's bytes, for the result's record."""
-    from ...tools.uploads import digest
+    from ...pictures.uploads import digest
 
     return digest(base64.b64decode(text.partition(",")[2] if text.startswith("data:") else text))
 

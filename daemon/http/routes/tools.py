@@ -29,7 +29,7 @@ from pennello.errors import RequestError
 
 from ..request import FieldType, check_type, json_body
 from ..context import current_engine, current_owner, owner_filter
-from ...tools.uploads import ALGORITHMICALLY_ENHANCED, decode_upload, digest
+from ...pictures.uploads import ALGORITHMICALLY_ENHANCED, decode_upload, digest
 from ...engine.params import IMAGE_FORMATS, field_types, fixed_bounds
 from ...engine.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp, read_record
 
@@ -203,7 +203,7 @@ def edit() -> Any:
 @bp.get("/copyright")
 def copyright_status() -> Any:
     """The copyright check's settings and reference folder (404 when it is off)."""
-    from ...tools.copyright import index_for
+    from ...pictures.copyright import index_for
 
     engine = current_engine()
     index = index_for(engine)
@@ -216,7 +216,7 @@ def copyright_status() -> Any:
 @bp.post("/copyright/check")
 def copyright_check() -> Any:
     """Compare one picture (upload or ``image_id``) with the references; nothing is saved."""
-    from ...tools.copyright import check_image, index_for
+    from ...pictures.copyright import check_image, index_for
 
     body = form_fields({"image_id": str})
     engine = current_engine()

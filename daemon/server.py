@@ -45,8 +45,8 @@ from pennello.runtime import read_daemon_info, write_daemon_info
 
 
 if TYPE_CHECKING:
-    from .mdns import Advertiser, ModelsFn
-    from .tls import TlsFiles, TlsServer
+    from .net.mdns import Advertiser, ModelsFn
+    from .net.tls import TlsFiles, TlsServer
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def start_background_server(app: Any, host: str = "127.0.0.1", port: int = 0,
     """
     server: Any
     if tls is not None:
-        from .tls import make_tls_server
+        from .net.tls import make_tls_server
 
         server = make_tls_server(app, host, port, tls.cert_path, tls.key_path)
     else:
@@ -177,7 +177,7 @@ def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str
     Returns:
         the bound server, its certificate fingerprint, and whether it accepts IPv6.
     """
-    from .tls import ensure_certificate, make_tls_server
+    from .net.tls import ensure_certificate, make_tls_server
 
     files = ensure_certificate(paths)
     try:
@@ -201,8 +201,8 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
         ModelNotFoundError, StoreError: the default model is missing or does not load.
         ConfigError: ``server.interfaces`` or ``offline.allow`` names something unusable.
     """
-    from . import isolation
-    from . import offline
+    from .net import isolation
+    from .net import offline
 
     paths.ensure()
     lock = InstanceLock(paths)
@@ -233,7 +233,7 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
 def _listen(app: Any, config: Config, paths: Paths, models: "ModelsFn | None",
             engine: Any = None, refresh_s: float | None = None) -> tuple[Any, str | None, "Advertiser | None"]:
     """The listening server for ``app`` (LAN: HTTPS and mDNS; else loopback HTTP)."""
-    from .mdns import Advertiser, advertiser_for
+    from .net.mdns import Advertiser, advertiser_for
 
     if not config.server.lan:
         return WaitressServer(app, config.server.host, config.server.port), None, None
@@ -257,8 +257,8 @@ def _listen(app: Any, config: Config, paths: Paths, models: "ModelsFn | None",
 def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: StopFlag,
                       on_ready: Callable[[str], None] | None) -> None:
     """HTTP server and models in this one process (no namespace; the in-process guard only)."""
-    from ..http.app import create_app
-    from ..engine.engine import Engine
+    from .http.app import create_app
+    from .engine.engine import Engine
 
     daemon_file: Path | None = None
     advertiser = None
@@ -297,8 +297,8 @@ def shut_down(server: Any, engine: Any) -> None:
 def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: StopFlag,
                     on_ready: Callable[[str], None] | None) -> None:
     """This process listens, advertises and forwards; the worker in its namespace does the rest."""
-    from . import isolation
-    from .proxy import WorkerProxy
+    from .net import isolation
+    from .net.proxy import WorkerProxy
 
     socket = isolation.socket_path(paths)
     network = isolation.ServerNetwork(paths, config.server.interfaces)

@@ -1,7 +1,7 @@
 """The isolated model worker, from inside: enter the network namespace, then load models and serve.
 
 :class:`pennello.daemon.net.isolation.Worker` starts this module as
-``python -m pennello.daemon.net.worker``. :func:`worker_main` calls ``unshare(2)`` first, while
+``python -m pennello.daemon.worker``. :func:`worker_main` calls ``unshare(2)`` first, while
 the process is still single-threaded (the kernel refuses ``CLONE_NEWUSER`` to threaded
 processes), so nothing heavy is imported at module level: the server, the app and the engine
 are imported by :func:`serve_worker` once the namespace is entered. The worker cannot see this
@@ -24,7 +24,7 @@ from pennello.config import Config
 from pennello.errors import PennelloError
 from pennello.paths import Paths
 
-from .isolation import (READY_FD_ENV, WORKER_ENV, IsolationUnavailable, config_from_json, enter_network_namespace,
+from .net.isolation import (READY_FD_ENV, WORKER_ENV, IsolationUnavailable, config_from_json, enter_network_namespace,
                         interfaces, server_addresses, server_lan_address, worker_report)
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def worker_main() -> int:
     _die_with_parent()
     from pennello.paths import get_paths
 
-    from .offline import apply_offline_env
+    from .net.offline import apply_offline_env
 
     apply_offline_env()  # before anything imports huggingface_hub, diffusers or transformers
     paths = get_paths()
@@ -95,10 +95,10 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
     """
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from . import offline
-    from ..engine.engine import Engine
-    from ..http.app import create_app
-    from ..http.context import MachineNetwork
+    from .net import offline
+    from .engine.engine import Engine
+    from .http.app import create_app
+    from .http.context import MachineNetwork
     from .server import StopFlag, WaitressServer, shut_down
 
     guard = None
@@ -128,6 +128,6 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
 
 if __name__ == "__main__":
     # Through the package's module, not this __main__ copy: one module, named loggers.
-    from pennello.daemon.net.worker import worker_main as main
+    from pennello.daemon.worker import worker_main as main
 
     sys.exit(main())
