@@ -142,7 +142,13 @@ _PNG = {"description": "A PNG image", "content": {"image/png": {"schema": {"type
 
 
 def paths() -> dict[str, dict[str, Schema]]:
-    native, auth, oa, a1 = "native", "pairing", "openai", "a1111"
+    """Every route but the picture tools' (:mod:`.tools`), one dialect at a time."""
+    return {**_native_paths(), **_pairing_paths(), **_openai_paths(), **_a1111_paths()}
+
+
+def _native_paths() -> dict[str, dict[str, Schema]]:
+    """Pennello's own API under /api, and the web page."""
+    native = "native"
     return {
         "/api/generate": {"post": op(
             "Queue a generation (202), or wait for it, or stream its events", native, body="GenerateRequest",
@@ -182,6 +188,15 @@ def paths() -> dict[str, dict[str, Schema]]:
         "/api/offline": {"get": op("No-network mode: what may be reached and the refused attempts, with "
                                    "their stacks (owner only)", native, reply(ref("OfflineStatus")),
                                    errors=("403",))},
+        "/": {"get": op("The web page (no token needed; it pairs the browser)", "web",
+                        {"description": "HTML", "content": {"text/html": {"schema": STR}}}, public=True)},
+    }
+
+
+def _pairing_paths() -> dict[str, dict[str, Schema]]:
+    """Pairing and tokens."""
+    auth = "pairing"
+    return {
         "/api/pair/code": {"post": op("A new one-time pairing code (owner only)", auth,
                                       reply(ref("PairCode"), "Created"), status="201", errors=("403",))},
         "/api/pair/qr.png": {"get": op("The current code's pairing address as a QR code (owner only)",
@@ -199,6 +214,13 @@ def paths() -> dict[str, dict[str, Schema]]:
         "/api/tokens/{token_id}": {"delete": op(
             "Revoke a device's token (owner only)", auth, reply(ref("Revoked")), errors=("403", "404"),
             params=(path_param("token_id", "A token id from GET /api/tokens."),))},
+    }
+
+
+def _openai_paths() -> dict[str, dict[str, Schema]]:
+    """The OpenAI-compatible API under /v1."""
+    oa = "openai"
+    return {
         "/v1/images/generations": {"post": op(
             "OpenAI-compatible image generation", oa, reply(ref("OpenAIImagesResponse")),
             body="OpenAIImageRequest", errors=("400", "404", "429", "500"), error_schema="OpenAIError")},
@@ -207,6 +229,13 @@ def paths() -> dict[str, dict[str, Schema]]:
         "/v1/models/{name}": {"get": _unroutable_404(op(
             "One model, OpenAI-style", oa, reply(ref("OpenAIModel")), errors=("404",),
             error_schema="OpenAIError", params=(path_param("name", "An installed model."),)))},
+    }
+
+
+def _a1111_paths() -> dict[str, dict[str, Schema]]:
+    """The AUTOMATIC1111-compatible API under /sdapi/v1."""
+    a1 = "a1111"
+    return {
         "/sdapi/v1/txt2img": {"post": op(
             "AUTOMATIC1111-compatible txt2img", a1, reply(ref("A1111Txt2ImgResponse")),
             body="A1111Txt2ImgRequest", errors=("400", "404", "429", "500"))},
@@ -217,6 +246,5 @@ def paths() -> dict[str, dict[str, Schema]]:
             params=({"name": "skip_current_image", "in": "query", "required": False,
                      "schema": STR, "description": "Accepted (any value) and ignored; no preview "
                                                    "image is ever sent."},))},
-        "/": {"get": op("The web page (no token needed; it pairs the browser)", "web",
-                        {"description": "HTML", "content": {"text/html": {"schema": STR}}}, public=True)},
     }
+
