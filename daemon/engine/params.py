@@ -11,7 +11,8 @@ OpenAI and AUTOMATIC1111 dialects (:class:`Dialect`). From that one definition c
 * the engine's checks (:func:`check`, :func:`check_given`), with the same wording everywhere,
   and which parameters a model's manifest fills in (:func:`defaults_from`);
 * the OpenAPI request schemas (:func:`property_schemas`, through pydantic's JSON Schema);
-* the parameters of job dictionaries and of requests made from others (:func:`values`);
+* the parameters of job dictionaries and of requests made from others (:func:`values`), and
+  those each saved picture records (:func:`recorded`);
 * the one place a random seed is drawn (:func:`random_seed`).
 
     >>> field_types()["guidance"], dialect_types("a1111")["cfg_scale"]
@@ -74,8 +75,14 @@ class Dialect:
     a1111: str | None = None
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """Marks a parameter kept in every saved picture's record, its provenance (:func:`recorded`)."""
+
+
 SIZE_NOTE = "Must suit the model's family (for pennello-tiny: a multiple of 8 from 64 to 1024)."
 _FROM_MANIFEST = Default("manifest")
+_KEPT = Recorded()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,23 +91,23 @@ class GenerationParams:
 
     # Declaration order is the order of job dictionaries and error listings.
     model: Annotated[str | None, Field(description="An installed model; the configured default when absent."),
-                     Default("config"), Dialect(openai="model")] = None
+                     Default("config"), Dialect(openai="model"), _KEPT] = None
     prompt: Annotated[str, Field(pattern=r"\S", description="What to draw."), Limit("max_prompt_chars"),
-                      Dialect(openai="prompt", a1111="prompt")]
+                      Dialect(openai="prompt", a1111="prompt"), _KEPT]
     negative_prompt: Annotated[str, Field(description="What to keep out of the picture."),
-                               Limit("max_prompt_chars"), Dialect(a1111="negative_prompt")] = ""
+                               Limit("max_prompt_chars"), Dialect(a1111="negative_prompt"), _KEPT] = ""
     width: Annotated[int | None, Field(ge=1, description=SIZE_NOTE), _FROM_MANIFEST,
-                     Dialect(a1111="width")] = None
+                     Dialect(a1111="width"), _KEPT] = None
     height: Annotated[int | None, Field(ge=1, description=SIZE_NOTE), _FROM_MANIFEST,
-                      Dialect(a1111="height")] = None
+                      Dialect(a1111="height"), _KEPT] = None
     steps: Annotated[int | None, Field(ge=1, description="Denoising steps."), Limit("max_steps"),
-                     _FROM_MANIFEST, Dialect(a1111="steps")] = None
+                     _FROM_MANIFEST, Dialect(a1111="steps"), _KEPT] = None
     guidance: Annotated[float | None, Field(ge=0, le=MAX_GUIDANCE, description="Classifier-free guidance."),
-                        _FROM_MANIFEST, Dialect(a1111="cfg_scale")] = None
+                        _FROM_MANIFEST, Dialect(a1111="cfg_scale"), _KEPT] = None
     n: Annotated[int, Field(ge=1, description="Number of pictures (up to engine.max_n)."), Limit("max_n"),
                  Dialect(openai="n", a1111="batch_size")] = 1
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED, description="Random when absent; image i uses seed+i."),
-                    Default("random"), Dialect(a1111="seed")] = None
+                    Default("random"), Dialect(a1111="seed"), _KEPT] = None
     format: Annotated[ImageFormat, Field(description="The pictures' file format."),
                       Dialect(openai="output_format")] = "png"
     enhance: Annotated[bool, Field(description="Auto-enhance each picture (contrast, sharpness) before "
@@ -138,6 +145,11 @@ def _json_type(kind: Any) -> type:
 def values(params: GenerationParams, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
     """The parameters of ``params`` (a request, an edit, a saved pipeline) as a dictionary."""
     return {name: getattr(params, name) for name in _fields() if name not in leave_out}
+
+
+def recorded(params: GenerationParams, seed: int) -> dict[str, Any]:
+    """The parameters a saved picture records, with the seed that picture was made with."""
+    return {**{name: getattr(params, name) for name in _fields() if _meta(name, Recorded)}, "seed": seed}
 
 
 def defaults_from(source: DefaultSource) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from pennello.files import make_durable
 
 from .jobs import Job, OutputImage, Slot
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
+from .params import GenerationParams, recorded
 from .poststeps import run_post_steps
 from .residency import Loaded
 
@@ -111,11 +112,14 @@ class Saver:
             job.fail(f"{len(images)} of {job.request.n} picture(s) were made")
 
 
+def picture_record(request: GenerationParams, owner: str, seed: int, installed: Any) -> dict[str, Any]:
+    """The provenance every saved picture carries: its parameters (those :mod:`.params` marks as
+    recorded), the model version and manifest that made it, and who asked."""
+    return {**recorded(request, seed), "size": f"{request.width}x{request.height}",
+            "model_version": installed.version, "manifest_digest": installed.digest, "owner": owner,
+            "generator": f"pennello {__version__}"}
+
+
 def record(job: Job, index: int, loaded: Loaded) -> dict[str, Any]:
-    """The provenance embedded in each picture (also what the gallery lists)."""
-    r = job.request
-    return {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "steps": r.steps,
-            "guidance": r.guidance, "width": r.width, "height": r.height,
-            "size": f"{r.width}x{r.height}", "seed": job.seeds[index], "model": r.model,
-            "model_version": loaded.installed.version, "manifest_digest": loaded.installed.digest,
-            "owner": r.owner, "job_id": job.id, "generator": f"pennello {__version__}"}
+    """A generated picture's record (also what the gallery lists)."""
+    return {**picture_record(job.request, job.request.owner, job.seeds[index], loaded.installed), "job_id": job.id}

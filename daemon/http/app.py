@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException

@@ -41,13 +41,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
 from ..pictures.uploads import COMPOSITE_WITH_TRAINED_MEDIA
 from ..engine.jobs import GenerateRequest, Job, OutputImage
 from ..engine.params import GenerationParams, seeds_for, values
 from ..engine.families import PURPOSE_ROUTES, ModelFamily, get_family
+from ..engine.saver import picture_record
 
 log = logging.getLogger(__name__)
 
@@ -258,12 +258,9 @@ class EditTask:
 
     def save(self, engine: Any, loaded: Any, image: Image.Image, index: int) -> OutputImage:
         r, installed = self.request, loaded.installed
-        record = {"tool": "edit", "mode": self.mode, "strength": self.strength, "prompt": r.prompt,
-                  "negative_prompt": r.negative_prompt, "steps": r.steps, "guidance": r.guidance,
-                  "width": r.width, "height": r.height, "size": f"{r.width}x{r.height}",
-                  "seed": self.seeds[index], "model": r.model, "model_version": installed.version,
-                  "manifest_digest": installed.digest, "owner": r.owner, "references": len(self.pictures),
-                  "generator": f"pennello {__version__}", **self.origin}
+        record = {"tool": "edit", "mode": self.mode, "strength": self.strength,
+                  **picture_record(r, r.owner, self.seeds[index], installed), "references": len(self.pictures),
+                  **self.origin}
         return engine.save_output(image, record, r.format, enhance=self.enhance,
                                   source=COMPOSITE_WITH_TRAINED_MEDIA)
 

@@ -31,7 +31,7 @@ from ..request import FieldType, check_type, json_body
 from ..context import current_engine, current_owner, owner_filter
 from ...pictures.uploads import ALGORITHMICALLY_ENHANCED, decode_upload, digest
 from ...engine.params import IMAGE_FORMATS, field_types, fixed_bounds
-from ...engine.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp, read_record
+from ...engine.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
 
 bp = Blueprint("tools", __name__, url_prefix="/api")
 
