@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 description of every route, served at ``GET /api/openapi.json``.
+"""The OpenAPI 3.1 description of every route, served at ``GET /api/openapi.json`` and, for tools
+that look for it at the root (and READMEs that once pointed there), at ``GET /openapi.json``.
 
 Request schemas are built from the field tables the routes themselves validate with and from
 the one definition of the generation parameters (:mod:`...engine.params`), so the description
@@ -31,7 +32,7 @@ from ..context import current_config
 from . import core, tools
 from .requests import request_schemas
 
-bp = Blueprint("openapi", __name__, url_prefix="/api")
+bp = Blueprint("openapi", __name__)
 
 
 @functools.lru_cache(maxsize=4)
@@ -62,6 +63,7 @@ def build_spec(config: Config | None = None) -> dict[str, Any]:
     }
 
 
-@bp.get("/openapi.json")
+@bp.get("/api/openapi.json")
+@bp.get("/openapi.json")  # the same endpoint, so the same (public) scope
 def spec() -> Any:
     return jsonify(build_spec(current_config()))
