@@ -206,3 +206,35 @@ def test_pair_for_basic_auth_with_a_daemon_name_is_a_usage_error():
 
     result = CliRunner().invoke(pair, ["auto", "--for-basic-auth"])
     assert result.exit_code == 2 and "--for-basic-auth" in result.output and "leave out NAME" in result.output
+
+
+def test_serve_lan_takes_the_basic_auth_settings_pair_prints(home):
+    """End to end: `pennello serve --lan` (TLS, its own process), the settings `pennello pair
+    --for-basic-auth` prints, and a client sending them as Basic over the pinned certificate."""
+    from pennello.client.discover import pinned_session
+
+    from _fixtures_lan import ServeProcess, run_cli
+
+    daemon = ServeProcess(home)
+    try:
+        printed = run_cli(home, "pair", "--for-basic-auth", "--as", "SillyTavern")
+        assert printed.returncode == 0, printed.stderr + daemon.log_text()
+        url = re.search(r"SD Web UI URL:\s+(\S+)", printed.stdout).group(1)
+        user, _, password = re.search(r"Authentication:\s+(\S+)", printed.stdout).group(1).partition(":")
+        assert url.startswith("https://") and url.rsplit(":", 1)[1] == daemon.url.rsplit(":", 1)[1]
+        assert "self-signed" in printed.stderr and password not in printed.stderr
+        front_end = pinned_session(daemon.fingerprint)
+        front_end.auth = (user, password)
+        status = front_end.get(f"{url}/api/pair/status", timeout=30).json()
+        assert status["scope"] == "device" and status["device"]["name"] == "SillyTavern"
+        made = front_end.post(f"{url}/sdapi/v1/txt2img", timeout=120, json={
+            "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2})
+        assert made.status_code == 200, made.text
+        _drawn_png(made.json()["images"][0])
+        assert front_end.get(f"{url}/api/tokens", timeout=30).status_code == 403
+        wrong = pinned_session(daemon.fingerprint).get(f"{url}/sdapi/v1/sd-models", auth=(user, "wrong"),
+                                                       timeout=30)
+        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "unauthorized"
+    finally:
+        code = daemon.terminate()
+    assert code == 0, daemon.log_text()
