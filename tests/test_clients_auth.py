@@ -152,6 +152,12 @@ def test_basic_auth_with_a_wrong_token_is_a_401_json(api_server, credentials):
     assert "pair" in response.json()["error"]["message"]
 
 
+def test_the_401_without_credentials_tells_of_basic_too(api_server):
+    _, lan = api_server(lan=True)
+    response = requests.get(f"{lan}/sdapi/v1/sd-models")
+    assert response.status_code == 401 and "pennello pair --for-basic-auth" in response.json()["error"]["message"]
+
+
 def test_basic_auth_device_token_on_an_owner_route_is_a_403(api_server):
     url, lan = api_server(lan=True)
     basic = ("sillytavern", _pair(url, lan, "sillytavern")["token"])

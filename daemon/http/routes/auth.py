@@ -177,7 +177,8 @@ def authenticate() -> None:
         if caller.bad_token:
             raise AuthError("the token is not valid (it may have been revoked); pair this device again")
         raise AuthError("this address needs a token: pair this device with the code that "
-                        "`pennello pair` shows on the host, then send Authorization: Bearer <token>")
+                        "`pennello pair` shows on the host, then send Authorization: Bearer <token> "
+                        "(or the token as a Basic password: `pennello pair --for-basic-auth`)")
     if needed == "owner" and caller.scope != "owner":
         raise ForbiddenError("only the owner may do this: on the host itself, or with an owner "
                              "token (`pennello tokens issue --admin`)")
