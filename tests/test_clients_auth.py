@@ -199,7 +199,7 @@ def test_pair_for_basic_auth_prints_settings_that_work(api_server, api_engine, m
     assert result.exit_code == 0, result.output
     printed_url = re.search(r"AUTOMATIC1111 Base URL:\s+(\S+)", result.output).group(1)
     auth = re.search(r"Api Auth String:\s+(\S+)", result.output).group(1)
-    assert f"Authentication:              {auth}" in result.output  # SillyTavern's field, the same
+    assert f"Authentication:                {auth}" in result.output  # SillyTavern's field, the same
     assert printed_url.rsplit(":", 1)[1] == lan.rsplit(":", 1)[1] and not printed_url.startswith("http://127.")
     user, _, password = auth.partition(":")
     # What the front-end will send with those settings, from another address of this machine:
@@ -229,6 +229,7 @@ def test_serve_lan_takes_the_basic_auth_settings_pair_prints(home):
         user, _, password = re.search(r"Authentication:\s+(\S+)", printed.stdout).group(1).partition(":")
         assert url.startswith("https://") and url.rsplit(":", 1)[1] == daemon.url.rsplit(":", 1)[1]
         assert "self-signed" in printed.stderr and password not in printed.stderr
+        assert str(home.data_dir / "tls" / "cert.pem") in printed.stderr
         front_end = pinned_session(daemon.fingerprint)
         front_end.auth = (user, password)
         status = front_end.get(f"{url}/api/pair/status", timeout=30).json()

@@ -116,17 +116,19 @@ def _pair_for_basic_auth(device_name: str) -> None:
                "Paste into the front-end's settings:")
     click.echo(f"""
   Open WebUI (Admin Panel > Settings > Images, engine Automatic1111):
-    AUTOMATIC1111 Base URL:      {url}
+    AUTOMATIC1111 Base URL:        {url}
     AUTOMATIC1111 Api Auth String: {auth}
   SillyTavern (Image Generation, source Stable Diffusion WebUI (AUTOMATIC1111)):
-    SD Web UI URL:               {url}
-    Authentication:              {auth}
+    SD Web UI URL:                 {url}
+    Authentication:                {auth}
   Any other client sending HTTP Basic:
     URL {url}   user {BASIC_AUTH_USER} (any name works)   password {token}
 """)
     click.echo(f"It is shown only now; `pennello tokens revoke {paired['id']}` withdraws it.", err=True)
     if url.startswith("https:"):
-        click.echo("The certificate is self-signed: let the front-end trust the daemon's cert.pem "
+        from ..net.tls import CERT_FILE, tls_dir
+
+        click.echo(f"The certificate is self-signed: let the front-end trust {tls_dir(get_paths()) / CERT_FILE} "
                    "(docs/clients.md shows how).", err=True)
     _warn_if_loopback_only(offer)
 
