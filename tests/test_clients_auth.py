@@ -19,9 +19,9 @@ import requests
 from click.testing import CliRunner
 from PIL import Image
 
-from _fixtures_api import png_bytes
-
 from pennello.daemon.http.openapi import build_spec
+
+from _fixtures_api import png_bytes
 
 OPENAI_NAMES = ("dall-e-2", "dall-e-3", "gpt-image-1")
 NO_MODEL = {"absent": {}, "empty": {"model": ""}, **{name: {"model": name} for name in OPENAI_NAMES}}
@@ -217,9 +217,9 @@ def test_pair_for_basic_auth_with_a_daemon_name_is_a_usage_error():
 def test_serve_lan_takes_the_basic_auth_settings_pair_prints(home):
     """End to end: `pennello serve --lan` (TLS, its own process), the settings `pennello pair
     --for-basic-auth` prints, and a client sending them as Basic over the pinned certificate."""
-    from pennello.client.discover import pinned_session
-
     from _fixtures_lan import ServeProcess, run_cli
+
+    from pennello.client.discover import pinned_session
 
     daemon = ServeProcess(home)
     try:

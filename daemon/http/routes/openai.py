@@ -33,10 +33,10 @@ from werkzeug.exceptions import HTTPException
 
 from pennello.errors import ModelNotFoundError, PennelloError, RequestError
 
-from ..request import json_body
-from ..context import current_engine, current_owner, current_paths
 from ...engine.jobs import GenerateRequest
 from ...engine.params import dialect_names, dialect_types
+from ..context import current_engine, current_owner, current_paths
+from ..request import json_body
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
