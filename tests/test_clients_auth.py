@@ -102,6 +102,15 @@ def test_openai_edits_take_openai_model_names_too(api_server, drawn):
     assert "'made-up-model' is not installed" in message and "pennello install NAME" in message
 
 
+def test_openai_names_when_the_default_model_is_missing_name_the_default(api_server, api_engine, monkeypatch):
+    url = api_server()
+    missing_default = api_engine.config.replace("engine", default_model="not-installed-default")
+    monkeypatch.setattr(api_engine, "config", missing_default)
+    response = requests.post(f"{url}/v1/images/generations", json={"prompt": "x", "model": "dall-e-2"})
+    assert response.status_code == 404
+    assert "'not-installed-default' is not installed" in response.json()["error"]["message"]
+
+
 # --- HTTP Basic carrying a token, from a LAN address ---------------------------------------------------
 
 def _pair(owner_url: str, device_url: str, name: str) -> dict:

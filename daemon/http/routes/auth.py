@@ -11,7 +11,8 @@ web page's per-run secret in ``X-Pennello-Page`` (only the page served by this d
 Anyone else needs a token, sent as ``Authorization: Bearer <token>``, or as the password of HTTP
 Basic credentials (any user name) for front-ends that can only send those (Open WebUI's and
 SillyTavern's A1111 settings), or, for the web page on a paired browser, the ``pennello_token``
-cookie that pairing can set; its scope is ``device`` or ``owner``, whichever way it came. A device pairs with the code ``pennello pair`` shows:
+cookie that pairing can set; its scope is ``device`` or ``owner``, whichever way it came. A device
+pairs with the code ``pennello pair`` shows:
 
     $ curl -s http://192.168.1.20:8420/api/pair -H 'Content-Type: application/json' \\
         -d '{"code": "K7M2QX9P", "name": "kitchen tablet"}'

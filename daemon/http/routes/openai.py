@@ -181,6 +181,8 @@ def _unknown_model_advice() -> str:
 
     body = request.get_json(silent=True) if request.is_json else request.form
     sent = body.get("model") if isinstance(body, dict) else None  # form fields are a dict too
+    if not sent or sent in OPENAI_MODEL_NAMES:  # it was the default model that is missing
+        sent = current_engine().config.engine.default_model
     installed = sorted(m["name"] for m in current_engine().models())
     installable = sorted(set(Catalog(current_paths()).entries()) - set(installed))
     return (f"the model {sent!r} is not installed; send one of: {', '.join(installed) or 'none'} "
