@@ -60,14 +60,15 @@ def test_defaults_and_ignored_openai_only_fields(client, url):
 
 
 def test_unknown_model_is_a_404_in_openai_shape(client, url):
+    # dall-e-3 and OpenAI's other names mean the default model (tests/test_clients_auth.py).
     with pytest.raises(openai.NotFoundError) as e:
-        client.images.generate(model="dall-e-3", prompt="a kite")
+        client.images.generate(model="no-such-model", prompt="a kite")
     assert e.value.code == "model_not_found" and e.value.param == "model"
-    raw = requests.post(f"{url}/v1/images/generations", json={"model": "dall-e-3", "prompt": "a kite"})
+    raw = requests.post(f"{url}/v1/images/generations", json={"model": "no-such-model", "prompt": "a kite"})
     assert raw.status_code == 404
     error = raw.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "invalid_request_error" and "dall-e-3" in error["message"]
+    assert error["type"] == "invalid_request_error" and "no-such-model" in error["message"]
 
 
 @pytest.mark.parametrize("body, param", [

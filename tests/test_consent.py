@@ -270,10 +270,14 @@ SERVE_AND_REPORT = textwrap.dedent("""
         job = requests.post(url + "/api/generate", json={"prompt": "a kite", "steps": 1, "width": 64,
                             "height": 64, "wait": True}, timeout=300).json()
         models = requests.get(url + "/api/models", timeout=30).json()
+        # An unknown OpenAI model's 404 lists the catalog's models: read here, never fetched.
+        unknown = requests.post(url + "/v1/images/generations", json={"prompt": "x", "model": "no-such-model"},
+                                timeout=60)
     finally:
         stop()
         engine.stop(cancel_running=True)
     print(json.dumps({"status": job.get("status"), "models": len(models.get("models", models)),
+                      "unknown": [unknown.status_code, unknown.json()["error"]["message"]],
                       "modules": sorted(sys.modules)}))
 """)
 
@@ -293,7 +297,9 @@ def test_the_daemon_has_no_code_that_fetches(home, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["status"] == "done" and report["models"] >= 1
+    assert report["unknown"][0] == 404 and "pennello install NAME" in report["unknown"][1]
     imported = set(report["modules"])
+    assert "pennello.installer.catalog" in imported  # what the 404's advice read
     assert "pennello.installer.store" in imported  # it does read the verified store
     assert not imported & set(FETCHING), sorted(imported & set(FETCHING))
 

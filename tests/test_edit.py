@@ -202,7 +202,8 @@ def test_openai_edit_errors_have_openai_shape(client, drawn):
                            prompt="two")
     assert error.value.body["param"] == "image" and "one picture at a time; got 2" in error.value.body["message"]
     with pytest.raises(openai.NotFoundError) as error:
-        client.images.edit(image=("a.png", png_bytes(drawn), "image/png"), prompt="x", model="dall-e-2")
+        # (dall-e-2 would be the default model: tests/test_clients_auth.py)
+        client.images.edit(image=("a.png", png_bytes(drawn), "image/png"), prompt="x", model="no-such-model")
     assert error.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as error:
         client.images.edit(image=("a.txt", b"text", "text/plain"), prompt="x")

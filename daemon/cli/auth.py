@@ -2,6 +2,7 @@
 
     $ pennello pair                # on the daemon's machine: a one-time code + QR code
     $ pennello pair "Pennello on studio" --code K7M2QX9P   # on another PC: pair with it
+    $ pennello pair --for-basic-auth --as "Open WebUI"     # a token for a front-end that sends Basic
     $ pennello tokens list         # paired devices
     $ pennello tokens revoke 3f9a1c2b
     $ pennello tokens issue --admin "laptop admin"   # an owner token, for managing from elsewhere
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import click
 
@@ -30,8 +32,11 @@ from ..auth import TOKENS_FILE, TokenStore
               "shows; any other is refused.")
 @click.option("--timeout", type=float, default=3.0, show_default=True,
               help="With NAME: seconds to look for it on the LAN.")
+@click.option("--for-basic-auth", "for_basic_auth", is_flag=True, help="On the daemon's machine: pair a "
+              "front-end that can only send a user name and password (Open WebUI, SillyTavern) and print "
+              "what to paste into its settings.")
 def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None,
-         fingerprint: str | None, timeout: float) -> None:
+         fingerprint: str | None, timeout: float, for_basic_auth: bool) -> None:
     """Let another device use this pennello, or (with NAME) pair this device with one on the LAN.
 
     Without NAME, on the daemon's machine: shows a one-time code (and QR code) that lets another
@@ -49,9 +54,19 @@ def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None
     \b
       pennello pair "Pennello on studio" --code K7M2QX9P
       pennello pair auto --code K7M2QX9P --fingerprint sha256:3b1f...
+
+    With --for-basic-auth, on the daemon's machine: pairs a device named by --as and prints the
+    address, user and password to paste into Open WebUI's or SillyTavern's AUTOMATIC1111
+    settings (the token is the password; docs/clients.md).
     """
     if daemon is not None:
+        if for_basic_auth:
+            raise click.UsageError("--for-basic-auth pairs a front-end with the daemon on this "
+                                   "computer; leave out NAME")
         _pair_with(daemon, code, device_name, fingerprint, timeout)
+        return
+    if for_basic_auth:
+        _pair_for_basic_auth(device_name or BASIC_AUTH_DEVICE)
         return
     from pennello.client import Client
     from pennello.runtime import read_daemon_info
@@ -68,9 +83,7 @@ def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None
     fingerprint_here = (read_daemon_info() or {}).get("fingerprint")
     if fingerprint_here:
         click.echo(f"Certificate fingerprint (the device should show the same): {fingerprint_here}")
-    if not offer.get("lan"):
-        click.secho("note: the daemon listens on this computer only; restart it with "
-                    "`pennello serve --lan` so other devices can reach it", fg="yellow", err=True)
+    _warn_if_loopback_only(offer)
 
 
 def _pair_with(daemon: str, code: str | None, device_name: str | None, fingerprint: str | None,
@@ -83,6 +96,47 @@ def _pair_with(daemon: str, code: str | None, device_name: str | None, fingerpri
     click.echo(f"Paired with {remote.name} as {remote.device_name!r} (token {remote.token_id}).")
     click.echo(f"Pinned certificate: {remote.fingerprint}")
     click.echo(f"Use it with: pennello generate \"a red kite\" --remote {_quoted(remote.name)}")
+
+
+BASIC_AUTH_DEVICE = "basic-auth front-end"
+BASIC_AUTH_USER = "pennello"  # any user name is accepted; the password (the token) decides
+
+
+def _pair_for_basic_auth(device_name: str) -> None:
+    """Pair a device over this computer's daemon and print the settings a front-end needs."""
+    from pennello.client import Client
+
+    client = Client()
+    offer = client.pair_code()
+    paired = client.pair(offer["code"], device_name)
+    # The pairing address is the one other devices reach; its scheme, host and port are the URL.
+    url = "{0.scheme}://{0.netloc}".format(urlsplit(offer["pair_url"]))
+    token, auth = paired["token"], f"{BASIC_AUTH_USER}:{paired['token']}"
+    click.echo(f"Paired {paired['name']!r} (token {paired['id']}, {paired['scope']} scope). "
+               "Paste into the front-end's settings:")
+    click.echo(f"""
+  Open WebUI (Admin Panel > Settings > Images, engine Automatic1111):
+    AUTOMATIC1111 Base URL:        {url}
+    AUTOMATIC1111 Api Auth String: {auth}
+  SillyTavern (Image Generation, source Stable Diffusion WebUI (AUTOMATIC1111)):
+    SD Web UI URL:                 {url}
+    Authentication:                {auth}
+  Any other client sending HTTP Basic:
+    URL {url}   user {BASIC_AUTH_USER} (any name works)   password {token}
+""")
+    click.echo(f"It is shown only now; `pennello tokens revoke {paired['id']}` withdraws it.", err=True)
+    if url.startswith("https:"):
+        from ..net.tls import CERT_FILE, tls_dir
+
+        click.echo(f"The certificate is self-signed: let the front-end trust {tls_dir(get_paths()) / CERT_FILE} "
+                   "(docs/clients.md shows how).", err=True)
+    _warn_if_loopback_only(offer)
+
+
+def _warn_if_loopback_only(offer: dict) -> None:
+    if not offer.get("lan"):
+        click.secho("note: the daemon listens on this computer only; restart it with "
+                    "`pennello serve --lan` so other devices can reach it", fg="yellow", err=True)
 
 
 def _quoted(name: str) -> str:

@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 description of every route, served at ``GET /api/openapi.json``.
+"""The OpenAPI 3.1 description of every route, served at ``GET /api/openapi.json`` and, for tools
+that look for it at the root (and READMEs that once pointed there), at ``GET /openapi.json``.
 
 Request schemas are built from the field tables the routes themselves validate with and from
 the one definition of the generation parameters (:mod:`...engine.params`), so the description
@@ -31,7 +32,7 @@ from ..context import current_config
 from . import core, tools
 from .requests import request_schemas
 
-bp = Blueprint("openapi", __name__, url_prefix="/api")
+bp = Blueprint("openapi", __name__)
 
 
 @functools.lru_cache(maxsize=4)
@@ -43,7 +44,8 @@ def build_spec(config: Config | None = None) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "pennello", "version": __version__,
                  "description": "Private, offline image generation. Loopback callers need no credentials; "
-                                "other devices pair (`pennello pair`) and send `Authorization: Bearer <token>`. "
+                                "other devices pair (`pennello pair`) and send `Authorization: Bearer <token>` (or "
+                                "HTTP Basic with the token as password, for front-ends that send only that). "
                                 "A Host that does not name this machine is refused (421 host_not_allowed; "
                                 "`server.allowed_hosts`), and so are state-changing requests from another "
                                 "origin's page (403 origin_not_allowed). Scopes: docs/security-scopes.md."},
@@ -54,14 +56,17 @@ def build_spec(config: Config | None = None) -> dict[str, Any]:
                  {"name": "a1111", "description": "AUTOMATIC1111-compatible API"},
                  {"name": "web", "description": "The browser page"},
                  {"name": "tools", "description": "Enhance, upscale, edit, styles and batches"}],
-        "security": [{}, {"bearer": []}],
+        "security": [{}, {"bearer": []}, {"basic": []}],
         "paths": {**core.paths(), **tools.paths()},
         "components": {"schemas": {**core.SCHEMAS, **tools.SCHEMAS, **request_schemas(config.engine)},
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": "A token from POST /api/pair."}}},
+                       "securitySchemes": {
+                           "bearer": {"type": "http", "scheme": "bearer", "description": "A token from POST /api/pair."},
+                           "basic": {"type": "http", "scheme": "basic",
+                                     "description": "Any user name, a token from POST /api/pair as password."}}},
     }
 
 
-@bp.get("/openapi.json")
+@bp.get("/api/openapi.json")
+@bp.get("/openapi.json")  # the same endpoint, so the same (public) scope
 def spec() -> Any:
     return jsonify(build_spec(current_config()))

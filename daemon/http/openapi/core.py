@@ -185,6 +185,9 @@ def _native_paths() -> dict[str, dict[str, Schema]]:
         "/api/health": {"get": op("Liveness and readiness (no token needed)", native, reply(ref("Health")),
                                   public=True)},
         "/api/openapi.json": {"get": op("This description", native, reply({"type": "object"}), public=True)},
+        # An alias at the root, where generic OpenAPI tools look first; the same document.
+        "/openapi.json": {"get": op("This description (the same as /api/openapi.json)", native,
+                                    reply({"type": "object"}), public=True)},
         "/api/offline": {"get": op("No-network mode: what may be reached and the refused attempts, with "
                                    "their stacks (owner only)", native, reply(ref("OfflineStatus")),
                                    errors=("403",))},

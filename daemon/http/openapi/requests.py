@@ -113,6 +113,8 @@ def _openai(engine: EngineConfig) -> dict[str, Schema]:
     notes: dict[str, Schema] = {
         "response_format": {"enum": [*routes_openai.RESPONSE_FORMATS, None], "default": "b64_json"},
         "stream": {"enum": [False, None], "description": "Must be false or absent."},
+        "model": {"description": "An installed model; absent, empty or one of OpenAI's own names ("
+                                 f"{', '.join(sorted(routes_openai.OPENAI_MODEL_NAMES))}): the configured default."},
         **{name: IGNORED for name in routes_openai.IGNORED_FIELDS}}
     size = "WIDTHxHEIGHT or auto (the model's default). " + SIZE_NOTE
     return {

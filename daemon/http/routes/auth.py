@@ -8,9 +8,11 @@ scope the route's entry in :data:`~pennello.daemon.http.surface.ENDPOINT_SCOPES`
 Who the caller is: a plain client on loopback (curl, the CLI, the tray) is the owner and needs
 nothing. A *browser* on loopback is the owner for reading, but to change anything it must send the
 web page's per-run secret in ``X-Pennello-Page`` (only the page served by this daemon knows it).
-Anyone else needs a token, sent as ``Authorization: Bearer <token>`` (or, for the web page on a
-paired browser, the ``pennello_token`` cookie that pairing can set); its scope is ``device`` or
-``owner``. A device pairs with the code ``pennello pair`` shows:
+Anyone else needs a token, sent as ``Authorization: Bearer <token>``, or as the password of HTTP
+Basic credentials (any user name) for front-ends that can only send those (Open WebUI's and
+SillyTavern's A1111 settings), or, for the web page on a paired browser, the ``pennello_token``
+cookie that pairing can set; its scope is ``device`` or ``owner``, whichever way it came. A device
+pairs with the code ``pennello pair`` shows:
 
     $ curl -s http://192.168.1.20:8420/api/pair -H 'Content-Type: application/json' \\
         -d '{"code": "K7M2QX9P", "name": "kitchen tablet"}'
@@ -126,11 +128,24 @@ def is_owner_request() -> bool:
 
 
 def request_token() -> str | None:
-    """The token the caller presented, from the Authorization header or the pairing cookie."""
+    """The token the caller presented: ``Bearer``, Basic's password, or the pairing cookie."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(COOKIE) or None
+    return basic_auth_token() or request.cookies.get(COOKIE) or None
+
+
+def basic_auth_token() -> str | None:
+    """The password of ``Authorization: Basic base64(user:password)``, taken as a token.
+
+    A1111's ``--api-auth user:pass`` made Basic the only credential many front-ends can send; the
+    user name says nothing here (any is accepted), the token alone decides, exactly as Bearer.
+    Werkzeug decodes the header (a malformed one reads as absent, so it is answered 401).
+    """
+    credentials = request.authorization
+    if credentials is None or credentials.type != "basic":
+        return None
+    return (credentials.password or "").strip() or None
 
 
 def authenticate() -> None:
@@ -163,7 +178,8 @@ def authenticate() -> None:
         if caller.bad_token:
             raise AuthError("the token is not valid (it may have been revoked); pair this device again")
         raise AuthError("this address needs a token: pair this device with the code that "
-                        "`pennello pair` shows on the host, then send Authorization: Bearer <token>")
+                        "`pennello pair` shows on the host, then send Authorization: Bearer <token> "
+                        "(or the token as a Basic password: `pennello pair --for-basic-auth`)")
     if needed == "owner" and caller.scope != "owner":
         raise ForbiddenError("only the owner may do this: on the host itself, or with an owner "
                              "token (`pennello tokens issue --admin`)")

@@ -8,12 +8,17 @@
     2
 
 ``POST /v1/images/generations`` takes the OpenAI request fields: ``prompt``, ``model`` (an
-installed pennello model; the default one when absent), ``n``, ``size`` (``WxH`` or ``auto``),
+installed pennello model; the default one when absent or empty, and for OpenAI's own model names
+``dall-e-2``, ``dall-e-3`` and ``gpt-image-1``, which clients such as Open WebUI send when their
+model setting is left empty), ``n``, ``size`` (``WxH`` or ``auto``),
 ``response_format`` (``b64_json``, the default here as for GPT image models, or ``url``: an
 absolute address of the picture in pennello's own API) and ``output_format`` (png, jpeg, webp).
 Fields that steer OpenAI's hosted models only (``quality``, ``style``, ``user``, ``background``,
 ``moderation``…) are accepted and ignored, as OpenAI itself does for models that lack them.
-Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``. A model that is
+neither installed nor an OpenAI name is a 404 whose advice lists the installed models and the
+ones ``pennello install NAME`` can add (read from the catalog, which the daemon reads but never
+fetches from).
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from werkzeug.exceptions import HTTPException
 
 from pennello.errors import ModelNotFoundError, PennelloError, RequestError
 
-from ..request import json_body
-from ..context import current_engine, current_owner
 from ...engine.jobs import GenerateRequest
 from ...engine.params import dialect_names, dialect_types
+from ..context import current_engine, current_owner, current_paths
+from ..request import json_body
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -46,6 +51,8 @@ GENERATION_FIELDS: dict[str, Any] = {
 _SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 # Our request fields as OpenAI names them, for the error's ``param``.
 _PARAM_NAMES = {**dialect_names("openai"), "width": "size", "height": "size"}
+# OpenAI's hosted models, which clients name by default: they mean "the usual model", here ours.
+OPENAI_MODEL_NAMES = frozenset({"dall-e-2", "dall-e-3", "gpt-image-1"})
 
 
 @bp.post("/images/generations")
@@ -70,8 +77,12 @@ def generate_images() -> Any:
 
 
 def openai_params(body: dict[str, Any]) -> dict[str, Any]:
-    """The generation parameters a body names, in pennello's names (absent ones left out)."""
-    return {name: body[alias] for name, alias in dialect_names("openai").items() if alias in body}
+    """The generation parameters a body names, in pennello's names (absent ones left out); an
+    empty ``model`` or one of OpenAI's own model names is left out too, so the default is used."""
+    params = {name: body[alias] for name, alias in dialect_names("openai").items() if alias in body}
+    if params.get("model") in OPENAI_MODEL_NAMES or params.get("model") == "":
+        del params["model"]
+    return params
 
 
 # /v1/images/edits: multipart; the text fields arrive as strings and are converted to these types.
@@ -157,7 +168,26 @@ def _model(model: dict[str, Any]) -> dict[str, Any]:
 def _pennello_error(e: PennelloError) -> Response:
     field = getattr(e, "field", None)
     param = _PARAM_NAMES.get(field, field) or ("model" if isinstance(e, ModelNotFoundError) else None)
-    return openai_error(e.http_status, str(e), e.kind, param, getattr(e, "retry_after", None))
+    # ``field`` is "model" only for a name the store lacks (not, say, an unsupported family).
+    message = _unknown_model_advice() if isinstance(e, ModelNotFoundError) and field == "model" else str(e)
+    return openai_error(e.http_status, message, e.kind, param, getattr(e, "retry_after", None))
+
+
+def _unknown_model_advice() -> str:
+    """What to send or install instead of a model that is not installed. The store's own message
+    suggests installing the name that was sent, which for a made-up name cannot work; this lists
+    the names that do (the catalog is read, never fetched: no download code is imported)."""
+    from pennello.installer import Catalog
+
+    body = request.get_json(silent=True) if request.is_json else request.form
+    sent = body.get("model") if isinstance(body, dict) else None  # form fields are a dict too
+    if not sent or sent in OPENAI_MODEL_NAMES:  # it was the default model that is missing
+        sent = current_engine().config.engine.default_model
+    installed = sorted(m["name"] for m in current_engine().models())
+    installable = sorted(set(Catalog(current_paths()).entries()) - set(installed))
+    return (f"the model {sent!r} is not installed; send one of: {', '.join(installed) or 'none'} "
+            f"(GET /v1/models), or leave model empty for the default"
+            + (f"; `pennello install NAME` adds one of: {', '.join(installable)}" if installable else ""))
 
 
 @bp.errorhandler(HTTPException)
