@@ -36,11 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from pennello.errors import FetchError, IntegrityError
+from pennello.errors import FetchError, IntegrityError, ManifestFormatError
 from pennello.installer.manifest import FileEntry, Source
 
 Progress = Callable[[int], None]
+Select = Callable[[list[str]], list[str]]  # which of a repository's paths to install
 CHUNK = 1024 * 1024
+
+
+class CommitObjectsUnavailable(FetchError):
+    """The source cannot serve the git objects of the pinned commit, so no hash can be derived."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,16 @@ class Fetcher(Protocol):
     def sizes(self, paths: list[str]) -> dict[str, int | None]:
         """What each of ``paths`` would weigh, as far as the source says without sending it
         (None: unknown). Only for asking before a download: nothing here is trusted."""
+
+    def commit_files(self, select: Select) -> tuple[FileEntry, ...]:
+        """The sha256 and size of the ``select``-ed files, derived from the git objects of the
+        commit the manifest pins (an unlocked entry's hashes, bound to its signature).
+
+        Raises:
+            CommitObjectsUnavailable: the source cannot serve that commit's objects.
+            ManifestFormatError: the source pins no commit (lock the manifest instead).
+            IntegrityError: the objects do not hash to the signed commit.
+        """
 
 
 FetcherFactory = Callable[[Source, str, FetchOptions], Fetcher]
@@ -147,6 +162,10 @@ class LocalFetcher:
 
     def sizes(self, paths: list[str]) -> dict[str, int | None]:
         return {path: None for path in paths}  # local files are copies, never downloads
+
+    def commit_files(self, select: Select) -> tuple[FileEntry, ...]:
+        raise ManifestFormatError(f"model {self.name!r}: local files pin no commit; install a locked "
+                                  f"manifest from them")
 
     def _copy(self, relative: str, dest: Path, size: int, progress: Progress) -> None:
         source = self.root / relative
