@@ -30,17 +30,20 @@ import logging
 import re
 import stat
 from dataclasses import dataclass
+from io import BytesIO
+from typing import Callable
 
 import urllib3
 from dulwich.client import HTTPUnauthorized, get_transport_and_path
 from dulwich.errors import GitProtocolError, NotGitRepository
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Blob, Commit, ShaFile, Tree, object_header
+from dulwich.pack import write_pack_objects
 from dulwich.repo import MemoryRepo
 
 from pennello.errors import FetchError, IntegrityError
-from pennello.installer.fetchers import CommitObjectsUnavailable
-from pennello.installer.manifest import check_relative_path
+from pennello.installer.fetchers import CommitFiles, CommitObjectsUnavailable
+from pennello.installer.manifest import FileEntry, check_relative_path
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,47 @@ def fetch_commit(url: str, commit: str) -> BaseObjectStore:
         raise CommitObjectsUnavailable(f"{url} does not serve the git objects of commit {commit} "
                                     f"({type(e).__name__}: {e or 'no git repository there'})") from e
     return target.object_store
+
+
+def pack(store: BaseObjectStore) -> bytes:
+    """Every object in ``store`` as one git pack: kept with the model, carried in bundles."""
+    out = BytesIO()
+    write_pack_objects(out.write, [store[object_id] for object_id in store], object_format=store.object_format)
+    return out.getvalue()
+
+
+def unpack(data: bytes, where: str) -> BaseObjectStore:
+    """The objects of a pack made by :func:`pack` (each is re-hashed when it is read).
+
+    Raises:
+        IntegrityError: the pack is damaged.
+    """
+    store = MemoryRepo().object_store
+    write, commit, abort = store.add_pack()
+    try:
+        write.write(data)
+        commit()
+    except (ValueError, AssertionError, GitProtocolError) as e:  # dulwich's ways of saying "not a pack"
+        abort()
+        raise IntegrityError(f"{where}: the commit's git objects are damaged ({e}); refused") from e
+    return store
+
+
+def select_files(found: list[CommitFile], wanted: list[str], objects: bytes,
+                 fetch_blob: Callable[[CommitFile], bytes]) -> tuple[CommitFiles, dict[str, bytes]]:
+    """The manifest entries of the ``wanted`` files, and the bytes already had, by sha256.
+
+    ``fetch_blob`` gets a blob the objects left out; it must check the bytes against the id.
+    """
+    entries, kept, chosen = [], {}, set(wanted)
+    for file in (f for f in found if f.path in chosen):
+        if file.lfs and file.sha256 is not None and file.size is not None:
+            entries.append(FileEntry(file.path, file.sha256, file.size))  # downloaded later, checked then
+            continue
+        content = file.content if file.content is not None else fetch_blob(file)
+        entries.append(FileEntry(file.path, hashlib.sha256(content).hexdigest(), len(content)))
+        kept[entries[-1].sha256] = content
+    return CommitFiles(tuple(entries), objects), kept
 
 
 def commit_files(store: BaseObjectStore, commit: str, where: str) -> list[CommitFile]:

@@ -159,7 +159,9 @@ class Installer:
 
         label = f"{manifest.name} v{manifest.version}"
         try:
-            return FileList(fetcher.commit_files(pipeline_files), SIGNED_COMMIT)
+            # A source without a revision (a mirror) says it needs a lock.
+            derived = fetcher.commit_files(pipeline_files, manifest.source.revision or "")
+            return FileList(derived.files, SIGNED_COMMIT, derived.objects)
         except CommitObjectsUnavailable as e:
             if self.first_fetch is None:
                 raise FetchError(f"{label}: {e}; its file hashes cannot be derived from the signed commit, "

@@ -28,7 +28,6 @@ at ``base_url`` (a JSON list of relative paths).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -42,7 +41,8 @@ import urllib3
 
 from pennello.errors import FetchError, IntegrityError, ManifestFormatError
 from pennello.installer import gitpin
-from pennello.installer.fetchers import CHUNK, FetchOptions, Fetcher, Progress, Select, register_fetcher
+from pennello.installer.fetchers import (CHUNK, CommitFiles, FetchOptions, Fetcher, Progress, Select,
+                                         register_fetcher)
 from pennello.installer.manifest import FileEntry, Source, check_relative_path
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class MirrorFetcher(HttpFetcher):
         super().__init__(options)
         self.base_url, self.name = base_url.rstrip("/"), name
 
-    def commit_files(self, select: Select) -> tuple[FileEntry, ...]:
+    def commit_files(self, select: Select, revision: str) -> CommitFiles:
         raise ManifestFormatError(
             f"manifest {self.name!r} is not locked (it pins a mirror but no file hashes, and a mirror "
             f"has no signed commit to derive them from); lock it first: "
@@ -241,23 +241,15 @@ class HubFetcher(HttpFetcher):
         progress(len(kept))
         return None
 
-    def commit_files(self, select: Select) -> tuple[FileEntry, ...]:
+    def commit_files(self, select: Select, revision: str) -> CommitFiles:
         """Hashes of the selected files, from the pinned commit's git objects on the Hub."""
-        where = f"{self.repo}@{self.revision[:12]}"
-        store = gitpin.fetch_commit(f"{self.endpoint}/{self.repo}", self.revision)
-        found = gitpin.commit_files(store, self.revision, where)
-        wanted = set(select([f.path for f in found]))
-        entries = []
-        for file in found:
-            if file.path not in wanted:
-                continue
-            if file.lfs and file.sha256 is not None and file.size is not None:
-                entries.append(FileEntry(file.path, file.sha256, file.size))  # downloaded later, checked by the store
-                continue
-            content = file.content if file.content is not None else self._blob_over_http(file, where)
-            entries.append(FileEntry(file.path, hashlib.sha256(content).hexdigest(), len(content)))
-            self.kept[entries[-1].sha256] = content
-        return tuple(entries)
+        where = f"{self.repo}@{revision[:12]}"
+        store = gitpin.fetch_commit(f"{self.endpoint}/{self.repo}", revision)
+        found = gitpin.commit_files(store, revision, where)
+        files, kept = gitpin.select_files(found, select([f.path for f in found]), gitpin.pack(store),
+                                          lambda file: self._blob_over_http(file, where))
+        self.kept.update(kept)
+        return files
 
     def _blob_over_http(self, file: gitpin.CommitFile, where: str) -> bytes:
         """A blob the git server left out (partial clone), downloaded and checked against its id."""

@@ -4,7 +4,7 @@ Layout under ``paths.store_dir``::
 
     blobs/sha256/ab/abcdef…        read-only files named by their sha256, shared by every model
     models/<name>/v<version>/      hard links to blobs (copies where linking fails) + manifest.json
-                                   (+ pinned-files.json when the signed manifest lists no files)
+                                   (+ pinned-files.json, commit.pack when the manifest lists no files)
     models/<name>/current          "v<version>": the version the daemon loads
     models/<name>/broken           present after ``verify`` found damage: the model does not load
     tmp/  staging/  quarantine/    work areas; nothing in them is ever loaded
@@ -17,7 +17,9 @@ A manifest that pins a commit but lists no files (an unlocked catalog entry) is 
 the file list the installer derived for it, kept as ``pinned-files.json`` beside the signed
 envelope (which stays byte for byte as signed) and saying how the hashes were had:
 ``signed commit`` (from the signed commit's git objects) or ``first fetch`` (recorded as they
-arrived, with the user's consent). A locked manifest's own list is ``signed hashes``.
+arrived, with the user's consent). A locked manifest's own list is ``signed hashes``. The
+commit's git objects are kept too (``commit.pack``), so a bundle can carry them and the hashes
+can be derived again from the signed commit on a machine without network.
 
     >>> from pennello.paths import get_paths
     >>> store = Store(get_paths())
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 CURRENT_FILE = "current"
 PINNED_FILE = "pinned-files.json"
+COMMIT_PACK = "commit.pack"  # the signed commit's git objects the hashes were derived from
 SIGNED_HASHES, SIGNED_COMMIT, FIRST_FETCH = "signed hashes", "signed commit", "first fetch"
 BROKEN_FILE = "broken"
 VERIFIED_FILE = "verified"
@@ -77,6 +80,7 @@ class FileList:
 
     files: tuple[FileEntry, ...]
     how: str = SIGNED_HASHES
+    objects: bytes = b""  # SIGNED_COMMIT: the commit's git objects as a pack (kept as COMMIT_PACK)
 
 
 @dataclass(frozen=True)
@@ -307,6 +311,8 @@ class Store:
         if files.how != SIGNED_HASHES:
             pinned = {"how": files.how, "files": [entry.to_dict() for entry in files.files]}
             write_atomic(staging / PINNED_FILE, (json.dumps(pinned, indent=1) + "\n").encode())
+        if files.objects:
+            write_atomic(staging / COMMIT_PACK, files.objects)
         return staging
 
     def remove(self, name: str) -> int:

@@ -211,3 +211,33 @@ def test_an_unlocked_mirror_entry_still_needs_a_lock(home, mirror, publish):
                              "mirror has no signed commit to derive them from); lock it first: "
                              "`pennello manifest lock office --key KEYNAME`\n")
     assert mirror.requests == []
+
+
+def test_a_bundle_carries_the_commit_so_an_offline_machine_derives_the_hashes_again(home, hub, pinned, tmp_path):
+    from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
+    from pennello.paths import get_paths
+
+    installer, raw, commit = pinned
+    installer.install_raw(raw, expected_name="tiny")
+    bundle = export_bundle(home, _config(), ["tiny"], tmp_path / "bundle", progress=False)
+    assert (bundle / "commits" / "tiny.pack").is_file()
+    hub.repos.clear()
+    hub.files.clear()  # the Hub is gone: everything must come from the bundle
+    offline = get_paths(tmp_path / "offline").ensure()
+    trust_bundle_keys(offline, bundle)
+    model, = import_bundle(offline, _config(), bundle, progress=False)
+    assert json.loads((model.path / PINNED_FILE).read_bytes())["how"] == SIGNED_COMMIT
+    assert [(f.path, f.sha256) for f in model.manifest.files] == [(p, _sha(FILES[p])) for p in INSTALLED]
+
+    # Objects that are not the signed commit's (here: another commit's) are refused.
+    other = get_paths(tmp_path / "other").ensure()
+    trust_bundle_keys(other, bundle)
+    store = gitpin.unpack((bundle / "commits" / "tiny.pack").read_bytes(), "test")
+    lie = Commit.from_string(store[commit.encode()].as_raw_string().replace(b"weights", b"other"))
+    store.add_object(lie)
+    del store[commit.encode()]
+    (bundle / "commits" / "tiny.pack").write_bytes(gitpin.pack(store))
+    with pytest.raises(IntegrityError, match=f"the source sent no git object that hashes to {commit}"):
+        import_bundle(other, _config(), bundle, progress=False)
+    with pytest.raises(ModelNotFoundError):
+        Store(other).get("tiny")
