@@ -23,7 +23,7 @@ from pennello.installer.catalog import Catalog
 from pennello.installer.cli_trust import keys, manifest
 from pennello.installer.install import Downloads, Installer, Verified, format_bytes
 from pennello.installer.lock import lock_manifest
-from pennello.installer.store import Store, file_sha256
+from pennello.installer.store import FIRST_FETCH, Store, file_sha256
 from pennello.paths import get_paths
 
 __all__ = ["install", "models", "verify", "remove", "bundle", "keys", "manifest"]
@@ -146,9 +146,10 @@ def models() -> None:
     """List installed models and the catalog's models you can install.
 
     STATUS is 'installed', 'damaged' (run `pennello install NAME` to repair), 'update vN'
-    (the catalog has a newer version), 'available', or 'needs lock' (an unlocked catalog entry:
-    `pennello manifest lock NAME --key KEYNAME`). TOFU marks hashes recorded on first fetch
-    rather than published by the model's maker.
+    (the catalog has a newer version), 'available', or 'needs lock' (an unlocked catalog entry
+    that pins no commit: `pennello manifest lock NAME --key KEYNAME`). TOFU marks hashes
+    recorded on first fetch rather than published by the model's maker or derived from the
+    signed commit.
     """
     paths = get_paths()
     store, catalog = Store(paths), Catalog(paths).entries()
@@ -162,9 +163,10 @@ def models() -> None:
 
 def _model_row(store: Store, name: str, entry) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
     try:
-        (_, manifest), verified = store.current(name), store.last_verified(name)
+        (path, manifest), verified = store.current(name), store.last_verified(name)
+        first_fetch = store.file_list(path).how == FIRST_FETCH
     except ModelNotFoundError:
-        manifest, verified = entry.manifest, None
+        manifest, verified, first_fetch = entry.manifest, None, False
         status = "available" if manifest.locked or manifest.source.revision else "needs lock"
     else:
         status = "damaged" if store.is_broken(name) else "installed"
@@ -172,7 +174,7 @@ def _model_row(store: Store, name: str, entry) -> tuple[str, ...]:  # type: igno
             status = f"update v{entry.manifest.version}"
     size = format_bytes(manifest.total_size) if manifest.files else "-"
     return (name, f"v{manifest.version}", size, status, verified or "-",
-            "yes" if manifest.trust_on_first_use else "")
+            "yes" if manifest.trust_on_first_use or first_fetch else "")
 
 
 @click.command()

@@ -155,10 +155,17 @@ def _cli(home, hub_url: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+def _models_row(home, hub_url: str, name: str) -> list[str]:
+    listing = _cli(home, hub_url, "models")
+    assert listing.returncode == 0, listing.stderr
+    return next(row.split() for row in listing.stdout.splitlines() if row.split()[0] == name)
+
+
 def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     commit = hub.publish(REPO, FILES, LFS)
     Catalog(home).write_user("tiny", publish(make_manifest(
         "tiny", {}, source=Source("huggingface", repo=REPO, revision=commit), locked=False)))
+    assert _models_row(home, hub.url, "tiny") == ["tiny", "v1", "-", "available", "-"]
     refused = _cli(home, hub.url, "install", "tiny")
     assert refused.returncode == 10, refused.stderr
     assert "to download: 4 files, 524.4 KB (licence tiny: Apache-2.0)" in refused.stderr
@@ -166,6 +173,8 @@ def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     done = _cli(home, hub.url, "install", "tiny", "--yes")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "tiny v1 installed (524.4 KB)\n"
+    assert _models_row(home, hub.url, "tiny")[:5] == ["tiny", "v1", "524.4", "KB", "installed"]
+    assert len(_models_row(home, hub.url, "tiny")) == 6  # verified at install; not TOFU
     assert Store(home).get("tiny").manifest.files[-1].sha256 == _sha(FILES[UNET])
 
 
@@ -183,6 +192,7 @@ def test_pennello_install_without_git_objects_needs_first_fetch_consent(home, hu
     assert "Run again with --first-fetch" in refused.stderr
     done = _cli(home, hub.url, "install", "tiny", "--yes", "--first-fetch")
     assert done.returncode == 0, done.stderr
+    assert _models_row(home, hub.url, "tiny")[-1] == "yes"  # TOFU
 
 
 def test_no_network_is_a_message_suggesting_a_bundle(home, tmp_path):
