@@ -32,7 +32,7 @@ import importlib
 import importlib.resources
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -54,6 +54,7 @@ class CommitFiles:
 
     files: tuple[FileEntry, ...]
     objects: bytes  # those git objects as a pack: kept, so a bundle can derive the hashes again
+    contents: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes that came with them
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class LocalFetcher:
 
         def missing(file: gitpin.CommitFile) -> bytes:
             raise IntegrityError(f"{file.path} of {where}: its git blob {file.git_id} is not in the bundle")
-        return gitpin.select_files(found, select([f.path for f in found]), objects, missing)[0]
+        return gitpin.select_files(found, select([f.path for f in found]), objects, missing)
 
     def _copy(self, relative: str, dest: Path, size: int, progress: Progress) -> None:
         source = self.root / relative

@@ -137,8 +137,8 @@ def unpack(data: bytes, where: str) -> BaseObjectStore:
 
 
 def select_files(found: list[CommitFile], wanted: list[str], objects: bytes,
-                 fetch_blob: Callable[[CommitFile], bytes]) -> tuple[CommitFiles, dict[str, bytes]]:
-    """The manifest entries of the ``wanted`` files, and the bytes already had, by sha256.
+                 fetch_blob: Callable[[CommitFile], bytes]) -> CommitFiles:
+    """The manifest entries of the ``wanted`` files, with the bytes already had (small files).
 
     ``fetch_blob`` gets a blob the objects left out; it must check the bytes against the id.
     """
@@ -150,7 +150,7 @@ def select_files(found: list[CommitFile], wanted: list[str], objects: bytes,
         content = file.content if file.content is not None else fetch_blob(file)
         entries.append(FileEntry(file.path, hashlib.sha256(content).hexdigest(), len(content)))
         kept[entries[-1].sha256] = content
-    return CommitFiles(tuple(entries), objects), kept
+    return CommitFiles(tuple(entries), objects, kept)
 
 
 def commit_files(store: BaseObjectStore, commit: str, where: str) -> list[CommitFile]:

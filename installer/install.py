@@ -161,6 +161,7 @@ class Installer:
         try:
             # A source without a revision (a mirror) says it needs a lock.
             derived = fetcher.commit_files(pipeline_files, manifest.source.revision or "")
+            self._store_contents(derived.files, derived.contents)
             return FileList(derived.files, SIGNED_COMMIT, derived.objects)
         except CommitObjectsUnavailable as e:
             if self.first_fetch is None:
@@ -171,6 +172,15 @@ class Installer:
         wanted = default_files(fetcher, manifest.source.kind)
         entries = fetch_and_record(self.store, fetcher, wanted, manifest.name, self.progress)
         return FileList(tuple(entries), FIRST_FETCH)
+
+    def _store_contents(self, files: tuple[FileEntry, ...], contents: dict[str, bytes]) -> None:
+        """Store the files whose bytes came with the commit's objects: never downloaded twice."""
+        with self.store.lock():
+            for entry in files:
+                if entry.sha256 in contents and not self.store.has_blob(entry):
+                    with self.store.temp_file(entry.path) as temp:
+                        temp.write_bytes(contents[entry.sha256])
+                        self.store.ingest(temp, entry)
 
     def downloads(self, verified: list[Verified]) -> Downloads:
         """What :meth:`install_all` would download for ``verified``: nothing is fetched or changed."""

@@ -220,8 +220,8 @@ class HubFetcher(HttpFetcher):
     ``hf_hub_download``: one code path then resumes, caps and verifies every download against
     *our* manifest, and a local ``HF_ENDPOINT`` serves tests and offline mirrors of the Hub.
     For an unlocked manifest, :meth:`commit_files` derives the hashes from the commit's git
-    objects (:mod:`pennello.installer.gitpin`); the small files' bytes came with those objects
-    and are kept, so :meth:`fetch` hands them over instead of downloading them again.
+    objects (:mod:`pennello.installer.gitpin`); the small files' bytes come with those objects,
+    and the installer stores them from there rather than downloading them again.
     """
 
     def __init__(self, repo: str, revision: str, options: FetchOptions) -> None:
@@ -231,25 +231,14 @@ class HubFetcher(HttpFetcher):
         super().__init__(options, headers=build_hf_headers(library_name="pennello"))
         self.repo, self.revision = repo, revision
         self.endpoint = (options.hub_endpoint or constants.ENDPOINT).rstrip("/")
-        self.kept: dict[str, bytes] = {}  # sha256 -> bytes that arrived with the git objects
-
-    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
-        kept = self.kept.get(entry.sha256)
-        if kept is None:
-            return super().fetch(entry, dest, progress)
-        dest.write_bytes(kept)
-        progress(len(kept))
-        return None
 
     def commit_files(self, select: Select, revision: str) -> CommitFiles:
         """Hashes of the selected files, from the pinned commit's git objects on the Hub."""
         where = f"{self.repo}@{revision[:12]}"
         store = gitpin.fetch_commit(f"{self.endpoint}/{self.repo}", revision)
         found = gitpin.commit_files(store, revision, where)
-        files, kept = gitpin.select_files(found, select([f.path for f in found]), gitpin.pack(store),
-                                          lambda file: self._blob_over_http(file, where))
-        self.kept.update(kept)
-        return files
+        return gitpin.select_files(found, select([f.path for f in found]), gitpin.pack(store),
+                                   lambda file: self._blob_over_http(file, where))
 
     def _blob_over_http(self, file: gitpin.CommitFile, where: str) -> bytes:
         """A blob the git server left out (partial clone), downloaded and checked against its id."""

@@ -200,6 +200,7 @@ class Hub:
     url: str = ""
     repos: dict[str, Any] = field(default_factory=dict)  # "acme/tiny" -> dulwich MemoryRepo
     files: dict[str, bytes] = field(default_factory=dict)  # "acme/tiny/resolve/<rev>/<path>" -> bytes
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> URL answered with a 302
     requests: list[str] = field(default_factory=list)  # paths of file requests (git ones not logged)
 
     def publish(self, repo_id: str, files: dict[str, bytes], lfs: set[str]) -> str:
@@ -220,6 +221,9 @@ class Hub:
         """The file routes (WSGI), with ``Range`` for resumed downloads."""
         path = unquote(environ["PATH_INFO"]).lstrip("/")
         self.requests.append(path)
+        if path in self.redirects:  # as the Hub sends LFS files to its CDN
+            start_response("302 Found", [("Location", self.redirects[path]), ("Content-Length", "0")])
+            return [b""]
         data = self.files.get(path)
         if data is None:
             start_response("404 Not Found", [("Content-Type", "text/plain")])

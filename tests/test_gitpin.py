@@ -86,6 +86,18 @@ def test_a_large_file_with_other_bytes_is_refused_naming_both_hashes(home, hub, 
         Store(home).get("tiny")
 
 
+def test_a_redirect_to_another_host_with_other_bytes_is_refused(home, hub, mirror, pinned):
+    installer, raw, commit = pinned
+    mirror.files["cdn/unet.safetensors"] = FILES[UNET][:-1] + b"!"
+    hub.redirects[f"{REPO}/resolve/{commit}/{UNET}"] = f"{mirror.url}/cdn/unet.safetensors"
+    with pytest.raises(IntegrityError, match=f"^{UNET}: sha256 {_sha(FILES[UNET][:-1] + b'!')}, manifest says "
+                                             f"{_sha(FILES[UNET])};"):
+        installer.install_raw(raw, expected_name="tiny")
+    assert [path for path, _ in mirror.requests] == ["cdn/unet.safetensors"]
+    mirror.files["cdn/unet.safetensors"] = FILES[UNET]  # the CDN serving the committed bytes: fine
+    assert (installer.install_raw(raw, expected_name="tiny").path / UNET).read_bytes() == FILES[UNET]
+
+
 def test_a_small_file_the_git_server_changed_is_checked_against_its_blob_id(home, hub, pinned):
     installer, raw, commit = pinned
     real = Blob.from_string(FILES["unet/config.json"])
@@ -168,7 +180,7 @@ def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     assert _models_row(home, hub.url, "tiny") == ["tiny", "v1", "-", "available", "-"]
     refused = _cli(home, hub.url, "install", "tiny")
     assert refused.returncode == 10, refused.stderr
-    assert "to download: 4 files, 524.4 KB (licence tiny: Apache-2.0)" in refused.stderr
+    assert "to download: 1 file, 524.3 KB (licence tiny: Apache-2.0)" in refused.stderr
     assert not [p for p in hub.requests if p.endswith(UNET)]
     done = _cli(home, hub.url, "install", "tiny", "--yes")
     assert done.returncode == 0, done.stderr
