@@ -34,7 +34,7 @@ from io import BytesIO
 from typing import Callable
 
 import urllib3
-from dulwich.client import HTTPUnauthorized, get_transport_and_path
+from dulwich.client import HTTPUnauthorized, Urllib3HttpGitClient
 from dulwich.errors import GitProtocolError, NotGitRepository
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Blob, Commit, ShaFile, Tree, object_header
@@ -88,15 +88,24 @@ def lfs_pointer(data: bytes) -> tuple[str, int] | None:
     return (match.group(1).decode(), int(match.group(2))) if match else None
 
 
-def fetch_commit(url: str, commit: str) -> BaseObjectStore:
-    """The objects of ``commit`` from the git repository at ``url`` (shallow, that commit only).
+def fetch_commit(endpoint: str, repo: str, commit: str, token: str | None = None,
+                 timeout: float | None = None) -> BaseObjectStore:
+    """The objects of ``commit`` from the git repository ``endpoint/repo`` (shallow, that commit only).
+
+    Args:
+        token: sent as the basic-auth password (the Hub's way for gated repositories), and
+            only to ``endpoint``'s origin (dulwich does not carry it across a redirect).
+        timeout: seconds of silence before a request fails.
 
     Raises:
         CommitObjectsUnavailable: no git repository there, the server refused, or it lacks the commit.
+        FetchError: the server could not be reached at all.
     """
     if not _COMMIT_RE.match(commit):
         raise IntegrityError(f"revision {commit!r} is not a full 40-hex commit id; refused")
-    client, path = get_transport_and_path(url)
+    url, path = f"{endpoint}/{repo}", f"/{repo}"
+    client = Urllib3HttpGitClient(endpoint, timeout=timeout, username="pennello" if token else None,
+                                  password=token)
     target = MemoryRepo()
     try:
         # Want exactly the signed id, whatever the refs say: refs are the server's word.

@@ -235,7 +235,10 @@ class HubFetcher(HttpFetcher):
     def commit_files(self, select: Select, revision: str) -> CommitFiles:
         """Hashes of the selected files, from the pinned commit's git objects on the Hub."""
         where = f"{self.repo}@{revision[:12]}"
-        store = gitpin.fetch_commit(f"{self.endpoint}/{self.repo}", revision)
+        from huggingface_hub import get_token
+
+        store = gitpin.fetch_commit(self.endpoint, self.repo, revision, token=get_token(),
+                                    timeout=self.options.read_timeout_s)
         found = gitpin.commit_files(store, revision, where)
         return gitpin.select_files(found, select([f.path for f in found]), gitpin.pack(store),
                                    lambda file: self._blob_over_http(file, where))

@@ -201,7 +201,8 @@ class Hub:
     repos: dict[str, Any] = field(default_factory=dict)  # "acme/tiny" -> dulwich MemoryRepo
     files: dict[str, bytes] = field(default_factory=dict)  # "acme/tiny/resolve/<rev>/<path>" -> bytes
     redirects: dict[str, str] = field(default_factory=dict)  # path -> URL answered with a 302
-    requests: list[str] = field(default_factory=list)  # paths of file requests (git ones not logged)
+    requests: list[str] = field(default_factory=list)  # paths of file requests
+    git_auth: list[str | None] = field(default_factory=list)  # Authorization of each git request
 
     def publish(self, repo_id: str, files: dict[str, bytes], lfs: set[str]) -> str:
         """A repository holding ``files`` at a new commit, served over git and ``resolve``."""
@@ -258,7 +259,14 @@ def hub() -> Iterator[Hub]:
         daemon_threads = True
 
     state = Hub()
-    server = make_server("127.0.0.1", 0, make_wsgi_chain(Repos(), fallback_app=state.app),
+    chain = make_wsgi_chain(Repos(), fallback_app=state.app)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if "/info/refs" in environ["PATH_INFO"] or environ["PATH_INFO"].endswith("/git-upload-pack"):
+            state.git_auth.append(environ.get("HTTP_AUTHORIZATION"))
+        return chain(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, app,
                          server_class=Server, handler_class=WSGIRequestHandlerLogger)
     with _serving(server, state):
         yield state

@@ -75,6 +75,17 @@ def test_an_unlocked_entry_installs_with_hashes_from_the_signed_commit(home, hub
     assert again.digest == model.digest
 
 
+def test_a_hub_token_reaches_the_git_endpoint(home, hub, pinned, monkeypatch):
+    """Gated repositories: the git fetch sends the Hub token, as the file downloads do."""
+    import base64
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    installer, raw, _ = pinned
+    installer.install_raw(raw, expected_name="tiny")
+    assert hub.git_auth and set(hub.git_auth) == {
+        "Basic " + base64.b64encode(b"pennello:hf_test_token").decode()}
+
+
 def test_a_large_file_with_other_bytes_is_refused_naming_both_hashes(home, hub, pinned):
     installer, raw, commit = pinned
     other = bytes(reversed(FILES[UNET]))
@@ -220,7 +231,7 @@ def test_no_network_is_a_message_suggesting_a_bundle(home, tmp_path):
 
 def test_a_revision_that_is_not_a_full_commit_id_is_refused():
     with pytest.raises(IntegrityError, match="is not a full 40-hex commit id"):
-        gitpin.fetch_commit("http://127.0.0.1:9/a/b", "main")
+        gitpin.fetch_commit("http://127.0.0.1:9", "a/b", "main")
 
 
 def test_an_unlocked_mirror_entry_still_needs_a_lock(home, mirror, publish):
