@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 from filelock import FileLock
 from tqdm import tqdm
 
-from pennello.errors import IntegrityError, ModelNotFoundError, StoreError
+from pennello.errors import IntegrityError, ManifestFormatError, ModelNotFoundError, StoreError
 from pennello.files import fsync_dir, write_atomic
 from pennello.installer.manifest import MANIFEST_FILENAME, FileEntry, Manifest, parse_envelope
 from pennello.paths import Paths
@@ -179,9 +179,12 @@ class Store:
         """How the files of an installed version were verified (see the module docstring)."""
         try:
             data = json.loads((version_dir / PINNED_FILE).read_bytes())
+            return FileList(tuple(FileEntry.from_dict(f) for f in data["files"]), data["how"])
         except FileNotFoundError:
             return FileList((signed or self._signed(version_dir)).files)
-        return FileList(tuple(FileEntry.from_dict(f) for f in data["files"]), data["how"])
+        except (ValueError, KeyError, TypeError, ManifestFormatError) as e:
+            raise IntegrityError(f"{version_dir / PINNED_FILE} is damaged ({e}); repair the model with "
+                                 f"`pennello install {version_dir.parent.name}`") from e
 
     def raw_manifest(self, name: str) -> bytes:
         """The signed envelope of the current version, exactly as it was received."""

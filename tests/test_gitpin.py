@@ -75,6 +75,21 @@ def test_an_unlocked_entry_installs_with_hashes_from_the_signed_commit(home, hub
     assert again.digest == model.digest
 
 
+def test_a_damaged_file_list_is_an_error_and_install_repairs_it(home, hub, pinned):
+    installer, raw, _ = pinned
+    model = installer.install_raw(raw, expected_name="tiny")
+    pinned_file = model.path / PINNED_FILE
+    os.chmod(pinned_file, 0o644)
+    pinned_file.write_text("{not json")
+    with pytest.raises(IntegrityError, match=f"^{pinned_file} is damaged .*; repair the model with "
+                                             f"`pennello install tiny`$"):
+        Store(home).get("tiny")
+    assert Store(home).installed() == []  # the daemon lists nothing it cannot check
+    repaired = installer.install_raw(raw, expected_name="tiny")
+    assert [f.path for f in Store(home).get("tiny").manifest.files] == INSTALLED == [
+        f.path for f in repaired.manifest.files]
+
+
 def test_a_hub_token_reaches_the_git_endpoint(home, hub, pinned, monkeypatch):
     """Gated repositories: the git fetch sends the Hub token, as the file downloads do."""
     import base64
