@@ -13,13 +13,10 @@ Every write goes to ``tmp/`` or ``staging/`` first, is fsynced and checked, and 
 renamed into place, so a crash never leaves a partial or unverified file where a loader looks.
 The daemon only reads: :meth:`Store.get` and :meth:`Store.installed`.
 
-A manifest that pins a commit but lists no files (an unlocked catalog entry) is installed with
-the file list the installer derived for it, kept as ``pinned-files.json`` beside the signed
-envelope (which stays byte for byte as signed) and saying how the hashes were had:
-``signed commit`` (from the signed commit's git objects) or ``first fetch`` (recorded as they
-arrived, with the user's consent). A locked manifest's own list is ``signed hashes``. The
-commit's git objects are kept too (``commit.pack``), so a bundle can carry them and the hashes
-can be derived again from the signed commit on a machine without network.
+A manifest that pins a commit but lists no files is installed byte for byte as signed, with the
+file list derived for it in ``pinned-files.json``, saying how: ``signed commit`` (from the
+commit's git objects, kept as ``commit.pack`` for bundles) or ``first fetch`` (recorded on
+arrival, with consent). A locked manifest's own list is ``signed hashes``.
 
     >>> from pennello.paths import get_paths
     >>> store = Store(get_paths())
