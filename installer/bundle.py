@@ -5,6 +5,8 @@
     DIR/manifests/<name>.json      the signed envelopes, byte for byte as installed
     DIR/blobs/sha256/<ab>/<hash>   every file once, named by its sha256 (shared files stored once)
     DIR/keys/<keyid>.pub           public keys that signed those manifests (for the admin to review)
+    DIR/commits/<name>.pack        for a manifest that pins a commit and lists no files: that
+                                   commit's git objects, from which the hashes are derived again
     DIR/wheels/                    with --with-wheels: wheels of pennello and its dependencies
     DIR/lock.txt  DIR/bundle.json  with --with-wheels: the hash lock, and the signed list of the
                                    code files (see :mod:`pennello.installer.wheelhouse`)
@@ -42,7 +44,7 @@ from pennello.errors import FetchError, StoreError, TrustError
 from pennello.installer.install import Installer, check_disk_space
 from pennello.installer.keys import TrustedKey
 from pennello.installer.manifest import MANIFEST_FILENAME, parse_envelope
-from pennello.installer.store import InstalledModel, Store, check_file, file_sha256, remove_tree
+from pennello.installer.store import COMMIT_PACK, InstalledModel, Store, check_file, file_sha256, remove_tree
 from pennello.installer.trust import TrustPolicy
 from pennello.installer.wheelhouse import (LOCK_FILE, PIP_INSTALL, collect_wheels, sign_bundle, signing_key,
                                            write_lock)
@@ -211,6 +213,9 @@ def _write_manifests_and_keys(paths: Paths, config: Config, models: list[Install
     for model in models:
         raw = (model.path / MANIFEST_FILENAME).read_bytes()
         (staging / "manifests" / f"{model.name}.json").write_bytes(raw)
+        if (model.path / COMMIT_PACK).is_file():
+            (staging / "commits").mkdir(exist_ok=True)
+            shutil.copyfile(model.path / COMMIT_PACK, staging / "commits" / f"{model.name}.pack")
         for signature in parse_envelope(raw)[1]:
             pem = policy.public_key_pem(signature["keyid"])
             if pem is not None and signature["keyid"] not in keyids:

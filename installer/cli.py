@@ -23,7 +23,7 @@ from pennello.installer.catalog import Catalog
 from pennello.installer.cli_trust import keys, manifest
 from pennello.installer.install import Downloads, Installer, Verified, format_bytes
 from pennello.installer.lock import lock_manifest
-from pennello.installer.store import Store, file_sha256
+from pennello.installer.store import FIRST_FETCH, Store, file_sha256
 from pennello.paths import get_paths
 
 __all__ = ["install", "models", "verify", "remove", "bundle", "keys", "manifest"]
@@ -41,8 +41,11 @@ _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="With --from: trust the bundle's keys/*.pub first (their key ids are printed).")
 @click.option("--yes", "-y", is_flag=True,
               help=f"Download without asking, whatever the size (or set {ASSUME_YES_ENV}=1).")
+@click.option("--first-fetch", is_flag=True,
+              help="Where a source cannot serve the signed commit's git objects, agree in advance to "
+                   "record each file's hash as it first arrives (trust on first use).")
 def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path | None,
-            trust_keys: bool, yes: bool) -> None:
+            trust_keys: bool, yes: bool, first_fetch: bool) -> None:
     """Install, repair or update models, verifying every file against its signed manifest.
 
     \b
@@ -51,6 +54,9 @@ def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path |
       pennello install sd-turbo --from /media/usb/bundle   # only some models of a bundle
       pennello install --manifest office.json --from ./files   # one manifest, files from a directory
 
+    A catalog entry that pins a Hub commit is checked against that commit's own git objects:
+    every file must hash to what the signed commit says. If the source cannot serve them, it
+    says so and asks before recording hashes on first fetch instead (--first-fetch agrees).
     A model whose files were damaged (`pennello verify`) is repaired by installing it again.
     Before downloading more than `[installer] confirm_over_mb` (500 MB unless configured) it
     says how much and asks; --yes agrees in advance. Without a terminal and without --yes it
@@ -67,7 +73,8 @@ def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path |
     if manifest_file is None and from_dir is not None:
         installed = import_bundle(paths, config, from_dir, names=list(names) or None)
     elif manifest_file is not None or names:
-        installer = Installer(paths, config)
+        installer = Installer(paths, config, first_fetch=lambda model, why: _confirm_first_fetch(
+            model, why, first_fetch))
         if manifest_file is not None:
             verified = [installer.verify(manifest_file.read_bytes(), local_dir=from_dir)]
         else:
@@ -81,10 +88,24 @@ def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path |
         click.echo(f"{model.name} v{model.version} installed ({format_bytes(model.manifest.total_size)})")
 
 
+def _confirm_first_fetch(model: str, why: str, agreed: bool) -> None:
+    """Ask before hashes are recorded on first fetch, because the signed commit cannot be read."""
+    confirm(f"Install {model} with hashes recorded on first fetch?",
+            [why, "so the files cannot be checked against the signed commit; their hashes would be "
+                  "whatever arrives now (trust on first use), and later checks compare against those"],
+            assume_yes=agreed, flag="--first-fetch")
+
+
 def _confirm_downloads(downloads: Downloads, verified: list[Verified], limits: InstallerConfig,
                        yes: bool) -> None:
-    """Ask before a download over the configured size (ConsentError, exit 10, on no)."""
-    if downloads.size == 0 or downloads.size <= limits.confirm_over_mb * 1_000_000:
+    """Say what will be downloaded; ask when over the configured size (ConsentError, exit 10, on no)."""
+    if downloads.size == 0:
+        return
+    licences = ", ".join(dict.fromkeys(f"{v.manifest.name}: {v.manifest.license}" for v in verified
+                                       if f"{v.manifest.name} v{v.manifest.version}" in downloads.models))
+    click.echo(f"to download: {downloads.files} file{'s' if downloads.files != 1 else ''}, "
+               f"{format_bytes(downloads.size)} (licence {licences})", err=True)
+    if downloads.size <= limits.confirm_over_mb * 1_000_000:
         return
     sources = dict.fromkeys(_where(v) for v in verified if f"{v.manifest.name} v{v.manifest.version}"
                             in downloads.models)
@@ -125,9 +146,10 @@ def models() -> None:
     """List installed models and the catalog's models you can install.
 
     STATUS is 'installed', 'damaged' (run `pennello install NAME` to repair), 'update vN'
-    (the catalog has a newer version), 'available', or 'needs lock' (an unlocked catalog entry:
-    `pennello manifest lock NAME --key KEYNAME`). TOFU marks hashes recorded on first fetch
-    rather than published by the model's maker.
+    (the catalog has a newer version), 'available', or 'needs lock' (an unlocked catalog entry
+    that pins no commit: `pennello manifest lock NAME --key KEYNAME`). TOFU marks hashes
+    recorded on first fetch rather than published by the model's maker or derived from the
+    signed commit.
     """
     paths = get_paths()
     store, catalog = Store(paths), Catalog(paths).entries()
@@ -141,17 +163,18 @@ def models() -> None:
 
 def _model_row(store: Store, name: str, entry) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
     try:
-        (_, manifest), verified = store.current(name), store.last_verified(name)
+        (path, manifest), verified = store.current(name), store.last_verified(name)
+        first_fetch = store.file_list(path).how == FIRST_FETCH
     except ModelNotFoundError:
-        manifest, verified = entry.manifest, None
-        status = "available" if manifest.locked else "needs lock"
+        manifest, verified, first_fetch = entry.manifest, None, False
+        status = "available" if manifest.locked or manifest.source.revision else "needs lock"
     else:
         status = "damaged" if store.is_broken(name) else "installed"
         if entry is not None and entry.manifest.version > manifest.version and status == "installed":
             status = f"update v{entry.manifest.version}"
-    size = format_bytes(manifest.total_size) if manifest.locked else "-"
+    size = format_bytes(manifest.total_size) if manifest.files else "-"
     return (name, f"v{manifest.version}", size, status, verified or "-",
-            "yes" if manifest.trust_on_first_use else "")
+            "yes" if manifest.trust_on_first_use or first_fetch else "")
 
 
 @click.command()

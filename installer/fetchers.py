@@ -32,7 +32,7 @@ import importlib
 import importlib.resources
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -40,7 +40,21 @@ from pennello.errors import FetchError, IntegrityError
 from pennello.installer.manifest import FileEntry, Source
 
 Progress = Callable[[int], None]
+Select = Callable[[list[str]], list[str]]  # which of a repository's paths to install
 CHUNK = 1024 * 1024
+
+
+class CommitObjectsUnavailable(FetchError):
+    """The source cannot serve the git objects of the pinned commit, so no hash can be derived."""
+
+
+@dataclass(frozen=True)
+class CommitFiles:
+    """An unlocked manifest's files, with hashes derived from the git objects of its commit."""
+
+    files: tuple[FileEntry, ...]
+    objects: bytes  # those git objects as a pack: kept, so a bundle can derive the hashes again
+    contents: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes that came with them
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,17 @@ class Fetcher(Protocol):
     def sizes(self, paths: list[str]) -> dict[str, int | None]:
         """What each of ``paths`` would weigh, as far as the source says without sending it
         (None: unknown). Only for asking before a download: nothing here is trusted."""
+
+    def commit_files(self, select: Select, revision: str) -> CommitFiles:
+        """The sha256 and size of the ``select``-ed files, derived from the git objects of
+        ``revision``, the commit the manifest pins (an unlocked entry's hashes, bound to its
+        signature).
+
+        Raises:
+            CommitObjectsUnavailable: the source cannot serve that commit's objects.
+            ManifestFormatError: the source pins no commit (lock the manifest instead).
+            IntegrityError: the objects do not hash to the signed commit.
+        """
 
 
 FetcherFactory = Callable[[Source, str, FetchOptions], Fetcher]
@@ -147,6 +172,22 @@ class LocalFetcher:
 
     def sizes(self, paths: list[str]) -> dict[str, int | None]:
         return {path: None for path in paths}  # local files are copies, never downloads
+
+    def commit_files(self, select: Select, revision: str) -> CommitFiles:
+        """From ``commits/<name>.pack`` (a bundle carries the commit's objects there)."""
+        from pennello.installer import gitpin  # only for this; the daemon never gets here
+
+        where = f"{self.name}@{revision[:12]} in {self.root}"
+        try:
+            objects = (self.root / "commits" / f"{self.name}.pack").read_bytes()
+        except FileNotFoundError:
+            raise CommitObjectsUnavailable(f"{self.root} holds no git objects of {self.name}'s signed "
+                                           f"commit (commits/{self.name}.pack)") from None
+        found = gitpin.commit_files(gitpin.unpack(objects, where), revision, where)
+
+        def missing(file: gitpin.CommitFile) -> bytes:
+            raise IntegrityError(f"{file.path} of {where}: its git blob {file.git_id} is not in the bundle")
+        return gitpin.select_files(found, select([f.path for f in found]), objects, missing)
 
     def _copy(self, relative: str, dest: Path, size: int, progress: Progress) -> None:
         source = self.root / relative

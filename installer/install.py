@@ -9,6 +9,12 @@ The order is what makes an install safe:
 4. ``current`` is switched, older versions and unreferenced blobs go, and only then is the
    version recorded as seen (so a failed install never blocks a retry of the same version).
 
+A manifest that pins a Hub commit but lists no files (the shipped catalog's entries) gets its
+file list from that commit's own git objects (``signed commit``, see
+:mod:`pennello.installer.gitpin`): the commit id is signed, and every hash follows from it.
+Where the source cannot serve those objects, the hashes can only be recorded as the files first
+arrive (``first fetch``), and only if the ``first_fetch`` callback agrees (the command asks).
+
 Before step 2 a caller can ask what it would download (:meth:`Installer.downloads`): the
 ``pennello install`` command asks the user first when that is over
 ``[installer] confirm_over_mb``. Files already in the store and files copied from this machine
@@ -28,16 +34,16 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
 from pennello.config import Config
-from pennello.errors import (DiskSpaceError, IntegrityError, ManifestFormatError, ModelNotFoundError,
-                             TrustError)
+from pennello.errors import DiskSpaceError, FetchError, IntegrityError, ModelNotFoundError, TrustError
 from pennello.installer.catalog import Catalog
 from pennello.installer.manifest import FileEntry, Manifest, Source
-from pennello.installer.fetchers import FetchOptions, Fetcher, fetcher_for
-from pennello.installer.store import InstalledModel, Store
+from pennello.installer.fetchers import CommitObjectsUnavailable, FetchOptions, Fetcher, fetcher_for
+from pennello.installer.store import FIRST_FETCH, SIGNED_COMMIT, FileList, InstalledModel, Store
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import Paths
 
@@ -51,6 +57,7 @@ class Verified:
     manifest: Manifest
     raw: bytes
     fetcher: Fetcher
+    files: FileList  # the manifest's own list, or the one derived from its signed commit
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ def _need(store: Store, verified: list[Verified]) -> dict[str, tuple[FileEntry, 
     """Every file the store lacks, once per sha256, with the manifest that brings it."""
     missing: dict[str, tuple[FileEntry, Verified]] = {}
     for v in verified:
-        for entry in v.manifest.files:
+        for entry in v.files.files:
             if entry.sha256 not in missing and not store.has_blob(entry):
                 missing[entry.sha256] = (entry, v)
     return missing
@@ -92,13 +99,17 @@ class Installer:
     """Installs, repairs and updates models in one pennello home."""
 
     def __init__(self, paths: Paths, config: Config, policy: TrustPolicy | None = None,
-                 options: FetchOptions | None = None, progress: bool = True) -> None:
+                 options: FetchOptions | None = None, progress: bool = True,
+                 first_fetch: Callable[[str, str], None] | None = None) -> None:
+        """``first_fetch(model, why)`` is asked before hashes are recorded on first fetch (it
+        raises ConsentError to refuse); without it such an install is refused."""
         self.paths, self.config = paths, config
         self.policy = policy or TrustPolicy.load(paths, config.trust)
         self.store = Store(paths)
         self.options = options or FetchOptions(downloads_dir=paths.downloads_dir,
                                                max_file_bytes=config.trust.max_file_bytes)
         self.progress = progress
+        self.first_fetch = first_fetch
 
     def install(self, name: str) -> InstalledModel:
         """Install (or repair, or update to) the catalog's version of ``name``."""
@@ -123,20 +134,53 @@ class Installer:
         """Check a manifest with the trust policy and pick the fetcher for its files.
 
         Raises:
-            TrustError: refused by the policy, for another model than asked, or not locked.
+            TrustError: refused by the policy, for another model than asked, or unlocked and
+                pinning no commit.
+            FetchError, IntegrityError: an unlocked manifest's commit could not be read, or its
+                objects do not hash to the signed id.
+            ConsentError: hashes could only be recorded on first fetch, and that was refused.
         """
         manifest = self.policy.verify(raw)
         if expected_name is not None and manifest.name != expected_name:
             raise TrustError(f"manifest is for model {manifest.name!r}, not {expected_name!r}; refused")
-        if not manifest.locked:
-            raise ManifestFormatError(
-                f"manifest {manifest.name!r} v{manifest.version} is not locked (it pins a source but no "
-                f"file hashes); lock it first: `pennello manifest lock {manifest.name} --key KEYNAME`")
         if local_dir is None:
             fetcher = fetcher_for(manifest.source, manifest.name, self.options)
         else:
             fetcher = fetcher_for(Source("local"), manifest.name, replace(self.options, local_dir=local_dir))
-        return Verified(manifest, raw, fetcher)
+        return Verified(manifest, raw, fetcher, self._file_list(manifest, fetcher))
+
+    def _file_list(self, manifest: Manifest, fetcher: Fetcher) -> FileList:
+        if manifest.locked:
+            return FileList(manifest.files)
+        if self._is_current(manifest):  # installed already: its list was derived then
+            return self.store.file_list(self.store.get(manifest.name).path)
+        # Only here: `pennello serve` imports this module, and must never load code that fetches.
+        from pennello.installer.lock import default_files, fetch_and_record, pipeline_files
+
+        label = f"{manifest.name} v{manifest.version}"
+        try:
+            # A source without a revision (a mirror) says it needs a lock.
+            derived = fetcher.commit_files(pipeline_files, manifest.source.revision or "")
+            self._store_contents(derived.files, derived.contents)
+            return FileList(derived.files, SIGNED_COMMIT, derived.objects)
+        except CommitObjectsUnavailable as e:
+            if self.first_fetch is None:
+                raise FetchError(f"{label}: {e}; its file hashes cannot be derived from the signed commit, "
+                                 f"and recording them on first fetch needs your consent "
+                                 f"(`pennello install {manifest.name}` asks)") from e
+            self.first_fetch(label, str(e))
+        wanted = default_files(fetcher, manifest.source.kind)
+        entries = fetch_and_record(self.store, fetcher, wanted, manifest.name, self.progress)
+        return FileList(tuple(entries), FIRST_FETCH)
+
+    def _store_contents(self, files: tuple[FileEntry, ...], contents: dict[str, bytes]) -> None:
+        """Store the files whose bytes came with the commit's objects: never downloaded twice."""
+        with self.store.lock():
+            for entry in files:
+                if entry.sha256 in contents and not self.store.has_blob(entry):
+                    with self.store.temp_file(entry.path) as temp:
+                        temp.write_bytes(contents[entry.sha256])
+                        self.store.ingest(temp, entry)
 
     def downloads(self, verified: list[Verified]) -> Downloads:
         """What :meth:`install_all` would download for ``verified``: nothing is fetched or changed."""
@@ -160,7 +204,7 @@ class Installer:
             self._fetch_missing(todo)
             log.debug("fetched files of %d model(s) in %.3fs", len(todo), time.perf_counter() - start)
             for v in todo:
-                self.store.commit_version(v.manifest, v.raw)
+                self.store.commit_version(v.manifest, v.raw, v.files)
             self.store.collect_garbage()  # after every commit: blobs of later models are not yet referenced
         for v in todo:
             self.policy.record(v.manifest)

@@ -97,12 +97,12 @@ def lock_manifest(paths: Paths, config: Config, target: str, key_name: str,
     options = options or FetchOptions(downloads_dir=paths.downloads_dir,
                                       max_file_bytes=config.trust.max_file_bytes)
     fetcher = fetcher_for(manifest.source, manifest.name, options)
-    wanted = [check_relative_path(f) for f in files] if files else _default_files(fetcher, manifest.source.kind)
+    wanted = [check_relative_path(f) for f in files] if files else default_files(fetcher, manifest.source.kind)
     if not wanted:
         raise ManifestFormatError(f"no files to lock for {manifest.name!r}; name them with --files")
     if confirm is not None and fetcher.remote:
         confirm(f"{manifest.name} v{manifest.version}", fetcher.sizes(wanted))
-    entries = _fetch_and_record(Store(paths), fetcher, wanted, manifest.name, progress)
+    entries = fetch_and_record(Store(paths), fetcher, wanted, manifest.name, progress)
     signed = replace(manifest, files=tuple(entries), locked=True, trust_on_first_use=True).to_signed()
     locked = dump_envelope(signed, [sign_signed(signed, load_private_key(key_name, paths))])
     policy.verify(locked)  # the local key must be trusted, or the locked copy could not be installed
@@ -111,13 +111,15 @@ def lock_manifest(paths: Paths, config: Config, target: str, key_name: str,
     return written
 
 
-def _default_files(fetcher: Fetcher, kind: str) -> list[str]:
+def default_files(fetcher: Fetcher, kind: str) -> list[str]:
+    """The files to lock when none are named: a Hub repository's pipeline files, a mirror's index."""
     listed = fetcher.list_files()
     return pipeline_files(listed) if kind == "huggingface" else sorted(listed)
 
 
-def _fetch_and_record(store: Store, fetcher: Fetcher, wanted: list[str], name: str,
-                      progress: bool) -> list[FileEntry]:
+def fetch_and_record(store: Store, fetcher: Fetcher, wanted: list[str], name: str,
+                     progress: bool) -> list[FileEntry]:
+    """Fetch each of ``wanted`` into the store once and record its sha256 and size as it arrived."""
     entries = []
     with store.lock(), tqdm(unit="B", unit_scale=True, desc=f"lock {name}"[:40],
                             disable=None if progress else True) as bar:

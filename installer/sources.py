@@ -39,8 +39,10 @@ from urllib.parse import quote
 import requests
 import urllib3
 
-from pennello.errors import FetchError, IntegrityError
-from pennello.installer.fetchers import CHUNK, FetchOptions, Fetcher, Progress, register_fetcher
+from pennello.errors import FetchError, IntegrityError, ManifestFormatError
+from pennello.installer import gitpin
+from pennello.installer.fetchers import (CHUNK, CommitFiles, FetchOptions, Fetcher, Progress, Select,
+                                         register_fetcher)
 from pennello.installer.manifest import FileEntry, Source, check_relative_path
 
 log = logging.getLogger(__name__)
@@ -183,9 +185,15 @@ def _endless(url: str, what: str, limit: int, how: str) -> IntegrityError:
 class MirrorFetcher(HttpFetcher):
     """An HTTP(S) directory holding the model's files under ``base_url``."""
 
-    def __init__(self, base_url: str, options: FetchOptions) -> None:
+    def __init__(self, base_url: str, options: FetchOptions, name: str = "") -> None:
         super().__init__(options)
-        self.base_url = base_url.rstrip("/")
+        self.base_url, self.name = base_url.rstrip("/"), name
+
+    def commit_files(self, select: Select, revision: str) -> CommitFiles:
+        raise ManifestFormatError(
+            f"manifest {self.name!r} is not locked (it pins a mirror but no file hashes, and a mirror "
+            f"has no signed commit to derive them from); lock it first: "
+            f"`pennello manifest lock {self.name} --key KEYNAME`")
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{quote(path)}"
@@ -211,6 +219,9 @@ class HubFetcher(HttpFetcher):
     Files are fetched from their ``resolve`` URL by :class:`HttpFetcher` rather than by
     ``hf_hub_download``: one code path then resumes, caps and verifies every download against
     *our* manifest, and a local ``HF_ENDPOINT`` serves tests and offline mirrors of the Hub.
+    For an unlocked manifest, :meth:`commit_files` derives the hashes from the commit's git
+    objects (:mod:`pennello.installer.gitpin`); the small files' bytes come with those objects,
+    and the installer stores them from there rather than downloading them again.
     """
 
     def __init__(self, repo: str, revision: str, options: FetchOptions) -> None:
@@ -220,6 +231,32 @@ class HubFetcher(HttpFetcher):
         super().__init__(options, headers=build_hf_headers(library_name="pennello"))
         self.repo, self.revision = repo, revision
         self.endpoint = (options.hub_endpoint or constants.ENDPOINT).rstrip("/")
+
+    def commit_files(self, select: Select, revision: str) -> CommitFiles:
+        """Hashes of the selected files, from the pinned commit's git objects on the Hub."""
+        where = f"{self.repo}@{revision[:12]}"
+        from huggingface_hub import get_token
+
+        store = gitpin.fetch_commit(self.endpoint, self.repo, revision, token=get_token(),
+                                    timeout=self.options.read_timeout_s)
+        found = gitpin.commit_files(store, revision, where)
+        return gitpin.select_files(found, select([f.path for f in found]), gitpin.pack(store),
+                                   lambda file: self._blob_over_http(file, where))
+
+    def _blob_over_http(self, file: gitpin.CommitFile, where: str) -> bytes:
+        """A blob the git server left out (partial clone), downloaded and checked against its id."""
+        temp = self.options.downloads_dir / f"{file.git_id}.blob"
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fetch_unknown(file.path, temp, lambda n: None)
+            content = temp.read_bytes()
+        finally:
+            temp.unlink(missing_ok=True)
+        actual = gitpin.git_blob_id(content)
+        if actual != file.git_id:
+            raise IntegrityError(f"{file.path} of {where}: git blob id {actual}, the signed commit says "
+                                 f"{file.git_id}; the file was refused")
+        return content
 
     def url(self, path: str) -> str:
         from huggingface_hub import hf_hub_url
@@ -253,7 +290,7 @@ class HubFetcher(HttpFetcher):
 @register_fetcher("mirror")
 def _mirror(source: Source, name: str, options: FetchOptions) -> Fetcher:
     assert source.base_url is not None  # Source.from_dict guarantees it
-    return MirrorFetcher(source.base_url, options)
+    return MirrorFetcher(source.base_url, options, name)
 
 
 @register_fetcher("huggingface")

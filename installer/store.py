@@ -4,6 +4,7 @@ Layout under ``paths.store_dir``::
 
     blobs/sha256/ab/abcdef…        read-only files named by their sha256, shared by every model
     models/<name>/v<version>/      hard links to blobs (copies where linking fails) + manifest.json
+                                   (+ pinned-files.json, commit.pack when the manifest lists no files)
     models/<name>/current          "v<version>": the version the daemon loads
     models/<name>/broken           present after ``verify`` found damage: the model does not load
     tmp/  staging/  quarantine/    work areas; nothing in them is ever loaded
@@ -11,6 +12,11 @@ Layout under ``paths.store_dir``::
 Every write goes to ``tmp/`` or ``staging/`` first, is fsynced and checked, and only then
 renamed into place, so a crash never leaves a partial or unverified file where a loader looks.
 The daemon only reads: :meth:`Store.get` and :meth:`Store.installed`.
+
+A manifest that pins a commit but lists no files is installed byte for byte as signed, with the
+file list derived for it in ``pinned-files.json``, saying how: ``signed commit`` (from the
+commit's git objects, kept as ``commit.pack`` for bundles) or ``first fetch`` (recorded on
+arrival, with consent). A locked manifest's own list is ``signed hashes``.
 
     >>> from pennello.paths import get_paths
     >>> store = Store(get_paths())
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -29,14 +36,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 from filelock import FileLock
 from tqdm import tqdm
 
-from pennello.errors import IntegrityError, ModelNotFoundError, StoreError
+from pennello.errors import IntegrityError, ManifestFormatError, ModelNotFoundError, StoreError
 from pennello.files import fsync_dir, write_atomic
 from pennello.installer.manifest import MANIFEST_FILENAME, FileEntry, Manifest, parse_envelope
 from pennello.paths import Paths
@@ -44,6 +51,9 @@ from pennello.paths import Paths
 log = logging.getLogger(__name__)
 
 CURRENT_FILE = "current"
+PINNED_FILE = "pinned-files.json"
+COMMIT_PACK = "commit.pack"  # the signed commit's git objects the hashes were derived from
+SIGNED_HASHES, SIGNED_COMMIT, FIRST_FETCH = "signed hashes", "signed commit", "first fetch"
 BROKEN_FILE = "broken"
 VERIFIED_FILE = "verified"
 _READ_ONLY = 0o444
@@ -59,6 +69,15 @@ class InstalledModel:
     path: Path
     manifest: Manifest
     digest: str  # the manifest's digest: names exactly these files
+
+
+@dataclass(frozen=True)
+class FileList:
+    """The files a version is built from, and how their hashes are known (``SIGNED_HASHES``…)."""
+
+    files: tuple[FileEntry, ...]
+    how: str = SIGNED_HASHES
+    objects: bytes = b""  # SIGNED_COMMIT: the commit's git objects as a pack (kept as COMMIT_PACK)
 
 
 @dataclass(frozen=True)
@@ -143,6 +162,7 @@ class Store:
             IntegrityError: ``pennello verify`` found it damaged (or ``verify`` finds it now).
         """
         version_dir, manifest = self.current(name)
+        digest = self._signed(version_dir).digest  # of what was signed, as the trust policy records it
         broken = self.models_dir / name / BROKEN_FILE
         if broken.exists():
             raise IntegrityError(f"model {name!r} is damaged and will not load "
@@ -150,7 +170,18 @@ class Store:
                                  f"repair it with `pennello install {name}`")
         if verify:
             self.verify([name], progress=False)
-        return InstalledModel(name, manifest.version, version_dir, manifest, manifest.digest)
+        return InstalledModel(name, manifest.version, version_dir, manifest, digest)
+
+    def file_list(self, version_dir: Path, signed: Manifest | None = None) -> FileList:
+        """How the files of an installed version were verified (see the module docstring)."""
+        try:
+            data = json.loads((version_dir / PINNED_FILE).read_bytes())
+            return FileList(tuple(FileEntry.from_dict(f) for f in data["files"]), data["how"])
+        except FileNotFoundError:
+            return FileList((signed or self._signed(version_dir)).files)
+        except (ValueError, KeyError, TypeError, ManifestFormatError) as e:
+            raise IntegrityError(f"{version_dir / PINNED_FILE} is damaged ({e}); repair the model with "
+                                 f"`pennello install {version_dir.parent.name}`") from e
 
     def raw_manifest(self, name: str) -> bytes:
         """The signed envelope of the current version, exactly as it was received."""
@@ -234,17 +265,18 @@ class Store:
             if area.exists():
                 remove_tree(area)
 
-    def commit_version(self, manifest: Manifest, raw: bytes) -> InstalledModel:
+    def commit_version(self, manifest: Manifest, raw: bytes, files: FileList | None = None) -> InstalledModel:
         """Make ``manifest``'s version current, built from blobs that are already in the store.
 
-        The directory is assembled in ``staging/``, checked, renamed into ``models/``, and only
+        ``files`` is the list derived for a manifest that lists none (default: its own). The directory is assembled in ``staging/``, checked, renamed into ``models/``, and only
         then is ``current`` switched to it; older versions are removed afterwards.
 
         Raises:
             StoreError: a blob is missing (call :meth:`ingest` for every file first).
         """
         start = time.perf_counter()
-        staging = self._build_staging(manifest, raw)
+        files = files or FileList(manifest.files)
+        staging = self._build_staging(manifest.name, manifest.version, raw, files)
         model_dir = self.models_dir / manifest.name
         target = model_dir / f"v{manifest.version}"
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -262,19 +294,25 @@ class Store:
                 remove_tree(other)
         self.clean_work_areas()
         log.debug("committed %s v%d in %.3fs", manifest.name, manifest.version, time.perf_counter() - start)
-        return InstalledModel(manifest.name, manifest.version, target, manifest, manifest.digest)
+        return InstalledModel(manifest.name, manifest.version, target,
+                              replace(manifest, files=files.files), manifest.digest)
 
-    def _build_staging(self, manifest: Manifest, raw: bytes) -> Path:
+    def _build_staging(self, name: str, version: int, raw: bytes, files: FileList) -> Path:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.staging_dir, prefix=f"{manifest.name}-v{manifest.version}."))
-        for entry in manifest.files:
+        staging = Path(tempfile.mkdtemp(dir=self.staging_dir, prefix=f"{name}-v{version}."))
+        for entry in files.files:
             blob = self.blob_path(entry.sha256)
             if not blob.exists():
-                raise StoreError(f"{manifest.name}: blob for {entry.path} is not in the store")
+                raise StoreError(f"{name}: blob for {entry.path} is not in the store")
             dest = staging / entry.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(blob, dest, entry)
         write_atomic(staging / MANIFEST_FILENAME, raw)
+        if files.how != SIGNED_HASHES:
+            pinned = {"how": files.how, "files": [entry.to_dict() for entry in files.files]}
+            write_atomic(staging / PINNED_FILE, (json.dumps(pinned, indent=1) + "\n").encode())
+        if files.objects:
+            write_atomic(staging / COMMIT_PACK, files.objects)
         return staging
 
     def remove(self, name: str) -> int:
@@ -312,7 +350,7 @@ class Store:
 
     def _all_manifests(self) -> Iterator[Manifest]:
         for manifest_file in self.models_dir.glob(f"*/v*/{MANIFEST_FILENAME}"):
-            yield Manifest.from_signed(parse_envelope(manifest_file.read_bytes())[0])
+            yield self._with_files(manifest_file.parent)
 
     # --- verification ----------------------------------------------------------------------------
 
@@ -360,7 +398,17 @@ class Store:
             raw = (version_dir / MANIFEST_FILENAME).read_bytes()
         except (FileNotFoundError, NotADirectoryError) as e:
             raise self._not_installed(name) from e
-        return version_dir, Manifest.from_signed(parse_envelope(raw)[0])
+        return version_dir, self._with_files(version_dir, raw)
+
+    @staticmethod
+    def _signed(version_dir: Path, raw: bytes | None = None) -> Manifest:
+        raw = (version_dir / MANIFEST_FILENAME).read_bytes() if raw is None else raw
+        return Manifest.from_signed(parse_envelope(raw)[0])
+
+    def _with_files(self, version_dir: Path, raw: bytes | None = None) -> Manifest:
+        """The signed manifest with the files the version was built from."""
+        signed = self._signed(version_dir, raw)
+        return replace(signed, files=self.file_list(version_dir, signed).files)
 
     def _not_installed(self, name: str) -> ModelNotFoundError:
         installed = ", ".join(self.names()) or "none"

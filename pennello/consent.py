@@ -1,9 +1,11 @@
 """Asking before pennello does something the user should agree to first.
 
-Three things never happen without a yes: a download over ``[installer] confirm_over_mb``,
-leaving no-network mode, and registering start at login. Each command that does one of them
-states the facts (how many bytes, what changes) and asks on the terminal. Scripts answer in
-advance with the command's ``--yes`` flag or ``PENNELLO_ASSUME_YES=1``; with neither and no
+Four things never happen without a yes: a download over ``[installer] confirm_over_mb``,
+installing a model whose hashes can only be recorded on first fetch (its source cannot serve
+the signed commit's git objects), leaving no-network mode, and registering start at login.
+Each command that does one of them states the facts (how many bytes, what changes) and asks on
+the terminal. Scripts answer in advance with the command's flag (``--yes``; ``--first-fetch``
+for the second) or ``PENNELLO_ASSUME_YES=1``; with neither and no
 terminal on stdin the command refuses with a message naming the flag: it never waits for an
 answer that cannot come and never takes silence for a yes.
 

@@ -7,6 +7,7 @@ bytes, or send data without end. It records every request's path and headers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -128,12 +129,20 @@ def mirror() -> Iterator[Mirror]:
     state = Mirror()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    with _serving(server, state):
+        yield state
+
+
+@contextlib.contextmanager
+def _serving(server: Any, state: Any) -> Iterator[None]:
+    """Run ``server`` on a thread while the block runs; ``state.url`` is where it listens."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def load_script(name: str) -> Any:
@@ -147,4 +156,118 @@ def load_script(name: str) -> Any:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+
+# --- a stand-in Hugging Face Hub: git smart HTTP (dulwich) plus the file routes --------------------
+
+LFS_RULE = b" filter=lfs diff=lfs merge=lfs -text\n"
+
+
+def lfs_pointer_for(data: bytes) -> bytes:
+    """The Git LFS pointer a repository stores in place of ``data``."""
+    return (b"version https://git-lfs.github.com/spec/v1\noid sha256:%s\nsize %d\n"
+            % (hashlib.sha256(data).hexdigest().encode(), len(data)))
+
+
+def git_commit(repo: Any, files: dict[str, bytes], lfs: set[str]) -> str:
+    """Commit ``files`` to a dulwich repository, ``lfs`` paths as LFS pointers; the commit id."""
+    from dulwich.index import commit_tree
+    from dulwich.objects import Blob, Commit
+
+    blobs = [(".gitattributes", b"".join(path.encode() + LFS_RULE for path in sorted(lfs)))]
+    blobs += [(path, lfs_pointer_for(data) if path in lfs else data) for path, data in files.items()]
+    entries = []
+    for path, content in blobs:
+        blob = Blob.from_string(content)
+        repo.object_store.add_object(blob)
+        entries.append((path.encode(), blob.id, 0o100644))
+    commit = Commit()
+    commit.tree = commit_tree(repo.object_store, entries)
+    commit.author = commit.committer = b"Publisher <publisher@example.invalid>"
+    commit.commit_time = commit.author_time = 1_700_000_000
+    commit.commit_timezone = commit.author_timezone = 0
+    commit.message = b"weights\n"
+    repo.object_store.add_object(commit)
+    repo.refs[b"refs/heads/main"] = commit.id
+    return commit.id.decode()
+
+
+@dataclass
+class Hub:
+    """What the stand-in Hub serves: git repositories by ``owner/name`` and files by URL path."""
+
+    url: str = ""
+    repos: dict[str, Any] = field(default_factory=dict)  # "acme/tiny" -> dulwich MemoryRepo
+    files: dict[str, bytes] = field(default_factory=dict)  # "acme/tiny/resolve/<rev>/<path>" -> bytes
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> URL answered with a 302
+    requests: list[str] = field(default_factory=list)  # paths of file requests
+    git_auth: list[str | None] = field(default_factory=list)  # Authorization of each git request
+
+    def publish(self, repo_id: str, files: dict[str, bytes], lfs: set[str]) -> str:
+        """A repository holding ``files`` at a new commit, served over git and ``resolve``."""
+        from dulwich.repo import MemoryRepo
+
+        repo = self.repos.setdefault(repo_id, MemoryRepo())
+        commit = git_commit(repo, files, lfs)
+        for path, data in files.items():
+            self.files[f"{repo_id}/resolve/{commit}/{path}"] = data
+        return commit
+
+    def replace_object(self, repo_id: str, object_id: str, other: Any) -> None:
+        """Serve ``other`` where ``object_id`` is asked for: objects that do not hash to their id."""
+        self.repos[repo_id].object_store._data[object_id.encode()] = other
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        """The file routes (WSGI), with ``Range`` for resumed downloads."""
+        path = unquote(environ["PATH_INFO"]).lstrip("/")
+        self.requests.append(path)
+        if path in self.redirects:  # as the Hub sends LFS files to its CDN
+            start_response("302 Found", [("Location", self.redirects[path]), ("Content-Length", "0")])
+            return [b""]
+        data = self.files.get(path)
+        if data is None:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        start = int(environ.get("HTTP_RANGE", "bytes=0-")[len("bytes="):].split("-")[0] or 0)
+        headers = [("Content-Length", str(len(data) - start))]
+        if start:
+            headers.append(("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}"))
+        start_response("206 Partial Content" if start else "200 OK", headers)
+        return [data[start:]]
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    """A real WSGI server on 127.0.0.1: dulwich's git smart HTTP for ``hub.repos``, files otherwise."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    from dulwich.errors import NotGitRepository
+    from dulwich.server import Backend
+    from dulwich.web import WSGIRequestHandlerLogger, make_wsgi_chain
+
+    class Repos(Backend):
+        def open_repository(self, path: str | bytes) -> Any:
+            name = (path.decode() if isinstance(path, bytes) else path).strip("/").removesuffix(".git")
+            repo = state.repos.get(name)
+            if repo is None:
+                raise NotGitRepository(f"no git repository at {path}")
+            return repo
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    state = Hub()
+    chain = make_wsgi_chain(Repos(), fallback_app=state.app)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if "/info/refs" in environ["PATH_INFO"] or environ["PATH_INFO"].endswith("/git-upload-pack"):
+            state.git_auth.append(environ.get("HTTP_AUTHORIZATION"))
+        return chain(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, app,
+                         server_class=Server, handler_class=WSGIRequestHandlerLogger)
+    with _serving(server, state):
+        yield state
 

@@ -213,8 +213,6 @@ BAD_INPUT = [
     (["install", "nope"], 4, "error: model 'nope' is not in the catalog; known models: "),
     (["install"], 2, "Error: name a model (see `pennello models`), or use --from DIR or --manifest FILE"),
     (["install", "--trust-bundle-keys", "pennello-tiny"], 2, "Error: --trust-bundle-keys needs --from DIR"),
-    (["install", "sd-turbo"], 3, "error: manifest 'sd-turbo' v1 is not locked (it pins a source but no file "
-                                 "hashes); lock it first: `pennello manifest lock sd-turbo --key KEYNAME`"),
     (["install", "--from", "{tmp}"], 5, "error: {tmp} has no manifests/*.json; is it a pennello bundle?"),
     (["install", "--from", "{tmp}/nowhere"], 2,
      "Error: Invalid value for '--from': Directory '{tmp}/nowhere' does not exist."),
