@@ -80,7 +80,6 @@ def test_send_images_false_and_model_by_checkpoint_title(url):
     ({"prompt": "x", "script_name": "x/y/z plot"}, "script_name"),
     ({"prompt": "x", "sampler_name": "Euler z"}, "sampler_name"),
     ({"prompt": "x", "scheduler": "Polyexponential"}, "scheduler"),
-    ({"prompt": "x", "sampler_name": "DDIM", "scheduler": "Karras"}, "scheduler"),
     ({"prompt": "x", "restore_faces": 2}, "restore_faces"),
     ({"prompt": "x", "batch_size": 0}, "batch_size"),
     ({"prompt": "x", "n_iter": -1}, "n_iter"),

@@ -8,8 +8,10 @@ call (:func:`sampler_applied`); without either, the model keeps its own schedule
 
     >>> split_legacy("DPM++ 2M Karras"), split_legacy("euler a")
     (('DPM++ 2M', 'Karras'), ('Euler a', None))
-    >>> options_for("DPM++ 2M", "Karras")
+    >>> options_for("DPM++ 2M", "Karras", "PNDMScheduler")
     ('DPMSolverMultistepScheduler', {'use_karras_sigmas': True})
+    >>> options_for("DDIM", "Karras", "PNDMScheduler")  # A1111 too ignores it for DDIM
+    ('DDIMScheduler', {})
 
 Samplers that need packages pennello does not ship (LMS and Beta need scipy, DPM++ SDE needs
 torchsde) are left out rather than named and then refused at run time.
@@ -18,12 +20,13 @@ torchsde) are left out rather than named and then refused at run time.
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
-from pennello.errors import RequestError
+log = logging.getLogger(__name__)
 
 SamplerName = Literal["Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M SDE", "DDIM",
                       "PLMS", "UniPC", "DEIS", "LCM"]
@@ -97,21 +100,19 @@ def split_legacy(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def options_for(sampler: str | None, schedule: str | None, own_cls: str | None = None) -> tuple[str, dict[str, Any]]:
+def options_for(sampler: str | None, schedule: str | None, own_cls: str) -> tuple[str, dict[str, Any]]:
     """The diffusers class name and options of a (sampler, schedule) pair; ``own_cls`` (the
-    model's scheduler) stands in for an absent sampler. Raises RequestError when the schedule's
-    options are not ones that class takes (DDIM has no Karras sigmas)."""
+    model's scheduler) stands in for an absent sampler. A schedule the class cannot follow (DDIM
+    has no Karras sigmas) is left out and logged, as A1111 ignores schedules for such samplers."""
     cls = SAMPLERS[sampler].cls if sampler else own_cls
-    options = {**(SAMPLERS[sampler].options if sampler else {}), **SCHEDULES[schedule or "Automatic"][1]}
-    if cls is None:
-        raise RequestError("scheduler needs a sampler_name", field="scheduler")
+    schedule_options = SCHEDULES[schedule or "Automatic"][1]
     import diffusers
 
     accepted = inspect.signature(getattr(diffusers, cls).__init__).parameters
-    if any(option not in accepted for option in options):
-        raise RequestError(f"scheduler {schedule} does not apply to sampler {sampler or cls}; "
-                           f"use Automatic, or another sampler", field="scheduler")
-    return cls, options
+    if any(option not in accepted for option in schedule_options):
+        log.info("%s cannot follow the %s schedule; its own is used, as A1111 does", sampler or cls, schedule)
+        schedule_options = {}
+    return cls, {**(SAMPLERS[sampler].options if sampler else {}), **schedule_options}
 
 
 @contextmanager

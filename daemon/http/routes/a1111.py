@@ -33,7 +33,7 @@ from ..context import current_engine, current_owner
 from ...engine.jobs import GenerateRequest, Job
 from ...engine.params import dialect_names, dialect_types, random_seed
 from ...engine.outputs import a1111_parameters
-from ...engine.samplers import options_for, sampler_name, schedule_name, split_legacy
+from ...engine.samplers import schedule_name, split_legacy
 from . import a1111_lists, a1111_settings
 from .a1111_lenient import a1111_body, note_once
 from .a1111_settings import checkpoint_title, model_of_title, saved_options
@@ -189,8 +189,6 @@ def _sampler(body: dict[str, Any]) -> dict[str, Any]:
     sampler, schedule = split_legacy(body["sampler_name"]) if "sampler_name" in body else (None, None)
     if "scheduler" in body:
         schedule = schedule_name(body["scheduler"]) or body["scheduler"]
-    if sampler_name(sampler or "") and schedule_name(schedule or ""):
-        options_for(sampler, schedule)  # a 400 now for a pair that cannot run (DDIM with Karras)
     return {"sampler": sampler, "scheduler": schedule}
 
 
