@@ -27,7 +27,7 @@ from pennello.errors import PennelloError
 
 from .jobs import Job, OutputImage, Slot
 from .residency import Loaded, Residency
-from .samplers import sampler_applied
+from .samplers import counts_as_step, sampler_applied
 from .saver import Saver
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,8 @@ class Runner:
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             marks["decode"] = time.perf_counter()
+            if not counts_as_step(pipe, step):  # a second-order sampler's half step
+                return {}
             if self._run is not None:
                 self._run.step = step + 1
             for job, count in per_job.items():

@@ -133,6 +133,16 @@ def sampler_applied(pipe: Any, sampler: str | None, schedule: str | None) -> Ite
         pipe.scheduler = own
 
 
+def counts_as_step(pipe: Any, index: int) -> bool:
+    """Whether the pipeline's denoising iteration ``index`` completes one of the steps asked for:
+    a scheduler may take more iterations than steps (Heun and DPM2 two per step, PLMS one more),
+    and progress must still reach exactly ``steps``, spread evenly over the iterations."""
+    total, steps = len(pipe.scheduler.timesteps), getattr(pipe.scheduler, "num_inference_steps", None)
+    if not steps or total <= steps:
+        return True
+    return (index + 1) * steps // total > index * steps // total
+
+
 def a1111_samplers() -> list[dict[str, Any]]:
     """``GET /sdapi/v1/samplers``: A1111's shape, with the diffusers class each one runs."""
     return [{"name": name, "aliases": list(s.aliases), "options": {"scheduler": s.cls, **s.options}}
