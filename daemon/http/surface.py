@@ -90,6 +90,7 @@ ENDPOINT_SCOPES: Mapping[str, Scope] = {
     "a1111.settings.refresh_checkpoints": "device",
     "a1111.lists.samplers": "device",
     "a1111.lists.schedulers": "device",
+    "a1111.lists.scripts": "device",
     "a1111.lists.sd_modules": "device",
     "a1111.lists.sd_vae": "device",
     "a1111.settings.skip": "device",

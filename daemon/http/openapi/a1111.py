@@ -65,6 +65,9 @@ def paths() -> dict[str, dict[str, Schema]]:
             "/sdapi/v1/embeddings": _get("Textual-inversion embeddings: none",
                                          obj({"loaded": {"type": "object"}, "skipped": {"type": "object"}},
                                              ("loaded", "skipped"))),
+            "/sdapi/v1/scripts": _get("Scripts: none is run", obj({
+                "txt2img": {"type": "array", "items": STR}, "img2img": {"type": "array", "items": STR}},
+                ("txt2img", "img2img"))),
             "/sdapi/v1/cmd-flags": _get("The A1111 command-line flags that mean something here",
                                         {"type": "object"}),
             "/sdapi/v1/memory": _get("System and CUDA memory (bytes)", ref("A1111Memory")),

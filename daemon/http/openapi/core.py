@@ -239,7 +239,7 @@ def _a1111_paths() -> dict[str, dict[str, Schema]]:
     return {
         "/sdapi/v1/txt2img": {"post": op(
             "AUTOMATIC1111-compatible txt2img", a1, reply(ref("A1111Txt2ImgResponse")),
-            body="A1111Txt2ImgRequest", errors=("400", "404", "429", "500"))},
+            body="A1111Txt2ImgRequest", errors=("400", "404", "409", "429", "500"))},
         "/sdapi/v1/sd-models": {"get": op("AUTOMATIC1111-compatible model list", a1,
                                           reply({"type": "array", "items": ref("A1111SDModel")}))},
         "/sdapi/v1/progress": {"get": op(

@@ -40,6 +40,15 @@ from .a1111_settings import checkpoint_title, model_of_title, saved_options
 from .native import visible_progress
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
+
+
+class InterruptedJobError(PennelloError):
+    """The caller's txt2img job was cancelled while it waited (409, as pennello's own API answers)."""
+
+    http_status = 409
+    kind = "cancelled"
+
+
 bp.register_blueprint(a1111_settings.bp)
 bp.register_blueprint(a1111_lists.bp)
 
@@ -151,6 +160,9 @@ def txt2img() -> Any:
         e.field = dialect_names("a1111").get(e.field or "", e.field)
         raise
     job.wait()
+    if job.status == "cancelled":
+        raise InterruptedJobError("txt2img was interrupted (POST /sdapi/v1/interrupt, or the job was "
+                                  "cancelled) before any picture was finished")
     if job.status != "done":
         raise PennelloError(f"txt2img {job.status}: {job.error or 'no pictures were made'}")
     images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in job.images]

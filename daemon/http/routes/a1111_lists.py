@@ -10,6 +10,7 @@ connect when one is missing), so each answers in A1111's shape:
 * ``sd-vae``, ``sd-modules``, ``loras``, ``hypernetworks``, ``embeddings``, ``face-restorers``,
   ``realesrgan-models``, ``latent-upscale-modes``: empty, because each model brings its own VAE
   and pennello loads no add-on networks, face restorers or latent hires passes;
+* ``scripts``: none, for either mode;
 * ``png-info``: the generation parameters in a picture, from the ``parameters`` text that A1111
   and pennello both write, else from pennello's XMP record.
 """
@@ -61,6 +62,12 @@ def prompt_styles() -> Any:
     presets = load_styles(current_engine().paths.config_dir)
     return jsonify([{"name": s.name, "prompt": s.prompt.replace(SUBJECT, "{prompt}"),
                      "negative_prompt": s.negative} for s in presets.values()])
+
+
+@bp.get("/scripts")
+def scripts() -> Any:
+    """pennello runs no A1111 scripts (webuiapi reads this to find ControlNet and ADetailer)."""
+    return jsonify({"txt2img": [], "img2img": []})
 
 
 @bp.get("/embeddings")

@@ -41,7 +41,7 @@ FIXED_OPTIONS: dict[str, Any] = {
     "samples_format": "png", "sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1,
     "sd_checkpoints_limit": 1, "eta_noise_seed_delta": 0, "live_previews_enable": False,
     "show_progressbar": True, "enable_pnginfo": True, "save_images_add_number": True,
-    "outdir_samples": "", "forge_preset": None}
+    "outdir_samples": ""}  # no forge_preset: SillyTavern takes a server that has one for Forge
 _lock = threading.Lock()
 
 
