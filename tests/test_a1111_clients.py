@@ -195,3 +195,28 @@ def test_interrupt_stops_the_callers_running_txt2img(url):
     while requests.get(f"{url}/sdapi/v1/progress").json()["state"]["job_count"]:
         assert time.monotonic() < deadline, "the interrupted call kept running"
         time.sleep(0.02)
+
+
+def test_options_are_per_caller(api_server):
+    """A paired device's checkpoint and options are its own; the owner's stay as they were."""
+    url, lan = api_server(lan=True)
+    code = requests.post(f"{url}/api/pair/code").json()["code"]
+    token = requests.post(f"{lan}/api/pair", json={"code": code, "name": "tavern pc"}).json()["token"]
+    device = {"Authorization": f"Bearer {token}"}
+    assert requests.post(f"{url}/sdapi/v1/options", json={"jpeg_quality": 90}).status_code == 200
+    answer = requests.post(f"{lan}/sdapi/v1/options", headers=device,
+                           json={"sd_model_checkpoint": "pennello-tiny", "jpeg_quality": 10})
+    assert answer.status_code == 200, answer.text
+    assert requests.get(f"{lan}/sdapi/v1/options", headers=device).json()["jpeg_quality"] == 10
+    assert requests.get(f"{url}/sdapi/v1/options").json()["jpeg_quality"] == 90
+    assert requests.get(f"{lan}/sdapi/v1/options").status_code == 401  # and a stranger has none
+    txt2img = requests.post(f"{lan}/sdapi/v1/txt2img", headers=device, json={"prompt": "x", "steps": 1, **SIZE})
+    assert json.loads(txt2img.json()["info"])["sd_model_name"] == "pennello-tiny"
+
+
+def test_the_native_api_names_the_sampler_too(url):
+    refused = requests.post(f"{url}/api/generate", json={"prompt": "x", "sampler": "Euler z"})
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "sampler"
+    done = requests.post(f"{url}/api/generate", json={"prompt": "x", "steps": 2, "sampler": "UniPC",
+                                                      "scheduler": "Karras", "wait": True, **SIZE})
+    assert done.status_code == 200 and done.json()["sampler"] == "UniPC", done.text
