@@ -22,9 +22,10 @@ from __future__ import annotations
 import inspect
 import logging
 import typing
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
