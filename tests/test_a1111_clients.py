@@ -82,6 +82,7 @@ def test_webuiapi_switches_the_model_and_it_persists(api, url, api_engine):
 
 # Open WebUI (backend/open_webui/routers/images.py at 02530d50: verify_url, get_models,
 # set_image_model, image_generations for the "automatic1111" engine), as data.
+OPEN_WEBUI_HEADERS = {"authorization": ""}  # get_automatic1111_api_auth without API auth set
 OPEN_WEBUI = [
     ("GET", "options", None),      # verify_url
     ("GET", "sd-models", None),    # get_models: id = title
@@ -98,7 +99,7 @@ def test_open_webui_sequence(url):
     for method, route, body in OPEN_WEBUI:
         if body == OPEN_WEBUI[3][2]:
             body = {**options, "sd_model_checkpoint": "pennello-tiny"}
-        response = requests.request(method, f"{url}/sdapi/v1/{route}", json=body)
+        response = requests.request(method, f"{url}/sdapi/v1/{route}", json=body, headers=OPEN_WEBUI_HEADERS)
         assert response.status_code == 200, (route, response.text)
         options = response.json() if route == "options" and method == "GET" else options
     result = response.json()
@@ -109,6 +110,7 @@ def test_open_webui_sequence(url):
 # SillyTavern 1.12 (src/endpoints/stable-diffusion.js: ping, upscalers, vaes, samplers, schedulers,
 # models, get-model, set-model, generate; the body from public/scripts/extensions/stable-diffusion/
 # index.js generateAutoImage with its default settings, at 64x64 and 2 steps for a CPU).
+SILLYTAVERN_HEADERS = {"Authorization": "Basic "}  # getBasicAuthHeader("") on every call
 SILLYTAVERN = [
     ("GET", "options"), ("GET", "upscalers"), ("GET", "latent-upscale-modes"), ("GET", "sd-vae"),
     ("GET", "sd-modules"), ("GET", "samplers"), ("GET", "schedulers"), ("GET", "sd-models"),
@@ -126,14 +128,16 @@ SILLYTAVERN_GENERATE = {
 
 def test_sillytavern_sequence(url):
     for method, route in SILLYTAVERN:
-        response = requests.request(method, f"{url}/sdapi/v1/{route}")
+        response = requests.request(method, f"{url}/sdapi/v1/{route}", headers=SILLYTAVERN_HEADERS)
         assert response.status_code == 200, (route, response.text)
     title = response.json()["sd_model_checkpoint"]
-    assert requests.post(f"{url}/sdapi/v1/options", json={"sd_model_checkpoint": title}).status_code == 200
-    progress = requests.get(f"{url}/sdapi/v1/progress").json()  # set-model waits until idle
+    session = requests.Session()
+    session.headers.update(SILLYTAVERN_HEADERS)
+    assert session.post(f"{url}/sdapi/v1/options", json={"sd_model_checkpoint": title}).status_code == 200
+    progress = session.get(f"{url}/sdapi/v1/progress").json()  # set-model waits until idle
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
-    assert "forge_preset" not in requests.get(f"{url}/sdapi/v1/options").json()  # not Forge
-    response = requests.post(f"{url}/sdapi/v1/txt2img", json=SILLYTAVERN_GENERATE)
+    assert "forge_preset" not in session.get(f"{url}/sdapi/v1/options").json()  # generate: not Forge
+    response = session.post(f"{url}/sdapi/v1/txt2img", json=SILLYTAVERN_GENERATE)
     assert response.status_code == 200, response.text
     assert _picture(response.json()["images"][0]).size == (64, 64)
     assert json.loads(response.json()["info"])["sampler_name"] == "DDIM"
@@ -220,3 +224,14 @@ def test_the_native_api_names_the_sampler_too(url):
     done = requests.post(f"{url}/api/generate", json={"prompt": "x", "steps": 2, "sampler": "UniPC",
                                                       "scheduler": "Karras", "wait": True, **SIZE})
     assert done.status_code == 200 and done.json()["sampler"] == "UniPC", done.text
+
+
+def test_every_listed_sampler_and_schedule_makes_a_picture(url):
+    samplers = [s["name"] for s in requests.get(f"{url}/sdapi/v1/samplers").json()]
+    schedules = [s["label"] for s in requests.get(f"{url}/sdapi/v1/schedulers").json()]
+    pairs = [(s, "Automatic") for s in samplers] + [("DPM++ 2M", s) for s in schedules]
+    for sampler, schedule in pairs:
+        response = requests.post(f"{url}/sdapi/v1/txt2img", json={
+            "prompt": "a kite", "steps": 3, "seed": 1, "sampler_name": sampler, "scheduler": schedule, **SIZE})
+        assert response.status_code == 200, (sampler, schedule, response.text)
+        assert _picture(response.json()["images"][0]).size == (64, 64)
