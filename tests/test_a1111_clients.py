@@ -235,3 +235,40 @@ def test_every_listed_sampler_and_schedule_makes_a_picture(url):
             "prompt": "a kite", "steps": 3, "seed": 1, "sampler_name": sampler, "scheduler": schedule, **SIZE})
         assert response.status_code == 200, (sampler, schedule, response.text)
         assert _picture(response.json()["images"][0]).size == (64, 64)
+
+
+def test_png_info_reads_a1111s_text_and_pennellos_xmp(url):
+    from PIL import PngImagePlugin
+
+    text = ('masterpiece, a castle\nNegative prompt: lowres, "bad"\nSteps: 20, Sampler: DPM++ 2M, '
+            'Schedule type: Karras, CFG scale: 7, Seed: 123, Size: 512x768, Model hash: 6ce0161689, '
+            'Lora hashes: "a: 1, b: 2", Version: v1.10.1')
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    info.add_text("Software", "A1111")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG", pnginfo=info)
+    answer = requests.post(f"{url}/sdapi/v1/png-info", json={"image": base64.b64encode(buffer.getvalue()).decode()})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["info"] == text and result["items"] == {"Software": "A1111"}
+    parsed = result["parameters"]
+    assert parsed["Prompt"] == "masterpiece, a castle" and parsed["Negative prompt"] == 'lowres, "bad"'
+    assert (parsed["Sampler"], parsed["Schedule type"], parsed["Seed"]) == ("DPM++ 2M", "Karras", "123")
+    assert (parsed["Size-1"], parsed["Size-2"], parsed["Lora hashes"]) == ("512", "768", "a: 1, b: 2")
+    # A WebP has no PNG text: the parameters come from pennello's XMP record in it.
+    job = requests.post(f"{url}/api/generate", json={"prompt": "a webp kite", "seed": 9, "steps": 1,
+                                                     "format": "webp", "wait": True, **SIZE}).json()
+    webp = requests.get(url + job["images"][0]["url"]).content
+    parsed = requests.post(f"{url}/sdapi/v1/png-info", json={"image": base64.b64encode(webp).decode()}).json()
+    assert parsed["parameters"]["Prompt"] == "a webp kite" and parsed["parameters"]["Seed"] == "9"
+    broken = io.BytesIO()  # someone else's broken packet: no parameters, and no 500
+    Image.new("RGB", (8, 8)).save(broken, "WEBP", xmp=b"<x:xmpmeta><unclosed</x:xmpmeta>")
+    answer = requests.post(f"{url}/sdapi/v1/png-info", json={"image": base64.b64encode(broken.getvalue()).decode()})
+    assert answer.status_code == 200 and answer.json()["info"] == "", answer.text
+
+
+def test_png_info_refuses_what_is_not_a_picture(url):
+    for body, field in (({"image": "bm90IGFuIGltYWdl"}, "image"), ({}, "image"), ({"image": 3}, "image")):
+        answer = requests.post(f"{url}/sdapi/v1/png-info", json=body)
+        assert answer.status_code == 400 and answer.json()["error"]["field"] == field, answer.text

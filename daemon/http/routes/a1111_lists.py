@@ -87,18 +87,29 @@ for _name in _EMPTY:
 def png_info() -> Any:
     """The parameters a picture carries: ``info`` (the text), ``items`` (its other text chunks)
     and ``parameters`` (the text parsed the way A1111 parses it)."""
-    from ...engine.outputs import a1111_parameters, parse_xmp
     from ...pictures.uploads import decode_base64_upload
 
     body = a1111_body({"image": str}, required=("image",))
     image = decode_base64_upload(body["image"], current_engine().config.images, "image")
     chunks = {k: v for k, v in image.info.items() if isinstance(v, str)}
     text = chunks.pop("parameters", None)
-    xmp = chunks.pop("XML:com.adobe.xmp", None)
+    xmp = chunks.pop("XML:com.adobe.xmp", None) or image.info.get("xmp")  # PNG iTXt; WebP and JPEG
     if text is None and xmp:
-        record = parse_xmp(xmp)[1]
-        text = a1111_parameters(record) if record else None
+        text = _xmp_infotext(xmp)
     return jsonify({"info": text or "", "items": chunks, "parameters": parse_infotext(text or "")})
+
+
+def _xmp_infotext(xmp: str | bytes) -> str | None:
+    """The ``parameters`` text of pennello's record in an XMP packet; None without a readable one."""
+    from xml.etree.ElementTree import ParseError
+
+    from ...engine.outputs import a1111_parameters, parse_xmp
+
+    try:
+        record = parse_xmp(xmp)[1]
+    except (ParseError, ValueError, UnicodeDecodeError):  # someone else's or a broken packet
+        return None
+    return a1111_parameters(record) if isinstance(record, dict) and record else None
 
 
 def parse_infotext(text: str) -> dict[str, Any]:
