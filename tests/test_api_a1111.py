@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import threading
 import time
 
@@ -77,12 +78,14 @@ def test_send_images_false_and_model_by_checkpoint_title(url):
 @pytest.mark.parametrize("body, field", [
     ({"prompt": "x", "enable_hr": True}, "enable_hr"),
     ({"prompt": "x", "script_name": "x/y/z plot"}, "script_name"),
-    ({"prompt": "x", "alwayson_scripts": {"controlnet": {}}}, "alwayson_scripts"),
+    ({"prompt": "x", "sampler_name": "Euler z"}, "sampler_name"),
+    ({"prompt": "x", "scheduler": "Polyexponential"}, "scheduler"),
+    ({"prompt": "x", "restore_faces": 2}, "restore_faces"),
     ({"prompt": "x", "batch_size": 0}, "batch_size"),
     ({"prompt": "x", "n_iter": -1}, "n_iter"),
     ({"prompt": "x", "steps": "many"}, "steps"),
     ({"prompt": "x", "width": 65}, "width"),
-    ({"prompt": "x", "no_such_field": 1}, "no_such_field"),
+    ({"prompt": "x", "steps": True}, "steps"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": "x", "override_settings": {"sd_model_checkpoint": 3}}, "override_settings"),
 ])
@@ -90,6 +93,17 @@ def test_refusals_name_the_field(url, body, field):
     response = requests.post(f"{url}/sdapi/v1/txt2img", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["field"] == field
+
+
+def test_unknown_fields_and_scripts_are_ignored_and_logged_once(url, caplog):
+    """A1111 ignores what it does not know (these two were 400s before); the log still says so."""
+    body = {"prompt": "x", "steps": 1, "no_such_field": 1, "alwayson_scripts": {"controlnet": {}}}
+    with caplog.at_level(logging.INFO, logger="pennello.daemon.http.routes.a1111_lenient"):
+        for _ in range(2):
+            response = requests.post(f"{url}/sdapi/v1/txt2img", json=body)
+            assert response.status_code == 200, response.text
+    notes = [r.getMessage() for r in caplog.records if r.name.endswith("a1111_lenient")]
+    assert sum("no_such_field" in n for n in notes) == 1 and sum("controlnet" in n for n in notes) == 1
 
 
 def test_off_values_of_unsupported_features_are_fine(url):

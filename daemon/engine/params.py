@@ -44,6 +44,8 @@ from pydantic.fields import FieldInfo
 
 from pennello.errors import RequestError
 
+from .samplers import SamplerName, ScheduleName
+
 ImageFormat = Literal["png", "jpeg", "webp"]
 IMAGE_FORMATS: tuple[str, ...] = typing.get_args(ImageFormat)
 MAX_SEED = 2**32 - 1
@@ -110,6 +112,13 @@ class GenerationParams:
                     Default("random"), Dialect(a1111="seed"), _KEPT] = None
     format: Annotated[ImageFormat, Field(description="The pictures' file format."),
                       Dialect(openai="output_format")] = "png"
+    sampler: Annotated[SamplerName | None, Field(description="The sampler (a diffusers scheduler, by its "
+                                                             "A1111 name); the model's own when absent."),
+                       Dialect(a1111="sampler_name")] = None
+    scheduler: Annotated[ScheduleName | None, Field(description="The noise schedule the sampler follows "
+                                                                "(A1111's Karras, Exponential…); the "
+                                                                "sampler's own when absent."),
+                         Dialect(a1111="scheduler")] = None
     enhance: Annotated[bool, Field(description="Auto-enhance each picture (contrast, sharpness) before "
                                                "saving it.")] = False
 

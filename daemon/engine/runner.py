@@ -27,6 +27,7 @@ from pennello.errors import PennelloError
 
 from .jobs import Job, OutputImage, Slot
 from .residency import Loaded, Residency
+from .samplers import counts_as_step, sampler_applied
 from .saver import Saver
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,8 @@ class Runner:
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             marks["decode"] = time.perf_counter()
+            if not counts_as_step(pipe, step):  # a second-order sampler's half step
+                return {}
             if self._run is not None:
                 self._run.step = step + 1
             for job, count in per_job.items():
@@ -204,14 +207,15 @@ class Runner:
         denoiser = getattr(loaded.pipe, loaded.family.denoiser)
         hook = denoiser.register_forward_pre_hook(on_denoiser)
         try:
-            # CPU generators: the same seed gives the same picture on every device.
-            result = loaded.pipe(
-                prompt=[job.request.prompt for job, _ in slots],
-                negative_prompt=negatives if any(negatives) else None,
-                width=request.width, height=request.height, num_inference_steps=request.steps,
-                guidance_scale=request.guidance, num_images_per_prompt=1,
-                generator=[torch.Generator("cpu").manual_seed(job.seeds[i]) for job, i in slots],
-                callback_on_step_end=on_step_end, output_type="pil")
+            with sampler_applied(loaded.pipe, request.sampler, request.scheduler):
+                # CPU generators: the same seed gives the same picture on every device.
+                result = loaded.pipe(
+                    prompt=[job.request.prompt for job, _ in slots],
+                    negative_prompt=negatives if any(negatives) else None,
+                    width=request.width, height=request.height, num_inference_steps=request.steps,
+                    guidance_scale=request.guidance, num_images_per_prompt=1,
+                    generator=[torch.Generator("cpu").manual_seed(job.seeds[i]) for job, i in slots],
+                    callback_on_step_end=on_step_end, output_type="pil")
         finally:
             hook.remove()
         end = time.perf_counter()

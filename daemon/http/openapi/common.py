@@ -15,6 +15,9 @@ Schema = dict[str, Any]
 STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 IGNORED = {"description": "Accepted for compatibility; ignored."}
+# One server-sent event as SSE-aware tools parse a stream (its `data` is JSON text).
+SSE_EVENT = {"type": "object", "properties": {"event": STR, "data": STR, "id": STR, "retry": INT},
+             "additionalProperties": True}
 ERROR_TEXT = {"400": "Invalid request; `field`/`param` names the input", "401": "A token is needed "
               "(non-loopback caller) or it is not valid", "403": "Only the owner may do this",
               "404": "Not found", "409": "The job was cancelled", "413": "Over a size limit "

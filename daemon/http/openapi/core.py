@@ -9,7 +9,8 @@ from pennello.config import CompileMode
 
 from ...engine.params import IMAGE_FORMATS
 from ...engine.profiles import Offload
-from .common import BOOL, ERROR_TEXT, INT, NUM, STR, Schema, nullable, obj, op, path_param, ref, reply
+from .common import (BOOL, ERROR_TEXT, INT, NUM, SSE_EVENT, STR, Schema, nullable, obj, op, path_param, ref,
+                     reply)
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj({"error": obj({"type": STR, "message": STR, "field": nullable("string")},
@@ -136,7 +137,7 @@ def _query_int(name: str, default: int, low: int, high: int) -> Schema:
 
 _JOB_ID = path_param("job_id", "A job id from POST /api/generate.")
 _SSE = {"description": "Server-sent events: `job`, `progress`…, then `done`, `failed` or `cancelled`; "
-                       "each `data` is JSON.", "content": {"text/event-stream": {"schema": STR}}}
+                       "each `data` is JSON.", "content": {"text/event-stream": {"schema": SSE_EVENT}}}
 _PNG = {"description": "A PNG image", "content": {"image/png": {"schema": {"type": "string",
                                                                            "contentMediaType": "image/png"}}}}
 
@@ -156,7 +157,7 @@ def _native_paths() -> dict[str, dict[str, Schema]]:
                 "202": reply(ref("Job"), "Queued; Location names the job"),
                 "200": {"description": "Done (`wait`), or an event stream (`stream`)",
                         "content": {"application/json": {"schema": ref("Job")},
-                                    "text/event-stream": {"schema": STR}}},
+                                    "text/event-stream": {"schema": SSE_EVENT}}},
                 "409": reply(ref("Job"), "Cancelled while waiting"),
                 "500": reply(ref("Job"), "Failed while waiting")})},
         "/api/jobs": {"get": op("Jobs the caller may see, oldest first", native, reply(ref("JobList")))},
@@ -241,7 +242,7 @@ def _a1111_paths() -> dict[str, dict[str, Schema]]:
     return {
         "/sdapi/v1/txt2img": {"post": op(
             "AUTOMATIC1111-compatible txt2img", a1, reply(ref("A1111Txt2ImgResponse")),
-            body="A1111Txt2ImgRequest", errors=("400", "404", "429", "500"))},
+            body="A1111Txt2ImgRequest", errors=("400", "404", "409", "429", "500"))},
         "/sdapi/v1/sd-models": {"get": op("AUTOMATIC1111-compatible model list", a1,
                                           reply({"type": "array", "items": ref("A1111SDModel")}))},
         "/sdapi/v1/progress": {"get": op(

@@ -32,9 +32,8 @@ FILE = {"type": "string", "contentMediaType": "application/octet-stream",
 _IMAGE_ID = {"description": "A gallery picture to use instead of an upload."}
 # A1111 fields accepted only at their "off" value (null counts as absent, as everywhere).
 _OFF_ONLY: dict[str, Schema] = {
-    "enable_hr": {"enum": [False, None], "description": "Only false (off) is accepted."},
-    "script_name": {"type": "null", "description": "Only null (no script) is accepted."},
-    "alwayson_scripts": {"maxProperties": 0, "description": "Only {} (no scripts) is accepted."}}
+    "enable_hr": {"enum": [False, 0, None], "description": "Only false (off) is accepted."},
+    "script_name": {"type": "null", "description": "Only null (no script) is accepted."}}
 _CHECKPOINT = {"properties": {"sd_model_checkpoint": {"type": ["string", "null"]}},
                "description": "Only sd_model_checkpoint is used (a title from sd-models)."}
 _STRENGTH = {"exclusiveMinimum": 0, "maximum": 1, "default": 0.75}
@@ -134,9 +133,12 @@ def _a1111(engine: EngineConfig) -> dict[str, Schema]:
     params["n_iter"] = {**params["batch_size"], "description": "Batches; batch_size * n_iter pictures."}
     params["seed"] = {**params["seed"], "minimum": -1,
                       "description": "-1 or absent: random. Image i uses seed+i."}
+    params["sampler_name"]["description"] += " Any case; aliases (k_euler_a) and names with a schedule " \
+                                            "(DPM++ 2M Karras) too."
+    params["scheduler"]["description"] += " By label or name (karras), any case."
     ignored = {**routes_a1111.IGNORED_FIELDS, **routes_a1111.IMG2IMG_IGNORED_FIELDS}
     notes = {"override_settings": _CHECKPOINT, **{name: IGNORED for name in ignored}, **_OFF_ONLY}
-    return {
+    return {name: _lenient(schema) for name, schema in {
         "A1111Txt2ImgRequest": body(routes_a1111.TXT2IMG_FIELDS | routes_a1111.IGNORED_FIELDS | {
             k: t for k, (t, _) in routes_a1111.OFF_ONLY_FIELDS.items()}, params, notes, ("prompt",)),
         "A1111Img2ImgRequest": body(routes_a1111.IMG2IMG_ALL, params, {
@@ -145,8 +147,18 @@ def _a1111(engine: EngineConfig) -> dict[str, Schema]:
                             "maxItems": 3, "description": "One picture; up to 3 for models that take "
                                                           "reference pictures (qwen-image-edit)."},
             "mask": {"contentEncoding": "base64", "description": "White where to repaint."},
-            "inpainting_mask_invert": {"enum": [0, 1, None]}}, ("init_images", "prompt")),
-    }
+            "inpainting_mask_invert": {"enum": [0, 1, False, True, None]}}, ("init_images", "prompt")),
+    }.items()}
+
+
+def _lenient(schema: Schema) -> Schema:
+    """An A1111 body as the /sdapi routes take it: other fields are ignored (so allowed), and a
+    flag may also be 0 or 1 (:mod:`..routes.a1111_lenient`)."""
+    for prop in schema["properties"].values():
+        if prop.get("type") == ["boolean", "null"] and "enum" not in prop:
+            del prop["type"]
+            prop["enum"] = [False, True, 0, 1, None]
+    return {**schema, "additionalProperties": True}
 
 
 def _batch(engine: EngineConfig) -> dict[str, Schema]:

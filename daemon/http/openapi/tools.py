@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..routes import tools as routes_tools
 from ...engine.params import IMAGE_FORMATS, property_schemas
 from ...tools.upscale import SCALES, upscalers
-from .common import BOOL, INT, NUM, STR, Schema, obj, op, or_null, ref, reply
+from .common import BOOL, INT, NUM, SSE_EVENT, STR, Schema, obj, op, or_null, ref, reply
 from .requests import FILE, form
 
 _METRICS = obj({"contrast_spread": NUM, "sharpness": NUM, "brightness": NUM},
@@ -94,7 +94,7 @@ def _edit_responses(operation: Schema) -> Schema:
     operation["responses"].update({
         "200": {"description": "Done (the default), or the job's events (`stream`)",
                 "content": {"application/json": {"schema": ref("EditResponse")},
-                            "text/event-stream": {"schema": STR}}},
+                            "text/event-stream": {"schema": SSE_EVENT}}},
         "202": reply(ref("EditResponse"), "Queued (`wait` false); Location names the job"),
         "409": reply(ref("EditResponse"), "Cancelled while waiting"),
         "500": reply(ref("EditResponse"), "Failed while waiting")})

@@ -7,10 +7,14 @@
 ``txt2img`` makes ``batch_size * n_iter`` PNG pictures. ``seed`` -1 (or absent) picks a random
 first seed; picture *i* uses seed + *i*, as in A1111. Fields left out take the model's defaults
 (not A1111's 512x512/50 steps, which suit other models). The model is the default one unless
-``override_settings.sd_model_checkpoint`` names another (a title from ``/sdapi/v1/sd-models``).
-A1111 fields that pennello has no equivalent for (samplers, face restoration, tiling, subseeds…)
-are accepted and ignored; ones that would change the result in ways it cannot honour
-(``enable_hr``, scripts) are refused with a 400 naming the field.
+``override_settings.sd_model_checkpoint`` names another (a title from ``/sdapi/v1/sd-models``), or
+the caller chose one with ``POST /sdapi/v1/options`` (:mod:`.a1111_settings`). ``sampler_name``
+and ``scheduler`` pick a diffusers scheduler (:mod:`...engine.samplers`; old combined names such
+as "DPM++ 2M Karras" too). As in A1111, fields it does not know are ignored (and logged once per
+client: :mod:`.a1111_lenient`), and so are A1111 fields pennello has no equivalent for (face
+restoration, tiling, subseeds, ``alwayson_scripts``…); ones that would change the result in ways
+it cannot honour (``enable_hr``, ``script_name``) are refused with a 400 naming the field.
+The catalogue routes (samplers, upscalers, styles…) are :mod:`.a1111_lists`.
 """
 
 from __future__ import annotations
@@ -25,21 +29,35 @@ from flask import Blueprint, jsonify
 from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
-from ..request import json_body
 from ..context import current_engine, current_owner
 from ...engine.jobs import GenerateRequest, Job
 from ...engine.params import dialect_names, dialect_types, random_seed
 from ...engine.outputs import a1111_parameters
+from ...engine.samplers import schedule_name, split_legacy
+from . import a1111_lists, a1111_settings
+from .a1111_lenient import a1111_body, note_once
+from .a1111_settings import checkpoint_title, model_of_title, saved_options
 from .native import visible_progress
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
+
+
+class InterruptedJobError(PennelloError):
+    """The caller's txt2img job was cancelled while it waited (409, as pennello's own API answers)."""
+
+    http_status = 409
+    kind = "cancelled"
+
+
+bp.register_blueprint(a1111_settings.bp)
+bp.register_blueprint(a1111_lists.bp)
 
 # name -> JSON type; the ones pennello uses: A1111's names for our parameters, then its own.
 TXT2IMG_FIELDS: dict[str, Any] = {
     **dialect_types("a1111"), "n_iter": int, "override_settings": dict, "send_images": bool}
 # A1111 fields without a pennello equivalent: accepted so A1111 clients work, then ignored.
 IGNORED_FIELDS: dict[str, Any] = {
-    "sampler_name": str, "sampler_index": str, "scheduler": str, "styles": list, "subseed": int,
+    "sampler_index": str, "styles": list, "subseed": int,
     "subseed_strength": float, "seed_resize_from_h": int, "seed_resize_from_w": int,
     "seed_enable_extras": bool, "restore_faces": bool, "tiling": bool, "do_not_save_samples": bool,
     "do_not_save_grid": bool, "eta": float, "denoising_strength": float, "s_min_uncond": float,
@@ -50,11 +68,11 @@ IGNORED_FIELDS: dict[str, Any] = {
     "hr_second_pass_steps": int, "hr_resize_x": int, "hr_resize_y": int,
     "hr_checkpoint_name": str, "hr_sampler_name": str, "hr_scheduler": str, "hr_prompt": str,
     "hr_negative_prompt": str, "force_task_id": str, "infotext": str, "save_images": bool,
-    "script_args": list,
+    "script_args": list, "alwayson_scripts": dict,
 }
 # Accepted only at their "off" value: anything else would be silently not done.
 OFF_ONLY_FIELDS: dict[str, tuple[Any, Any]] = {
-    "enable_hr": (bool, False), "script_name": (str, None), "alwayson_scripts": (dict, {})}
+    "enable_hr": (bool, False), "script_name": (str, None)}
 _ALL_FIELDS = {**TXT2IMG_FIELDS, **IGNORED_FIELDS, **{k: t for k, (t, _) in OFF_ONLY_FIELDS.items()}}
 
 
@@ -80,10 +98,7 @@ def img2img() -> Any:
     from ...tools.edit import EditRequest, run_edit
     from ...pictures.uploads import decode_base64_upload
 
-    body = json_body(IMG2IMG_ALL, required=("init_images",))
-    for name, (_, off) in OFF_ONLY_FIELDS.items():
-        if body.get(name, off) not in (off, None):
-            raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
+    body = _checked_body(IMG2IMG_ALL, required=("init_images",))
     engine = current_engine()
     limits = engine.config.images
     init_images = body["init_images"]
@@ -101,6 +116,9 @@ def img2img() -> Any:
             mask = ImageOps.invert(mask)
         origin["mask"] = _b64_digest(body["mask"])
     params = a1111_params(body)
+    for name in ("sampler", "scheduler"):  # an edit runs the editing model's own scheduler
+        if params.pop(name, None) is not None:
+            note_once(dialect_names("a1111")[name], "img2img keeps the model's own scheduler; ignored")
     try:
         result = run_edit(engine, EditRequest(
             **params, image=pictures[0], references=tuple(pictures[1:]), mask=mask,
@@ -133,20 +151,36 @@ def _b64_digest(text: str) -> str:
 
 @bp.post("/txt2img")
 def txt2img() -> Any:
-    body = json_body(_ALL_FIELDS)
-    for name, (_, off) in OFF_ONLY_FIELDS.items():
-        if body.get(name, off) not in (off, None):
-            raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
+    body = _checked_body(_ALL_FIELDS)
     params = a1111_params(body)
     engine = current_engine()
-    job = engine.submit(GenerateRequest(**params, owner=current_owner()))
+    try:
+        job = engine.submit(GenerateRequest(**params, owner=current_owner()))
+    except RequestError as e:  # name the field as A1111 clients know it
+        e.field = dialect_names("a1111").get(e.field or "", e.field)
+        raise
     job.wait()
+    if job.status == "cancelled":
+        raise InterruptedJobError("txt2img was interrupted (POST /sdapi/v1/interrupt, or the job was "
+                                  "cancelled) before any picture was finished")
     if job.status != "done":
         raise PennelloError(f"txt2img {job.status}: {job.error or 'no pictures were made'}")
     images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in job.images]
     return jsonify({"images": images if body.get("send_images", True) else [],
                     "parameters": {**_resolved(job, body), **body},
                     "info": json.dumps(_info(job, body))})
+
+
+def _checked_body(fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A txt2img or img2img body, leniently parsed; features pennello cannot honour refused."""
+    body = a1111_body(fields, required)
+    for name, (_, off) in OFF_ONLY_FIELDS.items():
+        if body.get(name, off) not in (off, None):
+            raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
+    if body.get("alwayson_scripts"):
+        note_once("alwayson_scripts", f"scripts {', '.join(map(str, body['alwayson_scripts']))} are not "
+                                      "run by pennello; ignored")
+    return body
 
 
 def a1111_params(body: dict[str, Any]) -> dict[str, Any]:
@@ -157,8 +191,17 @@ def a1111_params(body: dict[str, Any]) -> dict[str, Any]:
     params["n"] = _positive(body, "batch_size") * _positive(body, "n_iter")
     seed = body.get("seed", -1)
     params["seed"] = random_seed() if seed == -1 else seed
-    return {**params, "prompt": body.get("prompt", ""), "format": "png",
+    return {**params, **_sampler(body), "prompt": body.get("prompt", ""), "format": "png",
             "model": _checkpoint(body.get("override_settings", {}))}
+
+
+def _sampler(body: dict[str, Any]) -> dict[str, Any]:
+    """``sampler_name`` and ``scheduler`` as pennello's names for them, whatever the case or
+    alias; an unknown name is passed on for the parameter check to refuse, naming the known ones."""
+    sampler, schedule = split_legacy(body["sampler_name"]) if "sampler_name" in body else (None, None)
+    if "scheduler" in body:
+        schedule = schedule_name(body["scheduler"]) or body["scheduler"]
+    return {"sampler": sampler, "scheduler": schedule}
 
 
 def _positive(body: dict[str, Any], name: str) -> int:
@@ -169,13 +212,12 @@ def _positive(body: dict[str, Any], name: str) -> int:
 
 
 def _checkpoint(override_settings: dict[str, Any]) -> str | None:
-    """The model named by ``sd_model_checkpoint``: a title ``name [hash]`` or a bare name."""
+    """The model named by ``sd_model_checkpoint`` (a title ``name [hash]`` or a bare name), else
+    the one the caller chose with ``POST /sdapi/v1/options``, else None: the default."""
     title = override_settings.get("sd_model_checkpoint")
     if title is None:
-        return None
-    if not isinstance(title, str):
-        raise RequestError("override_settings.sd_model_checkpoint must be a string", field="override_settings")
-    return title.split(" [", 1)[0].strip()
+        return saved_options().get("sd_model_checkpoint")
+    return model_of_title(title, "override_settings")
 
 
 def _resolved(job: Job, body: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +225,7 @@ def _resolved(job: Job, body: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": job.seeds[0],
             "steps": r.steps, "cfg_scale": r.guidance, "width": r.width, "height": r.height,
             "batch_size": body.get("batch_size", 1), "n_iter": body.get("n_iter", 1),
-            "sampler_name": body.get("sampler_name")}
+            "sampler_name": r.sampler, "scheduler": r.scheduler}
 
 
 def _info(job: Job, body: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +238,7 @@ def _info(job: Job, body: dict[str, Any]) -> dict[str, Any]:
         "negative_prompt": r.negative_prompt, "all_negative_prompts": [r.negative_prompt] * r.n,
         "seed": job.seeds[0], "all_seeds": list(job.seeds), "subseed": -1, "all_subseeds": [-1] * r.n,
         "subseed_strength": 0, "width": r.width, "height": r.height,
-        "sampler_name": body.get("sampler_name"), "cfg_scale": r.guidance, "steps": r.steps,
+        "sampler_name": r.sampler, "scheduler": r.scheduler, "cfg_scale": r.guidance, "steps": r.steps,
         "batch_size": body.get("batch_size", 1), "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": r.model, "sd_model_hash": digest[:10], "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
@@ -209,7 +251,7 @@ def _info(job: Job, body: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/sd-models")
 def sd_models() -> Any:
-    return jsonify([{"title": f"{m['name']} [{m['digest'][:10]}]", "model_name": m["name"],
+    return jsonify([{"title": checkpoint_title(m), "model_name": m["name"],
                      "hash": m["digest"][:10], "sha256": m["digest"], "filename": m["name"],
                      "config": None} for m in current_engine().models()])
 
