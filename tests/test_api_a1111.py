@@ -98,11 +98,11 @@ def test_refusals_name_the_field(url, body, field):
 def test_unknown_fields_and_scripts_are_ignored_and_logged_once(url, caplog):
     """A1111 ignores what it does not know (these two were 400s before); the log still says so."""
     body = {"prompt": "x", "steps": 1, "no_such_field": 1, "alwayson_scripts": {"controlnet": {}}}
-    with caplog.at_level(logging.INFO, logger="pennello.daemon.http.routes.a1111_lenient"):
+    with caplog.at_level(logging.INFO, logger="pennello.daemon.http.routes.a1111.lenient"):
         for _ in range(2):
             response = requests.post(f"{url}/sdapi/v1/txt2img", json=body)
             assert response.status_code == 200, response.text
-    notes = [r.getMessage() for r in caplog.records if r.name.endswith("a1111_lenient")]
+    notes = [r.getMessage() for r in caplog.records if r.name.endswith("a1111.lenient")]
     assert sum("no_such_field" in n for n in notes) == 1 and sum("controlnet" in n for n in notes) == 1
 
 

@@ -1,5 +1,5 @@
 """The OpenAPI description of A1111's settings, catalogue and control routes
-(:mod:`..routes.a1111_settings`, :mod:`..routes.a1111_lists`); txt2img, img2img, sd-models and
+(:mod:`..routes.a1111.settings`, :mod:`..routes.a1111.lists`); txt2img, img2img, sd-models and
 progress are described with the other dialects in :mod:`.core` and :mod:`.tools`.
 
     >>> sorted(paths())[:2]

@@ -153,7 +153,7 @@ def _a1111(engine: EngineConfig) -> dict[str, Schema]:
 
 def _lenient(schema: Schema) -> Schema:
     """An A1111 body as the /sdapi routes take it: other fields are ignored (so allowed), and a
-    flag may also be 0 or 1 (:mod:`..routes.a1111_lenient`)."""
+    flag may also be 0 or 1 (:mod:`..routes.a1111.lenient`)."""
     for prop in schema["properties"].values():
         if prop.get("type") == ["boolean", "null"] and "enum" not in prop:
             del prop["type"]

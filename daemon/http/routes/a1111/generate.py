@@ -8,13 +8,13 @@
 first seed; picture *i* uses seed + *i*, as in A1111. Fields left out take the model's defaults
 (not A1111's 512x512/50 steps, which suit other models). The model is the default one unless
 ``override_settings.sd_model_checkpoint`` names another (a title from ``/sdapi/v1/sd-models``), or
-the caller chose one with ``POST /sdapi/v1/options`` (:mod:`.a1111_settings`). ``sampler_name``
+the caller chose one with ``POST /sdapi/v1/options`` (:mod:`.settings`). ``sampler_name``
 and ``scheduler`` pick a diffusers scheduler (:mod:`...engine.samplers`; old combined names such
 as "DPM++ 2M Karras" too). As in A1111, fields it does not know are ignored (and logged once per
-client: :mod:`.a1111_lenient`), and so are A1111 fields pennello has no equivalent for (face
+client: :mod:`.lenient`), and so are A1111 fields pennello has no equivalent for (face
 restoration, tiling, subseeds, ``alwayson_scripts``…); ones that would change the result in ways
 it cannot honour (``enable_hr``, ``script_name``) are refused with a 400 naming the field.
-The catalogue routes (samplers, upscalers, styles…) are :mod:`.a1111_lists`.
+The catalogue routes (samplers, upscalers, styles…) are :mod:`.lists`.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from flask import Blueprint, jsonify
 from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
-from ..context import current_engine, current_owner
-from ...engine.jobs import GenerateRequest, Job
-from ...engine.params import dialect_names, dialect_types, random_seed
-from ...engine.outputs import a1111_parameters
-from ...engine.samplers import schedule_name, split_legacy
-from . import a1111_lists, a1111_settings
-from .a1111_lenient import a1111_body, note_once
-from .a1111_settings import checkpoint_title, model_of_title, saved_options
-from .native import visible_progress
+from ...context import current_engine, current_owner
+from ....engine.jobs import GenerateRequest, Job
+from ....engine.params import dialect_names, dialect_types, random_seed
+from ....engine.outputs import a1111_parameters
+from ....engine.samplers import schedule_name, split_legacy
+from . import lists, settings
+from .lenient import a1111_body, note_once
+from .settings import checkpoint_title, model_of_title, saved_options
+from ..native import visible_progress
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
 
@@ -49,8 +49,8 @@ class InterruptedJobError(PennelloError):
     kind = "cancelled"
 
 
-bp.register_blueprint(a1111_settings.bp)
-bp.register_blueprint(a1111_lists.bp)
+bp.register_blueprint(settings.bp)
+bp.register_blueprint(lists.bp)
 
 # name -> JSON type; the ones pennello uses: A1111's names for our parameters, then its own.
 TXT2IMG_FIELDS: dict[str, Any] = {
@@ -95,8 +95,8 @@ def img2img() -> Any:
     models refuse them with 400."""
     from PIL import ImageOps
 
-    from ...tools.edit import EditRequest, run_edit
-    from ...pictures.uploads import decode_base64_upload
+    from ....tools.edit import EditRequest, run_edit
+    from ....pictures.uploads import decode_base64_upload
 
     body = _checked_body(IMG2IMG_ALL, required=("init_images",))
     engine = current_engine()
@@ -144,7 +144,7 @@ def img2img() -> Any:
 
 def _b64_digest(text: str) -> str:
     """sha256 of a (validated) base64 picture's bytes, for the result's record."""
-    from ...pictures.uploads import digest
+    from ....pictures.uploads import digest
 
     return digest(base64.b64decode(text.partition(",")[2] if text.startswith("data:") else text))
 

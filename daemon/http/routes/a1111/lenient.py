@@ -25,8 +25,8 @@ from flask import request
 
 from pennello.errors import RequestError
 
-from ..context import current_owner
-from ..request import FieldType, check_type, json_body
+from ...context import current_owner
+from ...request import FieldType, check_type, json_body
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from flask import Blueprint, jsonify, request
 from pennello.errors import RequestError
 from pennello.files import write_atomic
 
-from ..context import current_config, current_engine, current_owner, owner_filter
-from .native import visible_progress
+from ...context import current_config, current_engine, current_owner, owner_filter
+from ..native import visible_progress
 
 bp = Blueprint("settings", __name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from ..context import current_engine
-from .a1111_lenient import a1111_body
+from ...context import current_engine
+from .lenient import a1111_body
 
 bp = Blueprint("lists", __name__)
 
@@ -35,21 +35,21 @@ _EMPTY = ("sd-vae", "sd-modules", "loras", "hypernetworks", "face-restorers", "r
 
 @bp.get("/samplers")
 def samplers() -> Any:
-    from ...engine.samplers import a1111_samplers
+    from ....engine.samplers import a1111_samplers
 
     return jsonify(a1111_samplers())
 
 
 @bp.get("/schedulers")
 def schedulers() -> Any:
-    from ...engine.samplers import a1111_schedules
+    from ....engine.samplers import a1111_schedules
 
     return jsonify(a1111_schedules())
 
 
 @bp.get("/upscalers")
 def upscalers() -> Any:
-    from ...tools.upscale import upscalers as names
+    from ....tools.upscale import upscalers as names
 
     none = {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}
     return jsonify([none, *({**none, "name": name} for name in names())])
@@ -57,7 +57,7 @@ def upscalers() -> Any:
 
 @bp.get("/prompt-styles")
 def prompt_styles() -> Any:
-    from ...tools.styles import SUBJECT, load_styles
+    from ....tools.styles import SUBJECT, load_styles
 
     presets = load_styles(current_engine().paths.config_dir)
     return jsonify([{"name": s.name, "prompt": s.prompt.replace(SUBJECT, "{prompt}"),
@@ -87,7 +87,7 @@ for _name in _EMPTY:
 def png_info() -> Any:
     """The parameters a picture carries: ``info`` (the text), ``items`` (its other text chunks)
     and ``parameters`` (the text parsed the way A1111 parses it)."""
-    from ...pictures.uploads import decode_base64_upload
+    from ....pictures.uploads import decode_base64_upload
 
     body = a1111_body({"image": str}, required=("image",))
     image = decode_base64_upload(body["image"], current_engine().config.images, "image")
@@ -103,7 +103,7 @@ def _xmp_infotext(xmp: str | bytes) -> str | None:
     """The ``parameters`` text of pennello's record in an XMP packet; None without a readable one."""
     from xml.etree.ElementTree import ParseError
 
-    from ...engine.outputs import a1111_parameters, parse_xmp
+    from ....engine.outputs import a1111_parameters, parse_xmp
 
     try:
         record = parse_xmp(xmp)[1]
