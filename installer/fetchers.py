@@ -32,29 +32,19 @@ import importlib
 import importlib.resources
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-from pennello.errors import FetchError, IntegrityError
+from pennello.errors import CommitObjectsUnavailable, FetchError, IntegrityError
 from pennello.installer.manifest import FileEntry, Source
+
+if TYPE_CHECKING:  # gitpin loads dulwich: only the fetching side imports it
+    from pennello.installer.gitpin import CommitFiles
 
 Progress = Callable[[int], None]
 Select = Callable[[list[str]], list[str]]  # which of a repository's paths to install
 CHUNK = 1024 * 1024
-
-
-class CommitObjectsUnavailable(FetchError):
-    """The source cannot serve the git objects of the pinned commit, so no hash can be derived."""
-
-
-@dataclass(frozen=True)
-class CommitFiles:
-    """An unlocked manifest's files, with hashes derived from the git objects of its commit."""
-
-    files: tuple[FileEntry, ...]
-    objects: bytes  # those git objects as a pack: kept, so a bundle can derive the hashes again
-    contents: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes that came with them
 
 
 @dataclass(frozen=True)

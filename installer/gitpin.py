@@ -29,7 +29,7 @@ import hashlib
 import logging
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Callable
 
@@ -41,11 +41,19 @@ from dulwich.objects import Blob, Commit, ShaFile, Tree, object_header
 from dulwich.pack import write_pack_objects
 from dulwich.repo import MemoryRepo
 
-from pennello.errors import FetchError, IntegrityError
-from pennello.installer.fetchers import CommitFiles, CommitObjectsUnavailable
+from pennello.errors import CommitObjectsUnavailable, FetchError, IntegrityError
 from pennello.installer.manifest import FileEntry, check_relative_path
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommitFiles:
+    """An unlocked manifest's files, with hashes derived from the git objects of its commit."""
+
+    files: tuple[FileEntry, ...]
+    objects: bytes  # those git objects as a pack: kept, so a bundle can derive the hashes again
+    contents: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes that came with them
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 # The Git LFS specification: a pointer is under 1024 bytes, these three keys in this order.

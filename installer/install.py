@@ -39,10 +39,11 @@ from typing import Callable
 from tqdm import tqdm
 
 from pennello.config import Config
-from pennello.errors import DiskSpaceError, FetchError, IntegrityError, ModelNotFoundError, TrustError
+from pennello.errors import (CommitObjectsUnavailable, DiskSpaceError, FetchError, IntegrityError, ModelNotFoundError,
+                             TrustError)
 from pennello.installer.catalog import Catalog
 from pennello.installer.manifest import FileEntry, Manifest, Source
-from pennello.installer.fetchers import CommitObjectsUnavailable, FetchOptions, Fetcher, fetcher_for
+from pennello.installer.fetchers import FetchOptions, Fetcher, fetcher_for
 from pennello.installer.store import FIRST_FETCH, SIGNED_COMMIT, FileList, InstalledModel, Store
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import Paths

@@ -41,8 +41,8 @@ import urllib3
 
 from pennello.errors import FetchError, IntegrityError, ManifestFormatError
 from pennello.installer import gitpin
-from pennello.installer.fetchers import (CHUNK, CommitFiles, FetchOptions, Fetcher, Progress, Select,
-                                         register_fetcher)
+from pennello.installer.gitpin import CommitFiles
+from pennello.installer.fetchers import CHUNK, FetchOptions, Fetcher, Progress, Select, register_fetcher
 from pennello.installer.manifest import FileEntry, Source, check_relative_path
 
 log = logging.getLogger(__name__)

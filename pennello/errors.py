@@ -128,6 +128,10 @@ class FetchError(PennelloError):
     """A download or copy from a source failed (network, HTTP status, missing file)."""
 
     exit_code = 5
+
+
+class CommitObjectsUnavailable(FetchError):
+    """The source cannot serve the git objects of the pinned commit, so no hash can be derived."""
     http_status = 502
     kind = "fetch"
 

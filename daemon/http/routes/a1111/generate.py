@@ -34,9 +34,9 @@ from ....engine.jobs import GenerateRequest, Job
 from ....engine.params import dialect_names, dialect_types, random_seed
 from ....engine.outputs import a1111_parameters
 from ....engine.samplers import schedule_name, split_legacy
-from . import lists, settings
+from .lists import bp as lists_bp
 from .lenient import a1111_body, note_once
-from .settings import checkpoint_title, model_of_title, saved_options
+from .settings import bp as settings_bp, checkpoint_title, model_of_title, saved_options
 from ..native import visible_progress
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
@@ -49,8 +49,8 @@ class InterruptedJobError(PennelloError):
     kind = "cancelled"
 
 
-bp.register_blueprint(settings.bp)
-bp.register_blueprint(lists.bp)
+bp.register_blueprint(settings_bp)
+bp.register_blueprint(lists_bp)
 
 # name -> JSON type; the ones pennello uses: A1111's names for our parameters, then its own.
 TXT2IMG_FIELDS: dict[str, Any] = {
