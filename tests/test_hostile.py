@@ -1,0 +1,93 @@
+"""A hostile LAN and bad input must not hurt other callers: silent sockets on the HTTPS port,
+pairing guesses from one device, malformed uploads and ids, and a checkout that shadows the
+isolated worker's package. Each test reproduces what once went wrong, against real parts."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from pennello.config import Config
+from pennello.client.discover import pinned_session
+from pennello.daemon.auth import MAX_FAILURES
+from pennello.daemon.http.app import create_app
+from pennello.daemon.server import make_lan_server
+
+from _fixtures_api import api_engine  # noqa: F401
+
+
+@pytest.fixture
+def lan_server(api_engine):  # noqa: F811
+    """What ``serve --lan`` listens with: the dual-stack HTTPS server over a real app."""
+    app = create_app(Config().replace("server", lan=True), api_engine, api_engine.paths)
+    server, fingerprint, _ = make_lan_server(app, api_engine.paths, 0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield server, fingerprint
+    server.stop()
+    thread.join()
+    server.close()
+
+
+def _answers_quickly(server, fingerprint: str) -> None:
+    """A pinned HTTPS request, as a paired device makes it, answers /api/health within 2 s."""
+    time.sleep(0.3)  # let the server accept whatever the test opened before
+    started = time.monotonic()
+    assert pinned_session(fingerprint).get(server.url + "/api/health", timeout=10).json()["ready"]
+    assert time.monotonic() - started < 2.0
+
+
+# --- silent and slow sockets on the HTTPS port -----------------------------------------------------
+
+def test_silent_sockets_do_not_block_other_clients(lan_server):
+    """The handshake ran in cheroot's accept loop: one silent socket stopped everyone for 60 s."""
+    server, fingerprint = lan_server
+    with contextlib.ExitStack() as held:
+        for _ in range(20):
+            held.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+        _answers_quickly(server, fingerprint)
+
+
+def test_half_sent_handshakes_and_requests_do_not_block_other_clients(lan_server):
+    server, fingerprint = lan_server
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with contextlib.ExitStack() as held:
+        for _ in range(3):  # a few bytes of a ClientHello, then nothing
+            raw = held.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+            raw.sendall(b"\x16\x03\x01\x00")
+        for _ in range(3):  # a finished handshake, then half a request
+            tls = held.enter_context(context.wrap_socket(socket.create_connection(("127.0.0.1", server.port))))
+            tls.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        _answers_quickly(server, fingerprint)
+
+
+def test_plain_http_into_the_https_port_is_refused_and_the_server_goes_on(lan_server):
+    server, fingerprint = lan_server
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b'"ready"' not in s.recv(4096)  # nothing answered in the clear
+    _answers_quickly(server, fingerprint)
+
+
+# --- pairing guesses from one device ---------------------------------------------------------------
+
+def test_one_guessing_device_does_not_keep_pairing_closed_for_the_owner(api_engine):  # noqa: F811
+    """Five wrong guesses from anyone used to give the owner's device 429 with the right code."""
+    app = create_app(Config().replace("server", lan=True), api_engine, api_engine.paths)
+    owner, attacker, device = (app.test_client() for _ in range(3))
+    code = owner.post("/api/pair/code", environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_json()["code"]
+    guess = {"environ_base": {"REMOTE_ADDR": "192.0.2.66"}, "json": {"code": "ZZZZZZZZ", "name": "x"}}
+    for _ in range(MAX_FAILURES):
+        assert attacker.post("/api/pair", **guess).status_code == 401
+    refused = attacker.post("/api/pair", **guess)
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "too many failed pairing attempts" in refused.get_json()["error"]["message"]
+    paired = device.post("/api/pair", environ_base={"REMOTE_ADDR": "192.0.2.7"},
+                         json={"code": code, "name": "owner's phone"})
+    assert paired.status_code == 201, paired.get_json()
