@@ -5,16 +5,19 @@ isolated worker's package. Each test reproduces what once went wrong, against re
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import ssl
 import threading
 import time
 
 import pytest
+from PIL import Image, PngImagePlugin
 
 from pennello.config import Config
 from pennello.client.discover import pinned_session
 from pennello.daemon.auth import MAX_FAILURES
+from pennello.daemon.engine.outputs import _PENNELLO_NS
 from pennello.daemon.http.app import create_app
 from pennello.daemon.server import make_lan_server
 
@@ -91,3 +94,42 @@ def test_one_guessing_device_does_not_keep_pairing_closed_for_the_owner(api_engi
     paired = device.post("/api/pair", environ_base={"REMOTE_ADDR": "192.0.2.7"},
                          json={"code": code, "name": "owner's phone"})
     assert paired.status_code == 201, paired.get_json()
+
+
+# --- bad input that once made a 500 ----------------------------------------------------------------
+
+def _png_with_xmp(xmp: bytes) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "gray").save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("xmp", [
+    b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><unclosed></x:xmpmeta>",  # not XML
+    b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><p:record xmlns:p='" + _PENNELLO_NS.encode()
+    + b"'>{not json</p:record></x:xmpmeta>",  # a record that is not JSON
+])
+def test_an_upload_with_malformed_xmp_is_treated_as_having_no_record(api_engine, xmp):  # noqa: F811
+    app = create_app(Config(), api_engine, api_engine.paths)
+    response = app.test_client().post("/api/enhance", data={"image": (io.BytesIO(_png_with_xmp(xmp)), "x.png")})
+    assert response.status_code == 200, response.get_json()
+    saved = app.test_client().get(response.get_json()["image"]["url"])
+    assert saved.status_code == 200
+
+
+def test_json_nested_too_deep_is_a_400_naming_the_problem(api_engine):  # noqa: F811
+    app = create_app(Config(), api_engine, api_engine.paths)
+    deep = "[" * 100_000 + "]" * 100_000
+    for path, method in (("/api/generate", "post"), ("/api/pipelines/deep", "put")):
+        response = getattr(app.test_client(), method)(path, data=deep, content_type="application/json")
+        assert response.status_code == 400, (path, response.status_code)
+        assert "nested too deeply" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("image_id", ["20261399-000000-000000-abcdef01", "20260230-250000-000000-abcdef01"])
+def test_an_id_with_an_impossible_date_is_a_404(api_engine, image_id):  # noqa: F811
+    app = create_app(Config(), api_engine, api_engine.paths)
+    response = app.test_client().get(f"/api/images/{image_id}")
+    assert response.status_code == 404 and response.get_json()["error"]["field"] == "id"
