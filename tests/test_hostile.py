@@ -8,10 +8,12 @@ import contextlib
 import io
 import socket
 import ssl
+import sys
 import threading
 import time
 
 import pytest
+import requests
 from PIL import Image, PngImagePlugin
 
 from pennello.config import Config
@@ -19,7 +21,8 @@ from pennello.client.discover import pinned_session
 from pennello.daemon.auth import MAX_FAILURES
 from pennello.daemon.engine.outputs import _PENNELLO_NS
 from pennello.daemon.http.app import create_app
-from pennello.daemon.server import make_lan_server
+from pennello.daemon.net import isolation
+from pennello.daemon.server import make_lan_server, start_background_server
 
 from _fixtures_api import api_engine  # noqa: F401
 
@@ -133,3 +136,62 @@ def test_an_id_with_an_impossible_date_is_a_404(api_engine, image_id):  # noqa: 
     app = create_app(Config(), api_engine, api_engine.paths)
     response = app.test_client().get(f"/api/images/{image_id}")
     assert response.status_code == 404 and response.get_json()["error"]["field"] == "id"
+
+
+# --- a checkout in the current directory must not weaken isolation ---------------------------------
+
+_NO_NAMESPACE = isolation.probe()
+
+
+@pytest.fixture
+def decoy_cwd(tmp_path, monkeypatch):
+    """A current directory holding a ``pennello/`` folder that fails to import, as a source
+    checkout next to a normal install does."""
+    (tmp_path / "pennello").mkdir()
+    (tmp_path / "pennello" / "__init__.py").write_text("raise ImportError('the decoy was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.skipif(_NO_NAMESPACE is not None, reason=f"no network namespace for the worker here: {_NO_NAMESPACE}")
+def test_a_pennello_folder_in_the_current_directory_does_not_shadow_the_worker(home, decoy_cwd):
+    """``python -m`` / ``-c`` put the current directory first on sys.path: the probe imported the
+    decoy, failed, and serve quietly fell back to the in-process guard."""
+    from pennello.installer import ensure_embedded_default
+
+    assert isolation.probe() is None
+    config = Config()
+    assert isolation.decide(config).namespace
+    ensure_embedded_default(home, config)
+    worker = isolation.Worker.start(config, home, isolation.socket_path(home))
+    try:
+        assert worker.info["interfaces"] == ["lo"]
+    finally:
+        worker.stop()
+        assert worker.wait(timeout=60) == 0
+
+
+def test_a_failed_isolation_is_a_warning_in_the_log_the_api_and_the_cli(home, api_engine, monkeypatch,  # noqa: F811
+                                                                         caplog):
+    from click.testing import CliRunner
+
+    from pennello.cli import cli
+    from pennello.daemon.net.offline import NetworkGuard
+    from pennello.runtime import write_daemon_info
+
+    monkeypatch.setattr(isolation, "probe", lambda: "unshare(CLONE_NEWUSER|CLONE_NEWNET): Operation not permitted")
+    monkeypatch.setattr(sys, "platform", "linux")
+    decision = isolation.decide(Config())
+    assert not decision.namespace
+    assert any(r.levelname == "WARNING" and "isolation failed" in r.getMessage() for r in caplog.records)
+    guard = NetworkGuard(lan=False)
+    guard.isolation_report = lambda: isolation.guard_only_report(decision.reason, decision.warning)
+    _, url, stop = start_background_server(create_app(Config(), api_engine, home, guard=guard))
+    try:
+        report = requests.get(url + "/api/offline", timeout=10).json()
+        assert report["isolation"] == "in-process-guard" and "Operation not permitted" in report["isolation_warning"]
+        write_daemon_info(home.runtime_dir, url)
+        status = CliRunner().invoke(cli, ["offline", "status"])
+        assert "WARNING: isolation failed" in status.output, status.output
+    finally:
+        stop()
