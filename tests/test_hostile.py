@@ -21,10 +21,10 @@ from pennello.client.discover import pinned_session
 from pennello.daemon.auth import MAX_FAILURES
 from pennello.daemon.engine.outputs import _PENNELLO_NS
 from pennello.daemon.http.app import create_app
-from pennello.daemon.net import isolation
+from pennello.daemon.net import isolation, tls as server_tls
 from pennello.daemon.server import make_lan_server, start_background_server
 
-from _fixtures_api import api_engine  # noqa: F401
+from _fixtures_api import api_engine, lan_address  # noqa: F401
 
 
 @pytest.fixture
@@ -195,3 +195,21 @@ def test_a_failed_isolation_is_a_warning_in_the_log_the_api_and_the_cli(home, ap
         assert "WARNING: isolation failed" in status.output, status.output
     finally:
         stop()
+
+
+def test_one_lan_address_cannot_hold_every_worker_with_stalled_requests(lan_server, lan_address):
+    """Each stalled request holds a worker until the read timeout; 16 of them from one device
+    used to take all 16, so even the owner on loopback waited."""
+    server, fingerprint = lan_server
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    refused = 0
+    with contextlib.ExitStack() as held:
+        for _ in range(16):
+            raw = held.enter_context(socket.create_connection((lan_address, server.port), timeout=10))
+            try:
+                held.enter_context(context.wrap_socket(raw)).sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            except OSError:  # closed by the server: that address holds its share already
+                refused += 1
+        assert refused == 16 - server_tls.PER_ADDRESS
+        _answers_quickly(server, fingerprint)

@@ -18,10 +18,13 @@ cheroot does the TLS handshake in its accept loop, so one device that connects a
 used to stop every other connection for up to a minute. Here the accept loop only wraps the socket
 (:class:`_DeferredHandshake`); a new connection waits in cheroot's selector until it has bytes to
 read, and the handshake then runs on a worker thread with a short deadline (:class:`_Connection`).
+A stalled request still holds its worker thread until the read timeout, so one address may hold
+at most half of them; loopback (the owner) is never capped.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import ipaddress
 import logging
@@ -42,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pennello.lan import fingerprint as der_fingerprint
+from ..auth import is_loopback
 from pennello.errors import ConfigError
 from pennello.files import write_atomic
 from pennello.paths import Paths
@@ -55,6 +59,7 @@ _THREADS = 16  # as for waitress: waiting and streaming requests each hold a thr
 _POLL_S = 0.2
 HANDSHAKE_S = 5.0  # a real client finishes in milliseconds once its first bytes arrived
 _READ_TIMEOUT_S = 20  # silence allowed inside a request; a silent socket holds one worker this long
+PER_ADDRESS = _THREADS // 2  # worker threads one non-loopback address may hold at once
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,16 @@ class _Connection(cheroot_server.HTTPConnection):
     handshaken = False
 
     def communicate(self) -> bool:
+        address = getattr(self, "remote_addr", None)
+        if not self.server.claim(address):
+            log.info("closing a connection from %s: it already holds %d workers", address, PER_ADDRESS)
+            return False
+        try:
+            return self._communicate()
+        finally:
+            self.server.release(address)
+
+    def _communicate(self) -> bool:
         if not self.handshaken:
             try:
                 self.socket.settimeout(HANDSHAKE_S)
@@ -240,6 +255,28 @@ class _Server(wsgi.Server):
     instead of taking a worker thread straight away (16 silent sockets would take them all)."""
 
     ConnectionClass = _Connection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: collections.Counter[str] = collections.Counter()
+        self._held_lock = threading.Lock()
+
+    def claim(self, address: str | None) -> bool:
+        """Take a worker for ``address``; False when it already holds its share."""
+        if is_loopback(address):
+            return True
+        with self._held_lock:
+            if self._held[address or "?"] >= PER_ADDRESS:
+                return False
+            self._held[address or "?"] += 1
+        return True
+
+    def release(self, address: str | None) -> None:
+        if is_loopback(address):
+            return
+        with self._held_lock:
+            self._held[address or "?"] -= 1
+            self._held += collections.Counter()  # drops the addresses that hold nothing now
 
     def process_conn(self, conn: Any) -> None:
         if not conn.handshaken and not getattr(conn, "waited", False):
