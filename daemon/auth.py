@@ -52,8 +52,12 @@ CODE_LENGTH = 8
 CODE_TTL_S = 300.0
 TOKEN_BYTES = 32
 MAX_NAME_CHARS = 64
-MAX_FAILURES = 5  # failed pairing attempts per window, per client address and in total
+MAX_FAILURES = 5  # failed pairing attempts per window and client address (an IPv6 /64 counts as one)
 FAILURE_WINDOW_S = 60.0
+# Wrong guesses one code survives, from all addresses together. A shared failure budget let any
+# device lock the owner out; retiring the code instead bounds what many addresses can guess
+# (10 tries against 31**8 codes) while the owner only has to run `pennello pair` again.
+MAX_CODE_GUESSES = 10
 _LAST_USED_WRITE_S = 60.0  # last_used is written back at most this often per token
 DEVICE_OWNER_PREFIX = "device:"
 TokenScope = Literal["device", "owner"]
@@ -235,7 +239,10 @@ def check_device_name(name: Any) -> str:
 
 
 class RateLimiter:
-    """Counts failures in a sliding window, per key and in total; refuses while over the limit."""
+    """Counts failures in a sliding window per key; refuses a key while it is over the limit.
+
+    Only the failing key waits: other clients are never refused because of someone else's guesses.
+    """
 
     def __init__(self, limit: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -245,21 +252,17 @@ class RateLimiter:
 
     def check(self, key: str) -> None:
         """Raises:
-            BusyError: ``key`` (or everyone together) failed ``limit`` times within the window;
-                ``retry_after`` says when the oldest of those failures leaves the window.
+            BusyError: ``key`` failed ``limit`` times within the window; ``retry_after`` says
+                when the oldest of those failures leaves the window.
         """
         with self._lock:
-            now = self._clock()
-            waits = [self._wait(k, now) for k in (key, "*")]
-        wait = max(waits)
+            wait = self._wait(key, self._clock())
         if wait > 0:
             raise BusyError(f"too many failed pairing attempts; try again in {wait} s", retry_after=wait)
 
     def fail(self, key: str) -> None:
         with self._lock:
-            now = self._clock()
-            for k in (key, "*"):
-                self._failures.setdefault(k, deque()).append(now)
+            self._failures.setdefault(key, deque()).append(self._clock())
 
     def _wait(self, key: str, now: float) -> int:
         times = self._failures.get(key)
@@ -286,6 +289,20 @@ def new_code() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
+def client_key(address: str) -> str:
+    """The rate-limit key for an address: IPv6 hosts get a whole /64, so they are counted per
+    network rather than per one of the addresses they can pick freely."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def normalize_code(code: str) -> str:
     """What a person typed, as issued: case and separators do not matter."""
     return "".join(ch for ch in code.upper() if ch.isalnum())
@@ -302,11 +319,13 @@ class Pairing:
         self.store, self.ttl_s, self._clock = store, ttl_s, clock
         self.limiter = limiter or RateLimiter(clock=clock)
         self._current: PairingCode | None = None
+        self._wrong_guesses = 0  # against the current code, from everyone
         self._lock = threading.Lock()
 
     def new_code(self) -> PairingCode:
         with self._lock:
             self._current = PairingCode(new_code(), self._clock() + self.ttl_s, self.ttl_s)
+            self._wrong_guesses = 0
             return self._current
 
     def active_code(self) -> PairingCode | None:
@@ -325,11 +344,13 @@ class Pairing:
             client: the caller's address, for per-client rate limiting.
 
         Raises:
-            BusyError: too many recent failures from this client or overall (nothing is checked).
+            BusyError: too many recent failures from this client (nothing is checked).
             RequestError: the code or name is missing or malformed.
-            AuthError: the code is wrong, expired or already used.
+            AuthError: the code is wrong, expired, already used, or was retired after
+                :data:`MAX_CODE_GUESSES` wrong guesses.
         """
-        self.limiter.check(client)
+        key = client_key(client)
+        self.limiter.check(key)
         if not isinstance(code, str) or not code.strip():
             raise RequestError("code is required: the 8 characters `pennello pair` shows", field="code")
         name = check_device_name(name)
@@ -340,10 +361,22 @@ class Pairing:
             expired = valid and self._clock() >= current.expires_at  # type: ignore[union-attr]
             if valid:
                 self._current = None  # single use, even when it turns out expired
+            else:
+                self._count_wrong_guess()
         if not valid or expired:
-            self.limiter.fail(client)
+            self.limiter.fail(key)
             log.warning("failed pairing attempt from %s (%s)", client, "expired code" if expired else "wrong code")
             raise AuthError("that pairing code has expired; run `pennello pair` again" if expired else
                             "wrong or already used pairing code; run `pennello pair` on the host for a new one",
                             field="code")
         return self.store.issue(name)
+
+    def _count_wrong_guess(self) -> None:
+        """Retire the current code once it has had too many wrong guesses (holding the lock)."""
+        if self._current is None:
+            return
+        self._wrong_guesses += 1
+        if self._wrong_guesses >= MAX_CODE_GUESSES:
+            log.warning("pairing code retired after %d wrong guesses; run `pennello pair` for a new one",
+                        self._wrong_guesses)
+            self._current = None

@@ -219,7 +219,7 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
             _serve_isolated(config, paths, guard, stop_requested, on_ready)
         else:
             if guard is not None:
-                guard.isolation_report = lambda: isolation.guard_only_report(decision.reason)
+                guard.isolation_report = lambda: isolation.guard_only_report(decision.reason, decision.warning)
             _serve_in_process(config, paths, guard, stop_requested, on_ready)
     finally:
         if guard is not None:

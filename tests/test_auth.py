@@ -9,8 +9,9 @@ import threading
 import pytest
 import requests
 
-from pennello.daemon.auth import (CODE_ALPHABET, CODE_LENGTH, MAX_FAILURES, Pairing, RateLimiter,
-                                  TokenStore, hash_token, is_loopback, needs_token, normalize_code)
+from pennello.daemon.auth import (CODE_ALPHABET, CODE_LENGTH, MAX_CODE_GUESSES, MAX_FAILURES, Pairing,
+                                  RateLimiter, TokenStore, client_key, hash_token, is_loopback,
+                                  needs_token, normalize_code)
 from pennello.errors import AuthError, BusyError, NotFoundError, RequestError, StoreError
 
 
@@ -126,19 +127,34 @@ def test_failures_are_rate_limited_per_client_then_recover(pairing, clock):
     assert token
 
 
-def test_the_global_limit_stops_many_addresses(clock):
+def test_many_addresses_retire_the_code_instead_of_locking_everyone_out(pairing, clock):
+    """There was a shared budget (5 failures from anyone locked all out); now each address has its
+    own, and a code retires after MAX_CODE_GUESSES wrong guesses from all addresses together."""
+    offer = pairing.new_code()
+    for i in range(MAX_CODE_GUESSES):
+        with pytest.raises(AuthError):
+            pairing.redeem("WRONGWRONG", "x", f"10.0.0.{i}")
+    assert pairing.active_code() is None
+    with pytest.raises(AuthError, match="already used"):
+        pairing.redeem(offer.code, "x", "10.0.0.99")  # a new address, not refused, but the code is gone
+    token, _ = pairing.redeem(pairing.new_code().code, "x", "10.0.0.98")
+    assert token
+
+
+def test_the_per_address_limit_counts_an_ipv6_slash_64_as_one_client(clock):
     limiter = RateLimiter(limit=5, window_s=60, clock=clock)
     for i in range(5):
-        limiter.check(f"10.0.0.{i}")
-        limiter.fail(f"10.0.0.{i}")
-    with pytest.raises(BusyError):
-        limiter.check("10.0.0.99")
-    clock.now += 30
+        key = client_key(f"2001:db8:0:1::{i + 1}")
+        limiter.check(key)
+        limiter.fail(key)
     with pytest.raises(BusyError) as e:
-        limiter.check("10.0.0.99")
-    assert e.value.retry_after == 30
-    clock.now += 30
-    limiter.check("10.0.0.99")
+        limiter.check(client_key("2001:db8:0:1::99"))
+    assert e.value.retry_after == 60
+    limiter.check(client_key("2001:db8:0:2::1"))  # another network is not held back
+    limiter.check(client_key("::ffff:10.0.0.1"))
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1"
+    clock.now += 60
+    limiter.check(client_key("2001:db8:0:1::99"))
 
 
 # --- the token store ---------------------------------------------------------------------------

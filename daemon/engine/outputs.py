@@ -91,15 +91,23 @@ def xmp_packet(record: dict[str, Any], source: str = TRAINED_ALGORITHMIC_MEDIA) 
 
 
 def parse_xmp(xmp: bytes | str) -> tuple[str | None, dict[str, Any]]:
-    """Return (DigitalSourceType, pennello record) from an XMP packet; missing parts are empty."""
-    text = xmp.decode("utf-8") if isinstance(xmp, bytes) else xmp
-    start, end = text.find("<x:xmpmeta"), text.rfind("</x:xmpmeta>")
-    if start < 0 or end < 0:
+    """Return (DigitalSourceType, pennello record) from an XMP packet; missing parts are empty.
+
+    Uploads carry XMP from anywhere: a packet that is not XML, or a record that is not a JSON
+    object, counts as no metadata rather than failing the request.
+    """
+    try:
+        text = xmp.decode("utf-8") if isinstance(xmp, bytes) else xmp
+        start, end = text.find("<x:xmpmeta"), text.rfind("</x:xmpmeta>")
+        if start < 0 or end < 0:
+            return None, {}
+        root = ElementTree.fromstring(text[start:end + len("</x:xmpmeta>")])
+        source = root.findtext(".//{http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/}DigitalSourceType")
+        record = json.loads(root.findtext(f".//{{{_PENNELLO_NS}}}record") or "{}")
+    except (ElementTree.ParseError, ValueError, RecursionError) as e:  # bad UTF-8 and JSON are ValueErrors
+        log.debug("ignoring malformed XMP: %s", e)
         return None, {}
-    root = ElementTree.fromstring(text[start:end + len("</x:xmpmeta>")])
-    source = root.findtext(".//{http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/}DigitalSourceType")
-    record = root.findtext(f".//{{{_PENNELLO_NS}}}record")
-    return source, (json.loads(record) if record else {})
+    return source, (record if isinstance(record, dict) else {})
 
 
 class Outputs:
@@ -139,10 +147,8 @@ class Outputs:
         return buffer.getvalue()
 
     def _path(self, image_id: str, fmt: str) -> Path:
-        match = _ID_RE.match(image_id)
-        assert match, image_id
-        day = datetime.strptime(match.group(1), "%Y%m%d").date()
-        return self.root / day.isoformat() / f"{image_id}.{EXTENSIONS[fmt]}"
+        assert _ID_RE.match(image_id), image_id
+        return self.root / _day_of(image_id) / f"{image_id}.{EXTENSIONS[fmt]}"
 
     def find(self, image_id: str, owner: str | None = None) -> Path:
         """The file of a picture, if it exists and (when ``owner`` is given) belongs to ``owner``.
@@ -151,7 +157,7 @@ class Outputs:
             NotFoundError: malformed id, no such picture (it may have been pruned), or someone
                 else's picture (told apart from a missing one on purpose).
         """
-        if _ID_RE.match(image_id):
+        if _ID_RE.match(image_id) and _is_day(_day_of(image_id)):
             for fmt in EXTENSIONS:
                 path = self._path(image_id, fmt)
                 if path.is_file() and (owner is None or read_record(path).get("owner") == owner):
@@ -224,6 +230,12 @@ def content_type(path: Path) -> str:
     """The MIME type of a saved picture, from its extension."""
     fmt = next(fmt for fmt, ext in EXTENSIONS.items() if path.suffix == f".{ext}")
     return CONTENT_TYPES[fmt]
+
+
+def _day_of(image_id: str) -> str:
+    """The day directory's name (YYYY-MM-DD) an id points to; it may name no real date."""
+    digits = image_id[:8]
+    return f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
 
 
 def _is_day(name: str) -> bool:

@@ -6,6 +6,8 @@ Each route declares the JSON fields it accepts with their types; anything else i
     >>> body = json_body({"prompt": str, "n": int}, required=("prompt",))  # doctest: +SKIP
 
 ``int`` fields refuse booleans; ``float`` fields accept integers. ``null`` counts as absent.
+Bodies go through :func:`json_object`, which also turns JSON nested deeper than Python's parser
+can recurse (any device can send ``[[[[…``) into a 400 instead of a 500.
 """
 
 from __future__ import annotations
@@ -34,9 +36,7 @@ def json_body(fields: Mapping[str, FieldType], required: tuple[str, ...] = ()) -
     Raises:
         RequestError: not a JSON object, unknown or missing fields, or a field of the wrong type.
     """
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise RequestError("the body must be a JSON object (Content-Type: application/json)")
+    data = json_object()
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise RequestError(f"unknown field(s): {', '.join(unknown)}; accepted: {', '.join(fields)}",
@@ -48,6 +48,21 @@ def json_body(fields: Mapping[str, FieldType], required: tuple[str, ...] = ()) -
     for name, value in body.items():
         check_type(name, value, fields[name])
     return body
+
+
+def json_object() -> dict[str, Any]:
+    """The request's body as a JSON object.
+
+    Raises:
+        RequestError: the body is not JSON, not an object, or nested too deeply to parse.
+    """
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # Flask's silent only covers ValueError
+        raise RequestError("the JSON body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise RequestError("the body must be a JSON object (Content-Type: application/json)")
+    return data
 
 
 def check_type(name: str, value: Any, expected: FieldType) -> None:

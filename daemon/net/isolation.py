@@ -81,6 +81,7 @@ class Decision:
 
     namespace: bool
     reason: str
+    warning: str | None = None  # set when Linux was expected to isolate and could not
 
 
 # --- entering the namespace ----------------------------------------------------------------------
@@ -125,7 +126,7 @@ def probe() -> str | None:
     code = ("import sys\nfrom pennello.daemon.net.isolation import enter_network_namespace as enter\n"
             "try:\n    enter()\nexcept OSError as e:\n    print(e.strerror or e); sys.exit(3)\n")
     try:
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+        result = subprocess.run(python_command("-c", code), capture_output=True, text=True,
                                 timeout=_PROBE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"could not run the probe: {e}"
@@ -154,9 +155,13 @@ def decide(config: Config) -> Decision:
                           f'({why_not}); allow unprivileged user namespaces, run under the systemd unit, '
                           f'or set offline.isolation = "auto" to fall back to the in-process guard')
     # Expected on macOS and Windows; on Linux it means a policy said no, worth a warning.
-    log.log(logging.WARNING if sys.platform == "linux" else logging.INFO,
-            "no network namespace for the model worker (%s); using the in-process guard only", why_not)
-    return Decision(False, f"network namespace unavailable: {why_not}")
+    if sys.platform != "linux":
+        log.info("no network namespace for the model worker (%s); using the in-process guard only", why_not)
+        return Decision(False, f"network namespace unavailable: {why_not}")
+    warning = (f"isolation failed: the model worker could not get its own network namespace ({why_not}); "
+               f"only the in-process guard keeps the network out")
+    log.warning("%s", warning)
+    return Decision(False, f"network namespace unavailable: {why_not}", warning)
 
 
 def interfaces() -> list[str]:
@@ -177,9 +182,20 @@ def worker_report(namespaces: str) -> dict[str, Any]:
                        "interfaces": interfaces()}}
 
 
-def guard_only_report(reason: str) -> dict[str, Any]:
-    """What a single-process daemon says about isolation."""
-    return {"isolation": "in-process-guard", "isolation_reason": reason}
+def guard_only_report(reason: str, warning: str | None = None) -> dict[str, Any]:
+    """What a single-process daemon says about isolation; ``warning`` when isolation was expected
+    and failed, so ``/api/offline`` and ``pennello offline status`` show it rather than hide it."""
+    if warning is None:
+        return {"isolation": "in-process-guard", "isolation_reason": reason}
+    return {"isolation": "in-process-guard", "isolation_reason": f"WARNING: {warning}",
+            "isolation_warning": warning}
+
+
+def python_command(*args: str) -> list[str]:
+    """This interpreter with ``-P``: a ``pennello/`` folder in the current directory (a source
+    checkout next to a normal install) would otherwise shadow the installed package, the probe
+    and the worker would fail to import, and the daemon would run without its namespace."""
+    return [sys.executable, "-P", *args]
 
 
 # --- what the worker cannot see: the server's view of the network --------------------------------
@@ -297,7 +313,7 @@ class Worker:
             network.refresh()
             env[NETWORK_FILE_ENV] = str(network.path)
         # stdout=2: the worker's stray prints join its log lines, never the server's own stdout.
-        process = subprocess.Popen([sys.executable, "-m", "pennello.daemon.worker"], env=env,
+        process = subprocess.Popen(python_command("-m", "pennello.daemon.worker"), env=env,
                                    pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=2)
         os.close(write_fd)
         try:

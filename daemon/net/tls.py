@@ -13,14 +13,23 @@ the waitress server (``url``, ``run``, ``stop_accepting``, ``drain``, ``stop``, 
     >>> server.run(until=stop_event.is_set)  # doctest: +SKIP
 
 Deleting ``data_dir/tls/`` makes a new identity: every client then has to pair again.
+
+cheroot does the TLS handshake in its accept loop, so one device that connects and stays silent
+used to stop every other connection for up to a minute. Here the accept loop only wraps the socket
+(:class:`_DeferredHandshake`); a new connection waits in cheroot's selector until it has bytes to
+read, and the handshake then runs on a worker thread with a short deadline (:class:`_Connection`).
+A stalled request still holds its worker thread until the read timeout, so one address may hold
+at most half of them; loopback (the owner) is never capped.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import ipaddress
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -28,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import ifaddr
-from cheroot import wsgi
+from cheroot import server as cheroot_server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pennello.lan import fingerprint as der_fingerprint
+from ..auth import is_loopback
 from pennello.errors import ConfigError
 from pennello.files import write_atomic
 from pennello.paths import Paths
@@ -47,6 +57,9 @@ KEY_FILE = "key.pem"
 VALIDITY_DAYS = 3650  # the pin, not the expiry date, is what clients check
 _THREADS = 16  # as for waitress: waiting and streaming requests each hold a thread
 _POLL_S = 0.2
+HANDSHAKE_S = 5.0  # a real client finishes in milliseconds once its first bytes arrived
+_READ_TIMEOUT_S = 20  # silence allowed inside a request; a silent socket holds one worker this long
+PER_ADDRESS = _THREADS // 2  # worker threads one non-loopback address may hold at once
 
 
 @dataclass(frozen=True)
@@ -142,9 +155,9 @@ class TlsServer:
         self._accepting = True
         self._open = 0
         self._lock = threading.Lock()
-        self._server = wsgi.Server((host, port), self._wsgi(app), numthreads=_THREADS,
-                                   server_name="pennello", timeout=60, shutdown_timeout=5)
-        self._server.ssl_adapter = BuiltinSSLAdapter(str(cert_path), str(key_path))
+        self._server = _Server((host, port), self._wsgi(app), numthreads=_THREADS,
+                               server_name="pennello", timeout=_READ_TIMEOUT_S, shutdown_timeout=5)
+        self._server.ssl_adapter = _DeferredHandshake(str(cert_path), str(key_path))
         self._server.prepare()  # binds now, so the real port is known before run()
         self.host, self.port = host, int(self._server.bind_addr[1])
         self._stop = threading.Event()
@@ -198,6 +211,79 @@ class TlsServer:
     def _count(self, delta: int) -> None:
         with self._lock:
             self._open += delta
+
+
+class _DeferredHandshake(BuiltinSSLAdapter):
+    """Wraps accepted sockets without the handshake, so the accept loop never waits on a peer."""
+
+    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, Any]]:
+        wrapped = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return wrapped, {"wsgi.url_scheme": "https", "HTTPS": "on"}
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    """A connection whose first turn on a worker thread is the TLS handshake, under a deadline."""
+
+    handshaken = False
+
+    def communicate(self) -> bool:
+        address = getattr(self, "remote_addr", None)
+        if not self.server.claim(address):
+            log.info("closing a connection from %s: it already holds %d workers", address, PER_ADDRESS)
+            return False
+        try:
+            return self._communicate()
+        finally:
+            self.server.release(address)
+
+    def _communicate(self) -> bool:
+        if not self.handshaken:
+            try:
+                self.socket.settimeout(HANDSHAKE_S)
+                self.socket.do_handshake()
+                self.socket.settimeout(self.server.timeout)
+            except (OSError, ValueError) as e:  # ssl.SSLError and socket.timeout are OSErrors
+                log.debug("TLS handshake with %s failed: %s", getattr(self, "remote_addr", "?"), e)
+                return False  # cheroot then closes the connection
+            self.handshaken = True
+            self.ssl_env = {**self.ssl_env, **self.server.ssl_adapter.get_environ(self.socket)}
+        return bool(super().communicate())
+
+
+class _Server(wsgi.Server):
+    """cheroot's server, but a new connection waits in the selector until it sends something,
+    instead of taking a worker thread straight away (16 silent sockets would take them all)."""
+
+    ConnectionClass = _Connection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: collections.Counter[str] = collections.Counter()
+        self._held_lock = threading.Lock()
+
+    def claim(self, address: str | None) -> bool:
+        """Take a worker for ``address``; False when it already holds its share."""
+        if is_loopback(address):
+            return True
+        with self._held_lock:
+            if self._held[address or "?"] >= PER_ADDRESS:
+                return False
+            self._held[address or "?"] += 1
+        return True
+
+    def release(self, address: str | None) -> None:
+        if is_loopback(address):
+            return
+        with self._held_lock:
+            self._held[address or "?"] -= 1
+            self._held += collections.Counter()  # drops the addresses that hold nothing now
+
+    def process_conn(self, conn: Any) -> None:
+        if not conn.handshaken and not getattr(conn, "waited", False):
+            conn.waited = True  # the selector hands it back once bytes arrive
+            self._connections.put(conn)
+            return
+        super().process_conn(conn)
 
 
 _SHUTTING_DOWN = b'{"error": {"type": "daemon", "message": "pennello is shutting down", "field": null}}'

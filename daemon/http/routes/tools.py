@@ -27,7 +27,7 @@ from flask import Blueprint, jsonify, request
 
 from pennello.errors import RequestError
 
-from ..request import FieldType, check_type, json_body
+from ..request import FieldType, check_type, json_body, json_object
 from ..context import current_engine, current_owner, owner_filter
 from ...pictures.uploads import ALGORITHMICALLY_ENHANCED, decode_upload, digest
 from ...engine.params import IMAGE_FORMATS, field_types, fixed_bounds
@@ -291,9 +291,7 @@ def save_pipeline(name: str) -> Any:
     """Save (or replace) a pipeline; the body holds its fields (owner only: it writes the config)."""
     from ...tools.pipelines import PipelineBook, SavedPipeline
 
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise RequestError("the body must be a JSON object (Content-Type: application/json)")
+    data = json_object()
     pipeline = SavedPipeline.from_dict(name, data)
     check_saved_bounds(data)
     PipelineBook(current_engine().paths.config_dir).save(pipeline)
