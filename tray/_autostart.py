@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from pennello.launch import python_command
+
 log = logging.getLogger(__name__)
 
 DESKTOP_FILE = "pennello.desktop"
@@ -38,11 +40,11 @@ def tray_command() -> list[str]:
     """How to start the tray from this environment: the ``pennello`` script beside this Python."""
     scripts = Path(sys.executable).parent
     if sys.platform == "win32" and (scripts / "pythonw.exe").exists():
-        return [str(scripts / "pythonw.exe"), "-m", "pennello", "tray"]  # no console window at login
+        return python_command("-m", "pennello", "tray", python=str(scripts / "pythonw.exe"))  # no console window at login
     for name in ("pennello.exe", "pennello"):
         if (scripts / name).exists():
             return [str(scripts / name), "tray"]
-    return [sys.executable, "-m", "pennello", "tray"]
+    return python_command("-m", "pennello", "tray")
 
 
 class XdgAutostart:

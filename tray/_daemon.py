@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from pennello.client import Client
-from pennello.runtime import read_daemon_info
 from pennello.errors import DaemonError, PennelloError
+from pennello.launch import python_command
 from pennello.paths import Paths
+from pennello.runtime import read_daemon_info
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class DaemonSupervisor:
                  command: Sequence[str] | None = None, start_timeout_s: float = START_TIMEOUT_S) -> None:
         self.paths = paths
         self.url, self.token = url, token
-        self.command = list(command or [sys.executable, "-m", "pennello", "serve"])
+        self.command = list(command or python_command("-m", "pennello", "serve"))
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.started_here = False

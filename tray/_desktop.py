@@ -21,6 +21,8 @@ import webbrowser
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pennello.launch import python_command
+
 from ._controller import MenuEntry, PairOffer
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,7 @@ def window_command(args: list[str]) -> list[str]:
     python = Path(sys.executable)
     if sys.platform == "win32" and (python.parent / "pythonw.exe").exists():
         python = python.parent / "pythonw.exe"
-    return [str(python), "-m", "pennello.tray._tk", *args]
+    return python_command("-m", "pennello.tray._tk", *args, python=str(python))
 
 
 def open_path(path: Path) -> None:

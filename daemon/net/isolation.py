@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 from pennello.config import Config
 from pennello.errors import DaemonError
+from pennello.launch import python_command
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -189,13 +190,6 @@ def guard_only_report(reason: str, warning: str | None = None) -> dict[str, Any]
         return {"isolation": "in-process-guard", "isolation_reason": reason}
     return {"isolation": "in-process-guard", "isolation_reason": f"WARNING: {warning}",
             "isolation_warning": warning}
-
-
-def python_command(*args: str) -> list[str]:
-    """This interpreter with ``-P``: a ``pennello/`` folder in the current directory (a source
-    checkout next to a normal install) would otherwise shadow the installed package, the probe
-    and the worker would fail to import, and the daemon would run without its namespace."""
-    return [sys.executable, "-P", *args]
 
 
 # --- what the worker cannot see: the server's view of the network --------------------------------
