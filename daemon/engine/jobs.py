@@ -181,6 +181,18 @@ class Job:
             self._publish("progress", {"step": step, "total_steps": self.total_steps,
                                        "progress": self.progress})
 
+    @property
+    def image_steps(self) -> int:
+        """Denoising steps counted so far, summed over the job's images."""
+        return self._image_steps
+
+    def rewind(self, image_steps: int) -> None:
+        """Forget the steps counted since :attr:`image_steps` was ``image_steps``: the pipeline
+        call that made them failed and its images are being made again. The published step
+        stays, so progress never goes backwards."""
+        with self._cond:
+            self._image_steps = image_steps
+
     def add_image(self, image: OutputImage) -> None:
         """One picture saved; the job is done once all ``n`` are."""
         with self._cond:
