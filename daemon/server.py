@@ -10,9 +10,9 @@ forwards requests to it (:mod:`pennello.daemon.net.isolation`, :mod:`pennello.da
 serves plain HTTP with waitress. In LAN mode (``server.lan``) it serves HTTPS with its
 self-signed certificate on every address, IPv4 and IPv6 (:mod:`pennello.daemon.net.tls`), and
 advertises itself over mDNS (:mod:`pennello.daemon.net.mdns`). On SIGTERM or Ctrl-C it
-withdraws the mDNS record, stops accepting connections, cancels queued jobs, lets the running
-batch finish (cancelling it after a grace period), waits for pictures to be saved, answers the
-requests still open, and removes ``daemon.json``.
+withdraws the mDNS record, stops accepting connections, cancels the jobs not yet begun, lets the
+running ones finish, every image of them (cancelling them after a grace period), waits for
+pictures to be saved, answers the requests still open, and removes ``daemon.json``.
 
 Tests run the same server in a thread:
 

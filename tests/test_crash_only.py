@@ -7,11 +7,16 @@ that is signalled and whose model worker is killed.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import requests
 
+from pennello.client import sse_events
 from pennello.daemon import GenerateRequest
-from _fixtures_daemon import SLOW_STEPS, wait_until_running
+from pennello.paths import get_paths
+from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
+from test_isolation import Serve, needs_namespace
 
 MARKER = "a prompt the text encoder cannot take"
 
@@ -55,3 +60,40 @@ def test_a_failing_job_in_a_batch_fails_alone(engine, monkeypatch):
         assert len(job.images) == job.request.n and all(image.path.is_file() for image in job.images)
         assert job.step == job.total_steps and job.progress == 1.0
     assert [image.seed for image in two.images] == [3, 4]
+
+
+# --- a shutdown finishes what has begun ----------------------------------------------------------
+
+def test_stop_finishes_every_image_of_a_begun_job(make_engine):
+    engine = make_engine(config_with(engine={"max_batch": 2}))
+    eight = engine.submit(GenerateRequest(prompt="eight kites", n=8, seed=1, steps=10))
+    unstarted = engine.submit(GenerateRequest(prompt="a wide kite", width=128, seed=9, steps=10))
+    wait_until_running(eight)  # its first call of 2 runs; 6 images still queued
+    calls_before = engine.stats["pipeline_calls"]
+    engine.stop(timeout=120)
+    assert eight.status == "done", eight.error
+    assert [image.seed for image in eight.images] == list(range(1, 9))
+    assert all(image.path.is_file() for image in eight.images)
+    assert unstarted.status == "cancelled" and unstarted.images == []
+    assert engine.stats["pipeline_calls"] - calls_before == 4
+
+
+@needs_namespace
+def test_sigterm_keeps_every_picture_of_a_begun_job(tmp_path):
+    """Seen on main: SIGTERM while the first of four calls ran kept 0 of its 8 pictures."""
+    home = get_paths(tmp_path / "home").ensure()
+    daemon = Serve(home, PENNELLO_ENGINE_MAX_BATCH="2")
+    try:
+        body = {"prompt": "eight kites", "n": 8, "seed": 1, "steps": 10, "stream": True}
+        with daemon.http.post(daemon.api("/generate"), json=body, stream=True, timeout=120) as response:
+            events = sse_events(response)
+            name, _ = next(events)
+            while name != "progress":  # the first call has begun
+                name, _ = next(events)
+            daemon.process.send_signal(signal.SIGTERM)
+            name, job = next((name, data) for name, data in events if name != "progress")
+        assert daemon.process.wait(timeout=120) == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+    assert name == "done" and len(job["images"]) == 8, job
+    assert len(list(home.outputs_dir.rglob("*.png"))) == 8, daemon.log_text()

@@ -83,19 +83,25 @@ class Engine:
         log.info("engine ready on %s with %s warm", self.device, self.config.engine.default_model)
 
     def stop(self, cancel_running: bool = False, timeout: float = 30.0) -> None:
-        """Stop taking jobs, cancel queued ones, let the running batch finish (or cancel it after
-        ``timeout`` seconds), wait for pictures to be saved, and unload every model. Idempotent."""
+        """Stop taking jobs, cancel those not begun, let the running ones finish, the rest of
+        their images included (or cancel them after ``timeout`` seconds), wait for pictures to
+        be saved, and unload every model. Idempotent."""
         if not self.queue.close():
             return
         if cancel_running:
-            self.runner.cancel_running()
+            self._cancel_begun()
         if self.worker.join(timeout):
-            log.warning("running batch still busy after %.0fs; cancelling it", timeout)
-            self.runner.cancel_running()
+            log.warning("running jobs still busy after %.0fs; cancelling them", timeout)
+            self._cancel_begun()
             self.worker.join()
         self.saver.shutdown()
         self.residency.clear()
         log.info("engine stopped")
+
+    def _cancel_begun(self) -> None:
+        """Cancel the jobs still queued for more images, then those of the call on the device."""
+        self.queue.cancel_all()
+        self.runner.cancel_running()
 
     # --- jobs ------------------------------------------------------------------------------------
 

@@ -159,6 +159,11 @@ class Job:
         return range(first, self._scheduled)
 
     @property
+    def begun(self) -> bool:
+        """Some of its images were handed to a pipeline call (read with the queue's lock held)."""
+        return self._scheduled > 0
+
+    @property
     def fully_scheduled(self) -> bool:
         """Every image was handed to a pipeline call: the job leaves the queue."""
         return self._scheduled == self.request.n
