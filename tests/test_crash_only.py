@@ -7,7 +7,10 @@ that is signalled and whose model worker is killed.
 
 from __future__ import annotations
 
+import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -97,3 +100,35 @@ def test_sigterm_keeps_every_picture_of_a_begun_job(tmp_path):
         daemon.kill()
     assert name == "done" and len(job["images"]) == 8, job
     assert len(list(home.outputs_dir.rglob("*.png"))) == 8, daemon.log_text()
+
+
+# --- a dying model worker is restarted -----------------------------------------------------------
+
+@needs_namespace
+def test_a_killed_worker_is_restarted_and_serves_again(tmp_path):
+    """Seen on main: kill -9 of the model worker (as the OOM killer does) stopped the daemon."""
+    home = get_paths(tmp_path / "home").ensure()
+    daemon = Serve(home)
+    try:
+        first = daemon.workers()[0]
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{first}").exists():  # until the server reaped it: it knows it died
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        down = daemon.http.get(daemon.api("/health"), timeout=10)
+        assert down.status_code == 503 and int(down.headers["Retry-After"]) >= 1, down.text
+        error = down.json()["error"]
+        assert error["type"] == "daemon" and "restarting" in error["message"]
+        deadline = time.monotonic() + 120
+        while daemon.http.get(daemon.api("/health"), timeout=10).status_code != 200:
+            assert time.monotonic() < deadline and daemon.process.poll() is None, daemon.log_text()
+            time.sleep(0.2)
+        assert daemon.workers() not in ([], [first])
+        job = daemon.http.post(daemon.api("/generate"), json={"prompt": "again", "steps": 3, "wait": True},
+                               timeout=120).json()
+        assert job.get("status") == "done" and len(job["images"]) == 1, (job, daemon.log_text())
+        assert f"the model worker (pid {first}) exited with code -9" in daemon.log_text()
+        assert daemon.terminate() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
