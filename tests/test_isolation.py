@@ -6,8 +6,8 @@ network namespace differs from the server's and holds only ``lo``; a connect fro
 namespace to an address the server answers on fails while the same connect from outside works;
 generation, progress events (arriving while the job still runs), cancel and cancel-on-disconnect
 work through the proxy; the real client address reaches the worker (a LAN caller is asked for a
-token, a spoofed X-Forwarded-For changes nothing); SIGTERM stops both processes cleanly; either
-process dying takes the other down. ``offline.isolation = "off"`` runs one process, as before.
+token, a spoofed X-Forwarded-For changes nothing); SIGTERM stops both processes cleanly; a dead
+server takes the worker down, a worker that keeps dying takes the server down. ``offline.isolation = "off"`` runs one process, as before.
 """
 
 from __future__ import annotations
