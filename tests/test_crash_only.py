@@ -38,16 +38,22 @@ def test_text_that_is_not_unicode_is_refused_naming_the_field(server, field):
     assert server.engine.jobs() == []
 
 
-def test_a_failing_job_in_a_batch_fails_alone(engine, monkeypatch):
+def refuse_marker(engine, monkeypatch) -> None:
+    """Make the loaded pipeline's text encoding raise, as a tokenizer does on text it cannot
+    take, for any call with a MARKER prompt in it."""
     pipe = engine.residency.loaded["pennello-tiny"].pipe
     encode = pipe.encode_prompt
 
-    def refuse_marker(prompt, *args, **kwargs):  # as a tokenizer raising on one caller's text
+    def encode_prompt(prompt, *args, **kwargs):
         if any(MARKER in text for text in prompt):
             raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
         return encode(prompt, *args, **kwargs)
 
-    monkeypatch.setattr(pipe, "encode_prompt", refuse_marker)
+    monkeypatch.setattr(pipe, "encode_prompt", encode_prompt)
+
+
+def test_a_failing_job_in_a_batch_fails_alone(engine, monkeypatch):
+    refuse_marker(engine, monkeypatch)
     blocker = engine.submit(GenerateRequest(prompt="busy", steps=SLOW_STEPS))
     wait_until_running(blocker)
     mates = [engine.submit(GenerateRequest(prompt="kite 0", seed=1, owner="phone")),
@@ -63,6 +69,18 @@ def test_a_failing_job_in_a_batch_fails_alone(engine, monkeypatch):
         assert len(job.images) == job.request.n and all(image.path.is_file() for image in job.images)
         assert job.step == job.total_steps and job.progress == 1.0
     assert [image.seed for image in two.images] == [3, 4]
+
+
+def test_a_stop_past_its_grace_period_cancels_the_jobs_awaiting_their_own_call(engine, monkeypatch):
+    refuse_marker(engine, monkeypatch)
+    blocker = engine.submit(GenerateRequest(prompt="busy", steps=SLOW_STEPS))
+    wait_until_running(blocker)
+    first, bad, last = [engine.submit(GenerateRequest(prompt=prompt, seed=1, steps=SLOW_STEPS))
+                        for prompt in ("kite 0", MARKER, "kite 2")]
+    wait_until_running(first)  # the shared call failed; each job is now made alone
+    engine.stop(timeout=0.2)
+    assert first.status == "cancelled" and bad.status == "cancelled"
+    assert last.status == "cancelled" and last.images == []  # not made after the grace period
 
 
 # --- a shutdown finishes what has begun ----------------------------------------------------------

@@ -84,6 +84,7 @@ class Runner:
         self.stats = {"pipeline_calls": 0, "images": 0}
         self._batch_seconds = 0.0  # moving average, for Retry-After and ETA
         self._run: _Run | None = None
+        self._batch: list[Job] = []  # the jobs of the batch run() is making, retries included
 
     def seconds_per_call(self) -> float:
         """The moving average of a device call's seconds (0 before the first)."""
@@ -107,9 +108,10 @@ class Runner:
                 "eta_s": round(per_step * (run.steps - run.step), 3), "queue_depth": depth}
 
     def cancel_running(self) -> None:
-        """Cancel every job of the call on the device; it stops at its next denoising step."""
+        """Cancel every job of the batch on the device, those of the call running now (it stops
+        at its next denoising step) and those waiting in it for a call of their own."""
         run = self._run
-        for job in run.jobs if run else ():
+        for job in [*self._batch, *(run.jobs if run else ())]:
             job.cancel()
 
     def run(self, slots: list[Slot]) -> None:
@@ -127,7 +129,11 @@ class Runner:
             log.exception("loading %s for a batch of %d image(s) failed", jobs[0].request.model, len(slots))
             _fail(jobs, e)
             return
-        self._make(loaded, slots)
+        self._batch = jobs
+        try:
+            self._make(loaded, slots)
+        finally:
+            self._batch = []
 
     def _make(self, loaded: Loaded, slots: list[Slot]) -> None:
         """One pipeline call for ``slots``, its pictures to the saver. When a call shared by
