@@ -122,13 +122,29 @@ def test_sigterm_keeps_every_picture_of_a_begun_job(tmp_path):
 
 # --- a dying model worker is restarted -----------------------------------------------------------
 
+def wait_status(daemon: Serve, job_id: str, status: str, timeout: float = 120) -> dict:
+    """The job once it has ``status`` (while the worker restarts, the 503s are waited through)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = daemon.http.get(daemon.api(f"/jobs/{job_id}"), timeout=10)
+        if response.status_code == 200 and response.json()["status"] == status:
+            return response.json()
+        assert time.monotonic() < deadline, (response.text, daemon.log_text())
+        time.sleep(0.1)
+
+
 @needs_namespace
 def test_a_killed_worker_is_restarted_and_serves_again(tmp_path):
-    """Seen on main: kill -9 of the model worker (as the OOM killer does) stopped the daemon."""
+    """Seen on main: kill -9 of the model worker (as the OOM killer does) stopped the daemon and
+    lost every job it had."""
     home = get_paths(tmp_path / "home").ensure()
     daemon = Serve(home)
     try:
         first = daemon.workers()[0]
+        running, queued = (daemon.http.post(daemon.api("/generate"), json=body, timeout=30).json()
+                           for body in ({"prompt": "busy", "steps": SLOW_STEPS, "seed": 1},
+                                        {"prompt": "waiting", "steps": 3, "width": 128, "seed": 2}))
+        wait_status(daemon, running["id"], "running")
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while Path(f"/proc/{first}").exists():  # until the server reaped it: it knows it died
@@ -143,6 +159,9 @@ def test_a_killed_worker_is_restarted_and_serves_again(tmp_path):
             assert time.monotonic() < deadline and daemon.process.poll() is None, daemon.log_text()
             time.sleep(0.2)
         assert daemon.workers() not in ([], [first])
+        for job in (running, queued):  # journaled: the new worker makes them, same ids
+            ended = wait_status(daemon, job["id"], "done")
+            assert ended["status"] == "done" and len(ended["images"]) == 1, ended
         job = daemon.http.post(daemon.api("/generate"), json={"prompt": "again", "steps": 3, "wait": True},
                                timeout=120).json()
         assert job.get("status") == "done" and len(job["images"]) == 1, (job, daemon.log_text())

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from .params import GenerationParams, ImageFormat, values
 
@@ -94,6 +94,7 @@ class Job:
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._scheduled = 0  # images handed to a pipeline call so far (engine bookkeeping)
         self._image_steps = 0  # steps summed over images: a job's images may span pipeline calls
+        self._on_end: list[Callable[[], None]] = []
         self.total_steps = self.total_steps or (self.request.steps or 0)
 
     @property
@@ -146,6 +147,14 @@ class Job:
     def cancel(self) -> bool:
         """Mark the job cancelled unless it already ended. Returns whether it changed."""
         return self._finish("cancelled")
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the job ends, however it ends (now, if it already has)."""
+        with self._cond:
+            if not self.done:
+                self._on_end.append(callback)
+                return
+        callback()
 
     # --- transitions, called by the engine's queue, runner and saver -----------------------------
 
@@ -225,7 +234,10 @@ class Job:
                 return False
             self.status, self.error, self.finished = status, error, time.time()
             self._publish(status, self.to_dict())
-            return True
+            callbacks, self._on_end = self._on_end, []
+        for callback in callbacks:
+            callback()
+        return True
 
     def _publish(self, name: str, data: dict[str, Any]) -> None:
         self._events.append((name, data))
