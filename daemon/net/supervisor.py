@@ -8,8 +8,9 @@ that doubles with each death (1, 2, 4, 8 s…). A worker that dies :data:`MAX_DE
 :data:`DEATH_WINDOW_S` (one that cannot even start counts too) will not be saved by trying again:
 the supervisor gives up and ``serve`` stops with an error that says so.
 
-What a dead worker had in memory is gone: its queued and running jobs (the queue lives in the
-worker), and progress streams that were open. Pictures it had saved are on disk.
+Its generate jobs are not lost: the engine journals them on disk (:mod:`pennello.daemon.engine.journal`) and the
+new worker queues again, under their own ids, those the dead one had not finished. What lived
+only in its memory is gone: queued edits and upscales, and the progress streams that were open.
 
     >>> supervisor = Supervisor(worker, start=lambda: Worker.start(...), stopping=flag.is_set)  # doctest: +SKIP
     >>> app = while_down(proxy, supervisor)  # 503 + Retry-After while restarting  # doctest: +SKIP
