@@ -169,3 +169,23 @@ def test_a_killed_worker_is_restarted_and_serves_again(tmp_path):
         assert daemon.terminate() == 0, daemon.log_text()
     finally:
         daemon.kill()
+
+
+def test_a_job_runs_when_the_journal_cannot_be_written(make_engine):
+    engine = make_engine()
+    engine.journal.directory.parent.mkdir(parents=True, exist_ok=True)
+    engine.journal.directory.write_text("a file where the journal's folder should be")
+    job = engine.submit(GenerateRequest(prompt="a kite", steps=2, seed=1))
+    assert job.wait(60) and job.status == "done", job.error
+
+
+def test_journaled_jobs_end_without_leaving_files(make_engine):
+    engine = make_engine()
+    done = engine.submit(GenerateRequest(prompt="a kite", steps=2, seed=1))
+    assert done.wait(60) and done.status == "done"
+    blocker = engine.submit(GenerateRequest(prompt="busy", steps=SLOW_STEPS))
+    wait_until_running(blocker)
+    cancelled = engine.submit(GenerateRequest(prompt="never", steps=2))
+    assert sorted(path.stem for path in engine.journal.directory.iterdir()) == sorted([blocker.id, cancelled.id])
+    engine.stop(cancel_running=True)
+    assert list(engine.journal.directory.iterdir()) == []

@@ -38,11 +38,15 @@ class Journal:
         self.directory = directory
 
     def add(self, job: Job) -> None:
-        """Keep ``job`` on disk until it ends."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Keep ``job`` on disk until it ends (when the disk refuses, it runs all the same)."""
         record = {"id": job.id, "owner": job.request.owner, "request": values(job.request),
                   "seeds": job.seeds, "created": job.created}
-        write_atomic(self._path(job.id), json.dumps(record).encode(), mode=0o600, durable=False)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(self._path(job.id), json.dumps(record).encode(), mode=0o600, durable=False)
+        except OSError as e:  # e.g. a full disk: the job is only not crash-proof
+            log.warning("job %s is not journaled, a crash would lose it: %s", job.id, e)
+            return
         job.on_end(lambda: self._path(job.id).unlink(missing_ok=True))
 
     def recover(self) -> list[Job]:
