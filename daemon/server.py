@@ -272,7 +272,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
         if on_ready:
             on_ready(server.url)
         server.run(until=stop_requested.is_set)
-        log.info("shutting down: finishing the running batch, then saving")
+        log.info("shutting down: finishing the jobs that have begun, then saving")
         if advertiser is not None:
             advertiser.stop()  # goodbye packets first: clients stop choosing this daemon
         shut_down(server, engine)
