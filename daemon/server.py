@@ -10,9 +10,9 @@ forwards requests to it (:mod:`pennello.daemon.net.isolation`, :mod:`pennello.da
 serves plain HTTP with waitress. In LAN mode (``server.lan``) it serves HTTPS with its
 self-signed certificate on every address, IPv4 and IPv6 (:mod:`pennello.daemon.net.tls`), and
 advertises itself over mDNS (:mod:`pennello.daemon.net.mdns`). On SIGTERM or Ctrl-C it
-withdraws the mDNS record, stops accepting connections, cancels queued jobs, lets the running
-batch finish (cancelling it after a grace period), waits for pictures to be saved, answers the
-requests still open, and removes ``daemon.json``.
+withdraws the mDNS record, stops accepting connections, cancels the jobs not yet begun, lets the
+running ones finish, every image of them (cancelling them after a grace period), waits for
+pictures to be saved, answers the requests still open, and removes ``daemon.json``.
 
 Tests run the same server in a thread:
 
@@ -272,7 +272,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
         if on_ready:
             on_ready(server.url)
         server.run(until=stop_requested.is_set)
-        log.info("shutting down: finishing the running batch, then saving")
+        log.info("shutting down: finishing the jobs that have begun, then saving")
         if advertiser is not None:
             advertiser.stop()  # goodbye packets first: clients stop choosing this daemon
         shut_down(server, engine)
@@ -296,14 +296,20 @@ def shut_down(server: Any, engine: Any) -> None:
 
 def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: StopFlag,
                     on_ready: Callable[[str], None] | None) -> None:
-    """This process listens, advertises and forwards; the worker in its namespace does the rest."""
+    """This process listens, advertises and forwards; the worker in its namespace does the rest.
+    A worker that dies is restarted (:mod:`.net.supervisor`), answering 503 meanwhile."""
     from .net import isolation
     from .net.proxy import WorkerProxy
+    from .net.supervisor import Supervisor, while_down
 
     socket = isolation.socket_path(paths)
     network = isolation.ServerNetwork(paths, config.server.interfaces)
+
+    def start() -> isolation.Worker:
+        return isolation.Worker.start(config, paths, socket, network=network, cancelled=stop_requested)
+
     try:
-        worker = isolation.Worker.start(config, paths, socket, network=network, cancelled=stop_requested)
+        supervisor = Supervisor(start(), start, stop_requested.is_set)
     except DaemonError:
         network.remove()
         if stop_requested.is_set():
@@ -311,46 +317,57 @@ def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: St
         raise
     daemon_file: Path | None = None
     advertiser = None
-    server = None
     try:
         proxy = WorkerProxy(socket, guard)
-        guard.isolation_report = lambda: {"isolation": "network-namespace", "worker": {"pid": worker.pid}}
-        server, fingerprint, advertiser = _listen(proxy, config, paths, _worker_models(proxy),
-                                                  refresh_s=_ADVERTISE_REFRESH_S)
+        guard.isolation_report = lambda: {"isolation": "network-namespace", "worker": {"pid": supervisor.worker.pid}}
+        server, fingerprint, advertiser = _listen(while_down(proxy, supervisor), config, paths,
+                                                  _worker_models(proxy), refresh_s=_ADVERTISE_REFRESH_S)
         daemon_file = write_daemon_info(paths.runtime_dir, server.url, fingerprint)
-        log.info("pennello %s serving on %s; models in worker pid %d", __version__, server.url, worker.pid)
+        log.info("pennello %s serving on %s; models in worker pid %d", __version__, server.url,
+                 supervisor.worker.pid)
         if on_ready:
             on_ready(server.url)
+
         def done() -> bool:  # checked every 0.2 s
             network.refresh()
-            return stop_requested.is_set() or not worker.alive()
+            return stop_requested.is_set() or supervisor.poll()
 
         server.run(until=done)
-        died = not stop_requested.is_set()
         if advertiser is not None:
             advertiser.stop()
         server.stop_accepting()
-        if died:
-            code = worker.wait()
-            server.close()
-            raise DaemonError(f"the model worker (pid {worker.pid}) exited with code {code}; stopping "
-                              f"(its log lines above, or pennello-worker.log, say why)")
-        log.info("shutting down: the worker finishes the running batch, then saves")
-        worker.stop()
-        server.drain(worker.alive, timeout=SHUTDOWN_GRACE_S + 10)
-        code = worker.wait(timeout=SHUTDOWN_GRACE_S + 20)
-        server.close()
-        if code != 0:
-            raise DaemonError(f"the model worker (pid {worker.pid}) stopped with code {code}")
+        _stop_worker(server, supervisor)
     finally:
         if advertiser is not None:
             advertiser.stop()
-        if worker.alive():
-            worker.stop()
-            worker.wait(timeout=SHUTDOWN_GRACE_S + 20)
+        supervisor.settle()
+        if supervisor.worker.alive():
+            supervisor.worker.stop()
+            supervisor.worker.wait(timeout=SHUTDOWN_GRACE_S + 20)
         if daemon_file is not None:
             daemon_file.unlink(missing_ok=True)
         network.remove()
+
+
+def _stop_worker(server: Any, supervisor: Any) -> None:
+    """After serving: raise why the supervisor gave up, or stop the worker as SIGTERM asks
+    (it finishes what has begun, then saves) while answering what is still open."""
+    if supervisor.gave_up is not None:
+        server.close()
+        raise DaemonError(supervisor.gave_up)
+    log.info("shutting down: the worker finishes the running jobs, then saves")
+    supervisor.settle()  # a restart under way sees the stop and gives up
+    worker = supervisor.worker
+    if not worker.alive():  # it died and no other was started yet: nothing left to finish
+        log.warning("the model worker (pid %d) was not running (exit code %s)", worker.pid, worker.wait())
+        server.close()
+        return
+    worker.stop()
+    server.drain(worker.alive, timeout=SHUTDOWN_GRACE_S + 10)
+    code = worker.wait(timeout=SHUTDOWN_GRACE_S + 20)
+    server.close()
+    if code != 0:
+        raise DaemonError(f"the model worker (pid {worker.pid}) stopped with code {code}")
 
 
 _ADVERTISE_REFRESH_S = 5.0  # the worker's model loads reach the mDNS record by polling, not a callback

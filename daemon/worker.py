@@ -119,7 +119,7 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
         log.info("model worker ready on %s (device %s)", unix_socket, engine.device)
         on_ready()
         server.run(until=stop_requested.is_set)
-        log.info("worker shutting down: finishing the running batch, then saving")
+        log.info("worker shutting down: finishing the jobs that have begun, then saving")
         shut_down(server, engine)
     finally:
         engine.stop(cancel_running=True)

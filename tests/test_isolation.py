@@ -6,8 +6,8 @@ network namespace differs from the server's and holds only ``lo``; a connect fro
 namespace to an address the server answers on fails while the same connect from outside works;
 generation, progress events (arriving while the job still runs), cancel and cancel-on-disconnect
 work through the proxy; the real client address reaches the worker (a LAN caller is asked for a
-token, a spoofed X-Forwarded-For changes nothing); SIGTERM stops both processes cleanly; either
-process dying takes the other down. ``offline.isolation = "off"`` runs one process, as before.
+token, a spoofed X-Forwarded-For changes nothing); SIGTERM stops both processes cleanly; a dead
+server takes the worker down, a worker that keeps dying takes the server down. ``offline.isolation = "off"`` runs one process, as before.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import requests
 
 from pennello.config import load_config
 from pennello.daemon.net import mdns as advertise
-from pennello.daemon.net import isolation
+from pennello.daemon.net import isolation, supervisor
 from pennello.errors import ConfigError, DaemonError
 from pennello.paths import Paths, get_paths
 
@@ -65,9 +65,10 @@ class Serve(ServedProcess):
         return f"{self.url}/api{path}"
 
     def workers(self) -> list[int]:
-        """Pids of the server's child processes."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        """Pids of the server's child processes, whichever of its threads started them (a
+        restarted worker is the supervisor thread's child)."""
+        tasks = Path(f"/proc/{self.process.pid}/task").glob("*/children")
+        return sorted(int(pid) for children in tasks for pid in children.read_text().split())
 
 
 def _home(root: Path) -> Paths:
@@ -345,16 +346,26 @@ def test_sigterm_lets_the_running_job_finish_and_stops_both(tmp_path):
 
 
 @needs_namespace
-def test_a_dead_worker_stops_the_server_with_an_error(tmp_path):
+def test_a_worker_that_keeps_dying_stops_the_server_with_an_error(tmp_path):
+    """One death is restarted (tests/test_crash_only.py); a worker killed each time it comes
+    back stops the server after supervisor.MAX_DEATHS deaths."""
     home = _home(tmp_path / "home")
     daemon = Serve(home)
+    killed: list[int] = []
     try:
-        worker = daemon.workers()[0]
-        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 240
+        while daemon.process.poll() is None:
+            assert time.monotonic() < deadline, f"still serving after killing {killed}"
+            for worker in set(daemon.workers()) - set(killed):
+                os.kill(worker, signal.SIGKILL)
+                killed.append(worker)
+            time.sleep(0.05)
         assert daemon.process.wait(timeout=60) == DAEMON_EXIT
     finally:
         daemon.kill()
-    assert f"the model worker (pid {worker}) exited with code -9" in daemon.log_text()
+    assert len(killed) == supervisor.MAX_DEATHS
+    assert f"the model worker (pid {killed[0]}) exited with code -9" in daemon.log_text()
+    assert f"the model worker died {supervisor.MAX_DEATHS} times" in daemon.log_text()
     assert not (home.runtime_dir / "daemon.json").exists()
 
 

@@ -8,9 +8,11 @@ sharing one lock (the condition the worker sleeps on) so that their state change
 - :mod:`.worker` is the device's thread: control actions, batches, housekeeping;
 - :mod:`.runner` makes a batch in one pipeline call, or runs an edit's or upscale's :class:`Task`;
 - :mod:`.saver` writes pictures on a second thread, so the next batch can start meanwhile;
-- :mod:`.residency` loads models, keeps them warm and unloads idle ones.
+- :mod:`.residency` loads models, keeps them warm and unloads idle ones;
+- :mod:`.journal` keeps queued generate jobs on disk, so those a crash interrupted run again.
 
     >>> from pennello.config import Config
+from pennello.errors import PennelloError
     >>> from pennello.paths import get_paths
     >>> engine = Engine(Config(), get_paths())  # doctest: +SKIP
     >>> engine.start()  # doctest: +SKIP
@@ -28,10 +30,12 @@ from typing import Any, Callable
 
 from pennello import __version__
 from pennello.config import Config
+from pennello.errors import PennelloError
 from pennello.paths import Paths
 
 from .devices import pick_device, pick_dtype
 from .jobs import GenerateRequest, Job, OutputImage
+from .journal import Journal
 from .outputs import Outputs
 from .queue import JobQueue
 from .residency import Residency
@@ -65,6 +69,7 @@ class Engine:
         self.runner = Runner(self._cond, self.residency, self.saver)
         self.queue = JobQueue(self._cond, config, self.runner.seconds_per_call)
         self.worker = Worker(self._cond, self.queue, self.runner, self.residency, self.outputs, config)
+        self.journal = Journal(paths.state_dir / "jobs")
         self.stats = self.runner.stats
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -80,22 +85,41 @@ class Engine:
             return
         self.worker.start()
         self.load(self.config.engine.default_model)
+        self._requeue(self.journal.recover())
         log.info("engine ready on %s with %s warm", self.device, self.config.engine.default_model)
 
+    def _requeue(self, jobs: list[Job]) -> None:
+        """Queue again, under their own ids, the jobs a process that died had not finished."""
+        for job in jobs:
+            try:
+                self._resolve(job.request, purpose="generate")  # its model may be gone since
+                self.queue.submit(job)
+            except PennelloError as e:  # e.g. its model was removed meanwhile
+                log.warning("job %s, left unfinished by a crash, is dropped: %s", job.id, e)
+                continue
+            self.journal.add(job)
+            log.info("job %s, left unfinished by a crash, is queued again", job.id)
+
     def stop(self, cancel_running: bool = False, timeout: float = 30.0) -> None:
-        """Stop taking jobs, cancel queued ones, let the running batch finish (or cancel it after
-        ``timeout`` seconds), wait for pictures to be saved, and unload every model. Idempotent."""
+        """Stop taking jobs, cancel those not begun, let the running ones finish, the rest of
+        their images included (or cancel them after ``timeout`` seconds), wait for pictures to
+        be saved, and unload every model. Idempotent."""
         if not self.queue.close():
             return
         if cancel_running:
-            self.runner.cancel_running()
+            self._cancel_begun()
         if self.worker.join(timeout):
-            log.warning("running batch still busy after %.0fs; cancelling it", timeout)
-            self.runner.cancel_running()
+            log.warning("running jobs still busy after %.0fs; cancelling them", timeout)
+            self._cancel_begun()
             self.worker.join()
         self.saver.shutdown()
         self.residency.clear()
         log.info("engine stopped")
+
+    def _cancel_begun(self) -> None:
+        """Cancel the jobs still queued for more images, then those of the call on the device."""
+        self.queue.cancel_all()
+        self.runner.cancel_running()
 
     # --- jobs ------------------------------------------------------------------------------------
 
@@ -111,6 +135,7 @@ class Engine:
         request = self._resolve(request, purpose="generate")
         seeds = seeds_for(request.seed, request.n)
         job = self.queue.submit(Job(request, seeds))
+        self.journal.add(job)
         log.info("job %s queued: %s, %d image(s) %dx%d, %d steps", job.id, self._loggable(request),
                  request.n, request.width, request.height, request.steps)
         return job

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from .params import GenerationParams, ImageFormat, values
 
@@ -94,6 +94,7 @@ class Job:
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._scheduled = 0  # images handed to a pipeline call so far (engine bookkeeping)
         self._image_steps = 0  # steps summed over images: a job's images may span pipeline calls
+        self._on_end: list[Callable[[], None]] = []
         self.total_steps = self.total_steps or (self.request.steps or 0)
 
     @property
@@ -147,6 +148,14 @@ class Job:
         """Mark the job cancelled unless it already ended. Returns whether it changed."""
         return self._finish("cancelled")
 
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the job ends, however it ends (now, if it already has)."""
+        with self._cond:
+            if not self.done:
+                self._on_end.append(callback)
+                return
+        callback()
+
     # --- transitions, called by the engine's queue, runner and saver -----------------------------
 
     def schedule(self, most: int) -> range:
@@ -157,6 +166,11 @@ class Job:
         first = self._scheduled
         self._scheduled = min(self.request.n, first + most)
         return range(first, self._scheduled)
+
+    @property
+    def begun(self) -> bool:
+        """Some of its images were handed to a pipeline call (read with the queue's lock held)."""
+        return self._scheduled > 0
 
     @property
     def fully_scheduled(self) -> bool:
@@ -180,6 +194,18 @@ class Job:
             self.step = step
             self._publish("progress", {"step": step, "total_steps": self.total_steps,
                                        "progress": self.progress})
+
+    @property
+    def image_steps(self) -> int:
+        """Denoising steps counted so far, summed over the job's images."""
+        return self._image_steps
+
+    def rewind(self, image_steps: int) -> None:
+        """Forget the steps counted since :attr:`image_steps` was ``image_steps``: the pipeline
+        call that made them failed and its images are being made again. The published step
+        stays, so progress never goes backwards."""
+        with self._cond:
+            self._image_steps = image_steps
 
     def add_image(self, image: OutputImage) -> None:
         """One picture saved; the job is done once all ``n`` are."""
@@ -208,7 +234,10 @@ class Job:
                 return False
             self.status, self.error, self.finished = status, error, time.time()
             self._publish(status, self.to_dict())
-            return True
+            callbacks, self._on_end = self._on_end, []
+        for callback in callbacks:
+            callback()
+        return True
 
     def _publish(self, name: str, data: dict[str, Any]) -> None:
         self._events.append((name, data))

@@ -221,6 +221,13 @@ def check(name: str, value: Any, limits: Any = None) -> None:
 def _check_text(name: str, value: Any, limits: Any) -> None:
     if not isinstance(value, str):
         raise RequestError(f"{name} must be a string", field=name)
+    try:
+        # JSON's \u escapes can carry half a surrogate pair, which is no text at all: the
+        # tokenizer would raise inside the pipeline call, failing every job batched with it.
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(f"{name} is not valid Unicode text: character {e.start} is a lone "
+                           f"surrogate ({value[e.start]!a})", field=name) from None
     limit = _meta(name, Limit)
     if limit is not None and limits is not None and len(value) > getattr(limits, limit.config):
         raise RequestError(f"{name} is {len(value)} characters; the limit is "

@@ -62,17 +62,32 @@ class JobQueue:
             self._open = True
 
     def close(self) -> bool:
-        """Stop taking jobs and cancel the waiting ones; False when it was already closed."""
+        """Stop taking jobs and cancel those that have not begun; False when it was already closed.
+
+        A job with more images than one pipeline call takes stays queued while its first call
+        runs: it has begun, so it stays for the worker to finish (within the shutdown's grace
+        period, see :meth:`cancel_all`), and its pictures are kept.
+        """
         with self.cond:
             if self.stopping:
                 return False
             self.stopping = True
-            queued = list(self._waiting)
-            self._waiting.clear()
+            unstarted = [job for job in self._waiting if not job.begun]
+            for job in unstarted:
+                self._waiting.remove(job)
             self.cond.notify_all()
-        for job in queued:
+        for job in unstarted:
             job.cancel()
         return True
+
+    def cancel_all(self) -> None:
+        """Cancel every waiting job, begun or not (the shutdown's grace period ran out)."""
+        with self.cond:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self.cond.notify_all()
+        for job in waiting:
+            job.cancel()
 
     def submit(self, job: Job) -> Job:
         """Queue a job and remember it.

@@ -5,6 +5,8 @@ generator (so a seed gives the same picture on every device and whatever its bat
 call's stages are timed (text encoding, denoising, decoding) for the debug log. Edits and AI
 upscales bring their own :class:`Task` and run alone. Either way, each denoising step advances
 the jobs' progress, and a step after which every job of the call was cancelled stops the call.
+When a call shared by several jobs fails, each job is made again in a call of its own, so only
+the job at fault fails (one device's bad prompt never fails another device's pictures).
 The pictures then go to the :class:`.saver.Saver`, on its own thread, so the next batch can start.
 
     >>> runner = Runner(cond, residency, saver)  # doctest: +SKIP
@@ -83,6 +85,7 @@ class Runner:
         self.stats = {"pipeline_calls": 0, "images": 0}
         self._batch_seconds = 0.0  # moving average, for Retry-After and ETA
         self._run: _Run | None = None
+        self._batch: list[Job] = []  # the jobs of the batch run() is making, retries included
 
     def seconds_per_call(self) -> float:
         """The moving average of a device call's seconds (0 before the first)."""
@@ -106,9 +109,10 @@ class Runner:
                 "eta_s": round(per_step * (run.steps - run.step), 3), "queue_depth": depth}
 
     def cancel_running(self) -> None:
-        """Cancel every job of the call on the device; it stops at its next denoising step."""
+        """Cancel every job of the batch on the device, those of the call running now (it stops
+        at its next denoising step) and those waiting in it for a call of their own."""
         run = self._run
-        for job in run.jobs if run else ():
+        for job in [*self._batch, *(run.jobs if run else ())]:
             job.cancel()
 
     def run(self, slots: list[Slot]) -> None:
@@ -118,29 +122,54 @@ class Runner:
             self._run_task(slots[0][0])
             return
         jobs = list(dict.fromkeys(job for job, _ in slots))
-        request = jobs[0].request
         for job in jobs:
             job.start(len(slots))
-        with self.cond:
-            self._run = _Run(jobs, request.steps or 0)
-        started = time.perf_counter()
         try:
-            loaded = self.residency.ensure_loaded(request.model or "")
+            loaded = self.residency.ensure_loaded(jobs[0].request.model or "")
+        except Exception as e:  # a model that will not load fails its jobs, never the worker
+            log.exception("loading %s for a batch of %d image(s) failed", jobs[0].request.model, len(slots))
+            _fail(jobs, e)
+            return
+        self._batch = jobs
+        try:
+            self._make(loaded, slots)
+        finally:
+            self._batch = []
+
+    def _make(self, loaded: Loaded, slots: list[Slot]) -> None:
+        """One pipeline call for ``slots``, its pictures to the saver. When a call shared by
+        several jobs fails, each job gets a call of its own before any is failed: one caller's
+        bad request (a prompt the tokenizer cannot take) must not fail its batch mates'."""
+        jobs = list(dict.fromkeys(job for job, _ in slots))
+        counted = {job: job.image_steps for job in jobs}
+        with self.cond:
+            self._run = _Run(jobs, jobs[0].request.steps or 0)
+        started = time.perf_counter()
+        failure: Exception | None = None
+        try:
             images, timing = self._call_pipeline(loaded, slots)
         except _Interrupted:
             log.info("batch of %d image(s) interrupted: every job in it was cancelled", len(slots))
             return
-        except Exception as e:  # one failing batch must never take the worker down
-            log.exception("batch of %d image(s) for %s failed", len(slots), request.model)
-            message = str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}"
-            for job in jobs:
-                job.fail(message)
-            return
+        except Exception as e:  # never fatal to the worker; failed or retried below
+            failure = e
         finally:
             with self.cond:
                 self._run = None
-        self._count_call(started, len(slots))
-        self.saver.submit_batch(loaded, slots, images, timing)
+        if failure is None:
+            self._count_call(started, len(slots))
+            self.saver.submit_batch(loaded, slots, images, timing)
+        elif len(jobs) == 1:
+            log.error("%d image(s) of job %s for %s failed", len(slots), jobs[0].id,
+                      loaded.installed.name, exc_info=failure)
+            _fail(jobs, failure)
+        else:
+            log.warning("a batch of %d jobs failed (%s: %s); making each job alone", len(jobs),
+                        type(failure).__name__, failure)
+            for job in jobs:
+                job.rewind(counted[job])  # its steps in the failed call made nothing
+                if not job.done:
+                    self._make(loaded, [slot for slot in slots if slot[0] is job])
 
     def _run_task(self, job: Job) -> None:
         """Run an edit's or upscale's task, then hand its pictures to the saver."""
@@ -166,7 +195,7 @@ class Runner:
             return
         except Exception as e:  # a failing edit must never take the worker down
             log.exception("%s job %s failed", job.kind, job.id)
-            job.fail(str(e) if isinstance(e, PennelloError) else f"{type(e).__name__}: {e}")
+            _fail([job], e)
             return
         finally:
             with self.cond:
@@ -225,3 +254,10 @@ class Runner:
                   "decode": end - decode_at}
         loaded.touch()
         return result.images, timing
+
+
+def _fail(jobs: list[Job], error: Exception) -> None:
+    """Fail ``jobs`` with ``error``'s message (pennello's own as it is, others with their type)."""
+    message = str(error) if isinstance(error, PennelloError) else f"{type(error).__name__}: {error}"
+    for job in jobs:
+        job.fail(message)

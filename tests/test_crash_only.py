@@ -1,0 +1,191 @@
+"""One caller's failure stays that caller's, and a shutdown or a dying worker loses nothing.
+
+Each test reproduces a failure seen on main with real parts: the engine on the embedded model,
+a real waitress server on loopback with ``requests``, and ``pennello serve`` as a real process
+that is signalled and whose model worker is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pennello.client import sse_events
+from pennello.daemon import GenerateRequest
+from pennello.paths import get_paths
+from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
+from test_isolation import Serve, needs_namespace
+
+MARKER = "a prompt the text encoder cannot take"
+
+
+# --- one caller's prompt must not fail its batch mates -------------------------------------------
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_text_that_is_not_unicode_is_refused_naming_the_field(server, field):
+    # json.dumps writes the lone surrogate as the escape "\ud800", as any JSON client may.
+    body = {"prompt": "a red kite", field: "a kite \ud800 in the rain"}
+    response = requests.post(server.api("/generate"), json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and "not valid Unicode" in error["message"]
+    assert "character 7" in error["message"]
+    assert server.engine.jobs() == []
+
+
+def refuse_marker(engine, monkeypatch) -> None:
+    """Make the loaded pipeline's text encoding raise, as a tokenizer does on text it cannot
+    take, for any call with a MARKER prompt in it."""
+    pipe = engine.residency.loaded["pennello-tiny"].pipe
+    encode = pipe.encode_prompt
+
+    def encode_prompt(prompt, *args, **kwargs):
+        if any(MARKER in text for text in prompt):
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+        return encode(prompt, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "encode_prompt", encode_prompt)
+
+
+def test_a_failing_job_in_a_batch_fails_alone(engine, monkeypatch):
+    refuse_marker(engine, monkeypatch)
+    blocker = engine.submit(GenerateRequest(prompt="busy", steps=SLOW_STEPS))
+    wait_until_running(blocker)
+    mates = [engine.submit(GenerateRequest(prompt="kite 0", seed=1, owner="phone")),
+             engine.submit(GenerateRequest(prompt=MARKER, seed=2, owner="laptop")),
+             engine.submit(GenerateRequest(prompt="kites", seed=3, n=2, owner="tablet"))]
+    for job in [blocker, *mates]:
+        assert job.wait(120), f"job {job.id} did not end"
+    good, bad, two = mates
+    assert [good.batch_size, bad.batch_size, two.batch_size] == [4, 4, 4]  # they did share a call
+    assert bad.status == "failed" and "TextEncodeInput" in bad.error and bad.images == []
+    for job in (good, two):
+        assert job.status == "done", job.error
+        assert len(job.images) == job.request.n and all(image.path.is_file() for image in job.images)
+        assert job.step == job.total_steps and job.progress == 1.0
+    assert [image.seed for image in two.images] == [3, 4]
+
+
+def test_a_stop_past_its_grace_period_cancels_the_jobs_awaiting_their_own_call(engine, monkeypatch):
+    refuse_marker(engine, monkeypatch)
+    blocker = engine.submit(GenerateRequest(prompt="busy", steps=SLOW_STEPS))
+    wait_until_running(blocker)
+    first, bad, last = [engine.submit(GenerateRequest(prompt=prompt, seed=1, steps=SLOW_STEPS))
+                        for prompt in ("kite 0", MARKER, "kite 2")]
+    wait_until_running(first)  # the shared call failed; each job is now made alone
+    engine.stop(timeout=0.2)
+    assert first.status == "cancelled" and bad.status == "cancelled"
+    assert last.status == "cancelled" and last.images == []  # not made after the grace period
+
+
+# --- a shutdown finishes what has begun ----------------------------------------------------------
+
+def test_stop_finishes_every_image_of_a_begun_job(make_engine):
+    engine = make_engine(config_with(engine={"max_batch": 2}))
+    eight = engine.submit(GenerateRequest(prompt="eight kites", n=8, seed=1, steps=10))
+    unstarted = engine.submit(GenerateRequest(prompt="a wide kite", width=128, seed=9, steps=10))
+    wait_until_running(eight)  # its first call of 2 runs; 6 images still queued
+    calls_before = engine.stats["pipeline_calls"]
+    engine.stop(timeout=120)
+    assert eight.status == "done", eight.error
+    assert [image.seed for image in eight.images] == list(range(1, 9))
+    assert all(image.path.is_file() for image in eight.images)
+    assert unstarted.status == "cancelled" and unstarted.images == []
+    assert engine.stats["pipeline_calls"] - calls_before == 4
+
+
+@needs_namespace
+def test_sigterm_keeps_every_picture_of_a_begun_job(tmp_path):
+    """Seen on main: SIGTERM while the first of four calls ran kept 0 of its 8 pictures."""
+    home = get_paths(tmp_path / "home").ensure()
+    daemon = Serve(home, PENNELLO_ENGINE_MAX_BATCH="2")
+    try:
+        body = {"prompt": "eight kites", "n": 8, "seed": 1, "steps": 10, "stream": True}
+        with daemon.http.post(daemon.api("/generate"), json=body, stream=True, timeout=120) as response:
+            events = sse_events(response)
+            name, _ = next(events)
+            while name != "progress":  # the first call has begun
+                name, _ = next(events)
+            daemon.process.send_signal(signal.SIGTERM)
+            name, job = next((name, data) for name, data in events if name != "progress")
+        assert daemon.process.wait(timeout=120) == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+    assert name == "done" and len(job["images"]) == 8, job
+    assert len(list(home.outputs_dir.rglob("*.png"))) == 8, daemon.log_text()
+
+
+# --- a dying model worker is restarted -----------------------------------------------------------
+
+def wait_status(daemon: Serve, job_id: str, status: str, timeout: float = 120) -> dict:
+    """The job once it has ``status`` (while the worker restarts, the 503s are waited through)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = daemon.http.get(daemon.api(f"/jobs/{job_id}"), timeout=10)
+        if response.status_code == 200 and response.json()["status"] == status:
+            return response.json()
+        assert time.monotonic() < deadline, (response.text, daemon.log_text())
+        time.sleep(0.1)
+
+
+@needs_namespace
+def test_a_killed_worker_is_restarted_and_serves_again(tmp_path):
+    """Seen on main: kill -9 of the model worker (as the OOM killer does) stopped the daemon and
+    lost every job it had."""
+    home = get_paths(tmp_path / "home").ensure()
+    daemon = Serve(home)
+    try:
+        first = daemon.workers()[0]
+        running, queued = (daemon.http.post(daemon.api("/generate"), json=body, timeout=30).json()
+                           for body in ({"prompt": "busy", "steps": SLOW_STEPS, "seed": 1},
+                                        {"prompt": "waiting", "steps": 3, "width": 128, "seed": 2}))
+        wait_status(daemon, running["id"], "running")
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{first}").exists():  # until the server reaped it: it knows it died
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        down = daemon.http.get(daemon.api("/health"), timeout=10)
+        assert down.status_code == 503 and int(down.headers["Retry-After"]) >= 1, down.text
+        error = down.json()["error"]
+        assert error["type"] == "daemon" and "restarting" in error["message"]
+        deadline = time.monotonic() + 120
+        while daemon.http.get(daemon.api("/health"), timeout=10).status_code != 200:
+            assert time.monotonic() < deadline and daemon.process.poll() is None, daemon.log_text()
+            time.sleep(0.2)
+        assert daemon.workers() not in ([], [first])
+        for job in (running, queued):  # journaled: the new worker makes them, same ids
+            ended = wait_status(daemon, job["id"], "done")
+            assert ended["status"] == "done" and len(ended["images"]) == 1, ended
+        job = daemon.http.post(daemon.api("/generate"), json={"prompt": "again", "steps": 3, "wait": True},
+                               timeout=120).json()
+        assert job.get("status") == "done" and len(job["images"]) == 1, (job, daemon.log_text())
+        assert f"the model worker (pid {first}) exited with code -9" in daemon.log_text()
+        assert daemon.terminate() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+
+
+def test_a_job_runs_when_the_journal_cannot_be_written(make_engine):
+    engine = make_engine()
+    engine.journal.directory.parent.mkdir(parents=True, exist_ok=True)
+    engine.journal.directory.write_text("a file where the journal's folder should be")
+    job = engine.submit(GenerateRequest(prompt="a kite", steps=2, seed=1))
+    assert job.wait(60) and job.status == "done", job.error
+
+
+def test_journaled_jobs_end_without_leaving_files(make_engine):
+    engine = make_engine()
+    done = engine.submit(GenerateRequest(prompt="a kite", steps=2, seed=1))
+    assert done.wait(60) and done.status == "done"
+    blocker = engine.submit(GenerateRequest(prompt="busy", steps=SLOW_STEPS))
+    wait_until_running(blocker)
+    cancelled = engine.submit(GenerateRequest(prompt="never", steps=2))
+    assert sorted(path.stem for path in engine.journal.directory.iterdir()) == sorted([blocker.id, cancelled.id])
+    engine.stop(cancel_running=True)
+    assert list(engine.journal.directory.iterdir()) == []
