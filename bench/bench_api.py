@@ -288,7 +288,7 @@ def demo_rows(arch: Arch, label: str, engine: Engine, request: GenerateRequest, 
     engine would run it), then through the API two ways."""
     pipe = engine.residency.ensure_loaded(request.model).pipe
     per_style = n // len(EINSTEIN_STYLES)
-    raw = engine.on_worker(lambda: einstein_demo(arch, pipe, torch.device(engine.device), per_style))
+    raw = engine.on_device(lambda: einstein_demo(arch, pipe, torch.device(engine.device), per_style))
     batch = demo_batch(url, n)
     openai = demo_openai(url, n)
     details["demo"] = batch

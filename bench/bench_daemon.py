@@ -70,7 +70,7 @@ def direct_pipeline_call(engine: Engine, request: GenerateRequest, batch: int = 
 
     def call() -> None:
         generators = [torch.Generator("cpu").manual_seed(next(seed)) for _ in range(batch)]
-        engine.on_worker(lambda: pipe(
+        engine.on_device(lambda: pipe(
             prompt=["a red kite"] * batch, width=request.width, height=request.height,
             num_inference_steps=request.steps, guidance_scale=request.guidance, generator=generators,
             output_type="pil"))

@@ -100,4 +100,4 @@ def test_the_engine_reports_the_cpu_placement_it_applied(make_engine):
     placement = next(model["placement"] for model in engine.ps())
     assert placement["profile"] == "cpu" and placement["cpu_threads"] == 1
     # On the worker, which runs the models: OpenMP keeps a thread count per thread.
-    assert engine.on_worker(torch.get_num_threads) == 1
+    assert engine.on_device(torch.get_num_threads) == 1

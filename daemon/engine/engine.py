@@ -1,11 +1,11 @@
-"""The engine: warm models, a bounded job queue, and one worker thread that owns the device.
+"""The engine: warm models, a bounded job queue, and one thread that owns the device.
 
 :class:`Engine` is the façade that routes, tools and tests call; it wires parts with one job each,
-sharing one lock (the condition the worker sleeps on) so that their state changes together:
+sharing one lock (the condition the device loop sleeps on) so that their state changes together:
 
 - :mod:`.resolve` checks a request and fills in the model's defaults;
 - :mod:`.queue` holds waiting jobs (a full queue is a 429) and takes compatible batches;
-- :mod:`.worker` is the device's thread: control actions, batches, housekeeping;
+- :mod:`.device_loop` is the device's thread: control actions, batches, housekeeping;
 - :mod:`.runner` makes a batch in one pipeline call, or runs an edit's or upscale's :class:`Task`;
 - :mod:`.saver` writes pictures on a second thread, so the next batch can start meanwhile;
 - :mod:`.residency` loads models, keeps them warm and unloads idle ones;
@@ -43,7 +43,7 @@ from .params import seeds_for
 from .resolve import resolve_request
 from .runner import Runner, Task, step_callback
 from .saver import Saver
-from .worker import Worker
+from .device_loop import DeviceLoop
 
 # What callers import from here, wherever it lives now.
 __all__ = ["Engine", "Task", "pick_device", "pick_dtype", "step_callback"]
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    """Owns the models and the device. Thread-safe: HTTP threads submit, one worker runs."""
+    """Owns the models and the device. Thread-safe: HTTP threads submit, one device thread runs."""
 
     def __init__(self, config: Config, paths: Paths, store: Any = None) -> None:
         if store is None:
@@ -68,22 +68,22 @@ class Engine:
         self.saver = Saver(self.outputs, host=self)
         self.runner = Runner(self._cond, self.residency, self.saver)
         self.queue = JobQueue(self._cond, config, self.runner.seconds_per_call)
-        self.worker = Worker(self._cond, self.queue, self.runner, self.residency, self.outputs, config)
+        self.loop = DeviceLoop(self._cond, self.queue, self.runner, self.residency, self.outputs, config)
         self.journal = Journal(paths.state_dir / "jobs")
         self.stats = self.runner.stats
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker and load the default model warm.
+        """Start the device thread and load the default model warm.
 
         Raises:
             ModelNotFoundError: the default model is not installed.
             StoreError: its files do not load.
         """
-        if self.worker.started:
+        if self.loop.started:
             return
-        self.worker.start()
+        self.loop.start()
         self.load(self.config.engine.default_model)
         self._requeue(self.journal.recover())
         log.info("engine ready on %s with %s warm", self.device, self.config.engine.default_model)
@@ -108,10 +108,10 @@ class Engine:
             return
         if cancel_running:
             self._cancel_begun()
-        if self.worker.join(timeout):
+        if self.loop.join(timeout):
             log.warning("running jobs still busy after %.0fs; cancelling them", timeout)
             self._cancel_begun()
-            self.worker.join()
+            self.loop.join()
         self.saver.shutdown()
         self.residency.clear()
         log.info("engine stopped")
@@ -201,36 +201,36 @@ class Engine:
         return self.residency.ps()
 
     def load(self, name: str) -> dict[str, Any]:
-        """Load a model now (on the worker) and keep it warm.
+        """Load a model now (on the device thread) and keep it warm.
 
         Raises:
             ModelNotFoundError: not installed.  StoreError: its files do not load.
         """
-        self.store.get(name)  # a clear 404 now rather than from the worker
-        loaded = self.on_worker(lambda: self.residency.ensure_loaded(name))
+        self.store.get(name)  # a clear 404 now rather than from the device thread
+        loaded = self.on_device(lambda: self.residency.ensure_loaded(name))
         with self._cond:
             return self.residency.describe(loaded)
 
     def unload(self, name: str) -> dict[str, Any]:
         """Free a model's memory; the next job that needs it loads it again."""
         self.store.get(name)
-        was_loaded = self.on_worker(lambda: self.residency.drop(name))
+        was_loaded = self.on_device(lambda: self.residency.drop(name))
         return {"name": name, "unloaded": was_loaded}
 
     def add_models_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after a model is loaded or unloaded (LAN advertising re-announces).
 
-        It runs on the worker thread, so it must return at once; errors are logged and ignored.
+        It runs on the device thread, so it must return at once; errors are logged and ignored.
         """
         self.residency.add_listener(listener)
 
-    def on_worker(self, action: Callable[[], Any]) -> Any:
-        """Run ``action`` on the worker thread (it owns the device) and wait for its result.
+    def on_device(self, action: Callable[[], Any]) -> Any:
+        """Run ``action`` on the device thread (it owns the device) and wait for its result.
 
         Raises:
             DaemonError: the engine is stopping or was never started.
         """
-        return self.worker.call(action)
+        return self.loop.call(action)
 
     # --- status ----------------------------------------------------------------------------------
 

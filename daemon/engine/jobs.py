@@ -13,7 +13,7 @@ publishes events that any number of listeners (SSE streams, waiting requests) ca
     ['cancelled']
 
 Edits and AI upscales are jobs too (``kind`` says which): they carry a ``task``, the work the
-engine's worker runs with the model loaded (see :class:`.runner.Task`), and are never batched
+engine's device thread runs with the model loaded (see :class:`.runner.Task`), and are never batched
 with other jobs; they queue, report progress, cancel and count against the queue the same way.
 """
 
@@ -161,7 +161,7 @@ class Job:
     def schedule(self, most: int) -> range:
         """Hand up to ``most`` more of this job's images to a pipeline call; returns their indices.
 
-        Only the worker calls this (with the queue's lock held), so it needs no lock of its own.
+        Only the device thread calls this (with the queue's lock held), so it needs no lock of its own.
         """
         first = self._scheduled
         self._scheduled = min(self.request.n, first + most)

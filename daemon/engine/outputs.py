@@ -124,7 +124,7 @@ class Outputs:
         Args:
             source: its IPTC DigitalSourceType (AI-drawn unless an upload was only enhanced or edited).
             durable: fsync before returning; False leaves that to a later
-                :func:`pennello.files.make_durable` (the worker does so after answering).
+                :func:`pennello.files.make_durable` (the device thread does so after answering).
         """
         image_id = new_image_id()
         record = {**record, "id": image_id, "format": fmt, "created": time.time()}

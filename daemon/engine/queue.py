@@ -1,8 +1,8 @@
-"""The job queue: jobs wait here, bounded, until the worker takes them in compatible batches.
+"""The job queue: jobs wait here, bounded, until the device thread takes them in compatible batches.
 
 The queue holds at most ``engine.queue_size`` waiting jobs; one more is refused with a
 :class:`BusyError` (HTTP 429) whose ``retry_after`` estimates when there will be room, from the
-batches ahead and the average seconds of a device call. The worker takes the oldest job and
+batches ahead and the average seconds of a device call. The device thread takes the oldest job and
 fills the rest of a pipeline call with queued jobs that are *compatible* (same model, size, steps
 and guidance; prompts and seeds may differ), up to ``engine.max_batch`` images; a job with more
 images than that spans several calls. Task jobs (edits, upscales) are taken alone.
@@ -36,7 +36,7 @@ _KEPT_JOBS = 1000  # finished jobs remembered for GET /api/jobs/<id>
 class JobQueue:
     """Waiting jobs and every recent job, guarded by ``cond``, the lock the engine's parts share.
 
-    ``stopping`` is set once, under the lock, and only ever read afterwards: the worker's wait
+    ``stopping`` is set once, under the lock, and only ever read afterwards: the device thread's wait
     checks it without taking anything else.
     """
 
@@ -53,11 +53,11 @@ class JobQueue:
 
     @property
     def accepting(self) -> bool:
-        """Whether new work is taken: the worker was started and the engine is not stopping."""
+        """Whether new work is taken: the device thread was started and the engine is not stopping."""
         return self._open and not self.stopping
 
     def open(self) -> None:
-        """Start taking jobs (the worker is about to consume them)."""
+        """Start taking jobs (the device thread is about to consume them)."""
         with self.cond:
             self._open = True
 
@@ -65,7 +65,7 @@ class JobQueue:
         """Stop taking jobs and cancel those that have not begun; False when it was already closed.
 
         A job with more images than one pipeline call takes stays queued while its first call
-        runs: it has begun, so it stays for the worker to finish (within the shutdown's grace
+        runs: it has begun, so it stays for the device thread to finish (within the shutdown's grace
         period, see :meth:`cancel_all`), and its pictures are kept.
         """
         with self.cond:

@@ -5,12 +5,12 @@ threads, speed-ups; see :mod:`.profiles`), placing them, and â€” when compiled â
 that compiling happens before the first request. A loaded model stays warm while used: the
 default model always, any other until it has been idle ``engine.keep_alive_s`` seconds.
 
-Loading and unloading run on the engine's worker thread (it owns the device); the lookups
+Loading and unloading run on the engine's device thread (it owns the device); the lookups
 (``models``, ``ps``, ``installed``) are safe from any thread. Every change is told to the
 listeners (LAN advertising re-announces the model list):
 
     >>> residency = Residency(threading.Condition(), config, paths, store, "cpu")  # doctest: +SKIP
-    >>> residency.ensure_loaded("pennello-tiny").pipe  # on the worker  # doctest: +SKIP
+    >>> residency.ensure_loaded("pennello-tiny").pipe  # on the device thread  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -104,11 +104,11 @@ class Residency:
                 "placement": loaded.plan.describe() if loaded.plan else None}
 
     def add_listener(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` after a model is loaded or unloaded (on the worker: it must return
+        """Call ``listener()`` after a model is loaded or unloaded (on the device thread: it must return
         at once; errors are logged and ignored)."""
         self._listeners.append(listener)
 
-    # --- changes, on the worker ------------------------------------------------------------------
+    # --- changes, on the device thread ------------------------------------------------------------------
 
     def ensure_loaded(self, name: str) -> Loaded:
         """The model of ``name``, loaded now unless it is already; counts as a use.

@@ -1,4 +1,4 @@
-"""The runner: what the worker does with a batch the queue hands it — the pipeline call itself.
+"""The runner: what the device thread does with a batch the queue hands it — the pipeline call itself.
 
 A text-to-image batch is one diffusers call for every image in it, each with its own seeded CPU
 generator (so a seed gives the same picture on every device and whatever its batch mates). The
@@ -10,7 +10,7 @@ the job at fault fails (one device's bad prompt never fails another device's pic
 The pictures then go to the :class:`.saver.Saver`, on its own thread, so the next batch can start.
 
     >>> runner = Runner(cond, residency, saver)  # doctest: +SKIP
-    >>> runner.run(slots)  # on the worker  # doctest: +SKIP
+    >>> runner.run(slots)  # on the device thread  # doctest: +SKIP
     >>> runner.progress(queue)["state"]  # doctest: +SKIP
     'idle'
 """
@@ -40,9 +40,9 @@ class _Interrupted(Exception):
 
 
 class Task(Protocol):
-    """Work that is not text-to-image (an edit, an AI upscale), run by the worker as one job.
+    """Work that is not text-to-image (an edit, an AI upscale), run on the device thread as one job.
 
-    ``run`` is called on the worker with the job's model loaded; it calls ``on_step(images)``
+    ``run`` is called on the device thread with the job's model loaded; it calls ``on_step(images)``
     after each denoising step of a pipeline call making ``images`` pictures (``step_callback``
     adapts it to diffusers), which raises to stop the work when the job was cancelled. ``save``
     runs on the saver thread, once per picture ``run`` returned, with the engine as ``engine``.
@@ -78,7 +78,7 @@ class _Run:
 
 
 class Runner:
-    """Runs batches on the worker thread; ``progress`` and ``running`` are safe from any thread."""
+    """Runs batches on the device thread; ``progress`` and ``running`` are safe from any thread."""
 
     def __init__(self, cond: threading.Condition, residency: Residency, saver: Saver) -> None:
         self.cond, self.residency, self.saver = cond, residency, saver
@@ -117,7 +117,7 @@ class Runner:
 
     def run(self, slots: list[Slot]) -> None:
         """Make the pictures of ``slots`` (one task job, or a compatible text-to-image batch)
-        and hand them to the saver; a failure fails the jobs, never the worker."""
+        and hand them to the saver; a failure fails the jobs, never the device thread."""
         if slots[0][0].task is not None:
             self._run_task(slots[0][0])
             return
@@ -126,7 +126,7 @@ class Runner:
             job.start(len(slots))
         try:
             loaded = self.residency.ensure_loaded(jobs[0].request.model or "")
-        except Exception as e:  # a model that will not load fails its jobs, never the worker
+        except Exception as e:  # a model that will not load fails its jobs, never the device thread
             log.exception("loading %s for a batch of %d image(s) failed", jobs[0].request.model, len(slots))
             _fail(jobs, e)
             return
@@ -151,7 +151,7 @@ class Runner:
         except _Interrupted:
             log.info("batch of %d image(s) interrupted: every job in it was cancelled", len(slots))
             return
-        except Exception as e:  # never fatal to the worker; failed or retried below
+        except Exception as e:  # never fatal to the device thread; failed or retried below
             failure = e
         finally:
             with self.cond:
@@ -193,7 +193,7 @@ class Runner:
         except _Interrupted:
             log.info("%s job %s interrupted: cancelled", job.kind, job.id)
             return
-        except Exception as e:  # a failing edit must never take the worker down
+        except Exception as e:  # a failing edit must never take the device thread down
             log.exception("%s job %s failed", job.kind, job.id)
             _fail([job], e)
             return

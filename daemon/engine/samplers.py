@@ -119,7 +119,7 @@ def options_for(sampler: str | None, schedule: str | None, own_cls: str) -> tupl
 @contextmanager
 def sampler_applied(pipe: Any, sampler: str | None, schedule: str | None) -> Iterator[None]:
     """``pipe`` with the scheduler of (``sampler``, ``schedule``) for the duration of one call,
-    then its own again (the worker thread is the only user of a loaded pipeline)."""
+    then its own again (the device thread is the only user of a loaded pipeline)."""
     if sampler is None and schedule in (None, "Automatic"):
         yield
         return

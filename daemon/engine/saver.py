@@ -1,12 +1,12 @@
 """The saver: pictures leave the pipeline, go through the post-steps and land on disk.
 
 Saving runs on a thread of its own, so that encoding and writing one batch's pictures overlaps
-the next batch's denoising on the worker. Each picture carries its provenance (:func:`record`)
+the next batch's denoising on the device thread. Each picture carries its provenance (:func:`record`)
 and whatever the post-steps noted (:mod:`.poststeps`); its job is done once all its pictures are
 saved. Tools that make pictures outside a job call :meth:`Saver.save_output` directly.
 
     >>> saver = Saver(outputs, host=engine)  # doctest: +SKIP
-    >>> saver.submit_batch(loaded, slots, images, timing)  # from the worker  # doctest: +SKIP
+    >>> saver.submit_batch(loaded, slots, images, timing)  # from the device thread  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class Saver:
-    """Saves pictures on one thread, in the order the worker handed them over."""
+    """Saves pictures on one thread, in the order the device thread handed them over."""
 
     def __init__(self, outputs: Outputs, host: Any) -> None:
         """``host``: the engine, handed to post-steps and tasks (they read its config and state)."""

@@ -207,7 +207,7 @@ def run_edit(engine: Any, request: EditRequest, timeout: float | None = None) ->
 
 @dataclass
 class EditTask:
-    """One edit job's work (an :class:`.runner.Task`): the pipeline call(s) on the worker, then
+    """One edit job's work (an :class:`.runner.Task`): the pipeline call(s) on the device thread, then
     saving each picture with its record."""
 
     request: GenerateRequest  # resolved

@@ -1,14 +1,15 @@
-"""The worker: the one thread that owns the device.
+"""The device loop: the one thread that owns the device (not to be confused with the model
+worker *process* of :mod:`pennello.daemon.worker`, inside which this thread runs when isolated).
 
 It sleeps until there is work, then takes, in this order: a control action (load or unload a
-model, or any call that must run where the device is, see :meth:`Worker.call`), else the next
+model, or any call that must run where the device is, see :meth:`DeviceLoop.call`), else the next
 batch from the queue, which the runner makes. Between jobs it does the housekeeping: idle models
 are unloaded once their keep-alive runs out, and old outputs pruned once a day. It returns once
 the engine is stopping and nothing is left for it.
 
-    >>> worker = Worker(cond, queue, runner, residency, outputs, config)  # doctest: +SKIP
-    >>> worker.start()  # doctest: +SKIP
-    >>> worker.call(torch.get_num_threads)  # runs on the worker, returns its result  # doctest: +SKIP
+    >>> loop = DeviceLoop(cond, queue, runner, residency, outputs, config)  # doctest: +SKIP
+    >>> loop.start()  # doctest: +SKIP
+    >>> loop.call(torch.get_num_threads)  # runs on the device thread, returns its result  # doctest: +SKIP
     1
 """
 
@@ -34,8 +35,8 @@ log = logging.getLogger(__name__)
 _PRUNE_EVERY_S = 24 * 3600
 
 
-class Worker:
-    """The worker thread and the control actions waiting for it (guarded by ``cond``)."""
+class DeviceLoop:
+    """The device thread and the control actions waiting for it (guarded by ``cond``)."""
 
     def __init__(self, cond: threading.Condition, queue: JobQueue, runner: Runner, residency: Residency,
                  outputs: Outputs, config: Config) -> None:
@@ -63,7 +64,7 @@ class Worker:
         return self._thread.is_alive()
 
     def call(self, action: Callable[[], Any]) -> Any:
-        """Run ``action`` on the worker thread (it owns the device) and wait for its result.
+        """Run ``action`` on the device thread (it owns the device) and wait for its result.
 
         Raises:
             DaemonError: the engine is stopping or was never started.
@@ -115,5 +116,5 @@ class Worker:
 def _run_control(action: Callable[[], Any], future: Future) -> None:
     try:
         future.set_result(action())
-    except Exception as e:  # handed to the caller, never fatal to the worker
+    except Exception as e:  # handed to the caller, never fatal to the device thread
         future.set_exception(e)
