@@ -55,6 +55,11 @@ class ServerConfig:
     # private networks no-network mode lets the daemon reach; empty means every interface.
     interfaces: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # The socket layer would take the port modulo 65536: 70000 silently served on 4464.
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"server.port = {self.port}: must be from 0 to 65535 (0 picks a free port)")
+
 
 @dataclass(frozen=True)
 class EngineConfig:

@@ -116,3 +116,14 @@ def test_sigterm_lets_a_running_job_finish(home, daemon):
     assert daemon.terminate() == 0
     saved = list(home.outputs_dir.rglob("*.png"))
     assert len(saved) == 1
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_serve_refuses_a_port_out_of_range_in_the_config(home: Paths, port: str):
+    # It used to wrap around: server.port = 70000 served on 4464 without a word.
+    result = subprocess.run([sys.executable, "-m", "pennello", "serve"], capture_output=True, text=True,
+                            timeout=120, env={**_env(home), "PENNELLO_SERVER_PORT": port})
+    assert result.returncode != 0
+    assert f"server.port = {port}: must be from 0 to 65535" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (home.runtime_dir / "daemon.json").exists()
