@@ -189,3 +189,15 @@ def test_journaled_jobs_end_without_leaving_files(make_engine):
     assert sorted(path.stem for path in engine.journal.directory.iterdir()) == sorted([blocker.id, cancelled.id])
     engine.stop(cancel_running=True)
     assert list(engine.journal.directory.iterdir()) == []
+
+
+def test_a_worker_that_is_gone_mid_forward_gets_a_503_that_says_to_try_again(tmp_path):
+    # It said "the daemon is stopping", although the supervisor is restarting the worker.
+    from werkzeug.test import Client
+
+    from pennello.daemon.net.proxy import WorkerProxy
+
+    response = Client(WorkerProxy(tmp_path / "no-worker.sock", guard=None)).get("/api/health")
+    assert response.status_code == 503
+    message = response.get_json()["error"]["message"]
+    assert "try again shortly" in message and "restarting" in message

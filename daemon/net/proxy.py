@@ -81,8 +81,10 @@ class WorkerProxy:
             connection.close()
             log.error("model worker unreachable for %s %s: %s", environ["REQUEST_METHOD"],
                       environ.get("PATH_INFO"), e)
-            body = json.dumps({"error": {"type": "daemon", "message": "the model worker is not running; "
-                                         "the daemon is stopping", "field": None}}).encode()
+            # The supervisor restarts a worker that died, so this is usually a brief gap, not a shutdown.
+            body = json.dumps({"error": {"type": "daemon", "message": "the model worker is not reachable "
+                                         "(restarting after a crash, or the daemon is stopping); try again "
+                                         "shortly", "field": None}}).encode()
             start_response("503 Service Unavailable", [("Content-Type", "application/json"),
                                                        ("Content-Length", str(len(body)))])
             return [body]
