@@ -112,8 +112,9 @@ class IntegrityError(StoreError):
 
 
 class DiskSpaceError(StoreError):
-    """Not enough free disk for the download or copy."""
+    """Not enough free disk for the download, the copy or a file being written."""
 
+    http_status = 507  # Insufficient Storage: the server's disk, not the request, is at fault
     kind = "disk_space"
 
 

@@ -1,7 +1,6 @@
 """Writing files so that no reader, and no crash, ever sees half of one.
 
     >>> from pathlib import Path
-from typing import Iterable
     >>> from pennello.files import write_atomic
     >>> write_atomic(Path("/tmp/pennello-doc/state.json"), b"{}")  # doctest: +SKIP
 """
@@ -9,10 +8,16 @@ from typing import Iterable
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterable
+
+from pennello.errors import DiskSpaceError
+
+# What a write answers when the disk (or the user's quota) is full.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -33,6 +38,9 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool
             never readable by others, even briefly.
         durable: fsync the file before the rename and the directory after it. False still never
             shows readers half a file; call :func:`make_durable` later to survive a power cut.
+
+    Raises:
+        DiskSpaceError: the disk is full; nothing was changed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -45,9 +53,12 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            raise DiskSpaceError(f"the disk holding {path.parent} is full: {path.name} was not written "
+                                 f"(the old one, if any, is unchanged); free some space and try again") from e
         raise
     if durable:
         fsync_dir(path.parent)
