@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
+import sys
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -18,6 +20,25 @@ def _drop_torchvision_fallback(record: logging.LogRecord) -> bool:
     # Pipelines name CLIP image processors we never call (no safety checker); transformers then
     # warns at every start that torchvision is missing, which reads like a broken install.
     return "requires torchvision (not installed)" not in record.getMessage()
+
+
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """The log file, which a full disk must not turn into a traceback on every line."""
+
+    disk_full = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.disk_full:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Say it once on stderr (the console handler still works) and stop writing the file.
+            self.disk_full = True
+            sys.stderr.write(f"warning: the disk is full; no longer writing {self.baseFilename}\n")
+            return
+        super().handleError(record)
 
 
 def setup_logging(debug: bool = False, log_dir: Path | None = None) -> None:
@@ -33,7 +54,7 @@ def setup_logging(debug: bool = False, log_dir: Path | None = None) -> None:
     root.addHandler(console)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = _LogFile(
             log_dir / "pennello.log", maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(file_handler)

@@ -68,3 +68,12 @@ def test_a_full_disk_leaves_the_installed_model_intact(full_home: Path):
     result = pennello(full_home, "verify")
     assert result.returncode == 0, result.stderr
     assert not list(full_home.rglob(".verified.*")), "a temp file was left behind"
+
+
+def test_install_on_a_full_disk_warns_once_instead_of_a_logging_traceback(full_home: Path):
+    # Every log line used to print "--- Logging error ---" and a traceback once the log file could
+    # not grow; the command itself went on.
+    result = pennello(full_home, "install", "pennello-tiny")
+    assert result.returncode == 0, result.stderr
+    assert "Logging error" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("warning: the disk is full; no longer writing") == 1
