@@ -125,7 +125,8 @@ def test_an_upload_with_malformed_xmp_is_treated_as_having_no_record(api_engine,
 def test_json_nested_too_deep_is_a_400_naming_the_problem(api_engine):  # noqa: F811
     app = create_app(Config(), api_engine, api_engine.paths)
     deep = "[" * 100_000 + "]" * 100_000
-    for path, method in (("/api/generate", "post"), ("/api/pipelines/deep", "put")):
+    for path, method in (("/api/generate", "post"), ("/api/pipelines/deep", "put"), ("/v1/images/generations", "post"),
+                         ("/sdapi/v1/txt2img", "post"), ("/sdapi/v1/options", "post")):
         response = getattr(app.test_client(), method)(path, data=deep, content_type="application/json")
         assert response.status_code == 400, (path, response.status_code)
         assert "nested too deeply" in response.get_json()["error"]["message"]

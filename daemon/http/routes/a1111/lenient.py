@@ -26,7 +26,7 @@ from flask import request
 from pennello.errors import RequestError
 
 from ...context import current_owner
-from ...request import FieldType, check_type, json_body
+from ...request import FieldType, check_type, json_object
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def a1111_body(fields: Mapping[str, FieldType], required: tuple[str, ...] = ()) 
     Raises:
         RequestError: not a JSON object, a missing field, or a known field of the wrong type.
     """
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        return json_body(fields, required)  # refuses it, with the usual message
+    data = json_object()  # the one parser: refuses non-objects and too-deep nesting with a 400
     body = {}
     for name, value in data.items():
         if name not in fields:

@@ -23,12 +23,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from pennello.errors import RequestError
 from pennello.files import write_atomic
 
 from ...context import current_config, current_engine, current_owner, owner_filter
+from ...request import json_object
 from ..native import visible_progress
 
 bp = Blueprint("settings", __name__)
@@ -88,9 +89,7 @@ def get_options() -> Any:
 @bp.post("/options")
 def set_options() -> Any:
     """Switch the caller's checkpoint (loading it now) and keep whatever else was sent."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise RequestError("the body must be a JSON object of options (Content-Type: application/json)")
+    body = json_object()
     if "sd_model_checkpoint" in body:
         name = model_of_title(body["sd_model_checkpoint"], "sd_model_checkpoint")
         current_engine().load(name)  # a 404 for a model that is not installed, before saving it
