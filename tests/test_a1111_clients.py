@@ -272,3 +272,50 @@ def test_png_info_refuses_what_is_not_a_picture(url):
     for body, field in (({"image": "bm90IGFuIGltYWdl"}, "image"), ({}, "image"), ({"image": 3}, "image")):
         answer = requests.post(f"{url}/sdapi/v1/png-info", json=body)
         assert answer.status_code == 400 and answer.json()["error"]["field"] == field, answer.text
+
+
+def _kept(api_engine) -> int:
+    return sum(1 for _ in api_engine.outputs.iter_newest())
+
+
+def test_webuiapi_hires_fix_draws_twice_and_says_so(api, api_engine):
+    """enable_hr was a 400: now the first pass is enlarged by the upscaler named and redrawn."""
+    prompt = {"prompt": "a red circle on a blue background", "seed": 5, **SIZE}
+    kept = _kept(api_engine)
+    fixed = api.txt2img(**prompt, enable_hr=True, hr_scale=2, hr_upscaler="Lanczos", hr_second_pass_steps=3,
+                        denoising_strength=0.6)
+    assert fixed.image.size == (128, 128) and _kept(api_engine) == kept  # save_images false: not kept
+    text = fixed.info["infotexts"][0]
+    for part in ("Size: 64x64", "Denoising strength: 0.6", "Hires upscale: 2", "Hires steps: 3",
+                 "Hires upscaler: Lanczos", "Sampler: Euler a"):
+        assert part in text, text
+    assert fixed.info["extra_generation_params"]["Hires upscaler"] == "Lanczos"
+    enlarged = api.txt2img(**prompt).image.resize((128, 128), Image.Resampling.LANCZOS)
+    assert np.abs(np.asarray(enlarged, float) - np.asarray(fixed.image, float)).mean() > 1  # redrawn
+    latent = api.txt2img(**prompt, enable_hr=True, hr_resize_x=96, hr_upscaler="Latent (bicubic)",
+                         hr_sampler_name="DDIM", hr_prompt="a green circle on a blue background", save_images=True)
+    assert latent.image.size == (96, 96) and _kept(api_engine) == kept + 1  # the second pass only
+    text = latent.info["infotexts"][0]
+    assert "Hires upscaled as: a Lanczos resize" in text and "Sampler: DDIM" in text, text
+    assert text.startswith("a green circle on a blue background\n")  # the second pass drew hr_prompt
+
+
+def test_img2img_takes_the_sampler_and_keeps_pictures_only_when_asked(url, drawn, api_engine):
+    """img2img ignored sampler_name and scheduler; it kept every picture whatever save_images said."""
+    buffer = io.BytesIO()
+    drawn.resize((64, 64)).save(buffer, "PNG")
+    body = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "prompt": "a blue star",
+            "seed": 2, "steps": 4, "denoising_strength": 0.8}
+
+    def run(**extra):
+        response = requests.post(f"{url}/sdapi/v1/img2img", json={**body, **extra})
+        assert response.status_code == 200, response.text
+        return np.asarray(_picture(response.json()["images"][0])), json.loads(response.json()["info"])
+
+    kept = _kept(api_engine)
+    ddim, info = run(sampler_name="DDIM", scheduler="Karras")
+    assert "Sampler: DDIM, Schedule type: Karras" in info["infotexts"][0] and info["sampler_name"] == "DDIM"
+    assert _kept(api_engine) == kept
+    euler, _ = run(sampler_name="Euler", save_images=True)
+    assert not np.array_equal(ddim, euler) and _kept(api_engine) == kept + 1
+    assert np.array_equal(ddim, run(sampler_name="ddim", scheduler="karras")[0])

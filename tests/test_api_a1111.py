@@ -76,7 +76,11 @@ def test_send_images_false_and_model_by_checkpoint_title(url):
 
 
 @pytest.mark.parametrize("body, field", [
-    ({"prompt": "x", "enable_hr": True}, "enable_hr"),
+    ({"prompt": "x", "enable_hr": True, "hr_upscaler": "ESRGAN_4x"}, "hr_upscaler"),
+    ({"prompt": "x", "enable_hr": True, "hr_scale": 64}, "hr_scale"),
+    ({"prompt": "x", "enable_hr": True, "hr_resize_y": 2000}, "hr_resize_y"),
+    ({"prompt": "x", "enable_hr": True, "denoising_strength": 0}, "denoising_strength"),
+    ({"prompt": "x", "enable_hr": True, "hr_sampler_name": "Euler z"}, "hr_sampler_name"),
     ({"prompt": "x", "script_name": "x/y/z plot"}, "script_name"),
     ({"prompt": "x", "sampler_name": "Euler z"}, "sampler_name"),
     ({"prompt": "x", "scheduler": "Polyexponential"}, "scheduler"),

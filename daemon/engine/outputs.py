@@ -74,15 +74,38 @@ def new_image_id() -> str:
 
 
 def a1111_parameters(record: dict[str, Any]) -> str:
-    """The ``parameters`` text many image tools read (A1111 style)."""
+    """The ``parameters`` text many image tools read, in A1111's order and wording. A hires-fixed
+    picture's ``Size`` is its first pass's, as in A1111 (the fix's keys say how it grew)."""
     lines = [record.get("prompt", "")]
     if record.get("negative_prompt"):
         lines.append(f"Negative prompt: {record['negative_prompt']}")
-    lines.append(", ".join(f"{label}: {record[key]}" for label, key in (
-        ("Steps", "steps"), ("CFG scale", "guidance"), ("Seed", "seed"), ("Size", "size"),
-        ("Model", "model"), ("Model version", "model_version"), ("Manifest digest", "manifest_digest"))
-        if key in record))
+    hires = record.get("hires") or {}
+    size = {"size": hires.get("first_pass_size", record.get("size"))}
+    values = {**record, **size, "strength": record.get("strength")}
+    pairs = [(label, values[key]) for label, key in (
+        ("Steps", "steps"), ("Sampler", "sampler"), ("Schedule type", "scheduler"), ("CFG scale", "guidance"),
+        ("Seed", "seed"), ("Size", "size"), ("Model", "model"), ("Denoising strength", "strength"),
+        ("Model version", "model_version"), ("Manifest digest", "manifest_digest"))
+        if values.get(key) is not None]
+    at = next((i for i, (label, _) in enumerate(pairs) if label == "Model version"), len(pairs))
+    pairs[at:at] = hires_parameters(record).items()
+    lines.append(", ".join(f"{label}: {value}" for label, value in pairs))
     return "\n".join(lines)
+
+
+def hires_parameters(record: dict[str, Any]) -> dict[str, Any]:
+    """A hires-fixed picture's ``Hires …`` infotext keys, as A1111 writes them (``Hires steps``
+    only when the second pass had its own count); empty for any other picture."""
+    hires = record.get("hires") or {}
+    if not hires:
+        return {}
+    out = {"Hires upscale": f"{hires['upscale']:g}"}
+    if hires.get("steps"):
+        out["Hires steps"] = hires["steps"]
+    out["Hires upscaler"] = hires["upscaler"]
+    if hires.get("plain_resize"):
+        out["Hires upscaled as"] = "a Lanczos resize (pennello has no latent pass)"
+    return out
 
 
 def xmp_packet(record: dict[str, Any], source: str = TRAINED_ALGORITHMIC_MEDIA) -> bytes:
@@ -163,6 +186,13 @@ class Outputs:
                 if path.is_file() and (owner is None or read_record(path).get("owner") == owner):
                     return path
         raise NotFoundError(f"no image with id {image_id!r}", field="id")
+
+    def remove(self, image_id: str) -> None:
+        """Delete a picture from the gallery (one a client asked not to keep); gone already is fine."""
+        try:
+            self.find(image_id).unlink(missing_ok=True)
+        except NotFoundError:
+            pass
 
     def read_record(self, image_id: str) -> dict[str, Any]:
         return read_record(self.find(image_id))

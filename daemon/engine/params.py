@@ -114,11 +114,11 @@ class GenerationParams:
                       Dialect(openai="output_format")] = "png"
     sampler: Annotated[SamplerName | None, Field(description="The sampler (a diffusers scheduler, by its "
                                                              "A1111 name); the model's own when absent."),
-                       Dialect(a1111="sampler_name")] = None
+                       Dialect(a1111="sampler_name"), _KEPT] = None
     scheduler: Annotated[ScheduleName | None, Field(description="The noise schedule the sampler follows "
                                                                 "(A1111's Karras, Exponential…); the "
                                                                 "sampler's own when absent."),
-                         Dialect(a1111="scheduler")] = None
+                         Dialect(a1111="scheduler"), _KEPT] = None
     enhance: Annotated[bool, Field(description="Auto-enhance each picture (contrast, sharpness) before "
                                                "saving it.")] = False
 

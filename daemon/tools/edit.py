@@ -224,6 +224,7 @@ class EditTask:
 
     def run(self, loaded: Any, on_step: Callable[[int], None]) -> list[Image.Image]:
         from ..engine.runner import step_callback
+        from ..engine.samplers import sampler_applied
 
         started = time.perf_counter()
         r = self.request
@@ -239,7 +240,9 @@ class EditTask:
                 "callback_on_step_end": step_callback(on_step, r.n)}
             if self.mask is not None:
                 kwargs.update(mask_image=self.mask, width=r.width, height=r.height)
-            images = derived_pipeline(loaded, self.mode)(**kwargs).images
+            pipe = derived_pipeline(loaded, self.mode)
+            with sampler_applied(pipe, r.sampler, r.scheduler):
+                images = pipe(**kwargs).images
         log.debug("%s of %d image(s) %dx%d: edit=%.1fms", self.mode, len(images), r.width, r.height,
                   (time.perf_counter() - started) * 1000)
         return images

@@ -34,9 +34,26 @@ _IMAGE_ID = {"description": "A gallery picture to use instead of an upload."}
 _OFF_ONLY: dict[str, Schema] = {
     "enable_hr": {"enum": [False, 0, None], "description": "Only false (off) is accepted."},
     "script_name": {"type": "null", "description": "Only null (no script) is accepted."}}
+_STRENGTH = {"exclusiveMinimum": 0, "maximum": 1, "default": 0.75}
+_SAVE_IMAGES = {"default": False, "description": "Keep the pictures in the gallery too (as A1111, "
+                                                 "they are only answered by default)."}
+# A1111's hires fix (daemon/tools/hires.py), txt2img only.
+_HIRES: dict[str, Schema] = {
+    "enable_hr": {"default": False, "description": "Hires fix: draw, enlarge, then redraw image-to-image."},
+    "hr_scale": {"minimum": 1, "default": 2, "description": "Enlarge by this (without hr_resize_x/y)."},
+    "hr_resize_x": {"minimum": 0, "description": "Second pass width (0: from hr_resize_y or hr_scale)."},
+    "hr_resize_y": {"minimum": 0, "description": "Second pass height (0: from hr_resize_x or hr_scale)."},
+    "hr_upscaler": {"default": "Latent", "description": "None, a Latent mode (a plain resize here) or an "
+                                                        "upscaler from /sdapi/v1/upscalers."},
+    "hr_second_pass_steps": {"minimum": 0, "default": 0, "description": "0: the first pass's steps."},
+    "denoising_strength": {**_STRENGTH, "description": "How far the second pass may move from the "
+                                                       "enlarged picture."},
+    "hr_prompt": {"description": "The second pass's prompt; empty: the first's."},
+    "hr_negative_prompt": {"description": "The second pass's negative prompt; empty: the first's."},
+    "hr_sampler_name": {"description": "The second pass's sampler; absent: the first's."},
+    "hr_scheduler": {"description": "The second pass's schedule; absent: the first's."}}
 _CHECKPOINT = {"properties": {"sd_model_checkpoint": {"type": ["string", "null"]}},
                "description": "Only sd_model_checkpoint is used (a title from sd-models)."}
-_STRENGTH = {"exclusiveMinimum": 0, "maximum": 1, "default": 0.75}
 
 
 def param_properties(engine: EngineConfig, dialect: DialectName | None = None) -> dict[str, Schema]:
@@ -137,12 +154,14 @@ def _a1111(engine: EngineConfig) -> dict[str, Schema]:
                                             "(DPM++ 2M Karras) too."
     params["scheduler"]["description"] += " By label or name (karras), any case."
     ignored = {**routes_a1111.IGNORED_FIELDS, **routes_a1111.IMG2IMG_IGNORED_FIELDS}
-    notes = {"override_settings": _CHECKPOINT, **{name: IGNORED for name in ignored}, **_OFF_ONLY}
+    notes = {"override_settings": _CHECKPOINT, **{name: IGNORED for name in ignored},
+             "script_name": _OFF_ONLY["script_name"], "save_images": _SAVE_IMAGES}
     return {name: _lenient(schema) for name, schema in {
         "A1111Txt2ImgRequest": body(routes_a1111.TXT2IMG_FIELDS | routes_a1111.IGNORED_FIELDS | {
-            k: t for k, (t, _) in routes_a1111.OFF_ONLY_FIELDS.items()}, params, notes, ("prompt",)),
+            k: t for k, (t, _) in routes_a1111.OFF_ONLY_FIELDS.items()}, params, {**notes, **_HIRES},
+            ("prompt",)),
         "A1111Img2ImgRequest": body(routes_a1111.IMG2IMG_ALL, params, {
-            **notes, "denoising_strength": _STRENGTH,
+            **notes, **_OFF_ONLY, "denoising_strength": _STRENGTH,
             "init_images": {"items": {"type": "string", "contentEncoding": "base64"}, "minItems": 1,
                             "maxItems": 3, "description": "One picture; up to 3 for models that take "
                                                           "reference pictures (qwen-image-edit)."},

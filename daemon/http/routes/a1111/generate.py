@@ -13,7 +13,10 @@ and ``scheduler`` pick a diffusers scheduler (:mod:`...engine.samplers`; old com
 as "DPM++ 2M Karras" too). As in A1111, fields it does not know are ignored (and logged once per
 client: :mod:`.lenient`), and so are A1111 fields pennello has no equivalent for (face
 restoration, tiling, subseeds, ``alwayson_scripts``…); ones that would change the result in ways
-it cannot honour (``enable_hr``, ``script_name``) are refused with a 400 naming the field.
+it cannot honour (``script_name``; ``enable_hr`` for img2img) are refused with a 400 naming the
+field. txt2img's ``enable_hr`` is A1111's hires fix, done by :mod:`....tools.hires`. As in A1111,
+pictures are kept in the gallery only with ``save_images`` true (its API's default is false);
+the others are removed once the answer holds them.
 The catalogue routes (samplers, upscalers, styles…) are :mod:`.lists`.
 """
 
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -30,10 +35,12 @@ from pennello import __version__
 from pennello.errors import PennelloError, RequestError
 
 from ...context import current_engine, current_owner
-from ....engine.jobs import GenerateRequest, Job
+from ....engine.jobs import GenerateRequest, Job, OutputImage
 from ....engine.params import dialect_names, dialect_types, random_seed
-from ....engine.outputs import a1111_parameters
+from ....engine.outputs import a1111_parameters, hires_parameters
 from ....engine.samplers import schedule_name, split_legacy
+from ....tools.edit import DEFAULT_STRENGTH
+from ....tools.hires import HiresFix, second_passes, wait_all
 from .lists import bp as lists_bp
 from .lenient import a1111_body, note_once
 from .settings import bp as settings_bp, checkpoint_title, model_of_title, saved_options
@@ -52,27 +59,29 @@ class InterruptedJobError(PennelloError):
 bp.register_blueprint(settings_bp)
 bp.register_blueprint(lists_bp)
 
+# A1111's hires fix (txt2img only): :mod:`....tools.hires`.
+HIRES_FIELDS: dict[str, Any] = {
+    "enable_hr": bool, "hr_scale": float, "hr_upscaler": str, "hr_second_pass_steps": int,
+    "hr_resize_x": int, "hr_resize_y": int, "hr_sampler_name": str, "hr_scheduler": str,
+    "hr_prompt": str, "hr_negative_prompt": str, "denoising_strength": float}
 # name -> JSON type; the ones pennello uses: A1111's names for our parameters, then its own.
 TXT2IMG_FIELDS: dict[str, Any] = {
-    **dialect_types("a1111"), "n_iter": int, "override_settings": dict, "send_images": bool}
+    **dialect_types("a1111"), "n_iter": int, "override_settings": dict, "send_images": bool,
+    "save_images": bool, **HIRES_FIELDS}
 # A1111 fields without a pennello equivalent: accepted so A1111 clients work, then ignored.
 IGNORED_FIELDS: dict[str, Any] = {
     "sampler_index": str, "styles": list, "subseed": int,
     "subseed_strength": float, "seed_resize_from_h": int, "seed_resize_from_w": int,
     "seed_enable_extras": bool, "restore_faces": bool, "tiling": bool, "do_not_save_samples": bool,
-    "do_not_save_grid": bool, "eta": float, "denoising_strength": float, "s_min_uncond": float,
+    "do_not_save_grid": bool, "eta": float, "s_min_uncond": float,
     "s_churn": float, "s_tmax": float, "s_tmin": float, "s_noise": float,
     "override_settings_restore_afterwards": bool, "refiner_checkpoint": str,
     "refiner_switch_at": float, "disable_extra_networks": bool, "comments": dict,
-    "firstphase_width": int, "firstphase_height": int, "hr_scale": float, "hr_upscaler": str,
-    "hr_second_pass_steps": int, "hr_resize_x": int, "hr_resize_y": int,
-    "hr_checkpoint_name": str, "hr_sampler_name": str, "hr_scheduler": str, "hr_prompt": str,
-    "hr_negative_prompt": str, "force_task_id": str, "infotext": str, "save_images": bool,
-    "script_args": list, "alwayson_scripts": dict,
+    "firstphase_width": int, "firstphase_height": int, "hr_checkpoint_name": str, "force_task_id": str,
+    "infotext": str, "script_args": list, "alwayson_scripts": dict,
 }
 # Accepted only at their "off" value: anything else would be silently not done.
-OFF_ONLY_FIELDS: dict[str, tuple[Any, Any]] = {
-    "enable_hr": (bool, False), "script_name": (str, None)}
+OFF_ONLY_FIELDS: dict[str, tuple[Any, Any]] = {"script_name": (str, None)}
 _ALL_FIELDS = {**TXT2IMG_FIELDS, **IGNORED_FIELDS, **{k: t for k, (t, _) in OFF_ONLY_FIELDS.items()}}
 
 
@@ -80,11 +89,13 @@ _ALL_FIELDS = {**TXT2IMG_FIELDS, **IGNORED_FIELDS, **{k: t for k, (t, _) in OFF_
 IMG2IMG_FIELDS: dict[str, Any] = {
     "init_images": list, "denoising_strength": float, "mask": str, "inpainting_mask_invert": int,
     "include_init_images": bool}
+IMG2IMG_OFF_ONLY: dict[str, tuple[Any, Any]] = {**OFF_ONLY_FIELDS, "enable_hr": (bool, False)}
 IMG2IMG_IGNORED_FIELDS: dict[str, Any] = {
     "resize_mode": int, "image_cfg_scale": float, "mask_blur": int, "mask_blur_x": int, "mask_blur_y": int,
     "inpainting_fill": int, "inpaint_full_res": bool, "inpaint_full_res_padding": int,
     "initial_noise_multiplier": float, "latent_mask": str, "mask_round": bool}
-IMG2IMG_ALL = {**_ALL_FIELDS, **IMG2IMG_IGNORED_FIELDS, **IMG2IMG_FIELDS}
+IMG2IMG_ALL = {**{k: t for k, t in _ALL_FIELDS.items() if k not in HIRES_FIELDS}, **IMG2IMG_IGNORED_FIELDS,
+               **IMG2IMG_FIELDS, **{k: t for k, (t, _) in IMG2IMG_OFF_ONLY.items()}}
 
 
 @bp.post("/img2img")
@@ -98,7 +109,7 @@ def img2img() -> Any:
     from ....tools.edit import EditRequest, run_edit
     from ....pictures.uploads import decode_base64_upload
 
-    body = _checked_body(IMG2IMG_ALL, required=("init_images",))
+    body = _checked_body(IMG2IMG_ALL, IMG2IMG_OFF_ONLY, required=("init_images",))
     engine = current_engine()
     limits = engine.config.images
     init_images = body["init_images"]
@@ -115,31 +126,51 @@ def img2img() -> Any:
         if body.get("inpainting_mask_invert"):
             mask = ImageOps.invert(mask)
         origin["mask"] = _b64_digest(body["mask"])
-    params = a1111_params(body)
-    for name in ("sampler", "scheduler"):  # an edit runs the editing model's own scheduler
-        if params.pop(name, None) is not None:
-            note_once(dialect_names("a1111")[name], "img2img keeps the model's own scheduler; ignored")
-    try:
+    with a1111_fields():
         result = run_edit(engine, EditRequest(
-            **params, image=pictures[0], references=tuple(pictures[1:]), mask=mask,
-            strength=body.get("denoising_strength", 0.75), owner=current_owner(), origin=origin))
-    except RequestError as e:  # name the field as A1111 clients know it
-        e.field = {"strength": "denoising_strength", "guidance": "cfg_scale",
-                   "image": "init_images"}.get(e.field or "", e.field)
-        raise
-    images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in result.images]
+            **a1111_params(body), image=pictures[0], references=tuple(pictures[1:]), mask=mask,
+            strength=body.get("denoising_strength", DEFAULT_STRENGTH), owner=current_owner(), origin=origin))
+    images = _encoded(result.images, body)
     r = result.request
     info = {"prompt": r.prompt, "all_prompts": [r.prompt] * r.n, "negative_prompt": r.negative_prompt,
             "seed": result.seeds[0], "all_seeds": result.seeds, "width": r.width, "height": r.height,
+            "sampler_name": r.sampler, "scheduler": r.scheduler,
             "cfg_scale": r.guidance, "steps": r.steps, "denoising_strength": result.strength,
             "sd_model_name": r.model, "is_using_inpainting_conditioning": False,
             "infotexts": [a1111_parameters(engine.outputs.read_record(i.id)) for i in result.images],
             "version": f"pennello {__version__}"}
+    _unless_saved(result.images, body)
     parameters = {key: value for key, value in body.items() if key not in ("init_images", "mask")}
-    return jsonify({"images": images if body.get("send_images", True) else [],
+    return jsonify({"images": images,
                     "parameters": {"seed": result.seeds[0], "steps": r.steps, "cfg_scale": r.guidance,
                                    "width": r.width, "height": r.height, **parameters},
                     "info": json.dumps(info)})
+
+
+@contextmanager
+def a1111_fields() -> Iterator[None]:
+    """Requests checked inside name the field as A1111 clients know it (``cfg_scale``, not guidance)."""
+    try:
+        yield
+    except RequestError as e:
+        e.field = {**dialect_names("a1111"), "strength": "denoising_strength",
+                   "image": "init_images"}.get(e.field or "", e.field)
+        raise
+
+
+def _encoded(images: list[OutputImage], body: dict[str, Any]) -> list[str]:
+    """The pictures as base64, as A1111 answers them (none with ``send_images`` false)."""
+    if not body.get("send_images", True):
+        return []
+    return [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in images]
+
+
+def _unless_saved(images: list[OutputImage], body: dict[str, Any]) -> None:
+    """A1111 keeps a picture only with ``save_images`` true (its API's default is false): the
+    others leave the gallery once the answer holds them."""
+    if not body.get("save_images", False):
+        for image in images:
+            current_engine().outputs.remove(image.id)
 
 
 def _b64_digest(text: str) -> str:
@@ -151,30 +182,57 @@ def _b64_digest(text: str) -> str:
 
 @bp.post("/txt2img")
 def txt2img() -> Any:
-    body = _checked_body(_ALL_FIELDS)
-    params = a1111_params(body)
+    """A1111's txt2img; with ``enable_hr``, its hires fix (:mod:`....tools.hires`)."""
+    body = _checked_body(_ALL_FIELDS, OFF_ONLY_FIELDS)
     engine = current_engine()
-    try:
-        job = engine.submit(GenerateRequest(**params, owner=current_owner()))
-    except RequestError as e:  # name the field as A1111 clients know it
-        e.field = dialect_names("a1111").get(e.field or "", e.field)
-        raise
+    request = GenerateRequest(**a1111_params(body), owner=current_owner())
+    fix = _hires_fix(body) if body.get("enable_hr") else None
+    with a1111_fields():
+        if fix is not None:  # refused before the first pass, not after it
+            fix.second_request(engine, engine.resolve(request))
+        job = engine.submit(request)
+    _wait(job)
+    images = list(job.images)
+    if fix is not None:
+        try:
+            with a1111_fields():
+                passes = second_passes(engine, job, fix)
+            wait_all(passes)
+        finally:
+            _unless_saved(images, {})  # the first pass is never kept, as in A1111 by default
+        images = [picture for second in passes for picture in second.images]
+    answer = {"images": _encoded(images, body), "parameters": {**_resolved(job, body), **body},
+              "info": json.dumps(_info(job, body, images, fix))}
+    _unless_saved(images, body)
+    return jsonify(answer)
+
+
+def _wait(job: Job) -> None:
+    """Wait for the txt2img job; one that did not finish is an error for the client."""
     job.wait()
     if job.status == "cancelled":
         raise InterruptedJobError("txt2img was interrupted (POST /sdapi/v1/interrupt, or the job was "
                                   "cancelled) before any picture was finished")
     if job.status != "done":
         raise PennelloError(f"txt2img {job.status}: {job.error or 'no pictures were made'}")
-    images = [base64.b64encode(image.path.read_bytes()).decode("ascii") for image in job.images]
-    return jsonify({"images": images if body.get("send_images", True) else [],
-                    "parameters": {**_resolved(job, body), **body},
-                    "info": json.dumps(_info(job, body))})
 
 
-def _checked_body(fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+def _hires_fix(body: dict[str, Any]) -> HiresFix:
+    """The hires fix a txt2img body asks for, with A1111's defaults where it does not say."""
+    hr = _sampler({name[3:]: body[name] for name in ("hr_sampler_name", "hr_scheduler") if name in body})
+    return HiresFix(upscaler=body.get("hr_upscaler", "Latent"), scale=body.get("hr_scale", 2.0),
+                    resize_x=body.get("hr_resize_x", 0), resize_y=body.get("hr_resize_y", 0),
+                    steps=body.get("hr_second_pass_steps", 0),
+                    strength=body.get("denoising_strength", DEFAULT_STRENGTH),
+                    prompt=body.get("hr_prompt", ""), negative_prompt=body.get("hr_negative_prompt", ""),
+                    sampler=hr["sampler"], scheduler=hr["scheduler"])
+
+
+def _checked_body(fields: dict[str, Any], off_only: dict[str, tuple[Any, Any]],
+                  required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A txt2img or img2img body, leniently parsed; features pennello cannot honour refused."""
     body = a1111_body(fields, required)
-    for name, (_, off) in OFF_ONLY_FIELDS.items():
+    for name, (_, off) in off_only.items():
         if body.get(name, off) not in (off, None):
             raise RequestError(f"{name} is not supported by pennello; leave it out", field=name)
     if body.get("alwayson_scripts"):
@@ -228,11 +286,13 @@ def _resolved(job: Job, body: dict[str, Any]) -> dict[str, Any]:
             "sampler_name": r.sampler, "scheduler": r.scheduler}
 
 
-def _info(job: Job, body: dict[str, Any]) -> dict[str, Any]:
-    """What A1111 puts in ``info`` (``Processed.js()``), for the fields pennello has."""
+def _info(job: Job, body: dict[str, Any], images: list[OutputImage], fix: HiresFix | None) -> dict[str, Any]:
+    """What A1111 puts in ``info`` (``Processed.js()``), for the fields pennello has; the size is
+    the first pass's, and the hires fix is in ``extra_generation_params``, as A1111 has them."""
     r, engine = job.request, current_engine()
     digest = next((m["digest"] for m in engine.models() if m["name"] == r.model), "")
     started = datetime.fromtimestamp(job.started or job.created)
+    records = [engine.outputs.read_record(image.id) for image in images]
     return {
         "prompt": r.prompt, "all_prompts": [r.prompt] * r.n,
         "negative_prompt": r.negative_prompt, "all_negative_prompts": [r.negative_prompt] * r.n,
@@ -241,9 +301,10 @@ def _info(job: Job, body: dict[str, Any]) -> dict[str, Any]:
         "sampler_name": r.sampler, "scheduler": r.scheduler, "cfg_scale": r.guidance, "steps": r.steps,
         "batch_size": body.get("batch_size", 1), "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": r.model, "sd_model_hash": digest[:10], "sd_vae_name": None, "sd_vae_hash": None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
-        "extra_generation_params": {}, "index_of_first_image": 0,
-        "infotexts": [a1111_parameters(engine.outputs.read_record(image.id)) for image in job.images],
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": fix.strength if fix else None,
+        "extra_generation_params": hires_parameters(records[0]) if fix and records else {},
+        "index_of_first_image": 0, "infotexts": [a1111_parameters(record) for record in records],
         "styles": body.get("styles") or [], "job_timestamp": f"{started:%Y%m%d%H%M%S}",
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"pennello {__version__}",
     }
