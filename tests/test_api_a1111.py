@@ -79,7 +79,7 @@ def test_send_images_false_and_model_by_checkpoint_title(url):
     ({"prompt": "x", "enable_hr": True, "hr_upscaler": "ESRGAN_4x"}, "hr_upscaler"),
     ({"prompt": "x", "enable_hr": True, "hr_scale": 64}, "hr_scale"),
     ({"prompt": "x", "enable_hr": True, "hr_resize_y": 2000}, "hr_resize_y"),
-    ({"prompt": "x", "enable_hr": True, "denoising_strength": 0}, "denoising_strength"),
+    ({"prompt": "x", "enable_hr": True, "denoising_strength": 1.5}, "denoising_strength"),
     ({"prompt": "x", "enable_hr": True, "hr_sampler_name": "Euler z"}, "hr_sampler_name"),
     ({"prompt": "x", "script_name": "x/y/z plot"}, "script_name"),
     ({"prompt": "x", "sampler_name": "Euler z"}, "sampler_name"),
@@ -97,6 +97,25 @@ def test_refusals_name_the_field(url, body, field):
     response = requests.post(f"{url}/sdapi/v1/txt2img", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["field"] == field
+
+
+# A1111's own test/test_txt2img.py (simple_txt2img_request, test_txt2img_with_hrfix_performed): its
+# hires fix at denoising_strength 0 only enlarges (a 400 before, for enable_hr).
+A1111_TXT2IMG_TEST_BODY = {
+    "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0, "enable_hr": True, "eta": 0,
+    "firstphase_height": 0, "firstphase_width": 0, "height": 64, "n_iter": 1, "negative_prompt": "",
+    "prompt": "example prompt", "restore_faces": False, "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0,
+    "sampler_index": "Euler a", "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3,
+    "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": False, "width": 64}
+
+
+def test_a1111s_own_hires_fix_test_body(url):
+    response = requests.post(f"{url}/sdapi/v1/txt2img", json=A1111_TXT2IMG_TEST_BODY)
+    assert response.status_code == 200, response.text
+    assert _pixels(response.json()["images"][0]).shape == (128, 128, 3)  # hr_scale's default, 2
+    text = json.loads(response.json()["info"])["infotexts"][0]
+    assert "Size: 64x64" in text and "Hires upscale: 2, Hires upscaler: Latent" in text, text
+    assert "Denoising strength: 0, Hires upscale: 2" in text, text
 
 
 def test_unknown_fields_and_scripts_are_ignored_and_logged_once(url, caplog):

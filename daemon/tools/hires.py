@@ -26,7 +26,7 @@ from PIL import Image
 from pennello.errors import RequestError, TooLargeError
 
 from ..engine.families import get_family
-from ..engine.jobs import GenerateRequest, Job
+from ..engine.jobs import GenerateRequest, Job, OutputImage
 from ..engine.params import values
 from .edit import DEFAULT_STRENGTH, EditRequest, EditEndedError, submit_edit
 from .upscale import SCALES, upscale, upscalers
@@ -126,8 +126,8 @@ class HiresFix:
             if isinstance(value, bool) or not 0 <= value <= 100_000 or (name == "hr_scale" and value < 1):
                 raise RequestError(f"{name} must be {'at least 1' if name == 'hr_scale' else '0 or more'}",
                                    field=name)
-        if isinstance(self.strength, bool) or not 0 < self.strength <= 1:
-            raise RequestError("denoising_strength must be a number above 0 and at most 1",
+        if isinstance(self.strength, bool) or not 0 <= self.strength <= 1:
+            raise RequestError("denoising_strength must be a number from 0 to 1",
                                field="denoising_strength")
         family = get_family(engine.store.get(first.model).manifest.pipeline.family)
         size = hires_size(first.width or 0, first.height or 0, self.scale, self.resize_x, self.resize_y,
@@ -153,33 +153,38 @@ class HiresFix:
                 "plain_resize": upscaler_method(self.upscaler, "hr_upscaler", latent=True) is None}
 
 
-def second_passes(engine: Any, first: Job, fix: HiresFix) -> list[Job]:
-    """Queue the second pass of every picture of the finished ``first`` job: enlarged to the
-    fix's size, then redrawn with the seed it was drawn with. Returns the edit jobs, in order.
+def run_hires(engine: Any, first: Job, fix: HiresFix) -> list[OutputImage]:
+    """The second pass of every picture of the finished ``first`` job, in order: enlarged to the
+    fix's size, then redrawn with the seed it was drawn with (strength 0, as A1111's own API test
+    sends: only enlarged, and saved so).
 
     Raises:
-        the errors of :func:`upscale_to` and :func:`.edit.submit_edit` (fields in pennello's names).
+        the errors of :func:`upscale_to` and :func:`.edit.submit_edit` (fields in pennello's names);
+        EditEndedError: a second pass was cancelled (409) or failed (500); the others are cancelled.
     """
     r = first.request
     second = fix.second_request(engine, r)
     method = upscaler_method(fix.upscaler, "hr_upscaler", latent=True)
     size = (second.width or 0, second.height or 0)
-    base = EditRequest(**values(second), image=Image.new("RGB", (1, 1)), strength=fix.strength,
-                       owner=r.owner, origin={"hires": fix.record(r, second)})
-    jobs = []
+    hires = fix.record(r, second)
+    base = EditRequest(**values(second), image=Image.new("RGB", (1, 1)), strength=fix.strength or 1.0,
+                       owner=r.owner, origin={"hires": hires})
+    jobs, enlarged = [], []
     for picture in first.images:
         with Image.open(picture.path) as drawn:
             big = upscale_to(engine, drawn.convert("RGB"), size, method, r.owner)
-        jobs.append(submit_edit(engine, replace(base, image=big, seed=picture.seed)))
-    return jobs
+        if fix.strength:
+            jobs.append(submit_edit(engine, replace(base, image=big, seed=picture.seed)))
+        else:
+            record = {key: value for key, value in engine.outputs.read_record(picture.id).items()
+                      if key not in ("id", "url")}  # the new picture's are its own
+            record.update(hires=hires, size=f"{size[0]}x{size[1]}", strength=fix.strength)
+            enlarged.append(engine.save_output(big, record, r.format))
+    _wait_all(jobs)
+    return enlarged or [picture for job in jobs for picture in job.images]
 
 
-def wait_all(jobs: list[Job]) -> None:
-    """Wait for every second pass.
-
-    Raises:
-        EditEndedError: one was cancelled (409) or failed (500); the others are cancelled.
-    """
+def _wait_all(jobs: list[Job]) -> None:
     for job in jobs:
         job.wait()
         if job.status != "done":

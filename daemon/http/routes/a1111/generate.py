@@ -40,7 +40,7 @@ from ....engine.params import dialect_names, dialect_types, random_seed
 from ....engine.outputs import a1111_parameters, hires_parameters
 from ....engine.samplers import schedule_name, split_legacy
 from ....tools.edit import DEFAULT_STRENGTH
-from ....tools.hires import HiresFix, second_passes, wait_all
+from ....tools.hires import HiresFix, run_hires
 from .lists import bp as lists_bp
 from .lenient import a1111_body, note_once
 from .settings import bp as settings_bp, checkpoint_title, model_of_title, saved_options
@@ -196,11 +196,9 @@ def txt2img() -> Any:
     if fix is not None:
         try:
             with a1111_fields():
-                passes = second_passes(engine, job, fix)
-            wait_all(passes)
+                images = run_hires(engine, job, fix)
         finally:
-            _unless_saved(images, {})  # the first pass is never kept, as in A1111 by default
-        images = [picture for second in passes for picture in second.images]
+            _unless_saved(list(job.images), {})  # the first pass is never kept, as in A1111 by default
     answer = {"images": _encoded(images, body), "parameters": {**_resolved(job, body), **body},
               "info": json.dumps(_info(job, body, images, fix))}
     _unless_saved(images, body)
