@@ -319,3 +319,42 @@ def test_img2img_takes_the_sampler_and_keeps_pictures_only_when_asked(url, drawn
     euler, _ = run(sampler_name="Euler", save_images=True)
     assert not np.array_equal(ddim, euler) and _kept(api_engine) == kept + 1
     assert np.array_equal(ddim, run(sampler_name="ddim", scheduler="karras")[0])
+
+
+def test_webuiapi_extras_upscale_with_pennellos_upscalers(api, url, drawn, api_engine):
+    """extra-single-image and extra-batch-images were 404s."""
+    picture = drawn.convert("RGB").resize((64, 48))
+    kept = _kept(api_engine)
+    single = api.extra_single_image(picture, upscaler_1="Lanczos", upscaling_resize=2.5)
+    assert single.image.size == (160, 120) and "lanczos" in single.info
+    expected = picture.resize((160, 120), Image.Resampling.LANCZOS)  # the 4x pass, then down to 2.5x
+    assert np.abs(np.asarray(single.image, float) - np.asarray(expected, float)).mean() < 3
+    cropped = api.extra_single_image(picture, resize_mode=1, upscaling_resize_w=96, upscaling_resize_h=96)
+    assert cropped.image.size == (96, 96)  # "None": a plain resize, cropped to keep the aspect ratio
+    batch = api.extra_batch_images([picture, picture.rotate(90)], upscaler_1="lanczos", upscaling_resize=2)
+    assert [image.size for image in batch.images] == [(128, 96), (128, 96)]
+    assert _kept(api_engine) == kept  # as in A1111's API, answered and not kept
+    wrong = requests.post(f"{url}/sdapi/v1/extra-single-image", json={
+        "image": webuiapi.raw_b64_img(picture), "upscaler_1": "R-ESRGAN 4x+"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "upscaler_1"
+    assert "lanczos" in wrong.json()["error"]["message"] and "None" in wrong.json()["error"]["message"]
+    for body, field in (({"imageList": [{"name": "x"}]}, "imageList"), ({"imageList": []}, "imageList"),
+                        ({"imageList": [{"data": "bm90"}], "resize_mode": 2}, "imageList"),
+                        ({"imageList": [{"data": webuiapi.raw_b64_img(picture)}], "resize_mode": 2}, "resize_mode"),
+                        ({"imageList": [{"data": webuiapi.raw_b64_img(picture)}], "upscaling_resize": 0},
+                         "upscaling_resize")):
+        answer = requests.post(f"{url}/sdapi/v1/extra-batch-images", json=body)
+        assert answer.status_code == 400 and answer.json()["error"]["field"] == field, answer.text
+
+
+def test_a1111s_own_extras_test_body(url, drawn):
+    """The payload of A1111's test/test_extras.py (test_simple_upscaling_performed)."""
+    buffer = io.BytesIO()
+    drawn.resize((64, 64)).save(buffer, "PNG")
+    payload = {"resize_mode": 0, "show_extras_results": True, "gfpgan_visibility": 0, "codeformer_visibility": 0,
+               "codeformer_weight": 0, "upscaling_resize": 2, "upscaling_resize_w": 128, "upscaling_resize_h": 128,
+               "upscaling_crop": True, "upscaler_1": "Lanczos", "upscaler_2": "None",
+               "extras_upscaler_2_visibility": 0, "image": base64.b64encode(buffer.getvalue()).decode()}
+    response = requests.post(f"{url}/sdapi/v1/extra-single-image", json=payload)
+    assert response.status_code == 200, response.text
+    assert _picture(response.json()["image"]).size == (128, 128)

@@ -82,9 +82,11 @@ def upscale_to(engine: Any, image: Image.Image, size: tuple[int, int], method: s
         RequestError, TooLargeError, ModelNotFoundError: as :func:`.upscale.check_request`.
     """
     limit = engine.config.images.max_output_pixels
-    if size[0] < 1 or size[1] < 1 or size[0] * size[1] > limit:
-        raise TooLargeError(f"{size[0]}x{size[1]} is not a size to upscale to: at least 1x1 and at most "
-                            f"{limit} pixels (images.max_output_pixels)", field="size")
+    if size[0] < 1 or size[1] < 1:
+        raise RequestError(f"{size[0]}x{size[1]} is not a size to upscale to", field="size")
+    if size[0] * size[1] > limit:
+        raise TooLargeError(f"{size[0]}x{size[1]} is over {limit} pixels (images.max_output_pixels)",
+                            field="size")
     factor = max(size[0] / image.width, size[1] / image.height) if crop else \
         min(size[0] / image.width, size[1] / image.height)
     if method is not None and factor > 1:

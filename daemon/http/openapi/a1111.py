@@ -1,5 +1,5 @@
-"""The OpenAPI description of A1111's settings, catalogue and control routes
-(:mod:`..routes.a1111.settings`, :mod:`..routes.a1111.lists`); txt2img, img2img, sd-models and
+"""The OpenAPI description of A1111's settings, catalogue, control and Extras routes
+(:mod:`..routes.a1111.settings`, :mod:`..routes.a1111.lists`, :mod:`..routes.a1111.extras`); txt2img, img2img, sd-models and
 progress are described with the other dialects in :mod:`.core` and :mod:`.tools`.
 
     >>> sorted(paths())[:2]
@@ -8,10 +8,23 @@ progress are described with the other dialects in :mod:`.core` and :mod:`.tools`
 
 from __future__ import annotations
 
-from .common import BOOL, NUM, STR, Schema, nullable, obj, op, ref, reply
+from ..routes.a1111.extras import EXTRAS_FIELDS, EXTRAS_IGNORED_FIELDS, MAX_BATCH_IMAGES, MAX_RESIZE
+from .common import BOOL, IGNORED, NUM, STR, Schema, fields, nullable, obj, op, ref, reply
 
 _LIST = {"type": "array", "items": {"type": "object"}}
 _NULL = reply({"type": "null"})
+_B64 = {"type": "string", "contentEncoding": "base64"}
+_PICTURE = {**_B64, "description": "A PNG, JPEG or WebP picture (or data: URL)."}
+_EXTRAS = fields({**EXTRAS_FIELDS, **EXTRAS_IGNORED_FIELDS}, {
+    **{name: IGNORED for name in EXTRAS_IGNORED_FIELDS},
+    "resize_mode": {"enum": [0, 1, None], "default": 0,
+                    "description": "0: by upscaling_resize; 1: to upscaling_resize_w x upscaling_resize_h."},
+    "upscaling_resize": {"exclusiveMinimum": 0, "maximum": MAX_RESIZE, "default": 2},
+    "upscaling_resize_w": {"minimum": 1, "default": 512}, "upscaling_resize_h": {"minimum": 1, "default": 512},
+    "upscaling_crop": {"default": True, "description": "Keep the aspect ratio, cropping to fit (resize_mode 1)."},
+    "upscaler_1": {"default": "None", "description": "A name from /sdapi/v1/upscalers, any case; None: a "
+                                                     "plain Lanczos resize. Others are a 400 listing them."},
+    "show_extras_results": {"default": True, "description": "false: answer no pictures."}})
 
 SCHEMAS: dict[str, Schema] = {
     "A1111Options": obj({"sd_model_checkpoint": {**STR, "description": "The caller's model, as a title "
@@ -36,6 +49,14 @@ SCHEMAS: dict[str, Schema] = {
                                ("image",), extra=True),
     "A1111PngInfo": obj({"info": STR, "items": {"type": "object"}, "parameters": {"type": "object"}},
                         ("info", "items", "parameters")),
+    "A1111ExtrasSingleRequest": obj({**_EXTRAS, "image": _PICTURE}, ("image",), extra=True),
+    "A1111ExtrasBatchRequest": obj({**_EXTRAS, "imageList": {
+        "type": "array", "minItems": 1, "maxItems": MAX_BATCH_IMAGES,
+        "items": obj({"data": _PICTURE, "name": STR}, ("data",), extra=True)}}, ("imageList",), extra=True),
+    "A1111ExtrasSingle": obj({"html_info": STR, "image": nullable("string", contentEncoding="base64")},
+                             ("html_info", "image")),
+    "A1111ExtrasBatch": obj({"html_info": STR, "images": {"type": "array", "items": _B64}},
+                            ("html_info", "images")),
     "A1111Memory": obj({"ram": {"type": "object"}, "cuda": {"type": "object"}}, ("ram", "cuda")),
 }
 
@@ -75,6 +96,12 @@ def paths() -> dict[str, dict[str, Schema]]:
                                                          "each time", a1, _NULL)},
             "/sdapi/v1/interrupt": {"post": op("Stop the caller's running job", a1, reply(obj({})))},
             "/sdapi/v1/skip": {"post": op("Stop the caller's running job (a batch is one call)", a1, _NULL)},
+            "/sdapi/v1/extra-single-image": {"post": op(
+                "Upscale a picture with pennello's upscalers (not kept in the gallery)", a1,
+                reply(ref("A1111ExtrasSingle")), body="A1111ExtrasSingleRequest", errors=("400", "404", "409"))},
+            "/sdapi/v1/extra-batch-images": {"post": op(
+                "Upscale several pictures alike (not kept in the gallery)", a1, reply(ref("A1111ExtrasBatch")),
+                body="A1111ExtrasBatchRequest", errors=("400", "404", "409"))},
             "/sdapi/v1/png-info": {"post": op("The generation parameters a picture carries", a1,
                                               reply(ref("A1111PngInfo")), body="A1111PngInfoRequest",
                                               errors=("400",))}}

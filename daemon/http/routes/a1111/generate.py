@@ -41,6 +41,7 @@ from ....engine.outputs import a1111_parameters, hires_parameters
 from ....engine.samplers import schedule_name, split_legacy
 from ....tools.edit import DEFAULT_STRENGTH
 from ....tools.hires import HiresFix, run_hires
+from .extras import bp as extras_bp
 from .lists import bp as lists_bp
 from .lenient import a1111_body, note_once
 from .settings import bp as settings_bp, checkpoint_title, model_of_title, saved_options
@@ -58,6 +59,7 @@ class InterruptedJobError(PennelloError):
 
 bp.register_blueprint(settings_bp)
 bp.register_blueprint(lists_bp)
+bp.register_blueprint(extras_bp)
 
 # A1111's hires fix (txt2img only): :mod:`....tools.hires`.
 HIRES_FIELDS: dict[str, Any] = {
