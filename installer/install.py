@@ -44,7 +44,7 @@ from pennello.errors import (CommitObjectsUnavailable, DiskSpaceError, FetchErro
 from pennello.installer.catalog import Catalog
 from pennello.installer.manifest import FileEntry, Manifest, Source
 from pennello.installer.fetchers import FetchOptions, Fetcher, fetcher_for
-from pennello.installer.store import FIRST_FETCH, SIGNED_COMMIT, FileList, InstalledModel, Store
+from pennello.installer.store import FIRST_FETCH, SIGNED_COMMIT, SIGNED_HASHES, FileList, InstalledModel, Store
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import Paths
 
@@ -151,8 +151,8 @@ class Installer:
         return Verified(manifest, raw, fetcher, self._file_list(manifest, fetcher))
 
     def _file_list(self, manifest: Manifest, fetcher: Fetcher) -> FileList:
-        if manifest.locked:
-            return FileList(manifest.files)
+        if manifest.locked:  # locked on some machine from what arrived there: first fetch, not the maker's
+            return FileList(manifest.files, FIRST_FETCH if manifest.trust_on_first_use else SIGNED_HASHES)
         if self._is_current(manifest):  # installed already: its list was derived then
             return self.store.file_list(self.store.get(manifest.name).path)
         # Only here: `pennello serve` imports this module, and must never load code that fetches.
