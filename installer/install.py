@@ -3,8 +3,8 @@
 The order is what makes an install safe:
 
 1. the envelope is verified by the trust policy (signatures, threshold, expiry, rollback);
-2. every file the store lacks is fetched into ``store/tmp/`` and checked against the manifest
-   (size and sha256) before it becomes a blob;
+2. every file the store lacks is fetched into ``store/tmp/``, hashed as it is written, and
+   checked against the manifest (size and sha256) before it becomes a blob;
 3. the version directory is built from blobs in ``store/staging/`` and renamed into place;
 4. ``current`` is switched, older versions and unreferenced blobs go, and only then is the
    version recorded as seen (so a failed install never blocks a retry of the same version).
@@ -226,8 +226,7 @@ class Installer:
                   disable=None if self.progress else True) as bar:
             for entry, v in missing.values():
                 with self.store.temp_file(entry.path) as temp:
-                    v.fetcher.fetch(entry, temp, bar.update)
-                    self.store.ingest(temp, entry)
+                    self.store.ingest(temp, entry, v.fetcher.fetch(entry, temp, bar.update))
 
 
 def ensure_embedded_default(paths: Paths, config: Config) -> InstalledModel:

@@ -103,15 +103,18 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def check_file(path: Path, entry: FileEntry) -> str | None:
-    """None if ``path`` holds exactly ``entry``'s bytes, else what is wrong with it."""
+def check_file(path: Path, entry: FileEntry, sha256: str | None = None) -> str | None:
+    """None if ``path`` holds exactly ``entry``'s bytes, else what is wrong with it.
+
+    ``sha256`` is the file's digest when it is known already (hashed as it was written).
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         return "missing"
     if size != entry.size:
         return f"size {size} bytes, manifest says {entry.size}"
-    digest = file_sha256(path)
+    digest = sha256 or file_sha256(path)
     if digest != entry.sha256:
         return f"sha256 {digest}, manifest says {entry.sha256}"
     return None
@@ -245,15 +248,19 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def ingest(self, temp: Path, entry: FileEntry) -> Path:
+    def ingest(self, temp: Path, entry: FileEntry, sha256: str | None = None) -> Path:
         """Move a finished temp file into ``blobs/`` after checking its size and sha256.
+
+        Args:
+            sha256: the digest of ``temp``'s bytes, computed as they were written (a fetcher's);
+                None: hash the file now.
 
         Raises:
             IntegrityError: the bytes are not the ones the manifest names; the temp file is deleted.
         """
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
-        problem = check_file(temp, entry)
+        problem = check_file(temp, entry, sha256)
         if problem:
             temp.unlink()
             raise IntegrityError(f"{entry.path}: {problem}; the file was refused and deleted")
