@@ -10,20 +10,22 @@ into a message and an exit code by the top-level ``pennello`` group.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from pennello.config import InstallerConfig, load_config
 from pennello.consent import ASSUME_YES_ENV, confirm
-from pennello.errors import ModelNotFoundError
+from pennello.errors import IntegrityError, ModelNotFoundError
 from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
 from pennello.installer.wheelhouse import LOCK_FILE, verify_bundle
-from pennello.installer.catalog import Catalog
+from pennello.installer.catalog import Catalog, CatalogEntry
 from pennello.installer.cli_trust import keys, manifest
 from pennello.installer.install import Downloads, Installer, Verified, format_bytes
 from pennello.installer.lock import lock_manifest
-from pennello.installer.store import FIRST_FETCH, Store, file_sha256
+from pennello.installer.store import Store, file_sha256
 from pennello.paths import get_paths
 
 __all__ = ["install", "models", "verify", "remove", "bundle", "keys", "manifest"]
@@ -142,60 +144,84 @@ def _where(v: Verified) -> str:
 
 
 @click.command()
-def models() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models(as_json: bool) -> None:
     """List installed models and the catalog's models you can install.
 
     STATUS is 'installed', 'damaged' (run `pennello install NAME` to repair), 'update vN'
     (the catalog has a newer version), 'available', or 'needs lock' (an unlocked catalog entry
-    that pins no commit: `pennello manifest lock NAME --key KEYNAME`). TOFU marks hashes
-    recorded on first fetch rather than published by the model's maker or derived from the
-    signed commit.
+    that pins no commit: `pennello manifest lock NAME --key KEYNAME`). VERIFICATION says how
+    an installed model's file hashes are known: 'signed hashes' (listed in the signed
+    manifest), 'signed commit' (derived from the git objects of the commit it signs) or
+    'first fetch' (recorded as the files first arrived: trust on first use).
     """
     paths = get_paths()
     store, catalog = Store(paths), Catalog(paths).entries()
-    rows = [("NAME", "VERSION", "SIZE", "STATUS", "VERIFIED", "TOFU")]
-    for name in sorted(set(store.names()) | set(catalog)):
-        rows.append(_model_row(store, name, catalog.get(name)))
+    found = [_model_info(store, name, catalog.get(name)) for name in sorted(set(store.names()) | set(catalog))]
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    rows = [("NAME", "VERSION", "SIZE", "STATUS", "VERIFIED", "VERIFICATION")]
+    rows += [(m["name"], f"v{m['version']}", "-" if m["size"] is None else format_bytes(m["size"]),
+              m["status"], m["verified"] or "-", m["verification"] or "-") for m in found]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def _model_row(store: Store, name: str, entry) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+def _model_info(store: Store, name: str, entry: CatalogEntry | None) -> dict[str, Any]:
+    """One row of `pennello models`: verification and last check are None until installed."""
     try:
-        (path, manifest), verified = store.current(name), store.last_verified(name)
-        first_fetch = store.file_list(path).how == FIRST_FETCH
+        model = store.get(name)
+        status, manifest, verification = "installed", model.manifest, model.verification
+    except IntegrityError:  # damaged: listed all the same, so the user sees what to repair
+        path, manifest = store.current(name)
+        status, verification = "damaged", store.file_list(path).how
     except ModelNotFoundError:
-        manifest, verified, first_fetch = entry.manifest, None, False
+        assert entry is not None  # listed because the catalog has it
+        manifest, verification = entry.manifest, None
         status = "available" if manifest.locked or manifest.source.revision else "needs lock"
-    else:
-        status = "damaged" if store.is_broken(name) else "installed"
-        if entry is not None and entry.manifest.version > manifest.version and status == "installed":
-            status = f"update v{entry.manifest.version}"
-    size = format_bytes(manifest.total_size) if manifest.files else "-"
-    return (name, f"v{manifest.version}", size, status, verified or "-",
-            "yes" if manifest.trust_on_first_use or first_fetch else "")
+    if status == "installed" and entry is not None and entry.manifest.version > manifest.version:
+        status = f"update v{entry.manifest.version}"
+    return {"name": name, "version": manifest.version,
+            "size": manifest.total_size if manifest.files else None, "status": status,
+            "verified": store.last_verified(name) if verification else None, "verification": verification}
 
 
 @click.command()
 @click.argument("names", nargs=-1)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def verify(names: tuple[str, ...], quiet: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each model's result as JSON (and still exit non-zero on damage).")
+def verify(names: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Re-hash every file of the installed models (all of them, or NAMES).
 
-    Damaged or missing files are moved to the store's quarantine/ directory and the model is
-    marked damaged so it will not load; `pennello install NAME` repairs it. Exits non-zero
-    when anything was wrong.
+    Each model's line says how its hashes are known (see `pennello models`). Damaged or
+    missing files are moved to the store's quarantine/ directory and the model is marked
+    damaged so it will not load; `pennello install NAME` repairs it. Exits non-zero when
+    anything was wrong.
     """
     store = Store(get_paths().ensure())
     checked = list(names) or store.names()
-    if not checked:
+    if not checked and not as_json:
         click.echo("No models are installed; nothing to verify. `pennello install pennello-tiny` installs one.")
         return
+    damage: IntegrityError | None = None
     with store.lock():
-        store.verify(checked, progress=not quiet)
-    for name in checked:
-        click.echo(f"{name}: ok")
+        try:
+            store.verify(checked, progress=not (quiet or as_json))
+        except IntegrityError as e:
+            damage = e
+    results = [{"name": name, "verification": store.file_list(store.current(name)[0]).how,
+                "ok": not store.is_broken(name), "problems": store.damage(name)} for name in checked]
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            if result["ok"]:
+                click.echo(f"{result['name']}: ok ({result['verification']})")
+    if damage is not None:
+        raise damage
 
 
 @click.command()

@@ -2,7 +2,8 @@
 and the fetchers for files already on this machine.
 
 A fetcher writes the bytes of one manifest file into a path it is given (a temp file of the
-store); it never decides whether they are right: :meth:`Store.ingest` checks size and sha256.
+store), hashing them as it writes; it never decides whether they are right: :meth:`Store.ingest`
+compares size and sha256 with the manifest before the file becomes a blob.
 What a fetcher must guarantee is that it never reads more than the manifest's size (a server
 sending endless data is cut off and refused) and that local sources give regular files only.
 
@@ -28,6 +29,7 @@ embedded model (what ``pennello serve`` may do) never loads code that can downlo
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.resources
 import os
@@ -67,8 +69,12 @@ class Fetcher(Protocol):
     #: ``[installer] confirm_over_mb``); False for files already on this machine.
     remote: bool
 
-    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
+    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> str:
         """Write ``entry``'s bytes to ``dest``, never more than ``entry.size`` of them.
+
+        Returns:
+            the sha256 of the bytes written, hashed as they were written (so the store need
+            not read the file back to check it).
 
         Raises:
             FetchError: the source could not deliver the file.
@@ -147,12 +153,12 @@ class LocalFetcher:
         return [f"blobs/sha256/{entry.sha256[:2]}/{entry.sha256}", f"{self.name}/{entry.path}",
                 entry.path]
 
-    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
+    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> str:
         relative = next((c for c in self.candidates(entry) if os.path.lexists(self.root / c)), None)
         if relative is None:
             raise FetchError(f"{entry.path} of model {self.name!r} is not in {self.root} "
                              f"(looked for {', '.join(self.candidates(entry))})")
-        self._copy(relative, dest, entry.size, progress)
+        return self._copy(relative, dest, entry.size, progress)
 
     def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> None:
         raise FetchError("local sources hold locked manifests only; lock from the original source")
@@ -179,7 +185,7 @@ class LocalFetcher:
             raise IntegrityError(f"{file.path} of {where}: its git blob {file.git_id} is not in the bundle")
         return gitpin.select_files(found, select([f.path for f in found]), objects, missing)
 
-    def _copy(self, relative: str, dest: Path, size: int, progress: Progress) -> None:
+    def _copy(self, relative: str, dest: Path, size: int, progress: Progress) -> str:
         source = self.root / relative
         self._refuse_links(relative)
         # Non-blocking open: opening a FIFO for reading would otherwise wait for a writer forever.
@@ -193,11 +199,13 @@ class LocalFetcher:
                                      f"manifest allows; refused")
             os.set_blocking(src.fileno(), True)
             # Read at most `size` bytes even if the file grows while we copy it.
-            remaining = size
+            remaining, sha256 = size, hashlib.sha256()
             while remaining and (chunk := src.read(min(CHUNK * 4, remaining))):
                 out.write(chunk)
+                sha256.update(chunk)
                 remaining -= len(chunk)
                 progress(len(chunk))
+        return sha256.hexdigest()
 
     def _refuse_links(self, relative: str) -> None:
         """Refuse a path if any component below the root is a symbolic link (it could point anywhere)."""

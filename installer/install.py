@@ -3,8 +3,8 @@
 The order is what makes an install safe:
 
 1. the envelope is verified by the trust policy (signatures, threshold, expiry, rollback);
-2. every file the store lacks is fetched into ``store/tmp/`` and checked against the manifest
-   (size and sha256) before it becomes a blob;
+2. every file the store lacks is fetched into ``store/tmp/``, hashed as it is written, and
+   checked against the manifest (size and sha256) before it becomes a blob;
 3. the version directory is built from blobs in ``store/staging/`` and renamed into place;
 4. ``current`` is switched, older versions and unreferenced blobs go, and only then is the
    version recorded as seen (so a failed install never blocks a retry of the same version).
@@ -44,7 +44,7 @@ from pennello.errors import (CommitObjectsUnavailable, DiskSpaceError, FetchErro
 from pennello.installer.catalog import Catalog
 from pennello.installer.manifest import FileEntry, Manifest, Source
 from pennello.installer.fetchers import FetchOptions, Fetcher, fetcher_for
-from pennello.installer.store import FIRST_FETCH, SIGNED_COMMIT, FileList, InstalledModel, Store
+from pennello.installer.store import FIRST_FETCH, SIGNED_COMMIT, SIGNED_HASHES, FileList, InstalledModel, Store
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import Paths
 
@@ -151,8 +151,8 @@ class Installer:
         return Verified(manifest, raw, fetcher, self._file_list(manifest, fetcher))
 
     def _file_list(self, manifest: Manifest, fetcher: Fetcher) -> FileList:
-        if manifest.locked:
-            return FileList(manifest.files)
+        if manifest.locked:  # locked on some machine from what arrived there: first fetch, not the maker's
+            return FileList(manifest.files, FIRST_FETCH if manifest.trust_on_first_use else SIGNED_HASHES)
         if self._is_current(manifest):  # installed already: its list was derived then
             return self.store.file_list(self.store.get(manifest.name).path)
         # Only here: `pennello serve` imports this module, and must never load code that fetches.
@@ -226,8 +226,7 @@ class Installer:
                   disable=None if self.progress else True) as bar:
             for entry, v in missing.values():
                 with self.store.temp_file(entry.path) as temp:
-                    v.fetcher.fetch(entry, temp, bar.update)
-                    self.store.ingest(temp, entry)
+                    self.store.ingest(temp, entry, v.fetcher.fetch(entry, temp, bar.update))
 
 
 def ensure_embedded_default(paths: Paths, config: Config) -> InstalledModel:

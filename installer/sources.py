@@ -28,12 +28,15 @@ at ``base_url`` (a JSON list of relative paths).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -46,6 +49,62 @@ from pennello.installer.fetchers import CHUNK, FetchOptions, Fetcher, Progress, 
 from pennello.installer.manifest import FileEntry, Source, check_relative_path
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class _Hashing:
+    """A file being written, hashed as it is written: never read back to be checked.
+
+    The store compares the digest with the manifest before the file becomes a blob, as it
+    would after hashing the file itself; a download so costs one pass over its bytes, not
+    two. sha256 runs on a thread of its own (hashlib lets go of the GIL), overlapping the
+    socket reads and disk writes instead of adding to them; a short queue bounds the memory.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._start()
+
+    def _start(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self._thread = threading.Thread(target=self._hash, args=(self.sha256,), name="sha256", daemon=True)
+        self._thread.start()
+
+    def _hash(self, sha256: Any) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            sha256.update(chunk)
+
+    def _stop(self) -> None:
+        self._chunks.put(None)
+        self._thread.join()
+
+    def __enter__(self) -> _Hashing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def hexdigest(self) -> str:
+        """The digest of everything written (call after the ``with`` block)."""
+        return self.sha256.hexdigest()
+
+    def take_existing(self) -> None:
+        """Hash what the file already holds (a resumed download's earlier part)."""
+        self.f.seek(0)
+        while block := self.f.read(CHUNK):
+            self._chunks.put(block)
+
+    def write(self, chunk: bytes) -> None:
+        self.f.write(chunk)
+        self._chunks.put(chunk)
+
+    def restart(self) -> None:
+        """Forget everything written: the server sends the whole file again."""
+        self._stop()
+        self.f.truncate(0)
+        self.f.seek(0)
+        self._start()
 
 
 class _Truncated(Exception):
@@ -88,28 +147,29 @@ class HttpFetcher:
         length = response.headers.get("Content-Length", "")
         return int(length) if response.ok and length.isdigit() else None
 
-    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> None:
+    def fetch(self, entry: FileEntry, dest: Path, progress: Progress) -> str:
+        """Download ``entry`` into ``dest``, hashing it on the way; returns its sha256."""
         # Named by the expected hash: a partial of one file can never be resumed as another.
         partial = self.options.downloads_dir / f"{entry.sha256}.part"
         partial.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists() and partial.stat().st_size <= entry.size:
             progress(partial.stat().st_size)
         try:
-            self._with_retries(self.url(entry.path), lambda url: self._resume(url, partial, entry, progress),
-                               partial, entry.size)
+            digest = self._with_retries(self.url(entry.path),
+                                        lambda url: self._resume(url, partial, entry, progress), partial, entry.size)
         except IntegrityError:
             partial.unlink(missing_ok=True)  # an overlong answer is never worth resuming
             raise
         shutil.move(partial, dest)
+        return digest
 
     def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> None:
         def attempt(url: str) -> None:
-            with open(dest, "wb") as f:
-                self._stream(url, f, 0, self.options.max_file_bytes, path, progress, {})
+            with open(dest, "wb") as f, _Hashing(f) as sink:
+                self._stream(url, sink, 0, self.options.max_file_bytes, path, progress, {})
         self._with_retries(self.url(path), attempt, dest, None)
 
-    def _with_retries(self, url: str, attempt: Callable[[str], None], partial: Path,
-                      size: int | None) -> None:
+    def _with_retries(self, url: str, attempt: Callable[[str], _T], partial: Path, size: int | None) -> _T:
         for tries in range(self.options.retries + 1):
             try:
                 return attempt(url)
@@ -122,22 +182,24 @@ class HttpFetcher:
         raise FetchError(f"{url}: download failed after {self.options.retries + 1} attempts ({error}); "
                          f"{have}{of} bytes are kept and the next attempt resumes from there")
 
-    def _resume(self, url: str, partial: Path, entry: FileEntry, progress: Progress) -> None:
+    def _resume(self, url: str, partial: Path, entry: FileEntry, progress: Progress) -> str:
+        """Append the rest of ``entry`` to ``partial``; the sha256 of the whole file."""
         offset = partial.stat().st_size if partial.exists() else 0
         if offset > entry.size:
             partial.unlink()
             offset = 0
-        if offset == entry.size:
-            return  # complete already; the store hashes it
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with open(partial, "ab") as f:
-            got = self._stream(url, f, offset, entry.size, entry.path, progress, headers)
-        if got < entry.size:
-            raise _Truncated(f"the server sent {got} of {entry.size} bytes")
+        with open(partial, "ab+") as f, _Hashing(f) as sink:
+            sink.take_existing()  # the part an earlier attempt left: its bytes count too
+            if offset < entry.size:
+                headers = {"Range": f"bytes={offset}-"} if offset else {}
+                offset = self._stream(url, sink, offset, entry.size, entry.path, progress, headers)
+        if offset < entry.size:
+            raise _Truncated(f"the server sent {offset} of {entry.size} bytes")
+        return sink.hexdigest()
 
-    def _stream(self, url: str, f: BinaryIO, offset: int, limit: int, what: str,
+    def _stream(self, url: str, sink: _Hashing, offset: int, limit: int, what: str,
                 progress: Progress, headers: dict[str, str]) -> int:
-        """Append the response body to ``f`` (positioned at ``offset``); return the new length."""
+        """Append the response body to ``sink`` (holding ``offset`` bytes); return the new length."""
         timeout = (self.options.connect_timeout_s, self.options.read_timeout_s)
         try:
             response = self.session.get(url, headers={**self.headers, **headers}, stream=True,
@@ -147,23 +209,27 @@ class HttpFetcher:
                 raise
             raise FetchError(f"{url}: {e}") from e
         with response:
-            offset = self._start_offset(response, url, offset, f)
+            start = self._start_offset(response, url, offset, sink)
+            if start < offset:
+                progress(start - offset)  # those bytes come again: count them once
+            offset = start
             announced = response.headers.get("Content-Length")
             if announced and announced.isdigit() and offset + int(announced) > limit:
                 raise _endless(url, what, limit, f"the server announces {offset + int(announced)} bytes")
-            # read1 hands over whatever arrived, so a dropped connection loses nothing already received.
-            while chunk := response.raw.read1(CHUNK, decode_content=False):
+            # read1 hands over whatever arrived, so a dropped connection loses nothing already
+            # received; asking for one byte past the limit is enough to know it was exceeded.
+            while chunk := response.raw.read1(min(CHUNK, limit + 1 - offset), decode_content=False):
                 if offset + len(chunk) > limit:
                     raise _endless(url, what, limit, "the server kept sending")
-                f.write(chunk)
+                sink.write(chunk)
                 offset += len(chunk)
                 progress(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
+            sink.f.flush()
+            os.fsync(sink.f.fileno())
         return offset
 
     @staticmethod
-    def _start_offset(response: requests.Response, url: str, offset: int, f: BinaryIO) -> int:
+    def _start_offset(response: requests.Response, url: str, offset: int, sink: _Hashing) -> int:
         """Check the status; a server that ignored our Range restarts the file from byte 0."""
         if offset and response.status_code == 206 \
                 and response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
@@ -171,8 +237,7 @@ class HttpFetcher:
         if response.status_code == 200:
             if offset:
                 log.info("%s: server ignored the Range request; downloading from the start", url)
-                f.truncate(0)
-                f.seek(0)
+                sink.restart()
             return 0
         raise FetchError(f"{url}: HTTP {response.status_code} {response.reason}")
 

@@ -13,10 +13,13 @@ Every write goes to ``tmp/`` or ``staging/`` first, is fsynced and checked, and 
 renamed into place, so a crash never leaves a partial or unverified file where a loader looks.
 The daemon only reads: :meth:`Store.get` and :meth:`Store.installed`.
 
-A manifest that pins a commit but lists no files is installed byte for byte as signed, with the
-file list derived for it in ``pinned-files.json``, saying how: ``signed commit`` (from the
-commit's git objects, kept as ``commit.pack`` for bundles) or ``first fetch`` (recorded on
-arrival, with consent). A locked manifest's own list is ``signed hashes``.
+Every installed version records how its files were verified (:attr:`InstalledModel.verification`,
+shown by ``pennello models``, ``pennello verify`` and ``GET /api/models``): ``signed hashes``
+(the signed manifest lists each file's sha256), ``signed commit`` (the manifest pins a commit
+and lists no files: the hashes were derived from the commit's git objects, kept as
+``commit.pack`` for bundles) or ``first fetch`` (recorded as the files first arrived, with
+consent, or a manifest locked on this machine). Any but the first is written, with the file
+list, to ``pinned-files.json``; the manifest itself stays byte for byte as signed.
 
     >>> from pennello.paths import get_paths
     >>> store = Store(get_paths())
@@ -54,6 +57,7 @@ CURRENT_FILE = "current"
 PINNED_FILE = "pinned-files.json"
 COMMIT_PACK = "commit.pack"  # the signed commit's git objects the hashes were derived from
 SIGNED_HASHES, SIGNED_COMMIT, FIRST_FETCH = "signed hashes", "signed commit", "first fetch"
+VERIFICATIONS = (SIGNED_HASHES, SIGNED_COMMIT, FIRST_FETCH)  # strongest first
 BROKEN_FILE = "broken"
 VERIFIED_FILE = "verified"
 _READ_ONLY = 0o444
@@ -69,6 +73,7 @@ class InstalledModel:
     path: Path
     manifest: Manifest
     digest: str  # the manifest's digest: names exactly these files
+    verification: str = SIGNED_HASHES  # how the files' hashes are known: one of VERIFICATIONS
 
 
 @dataclass(frozen=True)
@@ -98,15 +103,18 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def check_file(path: Path, entry: FileEntry) -> str | None:
-    """None if ``path`` holds exactly ``entry``'s bytes, else what is wrong with it."""
+def check_file(path: Path, entry: FileEntry, sha256: str | None = None) -> str | None:
+    """None if ``path`` holds exactly ``entry``'s bytes, else what is wrong with it.
+
+    ``sha256`` is the file's digest when it is known already (hashed as it was written).
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         return "missing"
     if size != entry.size:
         return f"size {size} bytes, manifest says {entry.size}"
-    digest = file_sha256(path)
+    digest = sha256 or file_sha256(path)
     if digest != entry.sha256:
         return f"sha256 {digest}, manifest says {entry.sha256}"
     return None
@@ -162,23 +170,26 @@ class Store:
             IntegrityError: ``pennello verify`` found it damaged (or ``verify`` finds it now).
         """
         version_dir, manifest = self.current(name)
-        digest = self._signed(version_dir).digest  # of what was signed, as the trust policy records it
-        broken = self.models_dir / name / BROKEN_FILE
-        if broken.exists():
+        signed = self._signed(version_dir)  # its digest is what the trust policy records
+        if self.is_broken(name):
             raise IntegrityError(f"model {name!r} is damaged and will not load "
-                                 f"({'; '.join(broken.read_text(encoding='utf-8').split(chr(10))[:-1])}); "
-                                 f"repair it with `pennello install {name}`")
+                                 f"({'; '.join(self.damage(name))}); repair it with `pennello install {name}`")
         if verify:
             self.verify([name], progress=False)
-        return InstalledModel(name, manifest.version, version_dir, manifest, digest)
+        return InstalledModel(name, manifest.version, version_dir, manifest, signed.digest,
+                              self.file_list(version_dir, signed).how)
 
     def file_list(self, version_dir: Path, signed: Manifest | None = None) -> FileList:
         """How the files of an installed version were verified (see the module docstring)."""
         try:
             data = json.loads((version_dir / PINNED_FILE).read_bytes())
+            if data["how"] not in VERIFICATIONS:
+                raise ValueError(f"unknown verification {data['how']!r}")
             return FileList(tuple(FileEntry.from_dict(f) for f in data["files"]), data["how"])
         except FileNotFoundError:
-            return FileList((signed or self._signed(version_dir)).files)
+            signed = signed or self._signed(version_dir)
+            # Locked on this machine before the kind was recorded: its own flag says first fetch.
+            return FileList(signed.files, FIRST_FETCH if signed.trust_on_first_use else SIGNED_HASHES)
         except (ValueError, KeyError, TypeError, ManifestFormatError) as e:
             raise IntegrityError(f"{version_dir / PINNED_FILE} is damaged ({e}); repair the model with "
                                  f"`pennello install {version_dir.parent.name}`") from e
@@ -189,6 +200,13 @@ class Store:
 
     def is_broken(self, name: str) -> bool:
         return (self.models_dir / name / BROKEN_FILE).exists()
+
+    def damage(self, name: str) -> list[str]:
+        """What ``verify`` found wrong with a broken model ("path: problem" each); [] if nothing."""
+        try:
+            return (self.models_dir / name / BROKEN_FILE).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
 
     def last_verified(self, name: str) -> str | None:
         """When ``verify`` last found every file of the current version intact (UTC), if ever."""
@@ -230,15 +248,19 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def ingest(self, temp: Path, entry: FileEntry) -> Path:
+    def ingest(self, temp: Path, entry: FileEntry, sha256: str | None = None) -> Path:
         """Move a finished temp file into ``blobs/`` after checking its size and sha256.
+
+        Args:
+            sha256: the digest of ``temp``'s bytes, computed as they were written (a fetcher's);
+                None: hash the file now.
 
         Raises:
             IntegrityError: the bytes are not the ones the manifest names; the temp file is deleted.
         """
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
-        problem = check_file(temp, entry)
+        problem = check_file(temp, entry, sha256)
         if problem:
             temp.unlink()
             raise IntegrityError(f"{entry.path}: {problem}; the file was refused and deleted")
@@ -295,7 +317,7 @@ class Store:
         self.clean_work_areas()
         log.debug("committed %s v%d in %.3fs", manifest.name, manifest.version, time.perf_counter() - start)
         return InstalledModel(manifest.name, manifest.version, target,
-                              replace(manifest, files=files.files), manifest.digest)
+                              replace(manifest, files=files.files), manifest.digest, files.how)
 
     def _build_staging(self, name: str, version: int, raw: bytes, files: FileList) -> Path:
         self.staging_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,17 @@ def make_manifest(name: str, files: dict[str, bytes], version: int = 1,
                     files=entries_for(files) if locked else (), locked=locked)
 
 
+def store_listing(paths: Any) -> dict[str, tuple[int, str]]:
+    """Every file and folder under the store, with its mode and (files) sha256: for comparing
+    the store before and after something that must leave it as it was."""
+    root = paths.store_dir
+    if not root.exists():
+        return {}
+    return {p.relative_to(root).as_posix(): (p.stat().st_mode,
+                                             hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
+            for p in sorted(root.rglob("*")) if p.name != ".lock"}
+
+
 def write_files(root: Path, files: dict[str, bytes]) -> Path:
     for path, data in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +85,7 @@ class Mirror:
     short: dict[str, int] = field(default_factory=dict)  # path -> bytes sent, no Content-Length (always)
     substitute: dict[str, bytes] = field(default_factory=dict)  # path -> other bytes served
     endless: set[str] = field(default_factory=set)  # paths answered with data that never ends
+    no_range: set[str] = field(default_factory=set)  # paths always sent whole, Range or not
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def ranges(self, path: str) -> list[str]:
@@ -96,7 +108,8 @@ def _handler(mirror: Mirror) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 self.send_error(404)
                 return None
-            start = int(self.headers["Range"][len("bytes="):].split("-")[0]) if "Range" in self.headers else 0
+            ranged = "Range" in self.headers and path not in mirror.no_range
+            start = int(self.headers["Range"][len("bytes="):].split("-")[0]) if ranged else 0
             body = data[start:]
             if path in mirror.short:
                 self.send_response(200)

@@ -47,18 +47,19 @@ def _root(paths: Paths) -> Path:
 
 
 def _model_row(root: Path, name: str) -> list[str]:
-    rows = [line.split() for line in ok(root, "models").splitlines()]
-    assert rows[0] == ["NAME", "VERSION", "SIZE", "STATUS", "VERIFIED", "TOFU"]
+    """The cells of ``name``'s row of `pennello models` (columns are two or more spaces apart)."""
+    rows = [re.split(r"\s{2,}", line) for line in ok(root, "models").splitlines()]
+    assert rows[0] == ["NAME", "VERSION", "SIZE", "STATUS", "VERIFIED", "VERIFICATION"]
     return next(row for row in rows if row[0] == name)
 
 
 def test_install_verify_damage_repair_and_remove(home):
     root = _root(home)
     assert ok(root, "install", "pennello-tiny") == f"{TINY_LABEL} installed (4.9 MB)\n"
-    name, version, size, unit, status, verified = _model_row(root, "pennello-tiny")
-    assert (version, size, unit, status) == (TINY_VERSION, "4.9", "MB", "installed")
+    name, version, size, status, verified, verification = _model_row(root, "pennello-tiny")
+    assert (version, size, status, verification) == (TINY_VERSION, "4.9 MB", "installed", "signed hashes")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", verified)
-    assert ok(root, "verify") == "pennello-tiny: ok\n"
+    assert ok(root, "verify") == "pennello-tiny: ok (signed hashes)\n"
 
     weights = home.store_dir / "models" / "pennello-tiny" / TINY_VERSION / TINY_UNET
     os.chmod(weights, 0o644)
@@ -75,15 +76,16 @@ def test_install_verify_damage_repair_and_remove(home):
     assert not weights.exists()
     [quarantined] = (home.store_dir / "quarantine").iterdir()
     assert quarantined.name.endswith(TINY_UNET.split("/")[-1]) and quarantined.read_bytes()[1000] == byte[0] ^ 0xFF
-    assert _model_row(root, "pennello-tiny")[4] == "damaged"
+    damaged_row = _model_row(root, "pennello-tiny")
+    assert (damaged_row[3], damaged_row[5]) == ("damaged", "signed hashes")
 
     assert ok(root, "install", "pennello-tiny") == f"{TINY_LABEL} installed (4.9 MB)\n"  # the repair
     assert weights.read_bytes() == (embedded_dir("pennello-tiny") / TINY_UNET).read_bytes()
-    assert ok(root, "verify", "pennello-tiny") == "pennello-tiny: ok\n"
-    assert _model_row(root, "pennello-tiny")[4] == "installed"
+    assert ok(root, "verify", "pennello-tiny") == "pennello-tiny: ok (signed hashes)\n"
+    assert _model_row(root, "pennello-tiny")[3] == "installed"
 
     assert ok(root, "remove", "pennello-tiny") == "pennello-tiny removed (4.9 MB freed)\n"
-    assert _model_row(root, "pennello-tiny")[4] == "available"
+    assert _model_row(root, "pennello-tiny")[3:] == ["available", "-", "-"]
     assert list((home.store_dir / "blobs" / "sha256").glob("*/*")) == []
 
 
@@ -166,12 +168,12 @@ def test_bundle_export_and_install_from_it_on_a_second_home(home, tmp_path):
     assert refused.stderr == (f"error: manifest 'office-model' v1 is signed only by keys not trusted here: "
                               f"{office}; if you trust its publisher, confirm the key id with them and "
                               f"`pennello keys trust FILE.pub`\n")
-    assert _model_row(offline, "pennello-tiny")[4] == "available"
+    assert _model_row(offline, "pennello-tiny")[3] == "available"
 
     installed = ok(offline, "install", "--from", str(bundle), "--trust-bundle-keys").splitlines()
     trusted = sorted(f"trusted key {keyid} from the bundle" for keyid in (RELEASE_KEYID, office))
     assert installed == trusted + ["office-model v1 installed (15.0 KB)", f"{TINY_LABEL} installed (4.9 MB)"]
-    assert ok(offline, "verify") == "office-model: ok\npennello-tiny: ok\n"
+    assert ok(offline, "verify") == "office-model: ok (signed hashes)\npennello-tiny: ok (signed hashes)\n"
     assert get_paths(offline).trusted_keys_dir.joinpath(f"{office}.pub").is_file()
 
 

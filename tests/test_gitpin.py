@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -194,16 +195,18 @@ def _cli(home, hub_url: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _models_row(home, hub_url: str, name: str) -> list[str]:
+    """The cells of ``name``'s row of `pennello models` (columns are two or more spaces apart)."""
     listing = _cli(home, hub_url, "models")
     assert listing.returncode == 0, listing.stderr
-    return next(row.split() for row in listing.stdout.splitlines() if row.split()[0] == name)
+    return next(row for row in map(lambda line: re.split(r"\s{2,}", line), listing.stdout.splitlines())
+                if row[0] == name)
 
 
 def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     commit = hub.publish(REPO, FILES, LFS)
     Catalog(home).write_user("tiny", publish(make_manifest(
         "tiny", {}, source=Source("huggingface", repo=REPO, revision=commit), locked=False)))
-    assert _models_row(home, hub.url, "tiny") == ["tiny", "v1", "-", "available", "-"]
+    assert _models_row(home, hub.url, "tiny") == ["tiny", "v1", "-", "available", "-", "-"]
     refused = _cli(home, hub.url, "install", "tiny")
     assert refused.returncode == 10, refused.stderr
     assert "to download: 1 file, 524.3 KB (licence tiny: Apache-2.0)" in refused.stderr
@@ -211,8 +214,9 @@ def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     done = _cli(home, hub.url, "install", "tiny", "--yes")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "tiny v1 installed (524.4 KB)\n"
-    assert _models_row(home, hub.url, "tiny")[:5] == ["tiny", "v1", "524.4", "KB", "installed"]
-    assert len(_models_row(home, hub.url, "tiny")) == 6  # verified at install; not TOFU
+    row = _models_row(home, hub.url, "tiny")
+    assert row[:4] == ["tiny", "v1", "524.4 KB", "installed"]
+    assert row[4] != "-" and row[5] == "signed commit"  # verified at install, against the commit
     assert Store(home).get("tiny").manifest.files[-1].sha256 == _sha(FILES[UNET])
 
 
@@ -230,7 +234,7 @@ def test_pennello_install_without_git_objects_needs_first_fetch_consent(home, hu
     assert "Run again with --first-fetch" in refused.stderr
     done = _cli(home, hub.url, "install", "tiny", "--yes", "--first-fetch")
     assert done.returncode == 0, done.stderr
-    assert _models_row(home, hub.url, "tiny")[-1] == "yes"  # TOFU
+    assert _models_row(home, hub.url, "tiny")[-1] == "first fetch"  # trust on first use
 
 
 def test_no_network_is_a_message_suggesting_a_bundle(home, tmp_path):
@@ -289,3 +293,59 @@ def test_a_bundle_carries_the_commit_so_an_offline_machine_derives_the_hashes_ag
         import_bundle(other, _config(), bundle, progress=False)
     with pytest.raises(ModelNotFoundError):
         Store(other).get("tiny")
+
+
+def test_how_each_model_was_verified_is_shown_by_models_verify_and_the_api(home, hub, publish):
+    """The three kinds side by side: the embedded model's signed hashes, a Hub entry checked
+    against its signed commit, and one whose source serves no git objects (first fetch)."""
+    import requests
+
+    from pennello.config import Config
+    from pennello.daemon.engine.engine import Engine
+    from pennello.daemon.http.app import create_app
+    from pennello.daemon.server import start_background_server
+
+    commit, other = hub.publish(REPO, FILES, LFS), hub.publish("acme/other", FILES, LFS)
+    del hub.repos["acme/other"]
+    hub.files[f"api/models/acme/other/tree/{other}"] = json.dumps(
+        [{"type": "file", "path": p, "size": len(d), "oid": "0" * 40} for p, d in FILES.items()]).encode()
+    for name, repo, revision in (("tiny", REPO, commit), ("other", "acme/other", other)):
+        Catalog(home).write_user(name, publish(make_manifest(
+            name, {}, source=Source("huggingface", repo=repo, revision=revision), locked=False)))
+    assert _cli(home, hub.url, "install", "pennello-tiny", "tiny", "--yes").returncode == 0
+    assert _cli(home, hub.url, "install", "other", "--yes", "--first-fetch").returncode == 0
+    kinds = {"other": "first fetch", "pennello-tiny": "signed hashes", "tiny": "signed commit"}
+
+    listed = json.loads(_cli(home, hub.url, "models", "--json").stdout)
+    assert {m["name"]: (m["status"], m["verification"]) for m in listed if m["name"] in kinds} == {
+        name: ("installed", kind) for name, kind in kinds.items()}
+    assert {m["verification"] for m in listed if m["name"] not in kinds} == {None}  # catalog only
+    assert _models_row(home, hub.url, "other")[5] == "first fetch"
+    checked = _cli(home, hub.url, "verify", "--json")
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout) == [{"name": name, "verification": kind, "ok": True, "problems": []}
+                                          for name, kind in kinds.items()]
+    assert _cli(home, hub.url, "verify", "tiny").stdout == "tiny: ok (signed commit)\n"
+
+    engine = Engine(Config(), home)
+    _, url, stop = start_background_server(create_app(Config(), engine, home), "127.0.0.1", 0)
+    try:
+        served = requests.get(f"{url}/api/models", timeout=10).json()["models"]
+    finally:
+        stop()
+    assert {m["name"]: m["verification"] for m in served} == kinds
+
+    weights = Store(home).get("tiny").path / UNET  # one flipped byte: the JSON says which file
+    os.chmod(weights, 0o644)
+    flipped = b"\xff" + FILES[UNET][1:]
+    weights.write_bytes(flipped)
+    damaged = _cli(home, hub.url, "verify", "--json")
+    assert damaged.returncode == 4 and "damaged or missing file(s)" in damaged.stderr
+    report = {r["name"]: r for r in json.loads(damaged.stdout)}
+    assert report["tiny"]["ok"] is False and report["tiny"]["verification"] == "signed commit"
+    assert report["tiny"]["problems"] == [f"{UNET}: sha256 {_sha(flipped)}, manifest says "
+                                          f"{_sha(FILES[UNET])}"]
+    # "other" holds the same weights: one blob, hard-linked into both, so both are damaged.
+    assert report["other"]["problems"] == report["tiny"]["problems"] and report["other"]["ok"] is False
+    assert report["pennello-tiny"] == {"name": "pennello-tiny", "verification": "signed hashes", "ok": True,
+                                       "problems": []}

@@ -11,7 +11,7 @@ import hashlib
 
 import pytest
 
-from _fixtures_installer import make_manifest
+from _fixtures_installer import make_manifest, store_listing
 from pennello.config import Config
 from pennello.errors import FetchError, IntegrityError
 from pennello.installer import Installer, Store, TrustPolicy
@@ -76,3 +76,35 @@ def test_a_file_two_models_share_is_fetched_once(home, mirror, install):
     assert "alpha/tokenizer/vocab.json" in fetched and "beta/tokenizer/vocab.json" not in fetched
     store = Store(home)
     assert store.blob_path(hashlib.sha256(SHARED).hexdigest()).stat().st_nlink == 3
+
+
+def test_downloads_are_hashed_as_they_arrive_and_never_read_back(home, mirror, install, monkeypatch):
+    """One pass over the bytes: the store checks the digest the download computed."""
+    from pennello.installer import store as store_module
+
+    hashed: list[str] = []
+    real = store_module.file_sha256
+    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(str(path)) or real(path))
+    model = install("tiny", V1)
+    assert hashed == []
+    assert Store(home).verify(["tiny"], progress=False) == [] and len(hashed) == len(V1)  # verify still reads
+    assert (model.path / "unet/w.bin").read_bytes() == WEIGHTS_1
+
+
+def test_a_partial_changed_between_runs_is_refused_and_the_store_stays_as_it_was(home, mirror, install):
+    """The resumed part is hashed again, not trusted because it is ours."""
+    mirror.drop_after["tiny/unet/w.bin"] = 100_000
+    with pytest.raises(FetchError):
+        install("tiny", V1)
+    partial = home.downloads_dir / f"{hashlib.sha256(WEIGHTS_1).hexdigest()}.part"
+    with open(partial, "r+b") as f:  # one byte of the kept part changes on disk
+        f.seek(5)
+        f.write(b"\xff")
+    before = store_listing(home)
+    with pytest.raises(IntegrityError, match=r"^unet/w.bin: sha256 [0-9a-f]{64}, manifest says "
+                                             + hashlib.sha256(WEIGHTS_1).hexdigest()):
+        install("tiny", V1, serve=False)
+    assert mirror.ranges("tiny/unet/w.bin") == ["bytes=100000-"]
+    assert store_listing(home) == before and not partial.exists()
+    assert (install("tiny", V1, serve=False).path / "unet/w.bin").read_bytes() == WEIGHTS_1  # afresh
+    assert mirror.ranges("tiny/unet/w.bin") == ["bytes=100000-"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -27,8 +28,9 @@ def _fetch(fetcher, entry: FileEntry, store: Store):
     """Fetch into a store temp file and ingest it, as the installer does; return the blob bytes."""
     seen: list[int] = []
     with store.temp_file(entry.path) as temp:
-        fetcher.fetch(entry, temp, seen.append)
-        blob = store.ingest(temp, entry)
+        digest = fetcher.fetch(entry, temp, seen.append)
+        assert digest == hashlib.sha256(temp.read_bytes()).hexdigest()  # hashed as written, resumed or not
+        blob = store.ingest(temp, entry, digest)
     assert sum(seen) == entry.size
     return blob.read_bytes()
 
@@ -64,6 +66,15 @@ def test_interrupted_download_keeps_its_partial_and_the_next_run_resumes(home, m
     assert (home.downloads_dir / f"{entry.sha256}.part").stat().st_size == 500_000
     assert _fetch(_mirror_fetcher(mirror, options), entry, store) == WEIGHTS
     assert mirror.ranges("tiny/w.bin") == ["bytes=500000-"]
+
+
+def test_a_server_ignoring_the_range_request_restarts_the_file_and_its_hash(home, mirror, options):
+    mirror.files["tiny/w.bin"] = WEIGHTS
+    mirror.drop_after["tiny/w.bin"] = 400_000
+    mirror.no_range.add("tiny/w.bin")
+    entry, = entries_for({"w.bin": WEIGHTS})
+    assert _fetch(_mirror_fetcher(mirror, options, retries=1), entry, Store(home)) == WEIGHTS
+    assert mirror.ranges("tiny/w.bin") == ["bytes=400000-"]  # asked, answered with the whole file
 
 
 def test_truncated_download_is_refused(home, mirror, options):

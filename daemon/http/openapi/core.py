@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import get_args
 
 from pennello.config import CompileMode
+from pennello.installer.store import VERIFICATIONS
 
 from ...engine.params import IMAGE_FORMATS
 from ...engine.profiles import Offload
@@ -36,8 +37,11 @@ SCHEMAS: dict[str, Schema] = {
                     "offset": INT, "next_offset": nullable("integer")}, ("images",)),
     "Model": obj({"name": STR, "version": INT, "family": STR, "pipeline": STR,
                   "defaults": {"type": "object"}, "description": nullable("string"),
-                  "license": nullable("string"), "digest": STR, "loaded": BOOL, "default": BOOL},
-                 ("name", "loaded"), extra=True),
+                  "license": nullable("string"), "digest": STR, "loaded": BOOL, "default": BOOL,
+                  "verification": {"enum": list(VERIFICATIONS), "description": (
+                      "How the files' hashes are known: listed in the signed manifest, derived from the "
+                      "git objects of the commit it signs, or recorded on first fetch (trust on first use).")}},
+                 ("name", "loaded", "verification"), extra=True),
     "ModelList": obj({"models": {"type": "array", "items": ref("Model")}}, ("models",)),
     "LoadedModel": obj({"name": STR, "version": INT, "family": STR, "device": STR, "dtype": STR,
                         "param_bytes": INT, "loaded_at": NUM, "idle_s": NUM,

@@ -92,7 +92,10 @@ def outputs() -> Any:
 
 @bp.get("/models")
 def models() -> Any:
-    return jsonify({"models": current_engine().models()})
+    engine = current_engine()
+    # How each model's files were verified, as the installer recorded it in the store.
+    how = {model.name: model.verification for model in engine.store.installed()}
+    return jsonify({"models": [{**model, "verification": how.get(model["name"])} for model in engine.models()]})
 
 
 @bp.post("/models/<name>/load")
