@@ -14,6 +14,13 @@ real pipeline from them without downloading a byte::
     pipe = build_pipeline(ARCHS["sd-turbo"], device="cuda", dtype=torch.bfloat16)
     pipe("a lighthouse", num_inference_steps=1, guidance_scale=0.0)
 
+``tiny=True`` builds the same classes with the widths in ``configs/<model>/tiny.json`` (a few
+channels, one or two layers): every block type, the latent channels and the VAE's downscale stay
+as published, so a tiny pipeline saved with ``save_pretrained`` has the real repository's folder
+layout and model_index.json and loads and draws the way the real one does, in seconds on a CPU.
+The tests install those through the daemon (``tests/_fixtures_hub.py``); they prove loading and
+wiring, not picture quality. :data:`CATALOG_ARCHS` maps the signed catalog's model names to them.
+
 Tokenizers are not the real ones (CLIP's is 1.5 MB of BPE merges, T5's a SentencePiece model):
 every tokenizer slot gets the small CLIP tokenizer shipped with ``pennello-tiny``. What a
 tokenizer costs downstream is the padded length it hands the text encoder, and diffusers pads
@@ -80,6 +87,13 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("sdxl-base-1024", "sdxl-turbo", size=1024, steps=30, guidance=5.0),
     Arch("flux-schnell", "flux-schnell", size=1024, steps=4, max_sequence_length=256),
 )}
+# The catalog's models (manifests/*.json) by their catalog names, run as their manifests say.
+CATALOG_ARCHS: dict[str, Arch] = {
+    "sd-turbo": ARCHS["sd-turbo"],
+    "sdxl-turbo": ARCHS["sdxl-turbo"],
+    "flux.1-schnell": ARCHS["flux-schnell"],
+    "sd-x4-upscaler": Arch("sd-x4-upscaler", "sd-x4-upscaler", size=128, steps=20),
+}
 
 
 def model_index(arch: Arch) -> dict[str, Any]:
@@ -96,18 +110,26 @@ def _tokenizer() -> transformers.PreTrainedTokenizerBase:
     return transformers.CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
-def _diffusers_component(class_name: str, path: Path) -> Any:
+def tiny_widths(arch: Arch) -> dict[str, dict[str, Any]]:
+    """The config values ``tiny=True`` changes, per component (``configs/<model>/tiny.json``)."""
+    return json.loads((arch.config_dir / "tiny.json").read_text(encoding="utf-8"))
+
+
+def _diffusers_component(class_name: str, path: Path, changes: dict[str, Any]) -> Any:
     cls = getattr(diffusers, class_name)
-    return cls.from_config(cls.load_config(path))
+    return cls.from_config({**cls.load_config(path), **changes})
 
 
-def _transformers_component(class_name: str, path: Path) -> Any:
+def _transformers_component(class_name: str, path: Path, changes: dict[str, Any]) -> Any:
     if "Tokenizer" in class_name:
         return _tokenizer()
-    return getattr(transformers, class_name)(transformers.AutoConfig.from_pretrained(path))
+    model = getattr(transformers, class_name)(transformers.AutoConfig.from_pretrained(path, **changes))
+    # transformers 5 builds some layers in the config's saved torch_dtype (float16 for several of
+    # these text encoders); a loaded model has one dtype throughout: the one asked for.
+    return model.to(dtype=torch.get_default_dtype())
 
 
-_LIBRARIES: dict[str, Callable[[str, Path], Any]] = {
+_LIBRARIES: dict[str, Callable[[str, Path, dict[str, Any]], Any]] = {
     "diffusers": _diffusers_component,
     "transformers": _transformers_component,
 }
@@ -126,18 +148,20 @@ def _created_on(device: str | torch.device, dtype: torch.dtype) -> Iterator[None
 
 
 def build_components(arch: Arch, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32,
-                     only: tuple[str, ...] | None = None) -> dict[str, Any]:
+                     only: tuple[str, ...] | None = None, tiny: bool = False) -> dict[str, Any]:
     """Every component named in ``model_index.json``, with random weights.
 
     Args:
         device: "meta" (shapes only, no memory), "cpu" or "cuda".
         only: component names to build (default: all); the others are left out.
+        tiny: shrink the widths as ``configs/<model>/tiny.json`` says (same classes and layout).
 
     Returns:
         ``{name: module, scheduler or tokenizer}``; components the index lists as ``[null, null]``
         are None, and plain settings (``force_zeros_for_empty_prompt``) pass through.
     """
     components: dict[str, Any] = {}
+    widths = tiny_widths(arch) if tiny else {}
     for name, spec in model_index(arch).items():
         if name.startswith("_") or (only is not None and name not in only):
             continue
@@ -145,21 +169,21 @@ def build_components(arch: Arch, device: str | torch.device = "meta", dtype: tor
             components[name] = spec
         elif spec[0] is None:
             components[name] = None
-        elif name == "scheduler" or name.startswith("tokenizer"):
-            components[name] = _LIBRARIES[spec[0]](spec[1], arch.config_dir / name)
+        elif name.endswith("scheduler") or name.startswith("tokenizer"):  # no weights
+            components[name] = _LIBRARIES[spec[0]](spec[1], arch.config_dir / name, {})
         else:
             start = time.perf_counter()
             with _created_on(device, dtype):
-                components[name] = _LIBRARIES[spec[0]](spec[1], arch.config_dir / name).eval()
+                components[name] = _LIBRARIES[spec[0]](spec[1], arch.config_dir / name, widths.get(name, {})).eval()
             log.debug("built %s/%s on %s in %.2f s", arch.name, name, device, time.perf_counter() - start)
     return components
 
 
 def build_pipeline(arch: Arch, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   seed: int = 0) -> diffusers.DiffusionPipeline:
+                   seed: int = 0, tiny: bool = False) -> diffusers.DiffusionPipeline:
     """The real pipeline class (``model_index["_class_name"]``) over random-weight components."""
     torch.manual_seed(seed)
-    components = build_components(arch, device, dtype)
+    components = build_components(arch, device, dtype, tiny=tiny)
     if "requires_safety_checker" in components:
         components["requires_safety_checker"] = False  # there is no safety checker to require
     pipe = getattr(diffusers, model_index(arch)["_class_name"])(**components)

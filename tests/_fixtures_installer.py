@@ -253,6 +253,13 @@ class Hub:
 @pytest.fixture
 def hub() -> Iterator[Hub]:
     """A real WSGI server on 127.0.0.1: dulwich's git smart HTTP for ``hub.repos``, files otherwise."""
+    with serving_hub() as state:
+        yield state
+
+
+@contextlib.contextmanager
+def serving_hub() -> Iterator[Hub]:
+    """The stand-in Hub while the block runs (the ``hub`` fixture; also for wider scopes)."""
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIServer, make_server
 

@@ -57,6 +57,9 @@ class ModelFamily:
     # Our request fields as the pipeline's call names them where they differ (e.g. Qwen's
     # classifier-free guidance is ``true_cfg_scale``; its ``guidance_scale`` is for distilled models).
     call_names: tuple[tuple[str, str], ...] = ()
+    # Keyword arguments every pipeline call of this family gets, beyond the request's fields; a
+    # manifest's pipeline.defaults may set its own value for each (see ``call_extras_for``).
+    call_extras: tuple[tuple[str, Any], ...] = ()
     # Python packages the pipeline needs beyond diffusers and transformers (checked before loading,
     # so a missing one is a clear error rather than a deep import failure).
     requires: tuple[str, ...] = ()
@@ -81,6 +84,10 @@ class ModelFamily:
     def call_name(self, field: str) -> str:
         """The pipeline call's keyword for our request field ``field``."""
         return dict(self.call_names).get(field, field)
+
+    def call_extras_for(self, manifest_defaults: dict[str, Any]) -> dict[str, Any]:
+        """The fixed call arguments for one model: the family's, where its manifest says nothing else."""
+        return {name: manifest_defaults.get(name, value) for name, value in self.call_extras}
 
     def load(self, cls_name: str, path: Path, device: str, dtype: Any) -> Any:
         """Load a pipeline from a verified model directory, never from the network.
@@ -145,10 +152,13 @@ register_family(ModelFamily(
     "sdxl", frozenset({"StableDiffusionXLPipeline"}), min_size=256, max_size=2048,
     defaults=(("width", 1024), ("height", 1024), ("steps", 30), ("guidance", 6.0)),
     img2img="StableDiffusionXLImg2ImgPipeline", inpaint="StableDiffusionXLInpaintPipeline"))
+# FLUX.1-schnell, the catalog's FLUX, was distilled with T5 prompts of 256 tokens (diffusers'
+# FluxPipeline pads to 512, dev's length); a FLUX.1-dev manifest sets "max_sequence_length": 512.
 register_family(ModelFamily(
     "flux", frozenset({"FluxPipeline"}), min_size=256, max_size=2048, multiple=16,
     denoiser="transformer", gpu_dtype="bfloat16",
     defaults=(("width", 1024), ("height", 1024), ("steps", 28), ("guidance", 3.5)),
+    call_extras=(("max_sequence_length", 256),),
     img2img="FluxImg2ImgPipeline", inpaint="FluxInpaintPipeline"))
 # Instruction editing (Qwen-Image-Edit): the pipeline takes the picture(s) and the prompt and
 # decides the size itself from the last picture (about 1 megapixel). The Plus class (the 2509

@@ -174,7 +174,8 @@ def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, 
         device: ``cuda``, ``mps`` or ``cpu``.
         weights: parameter counts per component (:func:`read_weights`).
         dtype_bytes: bytes per parameter on the device (2 for fp16/bf16, 4 for fp32).
-        pixels: width x height the model will mostly draw at (its manifest default).
+        pixels: width x height the model will mostly draw at (its manifest default; an upscaler's
+            input tile).
         free_bytes: free VRAM now (CUDA only).
         profile: ``engine.memory_profile``; ``auto`` picks the tier from ``free_bytes``.
         cpu_threads: ``engine.cpu_threads``; 0 means all cores but one.
@@ -184,6 +185,8 @@ def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, 
         compile_mode: ``engine.compile_mode``.
         purpose: the model family's (``generate``, ``edit``, ``upscale``).
     """
+    if purpose == "upscale":  # the (x4) upscaler denoises and decodes at 4x its input's sides
+        pixels *= 16
     plan = _placement(device, weights, dtype_bytes, pixels, free_bytes, profile, cpu_threads, batch)
     chosen = choose_speed_ups(plan.profile, speed or {})
     plan = replace(plan, compile=compile_mode if "compile" in chosen else None,

@@ -244,7 +244,8 @@ class Runner:
                     width=request.width, height=request.height, num_inference_steps=request.steps,
                     guidance_scale=request.guidance, num_images_per_prompt=1,
                     generator=[torch.Generator("cpu").manual_seed(job.seeds[i]) for job, i in slots],
-                    callback_on_step_end=on_step_end, output_type="pil")
+                    callback_on_step_end=on_step_end, output_type="pil",
+                    **loaded.family.call_extras_for(loaded.installed.manifest.pipeline.defaults))
         finally:
             hook.remove()
         end = time.perf_counter()

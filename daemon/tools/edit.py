@@ -237,7 +237,8 @@ class EditTask:
                 "image": self.pictures[0], "strength": self.strength, "num_inference_steps": r.steps,
                 "guidance_scale": r.guidance, "output_type": "pil",
                 "generator": [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
-                "callback_on_step_end": step_callback(on_step, r.n)}
+                "callback_on_step_end": step_callback(on_step, r.n),
+                **loaded.family.call_extras_for(loaded.installed.manifest.pipeline.defaults)}
             if self.mask is not None:
                 kwargs.update(mask_image=self.mask, width=r.width, height=r.height)
             pipe = derived_pipeline(loaded, self.mode)
@@ -257,7 +258,8 @@ class EditTask:
             negative_prompt=r.negative_prompt or " ", width=r.width, height=r.height,
             num_inference_steps=r.steps, **{family.call_name("guidance"): r.guidance},
             num_images_per_prompt=1, generator=torch.Generator("cpu").manual_seed(seed),
-            callback_on_step_end=callback, output_type="pil").images[0]
+            callback_on_step_end=callback, output_type="pil",
+            **family.call_extras_for(loaded.installed.manifest.pipeline.defaults)).images[0]
 
     def save(self, engine: Any, loaded: Any, image: Image.Image, index: int) -> OutputImage:
         r, installed = self.request, loaded.installed

@@ -1,0 +1,174 @@
+"""Each catalog model installs from its signed commit, loads and draws through the daemon.
+
+The models are the real architectures (the same diffusers/transformers classes, folder layout and
+``model_index.json`` as the real repositories) with random weights and shrunk widths, built
+once per session by ``catalog_daemon`` (tests/_fixtures_hub.py). What this proves is loading and
+wiring: install, the family's pipeline class, the manifest's defaults, the right route for each
+purpose. It says nothing about picture quality, so "not blank" is all a picture is checked for.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from _fixtures_hub import bench_archs, shipped_manifest
+from pennello.client.api import Client
+
+GENERATORS = ["sd-turbo", "sdxl-turbo", "flux.1-schnell"]
+
+
+def _picture(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def _assert_not_blank(pixels: np.ndarray) -> None:
+    """Random weights draw noise: many distinct values, not one colour (nor NaNs turned black)."""
+    assert pixels.std() > 5, f"a blank picture (std {pixels.std():.2f})"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
+
+
+@pytest.mark.slow
+def test_every_catalog_model_installs_the_files_of_its_signed_commit(catalog_daemon):
+    from pennello.installer.store import Store
+
+    assert set(catalog_daemon.installs) == set(bench_archs().CATALOG_ARCHS)
+    store = Store(catalog_daemon.home)
+    for name, result in catalog_daemon.installs.items():
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert result.stdout.startswith(f"{name} v{shipped_manifest(name).version} installed")
+        installed = store.get(name)
+        committed = catalog_daemon.repositories[name]
+        assert sorted(f.path for f in installed.manifest.files) == sorted(committed)
+        for path, data in committed.items():
+            assert (installed.path / path).read_bytes() == data
+    # The weights came as LFS files over the resolve route, the rest inside the git objects.
+    downloaded = [p for p in catalog_daemon.hub.requests if "/resolve/" in p]
+    assert downloaded and all(p.endswith(".safetensors") for p in downloaded)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GENERATORS)
+def test_each_generator_draws_at_its_manifest_defaults(catalog_daemon, name):
+    defaults = shipped_manifest(name).pipeline.defaults
+    client = Client(catalog_daemon.url)
+    image, = client.generate("a lighthouse on a cliff", model=name, seed=7)
+    assert (image["width"], image["height"]) == (defaults["width"], defaults["height"])
+    pixels = _picture(image["bytes"])
+    assert pixels.shape == (defaults["height"], defaults["width"], 3)
+    _assert_not_blank(pixels)
+    loaded = {m["name"]: m for m in client.call("GET", "/api/ps")["models"]}
+    assert loaded[name]["family"] == shipped_manifest(name).pipeline.family
+
+
+@pytest.mark.slow
+def test_the_x4_upscaler_enlarges_through_the_upscale_route(catalog_daemon):
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    source.save(buffer, "PNG")
+    response = requests.post(f"{catalog_daemon.url}/api/upscale",
+                             files={"image": ("small.png", buffer.getvalue())},
+                             data={"scale": "4", "method": "ai"}, timeout=300)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["upscale"]["model"] == "sd-x4-upscaler"
+    image = answer["image"]
+    assert (image["width"], image["height"]) == (160, 192)
+    pixels = _picture(requests.get(catalog_daemon.url + image["url"], timeout=30).content)
+    assert pixels.shape == (192, 160, 3)
+    _assert_not_blank(pixels)
+
+
+@pytest.mark.slow
+def test_sdxl_turbo_draws_with_up_to_four_steps(catalog_daemon):
+    image, = Client(catalog_daemon.url).generate("a lighthouse", model="sdxl-turbo", steps=4, seed=3)
+    assert (image["width"], image["height"]) == (512, 512)
+    _assert_not_blank(_picture(image["bytes"]))
+
+
+@pytest.mark.slow
+def test_flux_schnell_prompts_reach_t5_at_its_256_tokens(catalog_daemon, make_engine):
+    """FluxPipeline pads prompts to 512 T5 tokens unless told; schnell was distilled at 256."""
+    from pennello.daemon.engine.jobs import GenerateRequest
+    from pennello.installer.store import Store
+
+    engine = make_engine(store=Store(catalog_daemon.home))  # its own home: its own job journal
+    engine.load("flux.1-schnell")
+    t5 = engine.residency.loaded["flux.1-schnell"].pipe.text_encoder_2
+    lengths: list[int] = []
+    hook = t5.register_forward_pre_hook(lambda _, args, kwargs: lengths.append(
+        (args[0] if args else kwargs["input_ids"]).shape[-1]), with_kwargs=True)
+    try:
+        job = engine.submit(GenerateRequest(prompt="a lighthouse", model="flux.1-schnell", width=256, height=256))
+        job.wait()
+    finally:
+        hook.remove()
+    assert job.status == "done", job.error
+    assert lengths == [256]
+
+
+# --- where each catalog model goes on 8, 12 and 16 GB cards (no GPU needed) ----------------------
+
+CARDS = {"8gb": 7.4 * 1024**3, "12gb": 11.2 * 1024**3, "16gb": 15.1 * 1024**3}  # free VRAM after the desktop
+# model: (dtype on a card with bf16, on one without (RTX 20xx), offload on the 8, 12 and 16 GB card)
+PLACEMENT = {
+    "sd-turbo": ("float16", "float16", ("none", "none", "none")),
+    "sdxl-turbo": ("float16", "float16", ("model", "none", "none")),  # 6.5 GiB of weights in fp16
+    "flux.1-schnell": ("bfloat16", "float16", ("sequential",) * 3),  # the transformer alone is 22 GiB
+    "sd-x4-upscaler": ("float16", "float16", ("none", "none", "none")),
+}
+
+
+@pytest.fixture(scope="module")
+def full_size_weights():
+    """Parameters per component of the published architectures, counted on the meta device."""
+    import torch
+
+    from pennello.daemon.engine.profiles import ModelWeights
+
+    archs = bench_archs()
+    return {name: ModelWeights({part: archs.param_count(module) for part, module in
+                                archs.build_components(arch, "meta").items() if isinstance(module, torch.nn.Module)})
+            for name, arch in archs.CATALOG_ARCHS.items()}
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16 card", "no bf16"])
+@pytest.mark.parametrize("name", sorted(PLACEMENT))
+def test_each_catalog_model_has_a_placement_on_8_12_and_16_gb_cards(full_size_weights, monkeypatch, name, bf16):
+    """The decision residency makes at load: dtype from the family, offload from what fits at the
+    manifest's default size, VAE tiling and slicing on every card below 20 GB, attention slicing on 8 GB."""
+    import torch
+
+    from pennello.daemon.engine.devices import pick_dtype
+    from pennello.daemon.engine.families import get_family
+    from pennello.daemon.engine.profiles import plan_for
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    manifest = shipped_manifest(name)
+    family = get_family(manifest.pipeline.family)
+    dtype = pick_dtype("cuda", family)
+    with_bf16, without, offloads = PLACEMENT[name]
+    assert str(dtype).removeprefix("torch.") == (with_bf16 if bf16 else without)
+    pixels = manifest.pipeline.defaults["width"] * manifest.pipeline.defaults["height"]
+    for (card, free), offload in zip(CARDS.items(), offloads):
+        plan = plan_for("cuda", full_size_weights[name], dtype.itemsize, pixels, free_bytes=free,
+                        purpose=family.purpose)
+        assert (plan.profile, plan.offload) == (card, offload), f"{name} on {card}: {plan.reason}"
+        assert plan.vae_tiling and plan.vae_slicing
+        assert plan.attention_slicing == (card == "8gb")
+        assert plan.compile is None  # nothing measured yet turns it on
+
+
+def test_the_upscaler_is_planned_at_the_size_it_works_at(full_size_weights):
+    """The x4 upscaler's manifest size is its 128² input tile; it denoises and decodes the 512² output."""
+    from pennello.daemon.engine.profiles import plan_for
+
+    weights = full_size_weights["sd-x4-upscaler"]
+    as_upscaler = plan_for("cuda", weights, 2, 128 * 128, free_bytes=CARDS["8gb"], purpose="upscale")
+    assert "~0.8 GiB working memory" in as_upscaler.reason  # 0.5 GiB + 1 GiB per megapixel x 0.26
+    assert "~0.5 GiB working memory" in plan_for("cuda", weights, 2, 128 * 128, free_bytes=CARDS["8gb"]).reason
