@@ -36,6 +36,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import filelock
 import waitress
 from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from pennello import __version__
 from pennello.config import Config
@@ -85,8 +88,7 @@ class WaitressServer:
                                                   clear_untrusted_proxy_headers=False)
             self.host, self.port = str(unix_socket), 0
         else:
-            self._server = waitress.create_server(app, host=host, port=port, threads=_THREADS,
-                                                  ident="pennello", channel_timeout=60)
+            self._server = _tcp_server(app, host, port)
             self.host, self.port = host, int(self._server.effective_port)
         self._stop = threading.Event()
 
@@ -120,6 +122,29 @@ class WaitressServer:
     def close(self) -> None:
         self._server.task_dispatcher.shutdown(timeout=2)
         wasyncore.close_all(self._server._map)
+
+
+class _NumericTcpServer(TcpWSGIServer):
+    """waitress' TCP listener, naming its own address without ``getnameinfo``.
+
+    waitress asks ``getnameinfo(..., NI_NUMERICHOST)`` for its bound address, which looks up
+    nothing; but the audit event it raises does not carry the flags, so no-network mode must take
+    it for a reverse lookup and refused it for any address but loopback (``serve --host <LAN
+    address>`` stopped at start). The socket's own address is already numeric.
+    """
+
+    def getsockname(self) -> tuple[str, str]:
+        address = self.socket.getsockname()
+        return str(address[0]), str(address[1])
+
+
+def _tcp_server(app: Any, host: str, port: int) -> TcpWSGIServer:
+    """What ``waitress.create_server`` makes for ``host:port``, as a :class:`_NumericTcpServer`
+    (on the first address ``host`` names: the serve loop drives one listener)."""
+    adj = Adjustments(host=host, port=port, threads=_THREADS, ident="pennello", channel_timeout=60)
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    return _NumericTcpServer(app, {}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
 
 
 def start_background_server(app: Any, host: str = "127.0.0.1", port: int = 0,

@@ -201,3 +201,32 @@ def test_a_worker_that_is_gone_mid_forward_gets_a_503_that_says_to_try_again(tmp
     assert response.status_code == 503
     message = response.get_json()["error"]["message"]
     assert "try again shortly" in message and "restarting" in message
+
+
+@needs_namespace
+def test_an_event_stream_tells_of_a_restarting_worker_and_goes_on(tmp_path):
+    """Seen on main: kill -9 of the worker broke every open event stream (the client got a
+    ChunkedEncodingError); now the stream says `restarting` and carries on with the journaled job."""
+    home = get_paths(tmp_path / "home").ensure()
+    daemon = Serve(home)
+    try:
+        first = daemon.workers()[0]
+        body = {"prompt": "busy", "steps": SLOW_STEPS, "seed": 1, "stream": True}
+        with daemon.http.post(daemon.api("/generate"), json=body, stream=True, timeout=120) as response:
+            events = sse_events(response)
+            name, job = next(events)
+            assert name == "job"
+            while name != "progress":  # it runs in the first worker
+                name, _ = next(events)
+            os.kill(first, signal.SIGKILL)
+            names = []
+            for name, data in events:
+                names.append(name)
+                if name in ("done", "failed", "cancelled"):
+                    break
+        assert names[names.index("restarting") + 1] == "job", names  # the stream starts over
+        assert name == "done" and data["id"] == job["id"] and len(data["images"]) == 1, (names, data)
+        assert daemon.workers() not in ([], [first])
+        assert daemon.terminate() == 0, daemon.log_text()
+    finally:
+        daemon.kill()

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import signal
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -25,6 +28,7 @@ from pennello.daemon.net import isolation, tls as server_tls
 from pennello.daemon.server import make_lan_server, start_background_server
 
 from _fixtures_api import api_engine, lan_address  # noqa: F401
+from _fixtures_lan import cli_env
 
 
 @pytest.fixture
@@ -214,3 +218,49 @@ def test_one_lan_address_cannot_hold_every_worker_with_stalled_requests(lan_serv
                 refused += 1
         assert refused == 16 - server_tls.PER_ADDRESS
         _answers_quickly(server, fingerprint)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nBroken",  # no CRLF: cheroot answers 400
+    b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\n{",  # body cut short
+])
+def test_a_peer_hanging_up_mid_request_is_a_debug_line_not_an_error(lan_server, capfd, caplog, request_bytes):
+    """cheroot wrote 'socket.error 8' and an ERROR 'Unhandled error' with an SSLEOFError traceback
+    to stderr each time a LAN device sent a broken request and hung up without closing TLS."""
+    server, fingerprint = lan_server
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with caplog.at_level("DEBUG", logger="pennello.daemon.net.tls"):
+        for _ in range(3):
+            tls = context.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            tls.sendall(request_bytes)
+            time.sleep(0.2)  # the server has read it and is answering into a closing socket
+            tls.shutdown(socket.SHUT_RDWR)  # TCP FIN without TLS close_notify: as a device that goes
+            tls.close()
+        _answers_quickly(server, fingerprint)
+    stderr = capfd.readouterr().err
+    assert "SSLEOFError" not in stderr and "Traceback" not in stderr, stderr
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "hung up" in caplog.text
+
+
+def test_serve_on_a_lan_address_without_lan_mode_starts(home, lan_address):  # noqa: F811
+    """`serve --host <LAN address>` exited at start: waitress named its bound address with
+    getnameinfo, which no-network mode took for a reverse lookup and refused."""
+    log_path = home.runtime_dir.parent / "serve.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "pennello", "serve", "--host", lan_address, "--port", "0"],
+                                   stdout=subprocess.PIPE, stderr=log_file, text=True,
+                                   env={**cli_env(home), "PENNELLO_OFFLINE_ISOLATION": "off"})
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"pennello is serving on http://{lan_address}:"), log_path.read_text()
+        url = line.split()[-1]
+        health = requests.get(f"{url}/api/health", timeout=30).json()
+        assert health["offline"]["mode"] == "on" and health["offline"]["refused"] == 0, health
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -26,8 +26,9 @@ import io
 import json
 import logging
 import socket
+import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 from urllib.parse import quote
 
 from .offline import NetworkGuard
@@ -46,6 +47,8 @@ _SPOOFABLE = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-
 _MERGED_PATHS = frozenset({"/api/offline", "/api/health"})
 _CHUNK = 64 * 1024
 _KEPT_ATTEMPTS = 50
+_RESUME_S = 300.0  # the supervisor's longest back-off and a slow start, several times over
+_RESUME_POLL_S = 1.0
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -99,6 +102,8 @@ class WorkerProxy:
             start_response(status, [*headers, ("Content-Length", str(len(body)))])
             return [body]
         start_response(status, headers)
+        if response.getheader("Content-Type", "").startswith("text/event-stream"):
+            return _EventStream(response, connection, self, list(_request_headers(environ)))
         return _Body(response, connection)
 
     def request(self, method: str, path: str) -> Any:
@@ -111,6 +116,22 @@ class WorkerProxy:
             return json.loads(response.read())
         finally:
             connection.close()
+
+    def job_events(self, job_id: str, headers: list[tuple[str, str]]) -> tuple[Any, UnixHTTPConnection] | None:
+        """The response of the worker's ``/api/jobs/<id>/events`` for the same caller (the headers
+        it sent), once a worker answers; None while none does."""
+        connection = UnixHTTPConnection(self.socket_path)
+        try:
+            connection.putrequest("GET", f"/api/jobs/{quote(job_id)}/events", skip_host=True,
+                                  skip_accept_encoding=True)
+            for name, value in headers:
+                if name.lower() not in ("content-type", "content-length"):
+                    connection.putheader(name, value)
+            connection.endheaders()
+            return connection.getresponse(), connection
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            return None
 
     def _forward(self, connection: UnixHTTPConnection, environ: dict[str, Any]) -> http.client.HTTPResponse:
         # PATH_INFO is already percent-decoded and holds the raw bytes as latin-1 (PEP 3333):
@@ -162,6 +183,79 @@ class _Body:
         # Called by the WSGI server when the response is done or the client disconnected.
         self.response.close()
         self.connection.close()
+
+
+class _EventStream(_Body):
+    """A job's event stream that outlives the model worker.
+
+    When the worker dies mid-stream, the client gets ``event: restarting`` (``{"id", "message"}``)
+    instead of a broken connection, then ``: ping`` comments while a new worker starts; that worker
+    queued the job again under its id (the journal), so its events follow from ``job`` on, as on
+    ``GET /api/jobs/<id>/events``. A job the new worker does not know ends the stream with
+    ``failed``; a stream that never named its job ends after ``restarting``.
+    """
+
+    def __init__(self, response: http.client.HTTPResponse, connection: UnixHTTPConnection,
+                 proxy: WorkerProxy, headers: list[tuple[str, str]]) -> None:
+        super().__init__(response, connection)
+        self.proxy, self.headers = proxy, headers
+        self.job_id: str | None = None
+        self._head = b""  # the stream's first bytes, until the first event (``job``) named the id
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                yield from self._relay()
+                return
+            except (OSError, http.client.HTTPException) as e:  # the worker died mid-stream
+                log.warning("model worker gone during the event stream of job %s: %r", self.job_id, e)
+                self.close()
+            yield _sse("restarting", {"id": self.job_id, "message": "the model worker stopped unexpectedly "
+                                      "and is restarting; this job's events go on once it serves"})
+            if not self.job_id:
+                return
+            answered = yield from self._reconnect()
+            if not answered or self.response.status != 200:
+                self.close()
+                yield _sse("failed", {"id": self.job_id, "status": "failed",
+                                      "error": "the job was lost when the model worker stopped"})
+                return
+
+    def _relay(self) -> Iterator[bytes]:
+        for chunk in super().__iter__():
+            if self.job_id is None:
+                self._head += chunk
+                self.job_id = _first_event_id(self._head)
+            yield chunk
+
+    def _reconnect(self) -> Generator[bytes, None, bool]:
+        """Pings until a worker answers for the job; False when none did in time (the
+        supervisor gave up: the server is stopping)."""
+        deadline = time.monotonic() + _RESUME_S
+        while (answer := self.proxy.job_events(self.job_id or "", self.headers)) is None:
+            if time.monotonic() > deadline:
+                return False
+            yield b": ping\n\n"
+            time.sleep(_RESUME_POLL_S)
+        self.response, self.connection = answer
+        return True
+
+
+def _first_event_id(head: bytes) -> str | None:
+    """The ``id`` in the first event's JSON data, once that event is complete; "" if it has none."""
+    event, separator, _ = head.partition(b"\n\n")
+    if not separator:
+        return None
+    data = b"".join(line[5:] for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        found = json.loads(data).get("id") if data else None
+    except (ValueError, AttributeError):
+        found = None
+    return found if isinstance(found, str) else ""
+
+
+def _sse(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def _request_headers(environ: dict[str, Any]) -> Iterator[tuple[str, str]]:

@@ -10,7 +10,8 @@ the supervisor gives up and ``serve`` stops with an error that says so.
 
 Its generate jobs are not lost: the engine journals them on disk (:mod:`pennello.daemon.engine.journal`) and the
 new worker queues again, under their own ids, those the dead one had not finished. What lived
-only in its memory is gone: queued edits and upscales, and the progress streams that were open.
+only in its memory is gone: queued edits and upscales. An open event stream says
+``restarting`` and goes on with the job's events from the new worker (:mod:`.proxy`).
 
     >>> supervisor = Supervisor(worker, start=lambda: Worker.start(...), stopping=flag.is_set)  # doctest: +SKIP
     >>> app = while_down(proxy, supervisor)  # 503 + Retry-After while restarting  # doctest: +SKIP

@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ _POLL_S = 0.2
 HANDSHAKE_S = 5.0  # a real client finishes in milliseconds once its first bytes arrived
 _READ_TIMEOUT_S = 20  # silence allowed inside a request; a silent socket holds one worker this long
 PER_ADDRESS = _THREADS // 2  # worker threads one non-loopback address may hold at once
+# A peer gone mid-TLS: EOF without close_notify, a clean close, a reset or a broken pipe.
+_HANG_UPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,11 @@ class _Connection(cheroot_server.HTTPConnection):
                 return False  # cheroot then closes the connection
             self.handshaken = True
             self.ssl_env = {**self.ssl_env, **self.server.ssl_adapter.get_environ(self.socket)}
-        return bool(super().communicate())
+        try:
+            return bool(super().communicate())
+        except _HANG_UPS as e:  # cheroot answering a broken request to a peer that has gone
+            log.debug("%s hung up mid-request: %r", getattr(self, "remote_addr", "?"), e)
+            return False
 
 
 class _Server(wsgi.Server):
@@ -277,6 +284,14 @@ class _Server(wsgi.Server):
         with self._held_lock:
             self._held[address or "?"] -= 1
             self._held += collections.Counter()  # drops the addresses that hold nothing now
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        """cheroot's messages, into our log instead of bare stderr; a peer that hung up is
+        normal on a LAN (a phone locking, a scanner probing), so that is a debug line."""
+        if isinstance(sys.exc_info()[1], _HANG_UPS):
+            log.debug("a client hung up: %s (%r)", msg, sys.exc_info()[1])
+            return
+        log.log(level, "%s", msg, exc_info=traceback)
 
     def process_conn(self, conn: Any) -> None:
         if not conn.handshaken and not getattr(conn, "waited", False):

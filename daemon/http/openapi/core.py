@@ -141,7 +141,9 @@ def _query_int(name: str, default: int, low: int, high: int) -> Schema:
 
 _JOB_ID = path_param("job_id", "A job id from POST /api/generate.")
 _SSE = {"description": "Server-sent events: `job`, `progress`…, then `done`, `failed` or `cancelled`; "
-                       "each `data` is JSON.", "content": {"text/event-stream": {"schema": SSE_EVENT}}}
+                       "each `data` is JSON. If the model worker dies meanwhile, `restarting` (`id`, "
+                       "`message`) comes next, and once a new worker serves the stream starts over "
+                       "from `job`.", "content": {"text/event-stream": {"schema": SSE_EVENT}}}
 _PNG = {"description": "A PNG image", "content": {"image/png": {"schema": {"type": "string",
                                                                            "contentMediaType": "image/png"}}}}
 
