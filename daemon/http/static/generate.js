@@ -77,7 +77,7 @@ function progress(data) {
 }
 
 function done(job) {
-  running = null;
+  ended();
   setBusy(false, `Done in ${(job.finished - job.created).toFixed(1)} s`);
   const images = job.images.map((image) => {
     const img = pictureElement(image, `${job.prompt} (seed ${image.seed})`);
@@ -92,14 +92,19 @@ function done(job) {
   picturesChanged();
 }
 
-function failed(data) {
+function ended() {
   running = null;
+  document.dispatchEvent(new Event("pennello:jobs"));
+}
+
+function failed(data) {
+  ended();
   setBusy(false);
   $("generate-error").textContent = `Failed: ${data.error}`;
 }
 
 function cancelled() {
-  running = null;
+  ended();
   setBusy(false, "Cancelled");
 }
 

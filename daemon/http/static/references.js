@@ -22,24 +22,29 @@ function setReferences(list) {
     el("button", { type: "button", className: "secondary small", "aria-label": `Remove picture ${index + 1}`,
                    onclick: () => setReferences(chosen.filter((_, i) => i !== index)) }, "Remove"))));
   $("strength-label").hidden = chosen.length === 0;
+  if (chosen.length) $("references").open = true;
   $("generate").textContent = chosen.length ? "Generate from the picture" : "Generate";
 }
 
 function addFiles(files) {
   const pictures = [...files].filter((file) => /^image\/(png|jpeg|webp)$/.test(file.type));
-  const uploads = chosen.filter((item) => item.file);  // a gallery picture is replaced by uploads
-  const all = [...uploads, ...pictures.map((file) => ({ file }))];
   const most = maxPictures();
+  // Added to the uploads while they fit, else instead of them; a gallery picture is replaced.
+  const uploads = chosen.filter((item) => item.file);
+  const added = pictures.map((file) => ({ file }));
+  const all = uploads.length + added.length > most ? added : [...uploads, ...added];
   $("generate-error").textContent = all.length > most
     ? `This model takes ${most === 1 ? "one picture" : `up to ${most} pictures`}; the first ${most} are kept.` : "";
   setReferences(all.slice(0, most));
+  $("references").open = true;
 }
 
 $("reference-files").addEventListener("change", (event) => {
   addFiles(event.target.files);
   event.target.value = "";  // choosing the same file again still counts
 });
-const zone = $("drop-zone");
+// The whole form takes dropped pictures: a target the size of a phone's finger, or of a window.
+const zone = $("generate-form");
 zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
 zone.addEventListener("dragleave", () => zone.classList.remove("over"));
 zone.addEventListener("drop", (event) => {
