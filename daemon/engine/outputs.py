@@ -32,7 +32,7 @@ from xml.sax.saxutils import escape
 from PIL import Image, PngImagePlugin
 
 from pennello.errors import NotFoundError
-from pennello.files import write_atomic
+from pennello.files import fsync_dir, write_atomic
 
 from .jobs import OutputImage
 from .params import ImageFormat
@@ -187,12 +187,23 @@ class Outputs:
                     return path
         raise NotFoundError(f"no image with id {image_id!r}", field="id")
 
-    def remove(self, image_id: str) -> None:
-        """Delete a picture from the gallery (one a client asked not to keep); gone already is fine."""
+    def delete(self, image_id: str, owner: str | None = None) -> Path:
+        """Remove a picture (when ``owner`` is given, only one of ``owner``'s) and return its path.
+
+        One file holds the picture and its record, so one unlink removes both at once; a reader
+        sees the whole picture or none. The directory is synced so the removal survives a crash.
+
+        Raises:
+            NotFoundError: as :meth:`find`, also when another request removed it first.
+        """
+        path = self.find(image_id, owner)
         try:
-            self.find(image_id).unlink(missing_ok=True)
-        except NotFoundError:
-            pass
+            path.unlink()
+        except FileNotFoundError:
+            raise NotFoundError(f"no image with id {image_id!r}", field="id") from None
+        fsync_dir(path.parent)
+        log.info("deleted picture %s", image_id)
+        return path
 
     def read_record(self, image_id: str) -> dict[str, Any]:
         return read_record(self.find(image_id))

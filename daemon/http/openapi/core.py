@@ -33,6 +33,7 @@ SCHEMAS: dict[str, Schema] = {
     "OutputRecord": obj({"id": STR, "prompt": STR, "seed": INT, "model": STR, "format": STR,
                          "created": NUM, "size": STR}, ("id",), extra=True,
                         description="A saved picture's embedded record (as in its XMP metadata)."),
+    "Deleted": obj({"id": STR, "deleted": BOOL}, ("id", "deleted")),
     "Outputs": obj({"images": {"type": "array", "items": ref("OutputRecord")}, "limit": INT,
                     "offset": INT, "next_offset": nullable("integer")}, ("images",)),
     "Model": obj({"name": STR, "version": INT, "family": STR, "pipeline": STR,
@@ -140,6 +141,7 @@ def _query_int(name: str, default: int, low: int, high: int) -> Schema:
 
 
 _JOB_ID = path_param("job_id", "A job id from POST /api/generate.")
+_IMAGE_ID = path_param("image_id", "An image id from a job or the gallery.")
 _SSE = {"description": "Server-sent events: `job`, `progress`…, then `done`, `failed` or `cancelled`; "
                        "each `data` is JSON. If the model worker dies meanwhile, `restarting` (`id`, "
                        "`message`) comes next, and once a new worker serves the stream starts over "
@@ -172,12 +174,13 @@ def _native_paths() -> dict[str, dict[str, Schema]]:
             "delete": op("Cancel a job", native, reply(ref("Job")), errors=("404",), params=(_JOB_ID,))},
         "/api/jobs/{job_id}/events": {"get": op("Follow a job as server-sent events", native, _SSE,
                                                 errors=("404",), params=(_JOB_ID,))},
-        "/api/images/{image_id}": {"get": op(
-            "A saved picture (PNG, JPEG or WebP)", native, errors=("404",),
-            params=(path_param("image_id", "An image id from a job or the gallery."),),
-            responses={"200": {"description": "The picture", "content": {
-                f"image/{fmt}": {"schema": {"type": "string", "contentMediaType": f"image/{fmt}"}}
-                for fmt in IMAGE_FORMATS}}})},
+        "/api/images/{image_id}": {
+            "get": op("A saved picture (PNG, JPEG or WebP)", native, errors=("404",), params=(_IMAGE_ID,),
+                      responses={"200": {"description": "The picture", "content": {
+                          f"image/{fmt}": {"schema": {"type": "string", "contentMediaType": f"image/{fmt}"}}
+                          for fmt in IMAGE_FORMATS}}}),
+            "delete": op("Delete a saved picture: the owner any, a device only its own (404 for others')",
+                         native, reply(ref("Deleted")), errors=("404",), params=(_IMAGE_ID,))},
         "/api/outputs": {"get": op("The gallery, newest first", native, reply(ref("Outputs")), errors=("400",),
                                    params=(_query_int("limit", 50, 1, 500), _query_int("offset", 0, 0, 10**9)))},
         "/api/models": {"get": op("Installed models", native, reply(ref("ModelList")))},

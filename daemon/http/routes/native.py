@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from flask import Blueprint, Response, jsonify, send_file
+from flask import Blueprint, Response, jsonify, request, send_file
 
 from ..request import job_event_stream, json_body, query_int
 from ..context import current_engine, current_owner, owner_filter
@@ -75,9 +75,15 @@ def job_events(job_id: str) -> Response:
     return job_event_stream(engine.get_job(job_id, owner_filter()), abandon_queued(engine))
 
 
-@bp.get("/images/<image_id>")
-def image(image_id: str) -> Response:
-    path = current_engine().outputs.find(image_id, owner_filter())
+# GET and DELETE share one endpoint, and so one scope: a device reaches only its own pictures
+# (someone else's answer 404, as missing ones do), the owner every picture.
+@bp.route("/images/<image_id>", methods=["GET", "DELETE"])
+def image(image_id: str) -> Any:
+    outputs = current_engine().outputs
+    if request.method == "DELETE":
+        outputs.delete(image_id, owner_filter())
+        return jsonify({"id": image_id, "deleted": True})
+    path = outputs.find(image_id, owner_filter())
     return send_file(path, mimetype=content_type(path), max_age=31536000, etag=True)
 
 

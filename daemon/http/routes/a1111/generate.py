@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from pennello import __version__
-from pennello.errors import PennelloError, RequestError
+from pennello.errors import NotFoundError, PennelloError, RequestError
 
 from ...context import current_engine, current_owner
 from ....engine.jobs import GenerateRequest, Job, OutputImage
@@ -172,7 +173,8 @@ def _unless_saved(images: list[OutputImage], body: dict[str, Any]) -> None:
     others leave the gallery once the answer holds them."""
     if not body.get("save_images", False):
         for image in images:
-            current_engine().outputs.remove(image.id)
+            with contextlib.suppress(NotFoundError):  # already gone is what was asked
+                current_engine().outputs.delete(image.id)
 
 
 def _b64_digest(text: str) -> str:
