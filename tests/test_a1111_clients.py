@@ -358,3 +358,30 @@ def test_a1111s_own_extras_test_body(url, drawn):
     response = requests.post(f"{url}/sdapi/v1/extra-single-image", json=payload)
     assert response.status_code == 200, response.text
     assert _picture(response.json()["image"]).size == (128, 128)
+
+
+def test_a_clients_default_512_on_pennello_tiny_is_the_prompt_enlarged(url):
+    """webuiapi's default 512x512 on the 64x64 embedded model came back as noise: it is drawn at
+    the model's native size, enlarged, and the answer says so; every route alike."""
+    from _fixtures_installer import load_script
+
+    trainer = load_script("train_embedded_model")
+    parts = urlsplit(url)
+    api = webuiapi.WebUIApi(host=parts.hostname, port=parts.port, sampler=None)  # the model's own sampler
+    colours = []
+    for seed in range(4):
+        result = api.txt2img(prompt="a red circle", seed=seed, steps=4, cfg_scale=trainer.GUIDANCE)
+        assert result.image.size == (512, 512)  # webuiapi's default size
+        small = np.asarray(result.image.convert("RGB").resize((64, 64), Image.Resampling.LANCZOS))
+        colours.append(trainer.read_scene(small)[0])
+    assert colours.count("red") >= 3, colours
+    assert result.info["extra_generation_params"] == {"Native size": "64x64", "Upscaled to": "512x512"}
+    assert "Size: 512x512, Model: pennello-tiny, Native size: 64x64, Upscaled to: 512x512" in result.info["infotexts"][0]
+    native = requests.post(f"{url}/api/generate", json={"prompt": "a red circle", "seed": 0, "steps": 4,
+                                                        "width": 512, "height": 256, "wait": True}).json()
+    assert (native["images"][0]["width"], native["images"][0]["height"]) == (512, 256)
+    assert native["images"][0]["native_size"] == "64x64"
+    openai = requests.post(f"{url}/v1/images/generations", json={"prompt": "a red circle", "size": "512x512"})
+    assert _picture(openai.json()["data"][0]["b64_json"]).size == (512, 512)
+    too_big = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x", "width": 2048})
+    assert too_big.status_code == 400 and too_big.json()["error"]["field"] == "width"  # the family's bounds hold

@@ -29,6 +29,7 @@ from pennello.errors import PennelloError
 
 from .jobs import Job, OutputImage, Slot
 from .residency import Loaded, Residency
+from .resolve import native_size
 from .samplers import counts_as_step, sampler_applied
 from .saver import Saver
 
@@ -233,6 +234,8 @@ class Runner:
             return {}
 
         negatives = [job.request.negative_prompt for job, _ in slots]
+        width, height = native_size(loaded.installed.manifest.pipeline, loaded.family,
+                                    request.width or 0, request.height or 0)
         denoiser = getattr(loaded.pipe, loaded.family.denoiser)
         hook = denoiser.register_forward_pre_hook(on_denoiser)
         try:
@@ -241,7 +244,7 @@ class Runner:
                 result = loaded.pipe(
                     prompt=[job.request.prompt for job, _ in slots],
                     negative_prompt=negatives if any(negatives) else None,
-                    width=request.width, height=request.height, num_inference_steps=request.steps,
+                    width=width, height=height, num_inference_steps=request.steps,
                     guidance_scale=request.guidance, num_images_per_prompt=1,
                     generator=[torch.Generator("cpu").manual_seed(job.seeds[i]) for job, i in slots],
                     callback_on_step_end=on_step_end, output_type="pil")
@@ -253,7 +256,15 @@ class Runner:
         timing = {"encode": denoise_at - marks["start"], "denoise": decode_at - denoise_at,
                   "decode": end - decode_at}
         loaded.touch()
-        return result.images, timing
+        return [enlarged(image, request) for image in result.images], timing
+
+
+def enlarged(image: Any, request: Any) -> Any:
+    """A picture drawn at its model's native size (:func:`.resolve.native_size`) at the size asked."""
+    from PIL import Image
+
+    size = (request.width, request.height)
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
 
 def _fail(jobs: list[Job], error: Exception) -> None:

@@ -37,7 +37,7 @@ from pennello.errors import PennelloError, RequestError
 from ...context import current_engine, current_owner
 from ....engine.jobs import GenerateRequest, Job, OutputImage
 from ....engine.params import dialect_names, dialect_types, random_seed
-from ....engine.outputs import a1111_parameters, hires_parameters
+from ....engine.outputs import a1111_parameters, extra_parameters
 from ....engine.samplers import schedule_name, split_legacy
 from ....tools.edit import DEFAULT_STRENGTH
 from ....tools.hires import HiresFix, run_hires
@@ -134,12 +134,14 @@ def img2img() -> Any:
             strength=body.get("denoising_strength", DEFAULT_STRENGTH), owner=current_owner(), origin=origin))
     images = _encoded(result.images, body)
     r = result.request
+    records = [engine.outputs.read_record(image.id) for image in result.images]
     info = {"prompt": r.prompt, "all_prompts": [r.prompt] * r.n, "negative_prompt": r.negative_prompt,
             "seed": result.seeds[0], "all_seeds": result.seeds, "width": r.width, "height": r.height,
             "sampler_name": r.sampler, "scheduler": r.scheduler,
             "cfg_scale": r.guidance, "steps": r.steps, "denoising_strength": result.strength,
             "sd_model_name": r.model, "is_using_inpainting_conditioning": False,
-            "infotexts": [a1111_parameters(engine.outputs.read_record(i.id)) for i in result.images],
+            "extra_generation_params": extra_parameters(records[0]) if records else {},
+            "infotexts": [a1111_parameters(record) for record in records],
             "version": f"pennello {__version__}"}
     _unless_saved(result.images, body)
     parameters = {key: value for key, value in body.items() if key not in ("init_images", "mask")}
@@ -303,7 +305,7 @@ def _info(job: Job, body: dict[str, Any], images: list[OutputImage], fix: HiresF
         "sd_model_name": r.model, "sd_model_hash": digest[:10], "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": fix.strength if fix else None,
-        "extra_generation_params": hires_parameters(records[0]) if fix and records else {},
+        "extra_generation_params": extra_parameters(records[0]) if records else {},
         "index_of_first_image": 0, "infotexts": [a1111_parameters(record) for record in records],
         "styles": body.get("styles") or [], "job_timestamp": f"{started:%Y%m%d%H%M%S}",
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"pennello {__version__}",
