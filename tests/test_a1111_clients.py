@@ -385,3 +385,32 @@ def test_a_clients_default_512_on_pennello_tiny_is_the_prompt_enlarged(url):
     assert _picture(openai.json()["data"][0]["b64_json"]).size == (512, 512)
     too_big = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x", "width": 2048})
     assert too_big.status_code == 400 and too_big.json()["error"]["field"] == "width"  # the family's bounds hold
+
+
+def test_progress_previews_the_callers_running_picture(api_server):
+    """current_image was always null: now it is the picture so far, for its own caller only."""
+    url, lan = api_server(lan=True)
+    code = requests.post(f"{url}/api/pair/code").json()["code"]
+    device = {"Authorization": "Bearer " + requests.post(f"{lan}/api/pair", json={
+        "code": code, "name": "watching pc"}).json()["token"]}
+    parts = urlsplit(url)
+    api = webuiapi.WebUIApi(host=parts.hostname, port=parts.port)
+    assert api.get_progress()["current_image"] is None  # nothing runs
+    worker = threading.Thread(target=lambda: requests.post(
+        f"{url}/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 100, "seed": 1, **SIZE}))
+    worker.start()
+    deadline, seen = time.monotonic() + 60, None
+    while seen is None:
+        assert worker.is_alive() and time.monotonic() < deadline, "never saw a preview"
+        now = api.get_progress()
+        if now["state"]["sampling_step"] > 0 and now["current_image"]:
+            seen = now
+        time.sleep(0.02)
+    skipped = requests.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": "true"}).json()
+    other = requests.get(f"{lan}/sdapi/v1/progress", headers=device).json()
+    requests.post(f"{url}/sdapi/v1/interrupt")
+    worker.join(60)
+    preview = np.asarray(_picture(seen["current_image"]).convert("RGB"))
+    assert preview.shape == (64, 64, 3) and preview.std() > 0  # a decoded picture, not a flat fill
+    assert skipped["current_image"] is None and skipped["state"]["job_count"] == 1
+    assert other["state"]["job_count"] == 1 and other["current_image"] is None  # someone else's picture

@@ -118,7 +118,10 @@ SCHEMAS: dict[str, Schema] = {
                          "sha256": nullable("string"), "filename": STR, "config": nullable("string")},
                         ("title", "model_name", "filename")),
     "A1111Progress": obj({"progress": NUM, "eta_relative": NUM, "state": {"type": "object"},
-                          "current_image": nullable("string"), "textinfo": nullable("string")},
+                          "current_image": nullable("string", contentEncoding="base64", description=(
+                              "A PNG of the caller's picture so far (the first of its batch); null when "
+                              "nothing of the caller's runs, or with skip_current_image.")),
+                          "textinfo": nullable("string")},
                          ("progress", "eta_relative", "state")),
 }
 
@@ -248,7 +251,7 @@ def _a1111_paths() -> dict[str, dict[str, Schema]]:
         "/sdapi/v1/progress": {"get": op(
             "AUTOMATIC1111-compatible progress", a1, reply(ref("A1111Progress")),
             params=({"name": "skip_current_image", "in": "query", "required": False,
-                     "schema": STR, "description": "Accepted (any value) and ignored; no preview "
-                                                   "image is ever sent."},))},
+                     "schema": STR, "description": "true (or 1, yes, on): no preview in "
+                                                   "current_image; any other value: false."},))},
     }
 

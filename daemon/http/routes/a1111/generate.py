@@ -321,7 +321,11 @@ def sd_models() -> Any:
 
 @bp.get("/progress")
 def progress() -> Any:
-    """A1111's progress shape for the batch on the device; ``current_image`` is always null."""
+    """A1111's progress shape for the batch on the device; ``current_image`` is a PNG of the
+    picture so far (:mod:`....engine.preview`) when it is the caller's, null when nothing runs or
+    with ``skip_current_image`` true (other values count as false, as before: never a 4xx)."""
+    from flask import request
+
     engine = current_engine()
     now = visible_progress(engine)  # a device sees only its own jobs in it
     running = now["state"] == "running"
@@ -331,7 +335,8 @@ def progress() -> Any:
              "job_timestamp": f"{started:%Y%m%d%H%M%S}" if started else "0", "job_no": 0,
              "sampling_step": now["step"], "sampling_steps": now["total"]}
     return jsonify({"progress": now["fraction"], "eta_relative": now["eta_s"], "state": state,
-                    "current_image": None,
+                    "current_image": engine.runner.preview.png(now["jobs"]) if running and request.args.get(
+                        "skip_current_image", "").lower() not in ("true", "1", "yes", "on") else None,
                     "textinfo": f"{now['queue_depth']} queued" if running else None})
 
 
