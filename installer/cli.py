@@ -11,9 +11,11 @@ into a message and an exit code by the top-level ``pennello`` group.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from pennello.cli_output import emit, json_output
 from pennello.config import InstallerConfig, load_config
 from pennello.consent import ASSUME_YES_ENV, confirm
 from pennello.errors import ModelNotFoundError
@@ -142,7 +144,8 @@ def _where(v: Verified) -> str:
 
 
 @click.command()
-def models() -> None:
+@json_output
+def models(as_json: bool) -> None:
     """List installed models and the catalog's models you can install.
 
     STATUS is 'installed', 'damaged' (run `pennello install NAME` to repair), 'update vN'
@@ -153,6 +156,10 @@ def models() -> None:
     """
     paths = get_paths()
     store, catalog = Store(paths), Catalog(paths).entries()
+    if as_json:
+        emit({"models": [_model_record(store, name, catalog.get(name))
+                         for name in sorted(set(store.names()) | set(catalog))]})
+        return
     rows = [("NAME", "VERSION", "SIZE", "STATUS", "VERIFIED", "TOFU")]
     for name in sorted(set(store.names()) | set(catalog)):
         rows.append(_model_row(store, name, catalog.get(name)))
@@ -177,10 +184,31 @@ def _model_row(store: Store, name: str, entry) -> tuple[str, ...]:  # type: igno
             "yes" if manifest.trust_on_first_use or first_fetch else "")
 
 
+def _model_record(store: Store, name: str, entry) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """One model as ``pennello models --json`` prints it (docs/usage.md); the table's STATUS."""
+    status = _model_row(store, name, entry)[3]
+    try:
+        version_dir, manifest = store.current(name)
+    except ModelNotFoundError:
+        version_dir, manifest = None, entry.manifest
+    first_fetch = version_dir is not None and store.file_list(version_dir).how == FIRST_FETCH
+    record: dict[str, Any] = {
+        "name": name, "version": manifest.version, "installed": version_dir is not None, "status": status,
+        "size_bytes": manifest.total_size if manifest.files else None,
+        "last_verified": store.last_verified(name) if version_dir is not None else None,
+        "trust_on_first_use": bool(manifest.trust_on_first_use or first_fetch),
+        "catalog_version": entry.manifest.version if entry is not None else None}
+    verification = getattr(manifest, "verification", None)  # who vouched for the files, where recorded
+    if verification is not None:
+        record["verification"] = verification
+    return record
+
+
 @click.command()
 @click.argument("names", nargs=-1)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def verify(names: tuple[str, ...], quiet: bool) -> None:
+@json_output
+def verify(names: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Re-hash every file of the installed models (all of them, or NAMES).
 
     Damaged or missing files are moved to the store's quarantine/ directory and the model is
@@ -189,11 +217,14 @@ def verify(names: tuple[str, ...], quiet: bool) -> None:
     """
     store = Store(get_paths().ensure())
     checked = list(names) or store.names()
-    if not checked:
+    if not checked and not as_json:
         click.echo("No models are installed; nothing to verify. `pennello install pennello-tiny` installs one.")
         return
     with store.lock():
-        store.verify(checked, progress=not quiet)
+        store.verify(checked, progress=not (quiet or as_json))
+    if as_json:  # damage is an error: {"error", "code": 4, ...} and exit 4, from json_output
+        emit({"models": [{"name": name, "ok": True, "verified": store.last_verified(name)} for name in checked]})
+        return
     for name in checked:
         click.echo(f"{name}: ok")
 
