@@ -10,12 +10,13 @@ into a message and an exit code by the top-level ``pennello`` group.
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from pennello.cli_output import emit, error_document, json_output
 from pennello.config import InstallerConfig, load_config
 from pennello.consent import ASSUME_YES_ENV, confirm
 from pennello.errors import IntegrityError, ModelNotFoundError
@@ -25,7 +26,7 @@ from pennello.installer.catalog import Catalog, CatalogEntry
 from pennello.installer.cli_trust import keys, manifest
 from pennello.installer.install import Downloads, Installer, Verified, format_bytes
 from pennello.installer.lock import lock_manifest
-from pennello.installer.store import Store, file_sha256
+from pennello.installer.store import FIRST_FETCH, Store, file_sha256
 from pennello.paths import get_paths
 
 __all__ = ["install", "models", "verify", "remove", "bundle", "keys", "manifest"]
@@ -144,7 +145,7 @@ def _where(v: Verified) -> str:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_output
 def models(as_json: bool) -> None:
     """List installed models and the catalog's models you can install.
 
@@ -159,11 +160,11 @@ def models(as_json: bool) -> None:
     store, catalog = Store(paths), Catalog(paths).entries()
     found = [_model_info(store, name, catalog.get(name)) for name in sorted(set(store.names()) | set(catalog))]
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        emit({"models": found})
         return
     rows = [("NAME", "VERSION", "SIZE", "STATUS", "VERIFIED", "VERIFICATION")]
-    rows += [(m["name"], f"v{m['version']}", "-" if m["size"] is None else format_bytes(m["size"]),
-              m["status"], m["verified"] or "-", m["verification"] or "-") for m in found]
+    rows += [(m["name"], f"v{m['version']}", "-" if m["size_bytes"] is None else format_bytes(m["size_bytes"]),
+              m["status"], m["last_verified"] or "-", m["verification"] or "-") for m in found]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -183,16 +184,17 @@ def _model_info(store: Store, name: str, entry: CatalogEntry | None) -> dict[str
         status = "available" if manifest.locked or manifest.source.revision else "needs lock"
     if status == "installed" and entry is not None and entry.manifest.version > manifest.version:
         status = f"update v{entry.manifest.version}"
-    return {"name": name, "version": manifest.version,
-            "size": manifest.total_size if manifest.files else None, "status": status,
-            "verified": store.last_verified(name) if verification else None, "verification": verification}
+    return {"name": name, "version": manifest.version, "installed": verification is not None, "status": status,
+            "size_bytes": manifest.total_size if manifest.files else None,
+            "last_verified": store.last_verified(name) if verification else None,
+            "verification": verification, "trust_on_first_use": verification == FIRST_FETCH,
+            "catalog_version": entry.manifest.version if entry is not None else None}
 
 
 @click.command()
 @click.argument("names", nargs=-1)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print each model's result as JSON (and still exit non-zero on damage).")
+@json_output
 def verify(names: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Re-hash every file of the installed models (all of them, or NAMES).
 
@@ -212,14 +214,17 @@ def verify(names: tuple[str, ...], quiet: bool, as_json: bool) -> None:
             store.verify(checked, progress=not (quiet or as_json))
         except IntegrityError as e:
             damage = e
-    results = [{"name": name, "verification": store.file_list(store.current(name)[0]).how,
-                "ok": not store.is_broken(name), "problems": store.damage(name)} for name in checked]
-    if as_json:
-        click.echo(json.dumps(results, indent=2))
-    else:
-        for result in results:
-            if result["ok"]:
-                click.echo(f"{result['name']}: ok ({result['verification']})")
+    results = [{"name": name, "ok": not store.is_broken(name), "verified": store.last_verified(name),
+                "verification": store.file_list(store.current(name)[0]).how, "problems": store.damage(name)}
+               for name in checked]
+    if as_json:  # on damage, the error document of json_output with each model's result beside it
+        emit({**error_document(damage), "models": results} if damage else {"models": results})
+        if damage is not None:
+            sys.exit(damage.exit_code)
+        return
+    for result in results:
+        if result["ok"]:
+            click.echo(f"{result['name']}: ok ({result['verification']})")
     if damage is not None:
         raise damage
 

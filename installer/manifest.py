@@ -164,14 +164,19 @@ class Source:
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """The diffusers pipeline class that loads the model, and its default parameters."""
+    """The diffusers pipeline class that loads the model, its default parameters and, for a
+    model trained at one small size, ``max_native_size``: the largest width or height it draws
+    well (larger sizes its family allows are drawn at most this big, then enlarged)."""
 
     cls: str  # e.g. "StableDiffusionPipeline"
     family: str  # a key of the daemon's model-family registry: "sd", "sdxl", "flux", ...
     defaults: dict[str, Any] = field(default_factory=dict)  # steps, guidance, width, height
+    max_native_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"class": self.cls, "family": self.family, "defaults": dict(self.defaults)}
+        # Left out when absent, so manifests without it keep their digest.
+        native = {} if self.max_native_size is None else {"max_native_size": self.max_native_size}
+        return {"class": self.cls, "family": self.family, "defaults": dict(self.defaults), **native}
 
     @classmethod
     def from_dict(cls, data: Any) -> "PipelineSpec":
@@ -184,7 +189,10 @@ class PipelineSpec:
         for key in ("steps", "width", "height"):
             if key in defaults and (not isinstance(defaults[key], int) or defaults[key] <= 0):
                 raise ManifestFormatError(f"pipeline.defaults.{key} must be a positive integer")
-        return cls(data["class"], data["family"], defaults)
+        native = data.get("max_native_size")
+        if native is not None and (isinstance(native, bool) or not isinstance(native, int) or native <= 0):
+            raise ManifestFormatError("pipeline.max_native_size must be a positive integer")
+        return cls(data["class"], data["family"], defaults, native)
 
 
 @dataclass(frozen=True)

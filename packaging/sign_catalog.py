@@ -72,6 +72,7 @@ class Entry:
     description: str
     repo: str | None = None  # None: embedded in the package, files hashed from EMBEDDED_DIR
     revision: str | None = None
+    max_native_size: int | None = None  # for a model trained at one small size
 
     def manifest(self, name: str, now: datetime) -> Manifest:
         if self.repo is None:
@@ -79,7 +80,7 @@ class Entry:
         else:
             source, files = Source("huggingface", repo=self.repo, revision=self.revision), ()
         return Manifest(name=name, version=1, created=now, expires=now + VALIDITY,
-                        pipeline=PipelineSpec(self.cls, self.family, self.defaults),
+                        pipeline=PipelineSpec(self.cls, self.family, self.defaults, self.max_native_size),
                         license=self.license, source=source, files=files, locked=bool(files),
                         description=self.description)
 
@@ -93,7 +94,8 @@ CATALOG: dict[str, Entry] = {
         "A ~5 MB Stable Diffusion pipeline shipped inside pennello: installs with no download and "
         "draws a 64x64 picture in well under a second on a CPU. Trained on one subject only: a "
         "circle, square, triangle or star in one of eight colours on a plain background, e.g. "
-        "'a small red circle on a blue background, top left'."),
+        "'a small red circle on a blue background, top left'.",
+        max_native_size=64),  # trained on 64x64 scenes only: larger sizes are noise
     "sd-turbo": Entry(
         "StableDiffusionPipeline", "sd", "sai-nc-community",
         {"width": 512, "height": 512, "steps": 1, "guidance": 0.0},

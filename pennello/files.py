@@ -68,7 +68,10 @@ def make_durable(paths: Iterable[Path]) -> None:
     """fsync files written with ``durable=False``, then each of their directories once."""
     paths = list(paths)
     for path in paths:
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        except FileNotFoundError:  # removed meanwhile (a picture its client did not keep): nothing to sync
+            continue
     for directory in dict.fromkeys(path.parent for path in paths):
         fsync_dir(directory)

@@ -358,3 +358,59 @@ def test_a1111s_own_extras_test_body(url, drawn):
     response = requests.post(f"{url}/sdapi/v1/extra-single-image", json=payload)
     assert response.status_code == 200, response.text
     assert _picture(response.json()["image"]).size == (128, 128)
+
+
+def test_a_clients_default_512_on_pennello_tiny_is_the_prompt_enlarged(url):
+    """webuiapi's default 512x512 on the 64x64 embedded model came back as noise: it is drawn at
+    the model's native size, enlarged, and the answer says so; every route alike."""
+    from _fixtures_installer import load_script
+
+    trainer = load_script("train_embedded_model")
+    parts = urlsplit(url)
+    api = webuiapi.WebUIApi(host=parts.hostname, port=parts.port, sampler=None)  # the model's own sampler
+    colours = []
+    for seed in range(4):
+        result = api.txt2img(prompt="a red circle", seed=seed, steps=4, cfg_scale=trainer.GUIDANCE)
+        assert result.image.size == (512, 512)  # webuiapi's default size
+        small = np.asarray(result.image.convert("RGB").resize((64, 64), Image.Resampling.LANCZOS))
+        colours.append(trainer.read_scene(small)[0])
+    assert colours.count("red") >= 3, colours
+    assert result.info["extra_generation_params"] == {"Native size": "64x64", "Upscaled to": "512x512"}
+    assert "Size: 512x512, Model: pennello-tiny, Native size: 64x64, Upscaled to: 512x512" in result.info["infotexts"][0]
+    native = requests.post(f"{url}/api/generate", json={"prompt": "a red circle", "seed": 0, "steps": 4,
+                                                        "width": 512, "height": 256, "wait": True}).json()
+    assert (native["images"][0]["width"], native["images"][0]["height"]) == (512, 256)
+    assert native["images"][0]["native_size"] == "64x64"
+    openai = requests.post(f"{url}/v1/images/generations", json={"prompt": "a red circle", "size": "512x512"})
+    assert _picture(openai.json()["data"][0]["b64_json"]).size == (512, 512)
+    too_big = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x", "width": 2048})
+    assert too_big.status_code == 400 and too_big.json()["error"]["field"] == "width"  # the family's bounds hold
+
+
+def test_progress_previews_the_callers_running_picture(api_server):
+    """current_image was always null: now it is the picture so far, for its own caller only."""
+    url, lan = api_server(lan=True)
+    code = requests.post(f"{url}/api/pair/code").json()["code"]
+    device = {"Authorization": "Bearer " + requests.post(f"{lan}/api/pair", json={
+        "code": code, "name": "watching pc"}).json()["token"]}
+    parts = urlsplit(url)
+    api = webuiapi.WebUIApi(host=parts.hostname, port=parts.port)
+    assert api.get_progress()["current_image"] is None  # nothing runs
+    worker = threading.Thread(target=lambda: requests.post(
+        f"{url}/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 100, "seed": 1, **SIZE}))
+    worker.start()
+    deadline, seen = time.monotonic() + 60, None
+    while seen is None:
+        assert worker.is_alive() and time.monotonic() < deadline, "never saw a preview"
+        now = api.get_progress()
+        if now["state"]["sampling_step"] > 0 and now["current_image"]:
+            seen = now
+        time.sleep(0.02)
+    skipped = requests.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": "true"}).json()
+    other = requests.get(f"{lan}/sdapi/v1/progress", headers=device).json()
+    requests.post(f"{url}/sdapi/v1/interrupt")
+    worker.join(60)
+    preview = np.asarray(_picture(seen["current_image"]).convert("RGB"))
+    assert preview.shape == (64, 64, 3) and preview.std() > 0  # a decoded picture, not a flat fill
+    assert skipped["current_image"] is None and skipped["state"]["job_count"] == 1
+    assert other["state"]["job_count"] == 1 and other["current_image"] is None  # someone else's picture

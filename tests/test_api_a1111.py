@@ -166,3 +166,15 @@ def test_progress_idle_and_while_running(url):
     assert 0 < seen["progress"] <= 1 and seen["eta_relative"] >= 0
     assert seen["state"]["job"] == "txt2img" and seen["state"]["sampling_steps"] == 100
     assert seen["state"]["job_count"] == 1 and len(seen["state"]["job_timestamp"]) == 14
+
+
+def test_a_picture_not_kept_is_not_synced_after_it_left(tmp_path):
+    """The saver syncs a batch's files after the answer; one an A1111 client did not keep may be
+    gone by then (FileNotFoundError was logged as a failed sync)."""
+    from pennello.files import make_durable, write_atomic
+
+    kept, gone = tmp_path / "kept.png", tmp_path / "gone.png"
+    for path in (kept, gone):
+        write_atomic(path, b"x", durable=False)
+    gone.unlink()
+    make_durable([gone, kept])

@@ -100,7 +100,9 @@ def test_sigterm_stops_cleanly_and_status_then_says_not_running(home, daemon):
 
 
 def test_status_and_generate_without_a_daemon(home, tmp_path):
-    for args in (["status"], ["generate", "a kite", "--out", str(tmp_path)]):
+    # Without --url, generate now starts the local daemon (tests/test_cli_verbs.py); a daemon
+    # named by address is never started, so it still says what to do.
+    for args in (["status"], ["generate", "a kite", "--out", str(tmp_path), "--url", "http://127.0.0.1:9"]):
         result = pennello(home, *args)
         assert result.returncode == DAEMON_EXIT and "pennello serve" in result.stderr
 

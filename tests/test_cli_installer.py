@@ -89,6 +89,29 @@ def test_install_verify_damage_repair_and_remove(home):
     assert list((home.store_dir / "blobs" / "sha256").glob("*/*")) == []
 
 
+def test_models_and_verify_json_for_scripts(home):
+    root = _root(home)
+    ok(root, "install", "pennello-tiny")
+    listed = {m["name"]: m for m in json.loads(ok(root, "models", "--json"))["models"]}
+    tiny = listed.pop("pennello-tiny")
+    assert tiny == {**tiny, "version": int(TINY_VERSION.lstrip("v")), "installed": True, "status": "installed",
+                    "trust_on_first_use": False, "catalog_version": int(TINY_VERSION.lstrip("v"))}
+    assert tiny["size_bytes"] > 4_000_000 and re.fullmatch(r"\d{4}-.*Z", tiny["last_verified"])
+    assert listed and all(not m["installed"] and m["last_verified"] is None for m in listed.values())
+    verified = json.loads(ok(root, "verify", "--json"))
+    assert verified["models"] == [{"name": "pennello-tiny", "ok": True, "verified": verified["models"][0]["verified"],
+                                   "verification": "signed hashes", "problems": []}]
+    weights = home.store_dir / "models" / "pennello-tiny" / TINY_VERSION / TINY_UNET
+    os.chmod(weights, 0o644)
+    weights.write_bytes(b"damaged")
+    damaged = pennello(root, "verify", "--json")
+    error = json.loads(damaged.stdout)
+    assert damaged.returncode == 4 and error["code"] == 4 and error["type"] == "integrity"
+    assert "pennello install pennello-tiny" in error["error"] and "error:" not in damaged.stderr
+    status = {m["name"]: m["status"] for m in json.loads(ok(root, "models", "--json"))["models"]}
+    assert status["pennello-tiny"] == "damaged"
+
+
 def test_keys_generate_list_trust_untrust(home, tmp_path):
     root = _root(home)
     generated = ok(root, "keys", "generate", "office").splitlines()

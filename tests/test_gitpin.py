@@ -316,15 +316,15 @@ def test_how_each_model_was_verified_is_shown_by_models_verify_and_the_api(home,
     assert _cli(home, hub.url, "install", "other", "--yes", "--first-fetch").returncode == 0
     kinds = {"other": "first fetch", "pennello-tiny": "signed hashes", "tiny": "signed commit"}
 
-    listed = json.loads(_cli(home, hub.url, "models", "--json").stdout)
+    listed = json.loads(_cli(home, hub.url, "models", "--json").stdout)["models"]
     assert {m["name"]: (m["status"], m["verification"]) for m in listed if m["name"] in kinds} == {
         name: ("installed", kind) for name, kind in kinds.items()}
     assert {m["verification"] for m in listed if m["name"] not in kinds} == {None}  # catalog only
     assert _models_row(home, hub.url, "other")[5] == "first fetch"
     checked = _cli(home, hub.url, "verify", "--json")
     assert checked.returncode == 0, checked.stderr
-    assert json.loads(checked.stdout) == [{"name": name, "verification": kind, "ok": True, "problems": []}
-                                          for name, kind in kinds.items()]
+    assert [{**m, "verified": None} for m in json.loads(checked.stdout)["models"]] == [
+        {"name": name, "ok": True, "verified": None, "verification": kind, "problems": []} for name, kind in kinds.items()]
     assert _cli(home, hub.url, "verify", "tiny").stdout == "tiny: ok (signed commit)\n"
 
     engine = Engine(Config(), home)
@@ -340,12 +340,14 @@ def test_how_each_model_was_verified_is_shown_by_models_verify_and_the_api(home,
     flipped = b"\xff" + FILES[UNET][1:]
     weights.write_bytes(flipped)
     damaged = _cli(home, hub.url, "verify", "--json")
-    assert damaged.returncode == 4 and "damaged or missing file(s)" in damaged.stderr
-    report = {r["name"]: r for r in json.loads(damaged.stdout)}
+    document = json.loads(damaged.stdout)
+    assert damaged.returncode == 4 and "damaged or missing file(s)" in document["error"]
+    report = {r["name"]: r for r in document["models"]}
     assert report["tiny"]["ok"] is False and report["tiny"]["verification"] == "signed commit"
     assert report["tiny"]["problems"] == [f"{UNET}: sha256 {_sha(flipped)}, manifest says "
                                           f"{_sha(FILES[UNET])}"]
     # "other" holds the same weights: one blob, hard-linked into both, so both are damaged.
     assert report["other"]["problems"] == report["tiny"]["problems"] and report["other"]["ok"] is False
-    assert report["pennello-tiny"] == {"name": "pennello-tiny", "verification": "signed hashes", "ok": True,
-                                       "problems": []}
+    assert {**report["pennello-tiny"], "verified": None} == {"name": "pennello-tiny", "verified": None,
+                                                             "verification": "signed hashes", "ok": True,
+                                                             "problems": []}

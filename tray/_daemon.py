@@ -25,7 +25,7 @@ from typing import IO, Sequence
 
 from pennello.client import Client
 from pennello.errors import DaemonError, PennelloError
-from pennello.launch import python_command
+from pennello.launch import detached, python_command
 from pennello.paths import Paths
 from pennello.runtime import read_daemon_info
 
@@ -79,11 +79,9 @@ class DaemonSupervisor:
         self._log = open(self.log_path, "ab")
         self._log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} tray starts: {' '.join(self.command)}\n".encode())
         self._log.flush()
-        flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW} \
-            if sys.platform == "win32" else {"start_new_session": True}  # Ctrl-C reaches the tray only
-        try:
+        try:  # detached: Ctrl-C reaches the tray only
             self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                            stderr=subprocess.STDOUT, **flags)  # type: ignore[arg-type]
+                                            stderr=subprocess.STDOUT, **detached())
         except OSError as e:
             raise DaemonError(f"could not start `{' '.join(self.command)}`: {e}; is pennello installed "
                               f"in this environment?") from e

@@ -3,6 +3,7 @@
 ``serve`` runs the daemon in the foreground; the other two talk to it over HTTP only, so they
 work the same against a daemon on another machine: a paired one found on the LAN
 (``--remote NAME`` or ``--remote auto``), or any one by address (``--url``, ``--token``).
+``generate`` starts the local daemon when none runs (:mod:`.autostart`), as ``ollama run`` does.
 
     $ pennello serve --port 0 &
     $ pennello status
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pennello.cli_output import emit, json_output
 from pennello.paths import get_paths
 
 if TYPE_CHECKING:  # imported where used: `pennello serve` never loads the client side
@@ -90,13 +92,17 @@ def _remote(command: Any) -> Any:
 
 @click.command()
 @_remote
-def status(remote: str | None, url: str | None, token: str | None) -> None:
+@json_output
+def status(remote: str | None, url: str | None, token: str | None, as_json: bool) -> None:
     """Say whether the daemon runs, where, on which device, and how busy it is.
 
     Exits with status 8 when no daemon is running.
     """
     client = _client(remote, url, token)
     health = client.health()
+    if as_json:
+        emit({"url": client.base_url, **health})
+        return
     click.echo(f"pennello {health['version']} is running at {client.base_url}")
     click.echo(f"  device:        {health['device']}")
     click.echo(f"  default model: {health['default_model']}"
@@ -127,39 +133,54 @@ def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--seed", type=int, help="Seed of the first picture; the next ones use seed+1, seed+2…")
 @click.option("--negative", default="", help="What the picture should not contain.")
 @click.option("--model", help="Installed model to use (default: the daemon's default).")
+@click.option("--keep-alive", metavar="DURATION",
+              help="How long the model stays loaded afterwards: 10m, 1h30m, 300 (seconds); "
+                   "0 = unload once idle, -1 = until unloaded.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "webp"]), default="png",
               show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Directory to save the pictures in.")
 @_remote
+@json_output
 def generate(prompt: str, n: int, size: tuple[int, int] | None, steps: int | None,
-             guidance: float | None, seed: int | None, negative: str, model: str | None, fmt: str,
-             out: Path, remote: str | None, url: str | None, token: str | None) -> None:
-    """Generate pictures with the running daemon and save them.
+             guidance: float | None, seed: int | None, negative: str, model: str | None,
+             keep_alive: str | None, fmt: str, out: Path, remote: str | None, url: str | None,
+             token: str | None, as_json: bool) -> None:
+    """Generate pictures and save them, starting the local daemon first if it is not running.
 
     Shows progress while the daemon works, then prints each saved file with its seed (the same
-    prompt, settings and seed give the same picture again).
+    prompt, settings and seed give the same picture again). A daemon started here keeps
+    running for the next command (`pennello stop` ends it).
 
     \b
       pennello generate "a red kite over a beach"
       pennello generate "a red kite" -n 4 --seed 7 --size 512x512 --out kites/
       pennello generate "a red kite" --remote "Pennello on studio"
     """
-    from tqdm import tqdm
-
     from pennello.client import save_images
 
+    from .progress import progress_bar
+
     params: dict[str, Any] = {"n": n, "format": fmt, "negative_prompt": negative, "steps": steps,
-                              "guidance": guidance, "seed": seed, "model": model}
+                              "guidance": guidance, "seed": seed, "model": model, "keep_alive": keep_alive}
     if size:
         params["width"], params["height"] = size
     params = {key: value for key, value in params.items() if value is not None}
+    if not (remote or url):
+        from .autostart import ensure_daemon
+
+        url = ensure_daemon(get_paths())
     client = _client(remote, url, token)
-    with tqdm(total=1, unit="step", desc="generating", leave=False) as bar:
+    with progress_bar("generating", as_json) as bar:
         def on_progress(step: int, total: int) -> None:
             bar.total = total
             bar.update(step - bar.n)
 
         images = client.generate(prompt, on_progress=on_progress, **params)
-    for path, image in zip(save_images(images, out), images):
+    saved = save_images(images, out)
+    if as_json:
+        emit({"images": [{"path": str(path), **{k: v for k, v in image.items() if k != "bytes"}}
+                         for path, image in zip(saved, images)]})
+        return
+    for path, image in zip(saved, images):
         click.echo(f"{path}  seed={image['seed']}")

@@ -16,9 +16,11 @@ from typing import Any
 
 import click
 
+from pennello.cli_output import emit, json_output
 from pennello.client import Client
 
 from .core import _client, _remote
+from .progress import daemon_progress
 
 _TOOL_TIMEOUT_S = 600.0  # an 8x upscale or an edit on a CPU can take minutes
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -79,7 +81,8 @@ def enhance(file: Path, fmt: str, out: Path | None, remote: str | None, url: str
       pennello enhance photo.jpg --format jpeg --out enhanced/
     """
     client = _tool_client(remote, url, token)
-    result = _upload(client, "/api/enhance", file, {"format": fmt})
+    with daemon_progress(client, "enhancing", as_json=False):
+        result = _upload(client, "/api/enhance", file, {"format": fmt})
     target = _save(client, result["image"], file, "enhanced", out)
     click.echo(f"{target}  before: {_metrics(result['before'])}  after: {_metrics(result['after'])}  "
                f"applied: {', '.join(result['applied']) or 'nothing (already fine)'}")
@@ -104,8 +107,9 @@ def upscale(file: Path, scale: str, method: str, enhance_too: bool, fmt: str, ou
       pennello upscale photo.png --scale 8 --method ai   # needs `pennello install sd-x4-upscaler`
     """
     client = _tool_client(remote, url, token)
-    result = _upload(client, "/api/upscale", file, {"scale": scale, "method": method, "format": fmt,
-                                                    "enhance": enhance_too or None})
+    with daemon_progress(client, "upscaling", as_json=False):
+        result = _upload(client, "/api/upscale", file, {"scale": scale, "method": method, "format": fmt,
+                                                        "enhance": enhance_too or None})
     target = _save(client, result["image"], file, f"x{scale}", out)
     note = result["upscale"]
     click.echo(f"{target}  {note['from']} -> {note['to']} ({note['method']})")
@@ -144,7 +148,8 @@ def edit(file: Path, prompt: str, mask: Path | None, references: tuple[Path, ...
     fields = {"prompt": prompt, "strength": strength, "n": n, "seed": seed, "steps": steps,
               "negative_prompt": negative or None, "model": model, "format": fmt,
               "enhance": enhance_too or None}
-    result = _upload(client, "/api/edit", file, fields, mask=mask, references=references)
+    with daemon_progress(client, "editing", as_json=False):
+        result = _upload(client, "/api/edit", file, fields, mask=mask, references=references)
     how = result["mode"] if result["strength"] is None else f"{result['mode']}, strength {result['strength']:g}"
     for image in result["images"]:
         target = _save(client, image, file, f"edit-{image['seed']}", out)
@@ -154,7 +159,9 @@ def edit(file: Path, prompt: str, mask: Path | None, references: tuple[Path, ...
 @click.command("copyright")
 @click.argument("files", nargs=-1, required=True, type=_FILE)
 @_remote
-def copyright_check(files: tuple[Path, ...], remote: str | None, url: str | None, token: str | None) -> None:
+@json_output
+def copyright_check(files: tuple[Path, ...], remote: str | None, url: str | None, token: str | None,
+                    as_json: bool) -> None:
     """Compare pictures with the protected works in [copyright] reference_dir.
 
     Prints each file's closest matches (perceptual-hash distances, 0 = identical, of 64 bits).
@@ -165,18 +172,23 @@ def copyright_check(files: tuple[Path, ...], remote: str | None, url: str | None
       pennello copyright outputs/2026-11-25/*.png
     """
     client = _tool_client(remote, url, token)
-    flagged = 0
-    for file in files:
-        note = _upload(client, "/api/copyright/check", file, {})
-        if not note["flagged"]:
-            click.echo(f"{file}  ok ({note['references']} references, none within {note['max_distance']} bits)")
-            continue
-        flagged += 1
-        for match in note["matches"]:
-            click.echo(f"{file}  FLAGGED: resembles {match['reference']} (pHash {match['phash_distance']}, "
-                       f"dHash {match['dhash_distance']}{', mirrored' if match['mirrored'] else ''})")
+    notes = [(file, _upload(client, "/api/copyright/check", file, {})) for file in files]
+    flagged = sum(1 for _, note in notes if note["flagged"])
+    if as_json:
+        emit({"files": [{"path": str(file), **note} for file, note in notes], "flagged": flagged})
+    else:
+        for file, note in notes:
+            _print_copyright_note(file, note)
     if flagged:
         raise SystemExit(10)
+
+
+def _print_copyright_note(file: Path, note: dict[str, Any]) -> None:
+    if not note["flagged"]:
+        click.echo(f"{file}  ok ({note['references']} references, none within {note['max_distance']} bits)")
+    for match in note["matches"] if note["flagged"] else []:
+        click.echo(f"{file}  FLAGGED: resembles {match['reference']} (pHash {match['phash_distance']}, "
+                   f"dHash {match['dhash_distance']}{', mirrored' if match['mirrored'] else ''})")
 
 
 def _parse_styles(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | list[str] | None:
@@ -200,9 +212,10 @@ def _parse_styles(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Directory for the pictures and the contact sheet.")
 @_remote
+@json_output
 def style_batch(subject: str, chosen: int | list[str] | None, n: int | None, seed: int | None,
                 negative: str, model: str | None, enhance_too: bool, fmt: str, out: Path, remote: str | None,
-                url: str | None, token: str | None) -> None:
+                url: str | None, token: str | None, as_json: bool) -> None:
     """Draw SUBJECT in several styles over the same seeds, with a contact sheet.
 
     \b
@@ -212,17 +225,26 @@ def style_batch(subject: str, chosen: int | list[str] | None, n: int | None, see
     client = _tool_client(remote, url, token)
     body = {"subject": subject, "styles": chosen, "n": n, "seed": seed, "negative_prompt": negative or None,
             "model": model, "format": fmt, "enhance": enhance_too or None}
-    result = client.call("POST", "/api/batch", json={k: v for k, v in body.items() if v is not None})
+    with daemon_progress(client, "drawing the styles", as_json):
+        result = client.call("POST", "/api/batch", json={k: v for k, v in body.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     slug = "-".join(subject.lower().split())[:40] or "batch"
+    report: dict[str, Any] = {"subject": subject, "seed": result["seed"], "styles": []}
     for style in result["styles"]:
+        paths = []
         for image in style["job"]["images"]:
             target = out / f"{slug}-{style['name']}-{image['seed']}.{_EXTENSIONS[image['format']]}"
             target.write_bytes(client.image_bytes(image["id"]))
-        click.echo(f"{style['name']:<16} {len(style['job']['images'])} picture(s)  {style['prompt']}")
+            paths.append({"path": str(target), "id": image["id"], "seed": image["seed"]})
+        report["styles"].append({"name": style["name"], "prompt": style["prompt"], "images": paths})
+        if not as_json:
+            click.echo(f"{style['name']:<16} {len(style['job']['images'])} picture(s)  {style['prompt']}")
     sheet = out / f"{slug}-contact-sheet.png"
     sheet.write_bytes(client.image_bytes(result["contact_sheet"]["id"]))
-    click.echo(f"{sheet}  (seeds {result['seed']}…)")
+    if as_json:
+        emit({**report, "contact_sheet": str(sheet)})
+    else:
+        click.echo(f"{sheet}  (seeds {result['seed']}…)")
 
 
 @click.command()
@@ -291,21 +313,30 @@ def pipeline_save(name: str, prompt: str, negative: str | None, model: str | Non
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Directory for the final pictures.")
 @_remote
+@json_output
 def pipeline_run(name: str, subject: str | None, seed: int | None, out: Path, remote: str | None,
-                 url: str | None, token: str | None) -> None:
+                 url: str | None, token: str | None, as_json: bool) -> None:
     """Run pipeline NAME (with SUBJECT for its {subject} slot) and save the final pictures.
 
     Exits with status 10 when the copyright check flagged a picture (it is saved all the same).
     """
     client = _tool_client(remote, url, token)
-    result = client.call("POST", f"/api/pipelines/{name}/run",
-                         json={k: v for k, v in {"subject": subject, "seed": seed}.items() if v is not None})
+    with daemon_progress(client, f"running {name}", as_json):
+        result = client.call("POST", f"/api/pipelines/{name}/run",
+                             json={k: v for k, v in {"subject": subject, "seed": seed}.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
+    saved = []
     for image in result["images"]:
         target = out / f"{name}-{image['seed']}.{_EXTENSIONS[image['format']]}"
         target.write_bytes(client.image_bytes(image["id"]))
-        flag = "  FLAGGED by the copyright check" if image["id"] in result["copyright"]["flagged"] else ""
-        click.echo(f"{target}  {image['width']}x{image['height']}  seed={image['seed']}{flag}")
+        flagged = image["id"] in result["copyright"]["flagged"]
+        saved.append({"path": str(target), "id": image["id"], "seed": image["seed"], "width": image["width"],
+                      "height": image["height"], "flagged": flagged})
+        if not as_json:
+            click.echo(f"{target}  {image['width']}x{image['height']}  seed={image['seed']}"
+                       f"{'  FLAGGED by the copyright check' if flagged else ''}")
+    if as_json:
+        emit({"pipeline": name, "images": saved, "copyright": result["copyright"]})
     if result["copyright"]["flagged"]:
         raise SystemExit(10)
 

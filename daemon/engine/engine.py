@@ -217,6 +217,11 @@ class Engine:
         was_loaded = self.on_device(lambda: self.residency.drop(name))
         return {"name": name, "unloaded": was_loaded}
 
+    def set_keep_alive(self, name: str, seconds: float | None) -> None:
+        """Keep ``name`` loaded ``seconds`` after its last use, as a request chose (None: until
+        unloaded; 0: unload once idle); see :func:`.residency.parse_keep_alive`."""
+        self.residency.set_keep_alive(name, seconds)
+
     def add_models_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after a model is loaded or unloaded (LAN advertising re-announces).
 

@@ -88,18 +88,22 @@ def a1111_parameters(record: dict[str, Any]) -> str:
         ("Model version", "model_version"), ("Manifest digest", "manifest_digest"))
         if values.get(key) is not None]
     at = next((i for i, (label, _) in enumerate(pairs) if label == "Model version"), len(pairs))
-    pairs[at:at] = hires_parameters(record).items()
+    pairs[at:at] = extra_parameters(record).items()
     lines.append(", ".join(f"{label}: {value}" for label, value in pairs))
     return "\n".join(lines)
 
 
-def hires_parameters(record: dict[str, Any]) -> dict[str, Any]:
-    """A hires-fixed picture's ``Hires …`` infotext keys, as A1111 writes them (``Hires steps``
-    only when the second pass had its own count); empty for any other picture."""
+def extra_parameters(record: dict[str, Any]) -> dict[str, Any]:
+    """The infotext keys beyond the basic ones: a hires-fixed picture's ``Hires …``, as A1111 writes
+    them (``Hires steps`` only when the second pass had its own count), and for a picture drawn
+    smaller than asked (:func:`.resolve.native_size`) ``Native size`` and ``Upscaled to``."""
+    out: dict[str, Any] = {}
+    if record.get("native_size"):
+        out.update({"Native size": record["native_size"], "Upscaled to": record.get("size")})
     hires = record.get("hires") or {}
     if not hires:
-        return {}
-    out = {"Hires upscale": f"{hires['upscale']:g}"}
+        return out
+    out["Hires upscale"] = f"{hires['upscale']:g}"
     if hires.get("steps"):
         out["Hires steps"] = hires["steps"]
     out["Hires upscaler"] = hires["upscaler"]

@@ -3,7 +3,10 @@
 Loading a model means reading its weights, planning where they go (memory tier, offload,
 threads, speed-ups; see :mod:`.profiles`), placing them, and — when compiled — generating once so
 that compiling happens before the first request. A loaded model stays warm while used: the
-default model always, any other until it has been idle ``engine.keep_alive_s`` seconds.
+default model always, any other until it has been idle ``engine.keep_alive_s`` seconds. A request
+may choose otherwise for the model it uses, as Ollama's ``keep_alive`` does (:func:`parse_keep_alive`:
+``"10m"``, seconds, ``0`` = unload once idle, ``-1`` = keep); that choice holds until the next one
+or until the model is unloaded.
 
 Loading and unloading run on the engine's device thread (it owns the device); the lookups
 (``models``, ``ps``, ``installed``) are safe from any thread. Every change is told to the
@@ -16,6 +19,8 @@ listeners (LAN advertising re-announces the model list):
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -24,6 +29,7 @@ from typing import Any, Callable, get_args
 import torch
 
 from pennello.config import Config
+from pennello.errors import RequestError
 from pennello.paths import Paths
 
 from .devices import pick_dtype
@@ -33,6 +39,37 @@ from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups
 from .resolve import model_defaults
 
 log = logging.getLogger(__name__)
+
+# Go's duration syntax, as Ollama takes it: "1h30m", "10m", "45s", "500ms"; a bare number is seconds.
+_DURATION = re.compile(r"(-?)((?:\d+(?:\.\d*)?|\.\d+)(?:h|ms|m|s))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_keep_alive(value: str | int | float) -> float | None:
+    """Seconds a model stays loaded after its last use, from a duration (``"10m"``, ``"1h30m"``)
+    or a number of seconds; ``None`` for a negative value: keep it loaded.
+
+    >>> parse_keep_alive("1h30m"), parse_keep_alive(0), parse_keep_alive("-1")
+    (5400.0, 0.0, None)
+
+    Raises:
+        RequestError: anything else (``field`` is ``keep_alive``).
+    """
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if match is None:
+            raise RequestError(f"keep_alive must be a duration such as '10m', '1h30m' or '45s', or a "
+                               f"number of seconds (0: unload once idle, -1: keep loaded); got {text!r}",
+                               field="keep_alive") from None
+        seconds = sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(text))
+        seconds = -seconds if match.group(1) else seconds
+    if not math.isfinite(seconds):
+        raise RequestError(f"keep_alive must be a finite number of seconds; got {text!r}", field="keep_alive")
+    return None if seconds < 0 else seconds
 
 
 @dataclass
@@ -60,6 +97,7 @@ class Residency:
                  device: str) -> None:
         self.cond, self.config, self.paths, self.store, self.device = cond, config, paths, store, device
         self.loaded: dict[str, Loaded] = {}
+        self.keep_alive: dict[str, float | None] = {}  # per-model choices of requests (seconds; None: keep)
         self._listeners: list[Callable[[], None]] = []
 
     # --- lookups, from any thread ----------------------------------------------------------------
@@ -93,7 +131,7 @@ class Residency:
     def describe(self, loaded: Loaded) -> dict[str, Any]:
         """One loaded model as ``ps`` lists it (call with ``cond`` held)."""
         name = loaded.installed.name
-        keep = None if name == self.config.engine.default_model else self.config.engine.keep_alive_s
+        keep = self._keep(name)
         return {"name": name, "version": loaded.installed.version, "family": loaded.family.name,
                 "device": self.device, "dtype": str(loaded.pipe.dtype).removeprefix("torch."),
                 "param_bytes": loaded.param_bytes, "loaded_at": loaded.loaded_at,
@@ -102,6 +140,19 @@ class Residency:
                 max(0.0, round(keep - (time.monotonic() - loaded.last_used), 3)),
                 "cuda_memory_allocated": torch.cuda.memory_allocated() if self.device == "cuda" else None,
                 "placement": loaded.plan.describe() if loaded.plan else None}
+
+    def set_keep_alive(self, name: str, seconds: float | None) -> None:
+        """Keep ``name`` loaded ``seconds`` after its last use from now on (None: always); safe
+        from any thread: the device thread wakes up to reconsider its next unload."""
+        with self.cond:
+            self.keep_alive[name] = seconds
+            self.cond.notify_all()
+
+    def _keep(self, name: str) -> float | None:
+        """Seconds ``name`` stays loaded once idle; None: until asked (call with ``cond`` held)."""
+        if name in self.keep_alive:
+            return self.keep_alive[name]
+        return None if name == self.config.engine.default_model else self.config.engine.keep_alive_s
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after a model is loaded or unloaded (on the device thread: it must return
@@ -130,6 +181,7 @@ class Residency:
         """Unload a model; returns whether it was loaded."""
         with self.cond:
             loaded = self.loaded.pop(name, None)
+            self.keep_alive.pop(name, None)  # a model loaded again starts from the defaults
         if loaded is None:
             return False
         del loaded
@@ -145,21 +197,21 @@ class Residency:
             self.loaded.clear()
 
     def next_expiry(self) -> float | None:
-        """When (``time.monotonic``) the next non-default model's keep-alive runs out (``cond`` held)."""
-        keep = self.config.engine.keep_alive_s
-        due = [m.last_used + keep for name, m in self.loaded.items()
-               if name != self.config.engine.default_model]
+        """When (``time.monotonic``) the next model's keep-alive runs out (``cond`` held)."""
+        keeps = {name: self._keep(name) for name in self.loaded}
+        due = [m.last_used + keep for name, m in self.loaded.items() if (keep := keeps[name]) is not None]
         return min(due, default=None)
 
     def evict_idle(self) -> None:
-        """Unload every non-default model idle for ``keep_alive_s`` or longer."""
+        """Unload every model idle for its keep-alive or longer (the default model: only when a
+        request chose a keep-alive for it)."""
         now = time.monotonic()
-        keep = self.config.engine.keep_alive_s
         with self.cond:
+            keeps = {name: self._keep(name) for name in self.loaded}
             expired = [name for name, m in self.loaded.items()
-                       if name != self.config.engine.default_model and now - m.last_used >= keep]
+                       if (keep := keeps[name]) is not None and now - m.last_used >= keep]
         for name in expired:
-            log.info("%s idle for %ds: unloading", name, keep)
+            log.info("%s idle for %gs: unloading", name, keeps[name])
             self.drop(name)
 
     def _changed(self) -> None:

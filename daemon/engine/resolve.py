@@ -66,3 +66,22 @@ def resolve_request(request: GenerateRequest, limits: EngineConfig, lookup: Call
 def model_defaults(installed: Any, family: ModelFamily) -> dict[str, Any]:
     """Size, steps and guidance where a request does not say: the manifest's, else the family's."""
     return {**dict(family.defaults), **installed.manifest.pipeline.defaults}
+
+
+def native_size(pipeline: Any, family: ModelFamily, width: int, height: int) -> tuple[int, int]:
+    """The size a model draws a ``width`` x ``height`` request at: the same, unless its manifest's
+    ``max_native_size`` is smaller (pennello-tiny knows only 64x64 scenes; at 512 it draws noise).
+    Then the longer side is that size, the other follows the aspect ratio within the family's
+    limits, and the picture is enlarged to the size asked afterwards.
+
+        >>> from pennello.installer.manifest import PipelineSpec
+        >>> from .families import get_family
+        >>> native_size(PipelineSpec("StableDiffusionPipeline", "sd", {}, 64), get_family("sd"), 512, 512)
+        (64, 64)
+    """
+    largest = getattr(pipeline, "max_native_size", None)
+    if largest is None or max(width, height) <= largest:
+        return width, height
+    scale = largest / max(width, height)
+    sides = [max(family.min_size, int(side * scale) // family.multiple * family.multiple) for side in (width, height)]
+    return sides[0], sides[1]

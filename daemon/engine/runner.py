@@ -28,7 +28,9 @@ import torch
 from pennello.errors import PennelloError
 
 from .jobs import Job, OutputImage, Slot
+from .preview import Preview
 from .residency import Loaded, Residency
+from .resolve import native_size
 from .samplers import counts_as_step, sampler_applied
 from .saver import Saver
 
@@ -60,7 +62,11 @@ class Task(Protocol):
 def step_callback(on_step: Callable[[int], None], images: int = 1) -> Callable[..., dict[str, Any]]:
     """A diffusers ``callback_on_step_end`` reporting each step of a call making ``images`` pictures."""
 
+    keep = getattr(on_step, "keep", None)  # the runner's reporter (_TaskSteps) keeps the preview
+
     def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if keep is not None:
+            keep(pipe, tensors.get("latents"))
         on_step(images)
         return {}
 
@@ -86,6 +92,7 @@ class Runner:
         self._batch_seconds = 0.0  # moving average, for Retry-After and ETA
         self._run: _Run | None = None
         self._batch: list[Job] = []  # the jobs of the batch run() is making, retries included
+        self.preview = Preview()  # of the call on the device, for A1111's progress
 
     def seconds_per_call(self) -> float:
         """The moving average of a device call's seconds (0 before the first)."""
@@ -156,6 +163,7 @@ class Runner:
         finally:
             with self.cond:
                 self._run = None
+            self.preview.clear()
         if failure is None:
             self._count_call(started, len(slots))
             self.saver.submit_batch(loaded, slots, images, timing)
@@ -177,15 +185,7 @@ class Runner:
         with self.cond:
             self._run = _Run([job], job.total_steps)
         started = time.perf_counter()
-
-        def on_step(images: int = 1) -> None:
-            job.advance(images)
-            run = self._run
-            if run is not None:
-                run.step = job.step
-            if job.done:
-                raise _Interrupted
-
+        on_step = _TaskSteps(self, job)
         try:
             loaded = self.residency.ensure_loaded(job.request.model or "")
             images = job.task.run(loaded, on_step)
@@ -200,6 +200,7 @@ class Runner:
         finally:
             with self.cond:
                 self._run = None
+            self.preview.clear()
         self._count_call(started, len(images))
         self.saver.submit_task(job, loaded, images)
 
@@ -224,6 +225,7 @@ class Runner:
             marks["decode"] = time.perf_counter()
             if not counts_as_step(pipe, step):  # a second-order sampler's half step
                 return {}
+            self.preview.keep(slots[0][0].id, pipe, tensors.get("latents"))
             if self._run is not None:
                 self._run.step = step + 1
             for job, count in per_job.items():
@@ -233,6 +235,8 @@ class Runner:
             return {}
 
         negatives = [job.request.negative_prompt for job, _ in slots]
+        width, height = native_size(loaded.installed.manifest.pipeline, loaded.family,
+                                    request.width or 0, request.height or 0)
         denoiser = getattr(loaded.pipe, loaded.family.denoiser)
         hook = denoiser.register_forward_pre_hook(on_denoiser)
         try:
@@ -241,7 +245,7 @@ class Runner:
                 result = loaded.pipe(
                     prompt=[job.request.prompt for job, _ in slots],
                     negative_prompt=negatives if any(negatives) else None,
-                    width=request.width, height=request.height, num_inference_steps=request.steps,
+                    width=width, height=height, num_inference_steps=request.steps,
                     guidance_scale=request.guidance, num_images_per_prompt=1,
                     generator=[torch.Generator("cpu").manual_seed(job.seeds[i]) for job, i in slots],
                     callback_on_step_end=on_step_end, output_type="pil",
@@ -254,7 +258,34 @@ class Runner:
         timing = {"encode": denoise_at - marks["start"], "denoise": decode_at - denoise_at,
                   "decode": end - decode_at}
         loaded.touch()
-        return result.images, timing
+        return [enlarged(image, request) for image in result.images], timing
+
+
+class _TaskSteps:
+    """A task's ``on_step``: advances its job (raising to stop a cancelled one) and, called
+    through :func:`step_callback`, keeps the preview of the picture being drawn."""
+
+    def __init__(self, runner: Runner, job: Job) -> None:
+        self.runner, self.job = runner, job
+
+    def __call__(self, images: int = 1) -> None:
+        self.job.advance(images)
+        run = self.runner._run
+        if run is not None:
+            run.step = self.job.step
+        if self.job.done:
+            raise _Interrupted
+
+    def keep(self, pipe: Any, latents: Any) -> None:
+        self.runner.preview.keep(self.job.id, pipe, latents)
+
+
+def enlarged(image: Any, request: Any) -> Any:
+    """A picture drawn at its model's native size (:func:`.resolve.native_size`) at the size asked."""
+    from PIL import Image
+
+    size = (request.width, request.height)
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
 
 def _fail(jobs: list[Job], error: Exception) -> None:

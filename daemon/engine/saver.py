@@ -24,7 +24,9 @@ from .jobs import Job, OutputImage, Slot
 from .outputs import TRAINED_ALGORITHMIC_MEDIA, Outputs
 from .params import GenerationParams, recorded
 from .poststeps import run_post_steps
+from .families import get_family
 from .residency import Loaded
+from .resolve import native_size
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,15 @@ class Saver:
             if job.done:  # cancelled while its batch ran
                 continue
             try:
-                saved = self.save_output(image, record(job, index, loaded), job.request.format,
+                saved_record = record(job, index, loaded)
+                saved = self.save_output(image, saved_record, job.request.format,
                                          enhance=job.request.enhance, durable=False)
             except Exception as e:  # e.g. a full disk: fail this job, keep serving
                 log.exception("saving an image of job %s failed", job.id)
                 job.fail(f"could not save the image: {e}")
                 continue
+            if "native_size" in saved_record:  # said in the job's answer too, not only in the file
+                saved.notes["native_size"] = saved_record["native_size"]
             written.append(saved.path)
             job.add_image(saved)
         timing["save"] = time.perf_counter() - started
@@ -114,8 +119,12 @@ class Saver:
 
 def picture_record(request: GenerationParams, owner: str, seed: int, installed: Any) -> dict[str, Any]:
     """The provenance every saved picture carries: its parameters (those :mod:`.params` marks as
-    recorded), the model version and manifest that made it, and who asked."""
-    return {**recorded(request, seed), "size": f"{request.width}x{request.height}",
+    recorded), the size its model drew it at where that was smaller (``native_size``), the model
+    version and manifest that made it, and who asked."""
+    pipeline = installed.manifest.pipeline
+    native = native_size(pipeline, get_family(pipeline.family), request.width or 0, request.height or 0)
+    drawn = {} if native == (request.width, request.height) else {"native_size": f"{native[0]}x{native[1]}"}
+    return {**recorded(request, seed), "size": f"{request.width}x{request.height}", **drawn,
             "model_version": installed.version, "manifest_digest": installed.digest, "owner": owner,
             "generator": f"pennello {__version__}"}
 

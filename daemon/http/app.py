@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # Modules of this package that define a module-level ``bp`` blueprint, registered in this order.
 BLUEPRINTS: tuple[str, ...] = ("routes.native", "routes.auth", "routes.openai", "routes.a1111", "openapi",
-                               "routes.web", "routes.offline", "routes.tools")
+                               "routes.web", "routes.offline", "routes.tools",
+                               "routes.manage")
 
 
 

@@ -88,6 +88,15 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def query_bool(name: str) -> bool:
+    """A yes/no query parameter (``true``/``false``, ``1``/``0``…), false when absent; raises
+    RequestError naming it otherwise."""
+    raw = request.args.get(name, "false").lower()
+    if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise RequestError(f"{name} must be true or false", field=name)
+    return raw in ("1", "true", "yes", "on")
+
+
 def sse_event(name: str, data: Any) -> str:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 

@@ -111,6 +111,7 @@ ENDPOINT_SCOPES: Mapping[str, Scope] = {
     "auth.revoke_token": "owner",
     "native.load_model": "owner",
     "native.unload_model": "owner",
+    "manage.shutdown": "owner",
     "offline.offline_status": "owner",
     "tools.save_pipeline": "owner",
     "tools.delete_pipeline": "owner",

@@ -223,7 +223,8 @@ class EditTask:
         return {"mode": self.mode, "strength": self.strength, "references": len(self.pictures)}
 
     def run(self, loaded: Any, on_step: Callable[[int], None]) -> list[Image.Image]:
-        from ..engine.runner import step_callback
+        from ..engine.resolve import native_size
+        from ..engine.runner import enlarged, step_callback
         from ..engine.samplers import sampler_applied
 
         started = time.perf_counter()
@@ -231,19 +232,23 @@ class EditTask:
         if self.mode == "instruct":
             images = [self._instruct(loaded, seed, step_callback(on_step)) for seed in self.seeds]
         else:
+            # Drawn at the model's native size where that is smaller (see resolve.native_size).
+            size = native_size(loaded.installed.manifest.pipeline, loaded.family, r.width, r.height)
             kwargs: dict[str, Any] = {
                 "prompt": [r.prompt] * r.n,
                 "negative_prompt": [r.negative_prompt] * r.n if r.negative_prompt else None,
-                "image": self.pictures[0], "strength": self.strength, "num_inference_steps": r.steps,
+                "image": self.pictures[0].resize(size, Image.Resampling.LANCZOS), "strength": self.strength,
+                "num_inference_steps": r.steps,
                 "guidance_scale": r.guidance, "output_type": "pil",
                 "generator": [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
                 "callback_on_step_end": step_callback(on_step, r.n),
                 **loaded.family.call_extras_for(loaded.installed.manifest.pipeline.defaults)}
             if self.mask is not None:
-                kwargs.update(mask_image=self.mask, width=r.width, height=r.height)
+                kwargs.update(mask_image=self.mask.resize(size, Image.Resampling.LANCZOS), width=size[0],
+                              height=size[1])
             pipe = derived_pipeline(loaded, self.mode)
             with sampler_applied(pipe, r.sampler, r.scheduler):
-                images = pipe(**kwargs).images
+                images = [enlarged(image, r) for image in pipe(**kwargs).images]
         log.debug("%s of %d image(s) %dx%d: edit=%.1fms", self.mode, len(images), r.width, r.height,
                   (time.perf_counter() - started) * 1000)
         return images

@@ -80,9 +80,31 @@ class Client:
     def models(self) -> list[dict[str, Any]]:
         return self._json("GET", "/api/models")["models"]
 
-    def load_model(self, name: str) -> dict[str, Any]:
-        """Load an installed model now (``POST /api/models/NAME/load``)."""
-        return self._json("POST", f"/api/models/{name}/load")
+    def load_model(self, name: str, keep_alive: str | None = None) -> dict[str, Any]:
+        """Load an installed model now (``POST /api/models/NAME/load``), kept loaded ``keep_alive``
+        after its last use when given (``"10m"``, seconds, ``"0"``, ``"-1"``: as in Ollama)."""
+        body = {"json": {"keep_alive": keep_alive}} if keep_alive is not None else {}
+        return self._json("POST", f"/api/models/{name}/load", **body)
+
+    def unload_model(self, name: str) -> dict[str, Any]:
+        """Free an installed model's memory (``POST /api/models/NAME/unload``): ``name``, ``unloaded``."""
+        return self._json("POST", f"/api/models/{name}/unload")
+
+    def ps(self) -> dict[str, Any]:
+        """``GET /api/ps``: loaded models (memory, keep-alive left), device, backend, memory, queue."""
+        return self._json("GET", "/api/ps")
+
+    def jobs(self, mine: bool = False) -> list[dict[str, Any]]:
+        """The jobs the caller may see (``GET /api/jobs``); ``mine``: only the caller's own."""
+        return self._json("GET", "/api/jobs", params={"mine": "true"} if mine else None)["jobs"]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job (``DELETE /api/jobs/ID``); returns the job."""
+        return self._json("DELETE", f"/api/jobs/{job_id}")
+
+    def shutdown(self) -> dict[str, Any]:
+        """Ask the daemon to stop as SIGTERM does (``POST /api/shutdown``, owner only): ``pid``."""
+        return self._json("POST", "/api/shutdown")
 
     def pair_code(self) -> dict[str, Any]:
         """A fresh pairing code (owner only): ``code``, ``pair_url``, ``qr_png_url``,

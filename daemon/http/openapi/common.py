@@ -22,7 +22,14 @@ ERROR_TEXT = {"400": "Invalid request; `field`/`param` names the input", "401": 
               "(non-loopback caller) or it is not valid", "403": "Only the owner may do this",
               "404": "Not found", "409": "The job was cancelled", "413": "Over a size limit "
               "(server.max_body_bytes or [images] in the config)", "429": "Busy or rate limited; "
-              "see Retry-After", "500": "The job failed"}
+              "see Retry-After", "500": "The job failed", "503": "Not now: the daemon is stopping, or this app "
+              "is not a running daemon"}
+#: ``keep_alive`` as the native API takes it (daemon/engine/residency.py parses it).
+KEEP_ALIVE: Schema = {"type": ["string", "number", "null"], "examples": ["10m", "1h30m", 300, 0, -1],
+                      "description": "How long the model stays loaded after this request, as in Ollama: a "
+                                     "duration ('10m', '1h30m', '45s') or seconds; 0: unload once idle; "
+                                     "negative: keep loaded until unloaded. Absent: the model's current "
+                                     "choice (the default model stays, others engine.keep_alive_s)."}
 
 
 def ref(name: str) -> Schema:
@@ -56,7 +63,8 @@ def or_null(schema: Schema) -> Schema:
 
 def fields(table: Mapping[str, Any], notes: Mapping[str, Schema]) -> dict[str, Schema]:
     """A route's field table (name -> Python type) as JSON Schema properties; null means absent."""
-    return {name: {"type": [_JSON_TYPES[kind], "null"], **notes.get(name, {})} for name, kind in table.items()}
+    return {name: {"type": [*dict.fromkeys(_JSON_TYPES[k] for k in (kind if isinstance(kind, tuple) else (kind,))),
+                            "null"], **notes.get(name, {})} for name, kind in table.items()}
 
 
 def reply(schema: Schema, description: str = "OK") -> Schema:

@@ -10,7 +10,7 @@ from pennello.installer.store import VERIFICATIONS
 
 from ...engine.params import IMAGE_FORMATS
 from ...engine.profiles import Offload
-from .common import (BOOL, ERROR_TEXT, INT, NUM, SSE_EVENT, STR, Schema, nullable, obj, op, path_param, ref,
+from .common import (BOOL, ERROR_TEXT, INT, KEEP_ALIVE, NUM, SSE_EVENT, STR, Schema, nullable, obj, op, path_param, ref,
                      reply)
 
 SCHEMAS: dict[str, Schema] = {
@@ -62,7 +62,15 @@ SCHEMAS: dict[str, Schema] = {
         ("profile", "device"), extra=True,
         description="How the model was placed and tuned on load (docs/performance.md); switches that "
                     "are off are left out."),
-    "LoadedList": obj({"models": {"type": "array", "items": ref("LoadedModel")}}, ("models",)),
+    "LoadedList": obj({
+        "models": {"type": "array", "items": ref("LoadedModel")}, "device": STR,
+        "backend": obj({"torch": STR, "cuda": nullable("string")}, ("torch",)),
+        "memory": obj({"weights_bytes": INT, "cuda_allocated_bytes": nullable("integer"),
+                       "cuda_reserved_bytes": nullable("integer")}, ("weights_bytes",)),
+        "queue_depth": INT, "running": INT}, ("models",),
+        description="`expires_in_s` of a model: seconds of keep-alive left (null: kept until unloaded)."),
+    "Stopping": obj({"stopping": BOOL, "pid": INT}, ("stopping", "pid")),
+    "LoadRequest": obj({"keep_alive": KEEP_ALIVE}),
     "Unloaded": obj({"name": STR, "unloaded": BOOL}, ("name", "unloaded")),
     "Progress": obj({"state": {"enum": ["idle", "running"]}, "jobs": {"type": "array", "items": STR},
                      "step": INT, "total": INT, "fraction": NUM, "eta_s": NUM, "queue_depth": INT},
@@ -123,7 +131,10 @@ SCHEMAS: dict[str, Schema] = {
                          "sha256": nullable("string"), "filename": STR, "config": nullable("string")},
                         ("title", "model_name", "filename")),
     "A1111Progress": obj({"progress": NUM, "eta_relative": NUM, "state": {"type": "object"},
-                          "current_image": nullable("string"), "textinfo": nullable("string")},
+                          "current_image": nullable("string", contentEncoding="base64", description=(
+                              "A PNG of the caller's picture so far (the first of its batch); null when "
+                              "nothing of the caller's runs, or with skip_current_image.")),
+                          "textinfo": nullable("string")},
                          ("progress", "eta_relative", "state")),
 }
 
@@ -168,7 +179,12 @@ def _native_paths() -> dict[str, dict[str, Schema]]:
                                     "text/event-stream": {"schema": SSE_EVENT}}},
                 "409": reply(ref("Job"), "Cancelled while waiting"),
                 "500": reply(ref("Job"), "Failed while waiting")})},
-        "/api/jobs": {"get": op("Jobs the caller may see, oldest first", native, reply(ref("JobList")))},
+        "/api/jobs": {"get": op("Jobs the caller may see, oldest first", native, reply(ref("JobList")),
+                                errors=("400",), params=({
+                                    "name": "mine", "in": "query", "required": False,
+                                    "schema": {"type": "boolean", "default": False},
+                                    "description": "Only the caller's own jobs (the owner otherwise sees "
+                                                   "every device's)."},))},
         "/api/jobs/{job_id}": {
             "get": op("One job", native, reply(ref("Job")), errors=("404",), params=(_JOB_ID,)),
             "delete": op("Cancel a job", native, reply(ref("Job")), errors=("404",), params=(_JOB_ID,))},
@@ -184,13 +200,19 @@ def _native_paths() -> dict[str, dict[str, Schema]]:
         "/api/outputs": {"get": op("The gallery, newest first", native, reply(ref("Outputs")), errors=("400",),
                                    params=(_query_int("limit", 50, 1, 500), _query_int("offset", 0, 0, 10**9)))},
         "/api/models": {"get": op("Installed models", native, reply(ref("ModelList")))},
-        "/api/models/{name}/load": {"post": op(
+        "/api/models/{name}/load": {"post": {**op(
             "Load a model now and keep it warm (owner only)", native, reply(ref("LoadedModel")),
-            errors=("403", "404"), params=(path_param("name", "An installed model."),))},
+            errors=("400", "403", "404"), params=(path_param("name", "An installed model."),)),
+            "requestBody": {"required": False, "content": {"application/json": {"schema": ref("LoadRequest")}}}}},
         "/api/models/{name}/unload": {"post": op(
             "Free a model's memory (owner only)", native, reply(ref("Unloaded")), errors=("403", "404"),
             params=(path_param("name", "An installed model."),))},
-        "/api/ps": {"get": op("Loaded models and their memory", native, reply(ref("LoadedList")))},
+        "/api/ps": {"get": op("Loaded models, their memory and keep-alive left; the device and the queue",
+                              native, reply(ref("LoadedList")))},
+        "/api/shutdown": {"post": op(
+            "Stop the daemon as SIGTERM does: running jobs finish, queued ones are cancelled (owner only)",
+            native, reply(ref("Stopping"), "Stopping; the daemon exits shortly"), status="202",
+            errors=("403", "503"))},
         "/api/progress": {"get": op("The batch on the device now", native, reply(ref("Progress")))},
         "/api/health": {"get": op("Liveness and readiness (no token needed)", native, reply(ref("Health")),
                                   public=True)},
@@ -257,7 +279,7 @@ def _a1111_paths() -> dict[str, dict[str, Schema]]:
         "/sdapi/v1/progress": {"get": op(
             "AUTOMATIC1111-compatible progress", a1, reply(ref("A1111Progress")),
             params=({"name": "skip_current_image", "in": "query", "required": False,
-                     "schema": STR, "description": "Accepted (any value) and ignored; no preview "
-                                                   "image is ever sent."},))},
+                     "schema": STR, "description": "true (or 1, yes, on): no preview in "
+                                                   "current_image; any other value: false."},))},
     }
 

@@ -24,7 +24,7 @@ from ..routes.native import GENERATE_FIELDS
 from ...engine.families import families, get_family
 from ...engine.params import SIZE_NOTE, DialectName, dialect_names, property_schemas
 from ...pictures.uploads import UPLOAD_FORMATS
-from .common import IGNORED, Schema, fields, obj, or_null
+from .common import IGNORED, KEEP_ALIVE, Schema, fields, obj, or_null
 
 FILE = {"type": "string", "contentMediaType": "application/octet-stream",
         "description": f"A {', '.join(f.upper() for f in UPLOAD_FORMATS)} file (recognised by its "
@@ -107,7 +107,8 @@ def _native(engine: EngineConfig) -> dict[str, Schema]:
     return {
         "GenerateRequest": body(GENERATE_FIELDS, params, {
             "stream": {"description": "Answer with server-sent events instead of JSON."},
-            "wait": {"description": "Answer when the job ended instead of at once with 202."}}, ("prompt",)),
+            "wait": {"description": "Answer when the job ended instead of at once with 202."},
+            "keep_alive": KEEP_ALIVE}, ("prompt",)),
         "EditForm": form(routes_tools.EDIT_FIELDS, {"image": {
             **FILE, "description": FILE["description"] + " Repeat the field (or use image[]) to send "
             "up to 3 reference pictures to a model that takes them (qwen-image-edit); SD-class models "

@@ -16,17 +16,20 @@ from typing import Any, Callable
 
 from flask import Blueprint, Response, jsonify, request, send_file
 
-from ..request import job_event_stream, json_body, query_int
+from ..request import job_event_stream, json_body, query_bool, query_int
 from ..context import current_engine, current_owner, owner_filter
 from ...engine.jobs import GenerateRequest, Job
 from ...engine.engine import Engine
 from ...engine.outputs import content_type
 from ...engine.params import field_types
+from ...engine.residency import parse_keep_alive
+from .manage import machine_report
 from .offline import offline_summary
 
 bp = Blueprint("native", __name__, url_prefix="/api")
 
-GENERATE_FIELDS: dict[str, Any] = {**field_types(), "stream": bool, "wait": bool}
+KEEP_ALIVE_FIELD: dict[str, Any] = {"keep_alive": (str, float)}
+GENERATE_FIELDS: dict[str, Any] = {**field_types(), "stream": bool, "wait": bool, **KEEP_ALIVE_FIELD}
 _STATUS_HTTP = {"done": 200, "failed": 500, "cancelled": 409}
 
 
@@ -34,7 +37,11 @@ _STATUS_HTTP = {"done": 200, "failed": 500, "cancelled": 409}
 def generate() -> Any:
     body = json_body(GENERATE_FIELDS, required=("prompt",))
     stream, wait = body.pop("stream", False), body.pop("wait", False)
+    keep_alive = body.pop("keep_alive", None)
+    keep_s = None if keep_alive is None else parse_keep_alive(keep_alive)  # checked before queueing
     job = current_engine().submit(GenerateRequest(**body, owner=current_owner()))
+    if keep_alive is not None:  # once queued: a request refused changes nothing
+        current_engine().set_keep_alive(job.request.model, keep_s)
     if stream:
         return job_event_stream(job, abandon_queued(current_engine()))
     if wait:
@@ -56,7 +63,9 @@ def abandon_queued(engine: Engine) -> Callable[[Job], None]:
 
 @bp.get("/jobs")
 def list_jobs() -> Any:
-    return jsonify({"jobs": [job.to_dict() for job in current_engine().jobs(owner_filter())]})
+    # ?mine=true: only the caller's own jobs, also for the owner, who otherwise sees every device's.
+    owner = current_owner() if query_bool("mine") else owner_filter()
+    return jsonify({"jobs": [job.to_dict() for job in current_engine().jobs(owner)]})
 
 
 @bp.get("/jobs/<job_id>")
@@ -106,7 +115,14 @@ def models() -> Any:
 
 @bp.post("/models/<name>/load")
 def load_model(name: str) -> Any:
-    return jsonify(current_engine().load(name))
+    engine = current_engine()
+    keep_alive = (json_body(KEEP_ALIVE_FIELD) if request.content_length else {}).get("keep_alive")
+    keep_s = None if keep_alive is None else parse_keep_alive(keep_alive)
+    described = engine.load(name)
+    if keep_alive is not None:
+        engine.set_keep_alive(name, keep_s)
+        described = next((m for m in engine.ps() if m["name"] == name), described)
+    return jsonify(described)
 
 
 @bp.post("/models/<name>/unload")
@@ -116,7 +132,7 @@ def unload_model(name: str) -> Any:
 
 @bp.get("/ps")
 def ps() -> Any:
-    return jsonify({"models": current_engine().ps()})
+    return jsonify(machine_report(current_engine()))
 
 
 @bp.get("/progress")

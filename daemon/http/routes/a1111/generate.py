@@ -38,7 +38,7 @@ from pennello.errors import NotFoundError, PennelloError, RequestError
 from ...context import current_engine, current_owner
 from ....engine.jobs import GenerateRequest, Job, OutputImage
 from ....engine.params import dialect_names, dialect_types, random_seed
-from ....engine.outputs import a1111_parameters, hires_parameters
+from ....engine.outputs import a1111_parameters, extra_parameters
 from ....engine.samplers import schedule_name, split_legacy
 from ....tools.edit import DEFAULT_STRENGTH
 from ....tools.hires import HiresFix, run_hires
@@ -135,12 +135,14 @@ def img2img() -> Any:
             strength=body.get("denoising_strength", DEFAULT_STRENGTH), owner=current_owner(), origin=origin))
     images = _encoded(result.images, body)
     r = result.request
+    records = [engine.outputs.read_record(image.id) for image in result.images]
     info = {"prompt": r.prompt, "all_prompts": [r.prompt] * r.n, "negative_prompt": r.negative_prompt,
             "seed": result.seeds[0], "all_seeds": result.seeds, "width": r.width, "height": r.height,
             "sampler_name": r.sampler, "scheduler": r.scheduler,
             "cfg_scale": r.guidance, "steps": r.steps, "denoising_strength": result.strength,
             "sd_model_name": r.model, "is_using_inpainting_conditioning": False,
-            "infotexts": [a1111_parameters(engine.outputs.read_record(i.id)) for i in result.images],
+            "extra_generation_params": extra_parameters(records[0]) if records else {},
+            "infotexts": [a1111_parameters(record) for record in records],
             "version": f"pennello {__version__}"}
     _unless_saved(result.images, body)
     parameters = {key: value for key, value in body.items() if key not in ("init_images", "mask")}
@@ -305,7 +307,7 @@ def _info(job: Job, body: dict[str, Any], images: list[OutputImage], fix: HiresF
         "sd_model_name": r.model, "sd_model_hash": digest[:10], "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": fix.strength if fix else None,
-        "extra_generation_params": hires_parameters(records[0]) if fix and records else {},
+        "extra_generation_params": extra_parameters(records[0]) if records else {},
         "index_of_first_image": 0, "infotexts": [a1111_parameters(record) for record in records],
         "styles": body.get("styles") or [], "job_timestamp": f"{started:%Y%m%d%H%M%S}",
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"pennello {__version__}",
@@ -321,7 +323,11 @@ def sd_models() -> Any:
 
 @bp.get("/progress")
 def progress() -> Any:
-    """A1111's progress shape for the batch on the device; ``current_image`` is always null."""
+    """A1111's progress shape for the batch on the device; ``current_image`` is a PNG of the
+    picture so far (:mod:`....engine.preview`) when it is the caller's, null when nothing runs or
+    with ``skip_current_image`` true (other values count as false, as before: never a 4xx)."""
+    from flask import request
+
     engine = current_engine()
     now = visible_progress(engine)  # a device sees only its own jobs in it
     running = now["state"] == "running"
@@ -331,7 +337,8 @@ def progress() -> Any:
              "job_timestamp": f"{started:%Y%m%d%H%M%S}" if started else "0", "job_no": 0,
              "sampling_step": now["step"], "sampling_steps": now["total"]}
     return jsonify({"progress": now["fraction"], "eta_relative": now["eta_s"], "state": state,
-                    "current_image": None,
+                    "current_image": engine.runner.preview.png(now["jobs"]) if running and request.args.get(
+                        "skip_current_image", "").lower() not in ("true", "1", "yes", "on") else None,
                     "textinfo": f"{now['queue_depth']} queued" if running else None})
 
 
