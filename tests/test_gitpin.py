@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from dulwich.objects import Blob, Commit
 
-from _fixtures_installer import KEY_NAME, Hub, make_manifest, serve_hub, store_listing
+from _fixtures_installer import KEY_NAME, Hub, load_script, make_manifest, serve_hub, store_listing
 from pennello.errors import ConsentError, FetchError, IntegrityError, ManifestFormatError, ModelNotFoundError
 from pennello.installer import gitpin
 from pennello.installer.catalog import Catalog
@@ -448,3 +448,45 @@ def test_the_hub_going_away_mid_download_resumes_later_and_finishes_verified(hom
         assert [p for p in back.requests if "/resolve/" in p] == [path]
     assert (model.path / UNET).read_bytes() == FILES[UNET]
     assert Store(home).verify(["tiny"], progress=False) == [] and list(home.downloads_dir.iterdir()) == []
+
+
+def test_sign_catalog_lock_records_every_files_hashes_from_the_commit_and_bumps_the_version(
+        home, hub, tmp_path, monkeypatch, capsys):
+    """The maintainers' lock: hashes from the git objects (no weights downloaded), signed."""
+    from pennello.installer.keys import generate_key
+    from pennello.installer.manifest import Manifest, parse_envelope
+
+    script = load_script("sign_catalog")
+    commit = hub.publish(REPO, FILES, LFS)
+    entry = script.Entry("StableDiffusionPipeline", "sd", "Apache-2.0", {"steps": 1}, "A test entry.",
+                         repo=REPO, revision=commit)
+    monkeypatch.setattr(script, "CATALOG", {"pennello-tiny": script.CATALOG["pennello-tiny"], "tiny": entry})
+    generate_key(home, "test-release")
+    out = tmp_path / "catalog"
+    args = ["--key", "test-release", "--out", str(out)]
+    script.main(args)
+    assert parse_envelope((out / "tiny.json").read_bytes())[0]["locked"] is False
+    embedded = (out / "pennello-tiny.json").read_bytes()
+
+    script.main(args + ["--lock", "--hub-endpoint", hub.url])
+    locked = Manifest.from_signed(parse_envelope((out / "tiny.json").read_bytes())[0])
+    assert (locked.version, locked.locked, locked.trust_on_first_use) == (2, True, False)
+    assert [(f.path, f.sha256, f.size) for f in locked.files] == [
+        (path, _sha(FILES[path]), len(FILES[path])) for path in INSTALLED]
+    assert (out / "pennello-tiny.json").read_bytes() == embedded  # nothing to lock there
+    assert not [p for p in hub.requests if "/resolve/" in p]  # the weights' hashes come from the pointers
+    signed = (out / "tiny.json").read_bytes()
+    script.main(args)  # a later run without --lock keeps the lock
+    assert (out / "tiny.json").read_bytes() == signed
+
+    options = FetchOptions(downloads_dir=home.downloads_dir, retries=0, read_timeout_s=5, hub_endpoint=hub.url)
+    model = Installer(home, _config(), options=options, progress=False).install_raw(signed, expected_name="tiny")
+    assert model.verification == "signed hashes" and (model.path / UNET).read_bytes() == FILES[UNET]
+
+    # A new pin at a commit the Hub does not serve: --lock fails, naming it, and writes nothing.
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setattr(script, "CATALOG", {"tiny": replace(entry, revision=missing)})
+    with pytest.raises(SystemExit) as failed:
+        script.main(args + ["--lock", "--hub-endpoint", hub.url])
+    assert failed.value.code != 0 and (out / "tiny.json").read_bytes() == signed
+    assert f"does not serve the git objects of commit {missing}" in capsys.readouterr().err
