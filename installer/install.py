@@ -4,7 +4,9 @@ The order is what makes an install safe:
 
 1. the envelope is verified by the trust policy (signatures, threshold, expiry, rollback);
 2. every file the store lacks is fetched into ``store/tmp/``, hashed as it is written, and
-   checked against the manifest (size and sha256) before it becomes a blob;
+   checked against the manifest (size and sha256) before it becomes a blob; if any file fails,
+   the blobs this run added are set aside as complete partial downloads, so the store is left
+   exactly as it was and the next attempt downloads none of them again;
 3. the version directory is built from blobs in ``store/staging/`` and renamed into place;
 4. ``current`` is switched, older versions and unreferenced blobs go, and only then is the
    version recorded as seen (so a failed install never blocks a retry of the same version).
@@ -29,10 +31,12 @@ Before step 2 a caller can ask what it would download (:meth:`Installer.download
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -59,6 +63,7 @@ class Verified:
     raw: bytes
     fetcher: Fetcher
     files: FileList  # the manifest's own list, or the one derived from its signed commit
+    contents: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes that came with the commit
 
 
 @dataclass(frozen=True)
@@ -148,13 +153,14 @@ class Installer:
             fetcher = fetcher_for(manifest.source, manifest.name, self.options)
         else:
             fetcher = fetcher_for(Source("local"), manifest.name, replace(self.options, local_dir=local_dir))
-        return Verified(manifest, raw, fetcher, self._file_list(manifest, fetcher))
+        return Verified(manifest, raw, fetcher, *self._file_list(manifest, fetcher))
 
-    def _file_list(self, manifest: Manifest, fetcher: Fetcher) -> FileList:
+    def _file_list(self, manifest: Manifest, fetcher: Fetcher) -> tuple[FileList, dict[str, bytes]]:
+        """The files to install, and the bytes of those that came with the commit's objects."""
         if manifest.locked:  # locked on some machine from what arrived there: first fetch, not the maker's
-            return FileList(manifest.files, FIRST_FETCH if manifest.trust_on_first_use else SIGNED_HASHES)
+            return FileList(manifest.files, FIRST_FETCH if manifest.trust_on_first_use else SIGNED_HASHES), {}
         if self._is_current(manifest):  # installed already: its list was derived then
-            return self.store.file_list(self.store.get(manifest.name).path)
+            return self.store.file_list(self.store.get(manifest.name).path), {}
         # Only here: `pennello serve` imports this module, and must never load code that fetches.
         from pennello.installer.lock import default_files, fetch_and_record, pipeline_files
 
@@ -162,8 +168,7 @@ class Installer:
         try:
             # A source without a revision (a mirror) says it needs a lock.
             derived = fetcher.commit_files(pipeline_files, manifest.source.revision or "")
-            self._store_contents(derived.files, derived.contents)
-            return FileList(derived.files, SIGNED_COMMIT, derived.objects)
+            return FileList(derived.files, SIGNED_COMMIT, derived.objects), derived.contents
         except CommitObjectsUnavailable as e:
             if self.first_fetch is None:
                 raise FetchError(f"{label}: {e}; its file hashes cannot be derived from the signed commit, "
@@ -172,21 +177,13 @@ class Installer:
             self.first_fetch(label, str(e))
         wanted = default_files(fetcher, manifest.source.kind)
         entries = fetch_and_record(self.store, fetcher, wanted, manifest.name, self.progress)
-        return FileList(tuple(entries), FIRST_FETCH)
-
-    def _store_contents(self, files: tuple[FileEntry, ...], contents: dict[str, bytes]) -> None:
-        """Store the files whose bytes came with the commit's objects: never downloaded twice."""
-        with self.store.lock():
-            for entry in files:
-                if entry.sha256 in contents and not self.store.has_blob(entry):
-                    with self.store.temp_file(entry.path) as temp:
-                        temp.write_bytes(contents[entry.sha256])
-                        self.store.ingest(temp, entry)
+        return FileList(tuple(entries), FIRST_FETCH), {}
 
     def downloads(self, verified: list[Verified]) -> Downloads:
         """What :meth:`install_all` would download for ``verified``: nothing is fetched or changed."""
         todo = [v for v in verified if not self._is_current(v.manifest)]
-        remote = [(entry, v) for entry, v in _need(self.store, todo).values() if v.fetcher.remote]
+        remote = [(entry, v) for entry, v in _need(self.store, todo).values()
+                  if v.fetcher.remote and entry.sha256 not in v.contents]
         models = dict.fromkeys(f"{v.manifest.name} v{v.manifest.version}" for _, v in remote)
         return Downloads(sum(entry.size for entry, _ in remote), len(remote), tuple(models))
 
@@ -218,15 +215,41 @@ class Installer:
             return False
 
     def _fetch_missing(self, verified: list[Verified]) -> None:
+        """Fetch every file the store lacks into a blob; if any fails, the store is left as it was."""
         missing = _need(self.store, verified)
         needed = sum(entry.size for entry, _ in missing.values())
         names = ", ".join(f"{v.manifest.name} v{v.manifest.version}" for v in verified)
         check_disk_space(self.store.root, needed, f"installing {names}")
-        with tqdm(total=needed, unit="B", unit_scale=True, desc=names[:40] or "install",
-                  disable=None if self.progress else True) as bar:
-            for entry, v in missing.values():
-                with self.store.temp_file(entry.path) as temp:
-                    self.store.ingest(temp, entry, v.fetcher.fetch(entry, temp, bar.update))
+        arrived: list[Path] = []
+        try:
+            with tqdm(total=needed, unit="B", unit_scale=True, desc=names[:40] or "install",
+                      disable=None if self.progress else True) as bar:
+                for entry, v in missing.values():
+                    with self.store.temp_file(entry.path) as temp:
+                        arrived.append(self.store.ingest(temp, entry, self._fetch(v, entry, temp, bar.update)))
+        except BaseException:
+            self._set_aside(arrived)
+            raise
+
+    def _fetch(self, v: Verified, entry: FileEntry, temp: Path, progress: Callable[[int], None]) -> str:
+        """Put ``entry``'s bytes in ``temp``; their sha256. Files that came with the commit's
+        objects are written from there: never downloaded twice."""
+        content = v.contents.get(entry.sha256)
+        if content is None:
+            return v.fetcher.fetch(entry, temp, progress)
+        (self.options.downloads_dir / f"{entry.sha256}.part").unlink(missing_ok=True)  # set aside earlier
+        temp.write_bytes(content)
+        progress(len(content))
+        return hashlib.sha256(content).hexdigest()
+
+    def _set_aside(self, blobs: list[Path]) -> None:
+        """Move the blobs of a failed install to the partial downloads: the store is as it was,
+        and the next attempt finds them complete there, checks them again and downloads nothing."""
+        self.options.downloads_dir.mkdir(parents=True, exist_ok=True)
+        for blob in blobs:
+            os.chmod(blob, 0o600)
+            os.replace(blob, self.options.downloads_dir / f"{blob.name}.part")
+        self.store.clean_work_areas()
 
 
 def ensure_embedded_default(paths: Paths, config: Config) -> InstalledModel:

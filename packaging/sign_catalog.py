@@ -1,18 +1,23 @@
 """Write and sign the shipped catalog (``manifests/<name>.json``) and the shipped trusted root.
 
 ``pennello-tiny`` is *locked*: every file of ``installer/embedded/pennello-tiny/`` is listed
-with its sha256 and size. The other entries are *unlocked*: they pin a Hugging Face repository
-at a full commit, and ``pennello manifest lock`` records their file digests at first fetch.
+with its sha256 and size. The other entries pin a Hugging Face repository at a full commit. As
+written they are *unlocked* (no file list: ``pennello install`` derives every hash from the
+signed commit's git objects, ``signed commit``). ``--lock``, on a machine with internet, fetches
+those git objects (:mod:`pennello.installer.gitpin`, as the install does: shallow, re-hashed
+from the commit id down, no weights downloaded) and writes each pipeline file's sha256 and size
+into the entry, which is then locked and checked as ``signed hashes``. A later run without
+``--lock`` keeps the files of an entry already locked at the same commit.
 
 Running it again changes nothing unless an entry's content changed (or ``--renew`` is given):
 then that entry gets ``version + 1``, a fresh ``created``, ``expires`` a year later, and a new
 signature. Timestamps and version alone never count as a change, so a rebuild that writes the
 same bytes leaves the manifests as they are.
 
-A release runs::
+A release runs (see docs/releasing.md)::
 
     nice -n 19 python packaging/train_embedded_model.py
-    python packaging/sign_catalog.py --key ../shared/keys/pennello-release-2026.key
+    python packaging/sign_catalog.py --lock --key ../shared/keys/pennello-release-2026.key
 
 The trusted root (``installer/embedded/root.json``) lists the release key in both its roles
 (``root`` and ``manifests``, threshold 1). It is re-signed the same way: only when its keys or
@@ -26,7 +31,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pennello.errors import ManifestFormatError, PennelloError
+from pennello.installer.fetchers import FetchOptions, fetcher_for
 from pennello.installer.keys import TrustedKey, key_id, load_private_key, sign_signed
+from pennello.installer.lock import pipeline_files
 from pennello.installer.manifest import (FileEntry, Manifest, PipelineSpec, Source, dump_envelope,
                                          parse_envelope)
 from pennello.installer.root import Role, Root, parse_root, verify_next
@@ -139,9 +147,37 @@ def file_entries(directory: Path) -> tuple[FileEntry, ...]:
                  for path in sorted(p for p in directory.rglob("*") if p.is_file()))
 
 
-def catalog(now: datetime) -> list[Manifest]:
-    """Every manifest the catalog should hold, at version 1 and dated ``now``."""
-    return [entry.manifest(name, now) for name, entry in CATALOG.items()]
+def catalog(now: datetime, out: Path = MANIFESTS_DIR) -> list[Manifest]:
+    """Every manifest the catalog should hold, at version 1 and dated ``now``; entries already
+    locked in ``out`` at the same commit keep their files."""
+    return [keep_lock(entry.manifest(name, now), out) for name, entry in CATALOG.items()]
+
+
+def lock(manifest: Manifest, options: FetchOptions) -> Manifest:
+    """``manifest`` listing the sha256 and size of each pipeline file of the commit it pins,
+    derived from that commit's git objects (re-hashed from the commit id down, as an install
+    does), so it installs as ``signed hashes``.
+
+    Raises:
+        FetchError, IntegrityError, CommitObjectsUnavailable: the objects cannot be had intact.
+    """
+    if manifest.source.kind != "huggingface" or manifest.locked:
+        return manifest
+    derived = fetcher_for(manifest.source, manifest.name, options).commit_files(
+        pipeline_files, manifest.source.revision or "")
+    log.info("locked %s: %d files from commit %s", manifest.name, len(derived.files), manifest.source.revision)
+    return replace(manifest, files=derived.files, locked=True)
+
+
+def keep_lock(manifest: Manifest, out: Path) -> Manifest:
+    """``manifest`` with the files of the entry in ``out`` if that one is locked at the same source."""
+    old = None if manifest.locked else _existing(out / f"{manifest.name}.json")
+    if old is None or not old[0].get("locked"):
+        return manifest
+    signed = Manifest.from_signed(old[0])
+    if signed.source != manifest.source or signed.trust_on_first_use:
+        return manifest
+    return replace(manifest, files=signed.files, locked=True)
 
 
 def _content(signed: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +263,10 @@ def main(argv: list[str] | None = None) -> None:
                              f"catalog; otherwise no root is signed unless this is given)")
     parser.add_argument("--renew", action="store_true",
                         help="re-sign every entry with fresh dates and a higher version")
+    parser.add_argument("--lock", action="store_true",
+                        help="record each Hub entry's file hashes from its commit's git objects (needs internet)")
+    parser.add_argument("--hub-endpoint", metavar="URL",
+                        help="with --lock: the Hub to ask (default: HF_ENDPOINT, else huggingface.co)")
     args = parser.parse_args(argv)
     # A catalog written elsewhere (a test, a trial) must never replace the shipped root.
     root_out = args.root_out or (ROOT_PATH if args.out.resolve() == MANIFESTS_DIR.resolve() else None)
@@ -234,7 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         key = load_private_key(str(args.key), get_paths())
-        written = sum(sign_entry(m, key, args.out, args.renew) for m in catalog(datetime.now(timezone.utc)))
+        manifests = catalog(datetime.now(timezone.utc), args.out)
+        if args.lock:
+            with tempfile.TemporaryDirectory(prefix="sign-catalog.") as downloads:
+                options = FetchOptions(downloads_dir=Path(downloads), hub_endpoint=args.hub_endpoint)
+                manifests = [lock(m, options) for m in manifests]
+        written = sum(sign_entry(m, key, args.out, args.renew) for m in manifests)
         if root_out is not None:
             written += sign_root(key, args.key.stem, root_out, renew=args.renew)
         else:

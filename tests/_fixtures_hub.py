@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from _fixtures_installer import KEY_NAME, Hub, serving_hub
+from _fixtures_installer import KEY_NAME, Hub, serve_hub
 from pennello.installer.manifest import Manifest, Source, dump_envelope, parse_envelope
 from pennello.paths import Paths, get_paths
 
@@ -121,7 +121,7 @@ def catalog_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog
     home = get_paths(tmp_path_factory.mktemp("catalog") / "home").ensure()
     generate_key(home, KEY_NAME)
     repositories, installs = {}, {}
-    with serving_hub() as hub:
+    with serve_hub() as hub:
         for name in bench_archs().CATALOG_ARCHS:
             repositories[name], installs[name] = publish_and_install(home, hub, name)
         daemon = Daemon(home)

@@ -44,14 +44,13 @@ def make_manifest(name: str, files: dict[str, bytes], version: int = 1,
 
 
 def store_listing(paths: Any) -> dict[str, tuple[int, str]]:
-    """Every file and folder under the store, with its mode and (files) sha256: for comparing
-    the store before and after something that must leave it as it was."""
+    """Every file under the store (but its lock), with its mode, link count and sha256: for
+    comparing the store before and after something that must leave it as it was. Empty folders
+    do not count: they hold nothing a loader could pick up."""
     root = paths.store_dir
-    if not root.exists():
-        return {}
-    return {p.relative_to(root).as_posix(): (p.stat().st_mode,
-                                             hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
-            for p in sorted(root.rglob("*")) if p.name != ".lock"}
+    return {p.relative_to(root).as_posix(): (p.stat().st_mode, p.stat().st_nlink,
+                                             hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if not p.is_dir() and p.name != ".lock"}
 
 
 def write_files(root: Path, files: dict[str, bytes]) -> Path:
@@ -183,13 +182,18 @@ def lfs_pointer_for(data: bytes) -> bytes:
             % (hashlib.sha256(data).hexdigest().encode(), len(data)))
 
 
-def git_commit(repo: Any, files: dict[str, bytes], lfs: set[str]) -> str:
-    """Commit ``files`` to a dulwich repository, ``lfs`` paths as LFS pointers; the commit id."""
+def git_commit(repo: Any, files: dict[str, bytes], lfs: set[str], pointers: dict[str, bytes] | None = None) -> str:
+    """Commit ``files`` to a dulwich repository, ``lfs`` paths as LFS pointers; the commit id.
+
+    ``pointers`` replaces the pointer of some LFS paths (one that lies about the file).
+    """
     from dulwich.index import commit_tree
     from dulwich.objects import Blob, Commit
 
+    pointers = pointers or {}
     blobs = [(".gitattributes", b"".join(path.encode() + LFS_RULE for path in sorted(lfs)))]
-    blobs += [(path, lfs_pointer_for(data) if path in lfs else data) for path, data in files.items()]
+    blobs += [(path, pointers.get(path) or lfs_pointer_for(data) if path in lfs else data)
+              for path, data in files.items()]
     entries = []
     for path, content in blobs:
         blob = Blob.from_string(content)
@@ -214,15 +218,18 @@ class Hub:
     repos: dict[str, Any] = field(default_factory=dict)  # "acme/tiny" -> dulwich MemoryRepo
     files: dict[str, bytes] = field(default_factory=dict)  # "acme/tiny/resolve/<rev>/<path>" -> bytes
     redirects: dict[str, str] = field(default_factory=dict)  # path -> URL answered with a 302
+    drop_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before dropping (once)
     requests: list[str] = field(default_factory=list)  # paths of file requests
     git_auth: list[str | None] = field(default_factory=list)  # Authorization of each git request
 
-    def publish(self, repo_id: str, files: dict[str, bytes], lfs: set[str]) -> str:
-        """A repository holding ``files`` at a new commit, served over git and ``resolve``."""
+    def publish(self, repo_id: str, files: dict[str, bytes], lfs: set[str],
+                pointers: dict[str, bytes] | None = None) -> str:
+        """A repository holding ``files`` at a new commit, served over git and ``resolve``
+        (``pointers``: LFS pointers that lie, see :func:`git_commit`)."""
         from dulwich.repo import MemoryRepo
 
         repo = self.repos.setdefault(repo_id, MemoryRepo())
-        commit = git_commit(repo, files, lfs)
+        commit = git_commit(repo, files, lfs, pointers)
         for path, data in files.items():
             self.files[f"{repo_id}/resolve/{commit}/{path}"] = data
         return commit
@@ -247,19 +254,27 @@ class Hub:
         if start:
             headers.append(("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}"))
         start_response("206 Partial Content" if start else "200 OK", headers)
-        return [data[start:]]
+        cut = self.drop_after.pop(path, None)
+        return [data[start:]] if cut is None else _dropped(data[start:start + cut])
+
+
+def _dropped(sent: bytes) -> Iterator[bytes]:
+    """A body that ends, short of its Content-Length, with the connection dropped."""
+    yield sent
+    raise ConnectionAbortedError("the stand-in Hub drops the connection")
 
 
 @pytest.fixture
 def hub() -> Iterator[Hub]:
     """A real WSGI server on 127.0.0.1: dulwich's git smart HTTP for ``hub.repos``, files otherwise."""
-    with serving_hub() as state:
+    with serve_hub() as state:
         yield state
 
 
 @contextlib.contextmanager
-def serving_hub() -> Iterator[Hub]:
-    """The stand-in Hub while the block runs (the ``hub`` fixture; also for wider scopes)."""
+def serve_hub(state: Hub | None = None) -> Iterator[Hub]:
+    """The stand-in Hub of the ``hub`` fixture, serving ``state`` (a new one by default) while the
+    block runs: a test can stop a Hub and serve the same repositories again at another port."""
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIServer, make_server
 
@@ -278,7 +293,7 @@ def serving_hub() -> Iterator[Hub]:
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
 
-    state = Hub()
+    state = state or Hub()
     chain = make_wsgi_chain(Repos(), fallback_app=state.app)
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:

@@ -13,13 +13,14 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from dulwich.objects import Blob, Commit
 
-from _fixtures_installer import KEY_NAME, Hub, make_manifest
-from pennello.errors import ConsentError, FetchError, IntegrityError, ModelNotFoundError
+from _fixtures_installer import KEY_NAME, Hub, load_script, make_manifest, serve_hub, store_listing
+from pennello.errors import ConsentError, FetchError, IntegrityError, ManifestFormatError, ModelNotFoundError
 from pennello.installer import gitpin
 from pennello.installer.catalog import Catalog
 from pennello.installer.fetchers import FetchOptions
@@ -351,3 +352,143 @@ def test_how_each_model_was_verified_is_shown_by_models_verify_and_the_api(home,
     assert {**report["pennello-tiny"], "verified": None} == {"name": "pennello-tiny", "verified": None,
                                                              "verification": "signed hashes", "ok": True,
                                                              "problems": []}
+
+
+# --- hostile sources: every refusal leaves the store exactly as it was -----------------------------
+
+def test_a_pointer_whose_size_disagrees_with_the_file_is_refused(home, hub, publish):
+    """The signed commit's pointer names the size; a file of any other size never becomes a blob."""
+    options = FetchOptions(downloads_dir=home.downloads_dir, retries=0, read_timeout_s=5, hub_endpoint=hub.url)
+    installer = Installer(home, _config(), options=options, progress=False)
+    before = store_listing(home)
+    for name, size in (("smaller", len(FILES[UNET]) - 1), ("larger", len(FILES[UNET]) + 1)):
+        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{_sha(FILES[UNET])}\n"
+                   f"size {size}\n").encode()
+        commit = hub.publish(f"acme/{name}", FILES, LFS, pointers={UNET: pointer})
+        raw = publish(make_manifest(name, {}, source=Source("huggingface", repo=f"acme/{name}", revision=commit),
+                                    version=1, locked=False))
+        with pytest.raises((IntegrityError, FetchError)) as refused:
+            installer.install_raw(raw, expected_name=name)
+        url = f"{hub.url}/acme/{name}/resolve/{commit}/{UNET}"
+        if name == "smaller":
+            assert str(refused.value) == (f"{url}: the server announces {len(FILES[UNET])} bytes, more than the "
+                                          f"{size} bytes allowed for {UNET}; download stopped and refused "
+                                          f"(endless data)")
+        else:
+            assert str(refused.value).startswith(f"{url}: download failed after 1 attempts (the server sent "
+                                                 f"{len(FILES[UNET])} of {size} bytes)")
+        with pytest.raises(ModelNotFoundError):
+            Store(home).get(name)
+    assert store_listing(home) == before  # not even the small files that came with the git objects
+
+
+def test_an_endless_download_is_stopped_past_the_pointers_size_and_refused(home, hub, mirror, pinned):
+    installer, raw, commit = pinned
+    installer.install_raw(raw, expected_name="tiny")  # something installed, so "as it was" says something
+    before = store_listing(home)
+    Store(home).remove("tiny")
+    before_removed = store_listing(home)
+    mirror.endless.add("cdn/unet")  # no Content-Length, data without end
+    hub.redirects[f"{REPO}/resolve/{commit}/{UNET}"] = f"{mirror.url}/cdn/unet"
+    with pytest.raises(IntegrityError, match=rf"^{hub.url}/{REPO}/resolve/{commit}/{UNET}: the server kept "
+                                             rf"sending, more than the {len(FILES[UNET])} bytes allowed for "
+                                             rf"{UNET}; download stopped and refused \(endless data\)$"):
+        installer.install_raw(raw, expected_name="tiny")
+    assert [path for path, _ in mirror.requests] == ["cdn/unet"]
+    assert not (home.downloads_dir / f"{_sha(FILES[UNET])}.part").exists()  # nothing kept to resume from
+    assert store_listing(home) == before_removed != before
+
+
+def test_a_commit_the_server_does_not_have_is_refused(home, hub, publish):
+    hub.publish(REPO, FILES, LFS)
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    raw = publish(make_manifest("tiny", {}, source=Source("huggingface", repo=REPO, revision=missing),
+                                locked=False))
+    options = FetchOptions(downloads_dir=home.downloads_dir, retries=0, read_timeout_s=5, hub_endpoint=hub.url)
+    installer = Installer(home, _config(), options=options, progress=False)
+    before = store_listing(home)
+    with pytest.raises(FetchError, match=rf"^tiny v1: {hub.url}/{REPO} does not serve the git objects of "
+                                         rf"commit {missing} \(.*\); its file hashes cannot be derived"):
+        installer.install_raw(raw, expected_name="tiny")
+    installer.first_fetch = lambda model, why: None  # even agreeing to first fetch: nothing to fetch
+    with pytest.raises(FetchError, match=f"cannot list {REPO}@{missing} on {hub.url}"):
+        installer.install_raw(raw, expected_name="tiny")
+    assert store_listing(home) == before
+    assert not [p for p in hub.requests if "/resolve/" in p]
+
+
+def test_a_manifest_pinning_a_branch_instead_of_a_commit_is_refused(home, hub, publish, pinned):
+    installer, _, _ = pinned
+    signed = make_manifest("tiny", {}, source=Source("huggingface", repo=REPO, revision="main"),
+                           locked=False).to_signed()
+    from pennello.installer.keys import load_private_key, sign_signed
+    from pennello.installer.manifest import dump_envelope
+
+    raw = dump_envelope(signed, [sign_signed(signed, load_private_key(KEY_NAME, home))])
+    before = store_listing(home)
+    with pytest.raises(ManifestFormatError, match="source.revision must be a full 40-hex commit, not a branch"):
+        installer.install_raw(raw, expected_name="tiny")
+    assert store_listing(home) == before and hub.requests == [] and hub.git_auth == []
+
+
+def test_the_hub_going_away_mid_download_resumes_later_and_finishes_verified(home, hub, pinned):
+    installer, raw, commit = pinned
+    path = f"{REPO}/resolve/{commit}/{UNET}"
+    hub.drop_after[path] = 200_000
+    with pytest.raises(FetchError, match=r"200000 of 524288 bytes are kept and the next attempt resumes"):
+        installer.install_raw(raw, expected_name="tiny")
+    state, before = hub, store_listing(home)
+    with serve_hub(Hub(repos=state.repos, files=state.files)) as again:
+        gone = again.url
+    with pytest.raises(FetchError, match=rf"^cannot reach {gone}/{REPO} \(.*\); no network\?"):
+        Installer(home, _config(), options=replace(installer.options, hub_endpoint=gone),
+                  progress=False).install_raw(raw, expected_name="tiny")
+    assert store_listing(home) == before
+    with serve_hub(Hub(repos=state.repos, files=state.files)) as back:
+        model = Installer(home, _config(), options=replace(installer.options, hub_endpoint=back.url),
+                          progress=False).install_raw(raw, expected_name="tiny")
+        assert [p for p in back.requests if "/resolve/" in p] == [path]
+    assert (model.path / UNET).read_bytes() == FILES[UNET]
+    assert Store(home).verify(["tiny"], progress=False) == [] and list(home.downloads_dir.iterdir()) == []
+
+
+def test_sign_catalog_lock_records_every_files_hashes_from_the_commit_and_bumps_the_version(
+        home, hub, tmp_path, monkeypatch, capsys):
+    """The maintainers' lock: hashes from the git objects (no weights downloaded), signed."""
+    from pennello.installer.keys import generate_key
+    from pennello.installer.manifest import Manifest, parse_envelope
+
+    script = load_script("sign_catalog")
+    commit = hub.publish(REPO, FILES, LFS)
+    entry = script.Entry("StableDiffusionPipeline", "sd", "Apache-2.0", {"steps": 1}, "A test entry.",
+                         repo=REPO, revision=commit)
+    monkeypatch.setattr(script, "CATALOG", {"pennello-tiny": script.CATALOG["pennello-tiny"], "tiny": entry})
+    generate_key(home, "test-release")
+    out = tmp_path / "catalog"
+    args = ["--key", "test-release", "--out", str(out)]
+    script.main(args)
+    assert parse_envelope((out / "tiny.json").read_bytes())[0]["locked"] is False
+    embedded = (out / "pennello-tiny.json").read_bytes()
+
+    script.main(args + ["--lock", "--hub-endpoint", hub.url])
+    locked = Manifest.from_signed(parse_envelope((out / "tiny.json").read_bytes())[0])
+    assert (locked.version, locked.locked, locked.trust_on_first_use) == (2, True, False)
+    assert [(f.path, f.sha256, f.size) for f in locked.files] == [
+        (path, _sha(FILES[path]), len(FILES[path])) for path in INSTALLED]
+    assert (out / "pennello-tiny.json").read_bytes() == embedded  # nothing to lock there
+    assert not [p for p in hub.requests if "/resolve/" in p]  # the weights' hashes come from the pointers
+    signed = (out / "tiny.json").read_bytes()
+    script.main(args)  # a later run without --lock keeps the lock
+    assert (out / "tiny.json").read_bytes() == signed
+
+    options = FetchOptions(downloads_dir=home.downloads_dir, retries=0, read_timeout_s=5, hub_endpoint=hub.url)
+    model = Installer(home, _config(), options=options, progress=False).install_raw(signed, expected_name="tiny")
+    assert model.verification == "signed hashes" and (model.path / UNET).read_bytes() == FILES[UNET]
+
+    # A new pin at a commit the Hub does not serve: --lock fails, naming it, and writes nothing.
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setattr(script, "CATALOG", {"tiny": replace(entry, revision=missing)})
+    with pytest.raises(SystemExit) as failed:
+        script.main(args + ["--lock", "--hub-endpoint", hub.url])
+    assert failed.value.code != 0 and (out / "tiny.json").read_bytes() == signed
+    assert f"does not serve the git objects of commit {missing}" in capsys.readouterr().err

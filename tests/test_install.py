@@ -61,10 +61,12 @@ def test_an_interrupted_install_resumes_where_it_stopped(home, mirror, install):
     message = str(e.value)  # the middle is the connection error, worded by urllib3
     assert message.startswith(f"{mirror.url}/tiny/unet/w.bin: download failed after 1 attempts (")
     assert message.endswith(f"); 100000 of {len(WEIGHTS_1)} bytes are kept and the next attempt resumes from there")
-    assert Store(home).names() == []
+    assert Store(home).names() == [] and store_listing(home) == {}  # not even the files that did arrive
 
     assert install("tiny", V1, serve=False).version == 1  # a new `pennello install` run
     assert mirror.ranges("tiny/unet/w.bin") == ["bytes=100000-"]
+    # The files that arrived whole were set aside, checked again and taken: not downloaded twice.
+    assert [path for path, _ in mirror.requests].count("tiny/model_index.json") == 1
     assert (Store(home).get("tiny").path / "unet/w.bin").read_bytes() == WEIGHTS_1
     assert list(home.downloads_dir.iterdir()) == []
 
