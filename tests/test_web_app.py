@@ -193,6 +193,8 @@ def test_generate_on_a_phone_and_a_desktop_in_light_and_dark(api_server, browser
     assert browser.execute_script("return document.documentElement.scrollWidth") <= size[0]  # no sideways scroll
     if UPDATE_SCREENSHOTS:
         name = f"{'phone' if size is PHONE else 'desktop'}-{'dark' if dark else 'light'}.png"
+        browser.execute_script("document.activeElement.blur();" + (
+            "document.getElementById('status').scrollIntoView()" if size is PHONE else "scrollTo(0, 0)"))
         browser.save_screenshot(str(SCREENSHOTS / name))
 
 
