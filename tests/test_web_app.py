@@ -245,6 +245,10 @@ def test_download_and_delete_from_the_full_size_view(api_server, browser):
     picture = _draw(url)
     _open(browser, url, PHONE)
     assert _open_newest(browser)["id"] == picture["id"]
+    assert "a red square" in browser.find_element("id", "viewer-details").text
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
+    if UPDATE_SCREENSHOTS:
+        browser.save_screenshot(str(SCREENSHOTS / "phone-viewer.png"))
     _click(browser, "download")
     saved = browser.downloads / f"{picture['id']}.png"
     _wait(browser, lambda b: saved.is_file() and saved.stat().st_size > 0)
