@@ -31,6 +31,9 @@ def test_page_and_assets_are_served_with_a_strict_policy(api_server):
     for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
         response = requests.get(f"{url}/assets/{name}")
         assert response.status_code == 200 and kind in response.headers["Content-Type"]
+    for name in _page_files() - {"index.html", "style.css"}:  # ES modules need a JavaScript type
+        response = requests.get(f"{url}/assets/{name}")
+        assert response.status_code == 200 and "javascript" in response.headers["Content-Type"], name
     assert requests.get(f"{url}/assets/../web.py").status_code == 404
 
 
@@ -217,3 +220,32 @@ def test_a_rebinding_page_gets_nothing(api_server, rebinding_browser):
     assert "pennello-page" not in rebinding_browser.page_source
     rebinding_browser.get(f"http://rebind.example:{port}/api/outputs")
     assert "host_not_allowed" in rebinding_browser.find_element("tag name", "body").text
+
+
+def _page_files() -> set[str]:
+    """Every file the page loads: index.html's assets and, from them, every module they import."""
+    index = (STATIC / "index.html").read_text(encoding="utf-8")
+    wanted, seen = list(re.findall(r'(?:src|href)="/assets/([\w.-]+)"', index)), {"index.html"}
+    while wanted:
+        name = wanted.pop()
+        if name not in seen:
+            seen.add(name)
+            wanted += re.findall(r'^import .*?"\./([\w.-]+)";$', (STATIC / name).read_text(encoding="utf-8"), re.M)
+    return seen
+
+
+def test_a_built_wheel_ships_every_file_the_page_loads(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    root = STATIC.parents[2]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-w", str(tmp_path), str(root)], check=True, timeout=300)
+    (wheel,) = tmp_path.glob("pennello-*.whl")
+    shipped = {Path(name).name for name in zipfile.ZipFile(wheel).namelist()
+               if name.startswith("pennello/daemon/http/static/")}
+    needed = _page_files()
+    assert {"app.js", "api.js", "viewer.js", "style.css"} <= needed  # the crawl follows imports
+    assert needed <= shipped
+    assert shipped == {path.name for path in STATIC.iterdir()}  # and nothing is left behind

@@ -193,6 +193,8 @@ def test_generate_on_a_phone_and_a_desktop_in_light_and_dark(api_server, browser
     assert browser.execute_script("return document.documentElement.scrollWidth") <= size[0]  # no sideways scroll
     if UPDATE_SCREENSHOTS:
         name = f"{'phone' if size is PHONE else 'desktop'}-{'dark' if dark else 'light'}.png"
+        browser.execute_script("document.activeElement.blur();" + (
+            "document.getElementById('status').scrollIntoView()" if size is PHONE else "scrollTo(0, 0)"))
         browser.save_screenshot(str(SCREENSHOTS / name))
 
 
@@ -243,6 +245,10 @@ def test_download_and_delete_from_the_full_size_view(api_server, browser):
     picture = _draw(url)
     _open(browser, url, PHONE)
     assert _open_newest(browser)["id"] == picture["id"]
+    assert "a red square" in browser.find_element("id", "viewer-details").text
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
+    if UPDATE_SCREENSHOTS:
+        browser.save_screenshot(str(SCREENSHOTS / "phone-viewer.png"))
     _click(browser, "download")
     saved = browser.downloads / f"{picture['id']}.png"
     _wait(browser, lambda b: saved.is_file() and saved.stat().st_size > 0)

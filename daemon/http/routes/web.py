@@ -1,10 +1,11 @@
-"""The browser page at ``/``: prompt, size and steps, live progress, the gallery, and pairing.
+"""The browser page at ``/``: a small app to generate, follow the queue, browse and act on the
+gallery, edit, run style batches, and (for the owner) pair and revoke devices.
 
-The page is plain HTML, CSS and JavaScript from ``daemon/http/static`` (no CDN, no build step), so it
-works on a machine that has never been online. It talks only to this daemon's own API:
-``POST /api/generate``, ``/api/jobs/<id>/events`` (server-sent events) and ``/api/outputs``.
-On another device the page first asks for the pairing code; pairing sets an HttpOnly cookie so
-the page's requests, images and event streams carry the token.
+The page is plain HTML, CSS and ES modules from ``daemon/http/static`` (no library, no CDN, no
+build step), so it works on a machine that has never been online; docs/web.md lists its parts and
+the API routes each uses. It talks only to this daemon's own API, with same-origin requests. On
+another device the page first asks for the pairing code; pairing sets an HttpOnly cookie so the
+page's requests, images and event streams carry the token.
 
 On this machine the page is served with the daemon's per-run *page secret* in
 ``<meta name="pennello-page">``; the page sends it as ``X-Pennello-Page`` on its requests, which
