@@ -176,6 +176,8 @@ def test_generate_on_a_phone_and_a_desktop_in_light_and_dark(api_server, browser
     assert browser.find_element("id", "prompt").get_attribute("placeholder") == "a red circle on a blue background"
     assert _by(browser, "#size option").text == "64 × 64 (default)"  # the manifest's default size
     assert "pennello-tiny" in browser.find_element("id", "models").text
+    catalog = browser.find_element("id", "catalog").text  # the owner sees what else may be installed
+    assert "pennello install sd-turbo" in catalog and "pennello install pennello-tiny" not in catalog
     assert _unlabelled_controls(browser) == []
 
     # The keyboard alone reaches Generate and starts it.
@@ -381,6 +383,7 @@ def test_the_owner_revokes_a_device_and_a_revoked_page_says_what_to_do(api_serve
     browser.find_element("css selector", "#pair-form button").click()
     _wait(browser, lambda b: b.find_element("id", "generate-section").is_displayed())
     assert not browser.find_element("id", "devices-section").is_displayed()
+    assert "sd-turbo" not in browser.page_source  # the catalog is the owner's
     token = next(t for t in requests.get(f"{url}/api/tokens").json()["tokens"] if t["name"].startswith("browser"))
     assert requests.delete(f"{url}/api/tokens/{token['id']}").status_code == 200
     _set(browser, "prompt", "a red circle")
