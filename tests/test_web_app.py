@@ -401,3 +401,4 @@ def test_the_owner_revokes_a_device_and_a_revoked_page_says_what_to_do(api_serve
     banner = _wait(browser, lambda b: b.find_element("id", "auth-banner").text)
     assert "pennello open" in banner and "pair this device" in banner
     assert browser.find_element("id", "pair-section").is_displayed()
+    assert browser.find_element("id", "pair-name").get_attribute("value").startswith("browser")  # ready to pair again
