@@ -3,6 +3,7 @@ a real headless Chromium, on a phone and a desktop screen, in light and dark."""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from pathlib import Path
@@ -156,6 +157,14 @@ def _open_newest(browser) -> dict:
     return {"id": image_id}
 
 
+def _save_screenshot(browser, name: str) -> None:
+    """A screenshot for docs/, in 128 colours: a fraction of the bytes, the same look."""
+    from PIL import Image
+
+    shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+    shot.quantize(128, method=Image.Quantize.MEDIANCUT).save(SCREENSHOTS / name, optimize=True)
+
+
 def _unlabelled_controls(browser) -> list[str]:
     return browser.execute_script("""
         const named = (e) => (e.getAttribute('aria-label') || (e.labels && e.labels[0]?.textContent)
@@ -176,6 +185,8 @@ def test_generate_on_a_phone_and_a_desktop_in_light_and_dark(api_server, browser
     assert browser.find_element("id", "prompt").get_attribute("placeholder") == "a red circle on a blue background"
     assert _by(browser, "#size option").text == "64 × 64 (default)"  # the manifest's default size
     assert "pennello-tiny" in browser.find_element("id", "models").text
+    catalog = browser.find_element("id", "catalog").text  # the owner sees what else may be installed
+    assert "pennello install sd-turbo" in catalog and "pennello install pennello-tiny" not in catalog
     assert _unlabelled_controls(browser) == []
 
     # The keyboard alone reaches Generate and starts it.
@@ -195,7 +206,7 @@ def test_generate_on_a_phone_and_a_desktop_in_light_and_dark(api_server, browser
         name = f"{'phone' if size is PHONE else 'desktop'}-{'dark' if dark else 'light'}.png"
         browser.execute_script("document.activeElement.blur();" + (
             "document.getElementById('status').scrollIntoView()" if size is PHONE else "scrollTo(0, 0)"))
-        browser.save_screenshot(str(SCREENSHOTS / name))
+        _save_screenshot(browser, name)
 
 
 @pytest.mark.browser
@@ -221,6 +232,7 @@ def test_settings_are_stored_shown_and_used_again(api_server, browser):
     details = browser.find_element("id", "viewer-details").text
     for shown in ("a green triangle on a black background", "blurry", "pennello-tiny", "Manifest digest", "64x64"):
         assert shown in details
+    assert _unlabelled_controls(browser) == []  # the view's controls too
 
     # Reuse: another picture's settings fill the form again, seed fixed.
     browser.find_element("id", "viewer-close").click()
@@ -248,7 +260,7 @@ def test_download_and_delete_from_the_full_size_view(api_server, browser):
     assert "a red square" in browser.find_element("id", "viewer-details").text
     assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
     if UPDATE_SCREENSHOTS:
-        browser.save_screenshot(str(SCREENSHOTS / "phone-viewer.png"))
+        _save_screenshot(browser, "phone-viewer.png")
     _click(browser, "download")
     saved = browser.downloads / f"{picture['id']}.png"
     _wait(browser, lambda b: saved.is_file() and saved.stat().st_size > 0)
@@ -381,6 +393,7 @@ def test_the_owner_revokes_a_device_and_a_revoked_page_says_what_to_do(api_serve
     browser.find_element("css selector", "#pair-form button").click()
     _wait(browser, lambda b: b.find_element("id", "generate-section").is_displayed())
     assert not browser.find_element("id", "devices-section").is_displayed()
+    assert "sd-turbo" not in browser.page_source  # the catalog is the owner's
     token = next(t for t in requests.get(f"{url}/api/tokens").json()["tokens"] if t["name"].startswith("browser"))
     assert requests.delete(f"{url}/api/tokens/{token['id']}").status_code == 200
     _set(browser, "prompt", "a red circle")
@@ -388,3 +401,4 @@ def test_the_owner_revokes_a_device_and_a_revoked_page_says_what_to_do(api_serve
     banner = _wait(browser, lambda b: b.find_element("id", "auth-banner").text)
     assert "pennello open" in banner and "pair this device" in banner
     assert browser.find_element("id", "pair-section").is_displayed()
+    assert browser.find_element("id", "pair-name").get_attribute("value").startswith("browser")  # ready to pair again

@@ -15,13 +15,17 @@ const APP_SECTIONS = ["generate-section", "queue-section", "gallery-section", "s
 const UNAUTHORIZED = "This page may not use Pennello: open the page with `pennello open` on the computer " +
                      "that runs it, or pair this device.";
 
+function suggestName() {
+  if (!$("pair-name").value) $("pair-name").value = navigator.platform ? `browser on ${navigator.platform}` : "browser";
+}
+
 async function start() {
   const status = await api("/api/pair/status");
   if (!status.paired) {
     $("who").textContent = "This device is not paired yet.";
     const code = new URLSearchParams(location.search).get("pair");
     if (code) $("pair-code").value = code;
-    $("pair-name").value = navigator.platform ? `browser on ${navigator.platform}` : "browser";
+    suggestName();
     show("pair-section");
     return;
   }
@@ -54,6 +58,7 @@ $("pair-form").addEventListener("submit", async (event) => {
 document.addEventListener("pennello:unauthorized", () => {
   $("auth-banner").textContent = UNAUTHORIZED;
   show("auth-banner");
+  suggestName();
   show("pair-section");
 });
 

@@ -1,5 +1,6 @@
 // Models: the model choice in the form, its size presets and defaults (from the model's signed
-// manifest, as /api/models reports them), and the list of installed models.
+// manifest, as /api/models reports them), the installed models, and for the owner the catalog's
+// others with the command that installs each (the page carries the catalog; it installs nothing).
 
 import { $, api, el } from "./api.js";
 
@@ -7,6 +8,7 @@ import { $, api, el } from "./api.js";
 // Others take one; the daemon refuses more with a message naming the field.
 const MAX_PICTURES = { QwenImageEditPlusPipeline: 3 };
 let models = [];
+const CATALOG = JSON.parse(document.querySelector('meta[name="pennello-catalog"]')?.content || "[]");
 
 export function currentModel() {
   return models.find((model) => model.name === $("model").value) || models[0] || null;
@@ -34,6 +36,18 @@ export async function loadModels() {
   if (chosen && models.some((model) => model.name === chosen)) select.value = chosen;
   applyDefaults();
   $("models").replaceChildren(...models.map(modelItem));
+  const installed = new Set(models.map((model) => model.name));
+  const available = CATALOG.filter((entry) => !installed.has(entry.name));
+  $("catalog").replaceChildren(...available.map(catalogItem));
+  $("catalog-box").hidden = available.length === 0;
+}
+
+function catalogItem(entry) {
+  const size = entry.bytes ? `${(entry.bytes / 1e9).toFixed(1)} GB download` : "size shown when installing";
+  return el("li", {},
+    el("strong", {}, entry.name), " ", el("span", { className: "badge" }, `available, ${size}`),
+    el("p", { className: "muted" }, entry.description || ""),
+    el("p", {}, "Install: ", el("code", {}, `pennello install ${entry.name}`)));
 }
 
 function modelItem(model) {
