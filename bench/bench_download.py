@@ -190,7 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     for r in rows:
         print(f"{r['metric']:60} {r['value']:>10.2f} {r['unit']}")
+    # The machine's load while it ran: absolute MB/s on a shared machine mean little without it;
+    # the ratios, from interleaved rounds, hold up better.
     write_result("download-cpu", rows, size_bytes=args.size, files=args.files, rounds=args.rounds,
+                 load_average=[round(x, 2) for x in os.getloadavg()],
                  seconds={name: [round(t, 4) for t in times] for name, times in samples.items()})
     return {"mb_s": mb_s, "samples": samples}
 

@@ -81,9 +81,9 @@ class Fetcher(Protocol):
             IntegrityError: it delivered more bytes than the manifest allows.
         """
 
-    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> None:
+    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> str:
         """Like :meth:`fetch` for a file whose size is not known yet (locking), capped at
-        ``max_file_bytes``."""
+        ``max_file_bytes``; returns the sha256 of what arrived."""
 
     def list_files(self) -> list[str]:
         """Relative paths of every file the source offers (for locking an unlocked manifest)."""
@@ -160,7 +160,7 @@ class LocalFetcher:
                              f"(looked for {', '.join(self.candidates(entry))})")
         return self._copy(relative, dest, entry.size, progress)
 
-    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> None:
+    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> str:
         raise FetchError("local sources hold locked manifests only; lock from the original source")
 
     def list_files(self) -> list[str]:

@@ -32,7 +32,7 @@ from pennello.installer.catalog import Catalog
 from pennello.installer.keys import load_private_key, sign_signed
 from pennello.installer.manifest import FileEntry, check_relative_path, dump_envelope
 from pennello.installer.fetchers import FetchOptions, Fetcher, fetcher_for
-from pennello.installer.store import Store, file_sha256
+from pennello.installer.store import Store
 from pennello.installer.trust import TrustPolicy
 from pennello.paths import Paths
 
@@ -125,8 +125,8 @@ def fetch_and_record(store: Store, fetcher: Fetcher, wanted: list[str], name: st
                             disable=None if progress else True) as bar:
         for path in wanted:
             with store.temp_file(path) as temp:
-                fetcher.fetch_unknown(path, temp, bar.update)
-                entry = FileEntry(path, file_sha256(temp), temp.stat().st_size)
-                store.ingest(temp, entry)
+                digest = fetcher.fetch_unknown(path, temp, bar.update)  # hashed as it arrived
+                entry = FileEntry(path, digest, temp.stat().st_size)
+                store.ingest(temp, entry, digest)
             entries.append(entry)
     return entries

@@ -163,11 +163,12 @@ class HttpFetcher:
         shutil.move(partial, dest)
         return digest
 
-    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> None:
-        def attempt(url: str) -> None:
+    def fetch_unknown(self, path: str, dest: Path, progress: Progress) -> str:
+        def attempt(url: str) -> str:
             with open(dest, "wb") as f, _Hashing(f) as sink:
                 self._stream(url, sink, 0, self.options.max_file_bytes, path, progress, {})
-        self._with_retries(self.url(path), attempt, dest, None)
+            return sink.hexdigest()
+        return self._with_retries(self.url(path), attempt, dest, None)
 
     def _with_retries(self, url: str, attempt: Callable[[str], _T], partial: Path, size: int | None) -> _T:
         for tries in range(self.options.retries + 1):

@@ -77,6 +77,14 @@ def test_a_server_ignoring_the_range_request_restarts_the_file_and_its_hash(home
     assert mirror.ranges("tiny/w.bin") == ["bytes=400000-"]  # asked, answered with the whole file
 
 
+def test_a_file_of_unknown_size_is_hashed_as_it_arrives(home, mirror, options, tmp_path):
+    """What `manifest lock` records: the digest of the bytes written, without reading them back."""
+    mirror.files["tiny/w.bin"] = WEIGHTS
+    mirror.drop_after["tiny/w.bin"] = 300_000  # the retry starts the file, and its hash, afresh
+    digest = _mirror_fetcher(mirror, options, retries=1).fetch_unknown("w.bin", tmp_path / "w.bin", lambda n: None)
+    assert digest == hashlib.sha256(WEIGHTS).hexdigest() and (tmp_path / "w.bin").read_bytes() == WEIGHTS
+
+
 def test_truncated_download_is_refused(home, mirror, options):
     mirror.files["tiny/w.bin"] = WEIGHTS
     mirror.short["tiny/w.bin"] = 1000  # ends cleanly after 1000 bytes, every time
