@@ -196,3 +196,23 @@ def test_the_upscaler_is_planned_at_the_size_it_works_at(full_size_weights):
     as_upscaler = plan_for("cuda", weights, 2, 128 * 128, free_bytes=CARDS["8gb"], purpose="upscale")
     assert "~0.8 GiB working memory" in as_upscaler.reason  # 0.5 GiB + 1 GiB per megapixel x 0.26
     assert "~0.5 GiB working memory" in plan_for("cuda", weights, 2, 128 * 128, free_bytes=CARDS["8gb"]).reason
+
+
+@pytest.mark.slow
+def test_the_x4_upscaler_runs_its_unet_once_per_step_at_the_manifests_guidance(catalog_daemon, make_engine):
+    """The prompt is empty, so classifier-free guidance (the pipeline's default, 9) would run the
+    UNet on two identical conditionings; the manifest's guidance 0 runs it once per step."""
+    from pennello.daemon.tools.upscale import upscale
+    from pennello.installer.store import Store
+
+    engine = make_engine(store=Store(catalog_daemon.home))  # its own home: its own job journal
+    engine.load("sd-x4-upscaler")
+    unet = engine.residency.loaded["sd-x4-upscaler"].pipe.unet
+    batches: list[int] = []
+    hook = unet.register_forward_pre_hook(lambda _, args: batches.append(args[0].shape[0]))
+    try:
+        out, note = upscale(engine, Image.new("RGB", (32, 32), "teal"), 4, "ai")
+    finally:
+        hook.remove()
+    assert out.size == (128, 128) and note["model"] == "sd-x4-upscaler"
+    assert batches == [1] * 20  # one tile, 20 steps, one UNet pass each
