@@ -22,7 +22,8 @@ The tests install those through the daemon (``tests/_fixtures_hub.py``); they pr
 wiring, not picture quality. :data:`CATALOG_ARCHS` maps the signed catalog's model names to them.
 
 Tokenizers are not the real ones (CLIP's is 1.5 MB of BPE merges, T5's a SentencePiece model):
-every tokenizer slot gets the small CLIP tokenizer shipped with ``pennello-tiny``. What a
+every tokenizer slot gets the small CLIP tokenizer shipped with ``pennello-tiny`` (Qwen's slots a
+byte-level tokenizer with Qwen's special tokens, made on the spot). What a
 tokenizer costs downstream is the padded length it hands the text encoder, and diffusers pads
 every prompt to the model's length (77 for CLIP, ``max_sequence_length`` = 256 for FLUX-schnell's
 T5), so the text encoders and the denoiser's cross-attention see the same shapes as with the real
@@ -51,6 +52,9 @@ log = logging.getLogger("bench.archs")
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "installer" / "embedded" / "pennello-tiny" / "tokenizer"
 CLIP_TOKENS = 77
+# Qwen2.5-VL's chat and vision tokens, in the order the tiny Qwen tokenizer numbers them.
+QWEN_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ CATALOG_ARCHS: dict[str, Arch] = {
     "sdxl-turbo": ARCHS["sdxl-turbo"],
     "flux.1-schnell": ARCHS["flux-schnell"],
     "sd-x4-upscaler": Arch("sd-x4-upscaler", "sd-x4-upscaler", size=128, steps=20),
+    "qwen-image-edit": Arch("qwen-image-edit", "qwen-image-edit", size=1024, steps=40, guidance=4.0),
 }
 
 
@@ -110,6 +115,33 @@ def _tokenizer() -> transformers.PreTrainedTokenizerBase:
     return transformers.CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
+@cache
+def _qwen_tokenizer() -> transformers.PreTrainedTokenizerBase:
+    """A byte-level BPE with no merges and Qwen's chat and vision tokens as ids 0-7 (the tiny
+    text encoder's config names them): Qwen-Image's pipelines and processor find those tokens by
+    name, and a prompt simply costs more tokens than with Qwen's 151k vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=list(QWEN_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return transformers.Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def _qwen_processor() -> Any:
+    """Qwen2-VL's processor (its default image settings) over the tiny tokenizer; transformers 5
+    builds its video half only with torchvision installed."""
+    return transformers.Qwen2VLProcessor(image_processor=transformers.Qwen2VLImageProcessor(),
+                                         tokenizer=_qwen_tokenizer(),
+                                         video_processor=transformers.Qwen2VLVideoProcessor())
+
+
+# Slots whose class needs more than pennello-tiny's CLIP tokenizer.
+_TOKENIZERS: dict[str, Callable[[], Any]] = {"Qwen2Tokenizer": _qwen_tokenizer, "Qwen2VLProcessor": _qwen_processor}
+
+
 def tiny_widths(arch: Arch) -> dict[str, dict[str, Any]]:
     """The config values ``tiny=True`` changes, per component (``configs/<model>/tiny.json``)."""
     return json.loads((arch.config_dir / "tiny.json").read_text(encoding="utf-8"))
@@ -121,6 +153,8 @@ def _diffusers_component(class_name: str, path: Path, changes: dict[str, Any]) -
 
 
 def _transformers_component(class_name: str, path: Path, changes: dict[str, Any]) -> Any:
+    if class_name in _TOKENIZERS:
+        return _TOKENIZERS[class_name]()
     if "Tokenizer" in class_name:
         return _tokenizer()
     model = getattr(transformers, class_name)(transformers.AutoConfig.from_pretrained(path, **changes))
@@ -147,6 +181,16 @@ def _created_on(device: str | torch.device, dtype: torch.dtype) -> Iterator[None
         torch.set_default_dtype(previous)
 
 
+def weighted(arch: Arch) -> tuple[str, ...]:
+    """The components of ``arch`` that have weights (not schedulers, tokenizers, processors)."""
+    return tuple(name for name, spec in model_index(arch).items()
+                 if isinstance(spec, list) and spec[0] is not None and not _weightless(name))
+
+
+def _weightless(name: str) -> bool:
+    return name.endswith("scheduler") or name.startswith(("tokenizer", "processor"))
+
+
 def build_components(arch: Arch, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32,
                      only: tuple[str, ...] | None = None, tiny: bool = False) -> dict[str, Any]:
     """Every component named in ``model_index.json``, with random weights.
@@ -169,7 +213,7 @@ def build_components(arch: Arch, device: str | torch.device = "meta", dtype: tor
             components[name] = spec
         elif spec[0] is None:
             components[name] = None
-        elif name.endswith("scheduler") or name.startswith("tokenizer"):  # no weights
+        elif _weightless(name):
             components[name] = _LIBRARIES[spec[0]](spec[1], arch.config_dir / name, {})
         else:
             start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 A family names the diffusers pipeline classes it allows (a manifest cannot make the daemon
 instantiate an arbitrary class), its size limits, the attribute holding its denoiser (used for
-per-stage timing) and the dtype it prefers on a GPU. Its ``purpose`` says what its own pipeline
+per-stage timing), the dtype it prefers on a GPU and the call arguments a manifest has no field
+for (FLUX.1-schnell's 256-token T5 prompts). Its ``purpose`` says what its own pipeline
 is for: text-to-image (SD-class: these also edit, through derived img2img/inpaint pipelines),
 editing pictures by instruction (Qwen-Image-Edit, with how many reference pictures each class
 takes) or upscaling; a request for anything else is a 400 that names the right route. Built-ins

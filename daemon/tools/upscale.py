@@ -31,7 +31,9 @@ from PIL import Image
 from pennello.config import ImagesConfig
 from pennello.errors import ModelNotFoundError, PennelloError, RequestError, TooLargeError
 
+from ..engine.families import get_family
 from ..engine.jobs import GenerateRequest
+from ..engine.resolve import model_defaults
 
 
 log = logging.getLogger(__name__)
@@ -100,14 +102,16 @@ class UpscaleEndedError(PennelloError):
 
 def _ai(engine: Any, image: Image.Image, scale: int, tile: int, owner: str) -> Image.Image:
     name = engine.config.images.upscale_model
-    family = engine.store.get(name).manifest.pipeline.family
+    installed = engine.store.get(name)
+    family = installed.manifest.pipeline.family
     if family != UPSCALE_FAMILY:
         raise RequestError(f"{name} is a {family!r} model, not an upscaler; set [images] upscale_model "
                            f"to an installed {UPSCALE_FAMILY} model", field="method")
-    task = AiUpscaleTask(image)
+    guidance = model_defaults(installed, get_family(family))["guidance"]
+    task = AiUpscaleTask(image, guidance)
     job = engine.submit_task(
         GenerateRequest(prompt="", model=name, width=image.width, height=image.height, steps=_AI_STEPS,
-                        guidance=0.0, owner=owner), [0], task, "upscale", len(ai_tiles(*image.size)) * _AI_STEPS)
+                        guidance=guidance, owner=owner), [0], task, "upscale", len(ai_tiles(*image.size)) * _AI_STEPS)
     job.wait()
     if job.status != "done" or task.result is None:
         error = UpscaleEndedError(f"the AI upscale {job.status}{': ' + job.error if job.error else ''} "
@@ -130,13 +134,19 @@ def ai_tiles(width: int, height: int) -> list[tuple[int, int, int, int]]:
             for left in range(0, max(1, width - _AI_OVERLAP), step)]
 
 
-def _ai_x4(pipe: Any, image: Image.Image, on_step: Callable[[int], None] = lambda _: None) -> Image.Image:
-    """The diffusion upscaler over overlapping tiles; later tiles overwrite the overlap."""
+def _ai_x4(pipe: Any, image: Image.Image, guidance: float,
+           on_step: Callable[[int], None] = lambda _: None) -> Image.Image:
+    """The diffusion upscaler over overlapping tiles; later tiles overwrite the overlap.
+
+    ``guidance`` is the model's (0 for the catalog's x4 upscaler): the prompt is empty, so
+    classifier-free guidance (the pipeline's default is 9) would compare two identical
+    conditionings and only double the UNet's work.
+    """
     out = Image.new("RGB", (image.width * 4, image.height * 4))
     for box in ai_tiles(image.width, image.height):
         # This pipeline still has diffusers' older per-step callback (step, timestep, latents).
-        piece = pipe(prompt="", image=image.crop(box), num_inference_steps=_AI_STEPS, output_type="pil",
-                     callback=lambda *_: on_step(1), callback_steps=1).images[0]
+        piece = pipe(prompt="", image=image.crop(box), num_inference_steps=_AI_STEPS, guidance_scale=guidance,
+                     output_type="pil", callback=lambda *_: on_step(1), callback_steps=1).images[0]
         out.paste(piece.resize(((box[2] - box[0]) * 4, (box[3] - box[1]) * 4)), (box[0] * 4, box[1] * 4))
     return out
 
@@ -145,14 +155,14 @@ class AiUpscaleTask:
     """The AI upscaler's 4x pass as an engine task. Its picture is handed back to the waiting
     request (``result``), which scales it to 2x or 8x and saves it with the upscale record."""
 
-    def __init__(self, image: Image.Image) -> None:
-        self.image, self.result = image, None
+    def __init__(self, image: Image.Image, guidance: float) -> None:
+        self.image, self.guidance, self.result = image, guidance, None
 
     def describe(self) -> dict[str, Any]:
         return {"tiles": len(ai_tiles(*self.image.size)), "from": f"{self.image.width}x{self.image.height}"}
 
     def run(self, loaded: Any, on_step: Callable[[int], None]) -> list[Image.Image]:
-        return [_ai_x4(loaded.pipe, self.image.convert("RGB"), on_step)]
+        return [_ai_x4(loaded.pipe, self.image.convert("RGB"), self.guidance, on_step)]
 
     def save(self, engine: Any, loaded: Any, image: Image.Image, index: int) -> None:
         self.result = image  # saved by the caller, once scaled; nothing goes to the gallery here
