@@ -9,7 +9,7 @@ whose pictures were partly saved when the process died is made again whole.
 
 Edits carry uploaded pictures: their task (:class:`.runner.Task`) gives a record and its pictures
 (``journal_record``), kept as ``<id>.<name>.png`` next to the job (0600, removed with it), and
-the tool that made the task registers how to rebuild it (:func:`restorer`), since the engine
+the tool that made the task registers how to rebuild it (:func:`add_restorer`), since the engine
 does not know the tools above it. A task that gives no record (the AI upscaler's pass, whose
 caller waits for the picture in memory and is told when the worker is gone) is not journaled.
 
@@ -45,14 +45,9 @@ Restore = Callable[[GenerateRequest, dict[str, Any], dict[str, Image.Image]], An
 _RESTORERS: dict[str, Restore] = {}
 
 
-def restorer(kind: str) -> Callable[[Restore], Restore]:
-    """Register how jobs of ``kind`` get their task back from the journal."""
-
-    def register(restore: Restore) -> Restore:
-        _RESTORERS[kind] = restore
-        return restore
-
-    return register
+def add_restorer(kind: str, restore: Restore) -> None:
+    """Tell the journal how jobs of ``kind`` get their task back (a tool, when it is imported)."""
+    _RESTORERS[kind] = restore
 
 
 class Journal:

@@ -45,7 +45,7 @@ from pennello.errors import PennelloError, RequestError
 
 from ..pictures.uploads import COMPOSITE_WITH_TRAINED_MEDIA
 from ..engine.jobs import GenerateRequest, Job, OutputImage
-from ..engine.journal import restorer
+from ..engine.journal import add_restorer
 from ..engine.params import GenerationParams, seeds_for, values
 from ..engine.families import PURPOSE_ROUTES, ModelFamily, get_family
 from ..engine.saver import picture_record
@@ -274,12 +274,14 @@ class EditTask:
                                   source=COMPOSITE_WITH_TRAINED_MEDIA)
 
 
-@restorer("edit")
 def _restore(request: GenerateRequest, record: dict[str, Any], pictures: dict[str, Image.Image]) -> EditTask:
     """An edit's task again, from what :meth:`EditTask.journal_record` kept."""
     return EditTask(request, record["mode"], record["strength"],
                     [pictures[f"picture{i}"] for i in range(record["count"])], pictures.get("mask"),
                     record["seeds"], record["origin"], record["enhance"])
+
+
+add_restorer("edit", _restore)
 
 
 def derived_pipeline(loaded: Any, mode: EditMode) -> Any:
