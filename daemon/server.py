@@ -284,6 +284,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
     """HTTP server and models in this one process (no namespace; the in-process guard only)."""
     from .http.app import create_app
     from .engine.engine import Engine
+    from .tools import edit  # noqa: F401  (registers how journaled edits come back, before start)
 
     daemon_file: Path | None = None
     advertiser = None

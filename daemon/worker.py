@@ -98,6 +98,7 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
     from .net import offline
     from .engine.engine import Engine
     from .http.app import create_app
+    from .tools import edit  # noqa: F401  (registers how journaled edits come back, before start)
     from .http.context import MachineNetwork
     from .server import StopFlag, WaitressServer, shut_down
 

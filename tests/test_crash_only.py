@@ -7,6 +7,7 @@ that is signalled and whose model worker is killed.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from pennello.client import sse_events
 from pennello.daemon import GenerateRequest
@@ -227,6 +229,50 @@ def test_an_event_stream_tells_of_a_restarting_worker_and_goes_on(tmp_path):
         assert names[names.index("restarting") + 1] == "job", names  # the stream starts over
         assert name == "done" and data["id"] == job["id"] and len(data["images"]) == 1, (names, data)
         assert daemon.workers() not in ([], [first])
+        assert daemon.terminate() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+
+
+def _png(picture: Image.Image) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _queue_edit(daemon: Serve) -> dict:
+    """An inpainting edit (picture and mask uploaded) queued behind whatever runs; answered 202."""
+    picture, mask = Image.new("RGB", (64, 64), "navy"), Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    response = daemon.http.post(daemon.api("/edit"), timeout=30, data={
+        "prompt": "a lighthouse", "steps": "4", "seed": "5", "wait": "false"},
+        files={"image": ("in.png", _png(picture)), "mask": ("mask.png", _png(mask))})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+@needs_namespace
+def test_a_killed_worker_loses_no_queued_edit(tmp_path):
+    """Seen on main: edits lived only in the worker's memory, so kill -9 lost every queued one
+    (GET /api/jobs/<id> then answered 404)."""
+    home = get_paths(tmp_path / "home").ensure()
+    daemon = Serve(home)
+    try:
+        first = daemon.workers()[0]
+        running = daemon.http.post(daemon.api("/generate"), json={"prompt": "busy", "steps": SLOW_STEPS, "seed": 1},
+                                   timeout=30).json()
+        wait_status(daemon, running["id"], "running")
+        edit = _queue_edit(daemon)
+        journal = home.state_dir / "jobs"
+        kept = sorted(path.name for path in journal.iterdir() if path.name.startswith(edit["id"]))
+        assert kept == [f"{edit['id']}.json", f"{edit['id']}.mask.png", f"{edit['id']}.picture0.png"]
+        assert {oct(path.stat().st_mode & 0o777) for path in journal.iterdir()} == {"0o600"}
+        os.kill(first, signal.SIGKILL)
+        ended = wait_status(daemon, edit["id"], "done")
+        assert ended["kind"] == "edit" and ended["mode"] == "inpaint" and len(ended["images"]) == 1, ended
+        assert ended["images"][0]["seed"] == 5
+        wait_status(daemon, running["id"], "done")
+        assert list(journal.iterdir()) == []  # the pictures went with their job
         assert daemon.terminate() == 0, daemon.log_text()
     finally:
         daemon.kill()

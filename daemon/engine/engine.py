@@ -9,7 +9,8 @@ sharing one lock (the condition the device loop sleeps on) so that their state c
 - :mod:`.runner` makes a batch in one pipeline call, or runs an edit's or upscale's :class:`Task`;
 - :mod:`.saver` writes pictures on a second thread, so the next batch can start meanwhile;
 - :mod:`.residency` loads models, keeps them warm and unloads idle ones;
-- :mod:`.journal` keeps queued generate jobs on disk, so those a crash interrupted run again.
+- :mod:`.journal` keeps queued jobs on disk (edits with their pictures), so those a crash
+  interrupted run again.
 
     >>> from pennello.config import Config
 from pennello.errors import PennelloError
@@ -92,7 +93,8 @@ class Engine:
         """Queue again, under their own ids, the jobs a process that died had not finished."""
         for job in jobs:
             try:
-                self._resolve(job.request, purpose="generate")  # its model may be gone since
+                # its model may be gone since (edits were checked against their family when queued)
+                self._resolve(job.request, purpose="generate" if job.kind == "generate" else None)
                 self.queue.submit(job)
             except PennelloError as e:  # e.g. its model was removed meanwhile
                 log.warning("job %s, left unfinished by a crash, is dropped: %s", job.id, e)
@@ -153,6 +155,7 @@ class Engine:
         """
         job = self.queue.submit(Job(request, seeds, total_steps=total_steps, kind=kind,  # type: ignore[arg-type]
                                     task=task))
+        self.journal.add(job)
         log.info("job %s queued: %s with %s, %s, %d image(s)", job.id, kind, request.model,
                  self._loggable(request), request.n)
         return job

@@ -45,6 +45,7 @@ from pennello.errors import PennelloError, RequestError
 
 from ..pictures.uploads import COMPOSITE_WITH_TRAINED_MEDIA
 from ..engine.jobs import GenerateRequest, Job, OutputImage
+from ..engine.journal import add_restorer
 from ..engine.params import GenerationParams, seeds_for, values
 from ..engine.families import PURPOSE_ROUTES, ModelFamily, get_family
 from ..engine.saver import picture_record
@@ -222,6 +223,14 @@ class EditTask:
     def describe(self) -> dict[str, Any]:
         return {"mode": self.mode, "strength": self.strength, "references": len(self.pictures)}
 
+    def journal_record(self) -> tuple[dict[str, Any], dict[str, Image.Image]]:
+        """What the journal keeps so a crash does not lose the edit: fields, and the pictures."""
+        pictures = {f"picture{i}": picture for i, picture in enumerate(self.pictures)}
+        if self.mask is not None:
+            pictures["mask"] = self.mask
+        return {"mode": self.mode, "strength": self.strength, "origin": self.origin,
+                "enhance": self.enhance, "count": len(self.pictures), "seeds": self.seeds}, pictures
+
     def run(self, loaded: Any, on_step: Callable[[int], None]) -> list[Image.Image]:
         from ..engine.resolve import native_size
         from ..engine.runner import enlarged, step_callback
@@ -273,6 +282,16 @@ class EditTask:
                   **self.origin}
         return engine.save_output(image, record, r.format, enhance=self.enhance,
                                   source=COMPOSITE_WITH_TRAINED_MEDIA)
+
+
+def _restore(request: GenerateRequest, record: dict[str, Any], pictures: dict[str, Image.Image]) -> EditTask:
+    """An edit's task again, from what :meth:`EditTask.journal_record` kept."""
+    return EditTask(request, record["mode"], record["strength"],
+                    [pictures[f"picture{i}"] for i in range(record["count"])], pictures.get("mask"),
+                    record["seeds"], record["origin"], record["enhance"])
+
+
+add_restorer("edit", _restore)
 
 
 def derived_pipeline(loaded: Any, mode: EditMode) -> Any:
