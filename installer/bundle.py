@@ -44,6 +44,7 @@ from pennello.errors import FetchError, StoreError, TrustError
 from pennello.installer.install import Installer, check_disk_space
 from pennello.installer.keys import TrustedKey
 from pennello.installer.manifest import MANIFEST_FILENAME, parse_envelope
+from pennello.installer.ownwheel import own_wheel
 from pennello.installer.store import COMMIT_PACK, InstalledModel, Store, check_file, file_sha256, remove_tree
 from pennello.installer.trust import TrustPolicy
 from pennello.installer.wheelhouse import (LOCK_FILE, PIP_INSTALL, collect_wheels, sign_bundle, signing_key,
@@ -240,7 +241,8 @@ def _copy_blobs(store: Store, entries: list, staging: Path, progress: bool) -> N
 
 
 def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str | None) -> None:
-    """Fill ``dest`` with a wheel of pennello and wheels of all its dependencies (needs network).
+    """Fill ``dest`` with a wheel of pennello (:mod:`.ownwheel`) and wheels of all its dependencies
+    (downloaded: needs the package index, or pip's ``--find-links`` configuration).
 
     Raises:
         FetchError: pip failed (its last output lines are in the message).
@@ -251,10 +253,7 @@ def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str 
         target += ["--python-version", python_version]
     target += ["--only-binary=:all:"]  # wheels only: nothing is built (no setup.py runs) on the target
     requirements = [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
-    source = Path(__file__).resolve().parent.parent
-    ours = [str(source)] if (source / "pyproject.toml").exists() else \
-        [f"pennello=={importlib.metadata.version('pennello')}"]
-    _pip(["wheel", "--no-deps", "--wheel-dir", str(dest), *ours])
+    own_wheel(dest)  # pennello is on no index: its wheel is made from the pennello running here
     _pip(["download", "--dest", str(dest), *target, *requirements])
 
 

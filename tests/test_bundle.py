@@ -9,11 +9,14 @@ an admin reads, and that nothing was installed. The wheelhouse tests build two t
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import stat
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ from pennello.errors import (FetchError, IntegrityError, RevokedKeyError, Rollba
                              TrustError, UntrustedKeyError)
 from pennello.installer import Installer, Store, TrustPolicy, ensure_embedded_default
 from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
+from pennello.installer.ownwheel import own_wheel, repack
 from pennello.installer.wheelhouse import collect_wheels, verify_bundle
 from pennello.installer.keys import load_private_key, key_id
 from pennello.paths import Paths, get_paths
@@ -446,3 +450,112 @@ def test_install_sh_on_a_first_install_needs_the_locks_sha256_from_the_exporter(
     assert wrong.returncode == 1
     assert wrong.stderr == f"error: lock.txt has sha256 {actual}, not {'0' * 64}; refusing the bundle\n"
     assert not venv.exists()
+
+
+# --- pennello's own wheel, from any install ------------------------------------------------------
+
+def _venv_seeing_these_dependencies(root: Path) -> Path:
+    """A fresh environment with pennello's dependencies importable from this one's site-packages
+    (a .pth line: a plain directory, so this environment's editable pennello is not seen there)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
+    site = next(root.glob("lib/python*/site-packages"))
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return root / "bin" / "python"
+
+
+def _pip_install_wheel(python: Path, wheel: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, timeout=300, capture_output=True)
+
+
+def test_own_wheel_from_an_editable_install_and_again_from_a_wheel_install(tmp_path):
+    # A wheel install used to ask the package index for pennello itself, where it is not.
+    built = own_wheel(tmp_path / "from-checkout")  # this environment: an editable install
+    assert built.name == f"pennello-{importlib.metadata.version('pennello')}-py3-none-any.whl"
+    python = _venv_seeing_these_dependencies(tmp_path / "installed")
+    _pip_install_wheel(python, built)
+    repacked_dir = tmp_path / "from-install"
+    result = subprocess.run([str(python), "-c", "import sys; from pathlib import Path; from pennello.installer."
+                             "ownwheel import own_wheel; print(own_wheel(Path(sys.argv[1])))", str(repacked_dir)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    repacked = Path(result.stdout.strip())
+    assert repacked.name == built.name
+    with zipfile.ZipFile(built) as a, zipfile.ZipFile(repacked) as b:
+        same = [n for n in a.namelist() if not n.endswith("/RECORD")]
+        assert sorted(same) == sorted(n for n in b.namelist() if not n.endswith("/RECORD"))
+        assert all(a.read(n) == b.read(n) for n in same)
+    again = _venv_seeing_these_dependencies(tmp_path / "again")
+    _pip_install_wheel(again, repacked)  # pip checks the RECORD we wrote
+    version = subprocess.run([str(again.parent / "pennello"), "--version"], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+    assert version.returncode == 0 and importlib.metadata.version("pennello") in version.stdout
+
+
+def test_a_file_changed_since_install_is_not_repacked(tmp_path):
+    python = _venv_seeing_these_dependencies(tmp_path / "installed")
+    _pip_install_wheel(python, own_wheel(tmp_path / "built"))
+    site = next((tmp_path / "installed").glob("lib/python*/site-packages"))
+    (site / "pennello" / "launch.py").write_text("print('changed')\n")
+    result = subprocess.run([str(python), "-c", "import sys; from pathlib import Path; from pennello.installer."
+                             "ownwheel import own_wheel; own_wheel(Path(sys.argv[1]))", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode != 0 and "pennello/launch.py of the installed pennello changed" in result.stderr
+    assert list((tmp_path / "out").glob("*.whl")) == []
+
+
+def _dependency_wheels(dest: Path) -> list[str]:
+    """Wheels of every installed dependency of pennello, packed from this environment (so the export
+    below resolves them with no network), but torch where pip's find-links already hold it."""
+    from packaging.requirements import Requirement
+
+    names, pending = set(), [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
+    while pending:
+        requirement = Requirement(pending.pop())
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        name = requirement.name.lower().replace("_", "-")
+        if name not in names:
+            names.add(name)
+            pending += importlib.metadata.requires(name) or []
+    find_links = os.environ.get("PIP_FIND_LINKS", "").split()
+    torch_wheel = f"torch-{importlib.metadata.version('torch')}-"
+    have_torch = any(p.name.startswith(torch_wheel) for d in find_links if Path(d).is_dir() for p in Path(d).iterdir())
+    for name in sorted(names - ({"torch"} if have_torch else set())):
+        repack(importlib.metadata.distribution(name), dest)
+    return [str(dest), *find_links]
+
+
+def test_bundle_with_wheels_from_an_editable_install_installs_offline_and_generates(home, offline, tmp_path):
+    ensure_embedded_default(home, Config())
+    subprocess.run([sys.executable, "-m", "pennello", "keys", "generate", "office"], check=True, timeout=120,
+                   capture_output=True, env={**os.environ, "PENNELLO_HOME": str(home.config_dir.parent)})
+    offline_index = {"PIP_NO_INDEX": "1",
+                     "PIP_FIND_LINKS": " ".join(_dependency_wheels(tmp_path / "index"))}
+    bundle = tmp_path / "bundle"
+    exported = subprocess.run([sys.executable, "-m", "pennello", "bundle", "export", "pennello-tiny", "--out",
+                               str(bundle), "--with-wheels", "--key", "office"], capture_output=True, text=True,
+                              timeout=900, env={**os.environ, **offline_index,
+                                                "PENNELLO_HOME": str(home.config_dir.parent)})
+    assert exported.returncode == 0, exported.stderr
+    lock_sha = hashlib.sha256((bundle / "lock.txt").read_bytes()).hexdigest()
+    assert "pennello==" in (bundle / "lock.txt").read_text()
+    bin_dir = tmp_path / "bin"  # python3, and no pennello on PATH: a first install
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    venv = tmp_path / "venv"
+    done = _sh(bundle, offline, venv, f"{bin_dir}:/usr/bin:/bin", PENNELLO_LOCK_SHA256=lock_sha)
+    assert done.returncode == 0, done.stderr[-3000:]
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PENNELLO_HOME": str(offline.config_dir.parent),
+           "PENNELLO_SERVER_PORT": "0"}
+    version = subprocess.run([str(venv / "bin" / "pennello"), "--version"], capture_output=True, text=True,
+                             timeout=120, env=env)
+    assert version.returncode == 0 and importlib.metadata.version("pennello") in version.stdout
+    try:
+        made = subprocess.run([str(venv / "bin" / "pennello"), "generate", "a kite", "--steps", "2", "--size",
+                               "64x64", "--out", str(tmp_path / "pictures"), "--json"],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert made.returncode == 0, made.stderr
+        assert Path(json.loads(made.stdout)["images"][0]["path"]).is_file()
+    finally:
+        subprocess.run([str(venv / "bin" / "pennello"), "stop"], capture_output=True, timeout=120, env=env)

@@ -247,7 +247,7 @@ def test_offline_off_explains_and_asks_and_on_does_not(home):
 
 # Downloading, locking (which downloads) and bundles; installing adds the code that writes models.
 DOWNLOADING = ("pennello.installer.sources", "pennello.installer.lock", "pennello.installer.bundle",
-               "pennello.installer.wheelhouse")
+               "pennello.installer.wheelhouse", "pennello.installer.ownwheel")
 FETCHING = (*DOWNLOADING, "pennello.installer.install")
 
 SERVE_AND_REPORT = textwrap.dedent("""
