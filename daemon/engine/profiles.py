@@ -116,6 +116,9 @@ class Plan:
     fuse_qkv: bool = False
     warmup_s: float | None = None  # the load-time warm-up generation (compile), measured
     not_applied: tuple[str, ...] = ()  # speed-ups asked for that this model or placement cannot take
+    backend: str | None = None  # what computes it: torch, openvino (daemon/engine/backends/)
+    backend_device: str | None = None  # where that backend runs it, e.g. "AUTO: CPU" for OpenVINO
+    backend_reason: str = ""  # why that backend, e.g. why OpenVINO could not serve this model
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, False, "", ())}

@@ -32,6 +32,7 @@ from pennello.config import Config
 from pennello.errors import RequestError
 from pennello.paths import Paths
 
+from .backends import attach as attach_backend
 from .devices import pick_dtype
 from .families import ModelFamily, get_family
 from .profiles import (COMPILE_CACHE, Plan, SpeedUp, apply_plan, apply_speed_ups, free_vram, plan_for,
@@ -231,7 +232,9 @@ class Residency:
         # Loaded and tuned on the CPU, then placed: offloading wants the weights on the CPU first.
         pipe = family.load(installed.manifest.pipeline.cls, installed.path, "cpu", dtype)
         plan = apply_speed_ups(pipe, plan, family.denoiser, self.paths.cache_dir / COMPILE_CACHE)
-        loaded = Loaded(installed, family, apply_plan(pipe, plan))
+        pipe = apply_plan(pipe, plan)
+        plan = attach_backend(pipe, plan, installed, family.name, self.paths.cache_dir)
+        loaded = Loaded(installed, family, pipe)
         loaded.plan = plan = _warm_up(loaded, plan) if plan.compile else plan
         loaded.param_bytes = _param_bytes(loaded.pipe)
         log.info("loaded %s v%d on %s in %.2fs (%.1f MB of weights); placement %s", name, installed.version,

@@ -1,0 +1,217 @@
+"""The OpenVINO backend on a CPU: conversion through the real path, the cache, the fall-back, privacy.
+
+A random-weight pipeline of SD-Turbo's architecture (its published configs from bench/configs,
+shrunk in width so it converts in seconds) is installed like any model and drawn through a real
+daemon on loopback. Tests that need OpenVINO skip with a reason where ``pennello[cpu]`` is not
+installed; CI installs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from pennello.daemon.engine import backends
+from pennello.daemon.engine.profiles import Plan
+from pennello.installer import Store
+from _fixtures_api import StoreWithExtras, installed_as
+
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                    reason="OpenVINO is not installed (pip install -e '.[cpu]')")
+REPO = Path(__file__).resolve().parents[1]
+SD_TURBO = REPO / "bench" / "configs" / "sd-turbo"
+NAME = "sd-turbo-mini"
+
+
+def save_mini_sd_turbo(target: Path) -> Path:
+    """SD-Turbo's UNet, VAE and text encoder configs with few channels, random weights, saved."""
+    import diffusers
+    import transformers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel.from_config(
+        diffusers.UNet2DConditionModel.load_config(SD_TURBO / "unet"), block_out_channels=(32, 32, 64, 64),
+        attention_head_dim=(2, 2, 4, 4), layers_per_block=1, cross_attention_dim=32, sample_size=8)
+    vae = diffusers.AutoencoderKL.from_config(
+        diffusers.AutoencoderKL.load_config(SD_TURBO / "vae"), block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1, sample_size=64)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(
+        SD_TURBO / "text_encoder", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, projection_dim=32))
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(REPO / "installer" / "embedded" / "pennello-tiny" / "tokenizer")
+    scheduler = diffusers.EulerDiscreteScheduler.from_pretrained(SD_TURBO / "scheduler")
+    diffusers.StableDiffusionPipeline(vae, text, tokenizer, unet, scheduler, safety_checker=None,
+                                      feature_extractor=None, requires_safety_checker=False).save_pretrained(target)
+    return target
+
+
+@pytest.fixture
+def mini(home):
+    """The mini SD-Turbo installed next to the embedded model (the store records it like any)."""
+    from pennello.installer import ensure_embedded_default
+    from pennello.config import Config
+
+    ensure_embedded_default(home, Config())
+    tiny = Store(home).get("pennello-tiny")
+    return installed_as(tiny, save_mini_sd_turbo(home.cache_dir / NAME), NAME, "sd", "StableDiffusionPipeline")
+
+
+@pytest.fixture
+def convert_small(monkeypatch):
+    """Let OpenVINO take models as small as the test's (the daemon keeps tiny ones on torch)."""
+    monkeypatch.setattr(backends, "MIN_OPENVINO_PARAMS", 0)
+
+
+def placement(engine, name: str = NAME) -> dict:
+    return next(model["placement"] for model in engine.ps() if model["name"] == name)
+
+
+def draw(url: str, model: str, seed: int = 3) -> np.ndarray:
+    body = {"prompt": "a lighthouse at dusk", "model": model, "width": 64, "height": 64, "steps": 1,
+            "guidance": 0.0, "seed": seed, "wait": True}
+    response = requests.post(f"{url}/api/generate", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    image = requests.get(url + response.json()["images"][0]["url"], timeout=30)
+    from PIL import Image
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(image.content)).convert("RGB"), dtype=np.int16)
+
+
+@needs_openvino
+def test_an_sd_turbo_architecture_model_is_converted_cached_and_draws_through_the_daemon(
+        make_server, make_engine, home, mini, convert_small, caplog):
+    from pennello.daemon.engine.backends.openvino_backend import OVModule
+
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{NAME: mini})))
+    picture = draw(running.url, NAME)
+    assert picture.shape == (64, 64, 3) and picture.std() > 0
+    (model,) = [m for m in requests.get(running.api("/ps"), timeout=30).json()["models"] if m["name"] == NAME]
+    assert model["placement"]["backend"] == "openvino"
+    assert model["placement"]["backend_device"].startswith("AUTO: ") and "CPU" in model["placement"]["backend_device"]
+    pipe = running.engine.residency.loaded[NAME].pipe
+    assert isinstance(pipe.unet, OVModule) and isinstance(pipe.vae.decoder, OVModule)
+    cache = home.cache_dir / "openvino" / NAME
+    key = json.loads((cache / "key.json").read_text())
+    assert key["files"] == mini.digest and {p.name for p in cache.glob("*.xml")} == {"unet.xml", "decoder.xml"}
+    # Same seed, same picture; another size is compiled once and kept.
+    assert np.array_equal(draw(running.url, NAME), picture)
+    body = {"prompt": "x", "model": NAME, "width": 128, "height": 64, "steps": 1, "guidance": 0.0, "wait": True}
+    assert requests.post(running.api("/generate"), json=body, timeout=300).status_code == 200
+    assert pipe.unet.compiled_shapes == 2
+
+
+@needs_openvino
+def test_openvino_draws_what_torch_draws(make_server, make_engine, home, mini, convert_small):
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{NAME: mini})))
+    converted = draw(running.url, NAME)
+    running.engine.residency.drop(NAME)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "OPENVINO_FAMILIES", frozenset())
+        on_torch = draw(running.url, NAME)
+    assert placement(running.engine)["backend"] == "torch"
+    # bf16 inside OpenVINO where the CPU has it: close, not bit-equal
+    assert np.abs(converted - on_torch).mean() < 6, np.abs(converted - on_torch).mean()
+
+
+@needs_openvino
+def test_a_cache_made_from_other_files_is_converted_again_never_used(make_engine, home, mini, convert_small,
+                                                                     caplog):
+    engine = make_engine(store=StoreWithExtras(Store(home), **{NAME: mini}))
+    engine.residency.ensure_loaded(NAME)
+    key_file = home.cache_dir / "openvino" / NAME / "key.json"
+    key = json.loads(key_file.read_text())
+    key_file.write_text(json.dumps({**key, "files": "0" * 64}))
+    (home.cache_dir / "openvino" / NAME / "unet.bin").write_bytes(b"not the converted weights")
+    engine.residency.drop(NAME)
+    caplog.set_level(logging.WARNING, logger="pennello.daemon.engine.backends.openvino_backend")
+    engine.residency.ensure_loaded(NAME)
+    assert "made from other files or libraries: converting again" in caplog.text
+    assert json.loads(key_file.read_text()) == key
+    assert placement(engine)["backend"] == "openvino"
+
+
+class _SvdAttention:
+    """An attention processor using an op OpenVINO's PyTorch frontend has no conversion for."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **_):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        out = AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask)
+        return out + torch.linalg.svd(out[0])[1].sum() * 0
+
+
+@needs_openvino
+def test_a_model_openvino_cannot_convert_falls_back_to_torch_with_a_logged_reason(home, mini, caplog):
+    from pennello.daemon.engine.families import get_family
+
+    pipe = get_family("sd").load("StableDiffusionPipeline", mini.path, "cpu", torch.float32)
+    pipe.unet.set_attn_processor(_SvdAttention())
+    torch_unet = pipe.unet
+    caplog.set_level(logging.WARNING, logger="pennello.daemon.engine.backends")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "MIN_OPENVINO_PARAMS", 0)
+        plan = backends.attach(pipe, Plan("cpu", "cpu"), mini, "sd", home.cache_dir)
+    assert plan.backend == "torch" and plan.backend_device == "cpu"
+    assert f"OpenVINO could not convert {NAME}, torch serves it: OpConversionFailure" in plan.backend_reason
+    assert plan.backend_reason in caplog.text
+    assert pipe.unet is torch_unet and not (home.cache_dir / "openvino" / NAME / "key.json").exists()
+    image = pipe("x", width=64, height=64, num_inference_steps=1, guidance_scale=0.0).images[0]
+    assert image.size == (64, 64)
+
+
+def test_the_embedded_model_and_gpu_families_say_why_they_stay_on_torch(engine):
+    tiny = placement(engine, "pennello-tiny")
+    assert tiny["backend"] == "torch" and tiny["backend_device"] == "cpu"
+    expected = ("small model" if importlib.util.find_spec("openvino") else "OpenVINO is not installed")
+    assert expected in tiny["backend_reason"]
+    assert backends.choose(Plan("cpu", "cpu"), "flux", 12 * 10**9)[1] == \
+        "OpenVINO serves sd models; flux runs on torch"
+    assert backends.choose(Plan("large", "cuda"), "sd", 10**9) == ("torch", "cuda: diffusers on torch")
+
+
+@needs_openvino
+def test_openvino_sends_no_telemetry_under_the_no_network_guard(tmp_path, home, mini):
+    """Converting runs OpenVINO's converter, which reports usage unless a consent file opts out
+    (there is none in a fresh home); under the guard any attempt would be refused and counted."""
+    script = textwrap.dedent(f"""
+        import json, time, torch
+        from pennello.daemon.net.offline import NetworkGuard
+        guard = NetworkGuard().install()
+        from pennello.daemon.engine.backends import openvino_backend
+        if not {{block}}:
+            import openvino_telemetry  # imported first: the converter as it comes, telemetry and all
+        openvino = openvino_backend.import_openvino()
+        class Double(torch.nn.Module):
+            def forward(self, x):
+                return x * 2
+        openvino.convert_model(Double(), example_input=(torch.ones(1, 4),))
+        time.sleep(2)  # telemetry is sent from a background thread
+        import openvino.tools.ovc.telemetry_utils as used
+        print(json.dumps({{"refused": guard.status()["refused"], "telemetry": used.tm.__name__}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)  # no consent file: OpenVINO would send
+    results = {}
+    for block in (True, False):
+        done = subprocess.run([sys.executable, "-c", script.replace("{block}", str(block))], env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        # The sender may run in a forked child, whose refusals the guard there logs (stderr).
+        results[block] = (json.loads(done.stdout.strip().splitlines()[-1]), done.stderr)
+    assert results[True][0] == {"refused": 0, "telemetry": "openvino.tools.ovc.telemetry_stub"}
+    assert "no-network mode refused" not in results[True][1]
+    # The control: without the block the converter does try to reach Intel, and is refused.
+    assert results[False][0]["telemetry"] == "openvino_telemetry"
+    assert "no-network mode refused socket.getaddrinfo to www.google-analytics.com" in results[False][1]
