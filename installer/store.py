@@ -11,7 +11,8 @@ Layout under ``paths.store_dir``::
 
 Every write goes to ``tmp/`` or ``staging/`` first, is fsynced and checked, and only then
 renamed into place, so a crash never leaves a partial or unverified file where a loader looks.
-The daemon only reads: :meth:`Store.get` and :meth:`Store.installed`.
+The daemon only reads: :meth:`Store.get` and :meth:`Store.installed`. Hashing, checking,
+linking and removing single files is :mod:`pennello.installer.blobs`'s.
 
 Every installed version records how its files were verified (:attr:`InstalledModel.verification`,
 shown by ``pennello models``, ``pennello verify`` and ``GET /api/models``): ``signed hashes``
@@ -30,28 +31,29 @@ list, to ``pinned-files.json``; the manifest itself stays byte for byte as signe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from filelock import FileLock
 from tqdm import tqdm
 
 from pennello.errors import IntegrityError, ManifestFormatError, ModelNotFoundError, StoreError
 from pennello.files import fsync_dir, write_atomic
+from pennello.installer.blobs import READ_ONLY, check_file, file_sha256, link_or_copy, remove_tree, unique_path
 from pennello.installer.manifest import MANIFEST_FILENAME, FileEntry, Manifest, parse_envelope
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)
+# file_sha256, check_file and remove_tree are the store's public helpers too (bundles, locks, benches).
+__all__ = ["Store", "InstalledModel", "FileList", "FileProblem", "file_sha256", "check_file", "remove_tree",
+           "SIGNED_HASHES", "SIGNED_COMMIT", "FIRST_FETCH", "VERIFICATIONS", "PINNED_FILE", "COMMIT_PACK"]
 
 CURRENT_FILE = "current"
 PINNED_FILE = "pinned-files.json"
@@ -60,7 +62,6 @@ SIGNED_HASHES, SIGNED_COMMIT, FIRST_FETCH = "signed hashes", "signed commit", "f
 VERIFICATIONS = (SIGNED_HASHES, SIGNED_COMMIT, FIRST_FETCH)  # strongest first
 BROKEN_FILE = "broken"
 VERIFIED_FILE = "verified"
-_READ_ONLY = 0o444
 _HASH_WORKERS = min(4, os.cpu_count() or 1)  # hashlib releases the GIL: files hash in parallel
 
 
@@ -95,41 +96,6 @@ class FileProblem:
 
     def __str__(self) -> str:
         return f"{self.model}: {self.path}: {self.problem}"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in large blocks by hashlib (as fast as ``sha256sum``)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def check_file(path: Path, entry: FileEntry, sha256: str | None = None) -> str | None:
-    """None if ``path`` holds exactly ``entry``'s bytes, else what is wrong with it.
-
-    ``sha256`` is the file's digest when it is known already (hashed as it was written).
-    """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return "missing"
-    if size != entry.size:
-        return f"size {size} bytes, manifest says {entry.size}"
-    digest = sha256 or file_sha256(path)
-    if digest != entry.sha256:
-        return f"sha256 {digest}, manifest says {entry.sha256}"
-    return None
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree that also removes read-only files (Windows refuses to delete them otherwise)."""
-    def make_writable(func: Callable[..., object], target: str, _exc: object) -> None:
-        os.chmod(target, 0o700)
-        func(target)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=make_writable)
-    else:
-        shutil.rmtree(path, onerror=make_writable)
 
 
 class Store:
@@ -269,7 +235,7 @@ class Store:
             temp.unlink()
             return blob
         blob.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(temp, _READ_ONLY)
+        os.chmod(temp, READ_ONLY)
         os.replace(temp, blob)
         fsync_dir(blob.parent)
         return blob
@@ -328,7 +294,7 @@ class Store:
                 raise StoreError(f"{name}: blob for {entry.path} is not in the store")
             dest = staging / entry.path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(blob, dest, entry)
+            link_or_copy(blob, dest, entry)
         write_atomic(staging / MANIFEST_FILENAME, raw)
         if files.how != SIGNED_HASHES:
             pinned = {"how": files.how, "files": [entry.to_dict() for entry in files.files]}
@@ -457,28 +423,10 @@ class Store:
     def _quarantine(self, path: Path, why: str) -> None:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         dest = self.quarantine_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{path.name}"
-        os.replace(path, _unique(dest))
+        os.replace(path, unique_path(dest))
         log.warning("quarantined %s (%s) to %s", path, why, self.quarantine_dir)
 
     @staticmethod
     def _ensure(directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         return directory
-
-
-def _unique(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate, n = path.with_name(f"{path.name}.{n}"), n + 1
-    return candidate
-
-
-def _link_or_copy(blob: Path, dest: Path, entry: FileEntry) -> None:
-    try:
-        os.link(blob, dest)
-    except OSError:  # another file system, or one without hard links
-        shutil.copyfile(blob, dest)
-        problem = check_file(dest, entry)
-        if problem:
-            raise IntegrityError(f"copy of {entry.path} into the model directory is wrong: {problem}")
-        os.chmod(dest, _READ_ONLY)

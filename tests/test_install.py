@@ -82,11 +82,11 @@ def test_a_file_two_models_share_is_fetched_once(home, mirror, install):
 
 def test_downloads_are_hashed_as_they_arrive_and_never_read_back(home, mirror, install, monkeypatch):
     """One pass over the bytes: the store checks the digest the download computed."""
-    from pennello.installer import store as store_module
+    from pennello.installer import blobs
 
     hashed: list[str] = []
-    real = store_module.file_sha256
-    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(str(path)) or real(path))
+    real = blobs.file_sha256
+    monkeypatch.setattr(blobs, "file_sha256", lambda path: hashed.append(str(path)) or real(path))
     model = install("tiny", V1)
     assert hashed == []
     assert Store(home).verify(["tiny"], progress=False) == [] and len(hashed) == len(V1)  # verify still reads
