@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "generate": "pennello.daemon.cli.core:generate",
     "pair": "pennello.daemon.cli.auth:pair",
     "tokens": "pennello.daemon.cli.auth:tokens",
+    "open": "pennello.daemon.cli.auth:open_page",
     "discover": "pennello.client.cli:discover",
     "offline": "pennello.daemon.cli.offline:offline",
     "tray": "pennello.tray.cli:tray",

@@ -7,8 +7,9 @@ import pytest
 from pennello.paths import HOME_ENV, Paths, get_paths
 
 # The fixture modules, registered for every test (helpers they also define are imported by name).
-pytest_plugins = ("_fixtures_api", "_fixtures_daemon", "_fixtures_installer", "_fixtures_lan", "_fixtures_netns",
-                  "_fixtures_trust")
+# _fixtures_owner comes first: _fixtures_api imports it, and pytest must load it before that to rewrite it.
+pytest_plugins = ("_fixtures_owner", "_fixtures_api", "_fixtures_daemon", "_fixtures_installer", "_fixtures_lan",
+                  "_fixtures_netns", "_fixtures_trust")
 
 
 @pytest.fixture
