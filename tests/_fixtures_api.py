@@ -19,8 +19,6 @@ import pytest
 from pennello.config import Config
 from pennello.daemon.auth import is_loopback
 
-from _fixtures_owner import SERVED
-
 DUMMY_INTERFACE, DUMMY_ADDRESS = "pn0", "10.254.254.1"
 
 
@@ -92,15 +90,12 @@ def api_server(api_engine, request) -> Iterator[Callable[..., Any]]:
     from pennello.daemon.server import start_background_server
 
     stops: list[Callable[[], None]] = []
-    served: list[str] = []
 
     def start(lan: bool = False, **server: Any) -> Any:
         config = Config().replace("server", lan=lan, **server)
         app = create_app(config, api_engine, api_engine.paths)
         _, url, stop = start_background_server(app, "0.0.0.0" if lan else "127.0.0.1", 0)
         stops.append(stop)
-        served.append(url)
-        SERVED[url] = api_engine.paths  # its owner token is not PENNELLO_HOME's
         start.app = app  # type: ignore[attr-defined]
         if not lan:
             return url
@@ -110,8 +105,6 @@ def api_server(api_engine, request) -> Iterator[Callable[..., Any]]:
     yield start
     for stop in stops:
         stop()
-    for url in served:
-        SERVED.pop(url, None)  # the port may serve another home later
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ on purpose does not change who it is. Tests about callers without it mark themse
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import functools
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -26,8 +27,31 @@ from pennello.daemon.http.routes.auth import SESSION_COOKIE, owner_login
 from pennello.owner_token import is_loopback_url, read_owner_token
 from pennello.paths import Paths, get_paths
 
-#: base URL -> the home of the daemon serving it, for servers whose home is not PENNELLO_HOME
+#: base URL -> the home of the in-process daemon serving it (filled as servers start, whatever
+#: fixture or test starts them; others, such as `pennello serve` subprocesses, use PENNELLO_HOME)
 SERVED: dict[str, Paths] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Note every in-process server's home as it starts, module-scoped fixtures' included."""
+    from pennello.daemon import server
+
+    server.start_background_server = _registering(server.start_background_server)
+
+
+def _registering(start: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(start)
+    def start_and_register(app: Any, *args: Any, **kwargs: Any) -> Any:
+        thread, url, stop = start(app, *args, **kwargs)
+        SERVED[url] = app.extensions["pennello"]["paths"]
+
+        def stop_and_forget() -> None:
+            SERVED.pop(url, None)  # the port may serve another home later
+            stop()
+
+        return thread, url, stop_and_forget
+
+    return start_and_register
 
 
 def owner_token(url: str) -> str:

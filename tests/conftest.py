@@ -7,7 +7,7 @@ import pytest
 from pennello.paths import HOME_ENV, Paths, get_paths
 
 # The fixture modules, registered for every test (helpers they also define are imported by name).
-# _fixtures_owner comes first: _fixtures_api imports it, and pytest must load it before that to rewrite it.
+# _fixtures_owner comes first: it wraps start_background_server before any fixture starts a server.
 pytest_plugins = ("_fixtures_owner", "_fixtures_api", "_fixtures_daemon", "_fixtures_installer", "_fixtures_lan",
                   "_fixtures_netns", "_fixtures_trust")
 

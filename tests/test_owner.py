@@ -31,8 +31,6 @@ from pennello.owner_token import owner_token_path, read_owner_token
 from pennello.paths import get_paths
 from pennello.runtime import write_daemon_info
 
-from _fixtures_owner import SERVED
-
 pytestmark = pytest.mark.no_owner_session
 FOREIGN_ORIGIN = "http://127.0.0.1:9"  # another port of this machine: same site, another origin
 
@@ -59,14 +57,12 @@ def owner_server(api_engine, tmp_path, monkeypatch):
         app = create_app(Config().replace("server", **server), api_engine, paths)
         _, url, stop = start_background_server(app, "127.0.0.1", 0)
         write_daemon_info(paths.runtime_dir, url)
-        SERVED[url] = paths
-        stops.append((stop, url, root))
+        stops.append((stop, root))
         return url, paths
 
     yield start
-    for stop, url, root in stops:
+    for stop, root in stops:
         stop()
-        SERVED.pop(url, None)
         shutil.rmtree(root, ignore_errors=True)
 
 
