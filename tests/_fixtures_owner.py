@@ -43,6 +43,8 @@ def _registering(start: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(start)
     def start_and_register(app: Any, *args: Any, **kwargs: Any) -> Any:
         thread, url, stop = start(app, *args, **kwargs)
+        if "pennello" not in getattr(app, "extensions", {}):
+            return thread, url, stop  # a stand-in WSGI app, not a daemon
         SERVED[url] = app.extensions["pennello"]["paths"]
 
         def stop_and_forget() -> None:
