@@ -38,10 +38,9 @@ from typing import Any, Literal
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request, send_file
 
 from pennello.errors import AuthError, ForbiddenError, NotFoundError, PageTokenError, RequestError
-
-from ..request import json_body
 from pennello.owner_token import ensure_owner_token
 
+from ..request import json_body
 from ..context import LOCAL_OWNER, current_config, current_network
 from ...auth import (SESSION_MAX_AGE_S, TOKENS_FILE, OwnerLogin, Pairing, TokenRecord, TokenStore, is_loopback,
                      needs_token, owner_of)
@@ -69,7 +68,8 @@ class Caller:
     """Who is asking, as :func:`authenticate` found out.
 
     Attributes:
-        scope: ``owner`` (loopback, or an owner token), ``device`` or ``anonymous``.
+        scope: ``owner`` (the owner token or login session on this machine, or an owner token),
+            ``device`` or ``anonymous``.
         owner: what the caller's jobs and pictures are filed under.
         device: the token record, when a token was used.
         needs_page_token: a browser on loopback changing something without the page's secret.
@@ -336,7 +336,8 @@ def login() -> Response:
                              "devices pair with the code `pennello pair` shows")
     session = owner_login(current_app).redeem_link(token)
     response = redirect("/", code=303)
-    # Strict: no other site's page can make the browser send it (CSRF), not even a link to here.
+    # Strict: no other site's page makes the browser send it, not even by a link. Pages on other
+    # ports of this machine count as the same site, so the Origin check and page secret still apply.
     response.set_cookie(SESSION_COOKIE, session, max_age=int(SESSION_MAX_AGE_S), httponly=True,
                         samesite="Strict", secure=request.scheme == "https")
     response.headers["Cache-Control"] = "no-store"

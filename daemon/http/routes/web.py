@@ -12,7 +12,7 @@ is how a browser proves it is this page and not another site's (see
 :mod:`pennello.daemon.http.routes.auth`). Another origin cannot read it: the Host check stops
 rebinding pages, and the page is never served with CORS headers.
 
-    $ pennello serve   # then open http://127.0.0.1:8420/
+    $ pennello serve   # then `pennello open`: the page, logged in as the owner (a one-time link)
 """
 
 from __future__ import annotations
