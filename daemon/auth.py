@@ -3,7 +3,7 @@
 Being on loopback proves nothing (every account and program on the computer is), so the owner is
 whoever holds the *owner token* (:mod:`pennello.owner_token`, a 0600 file only this OS user can
 read) and, on this machine only, a browser that came in through a one-time *login link*
-(:class:`OwnerLogin`; ``pennello open`` makes one). Everyone else, on loopback or on the LAN, must
+(:mod:`pennello.daemon.owner_login`; ``pennello open`` makes one). Everyone else, on loopback or on the LAN, must
 carry ``Authorization: Bearer <token>`` of a paired device. A device gets its token by *pairing*: the
 owner runs ``pennello pair`` on the host, which shows a one-time 8-character code (and a QR code);
 the device sends that code with a name and receives a token it keeps. Tokens are stored only as
@@ -19,10 +19,6 @@ Every token has a *scope*: ``device`` (what pairing gives: make pictures, see it
     >>> token, record = pairing.redeem(offer.code, "kitchen tablet", client="192.0.2.7")
     >>> store.verify(token).name
     'kitchen tablet'
-    >>> login = OwnerLogin("the owner token")
-    >>> link = login.new_link()
-    >>> login.session_valid(login.redeem_link(link.token))
-    True
 
 This module has no HTTP in it; :mod:`pennello.daemon.http.routes.auth` puts it behind Flask.
 """
@@ -44,7 +40,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, get_args
 
 import filelock
-import itsdangerous
 
 from pennello.errors import AuthError, BusyError, NotFoundError, RequestError, StoreError
 from pennello.files import write_atomic
@@ -66,9 +61,6 @@ FAILURE_WINDOW_S = 60.0
 MAX_CODE_GUESSES = 10
 _LAST_USED_WRITE_S = 60.0  # last_used is written back at most this often per token
 DEVICE_OWNER_PREFIX = "device:"
-LOGIN_LINK_TTL_S = 120.0  # long enough to switch to the browser, short enough to be useless later
-MAX_LOGIN_LINKS = 16  # unused links kept at once; the oldest goes first
-SESSION_MAX_AGE_S = 30 * 24 * 3600.0  # a browser logs in again (`pennello open`) after this
 TokenScope = Literal["device", "owner"]
 TOKEN_SCOPES: tuple[TokenScope, ...] = get_args(TokenScope)
 
@@ -392,68 +384,3 @@ class Pairing:
                         self._wrong_guesses)
             self._current = None
 
-
-@dataclass(frozen=True)
-class LoginLink:
-    token: str
-    expires_in_s: float
-
-
-class OwnerLogin:
-    """The owner's credentials: the owner token itself, one-time login links, browser sessions.
-
-    A login link's token works once and for :data:`LOGIN_LINK_TTL_S`; redeeming it gives a
-    session value for a cookie, signed with the owner token (so it survives a daemon restart and
-    dies with the token when the owner deletes ``owner.token``).
-    """
-
-    def __init__(self, owner_token: str, link_ttl_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._owner_token = owner_token
-        self._signer = itsdangerous.TimestampSigner(owner_token, salt="pennello-owner-session")
-        self.link_ttl_s = LOGIN_LINK_TTL_S if link_ttl_s is None else link_ttl_s
-        self._clock = clock
-        self._links: dict[str, float] = {}  # sha256 of an unused link token -> when it expires
-        self._lock = threading.Lock()
-
-    def is_owner_token(self, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(token.encode(), self._owner_token.encode())
-
-    def new_link(self) -> LoginLink:
-        """A fresh one-time login token (earlier unused ones stay valid until they expire)."""
-        token = secrets.token_urlsafe(TOKEN_BYTES)
-        with self._lock:
-            self._forget_expired()
-            while len(self._links) >= MAX_LOGIN_LINKS:
-                del self._links[next(iter(self._links))]
-            self._links[hash_token(token)] = self._clock() + self.link_ttl_s
-        return LoginLink(token, self.link_ttl_s)
-
-    def redeem_link(self, token: str | None) -> str:
-        """Use up a login link's token and return a new session value for the owner's cookie.
-
-        Raises:
-            AuthError: the token is missing, unknown, already used or expired.
-        """
-        with self._lock:
-            self._forget_expired()
-            valid = token is not None and self._links.pop(hash_token(token), None) is not None
-        if not valid:
-            raise AuthError("this login link is not valid: each works once and for "
-                            f"{int(self.link_ttl_s)} seconds; run `pennello open` for a new one",
-                            field="token")
-        return self._signer.sign(secrets.token_urlsafe(16)).decode("ascii")
-
-    def session_valid(self, value: str | None) -> bool:
-        if not value:
-            return False
-        try:
-            self._signer.unsign(value, max_age=SESSION_MAX_AGE_S)
-        except itsdangerous.BadSignature:  # forged, from another owner token, or too old
-            return False
-        return True
-
-    def _forget_expired(self) -> None:
-        now = self._clock()
-        for digest in [d for d, expires in self._links.items() if expires <= now]:
-            del self._links[digest]

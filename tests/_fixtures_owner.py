@@ -22,7 +22,8 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from pennello.daemon.auth import OwnerLogin, is_loopback
+from pennello.daemon.auth import is_loopback
+from pennello.daemon.owner_login import OwnerLogin
 from pennello.daemon.http.routes.auth import SESSION_COOKIE, owner_login
 from pennello.owner_token import is_loopback_url, read_owner_token
 from pennello.paths import Paths, get_paths

@@ -148,7 +148,7 @@ def test_a_login_link_logs_in_once_with_a_strict_httponly_cookie(owner_server):
 
 
 def test_a_login_link_expires(owner_server, monkeypatch):
-    monkeypatch.setattr("pennello.daemon.auth.LOGIN_LINK_TTL_S", 0.5)
+    monkeypatch.setattr("pennello.daemon.owner_login.LOGIN_LINK_TTL_S", 0.5)
     url, _ = owner_server()
     link = Client(url).call("POST", "/api/login-link")["url"]
     time.sleep(1.0)

@@ -42,8 +42,8 @@ from pennello.owner_token import ensure_owner_token
 
 from ..request import json_body
 from ..context import LOCAL_OWNER, current_config, current_network
-from ...auth import (SESSION_MAX_AGE_S, TOKENS_FILE, OwnerLogin, Pairing, TokenRecord, TokenStore, is_loopback,
-                     needs_token, owner_of)
+from ...auth import TOKENS_FILE, Pairing, TokenRecord, TokenStore, is_loopback, needs_token, owner_of
+from ...owner_login import SESSION_MAX_AGE_S, OwnerLogin
 from ..surface import (PAGE_HEADER, STATE_CHANGING, HostPolicy, check_origin, host_refusal, looks_like_browser,
                       scope_of)
 
