@@ -113,6 +113,24 @@ def test_the_owners_client_and_cli_need_no_extra_step(owner_server, api_engine):
     assert browser.get(f"{url}/api/pair/status").json()["owner"] is True
 
 
+def test_the_tray_finds_the_owners_daemon_and_opens_the_page_logged_in(owner_server, tmp_path):
+    from pennello.tray import DaemonSupervisor, TrayController, login_item
+
+    from test_tray import FakeDesktop
+
+    url, paths = owner_server()
+    desktop = FakeDesktop()
+    autostart = login_item("linux", {"HOME": str(tmp_path / "userhome")}, ["/opt/pennello/bin/pennello", "tray"])
+    controller = TrayController(DaemonSupervisor(paths), desktop, autostart, paths)  # via daemon.json
+    assert controller.start().state == "ready"
+    assert len(controller.run("pair").code) == 8  # an owner route
+    link = controller.run("open_web")
+    assert link.startswith(f"{url}/login?token=") and desktop.last("open_url") == link
+    browser = requests.Session()
+    assert browser.get(link).status_code == 200
+    assert browser.get(f"{url}/api/pair/status").json()["owner"] is True
+
+
 def test_pennello_open_without_a_daemon_says_so(tmp_path):
     opened = subprocess.run([sys.executable, "-m", "pennello", "open", "--no-browser"], capture_output=True,
                             text=True, env={**os.environ, "PENNELLO_HOME": str(tmp_path)}, timeout=120)
