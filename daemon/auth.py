@@ -1,7 +1,10 @@
-"""Who may use the daemon: loopback callers freely, other machines only with a paired token.
+"""Who may use the daemon: this machine's user with the owner token, everyone else with a paired one.
 
-The daemon listens on 127.0.0.1 unless LAN mode is on. In LAN mode every request from another
-address must carry ``Authorization: Bearer <token>``. A device gets its token by *pairing*: the
+Being on loopback proves nothing (every account and program on the computer is), so the owner is
+whoever holds the *owner token* (:mod:`pennello.owner_token`, a 0600 file only this OS user can
+read) and, on this machine only, a browser that came in through a one-time *login link*
+(:mod:`pennello.daemon.owner_login`; ``pennello open`` makes one). Everyone else, on loopback or on the LAN, must
+carry ``Authorization: Bearer <token>`` of a paired device. A device gets its token by *pairing*: the
 owner runs ``pennello pair`` on the host, which shows a one-time 8-character code (and a QR code);
 the device sends that code with a name and receives a token it keeps. Tokens are stored only as
 SHA-256 hashes, so the token file is useless to whoever reads it.
@@ -16,8 +19,6 @@ Every token has a *scope*: ``device`` (what pairing gives: make pictures, see it
     >>> token, record = pairing.redeem(offer.code, "kitchen tablet", client="192.0.2.7")
     >>> store.verify(token).name
     'kitchen tablet'
-    >>> needs_token("192.0.2.7"), needs_token("127.0.0.1")
-    (True, False)
 
 This module has no HTTP in it; :mod:`pennello.daemon.http.routes.auth` puts it behind Flask.
 """
@@ -74,9 +75,11 @@ def is_loopback(remote_addr: str | None) -> bool:
     return (mapped or address).is_loopback
 
 
-def needs_token(remote_addr: str | None) -> bool:
-    """The access decision: callers that are not on loopback must present a paired token."""
-    return not is_loopback(remote_addr)
+def needs_token(remote_addr: str | None, trust_loopback: bool = False) -> bool:
+    """Whether a caller at ``remote_addr`` must prove who it is (owner token, login session or a
+    paired token): everyone does, unless the owner set ``server.trust_loopback`` (a single-user
+    computer), which lets anything on loopback act as the owner."""
+    return not (trust_loopback and is_loopback(remote_addr))
 
 
 def owner_of(record: "TokenRecord") -> str:
@@ -380,3 +383,4 @@ class Pairing:
             log.warning("pairing code retired after %d wrong guesses; run `pennello pair` for a new one",
                         self._wrong_guesses)
             self._current = None
+

@@ -43,6 +43,7 @@ from waitress.task import ThreadedTaskDispatcher
 from pennello import __version__
 from pennello.config import Config
 from pennello.errors import DaemonError
+from pennello.owner_token import ensure_owner_token
 from pennello.paths import Paths
 from pennello.runtime import read_daemon_info, write_daemon_info
 
@@ -344,7 +345,7 @@ def _serve_isolated(config: Config, paths: Paths, guard: Any, stop_requested: St
     daemon_file: Path | None = None
     advertiser = None
     try:
-        proxy = WorkerProxy(socket, guard)
+        proxy = WorkerProxy(socket, guard, ensure_owner_token(paths))
         guard.isolation_report = lambda: {"isolation": "network-namespace", "worker": {"pid": supervisor.worker.pid}}
         server, fingerprint, advertiser = _listen(while_down(proxy, supervisor), config, paths,
                                                   _worker_models(proxy), refresh_s=_ADVERTISE_REFRESH_S)

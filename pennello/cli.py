@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "queue": "pennello.daemon.cli.manage:queue",
     "pair": "pennello.daemon.cli.auth:pair",
     "tokens": "pennello.daemon.cli.auth:tokens",
+    "open": "pennello.daemon.cli.auth:open_page",
     "discover": "pennello.client.cli:discover",
     "offline": "pennello.daemon.cli.offline:offline",
     "tray": "pennello.tray.cli:tray",

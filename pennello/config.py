@@ -46,6 +46,9 @@ class ServerConfig:
     host: str = "127.0.0.1"  # loopback only unless `lan` is on
     port: int = 8420
     lan: bool = False  # bind all interfaces; non-loopback clients then need a paired token
+    # Anything on loopback acts as the owner without the owner token: only for a computer nobody
+    # else logs into (docs/threat-model.md); off, another account on this PC needs a paired token.
+    trust_loopback: bool = False
     max_body_bytes: int = 16 * 1024 * 1024  # largest accepted request body
     cors_origins: tuple[str, ...] = ()  # CORS stays off unless origins are listed
     # Extra names (or addresses) the Host header may carry, e.g. ("pennello.home.arpa",) when a

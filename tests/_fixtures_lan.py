@@ -20,6 +20,8 @@ from typing import Sequence
 
 from pennello.paths import Paths
 
+from _fixtures_owner import SERVED
+
 START_TIMEOUT_S = 180
 
 
@@ -43,16 +45,25 @@ def run_cli(home: Paths, *args: str, netns: str | None = None, timeout: float = 
 
 
 class ServedProcess:
-    """A ``pennello serve`` subprocess (``process``) and its log file (``log``)."""
+    """A ``pennello serve`` subprocess (``process``) of ``home`` and its log file (``log``)."""
 
     process: subprocess.Popen
     log: Path
+    home: Paths
+    url: str | None = None
+
+    def serving(self, url: str) -> None:
+        """It serves at ``url``: loopback requests there carry its owner's session (_fixtures_owner)."""
+        self.url = url
+        SERVED[url] = self.home
 
     def terminate(self, timeout: float = 90) -> int:
+        SERVED.pop(self.url or "", None)  # the port may serve another home later
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
+        SERVED.pop(self.url or "", None)
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
@@ -79,7 +90,7 @@ class ServeProcess(ServedProcess):
         line = self.process.stdout.readline()  # blocks until serving, or EOF if it died
         match = re.match(r"pennello is serving on (https://\S+)", line)
         assert match, f"serve --lan did not start: {line!r}\n{self.log.read_text()}"
-        self.url = match.group(1)
+        self.serving(match.group(1))
         info = json.loads((home.runtime_dir / "daemon.json").read_text())
         self.fingerprint: str = info["fingerprint"]
         self.instance_id = (home.state_dir / "instance-id").read_text().strip()

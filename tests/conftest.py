@@ -7,8 +7,10 @@ import pytest
 from pennello.paths import HOME_ENV, Paths, get_paths
 
 # The fixture modules, registered for every test (helpers they also define are imported by name).
+# _fixtures_owner comes first: it wraps start_background_server before any fixture starts a server;
 # _fixtures_hub comes after _fixtures_installer, whose helpers it imports.
-pytest_plugins = ("_fixtures_api", "_fixtures_daemon", "_fixtures_installer", "_fixtures_hub", "_fixtures_lan",
+pytest_plugins = ("_fixtures_owner", "_fixtures_api", "_fixtures_daemon", "_fixtures_installer", "_fixtures_hub",
+                  "_fixtures_lan",
                   "_fixtures_netns", "_fixtures_trust")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import openai
 import pytest
 import requests
+from _fixtures_owner import owner_token
 from PIL import Image
 
 
@@ -20,7 +21,7 @@ def url(api_server):
 
 @pytest.fixture
 def client(url):
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=owner_token(url), max_retries=0, timeout=120)
 
 
 def _png(data: bytes) -> Image.Image:

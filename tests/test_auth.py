@@ -44,8 +44,9 @@ def pairing(store, clock):
     ("127.0.0.1", False), ("127.8.9.10", False), ("::1", False), ("::ffff:127.0.0.1", False),
     ("192.168.1.20", True), ("10.0.0.5", True), ("::ffff:192.168.1.20", True), ("fe80::1%eth0", True),
     ("0.0.0.0", True), ("", True), (None, True), ("localhost", True), ("not an address", True)])
-def test_only_loopback_goes_without_a_token(addr, needed):
-    assert needs_token(addr) is needed
+def test_only_loopback_goes_without_a_token_and_only_when_trusted(addr, needed):
+    assert needs_token(addr, trust_loopback=True) is needed
+    assert needs_token(addr) is True  # by default loopback is no credential (a shared computer)
     assert is_loopback(addr) is not needed
 
 

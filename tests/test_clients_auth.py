@@ -22,6 +22,7 @@ from PIL import Image
 from pennello.daemon.http.openapi import build_spec
 
 from _fixtures_api import png_bytes
+from _fixtures_owner import owner_token
 
 OPENAI_NAMES = ("dall-e-2", "dall-e-3", "gpt-image-1")
 NO_MODEL = {"absent": {}, "empty": {"model": ""}, **{name: {"model": name} for name in OPENAI_NAMES}}
@@ -44,7 +45,8 @@ def _models_of(engine, prompt: str) -> set[str]:
 
 @pytest.mark.parametrize("model", NO_MODEL, ids=list(NO_MODEL))
 def test_openai_sdk_with_openai_model_names_gets_the_default_model(api_server, api_engine, model):
-    client = openai.OpenAI(base_url=f"{api_server()}/v1", api_key="x", max_retries=0, timeout=120)
+    url = api_server()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=owner_token(url), max_retries=0, timeout=120)
     prompt = f"a red kite {uuid.uuid4()}"
     result = client.images.generate(prompt=prompt, size="64x64", response_format="b64_json",
                                     **NO_MODEL[model])
@@ -57,7 +59,8 @@ def test_async_openai_sdk_with_openai_model_names(api_server, api_engine):
     url = api_server()
 
     async def generate_all() -> list:
-        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120) as client:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=owner_token(url), max_retries=0,
+                                      timeout=120) as client:
             return await asyncio.gather(*(client.images.generate(
                 prompt=f"{name} {prompt_id}", size="64x64", **NO_MODEL[name]) for name in NO_MODEL))
 
@@ -71,14 +74,16 @@ def test_async_openai_sdk_with_openai_model_names(api_server, api_engine):
 
 
 def test_v1_models_lists_the_installed_models(api_server, api_engine):
-    client = openai.OpenAI(base_url=f"{api_server()}/v1", api_key="x", max_retries=0)
+    url = api_server()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=owner_token(url), max_retries=0)
     listed = [model.id for model in client.models.list()]
     assert listed == [m["name"] for m in api_engine.models()] and "pennello-tiny" in listed
     assert all(model.owned_by == "pennello" for model in client.models.list())
 
 
 def test_an_unknown_model_is_a_404_that_names_what_can_be_used(api_server):
-    client = openai.OpenAI(base_url=f"{api_server()}/v1", api_key="x", max_retries=0)
+    url = api_server()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=owner_token(url), max_retries=0)
     with pytest.raises(openai.NotFoundError) as caught:
         client.images.generate(model="made-up-model", prompt="a kite", size="64x64")
     error = caught.value.body
@@ -92,7 +97,8 @@ def test_an_unknown_model_is_a_404_that_names_what_can_be_used(api_server):
 
 
 def test_openai_edits_take_openai_model_names_too(api_server, drawn):
-    client = openai.OpenAI(base_url=f"{api_server()}/v1", api_key="x", max_retries=0, timeout=120)
+    url = api_server()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=owner_token(url), max_retries=0, timeout=120)
     picture = ("house.png", png_bytes(drawn), "image/png")
     result = client.images.edit(image=picture, prompt="a house in snow", model="dall-e-2", size="64x64")
     _drawn_png(result.data[0].b64_json)

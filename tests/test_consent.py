@@ -260,19 +260,22 @@ SERVE_AND_REPORT = textwrap.dedent("""
     from pennello.config import Config
     from pennello.daemon import create_app, start_background_server
     from pennello.daemon.engine.engine import Engine
+    from pennello.owner_token import read_owner_token
     from pennello.paths import get_paths
 
     paths = get_paths()
     engine = Engine(Config(), paths)
     engine.start()
     _, url, stop = start_background_server(create_app(Config(), engine, paths))
+    owner = requests.Session()  # as the pennello CLI asks: with the owner token
+    owner.headers["Authorization"] = "Bearer " + read_owner_token(paths)
     try:
-        job = requests.post(url + "/api/generate", json={"prompt": "a kite", "steps": 1, "width": 64,
-                            "height": 64, "wait": True}, timeout=300).json()
-        models = requests.get(url + "/api/models", timeout=30).json()
+        job = owner.post(url + "/api/generate", json={"prompt": "a kite", "steps": 1, "width": 64,
+                         "height": 64, "wait": True}, timeout=300).json()
+        models = owner.get(url + "/api/models", timeout=30).json()
         # An unknown OpenAI model's 404 lists the catalog's models: read here, never fetched.
-        unknown = requests.post(url + "/v1/images/generations", json={"prompt": "x", "model": "no-such-model"},
-                                timeout=60)
+        unknown = owner.post(url + "/v1/images/generations", json={"prompt": "x", "model": "no-such-model"},
+                             timeout=60)
     finally:
         stop()
         engine.stop(cancel_running=True)

@@ -29,6 +29,7 @@ from pennello.lan import SERVICE_TYPE, Service, encode_txt, zeroconf_interfaces
 from pennello.paths import get_paths
 
 from _fixtures_lan import ServeProcess, host_pairing_code, run_cli
+from _fixtures_owner import SERVED
 
 if not interface_addresses():
     pytest.skip("no network interface besides loopback for mDNS", allow_module_level=True)
@@ -70,7 +71,9 @@ def lan_daemon(api_engine) -> Iterator[LanDaemon]:  # noqa: F811
     thread.start()
     advertiser = advertiser_for(config, api_engine.paths, api_engine, server.port, fingerprint, ipv6=ipv6)
     advertiser.start()
+    SERVED[server.url] = api_engine.paths  # not started by start_background_server: noted here
     yield LanDaemon(server.url, server.port, fingerprint, advertiser)
+    SERVED.pop(server.url, None)
     advertiser.stop()
     server.stop()
     thread.join()

@@ -23,6 +23,7 @@ from pennello.daemon.tools.edit import fit_size, mask_to_l
 from pennello.daemon.pictures.uploads import COMPOSITE_WITH_TRAINED_MEDIA
 from pennello.daemon.engine.outputs import parse_xmp
 from pennello.daemon.engine.families import get_family
+from _fixtures_owner import owner_token
 
 
 def _fetch(url: str, image: dict) -> tuple[np.ndarray, str | None, dict]:
@@ -172,7 +173,7 @@ def test_size_fitting_and_mask_conventions():
 
 @pytest.fixture
 def client(url):
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=owner_token(url), max_retries=0, timeout=120)
 
 
 def test_official_openai_client_edits_and_inpaints(client, drawn):

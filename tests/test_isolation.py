@@ -56,7 +56,7 @@ class Serve(ServedProcess):
         line = self.process.stdout.readline()  # blocks until serving, or EOF if it died
         match = re.match(r"pennello is serving on (https?://\S+)", line)
         assert match, f"serve did not start: {line!r}\n{self.log_text()}"
-        self.url = match.group(1)
+        self.serving(match.group(1))
         self.http = requests.Session()
         self.http.verify = False  # LAN mode's self-signed certificate; pinning is tested elsewhere
         self.http.trust_env = False  # else REQUESTS_CA_BUNDLE would override verify

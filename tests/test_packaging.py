@@ -108,13 +108,17 @@ def files_under(home: Path) -> set[str]:
 GENERATE = textwrap.dedent("""
     # Start the installed daemon, make one picture through the HTTP API, stop the daemon.
     import json, re, signal, subprocess, sys, requests
+    from pennello.owner_token import read_owner_token
+    from pennello.paths import get_paths
     serve = subprocess.Popen([sys.argv[1], "serve", "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         line = serve.stdout.readline()
         url = re.match(r"pennello is serving on (http://\\S+)", line).group(1)
-        job = requests.post(url + "/api/generate", json={"prompt": "a red kite", "seed": 7, "wait": True},
-                            timeout=300).json()
-        image = requests.get(url + job["images"][0]["url"], timeout=60)
+        owner = requests.Session()  # as the pennello CLI asks: with the owner token serve wrote
+        owner.headers["Authorization"] = "Bearer " + read_owner_token(get_paths())
+        job = owner.post(url + "/api/generate", json={"prompt": "a red kite", "seed": 7, "wait": True},
+                         timeout=300).json()
+        image = owner.get(url + job["images"][0]["url"], timeout=60)
         open(sys.argv[2], "wb").write(image.content)
         print(json.dumps({"status": job["status"], "type": image.headers["Content-Type"],
                           "health": requests.get(url + "/api/health", timeout=10).json()}))

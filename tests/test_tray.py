@@ -33,6 +33,7 @@ from pennello.tray import (TRAY_STATES, DaemonSupervisor, MenuEntry, PairOffer, 
 from _fixtures_installer import TINY_LABEL
 from pennello.config import write_setting
 from _fixtures_daemon import SLOW_STEPS, wait_until_running
+from _fixtures_owner import assert_logs_in
 
 START_TIMEOUT_S = 180
 
@@ -199,7 +200,9 @@ def test_actions_reach_the_daemon_and_the_desktop(server, tray_for, home):
     controller, desktop, _ = tray_for(server.url)
     controller.start()
 
-    assert controller.run("open_web") == server.url + "/" and desktop.last("open_url") == server.url + "/"
+    link = controller.run("open_web")
+    assert link.startswith(server.url + "/login?token=") and desktop.last("open_url") == link
+    assert_logs_in(link)
     assert controller.run("open_outputs") == home.outputs_dir and desktop.last("open_path") == home.outputs_dir
     controller.run("quick_generate")
     assert desktop.last("quick_generate") == (server.url, None)
@@ -373,7 +376,8 @@ def test_pystray_layer_draws_state_and_builds_the_menu(server, tray_for, dummy_p
     menu(tray.icon)  # a click on the icon runs the default item: Quick generate
     assert desktop.last("quick_generate") == (server.url, None)
     next(i for i in items if i.text == "Open web page")(tray.icon)
-    assert desktop.last("open_url") == server.url + "/"
+    assert desktop.last("open_url").startswith(server.url + "/login?token=")
+    assert_logs_in(desktop.last("open_url"))
     login(tray.icon)
     assert next(i for i in tray.icon.menu if i.text == "Start at login").checked is True
 
@@ -452,7 +456,8 @@ def test_without_a_tray_host_it_says_so_and_opens_the_web_page(home, tmp_path):
             assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
             line = process.stdout.readline()
         url = line.split()[-1]
-        assert opened.read_text().strip() == url
+        assert opened.read_text().strip().startswith(url + "login?token=")
+        assert_logs_in(opened.read_text().strip())
         assert requests.get(url + "api/health", timeout=10).json()["ready"]
         assert json.loads((home.runtime_dir / "tray.json").read_text())["pid"] == process.pid
         process.send_signal(signal.SIGTERM)

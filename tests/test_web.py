@@ -13,6 +13,8 @@ import pytest
 import requests
 from PIL import Image
 
+from _fixtures_owner import login_link
+
 
 STATIC = Path(__file__).resolve().parents[1] / "daemon" / "http" / "static"
 SCREENSHOT_COPY = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "web.png"
@@ -101,7 +103,7 @@ def _generate(browser, prompt: str):
 @pytest.mark.browser
 def test_generate_in_the_browser_shows_the_picture(api_server, browser, tmp_path):
     url = api_server()
-    browser.get(f"{url}/")
+    browser.get(login_link(url))  # as `pennello open` and the tray's "Open web page" do
     assert "owner" in browser.find_element("id", "who").text or _wait(
         browser, lambda b: "owner" in b.find_element("id", "who").text)
     image = _generate(browser, "a yellow star on a green background")
@@ -186,6 +188,8 @@ def test_a_page_of_another_site_cannot_act_as_the_owner(api_server, browser, oth
 
     caplog.set_level(logging.DEBUG, logger="pennello.daemon.http.app")
     url = api_server()
+    browser.get(login_link(url))  # the browser holds the owner's session: it must not help the other site
+    caplog.clear()  # only what the other site's page makes happen counts below
     folder, site = other_site
     (folder / "page.html").write_text(f"""<!doctype html><title>start</title>
 <form id="f" method="post" action="{url}/api/pair/code" target="sink"></form>

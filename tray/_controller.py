@@ -28,6 +28,7 @@ from pennello.client import Client
 from pennello.config import load_config, write_setting
 from pennello.consent import NO_NETWORK_OFF_FACTS
 from pennello.errors import ConfigError, PennelloError
+from pennello.owner_token import is_loopback_url
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -296,7 +297,13 @@ class TrayController:
         self.desktop.quick_generate(self._client().base_url, self.configured_default())
 
     def open_web(self) -> str:
-        url = self._client().base_url + "/"
+        """Open the web page; on this computer through a one-time login link, so the browser is
+        the owner's (a remote daemon's page pairs the browser instead). Returns what it opened."""
+        client = self._client()
+        if is_loopback_url(client.base_url):
+            url = client.call("POST", "/api/login-link")["url"]
+        else:
+            url = client.base_url + "/"
         self.desktop.open_url(url)
         return url
 

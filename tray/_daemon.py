@@ -70,7 +70,7 @@ class DaemonSupervisor:
             DaemonError: ``url`` was given and does not answer, or ``pennello serve`` cannot be run.
         """
         if self.url is not None:
-            self._client = Client(self.url, self.token, timeout=10)
+            self._client = Client(self.url, self.token, paths=self.paths, timeout=10)
             self._client.health()
             return
         if self._attach() or (self.process is not None and self.process.poll() is None):
@@ -95,7 +95,7 @@ class DaemonSupervisor:
         if self.process is not None and self.process.poll() is None:
             info = read_daemon_info(self.paths)
             if info is not None and info.get("pid") == self.process.pid:
-                self._client = Client(info["url"], self.token, timeout=10)
+                self._client = Client(info["url"], self.token, paths=self.paths, timeout=10)
             return self._client
         self._attach()
         return self._client
@@ -138,7 +138,7 @@ class DaemonSupervisor:
         info = read_daemon_info(self.paths)
         if info is None:
             return False
-        client = Client(info["url"], self.token, timeout=5)
+        client = Client(info["url"], self.token, paths=self.paths, timeout=5)
         try:
             client.health()
         except PennelloError:

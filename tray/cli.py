@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from urllib.parse import urljoin
 
 import click
 import filelock
@@ -87,9 +88,10 @@ def _without_tray(controller, desktop, why: str) -> None:  # type: ignore[no-unt
         click.secho(f"error: {status.message}", fg="red", err=True)
         desktop.notify("Pennello could not start", status.message or "")
         return
-    url = controller.open_web()
+    # The browser got a one-time login link; what is shown is the page's lasting address.
+    url = urljoin(controller.open_web(), "/")
     click.echo(f"pennello is running at {url}")
-    desktop.notify("Pennello is running", f"No system tray was found; open {url}")
+    desktop.notify("Pennello is running", f"No system tray was found; `pennello open` opens {url} logged in")
     while not stop.wait(1.0):
         if controller.refresh().state == "error":
             click.secho(f"error: {controller.status.message}", fg="red", err=True)

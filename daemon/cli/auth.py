@@ -1,5 +1,9 @@
-"""``pennello pair`` and ``pennello tokens``: let other devices in, see them, and shut them out.
+"""``pennello pair``, ``pennello tokens`` and ``pennello open``: who may use this pennello.
 
+``pair`` and ``tokens`` let other devices in, list them and shut them out; ``open`` logs this
+computer's browser in as the owner with a one-time link.
+
+    $ pennello open                # the web page, logged in as the owner (one-time link)
     $ pennello pair                # on the daemon's machine: a one-time code + QR code
     $ pennello pair "Pennello on studio" --code K7M2QX9P   # on another PC: pair with it
     $ pennello pair --for-basic-auth --as "Open WebUI"     # a token for a front-end that sends Basic
@@ -152,6 +156,26 @@ def render_qr(data: str) -> str:
     out = io.StringIO()
     code.print_ascii(out=out, invert=True)
     return out.getvalue()
+
+
+@click.command("open")
+@click.option("--browser/--no-browser", default=True, show_default=True,
+              help="Open the link in the default browser; without, only print it.")
+def open_page(browser: bool) -> None:
+    """Open the web page in this computer's browser, logged in as the owner.
+
+    Prints a one-time login link (it works once, for 2 minutes) and opens it: the browser gets
+    a session cookie and keeps it for 30 days. Another account on this computer cannot do this:
+    the link comes from the daemon only for the owner token, which only you can read.
+    """
+    import webbrowser
+
+    from pennello.client import Client
+
+    link = Client().call("POST", "/api/login-link")
+    click.echo(f"Web page (the link works once, for {int(link['expires_in_s'])} s): {link['url']}")
+    if browser and not webbrowser.open(link["url"]):
+        click.echo("no browser could be started here; open the link above in one", err=True)
 
 
 @click.group()

@@ -62,6 +62,7 @@ def current_owner() -> str:
 
 def owner_filter() -> str | None:
     """The owner whose jobs and pictures the caller may see; None means all of them (the owner,
-    on loopback or with an owner token; the auth module sets ``g.pennello_sees_all``)."""
+    by owner token or login session, or with an issued owner token; the auth module sets
+    ``g.pennello_sees_all``)."""
     owner = current_owner()
     return None if g.get("pennello_sees_all", owner == LOCAL_OWNER) else owner

@@ -13,8 +13,8 @@ applies them; this module only decides, it has no Flask in it):
    ``server.cors_origins``; ``Sec-Fetch-Site: cross-site`` is refused the same way (403
    ``origin_not_allowed``).
 3. **Scope**: :data:`ENDPOINT_SCOPES` says what each route needs: ``public`` (anyone),
-   ``device`` (a paired device's token, or more) or ``owner`` (the host's owner, or an owner
-   token). docs/security-scopes.md shows the same table; a test keeps the two equal.
+   ``device`` (a paired device's token, or more) or ``owner`` (the host's owner, with the owner
+   token or the owner's login session, or an owner token issued for another device). docs/security-scopes.md shows the same table; a test keeps the two equal.
 
     >>> policy = HostPolicy(allowed=("studio.lan",), hostname="studio", mdns_name=None,
     ...                     addresses=lambda: ["192.168.1.20"])
@@ -50,6 +50,7 @@ ENDPOINT_SCOPES: Mapping[str, Scope] = {
     "native.health": "public",
     "auth.pair": "public",
     "auth.pair_status": "public",
+    "login.login": "public",  # the one-time token in the link is the credential
     "openapi.spec": "public",
     "web.index": "public",
     "web.static": "public",
@@ -105,6 +106,7 @@ ENDPOINT_SCOPES: Mapping[str, Scope] = {
     "tools.run_pipeline": "device",
     # the owner: devices, models in memory, the machine's state, the config
     "auth.new_code": "owner",
+    "auth.login_link": "owner",
     "auth.qr_png": "owner",
     "auth.list_tokens": "owner",
     "auth.issue_token": "owner",

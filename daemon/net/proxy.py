@@ -71,10 +71,11 @@ class WorkerProxy:
     Args:
         socket_path: the worker's Unix socket.
         guard: this process's no-network guard; its report is merged into the worker's.
+        owner_token: sent with the server's own requests (:meth:`request`), which ask as the owner.
     """
 
-    def __init__(self, socket_path: Path, guard: NetworkGuard | None) -> None:
-        self.socket_path, self.guard = socket_path, guard
+    def __init__(self, socket_path: Path, guard: NetworkGuard | None, owner_token: str | None = None) -> None:
+        self.socket_path, self.guard, self.owner_token = socket_path, guard, owner_token
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         connection = UnixHTTPConnection(self.socket_path)  # no timeout: generation may take minutes
@@ -110,8 +111,10 @@ class WorkerProxy:
         """A request of the server's own to the worker, as the owner (e.g. the models to advertise)."""
         connection = UnixHTTPConnection(self.socket_path, timeout=30)
         try:
-            connection.request(method, path, headers={"X-Forwarded-For": "127.0.0.1",
-                                                      "X-Forwarded-Proto": "http"})
+            headers = {"X-Forwarded-For": "127.0.0.1", "X-Forwarded-Proto": "http"}
+            if self.owner_token:  # loopback alone makes nobody the owner
+                headers["Authorization"] = f"Bearer {self.owner_token}"
+            connection.request(method, path, headers=headers)
             response = connection.getresponse()
             return json.loads(response.read())
         finally:

@@ -1,7 +1,9 @@
 """A small HTTP client for a running pennello daemon (used by ``pennello generate`` and the tray).
 
 Without a URL it finds the local daemon through the ``daemon.json`` file the daemon publishes in
-its runtime directory. Errors come back as the same :mod:`pennello.errors` the daemon raised.
+its runtime directory. Talking to a daemon on this machine (loopback) without a token of its own,
+it sends the owner token (:mod:`pennello.owner_token`), which only this OS user can read: that is
+what makes it the owner rather than any program on the computer. Errors come back as the same :mod:`pennello.errors` the daemon raised.
 A daemon serving HTTPS (LAN mode) is reached over a session pinned to its certificate's
 fingerprint; :func:`pennello.client.remote.connect` finds a paired daemon on the LAN and builds one.
 
@@ -22,7 +24,8 @@ import requests
 
 from pennello.errors import (AuthError, BusyError, DaemonError, ForbiddenError, NotFoundError,
                              PennelloError, RequestError, TrustError)
-from pennello.paths import Paths
+from pennello.owner_token import is_loopback_url, read_owner_token
+from pennello.paths import Paths, get_paths
 from pennello.runtime import read_daemon_info
 
 ProgressCallback = Callable[[int, int], None]  # (step, total_steps)
@@ -36,8 +39,10 @@ class Client:
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8420``; None finds the local daemon via ``daemon.json``.
-        token: a paired device token, sent as ``Authorization: Bearer``.
-        paths: where to look for ``daemon.json`` (defaults to :func:`pennello.paths.get_paths`).
+        token: a paired device token, sent as ``Authorization: Bearer``; None sends the owner
+            token to a daemon on loopback (and nothing elsewhere).
+        paths: where to look for ``daemon.json`` and the owner token (defaults to
+            :func:`pennello.paths.get_paths`).
         timeout: seconds to wait for the daemon to answer a (non-streaming) request.
         fingerprint: ``sha256:…`` of the daemon's certificate: HTTPS then accepts only that one
             (taken from ``daemon.json`` for the local daemon).
@@ -63,6 +68,8 @@ class Client:
             self.session = pinned_session(fingerprint)
         else:
             self.session = requests.Session()
+        if token is None and is_loopback_url(self.base_url):
+            token = read_owner_token(paths or get_paths())
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 

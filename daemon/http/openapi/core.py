@@ -108,6 +108,8 @@ SCHEMAS: dict[str, Schema] = {
                          "scope": {"enum": ["device", "owner", None], "default": "device",
                                    "description": "owner: an admin token that may do everything."}},
                         ("name",)),
+    "LoginLink": obj({"url": {"type": "string", "description": "Open it in a browser on this machine; "
+                                     "it works once."}, "expires_in_s": NUM}, ("url", "expires_in_s")),
     "PairStatus": obj({"owner": BOOL, "paired": BOOL, "device": {"oneOf": [ref("Token"), {"type": "null"}]},
                        "lan": BOOL, "scope": {"enum": ["owner", "device", "anonymous"]},
                        "code_expires_in_s": nullable("number")}, ("owner", "paired")),
@@ -239,6 +241,15 @@ def _pairing_paths() -> dict[str, dict[str, Schema]]:
         "/api/pair": {"post": op("Exchange a pairing code for a token (no token needed)", auth,
                                  reply(ref("PairResponse"), "Paired"), status="201", body="PairRequest",
                                  errors=("400", "401", "429"), public=True)},
+        "/api/login-link": {"post": op("A one-time link that logs this machine's browser in as the owner "
+                                       "(owner only; `pennello open`)", auth, reply(ref("LoginLink"), "Created"),
+                                       status="201", errors=("403",))},
+        "/login": {"get": op("Use up a login link: sets the owner's session cookie (HttpOnly, SameSite=Strict) "
+                             "and redirects to the page", auth,
+                             responses={"303": {"description": "Logged in; to the page at /"}},
+                             errors=("400", "401", "403"), public=True,
+                             params=({"name": "token", "in": "query", "required": True, "schema": STR,
+                                      "description": "The one-time token of POST /api/login-link."},))},
         "/api/pair/status": {"get": op("Whether the caller is the owner, a paired device, or neither",
                                        auth, reply(ref("PairStatus")), public=True)},
         "/api/tokens": {"get": op("Paired devices (owner only)", auth, reply(ref("TokenList")),

@@ -1,18 +1,22 @@
-"""Pairing, tokens, and the access check every request passes through.
+"""Pairing, tokens, the owner's login, and the access check every request passes through.
 
 Before any route runs, :func:`authenticate` applies the rules of :mod:`pennello.daemon.http.surface`:
 the Host header must name this machine (DNS rebinding), a state-changing request from a browser
 page must come from this daemon's own origin or a listed one (CSRF), and the caller must hold the
 scope the route's entry in :data:`~pennello.daemon.http.surface.ENDPOINT_SCOPES` asks for.
 
-Who the caller is: a plain client on loopback (curl, the CLI, the tray) is the owner and needs
-nothing. A *browser* on loopback is the owner for reading, but to change anything it must send the
-web page's per-run secret in ``X-Pennello-Page`` (only the page served by this daemon knows it).
-Anyone else needs a token, sent as ``Authorization: Bearer <token>``, or as the password of HTTP
-Basic credentials (any user name) for front-ends that can only send those (Open WebUI's and
-SillyTavern's A1111 settings), or, for the web page on a paired browser, the ``pennello_token``
-cookie that pairing can set; its scope is ``device`` or ``owner``, whichever way it came. A device
-pairs with the code ``pennello pair`` shows:
+Who the caller is: on this machine, the *owner* is whoever sends the owner token (the pennello
+CLI and the tray read it from a file only this OS user can read, :mod:`pennello.owner_token`) or
+a browser holding the owner's session cookie, which a one-time login link sets
+(``pennello open`` makes one: ``GET /login?token=…``). A browser acting on that cookie must also
+send the web page's per-run secret in ``X-Pennello-Page`` to change anything (only the page
+served by this daemon knows it). Being on loopback is no credential, since every account on the
+computer is there, unless the owner set ``server.trust_loopback`` for a single-user computer.
+Anyone else, on loopback or the LAN, needs a token, sent as ``Authorization: Bearer <token>``, or
+as the password of HTTP Basic credentials (any user name) for front-ends that can only send those
+(Open WebUI's and SillyTavern's A1111 settings), or, for the web page on a paired browser, the
+``pennello_token`` cookie that pairing can set; its scope is ``device`` or ``owner``, whichever
+way it came. A device pairs with the code ``pennello pair`` shows:
 
     $ curl -s http://192.168.1.20:8420/api/pair -H 'Content-Type: application/json' \\
         -d '{"code": "K7M2QX9P", "name": "kitchen tablet"}'
@@ -31,21 +35,25 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request, send_file
 
-from pennello.errors import AuthError, ForbiddenError, NotFoundError, PageTokenError
+from pennello.errors import AuthError, ForbiddenError, NotFoundError, PageTokenError, RequestError
+from pennello.owner_token import ensure_owner_token
 
 from ..request import json_body
 from ..context import LOCAL_OWNER, current_config, current_network
-from ...auth import TOKENS_FILE, Pairing, TokenRecord, TokenStore, is_loopback, owner_of
+from ...auth import TOKENS_FILE, Pairing, TokenRecord, TokenStore, is_loopback, needs_token, owner_of
+from ...owner_login import SESSION_MAX_AGE_S, OwnerLogin
 from ..surface import (PAGE_HEADER, STATE_CHANGING, HostPolicy, check_origin, host_refusal, looks_like_browser,
                       scope_of)
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__, url_prefix="/api")
+login_bp = Blueprint("login", __name__)  # /login sits beside the page, not under /api
 
 COOKIE = "pennello_token"
+SESSION_COOKIE = "pennello_session"  # the owner's browser session, set by a login link
 COOKIE_MAX_AGE_S = 400 * 24 * 3600  # the longest browsers keep a cookie
 ANONYMOUS_OWNER = "anonymous"  # files nothing and matches nobody's jobs
 _EXT = "pennello_auth"
@@ -60,7 +68,8 @@ class Caller:
     """Who is asking, as :func:`authenticate` found out.
 
     Attributes:
-        scope: ``owner`` (loopback, or an owner token), ``device`` or ``anonymous``.
+        scope: ``owner`` (the owner token or login session on this machine, or an owner token),
+            ``device`` or ``anonymous``.
         owner: what the caller's jobs and pictures are filed under.
         device: the token record, when a token was used.
         needs_page_token: a browser on loopback changing something without the page's secret.
@@ -78,6 +87,7 @@ class Caller:
 class _Surface:
     hosts: HostPolicy
     page_token: str
+    login: OwnerLogin
 
 
 def init_app(app: Flask, pairing: Pairing | None = None) -> None:
@@ -101,9 +111,16 @@ def init_app(app: Flask, pairing: Pairing | None = None) -> None:
     hosts = HostPolicy(config.server.allowed_hosts, mdns_name=mdns_name,
                        addresses=network.addresses if network is not None else None)
     # A new secret every run: a page left open across a restart must be reloaded to act.
-    app.extensions[_SURFACE_EXT] = _Surface(hosts, secrets.token_urlsafe(32))
+    app.extensions[_SURFACE_EXT] = _Surface(hosts, secrets.token_urlsafe(32),
+                                            OwnerLogin(ensure_owner_token(paths)))
+    app.register_blueprint(login_bp)
     app.before_request(authenticate)
     app.after_request(_response_headers)
+
+
+def owner_login(app: Flask) -> OwnerLogin:
+    """The owner's login links and sessions of ``app``."""
+    return app.extensions[_SURFACE_EXT].login
 
 
 def current_pairing() -> Pairing:
@@ -116,23 +133,31 @@ def current_caller() -> Caller:
 
 
 def page_token_for_request() -> str | None:
-    """The web page's secret, for the page served to a caller on this machine; None for others
+    """The web page's secret, for the page served to the owner on this machine; None for others
     (they act with their own tokens)."""
-    return current_app.extensions[_SURFACE_EXT].page_token if is_loopback(request.remote_addr) else None
+    caller = current_caller()
+    owner_here = caller.scope == "owner" and caller.device is None and is_loopback(request.remote_addr)
+    return current_app.extensions[_SURFACE_EXT].page_token if owner_here else None
 
 
 def is_owner_request() -> bool:
-    """Whether the caller acts as the machine's owner: on loopback (a browser there needs the page
-    secret to change things), or with an owner token. Host and Origin are checked before this."""
+    """Whether the caller acts as the machine's owner: the owner token or the owner's browser
+    session on this machine (a browser also needs the page secret to change things), or an owner
+    token from ``pennello tokens issue --admin``. Host and Origin are checked before this."""
     return current_caller().scope == "owner"
 
 
 def request_token() -> str | None:
     """The token the caller presented: ``Bearer``, Basic's password, or the pairing cookie."""
+    return _header_token() or request.cookies.get(COOKIE) or None
+
+
+def _header_token() -> str | None:
+    """The token in the Authorization header: ``Bearer``, or Basic's password."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return basic_auth_token() or request.cookies.get(COOKIE) or None
+    return basic_auth_token()
 
 
 def basic_auth_token() -> str | None:
@@ -164,7 +189,7 @@ def authenticate() -> None:
         raise host_refusal(request.headers.get("Host"))
     check_origin(request.method, request.headers, request.scheme, request.host,
                  current_config().server.cors_origins)
-    caller = _identify(surface.page_token)
+    caller = _identify(surface)
     g.pennello_caller = caller
     g.pennello_owner = caller.owner
     g.pennello_sees_all = caller.scope == "owner"
@@ -177,6 +202,8 @@ def authenticate() -> None:
                                  "header to change anything; reload the pennello page", field=PAGE_HEADER)
         if caller.bad_token:
             raise AuthError("the token is not valid (it may have been revoked); pair this device again")
+        if is_loopback(request.remote_addr):
+            raise AuthError(_LOOPBACK_REFUSAL)
         raise AuthError("this address needs a token: pair this device with the code that "
                         "`pennello pair` shows on the host, then send Authorization: Bearer <token> "
                         "(or the token as a Basic password: `pennello pair --for-basic-auth`)")
@@ -185,13 +212,25 @@ def authenticate() -> None:
                              "token (`pennello tokens issue --admin`)")
 
 
-def _identify(page_token: str) -> Caller:
-    """Loopback plain clients are the owner; tokens say who others are; the rest are anonymous."""
+_LOOPBACK_REFUSAL = (
+    "a token is needed on this computer too (other accounts and programs reach it as well): the "
+    "owner's pennello CLI and tray send the owner token by themselves, and the owner's browser logs "
+    "in with the link `pennello open` shows; any other client needs a device token, from "
+    "`pennello pair` (or `pennello tokens issue NAME` on the owner's account), sent as "
+    "Authorization: Bearer <token>")
+
+
+def _identify(surface: _Surface) -> Caller:
+    """The owner by owner token or session on this machine; tokens say who others are; the rest
+    are anonymous."""
     needs_page_token = False
-    if is_loopback(request.remote_addr):
-        acting = request.method in STATE_CHANGING and looks_like_browser(request.headers)
+    ambient = _owner_credential(surface.login)
+    if ambient is not None:
+        # Credentials a browser sends by itself (cookie, trust in loopback) could be a forged
+        # request's: to change anything, a browser must also show the page's secret.
+        acting = ambient and request.method in STATE_CHANGING and looks_like_browser(request.headers)
         sent = request.headers.get(PAGE_HEADER, "")
-        if not acting or hmac.compare_digest(sent.encode(), page_token.encode()):
+        if not acting or hmac.compare_digest(sent.encode(), surface.page_token.encode()):
             return Caller("owner", LOCAL_OWNER)
         needs_page_token = True
     token = request_token()
@@ -201,6 +240,18 @@ def _identify(page_token: str) -> Caller:
     if record is None:  # refused later unless the route is public (a revoked browser can re-pair)
         return Caller("anonymous", ANONYMOUS_OWNER, needs_page_token=needs_page_token, bad_token=True)
     return Caller(record.scope, owner_of(record), record)
+
+
+def _owner_credential(login: OwnerLogin) -> bool | None:
+    """Whether the caller is the owner on this machine: None if not, else whether it proved it with
+    a credential its browser would send by itself (True) rather than the owner token (False)."""
+    if not is_loopback(request.remote_addr):
+        return None  # the owner token and sessions are for this machine; elsewhere, paired tokens
+    if not needs_token(request.remote_addr, current_config().server.trust_loopback):
+        return True
+    if login.is_owner_token(_header_token()):
+        return False
+    return True if login.session_valid(request.cookies.get(SESSION_COOKIE)) else None
 
 
 def _response_headers(response: Response) -> Response:
@@ -262,6 +313,36 @@ def pair_status() -> Any:
                     "device": caller.device.public() if caller.device else None,
                     "lan": current_config().server.lan, "scope": caller.scope,
                     "code_expires_in_s": offer.expires_in_s if offer else None})
+
+
+# --- the owner's browser ---------------------------------------------------------------------------
+
+@bp.post("/login-link")
+def login_link() -> Any:
+    """A one-time link that logs this machine's browser in as the owner (``pennello open``)."""
+    link = owner_login(current_app).new_link()
+    return jsonify({"url": f"{request.host_url}login?token={link.token}",
+                    "expires_in_s": link.expires_in_s}), 201
+
+
+@login_bp.get("/login")
+def login() -> Response:
+    """Use up a login link: set the owner's session cookie and go to the page."""
+    token = request.args.get("token")
+    if not token:  # as /api/pair answers a missing code: the request is malformed
+        raise RequestError("token is required: open the whole link `pennello open` shows", field="token")
+    if not is_loopback(request.remote_addr):
+        raise ForbiddenError("login links work only in a browser on the daemon's computer; other "
+                             "devices pair with the code `pennello pair` shows")
+    session = owner_login(current_app).redeem_link(token)
+    response = redirect("/", code=303)
+    # Strict: no other site's page makes the browser send it, not even by a link. Pages on other
+    # ports of this machine count as the same site, so the Origin check and page secret still apply.
+    response.set_cookie(SESSION_COOKIE, session, max_age=int(SESSION_MAX_AGE_S), httponly=True,
+                        samesite="Strict", secure=request.scheme == "https")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"  # the used token stays out of Referers
+    return response
 
 
 # --- tokens ----------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
      "refused": 1, "refused_by_destination": {"huggingface.co": 1},
      "attempts": [{"event": "socket.getaddrinfo", "destination": "huggingface.co", "stack": …}], …}
 
-Only the owner (loopback) may read it: the attempts carry stacks. ``/api/health`` shows everyone
+Only the owner may read it: the attempts carry stacks. ``/api/health`` shows everyone
 the summary (mode, what is allowed, how many attempts were refused).
 """
 

@@ -1,7 +1,7 @@
 """An OpenAI-compatible image API under ``/v1``, so existing OpenAI clients work unchanged.
 
     >>> from openai import OpenAI  # doctest: +SKIP
-    >>> client = OpenAI(base_url="http://127.0.0.1:8420/v1", api_key="x")  # token, or anything on loopback
+    >>> client = OpenAI(base_url="http://127.0.0.1:8420/v1", api_key=TOKEN)  # a paired or issued token
     >>> result = client.images.generate(model="pennello-tiny", prompt="a red kite", size="64x64",
     ...                                 n=2, response_format="b64_json")  # doctest: +SKIP
     >>> len(result.data)  # doctest: +SKIP

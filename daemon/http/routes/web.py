@@ -18,7 +18,7 @@ The owner's page also carries the catalog (``<meta name="pennello-catalog">``: t
 can show what is available beside what is installed without an API that would tempt a client to
 install through the serving daemon, which never loads the code that downloads.
 
-    $ pennello serve   # then open http://127.0.0.1:8420/
+    $ pennello serve   # then `pennello open`: the page, logged in as the owner (a one-time link)
 """
 
 from __future__ import annotations
