@@ -118,6 +118,24 @@ def test_a1111s_own_hires_fix_test_body(url):
     assert "Denoising strength: 0, Hires upscale: 2" in text, text
 
 
+def test_a_missing_ai_upscaler_is_a_404_before_any_drawing(url, api_engine):
+    """hr_upscaler "ai" without the AI upscaler installed failed only after the first pass."""
+    calls = api_engine.stats["pipeline_calls"]
+    response = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x", "enable_hr": True, "hr_upscaler": "AI"})
+    assert response.status_code == 404 and response.json()["error"]["field"] == "hr_upscaler", response.text
+    assert "pennello install" in response.json()["error"]["message"]
+    assert api_engine.stats["pipeline_calls"] == calls
+    extras = requests.post(f"{url}/sdapi/v1/extra-single-image", json={
+        "image": base64.b64encode(_png_bytes()).decode(), "upscaler_1": "ai"})
+    assert extras.status_code == 404 and extras.json()["error"]["field"] == "upscaler_1", extras.text
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_unknown_fields_and_scripts_are_ignored_and_logged_once(url, caplog):
     """A1111 ignores what it does not know (these two were 400s before); the log still says so."""
     body = {"prompt": "x", "steps": 1, "no_such_field": 1, "alwayson_scripts": {"controlnet": {}}}

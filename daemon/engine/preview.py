@@ -6,8 +6,9 @@ nothing more. A client that asks for the preview has those latents decoded by th
 VAE on its request thread, once per step however many clients poll (:meth:`Preview.png`); a
 client polling faster than steps finish gets the same picture again.
 
-Latents a VAE cannot decode as they are (FLUX packs them into a sequence) give no preview: the
-progress answer then carries ``null``, as A1111 does with live previews turned off.
+Latents a VAE cannot decode as they are (FLUX packs them into a sequence), and a VAE offloaded to
+the CPU by a small-GPU profile, give no preview: the progress answer then carries ``null``, as
+A1111 does with live previews turned off.
 
     >>> Preview().png(visible=[]) is None  # nothing drawn yet
     True
@@ -60,7 +61,8 @@ def _decode(pipe: Any, latents: Any) -> str | None:
     import torch
 
     vae = getattr(pipe, "vae", None)
-    if vae is None:
+    # An offloaded VAE (small-GPU profiles) moves its weights in hooks: not from a second thread.
+    if vae is None or getattr(vae, "_hf_hook", None) is not None:
         return None
     try:
         with torch.inference_mode():

@@ -23,13 +23,13 @@ from typing import Any
 
 from PIL import Image
 
-from pennello.errors import RequestError, TooLargeError
+from pennello.errors import PennelloError, RequestError, TooLargeError
 
 from ..engine.families import get_family
 from ..engine.jobs import GenerateRequest, Job, OutputImage
 from ..engine.params import values
 from .edit import DEFAULT_STRENGTH, EditRequest, EditEndedError, submit_edit
-from .upscale import SCALES, upscale, upscalers
+from .upscale import SCALES, check_request, upscale, upscalers
 
 NO_UPSCALER = "None"  # A1111's name for a plain resize
 # A1111's latent-space upscalers; a latent pass is not something pennello has (see above).
@@ -121,8 +121,9 @@ class HiresFix:
 
         Raises:
             RequestError: naming the A1111 field that is out of range.
+            ModelNotFoundError: the upscaler's model is not installed (``hr_upscaler``).
         """
-        upscaler_method(self.upscaler, "hr_upscaler", latent=True)
+        method = upscaler_method(self.upscaler, "hr_upscaler", latent=True)
         for name, value in (("hr_scale", self.scale), ("hr_resize_x", self.resize_x),
                             ("hr_resize_y", self.resize_y), ("hr_second_pass_steps", self.steps)):
             if isinstance(value, bool) or not 0 <= value <= 100_000 or (name == "hr_scale" and value < 1):
@@ -139,13 +140,16 @@ class HiresFix:
                          steps=self.steps or first.steps, sampler=self.sampler or first.sampler,
                          scheduler=self.scheduler or first.scheduler)
         try:
+            if method is not None:  # e.g. the AI upscaler not installed: a 404 before the first pass
+                check_request(engine, (first.width or 0, first.height or 0), SCALES[0], method)
             return engine.resolve(second)
-        except RequestError as e:  # the size and steps came from these fields
+        except PennelloError as e:  # the size, steps and upscaler came from these fields
             given = [name for name, value in (("hr_resize_x", self.resize_x), ("hr_resize_y", self.resize_y))
                      if value] or ["hr_scale"]
-            e.field = {"width": given[0], "height": given[-1],
+            field = getattr(e, "field", None)
+            e.field = {"width": given[0], "height": given[-1], "scale": given[0],  # type: ignore[attr-defined]
                        "steps": "hr_second_pass_steps", "prompt": "hr_prompt", "sampler": "hr_sampler_name",
-                       "scheduler": "hr_scheduler"}.get(e.field or "", e.field)
+                       "scheduler": "hr_scheduler", "method": "hr_upscaler"}.get(field or "", field)
             raise
 
     def record(self, first: GenerateRequest, second: GenerateRequest) -> dict[str, Any]:
