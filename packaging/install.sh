@@ -405,6 +405,11 @@ print("\n".join(map(str, (p.outputs_dir, p.runtime_dir, p.config_dir, p.data_dir
         fi
     done
     [ -d "$MAC_APP" ] && rm -rf "$MAC_APP" && ok "removed $MAC_APP"
+    # desktop-file-utils keeps an index of the menu entries (mimeinfo.cache, shared with other
+    # applications): refreshed so it no longer lists pennello, not removed.
+    if [ -d "$APPS" ] && command -v update-desktop-database >/dev/null 2>&1; then
+        update-desktop-database "$APPS" >/dev/null 2>&1 || true
+    fi
     if [ -L "$BIN_LINK" ]; then
         case "$(readlink "$BIN_LINK")" in "$VENV"/*) rm -f "$BIN_LINK" && ok "removed $BIN_LINK" ;; esac
     fi

@@ -78,9 +78,9 @@ def test_stop_with_a_stale_daemon_file_says_so(home):
 
 
 def test_shutdown_route_is_for_the_owner_and_refused_outside_a_daemon(server):
-    # A server without daemon.json (a test's, a benchmark's) has no process to stop: 503, not a kill.
+    # A server without daemon.json (a test's, a benchmark's) has no process to stop: 404, not a kill.
     response = requests.post(f"{server.url}/api/shutdown", timeout=10)
-    assert response.status_code == 503 and "daemon.json" in response.json()["error"]["message"]
+    assert response.status_code == 404 and "daemon.json" in response.json()["error"]["message"]
 
 
 # --- ps, load, unload, keep_alive ----------------------------------------------------------------

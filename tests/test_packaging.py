@@ -28,13 +28,13 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
-import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from PIL import Image
 
+from pennello.installer.ownwheel import repack
 from test_consent import run_on_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,15 +63,10 @@ def deps_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def local_wheels(tmp_path_factory) -> Path:
     """A find-links folder holding a wheel of this environment's setuptools, repacked from its
-    installed files, so builds and torch's ``setuptools>=77.0.3`` need no package index."""
-    dist = importlib.metadata.distribution("setuptools")
-    name = f"setuptools-{dist.version}-py3-none-any.whl"
+    installed files (as bundles repack pennello), so builds and torch's ``setuptools>=77.0.3``
+    need no package index."""
     folder = tmp_path_factory.mktemp("wheels")
-    with zipfile.ZipFile(folder / name, "w", zipfile.ZIP_DEFLATED) as wheel:
-        for file in dist.files or []:
-            source = Path(dist.locate_file(file))
-            if ".." not in file.parts and "__pycache__" not in file.parts and source.is_file():
-                wheel.write(source, file.as_posix())
+    repack(importlib.metadata.distribution("setuptools"), folder)
     return folder
 
 
@@ -227,6 +222,10 @@ def test_install_from_checkout_generate_repair_and_uninstall(user_home, tmp_path
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert "Pennello is uninstalled." in removed.stdout and "kept" in removed.stdout
     left = files_under(user_home) - before
+    cache = user_home / ".local" / "share" / "applications" / "mimeinfo.cache"
+    if cache.exists():  # desktop-file-utils' shared index (where installed): refreshed, not removed
+        assert "pennello" not in cache.read_text().lower(), cache.read_text()
+        left.discard(cache.relative_to(user_home).as_posix())
     assert left == {p.relative_to(user_home).as_posix() for p in outputs}, f"left behind: {sorted(left)}"
     assert not [p for p in user_home.rglob("*") if p.name.lower() == "pennello" and "Pictures" not in p.parts]
 

@@ -22,8 +22,7 @@ ERROR_TEXT = {"400": "Invalid request; `field`/`param` names the input", "401": 
               "(non-loopback caller) or it is not valid", "403": "Only the owner may do this",
               "404": "Not found", "409": "The job was cancelled", "413": "Over a size limit "
               "(server.max_body_bytes or [images] in the config)", "429": "Busy or rate limited; "
-              "see Retry-After", "500": "The job failed", "503": "Not now: the daemon is stopping, or this app "
-              "is not a running daemon"}
+              "see Retry-After", "500": "The job failed"}
 #: ``keep_alive`` as the native API takes it (daemon/engine/residency.py parses it).
 KEEP_ALIVE: Schema = {"type": ["string", "number", "null"], "examples": ["10m", "1h30m", 300, 0, -1],
                       "description": "How long the model stays loaded after this request, as in Ollama: a "

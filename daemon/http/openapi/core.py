@@ -214,7 +214,7 @@ def _native_paths() -> dict[str, dict[str, Schema]]:
         "/api/shutdown": {"post": op(
             "Stop the daemon as SIGTERM does: running jobs finish, queued ones are cancelled (owner only)",
             native, reply(ref("Stopping"), "Stopping; the daemon exits shortly"), status="202",
-            errors=("403", "503"))},
+            errors=("403", "404"))},
         "/api/progress": {"get": op("The batch on the device now", native, reply(ref("Progress")))},
         "/api/health": {"get": op("Liveness and readiness (no token needed)", native, reply(ref("Health")),
                                   public=True)},

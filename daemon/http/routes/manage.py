@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from flask import Blueprint, jsonify
 
-from pennello.errors import DaemonError
+from pennello.errors import NotFoundError
 from pennello.runtime import read_daemon_info
 
 from ...engine.engine import Engine
@@ -37,8 +37,9 @@ bp = Blueprint("manage", __name__, url_prefix="/api")
 def shutdown() -> Any:
     info = read_daemon_info(current_paths())
     if info is None or not isinstance(info.get("pid"), int):
-        # An app served by a test or a benchmark has no serving process to stop.
-        raise DaemonError("this app is not a running daemon (no daemon.json); stop its process instead")
+        # An app served by a test or a benchmark has no serving process to stop: nothing to find,
+        # a 4xx rather than a server error (the app itself is fine).
+        raise NotFoundError("this app is not a running daemon (no daemon.json); stop its process instead")
     pid = info["pid"]
     log.info("shutdown asked over the API: signalling the daemon (pid %d)", pid)
     os.kill(pid, signal.SIGTERM)  # the serve loop sees it within 0.2 s, after this answer is sent
