@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from test_web import _chromium, _wait
 
@@ -79,6 +82,42 @@ def test_two_deletes_at_once_remove_the_picture_once(api_server):
     for thread in threads:
         thread.join(30)
     assert sorted(codes) == [200, 404, 404, 404]
+
+
+# --- GET /api/jobs/<id>/preview -------------------------------------------------------------------------
+
+def _preview(url: str, job_id: str, headers: dict[str, str] | None = None) -> requests.Response:
+    return requests.get(f"{url}/api/jobs/{job_id}/preview", headers=headers, timeout=60)
+
+
+def test_a_running_job_previews_for_its_device_and_the_owner_only(api_server):
+    url, lan = api_server(lan=True)
+    tablet, phone = _pair(url, lan, "tablet"), _pair(url, lan, "phone")
+    job = requests.post(f"{lan}/api/generate", json={"prompt": "a red circle", "steps": 100, "seed": 1},
+                        headers=tablet).json()
+    deadline, seen = time.monotonic() + 60, None
+    while seen is None:
+        assert time.monotonic() < deadline, "never saw a preview"
+        answer = _preview(lan, job["id"], tablet)
+        assert answer.status_code in (200, 204), answer.text
+        if answer.status_code == 200:
+            seen = answer
+        time.sleep(0.02)
+    owners, others = _preview(url, job["id"]), _preview(lan, job["id"], phone)
+    requests.delete(f"{lan}/api/jobs/{job['id']}", headers=tablet)
+    ended = requests.get(f"{lan}/api/jobs/{job['id']}", headers=tablet).json()
+    deadline = time.monotonic() + 60
+    while ended["status"] == "running":
+        assert time.monotonic() < deadline, "the job never stopped"
+        ended = requests.get(f"{lan}/api/jobs/{job['id']}", headers=tablet).json()
+    assert seen.headers["Content-Type"] == "image/png" and seen.headers["Cache-Control"] == "no-store"
+    picture = np.asarray(Image.open(io.BytesIO(seen.content)).convert("RGB"))
+    assert picture.shape == (64, 64, 3) and picture.std() > 0  # a decoded picture, not a flat fill
+    assert owners.status_code == 200 and owners.headers["Content-Type"] == "image/png"  # the owner may look
+    assert others.status_code == 404 and others.json()["error"]["field"] == "id"  # as if it did not exist
+    assert _preview(lan, job["id"], tablet).status_code == 204  # ended: nothing to preview
+    unknown = _preview(url, "no-such-job")
+    assert unknown.status_code == 404 and unknown.headers["Content-Type"] == "application/json"
 
 
 # --- the page in a real Chromium -----------------------------------------------------------------------
