@@ -337,6 +337,39 @@ def test_cancel_from_the_form_and_from_the_queue(api_server, browser):
     _wait(browser, lambda b: b.find_element("id", "queue-empty").is_displayed())
 
 
+@pytest.mark.browser
+def test_the_progress_box_shows_the_picture_so_far(api_server, browser):
+    url = api_server()
+    _open(browser, url)
+    # Watch the box: every change to it while the job runs must leave a picture in it (no flicker).
+    browser.execute_script("""
+        const box = document.getElementById('preview');
+        window.previewSwaps = 0; window.previewEmptied = 0;
+        new MutationObserver(() => {
+            if (box.querySelector('img')) window.previewSwaps += 1;
+            else if (window.previewSwaps && !box.hidden) window.previewEmptied += 1;
+        }).observe(box, {childList: true});""")
+    _set(browser, "prompt", "a red circle")
+    _click(browser, "advanced")
+    _set(browser, "steps", "100")
+    _click(browser, "generate")
+
+    def decoded(b):
+        images = b.find_elements("css selector", "#preview img")
+        return images and b.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", images[0])
+
+    assert _wait(browser, decoded) == 64  # the model's own 64x64 picture, decoded in the box
+    assert browser.find_element("id", "preview").is_displayed()
+    newest = max(requests.get(f"{url}/api/jobs").json()["jobs"], key=lambda job: job["created"])
+    assert (newest["prompt"], newest["status"]) == ("a red circle", "running")  # shown before the job ended
+    _wait(browser, lambda b: b.execute_script("return window.previewSwaps") >= 2)  # it follows the steps
+    _results(browser, 1)
+    assert not browser.find_element("id", "preview").is_displayed()
+    assert not browser.find_elements("css selector", "#preview img")  # the next job starts from an empty box
+    assert browser.execute_script("return window.previewEmptied") == 0
+
+
 def _png(tmp_path: Path, colour: str) -> Path:
     from PIL import Image
 
