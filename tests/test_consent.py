@@ -9,9 +9,11 @@ Every command runs as a real process. "On a terminal" means a real pseudo-termin
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -247,7 +249,7 @@ def test_offline_off_explains_and_asks_and_on_does_not(home):
 
 # Downloading, locking (which downloads) and bundles; installing adds the code that writes models.
 DOWNLOADING = ("pennello.installer.sources", "pennello.installer.lock", "pennello.installer.bundle",
-               "pennello.installer.wheelhouse", "pennello.installer.ownwheel")
+               "pennello.installer.wheelhouse", "pennello.installer.ownwheel", "pennello.installer.gitpin")
 FETCHING = (*DOWNLOADING, "pennello.installer.install")
 
 SERVE_AND_REPORT = textwrap.dedent("""
@@ -334,7 +336,11 @@ def test_pennello_serve_never_imports_code_that_downloads(home, tmp_path):
     try:
         line = process.stdout.readline()  # blocks until serving, or EOF if it died
         assert line.startswith("pennello is serving on "), f"{line!r}\n{log.read_text()[-3000:]}"
-        assert requests.get(line.split()[-1] + "/api/health", timeout=60).json()["ready"] is True
+        url = line.split()[-1]
+        assert requests.get(url + "/api/health", timeout=60).json()["ready"] is True
+        # The owner's page embeds the catalog, and its models view lists what is installed.
+        page = requests.get(url + "/", timeout=60)
+        models = requests.get(url + "/api/models", timeout=60).json()["models"]
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=120)
@@ -343,4 +349,10 @@ def test_pennello_serve_never_imports_code_that_downloads(home, tmp_path):
     # It did install the default model, through the installer and the local-files fetcher.
     assert {"pennello.installer.install", "pennello.installer.fetchers"} <= imported
     assert Store(home).get(Config().engine.default_model).path.exists()
+    catalog = re.search(r'<meta name="pennello-catalog" content="([^"]*)">', page.text)
+    assert page.status_code == 200 and catalog, page.text[:500]
+    listed = {entry["name"] for entry in json.loads(html.unescape(catalog.group(1)))}
+    assert Config().engine.default_model in listed and len(listed) > 1  # the page's "available" models
+    assert Config().engine.default_model in {model["name"] for model in models}
+    assert "pennello.installer.catalog" in imported  # what the page's listing read
     assert not imported & set(DOWNLOADING), sorted(imported & set(DOWNLOADING))

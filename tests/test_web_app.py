@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from test_web import _chromium, _wait
 
@@ -79,6 +82,42 @@ def test_two_deletes_at_once_remove_the_picture_once(api_server):
     for thread in threads:
         thread.join(30)
     assert sorted(codes) == [200, 404, 404, 404]
+
+
+# --- GET /api/jobs/<id>/preview -------------------------------------------------------------------------
+
+def _preview(url: str, job_id: str, headers: dict[str, str] | None = None) -> requests.Response:
+    return requests.get(f"{url}/api/jobs/{job_id}/preview", headers=headers, timeout=60)
+
+
+def test_a_running_job_previews_for_its_device_and_the_owner_only(api_server):
+    url, lan = api_server(lan=True)
+    tablet, phone = _pair(url, lan, "tablet"), _pair(url, lan, "phone")
+    job = requests.post(f"{lan}/api/generate", json={"prompt": "a red circle", "steps": 100, "seed": 1},
+                        headers=tablet).json()
+    deadline, seen = time.monotonic() + 60, None
+    while seen is None:
+        assert time.monotonic() < deadline, "never saw a preview"
+        answer = _preview(lan, job["id"], tablet)
+        assert answer.status_code in (200, 204), answer.text
+        if answer.status_code == 200:
+            seen = answer
+        time.sleep(0.02)
+    owners, others = _preview(url, job["id"]), _preview(lan, job["id"], phone)
+    requests.delete(f"{lan}/api/jobs/{job['id']}", headers=tablet)
+    ended = requests.get(f"{lan}/api/jobs/{job['id']}", headers=tablet).json()
+    deadline = time.monotonic() + 60
+    while ended["status"] == "running":
+        assert time.monotonic() < deadline, "the job never stopped"
+        ended = requests.get(f"{lan}/api/jobs/{job['id']}", headers=tablet).json()
+    assert seen.headers["Content-Type"] == "image/png" and seen.headers["Cache-Control"] == "no-store"
+    picture = np.asarray(Image.open(io.BytesIO(seen.content)).convert("RGB"))
+    assert picture.shape == (64, 64, 3) and picture.std() > 0  # a decoded picture, not a flat fill
+    assert owners.status_code == 200 and owners.headers["Content-Type"] == "image/png"  # the owner may look
+    assert others.status_code == 404 and others.json()["error"]["field"] == "id"  # as if it did not exist
+    assert _preview(lan, job["id"], tablet).status_code == 204  # ended: nothing to preview
+    unknown = _preview(url, "no-such-job")
+    assert unknown.status_code == 404 and unknown.headers["Content-Type"] == "application/json"
 
 
 # --- the page in a real Chromium -----------------------------------------------------------------------
@@ -296,6 +335,39 @@ def test_cancel_from_the_form_and_from_the_queue(api_server, browser):
     _wait(browser, lambda b: b.find_elements("css selector", "#queue button[aria-label='Cancel: another long job']"))[0].click()
     _wait(browser, lambda b: requests.get(f"{url}/api/jobs/{job['id']}").json()["status"] == "cancelled")
     _wait(browser, lambda b: b.find_element("id", "queue-empty").is_displayed())
+
+
+@pytest.mark.browser
+def test_the_progress_box_shows_the_picture_so_far(api_server, browser):
+    url = api_server()
+    _open(browser, url)
+    # Watch the box: every change to it while the job runs must leave a picture in it (no flicker).
+    browser.execute_script("""
+        const box = document.getElementById('preview');
+        window.previewSwaps = 0; window.previewEmptied = 0;
+        new MutationObserver(() => {
+            if (box.querySelector('img')) window.previewSwaps += 1;
+            else if (window.previewSwaps && !box.hidden) window.previewEmptied += 1;
+        }).observe(box, {childList: true});""")
+    _set(browser, "prompt", "a red circle")
+    _click(browser, "advanced")
+    _set(browser, "steps", "100")
+    _click(browser, "generate")
+
+    def decoded(b):
+        images = b.find_elements("css selector", "#preview img")
+        return images and b.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", images[0])
+
+    assert _wait(browser, decoded) == 64  # the model's own 64x64 picture, decoded in the box
+    assert browser.find_element("id", "preview").is_displayed()
+    newest = max(requests.get(f"{url}/api/jobs").json()["jobs"], key=lambda job: job["created"])
+    assert (newest["prompt"], newest["status"]) == ("a red circle", "running")  # shown before the job ended
+    _wait(browser, lambda b: b.execute_script("return window.previewSwaps") >= 2)  # it follows the steps
+    _results(browser, 1)
+    assert not browser.find_element("id", "preview").is_displayed()
+    assert not browser.find_elements("css selector", "#preview img")  # the next job starts from an empty box
+    assert browser.execute_script("return window.previewEmptied") == 0
 
 
 def _png(tmp_path: Path, colour: str) -> Path:

@@ -61,6 +61,7 @@ ENDPOINT_SCOPES: Mapping[str, Scope] = {
     "native.get_job": "device",
     "native.cancel_job": "device",
     "native.job_events": "device",
+    "native.job_preview": "device",
     "native.image": "device",
     "native.outputs": "device",
     "native.models": "device",

@@ -190,6 +190,14 @@ def _native_paths() -> dict[str, dict[str, Schema]]:
         "/api/jobs/{job_id}": {
             "get": op("One job", native, reply(ref("Job")), errors=("404",), params=(_JOB_ID,)),
             "delete": op("Cancel a job", native, reply(ref("Job")), errors=("404",), params=(_JOB_ID,))},
+        "/api/jobs/{job_id}/preview": {"get": op(
+            "The picture a running job has drawn so far (its own device or the owner only)", native,
+            errors=("404",), params=(_JOB_ID,),
+            responses={"200": {"description": "The picture so far, decoded once per step",
+                               "content": {"image/png": {"schema": {"type": "string",
+                                                                    "contentMediaType": "image/png"}}}},
+                       "204": {"description": "No picture yet: the job is queued or ended, before its "
+                                              "first step, or its model's latents give none"}})},
         "/api/jobs/{job_id}/events": {"get": op("Follow a job as server-sent events", native, _SSE,
                                                 errors=("404",), params=(_JOB_ID,))},
         "/api/images/{image_id}": {

@@ -12,6 +12,7 @@ ended (200 done, 500 failed, 409 cancelled); ``"stream": true`` answers with ser
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Callable
 
 from flask import Blueprint, Response, jsonify, request, send_file
@@ -76,6 +77,20 @@ def get_job(job_id: str) -> Any:
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str) -> Any:
     return jsonify(current_engine().cancel(job_id, owner_filter()).to_dict())
+
+
+@bp.get("/jobs/<job_id>/preview")
+def job_preview(job_id: str) -> Any:
+    """The picture a running job has drawn so far, as PNG, for its own device or the owner (404
+    for anyone else, as for the job itself). 204 while there is none: queued, ended, before its
+    first step, or latents its VAE cannot decode. Decoded at most once per step however often
+    it is polled (:class:`...engine.preview.Preview`)."""
+    engine = current_engine()
+    job = engine.get_job(job_id, owner_filter())
+    png = engine.runner.preview.png([job.id]) if job.status == "running" else None
+    if png is None:
+        return Response(status=204)
+    return Response(base64.b64decode(png), mimetype="image/png", headers={"Cache-Control": "no-store"})
 
 
 @bp.get("/jobs/<job_id>/events")

@@ -24,8 +24,9 @@ export function el(tag, attributes = {}, ...children) {
 /** Tell every part of the page that the gallery changed (made, edited or deleted pictures). */
 export function picturesChanged() { document.dispatchEvent(new Event("pennello:pictures")); }
 
-/** Fetch ``path``: ``json`` sends a JSON body (POST unless ``method``), ``form`` a FormData. */
-export async function api(path, { json, form, method } = {}) {
+/** Fetch ``path``: ``json`` sends a JSON body (POST unless ``method``), ``form`` a FormData;
+ *  ``blob`` answers a picture as a Blob (null for 204: nothing to show yet). */
+export async function api(path, { json, form, method, blob } = {}) {
   const init = { credentials: "same-origin", method: method || (json || form ? "POST" : "GET"), headers: {} };
   if (PAGE_TOKEN) init.headers["X-Pennello-Page"] = PAGE_TOKEN;
   if (json !== undefined) {
@@ -35,6 +36,7 @@ export async function api(path, { json, form, method } = {}) {
     init.body = form;
   }
   const response = await fetch(path, init);
+  if (blob && response.ok) return response.status === 204 ? null : response.blob();
   const body = response.headers.get("Content-Type")?.includes("json") ? await response.json() : null;
   if (!response.ok) {
     const message = body?.error?.message || `${response.status} ${response.statusText}`;

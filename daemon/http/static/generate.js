@@ -4,6 +4,7 @@
 
 import { $, api, followJob, pictureElement, picturesChanged, show } from "./api.js";
 import { matchPreset } from "./models.js";
+import { startPreview, stepPreview, stopPreview } from "./preview.js";
 import { clearReferences, references } from "./references.js";
 
 let running = null;  // the job being followed
@@ -45,19 +46,13 @@ function setBusy(busy, text = "") {
   $("status-text").textContent = text;
 }
 
-function showPreview() {
-  // No step images come from the daemon: the box keeps the picture's shape until it arrives.
-  const width = Number($("width").value) || 1, height = Number($("height").value) || 1;
-  $("preview").style.aspectRatio = `${width} / ${height}`;
-}
-
 async function submit(event) {
   event.preventDefault();
   $("generate-error").textContent = "";
   const request = readForm();
   setBusy(true, "Queued…");
   $("progress").value = 0;
-  showPreview();
+  startPreview(Number($("width").value) || 1, Number($("height").value) || 1);
   try {
     const job = references().length
       ? await api("/api/edit", { form: editForm(request) })
@@ -74,6 +69,7 @@ async function submit(event) {
 function progress(data) {
   $("progress").value = data.progress;
   $("status-text").textContent = `Step ${data.step} of ${data.total_steps}`;
+  if (running && data.step > 0) stepPreview(running.id);
 }
 
 function done(job) {
@@ -94,6 +90,7 @@ function done(job) {
 
 function ended() {
   running = null;
+  stopPreview();
   document.dispatchEvent(new Event("pennello:jobs"));
 }
 
