@@ -5,8 +5,10 @@ again and again; meanwhile the owner asks ``/api/health`` every 100 ms. Then the
 three idle sockets open on the LAN port (``--lan`` mode, from this machine's own LAN address).
 
 Measured: generate latency p50/p99, ``/api/health`` p99 while busy (goal ≤ 100 ms; it was 3.3 s
-when the models ran in the serving process: the pipeline held the GIL), requests lost (answered
-5xx or not at all; goal 0), and the peak RSS of the server and its model worker together.
+when the models ran in the serving process), requests lost (answered 5xx or not at all; goal 0),
+and the peak RSS of the server and its model worker together. Each ``wait`` call holds one of
+the server's 16 threads until its picture is saved, so the owner's health check queues behind
+the waiting calls; that, not the GIL, is the first cause to look at when health is slow.
 
     python bench/bench_load.py                  # 60 s per phase, writes bench/results/load-cpu.json
     python bench/bench_load.py --seconds 20     # shorter
