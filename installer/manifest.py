@@ -46,6 +46,12 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _MAX_PATH_CHARS = 255
 
 
+def is_model_name(name: object) -> bool:
+    """Whether ``name`` can name a model: what a manifest may carry, and so a single, plain
+    folder name in the store (no path, NUL, surrogate or overlong name reaches the disk)."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
 def canonical_json(obj: Any) -> bytes:
     """The exact bytes that signatures cover (see module docstring)."""
     _reject_non_finite(obj)
@@ -256,7 +262,7 @@ class Manifest:
         if missing:
             raise ManifestFormatError(f"manifest is missing {sorted(missing)}")
         name = data["name"]
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not is_model_name(name):
             raise ManifestFormatError(f"model name {name!r} must be lowercase letters, digits, '.', '_' or '-'")
         version = data["version"]
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from pennello.errors import IntegrityError, ManifestFormatError, ModelNotFoundError, StoreError
 from pennello.files import fsync_dir, write_atomic
 from pennello.installer.blobs import READ_ONLY, check_file, file_sha256, link_or_copy, remove_tree, unique_path
-from pennello.installer.manifest import MANIFEST_FILENAME, FileEntry, Manifest, parse_envelope
+from pennello.installer.manifest import MANIFEST_FILENAME, FileEntry, Manifest, is_model_name, parse_envelope
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -380,6 +380,8 @@ class Store:
 
     def current(self, name: str) -> tuple[Path, Manifest]:
         """The current version's directory and manifest, damaged or not (for listings and repairs)."""
+        if not is_model_name(name):  # e.g. a client's model field: never a path to look at
+            raise self._not_installed(name)
         model_dir = self.models_dir / name
         try:
             version_dir = model_dir / (model_dir / CURRENT_FILE).read_text(encoding="utf-8").strip()

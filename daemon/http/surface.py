@@ -78,6 +78,8 @@ ENDPOINT_SCOPES: Mapping[str, Scope] = {
     # A1111's settings (per caller) and catalogues, which A1111 front-ends read before generating
     "a1111.settings.cmd_flags": "device",
     "a1111.lists.embeddings": "device",
+    "a1111.extras.extra_batch_images": "device",
+    "a1111.extras.extra_single_image": "device",
     "a1111.lists.face_restorers": "device",
     "a1111.lists.hypernetworks": "device",
     "a1111.settings.interrupt": "device",

@@ -1,0 +1,165 @@
+"""Load: 200 concurrent generate calls for a while against a real ``pennello serve`` on loopback.
+
+Each of 200 client threads posts ``/api/generate`` (embedded model, 64x64, 2 steps, ``wait``)
+again and again; meanwhile the owner asks ``/api/health`` every 100 ms. Then the same again with
+three idle sockets open on the LAN port (``--lan`` mode, from this machine's own LAN address).
+
+Measured: generate latency p50/p99, ``/api/health`` p99 while busy (goal ≤ 100 ms; it was 3.3 s
+when the models ran in the serving process), requests lost (answered 5xx or not at all; goal 0),
+and the peak RSS of the server and its model worker together. Each ``wait`` call holds one of
+the server's 16 threads until its picture is saved, so the owner's health check queues behind
+the waiting calls; that, not the GIL, is the first cause to look at when health is slow.
+
+    python bench/bench_load.py                  # 60 s per phase, writes bench/results/load-cpu.json
+    python bench/bench_load.py --seconds 20     # shorter
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from _common import percentile, row, write_result
+
+CLIENTS = 200
+HEALTH_EVERY_S = 0.1
+BODY = {"prompt": "a red kite over a green hill", "width": 64, "height": 64, "steps": 2, "wait": True}
+
+
+def start(home: Path, lan: bool) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PENNELLO_HOME": str(home), "OMP_NUM_THREADS": "1",
+           "PENNELLO_ENGINE_QUEUE_SIZE": str(CLIENTS * 2)}  # every client's call is queued, none 429
+    process = subprocess.Popen([sys.executable, "-m", "pennello", "serve", "--port", "0", *(["--lan"] if lan else [])],
+                               stdout=subprocess.PIPE, stderr=open(home.parent / "serve.log", "w"), text=True, env=env)
+    match = re.match(r"pennello is serving on (\S+)", process.stdout.readline())
+    if not match:
+        raise SystemExit(f"serve did not start; see {home.parent / 'serve.log'}")
+    return process, match.group(1)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of the server and its children (the model worker), in MB."""
+    pids = [pid] + [int(c) for t in Path(f"/proc/{pid}/task").glob("*/children") for c in t.read_text().split()]
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+    return total / 1024
+
+
+def _session() -> requests.Session:
+    """A client of its own: LAN mode's self-signed certificate, no proxy from the environment."""
+    session = requests.Session()
+    session.verify = session.trust_env = False
+    return session
+
+
+def phase(url: str, seconds: float) -> dict[str, Any]:
+    """200 clients generating for ``seconds`` while the owner polls health; the figures."""
+    stop = threading.Event()
+    latencies: list[float] = []
+    health: list[float] = []
+    lost: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        session = _session()
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                response = session.post(f"{url}/api/generate", json=BODY, timeout=600)
+                ok = response.status_code == 200 and response.json().get("status") == "done"
+            except requests.RequestException as e:
+                ok, response = False, e
+            with lock:
+                if ok:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    lost.append(str(response)[:200])
+
+    def owner() -> None:
+        session = _session()
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                answered = session.get(f"{url}/api/health", timeout=60).status_code == 200
+            except requests.RequestException:
+                answered = False
+            health.append(time.perf_counter() - started)
+            if not answered:
+                lost.append("health")
+            time.sleep(HEALTH_EVERY_S)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(CLIENTS)]
+    threads.append(threading.Thread(target=owner, daemon=True))
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=600)
+    return {"latency": latencies, "health": health, "lost": lost}
+
+
+def _p(values: list[float], q: float) -> float:
+    """A percentile; with one sample (a health check that waited the whole phase), that sample."""
+    return percentile(values, q) if len(values) > 1 else max(values, default=0.0)
+
+
+def lan_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the default route's address
+        return probe.getsockname()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    requests.packages.urllib3.disable_warnings()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        process, url = start(home, lan=True)
+        try:
+            requests.post(f"{url}/api/generate", json=BODY, timeout=120, verify=False)  # warm
+            plain = phase(url, args.seconds)
+            port = int(url.rsplit(":", 1)[1])
+            with contextlib.ExitStack() as idle:
+                for _ in range(3):
+                    idle.enter_context(socket.create_connection((lan_address(), port), timeout=10))
+                with_idle = phase(url, args.seconds)
+            rss = peak_rss_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=120)
+    for name, result in (("", plain), (", 3 idle LAN sockets open", with_idle)):
+        print(f"phase{name}: {len(result['latency'])} made, {len(result['health'])} health checks, "
+              f"{len(result['lost'])} lost")
+        ms = [s * 1000 for s in result["latency"]]
+        health = [s * 1000 for s in result["health"]]
+        rows += [row(f"generate p50, {CLIENTS} concurrent{name}", _p(ms, 50), "ms"),
+                 row(f"generate p99, {CLIENTS} concurrent{name}", _p(ms, 99), "ms"),
+                 row(f"/api/health p99 while busy{name}", _p(health, 99), "ms", "<= 100 ms"),
+                 row(f"requests lost{name}", len(result["lost"]), "", "= 0"),
+                 row(f"pictures made{name}", len(ms), "")]
+    rows.append(row("peak RSS, server + model worker", rss, "MB"))
+    write_result("load-cpu", rows, clients=CLIENTS, seconds=args.seconds, load_average=os.getloadavg(),
+                 lost_examples=(plain["lost"] + with_idle["lost"])[:10])
+
+
+if __name__ == "__main__":
+    main()
