@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,16 @@ def _wait_port(ip: str, port: int, process: subprocess.Popen, log: Path) -> None
     raise AssertionError(f"nothing listens on {ip}:{port} after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
 
 
+def _serving(front: subprocess.Popen) -> re.Match | None:
+    """The front's "serving on URL" line; Ray may print its own lines first. None if it died."""
+    for line in front.stdout:  # blocks until a line, or EOF when it died
+        match = re.match(r"pennello is serving on (http://\S+)", line)
+        if match:  # keep reading, so Ray's later lines never fill the pipe and block the front
+            threading.Thread(target=front.stdout.read, daemon=True).start()
+            return match
+    return None
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -113,9 +124,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _wait_port(NODE_IP, node_base + 1, node, tmp / "node.log")  # its raylet
         front = _pennello(head_home, "serve", "--port", "0", "--cluster", head_address, log=tmp / "front.log")
         processes.append(front)
-        line = front.stdout.readline()  # blocks until serving, or EOF if it died
-        match = re.match(r"pennello is serving on (http://\S+)", line)
-        assert match, f"serve --cluster did not start: {line!r}\n{(tmp / 'front.log').read_text()[-3000:]}"
+        match = _serving(front)
+        assert match, f"serve --cluster did not start:\n{(tmp / 'front.log').read_text()[-3000:]}"
         yield Cluster(head_address, match.group(1), token_file, tmp,
                       {HEAD_IP: head_base + 1, NODE_IP: node_base + 1})
     finally:
@@ -164,5 +174,14 @@ def test_a_node_with_the_wrong_token_is_refused(cluster: Cluster) -> None:
         _stop(stranger)
     log = (cluster.tmp / "stranger.log").read_text()
     assert code != 0, log[-3000:]
-    assert "Ray stopped" in log, log[-3000:]
+    assert "InvalidAuthToken" in log and "Ray stopped" in log, log[-3000:]  # refused for its token
     assert _by_node(cluster.url) is not None  # the front still answers with its two replicas
+
+
+def test_an_edit_on_the_front_is_refused_with_a_clear_400(cluster: Cluster) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(picture, format="PNG")
+    answer = requests.post(f"{cluster.url}/api/edit", data={"prompt": "in watercolour"},
+                           files={"image": ("red.png", picture.getvalue(), "image/png")}, timeout=60)
+    assert answer.status_code == 400, answer.text
+    assert "not available on a cluster front" in answer.json()["error"]["message"]

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pennello.errors import DaemonError, ModelNotFoundError
+from pennello.errors import DaemonError, ModelNotFoundError, RequestError
 
-from ..engine.engine import Engine
+from ..engine.engine import Engine, Task
 from ..engine.families import get_family
-from ..engine.jobs import Slot
+from ..engine.jobs import GenerateRequest, Job, Slot
 from ..engine.residency import Loaded, Residency
 from ..engine.runner import Interrupted, Runner
 from .deployment import deployment_for
@@ -99,7 +101,46 @@ class ClusterResidency(Residency):
 
 
 class ClusterRunner(Runner):
-    """Draws a batch on a replica; cancel and progress stay on this box."""
+    """Draws batches on the replicas, as many at once as the model has replicas; cancel and
+    progress stay on this box. ``run`` hands a batch to a thread and returns, so the device
+    thread takes the next batch while the first is drawn elsewhere."""
+
+    def __init__(self, cond: threading.Condition, residency: Residency, saver: Any) -> None:
+        super().__init__(cond, residency, saver)
+        self._pool = ThreadPoolExecutor(thread_name_prefix="pennello-cluster")
+        self._room = threading.Condition()
+        self._flying: list[list[Slot]] = []  # the batches being drawn now
+
+    def run(self, slots: list[Slot]) -> None:
+        """Wait for a free replica, then draw ``slots`` on a thread of ours."""
+        with self._room:
+            self._room.wait_for(lambda: len(self._flying) < self._replicas(slots))
+            self._flying.append(slots)
+        self._pool.submit(self._run_one, slots)
+
+    def _run_one(self, slots: list[Slot]) -> None:
+        try:
+            super().run(slots)
+        finally:
+            with self._room:
+                self._flying.remove(slots)
+                self._room.notify_all()
+
+    def _replicas(self, slots: list[Slot]) -> int:
+        with self.cond:
+            loaded = self.residency.loaded.get(slots[0][0].request.model or "")
+        return loaded.derived["replicas"] if loaded else 1
+
+    def cancel_running(self) -> None:
+        """Cancel the jobs of every batch being drawn, not only the last one begun."""
+        super().cancel_running()
+        with self._room:
+            jobs = [job for slots in self._flying for job, _ in slots]
+        for job in jobs:
+            job.cancel()
+
+    def drain(self) -> None:
+        self._pool.shutdown(wait=True)
 
     def draw(self, loaded: Loaded, slots: list[Slot]) -> tuple[list[Any], dict[str, float]]:
         from PIL import Image
@@ -120,7 +161,8 @@ class ClusterRunner(Runner):
         steps = slots[0][0].request.steps or 0
         for job in jobs:  # the replica's steps, told at once: progress is per batch here
             job.advance(steps * sum(1 for j, _ in slots if j is job))
-        loaded.derived["served_by"][answer["node"]] += len(slots)
+        with self.cond:  # batches finish on several threads at once
+            loaded.derived["served_by"][answer["node"]] += len(slots)
         loaded.touch()
         images = [Image.open(io.BytesIO(data)) for data in answer["images"]]
         return [image.convert("RGB") for image in images], answer["timing"]
@@ -149,3 +191,9 @@ class ClusterEngine(Engine):
 
     residency_class = ClusterResidency
     runner_class = ClusterRunner
+
+    def submit_task(self, request: GenerateRequest, seeds: list[int], task: Task, kind: str,
+                    total_steps: int) -> Job:
+        """Refused (a 400 naming it): an edit or upscale needs the model's pipeline on this box,
+        and the front loads none; only text-to-image goes to the cluster so far."""
+        raise RequestError(f"{kind} is not available on a cluster front yet; only text-to-image is")

@@ -122,6 +122,10 @@ class Runner:
         for job in [*self._batch, *(run.jobs if run else ())]:
             job.cancel()
 
+    def drain(self) -> None:
+        """Wait for batches still being made once the device thread is done (none here: run()
+        makes its batch before returning; the cluster's runner makes several at once)."""
+
     def run(self, slots: list[Slot]) -> None:
         """Make the pictures of ``slots`` (one task job, or a compatible text-to-image batch)
         and hand them to the saver; a failure fails the jobs, never the device thread."""
