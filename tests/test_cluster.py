@@ -185,3 +185,16 @@ def test_an_edit_on_the_front_is_refused_with_a_clear_400(cluster: Cluster) -> N
                            files={"image": ("red.png", picture.getvalue(), "image/png")}, timeout=60)
     assert answer.status_code == 400, answer.text
     assert "not available on a cluster front" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["node", "--ip", HEAD_IP], "say either --head or --join"),
+    (["node", "--join", "127.0.0.2:6379", "--ip", NODE_IP, "--token-file", "missing-token"],
+     "cannot read the cluster token file"),
+    (["node", "--head", "--ip", HEAD_IP, "--port-base", "80"], "the cluster port base must be between"),
+    (["serve", "--port", "0", "--cluster", "127.0.0.2:6379"], "no pennello node runs on this box"),
+])
+def test_cluster_commands_say_what_is_wrong(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pennello", *args], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path, env={**os.environ, "PENNELLO_HOME": str(tmp_path / "home")})
+    assert result.returncode != 0 and message in result.stderr, result.stderr

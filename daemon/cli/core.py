@@ -74,7 +74,8 @@ def serve(host: str | None, port: int | None, lan: bool | None, cluster: str | N
         from ..cluster.nodes import node_ip
         from ..cluster.ray_env import TOKEN_FILE, read_token
 
-        connect(cluster, read_token(token_file or paths.state_dir / TOKEN_FILE), node_ip(paths.runtime_dir))
+        ip = node_ip(paths.runtime_dir)  # first: without a node here, no token file helps
+        connect(cluster, read_token(token_file or paths.state_dir / TOKEN_FILE), ip)
         engine_class = ClusterEngine
     run_server(config, paths, on_ready=lambda url: click.echo(f"pennello is serving on {url}"),
                engine_class=engine_class)
