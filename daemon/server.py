@@ -214,12 +214,15 @@ def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str
         return make_tls_server(app, "0.0.0.0", port, files.cert_path, files.key_path), files.fingerprint, False
 
 
-def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None = None) -> None:
+def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None = None,
+          engine_class: type | None = None) -> None:
     """Run the daemon until SIGTERM/SIGINT: the model worker in its own network namespace where the
     OS allows it and no-network mode is on (:mod:`pennello.daemon.net.isolation`), else in this process.
 
     Args:
         on_ready: called with the base URL once requests are being accepted.
+        engine_class: another engine than the single box's (the cluster's front); it runs in
+            this process, never in the isolated worker.
 
     Raises:
         DaemonError: another daemon runs on this pennello home; the model worker died or could not
@@ -241,12 +244,12 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
         decision = isolation.decide(config)
         if config.offline.enabled:  # before the model libraries are imported, so they see the env
             guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
-        if decision.namespace:
+        if decision.namespace and engine_class is None:
             _serve_isolated(config, paths, guard, stop_requested, on_ready)
         else:
             if guard is not None:
                 guard.isolation_report = lambda: isolation.guard_only_report(decision.reason, decision.warning)
-            _serve_in_process(config, paths, guard, stop_requested, on_ready)
+            _serve_in_process(config, paths, guard, stop_requested, on_ready, engine_class)
     finally:
         if guard is not None:
             guard.uninstall()
@@ -281,7 +284,7 @@ def _listen(app: Any, config: Config, paths: Paths, models: "ModelsFn | None",
 
 
 def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: StopFlag,
-                      on_ready: Callable[[str], None] | None) -> None:
+                      on_ready: Callable[[str], None] | None, engine_class: type | None = None) -> None:
     """HTTP server and models in this one process (no namespace; the in-process guard only)."""
     from .http.app import create_app
     from .engine.engine import Engine
@@ -289,7 +292,7 @@ def _serve_in_process(config: Config, paths: Paths, guard: Any, stop_requested: 
 
     daemon_file: Path | None = None
     advertiser = None
-    engine = Engine(config, paths)
+    engine = (engine_class or Engine)(config, paths)
     try:
         engine.start()
         app = create_app(config, engine, paths, guard=guard)

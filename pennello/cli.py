@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "manifest": "pennello.installer.cli:manifest",
     "bundle": "pennello.installer.cli:bundle",
     "serve": "pennello.daemon.cli.core:serve",
+    "node": "pennello.daemon.cli.cluster:node",
     "status": "pennello.daemon.cli.core:status",
     "generate": "pennello.daemon.cli.core:generate",
     "stop": "pennello.daemon.cli.manage:stop",

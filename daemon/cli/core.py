@@ -32,7 +32,13 @@ if TYPE_CHECKING:  # imported where used: `pennello serve` never loads the clien
 @click.option("--lan", is_flag=True, default=None,
               help="Serve HTTPS on every interface and advertise it over mDNS so phones and other "
                    "PCs can find and connect to it; they need a paired token (see `pennello pair`).")
-def serve(host: str | None, port: int | None, lan: bool | None) -> None:
+@click.option("--cluster", metavar="HOST:PORT",
+              help="Draw on the pennello cluster whose head is HOST:PORT (this box runs `pennello node`; "
+                   "docs/cluster.md).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The cluster token for --cluster (default: this box's own).")
+def serve(host: str | None, port: int | None, lan: bool | None, cluster: str | None,
+          token_file: Path | None) -> None:
     """Keep the default model warm and serve the HTTP API until Ctrl-C or SIGTERM.
 
     Installs the embedded default model first if it is missing (no download). Only one daemon
@@ -44,6 +50,7 @@ def serve(host: str | None, port: int | None, lan: bool | None) -> None:
       pennello serve --lan           # HTTPS for the local network, advertised over mDNS,
                                      # paired devices only (see `pennello pair`)
       pennello serve --port 0        # any free port; the URL is printed
+      pennello serve --cluster 192.168.1.20:6379   # batches drawn by the cluster's nodes
     """
     from pennello.config import load_config
 
@@ -61,7 +68,17 @@ def serve(host: str | None, port: int | None, lan: bool | None) -> None:
                  if value is not None}
     config = config.replace("server", **overrides)
     ensure_embedded_default(paths, config)
-    run_server(config, paths, on_ready=lambda url: click.echo(f"pennello is serving on {url}"))
+    engine_class = None
+    if cluster:
+        from ..cluster.front import ClusterEngine, connect
+        from ..cluster.nodes import node_ip
+        from ..cluster.ray_env import TOKEN_FILE, read_token
+
+        ip = node_ip(paths.runtime_dir)  # first: without a node here, no token file helps
+        connect(cluster, read_token(token_file or paths.state_dir / TOKEN_FILE), ip)
+        engine_class = ClusterEngine
+    run_server(config, paths, on_ready=lambda url: click.echo(f"pennello is serving on {url}"),
+               engine_class=engine_class)
 
 
 _remote_options = [

@@ -86,7 +86,7 @@ class DeviceLoop:
                 control = self._control.popleft() if self._control else None
                 slots = self.queue.take_batch() if control is None and self.queue else None
                 if control is None and slots is None and self.queue.stopping:
-                    return
+                    break
             if control is not None:
                 _run_control(*control)
             elif slots:
@@ -95,6 +95,7 @@ class DeviceLoop:
                 self._housekeeping()
             except Exception:  # e.g. outputs on a vanished disk; retried later, never fatal
                 log.exception("housekeeping failed")
+        self.runner.drain()
 
     def _idle_wait(self) -> float:
         """Seconds until the next model expiry or outputs pruning is due."""

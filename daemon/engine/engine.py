@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 class Engine:
     """Owns the models and the device. Thread-safe: HTTP threads submit, one device thread runs."""
 
+    # Where models live and what draws a batch: the cluster's front (daemon/cluster/front.py)
+    # puts its own here, so the queue, progress, cancel and gallery stay these same parts.
+    residency_class: type[Residency] = Residency
+    runner_class: type[Runner] = Runner
+
     def __init__(self, config: Config, paths: Paths, store: Any = None) -> None:
         if store is None:
             from pennello.installer import Store
@@ -65,9 +70,9 @@ class Engine:
         self.outputs = Outputs(paths.outputs_dir, config.outputs.png_compress_level)
         self.extensions: dict[str, Any] = {}  # per-engine state of optional tools (copyright index…)
         self._cond = threading.Condition()
-        self.residency = Residency(self._cond, config, paths, store, self.device)
+        self.residency = self.residency_class(self._cond, config, paths, store, self.device)
         self.saver = Saver(self.outputs, host=self)
-        self.runner = Runner(self._cond, self.residency, self.saver)
+        self.runner = self.runner_class(self._cond, self.residency, self.saver)
         self.queue = JobQueue(self._cond, config, self.runner.seconds_per_call)
         self.loop = DeviceLoop(self._cond, self.queue, self.runner, self.residency, self.outputs, config)
         self.journal = Journal(paths.state_dir / "jobs")

@@ -37,7 +37,7 @@ from .saver import Saver
 log = logging.getLogger(__name__)
 
 
-class _Interrupted(Exception):
+class Interrupted(Exception):
     """Raised from the step callback when every job of the running batch was cancelled."""
 
 
@@ -122,6 +122,10 @@ class Runner:
         for job in [*self._batch, *(run.jobs if run else ())]:
             job.cancel()
 
+    def drain(self) -> None:
+        """Wait for batches still being made once the device thread is done (none here: run()
+        makes its batch before returning; the cluster's runner makes several at once)."""
+
     def run(self, slots: list[Slot]) -> None:
         """Make the pictures of ``slots`` (one task job, or a compatible text-to-image batch)
         and hand them to the saver; a failure fails the jobs, never the device thread."""
@@ -154,8 +158,8 @@ class Runner:
         started = time.perf_counter()
         failure: Exception | None = None
         try:
-            images, timing = self._call_pipeline(loaded, slots)
-        except _Interrupted:
+            images, timing = self.draw(loaded, slots)
+        except Interrupted:
             log.info("batch of %d image(s) interrupted: every job in it was cancelled", len(slots))
             return
         except Exception as e:  # never fatal to the device thread; failed or retried below
@@ -190,7 +194,7 @@ class Runner:
             loaded = self.residency.ensure_loaded(job.request.model or "")
             images = job.task.run(loaded, on_step)
             loaded.touch()
-        except _Interrupted:
+        except Interrupted:
             log.info("%s job %s interrupted: cancelled", job.kind, job.id)
             return
         except Exception as e:  # a failing edit must never take the device thread down
@@ -211,8 +215,9 @@ class Runner:
         self.stats["pipeline_calls"] += 1
         self.stats["images"] += images
 
-    def _call_pipeline(self, loaded: Loaded, slots: list[Slot]) -> tuple[list[Any], dict[str, float]]:
-        """One diffusers call for the whole batch; returns PIL images and per-stage seconds."""
+    def draw(self, loaded: Loaded, slots: list[Slot]) -> tuple[list[Any], dict[str, float]]:
+        """One diffusers call for the whole batch; returns PIL images and per-stage seconds.
+        (The cluster's front replaces it by a call to a replica on another box, which runs it.)"""
         request = slots[0][0].request
         jobs = list(dict.fromkeys(job for job, _ in slots))
         per_job = {job: sum(1 for j, _ in slots if j is job) for job in jobs}
@@ -231,7 +236,7 @@ class Runner:
             for job, count in per_job.items():
                 job.advance(count)
             if all(job.done for job in jobs):
-                raise _Interrupted
+                raise Interrupted
             return {}
 
         negatives = [job.request.negative_prompt for job, _ in slots]
@@ -274,7 +279,7 @@ class _TaskSteps:
         if run is not None:
             run.step = self.job.step
         if self.job.done:
-            raise _Interrupted
+            raise Interrupted
 
     def keep(self, pipe: Any, latents: Any) -> None:
         self.runner.preview.keep(self.job.id, pipe, latents)

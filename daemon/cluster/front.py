@@ -1,0 +1,199 @@
+"""The front box: pennello's engine, with each batch drawn by a Ray Serve replica.
+
+Everything users see stays the single-box engine's: the queue (429 when full), jobs, progress,
+cancel, the saver and the gallery. Only two parts differ. :class:`ClusterResidency` keeps no
+weights here: "loading" a model deploys its Serve application, one replica on each node whose
+store verified that version. :class:`ClusterRunner` sends the batch's prompts and seeds through
+a :class:`ray.serve.handle.DeploymentHandle` with local preference off (through a head's own
+routing every request would go to the head's replica), waits while watching for cancel, and
+counts which node drew what (``/api/ps``).
+
+    >>> connect("127.0.0.1:6379", token_file)  # doctest: +SKIP
+    >>> engine = ClusterEngine(config, paths)  # then as any Engine  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from pennello.errors import DaemonError, ModelNotFoundError, RequestError
+
+from ..engine.engine import Engine, Task
+from ..engine.families import get_family
+from ..engine.jobs import GenerateRequest, Job, Slot
+from ..engine.residency import Loaded, Residency
+from ..engine.runner import Interrupted, Runner
+from .deployment import deployment_for
+from .nodes import model_resource
+from .ray_env import apply
+
+log = logging.getLogger(__name__)
+
+_NO_WEIGHTS = SimpleNamespace(dtype=None)  # what describe sees of a model whose weights are on the nodes
+_POLL_S = 0.25  # how often a waiting batch looks for cancelled jobs
+RETRIES = 2  # a replica that died mid-batch: the batch goes to another one this many times more
+
+
+def connect(head: str, token_file: Path, node_ip: str) -> None:
+    """Join this process to the cluster at ``head`` as a driver of this box's node (``node_ip``,
+    see :func:`.nodes.node_ip`).
+
+    Raises:
+        DaemonError: Ray is not installed, or the head cannot be reached or refuses the token.
+    """
+    apply(token_file)
+    try:
+        import ray
+    except ImportError:
+        raise DaemonError("Ray is not installed: pip install 'pennello[cluster]'") from None
+    try:
+        ray.init(address=head, _node_ip_address=node_ip, namespace="pennello", logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as e:  # ConnectionError, an auth refusal: one clear message either way
+        raise DaemonError(f"cannot join the cluster at {head}: {type(e).__name__}: {e}") from None
+
+
+class ClusterResidency(Residency):
+    """Models as Serve applications: "loaded" means deployed on every node that verified it."""
+
+    def _load(self, name: str) -> Loaded:
+        import ray
+        from ray import serve
+
+        installed = self.store.get(name)
+        resource = model_resource(installed.name, installed.version, installed.digest)
+        replicas = int(ray.cluster_resources().get(resource, 0))
+        if replicas == 0:
+            raise ModelNotFoundError(f"no node of the cluster offers {name} v{installed.version} "
+                                     f"({installed.digest}); run `pennello node` where it is installed")
+        handle = serve.run(deployment_for(name, resource, replicas), name=f"pennello-{name}",
+                           route_prefix=None)
+        handle._init(_prefer_local_routing=False)  # Ray's only switch for it in 2.60
+        log.info("%s v%d deployed on %d node(s)", name, installed.version, replicas)
+        loaded = Loaded(installed, get_family(installed.manifest.pipeline.family), pipe=handle)
+        loaded.derived["replicas"] = replicas
+        loaded.derived["served_by"] = Counter()
+        return loaded
+
+    def describe(self, loaded: Loaded) -> dict[str, Any]:
+        """As on one box (no weights here), with the replicas and which node drew how many pictures."""
+        here = super().describe(replace(loaded, pipe=_NO_WEIGHTS))
+        return {**here, "device": "cluster", "dtype": None,
+                "cluster": {"replicas": loaded.derived["replicas"],
+                            "pictures_by_node": dict(loaded.derived["served_by"])}}
+
+    def drop(self, name: str) -> bool:
+        """Delete the model's Serve application, then forget it as on one box."""
+        from ray import serve
+
+        with self.cond:
+            deployed = name in self.loaded
+        if deployed:
+            serve.delete(f"pennello-{name}")
+        return super().drop(name)
+
+
+class ClusterRunner(Runner):
+    """Draws batches on the replicas, as many at once as the model has replicas; cancel and
+    progress stay on this box. ``run`` hands a batch to a thread and returns, so the device
+    thread takes the next batch while the first is drawn elsewhere."""
+
+    def __init__(self, cond: threading.Condition, residency: Residency, saver: Any) -> None:
+        super().__init__(cond, residency, saver)
+        self._pool = ThreadPoolExecutor(thread_name_prefix="pennello-cluster")
+        self._room = threading.Condition()
+        self._flying: list[list[Slot]] = []  # the batches being drawn now
+
+    def run(self, slots: list[Slot]) -> None:
+        """Wait for a free replica, then draw ``slots`` on a thread of ours."""
+        with self._room:
+            self._room.wait_for(lambda: len(self._flying) < self._replicas(slots))
+            self._flying.append(slots)
+        self._pool.submit(self._run_one, slots)
+
+    def _run_one(self, slots: list[Slot]) -> None:
+        try:
+            super().run(slots)
+        finally:
+            with self._room:
+                self._flying.remove(slots)
+                self._room.notify_all()
+
+    def _replicas(self, slots: list[Slot]) -> int:
+        with self.cond:
+            loaded = self.residency.loaded.get(slots[0][0].request.model or "")
+        return loaded.derived["replicas"] if loaded else 1
+
+    def cancel_running(self) -> None:
+        """Cancel the jobs of every batch being drawn, not only the last one begun."""
+        super().cancel_running()
+        with self._room:
+            jobs = [job for slots in self._flying for job, _ in slots]
+        for job in jobs:
+            job.cancel()
+
+    def drain(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def draw(self, loaded: Loaded, slots: list[Slot]) -> tuple[list[Any], dict[str, float]]:
+        from PIL import Image
+
+        jobs = list(dict.fromkeys(job for job, _ in slots))
+        pictures = [(job.request, job.seeds[index]) for job, index in slots]
+        for attempt in range(RETRIES + 1):
+            try:
+                answer = self._wait(loaded.pipe.draw.remote(loaded.installed.name, loaded.installed.digest,
+                                                            pictures), jobs)
+                break
+            except Interrupted:
+                raise
+            except Exception as e:
+                if attempt == RETRIES or not _replica_lost(e):
+                    raise
+                log.warning("a replica was lost mid-batch (%s); sending the batch to another", e)
+        steps = slots[0][0].request.steps or 0
+        for job in jobs:  # the replica's steps, told at once: progress is per batch here
+            job.advance(steps * sum(1 for j, _ in slots if j is job))
+        with self.cond:  # batches finish on several threads at once
+            loaded.derived["served_by"][answer["node"]] += len(slots)
+        loaded.touch()
+        images = [Image.open(io.BytesIO(data)) for data in answer["images"]]
+        return [image.convert("RGB") for image in images], answer["timing"]
+
+    @staticmethod
+    def _wait(response: Any, jobs: list[Any]) -> dict[str, Any]:
+        """The replica's answer; cancels the call once every job of the batch was cancelled."""
+        while True:
+            try:
+                return response.result(timeout_s=_POLL_S)
+            except TimeoutError:
+                if all(job.done for job in jobs):
+                    response.cancel()
+                    raise Interrupted from None
+
+
+def _replica_lost(error: Exception) -> bool:
+    """Whether ``error`` says the replica or its node died (worth another replica), not the request."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(error, (ActorDiedError, ActorUnavailableError, RayActorError))
+
+
+class ClusterEngine(Engine):
+    """The engine of ``pennello serve --cluster``: the same façade, drawing on the cluster."""
+
+    residency_class = ClusterResidency
+    runner_class = ClusterRunner
+
+    def submit_task(self, request: GenerateRequest, seeds: list[int], task: Task, kind: str,
+                    total_steps: int) -> Job:
+        """Refused (a 400 naming it): an edit or upscale needs the model's pipeline on this box,
+        and the front loads none; only text-to-image goes to the cluster so far."""
+        raise RequestError(f"{kind} is not available on a cluster front yet; only text-to-image is")
