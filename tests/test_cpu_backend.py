@@ -302,3 +302,12 @@ def test_a_bad_or_unavailable_decoder_is_a_400_naming_the_field(make_server, mak
     response = generate(running.url, decoder="tiny")
     assert response.status_code == 400 and response.json()["error"]["field"] == "decoder"
     assert "needs the taesd model, which is not installed: pennello install taesd" in response.json()["error"]["message"]
+
+
+def test_a_saved_pipeline_with_an_unknown_decoder_is_refused_naming_it(server):
+    response = requests.put(server.api("/pipelines/draft"), json={"prompt": "x", "decoder": "medium"}, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"] == {**response.json()["error"], "field": "decoder",
+                                        "message": "decoder must be one of full, tiny"}
+    assert requests.put(server.api("/pipelines/draft"), json={"prompt": "x", "decoder": "tiny"},
+                        timeout=30).status_code == 200
