@@ -138,6 +138,15 @@ CATALOG: dict[str, Entry] = {
         "picture 4x (pennello runs it tile by tile; 2x and 8x are built on its 4x pass). "
         "Upscaling only (POST /api/upscale with method=ai); about 1.7 GB in float16.",
         repo="stabilityai/stable-diffusion-x4-upscaler", revision="572c99286543a273bfd17fac263db5a77be12c4c"),
+    # The tiny decoder of SD 1/2-class models (decoder: tiny). Its commit is the one a published
+    # provenance record pins (model card at this revision; diffusion_pytorch_model.safetensors
+    # 9,793,292 bytes, sha256 db169d69...3549); TAESDXL and TAEF1 wait for confirmed commits.
+    "taesd": Entry(
+        "AutoencoderTiny", "tiny-decoder", "MIT", {},
+        "TAESD: a tiny distilled decoder for SD 1.x/2.x latents (about 10 MB). Not a model to draw "
+        "with: generate requests with decoder=tiny use it instead of the full VAE, several times "
+        "faster on a CPU at a little fine detail.",
+        repo="madebyollin/taesd", revision="614f76814bbe30edbe2e627ace1c2234c81a2c0e"),
 }
 
 

@@ -7,6 +7,7 @@ over the committed ``bench/results/``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -79,3 +80,18 @@ def test_api_bench_serves_the_real_sd_turbo_architecture_through_the_daemon(tmp_
     assert rows[f"{label}: demo 4 Einsteins via 4 concurrent /v1/images/generations n=1"] > 0
     assert 0 < rows[f"{label}: pennello serve, launch to listening (model loaded)"] \
         < rows[f"{label}: pennello serve, launch to first picture"]
+
+
+@needs_sd_turbo_memory
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed (pip install -e '.[cpu]')")
+def test_cpu_bench_compares_diffusers_fp32_with_the_cpu_default_on_sd_turbo(tmp_path):
+    rows = run_bench(tmp_path, "bench_cpu.py", "--size", "64", "--runs", "1",
+                     "--configs", "diffusers-fp32,openvino+tiny")
+    label = "sd-turbo 64², 1 step, batch 1"
+    for config in ("diffusers-fp32", "openvino+tiny"):
+        assert rows[f"{label}, {config}: seconds per picture"] > 0
+        assert rows[f"{label}, {config}: cold start to first picture"] > rows[f"{label}, {config}: seconds per picture"]
+        assert rows[f"{label}, {config}: peak RSS"] > 100
+        assert rows[f"{label}, {config}: achieved GFLOP/s"] > 0
+    assert rows[f"{label}: pennello CPU default (openvino+tiny) speed-up over diffusers fp32"] > 0
+    assert rows["torch fp32 matmul peak (1024²)"] > 0

@@ -34,7 +34,7 @@ SD_TURBO = REPO / "bench" / "configs" / "sd-turbo"
 NAME = "sd-turbo-mini"
 
 
-def save_mini_sd_turbo(target: Path) -> Path:
+def save_mini_sd_turbo(target: Path, vae_widths: tuple[int, ...] = (32, 32, 32, 32)) -> Path:
     """SD-Turbo's UNet, VAE and text encoder configs with few channels, random weights, saved."""
     import diffusers
     import transformers
@@ -44,7 +44,7 @@ def save_mini_sd_turbo(target: Path) -> Path:
         diffusers.UNet2DConditionModel.load_config(SD_TURBO / "unet"), block_out_channels=(32, 32, 64, 64),
         attention_head_dim=(2, 2, 4, 4), layers_per_block=1, cross_attention_dim=32, sample_size=8)
     vae = diffusers.AutoencoderKL.from_config(
-        diffusers.AutoencoderKL.load_config(SD_TURBO / "vae"), block_out_channels=(32, 32, 32, 32),
+        diffusers.AutoencoderKL.load_config(SD_TURBO / "vae"), block_out_channels=vae_widths,
         layers_per_block=1, sample_size=64)
     text = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(
         SD_TURBO / "text_encoder", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -77,16 +77,21 @@ def placement(engine, name: str = NAME) -> dict:
     return next(model["placement"] for model in engine.ps() if model["name"] == name)
 
 
+def fetch(url: str, response: requests.Response) -> np.ndarray:
+    """The pixels of a finished generate response's first picture."""
+    import io
+
+    from PIL import Image
+
+    assert response.status_code == 200, response.text
+    image = requests.get(url + response.json()["images"][0]["url"], timeout=30)
+    return np.asarray(Image.open(io.BytesIO(image.content)).convert("RGB"), dtype=np.int16)
+
+
 def draw(url: str, model: str, seed: int = 3) -> np.ndarray:
     body = {"prompt": "a lighthouse at dusk", "model": model, "width": 64, "height": 64, "steps": 1,
             "guidance": 0.0, "seed": seed, "wait": True}
-    response = requests.post(f"{url}/api/generate", json=body, timeout=300)
-    assert response.status_code == 200, response.text
-    image = requests.get(url + response.json()["images"][0]["url"], timeout=30)
-    from PIL import Image
-    import io
-
-    return np.asarray(Image.open(io.BytesIO(image.content)).convert("RGB"), dtype=np.int16)
+    return fetch(url, requests.post(f"{url}/api/generate", json=body, timeout=300))
 
 
 @needs_openvino
@@ -215,3 +220,94 @@ def test_openvino_sends_no_telemetry_under_the_no_network_guard(tmp_path, home, 
     # The control: without the block the converter does try to reach Intel, and is refused.
     assert results[False][0]["telemetry"] == "openvino_telemetry"
     assert "no-network mode refused socket.getaddrinfo to www.google-analytics.com" in results[False][1]
+
+
+# --- tiny decoders -------------------------------------------------------------------------------
+
+@pytest.fixture
+def taesd(home, mirror, publish):
+    """A random-weight AutoencoderTiny installed as ``taesd`` through the real installer (signed
+    manifest, HTTP mirror on loopback, hashes checked), as the catalog's TAESD would be."""
+    import diffusers
+    from datetime import datetime, timedelta, timezone
+
+    from pennello.config import Config
+    from pennello.installer import Installer
+    from pennello.installer.fetchers import FetchOptions
+    from pennello.installer.manifest import Manifest, PipelineSpec, Source
+    from _fixtures_installer import entries_for
+
+    torch.manual_seed(1)
+    folder = home.cache_dir / "taesd-build"
+    diffusers.AutoencoderTiny().save_pretrained(folder)
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    mirror.files.update({f"taesd/{path}": data for path, data in files.items()})
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    manifest = Manifest(name="taesd", version=1, created=now, expires=now + timedelta(days=30),
+                        pipeline=PipelineSpec("AutoencoderTiny", "tiny-decoder", {}), license="MIT",
+                        source=Source("mirror", base_url=f"{mirror.url}/taesd"), files=entries_for(files))
+    options = FetchOptions(downloads_dir=home.downloads_dir, retries=0, read_timeout_s=5)
+    return Installer(home, Config(), options=options, progress=False).install_raw(publish(manifest))
+
+
+def generate(url: str, **fields) -> requests.Response:
+    body = {"prompt": "a lighthouse", "model": NAME, "width": 64, "height": 64, "steps": 1, "guidance": 0.0,
+            "seed": 4, "wait": True, **fields}
+    return requests.post(f"{url}/api/generate", json=body, timeout=300)
+
+
+def test_decoder_tiny_decodes_with_the_installed_tiny_decoder_for_that_call_only(make_server, make_engine,
+                                                                                 home, mini, taesd):
+    import diffusers
+
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{NAME: mini})))
+    full = generate(running.url, decoder="full")
+    tiny = generate(running.url, decoder="tiny")
+    assert full.status_code == tiny.status_code == 200, (full.text, tiny.text)
+    loaded = running.engine.residency.loaded[NAME]
+    assert isinstance(loaded.derived["tiny-decoder"], diffusers.AutoencoderTiny)
+    assert isinstance(loaded.pipe.vae, diffusers.AutoencoderKL)  # put back after the call
+    full_pixels, tiny_pixels = (fetch(running.url, r) for r in (full, tiny))
+    assert np.abs(full_pixels - tiny_pixels).mean() > 5
+    # the mini model's VAE is not SD's: left out, the decoder is its own full one
+    assert np.array_equal(fetch(running.url, generate(running.url)), full_pixels)
+
+
+def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_of_a_standard_vae(make_engine, home, mini, taesd):
+    from pennello.daemon.engine.jobs import GenerateRequest
+    from pennello.daemon.engine.backends.decoders import uses_tiny
+
+    tiny = Store(home).get("pennello-tiny")
+    model = installed_as(tiny, save_mini_sd_turbo(home.cache_dir / "std", vae_widths=(128, 256, 512, 512)),
+                         "std-vae", "sd", "StableDiffusionPipeline")
+    engine = make_engine(store=StoreWithExtras(Store(home), **{"std-vae": model}))
+    loaded = engine.residency.ensure_loaded("std-vae")
+    store = engine.residency.store
+    request = GenerateRequest(prompt="x", model="std-vae", steps=1)
+    assert uses_tiny(loaded, request, store)
+    assert not uses_tiny(loaded, GenerateRequest(prompt="x", steps=5), store)
+    assert not uses_tiny(loaded, GenerateRequest(prompt="x", steps=1, decoder="full"), store)
+    assert not uses_tiny(engine.residency.ensure_loaded("pennello-tiny"), GenerateRequest(prompt="x", steps=1), store)
+    job = engine.submit(request)
+    assert job.wait(300) and job.status == "done", job.error
+    assert "tiny-decoder" in loaded.derived
+
+
+def test_a_bad_or_unavailable_decoder_is_a_400_naming_the_field(make_server, make_engine, home, mini):
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{NAME: mini})))
+    response = generate(running.url, decoder="medium")
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "decoder"
+    assert response.json()["error"]["message"] == "decoder must be one of full, tiny"
+    response = generate(running.url, decoder="tiny")
+    assert response.status_code == 400 and response.json()["error"]["field"] == "decoder"
+    assert "needs the taesd model, which is not installed: pennello install taesd" in response.json()["error"]["message"]
+
+
+def test_a_saved_pipeline_with_an_unknown_decoder_is_refused_naming_it(server):
+    response = requests.put(server.api("/pipelines/draft"), json={"prompt": "x", "decoder": "medium"}, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"] == {**response.json()["error"], "field": "decoder",
+                                        "message": "decoder must be one of full, tiny"}
+    assert requests.put(server.api("/pipelines/draft"), json={"prompt": "x", "decoder": "tiny"},
+                        timeout=30).status_code == 200

@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 
 GpuDtype = Literal["float16", "bfloat16"]
 # What a family's own pipeline does: draws from text, edits given pictures, or enlarges one.
-Purpose = Literal["generate", "edit", "upscale"]
+Purpose = Literal["generate", "edit", "upscale", "decode"]
 # The route that serves each purpose, for errors that send a client to the right one.
 PURPOSE_ROUTES: dict[str, str] = {"generate": "POST /api/generate (or /v1/images/generations)",
                                   "edit": "POST /api/edit (or /v1/images/edits)",
-                                  "upscale": "POST /api/upscale with method=ai"}
+                                  "upscale": "POST /api/upscale with method=ai",
+                                  "decode": "the decoder field of POST /api/generate (decoder: tiny)"}
 
 
 @dataclass(frozen=True)

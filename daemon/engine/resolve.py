@@ -20,6 +20,7 @@ from typing import Any, Callable
 from pennello.config import EngineConfig
 from pennello.errors import ModelNotFoundError, RequestError
 
+from .backends import check_tiny_decoder
 from .families import PURPOSE_ROUTES, ModelFamily, get_family
 from .jobs import GenerateRequest
 from .params import check, check_given, defaults_from
@@ -51,6 +52,8 @@ def resolve_request(request: GenerateRequest, limits: EngineConfig, lookup: Call
             f"{installed.name} is {'an' if family.purpose[0] in 'aeiou' else 'a'} {family.purpose} model "
             f"({family.name} family), not a text-to-image one: use it with "
             f"{PURPOSE_ROUTES[family.purpose]}, or name a text-to-image model", field="model")
+    if request.decoder == "tiny":
+        check_tiny_decoder(family.name, lookup)
     defaults = model_defaults(installed, family)
     values = {name: getattr(request, name) if getattr(request, name) is not None else defaults[name]
               for name in defaults_from("manifest")}

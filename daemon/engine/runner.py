@@ -28,6 +28,7 @@ import torch
 from pennello.errors import PennelloError
 
 from .jobs import Job, OutputImage, Slot
+from .backends import decoder_applied
 from .preview import Preview
 from .residency import Loaded, Residency
 from .resolve import native_size
@@ -245,7 +246,8 @@ class Runner:
         denoiser = getattr(loaded.pipe, loaded.family.denoiser)
         hook = denoiser.register_forward_pre_hook(on_denoiser)
         try:
-            with sampler_applied(loaded.pipe, request.sampler, request.scheduler):
+            with sampler_applied(loaded.pipe, request.sampler, request.scheduler), \
+                    decoder_applied(loaded, request, self.residency.store):
                 # CPU generators: the same seed gives the same picture on every device.
                 result = loaded.pipe(
                     prompt=[job.request.prompt for job, _ in slots],

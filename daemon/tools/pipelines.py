@@ -36,7 +36,7 @@ from pennello.errors import ConfigError, NotFoundError, PennelloError, RequestEr
 from pennello.files import write_atomic
 
 from ..engine.jobs import GenerateRequest
-from ..engine.params import IMAGE_FORMATS, GenerationParams, field_types, values
+from ..engine.params import IMAGE_FORMATS, GenerationParams, check, field_types, values
 from .upscale import SCALES, upscale, upscalers
 
 PIPELINES_FILE = "pipelines.toml"
@@ -73,6 +73,8 @@ class SavedPipeline(GenerationParams):
                 raise RequestError(f"{key} has the wrong type ({type(value).__name__})", field=key)
         if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
             raise RequestError("prompt is required", field="prompt")
+        if data.get("decoder") is not None:
+            check("decoder", data["decoder"])  # a choice of two: a saved typo would fail every run
         if data.get("format", "png") not in IMAGE_FORMATS:
             raise RequestError(f"format must be one of {', '.join(IMAGE_FORMATS)}", field="format")
         if data.get("upscale") is not None and data["upscale"] not in SCALES:

@@ -1,0 +1,103 @@
+"""Tiny decoders: TAESD-class VAEs that turn latents into pixels in a fraction of the full VAE's time.
+
+On a CPU the full VAE decoder of SD-class models costs more than a 1-step denoise (measured in
+``bench/bench_cpu.py``: two thirds of a 512² SD-Turbo picture). ``AutoencoderTiny`` decoders
+(TAESD for SD 1/2, TAESDXL for SDXL, TAEF1 for FLUX.1; madebyollin's, MIT) are installed from the
+signed catalog like any model, in the ``tiny-decoder`` family, and a request picks one with
+``decoder: tiny``; left out, the CPU profile takes the tiny one for 1-4-step requests when it is
+installed, since fine detail matters little next to a 5x faster picture (docs/performance.md).
+
+The tiny decoder is loaded once per model it serves and swapped in for one pipeline call:
+
+    >>> with decoder_applied(loaded, request, store):  # doctest: +SKIP
+    ...     loaded.pipe(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from pennello.errors import ModelNotFoundError, RequestError, StoreError
+
+from ..families import ModelFamily, register_family
+
+FAMILY = "tiny-decoder"
+# The tiny decoder trained for each family's latent space, by its catalog name.
+TINY_DECODERS: dict[str, str] = {"sd": "taesd", "sdxl": "taesdxl", "flux": "taef1"}
+DEFAULT_MAX_STEPS = 4  # the CPU profile's default covers distilled 1-4-step models (SD-Turbo, SDXL-Turbo)
+# The full VAE the tiny decoders were distilled against (SD, SDXL and FLUX.1 share its widths): a
+# model with a VAE of its own (the embedded one) has other latents, so it keeps its decoder.
+STANDARD_VAE_WIDTHS = (128, 256, 512, 512)
+
+register_family(ModelFamily(FAMILY, frozenset({"AutoencoderTiny"}), purpose="decode"))
+
+
+def tiny_decoder_name(family: str) -> str:
+    """The catalog name of ``family``'s tiny decoder.
+
+    Raises:
+        RequestError: the family has none (field ``decoder``).
+    """
+    try:
+        return TINY_DECODERS[family]
+    except KeyError:
+        raise RequestError(f"decoder tiny is not available for {family} models; tiny decoders exist for "
+                           f"{', '.join(sorted(TINY_DECODERS))} (use decoder: full)", field="decoder") from None
+
+
+def check_tiny_decoder(family: str, lookup: Any) -> None:
+    """Raises RequestError naming ``decoder`` when ``family`` has no tiny decoder or it is not installed."""
+    name = tiny_decoder_name(family)
+    try:
+        lookup(name)
+    except ModelNotFoundError:
+        raise RequestError(f"decoder tiny needs the {name} model, which is not installed: pennello install "
+                           f"{name}", field="decoder") from None
+
+
+def uses_tiny(loaded: Any, request: Any, store: Any) -> bool:
+    """Whether this call decodes with the tiny decoder: the request says, else the CPU profile does
+    for requests of at most :data:`DEFAULT_MAX_STEPS` steps of a model with the standard VAE, when
+    the tiny decoder is installed."""
+    if request.decoder is not None:
+        return request.decoder == "tiny"
+    if loaded.plan is None or loaded.plan.profile != "cpu" or (request.steps or 0) > DEFAULT_MAX_STEPS:
+        return False
+    if tuple(getattr(loaded.pipe.vae.config, "block_out_channels", ())) != STANDARD_VAE_WIDTHS:
+        return False
+    try:
+        store.get(TINY_DECODERS.get(loaded.family.name, ""))
+    except ModelNotFoundError:
+        return False
+    return True
+
+
+def _tiny_decoder(loaded: Any, store: Any) -> Any:
+    """The loaded model's tiny decoder, loaded from the verified store on first use."""
+    tiny = loaded.derived.get(FAMILY)
+    if tiny is None:
+        import diffusers
+
+        installed = store.get(tiny_decoder_name(loaded.family.name))
+        try:
+            tiny = diffusers.AutoencoderTiny.from_pretrained(installed.path, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise StoreError(f"model files in {installed.path} do not load as AutoencoderTiny: {e}") from e
+        loaded.derived[FAMILY] = tiny = tiny.to(loaded.pipe.device, loaded.pipe.dtype).eval()
+    return tiny
+
+
+@contextlib.contextmanager
+def decoder_applied(loaded: Any, request: Any, store: Any) -> Iterator[str]:
+    """The pipeline of ``loaded`` with the decoder ``request`` asks for, for one call; yields which."""
+    if not uses_tiny(loaded, request, store):
+        yield "full"
+        return
+    pipe = loaded.pipe
+    full = pipe.vae
+    pipe.vae = _tiny_decoder(loaded, store)
+    try:
+        yield "tiny"
+    finally:
+        pipe.vae = full
