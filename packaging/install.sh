@@ -135,7 +135,6 @@ UNIT_DIR=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
 MAC_APP=$HOME/Applications/Pennello.app
 
 venv_works() { [ -x "$PY_VENV" ] && "$PY_VENV" -c 'import sys' >/dev/null 2>&1; }
-pennello_works() { [ -x "$PENNELLO" ] && "$PENNELLO" --version >/dev/null 2>&1; }
 systemctl_user() { command -v systemctl >/dev/null 2>&1 && systemctl --user "$@" >/dev/null 2>&1; }
 
 # =================================================================================================
@@ -202,8 +201,10 @@ install() {
     local extra=($PIP_EXTRA)
 
     step "PyTorch"
-    if "$PY_VENV" -c 'import torch' >/dev/null 2>&1; then
-        ok "torch $("$PY_VENV" -c 'import torch; print(torch.__version__)') is already installed; keeping it"
+    local have_torch
+    # One import both checks and names it: importing torch takes seconds, most of a re-run's time.
+    if have_torch=$("$PY_VENV" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+        ok "torch $have_torch is already installed; keeping it"
     elif [ -n "$FROM" ]; then
         say "installing torch from the bundle (this can take a few minutes)"
         if ls "$FROM/wheels/" | grep -q "^torch-${TORCH_SPEC#torch==}[-+]"; then
@@ -251,8 +252,10 @@ install() {
         || die "installing pennello failed" \
                "${FROM:+the bundle may lack a dependency wheel for this platform; re-export it with --with-wheels on a machine like this one}" \
                "run this again; it picks up where it stopped"
-    pennello_works || die "pennello was installed but does not run" "run: $PENNELLO --version, and report what it prints"
-    ok "$("$PENNELLO" --version)"
+    local version
+    version=$("$PENNELLO" --version 2>/dev/null) \
+        || die "pennello was installed but does not run" "run: $PENNELLO --version, and report what it prints"
+    ok "$version"
 
     step "Models"
     if [ -n "$FROM" ] && [ -d "$FROM/manifests" ]; then
