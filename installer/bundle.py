@@ -241,8 +241,9 @@ def _copy_blobs(store: Store, entries: list, staging: Path, progress: bool) -> N
 
 
 def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str | None) -> None:
-    """Fill ``dest`` with a wheel of pennello (:mod:`.ownwheel`) and wheels of all its dependencies
-    (downloaded: needs the package index, or pip's ``--find-links`` configuration).
+    """Fill ``dest`` with a wheel of pennello (:mod:`.ownwheel`), wheels of all its dependencies
+    and, where the index has one, uv's (downloaded: needs the package index, or pip's
+    ``--find-links`` configuration).
 
     Raises:
         FetchError: pip failed (its last output lines are in the message).
@@ -255,6 +256,12 @@ def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str 
     requirements = [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
     own_wheel(dest)  # pennello is on no index: its wheel is made from the pennello running here
     _pip(["download", "--dest", str(dest), *target, *requirements])
+    # uv installs the bundle several times faster than pip (install.sh uses it when lock.txt pins
+    # it); a bundle without it still installs, with pip, so an index lacking uv is no failure.
+    try:
+        _pip(["download", "--dest", str(dest), "--no-deps", *target, "uv"])
+    except FetchError as e:
+        log.warning("this bundle carries no uv, so it installs with pip (slower): %s", e)
 
 
 def _pip(args: list[str]) -> None:

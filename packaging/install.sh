@@ -11,13 +11,18 @@
 # checkout, from PyPI, or from BUNDLE/wheels with --no-index), the default model (installed
 # and verified), start at login (XDG autostart + the systemd user unit on Linux, a LaunchAgent
 # on macOS), a menu entry, a `pennello` command in ~/.local/bin, and then the tray.
+# Packages are installed with uv when there is one (on PATH, or the uv wheel a bundle carries,
+# checked against its lock.txt): several times faster than pip. Otherwise, and with
+# --system-site-packages (uv would not see the chosen Python's packages), with pip.
 #
 # Environment:
 #   PENNELLO_VENV       where the virtual environment goes (default: DATA/venv)
 #   PENNELLO_TORCH      the torch requirement tried first (default: torch==2.13.0, the CPU build
 #                       the project tests with; when it is not available, plain `torch`)
-#   PENNELLO_PIP_ARGS   extra arguments for every `pip install` (e.g. --no-build-isolation,
-#                       --find-links DIR), word-split
+#   PENNELLO_PIP_ARGS   extra arguments for every `pip install` / `uv pip install` (e.g.
+#                       --no-build-isolation, --find-links DIR), word-split
+#   PENNELLO_UV         the uv to install packages with, or 0 to use pip only (default: uv on
+#                       PATH, else the bundle's uv wheel with --from, else pip)
 #   PENNELLO_HOME       relocates all of pennello's state (as for pennello itself)
 #   PENNELLO_ASSUME_YES=1  as --yes (as for pennello itself)
 # Bash 3.2 compatible (macOS's /bin/bash).
@@ -33,7 +38,7 @@ PIP_EXTRA=${PENNELLO_PIP_ARGS:-}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 usage() {
-    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
   --from BUNDLE           install pennello, torch and the models from a bundle made with
@@ -130,7 +135,6 @@ UNIT_DIR=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
 MAC_APP=$HOME/Applications/Pennello.app
 
 venv_works() { [ -x "$PY_VENV" ] && "$PY_VENV" -c 'import sys' >/dev/null 2>&1; }
-pennello_works() { [ -x "$PENNELLO" ] && "$PENNELLO" --version >/dev/null 2>&1; }
 systemctl_user() { command -v systemctl >/dev/null 2>&1 && systemctl --user "$@" >/dev/null 2>&1; }
 
 # =================================================================================================
@@ -164,6 +168,7 @@ install() {
         || say "note: this Python has no Tk, so the quick-generate window will not open (Debian/Ubuntu: sudo apt install python3-tk)"
 
     step "Virtual environment"
+    find_uv
     if venv_works; then
         ok "reusing $VENV (repair and upgrade)"
         if [ "$SYSTEM_SITE" = 1 ] && ! grep -q 'include-system-site-packages = true' "$VENV/pyvenv.cfg"; then
@@ -173,22 +178,33 @@ install() {
     else
         [ -e "$VENV" ] && { say "the environment in $VENV is broken (was its Python removed?); making a new one"; rm -rf "$VENV"; }
         local venv_args=""; [ "$SYSTEM_SITE" = 1 ] && venv_args="--system-site-packages"
+        # uv needs no pip inside the environment, and seeding pip is most of a new venv's time.
+        [ -n "$UV" ] && venv_args="$venv_args --without-pip"
         run_logged "venv" "$found" -m venv $venv_args "$VENV" \
             || die "could not create the virtual environment in $VENV" \
                    "Debian/Ubuntu: sudo apt install python3-venv, then run this again"
         ok "created $VENV"
     fi
-    "$PY_VENV" -m pip --version >/dev/null 2>&1 || run_logged "ensurepip" "$PY_VENV" -m ensurepip --upgrade \
-        || die "the environment has no pip" "Debian/Ubuntu: sudo apt install python3-venv python3-pip"
-    PIP=("$PY_VENV" -m pip install)
     local index_args=()
-    [ -n "$FROM" ] && index_args=(--no-index --find-links "$FROM/wheels")
+    if [ -n "$UV" ]; then
+        PIP=("$UV" pip install --python "$PY_VENV")
+        # --offline: uv never asks the network, not even to refresh its cache.
+        [ -n "$FROM" ] && index_args=(--offline --no-index --find-links "$FROM/wheels")
+        ok "installing packages with $("$UV" --version)"
+    else
+        "$PY_VENV" -m pip --version >/dev/null 2>&1 || run_logged "ensurepip" "$PY_VENV" -m ensurepip --upgrade \
+            || die "the environment has no pip" "Debian/Ubuntu: sudo apt install python3-venv python3-pip"
+        PIP=("$PY_VENV" -m pip install)
+        [ -n "$FROM" ] && index_args=(--no-index --find-links "$FROM/wheels")
+    fi
     # shellcheck disable=SC2206
     local extra=($PIP_EXTRA)
 
     step "PyTorch"
-    if "$PY_VENV" -c 'import torch' >/dev/null 2>&1; then
-        ok "torch $("$PY_VENV" -c 'import torch; print(torch.__version__)') is already installed; keeping it"
+    local have_torch
+    # One import both checks and names it: importing torch takes seconds, most of a re-run's time.
+    if have_torch=$("$PY_VENV" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+        ok "torch $have_torch is already installed; keeping it"
     elif [ -n "$FROM" ]; then
         say "installing torch from the bundle (this can take a few minutes)"
         if ls "$FROM/wheels/" | grep -q "^torch-${TORCH_SPEC#torch==}[-+]"; then
@@ -203,6 +219,11 @@ install() {
         ok "torch $("$PY_VENV" -c 'import torch; print(torch.__version__)')"
     else
         say "installing $TORCH_SPEC (this can take a few minutes)"
+        # uv does not read pip's configuration: a local wheel folder pip is set up with
+        # (find-links, e.g. for torch) is passed on, so uv finds the same torch pip would.
+        local links="" dir
+        [ -n "$UV" ] && links=$("$found" -m pip config get global.find-links 2>/dev/null || true)
+        for dir in $links; do extra+=(--find-links "$dir"); done
         if ! run_logged "torch" "${PIP[@]}" ${extra[@]+"${extra[@]}"} "$TORCH_SPEC"; then
             say "$TORCH_SPEC is not available here; installing the newest torch for this machine"
             run_logged "torch" "${PIP[@]}" ${extra[@]+"${extra[@]}"} torch \
@@ -231,8 +252,10 @@ install() {
         || die "installing pennello failed" \
                "${FROM:+the bundle may lack a dependency wheel for this platform; re-export it with --with-wheels on a machine like this one}" \
                "run this again; it picks up where it stopped"
-    pennello_works || die "pennello was installed but does not run" "run: $PENNELLO --version, and report what it prints"
-    ok "$("$PENNELLO" --version)"
+    local version
+    version=$("$PENNELLO" --version 2>/dev/null) \
+        || die "pennello was installed but does not run" "run: $PENNELLO --version, and report what it prints"
+    ok "$version"
 
     step "Models"
     if [ -n "$FROM" ] && [ -d "$FROM/manifests" ]; then
@@ -330,6 +353,42 @@ EOF
     fi
 
     printf '\n%sPennello is installed.%s Uninstall with: bash %s uninstall\n' "$GREEN" "$RESET" "$HERE/$PROG"
+}
+
+find_uv() {  # sets UV to the uv that installs the packages, or "" for pip
+    UV=""
+    { [ "${PENNELLO_UV:-}" = 0 ] || [ "$SYSTEM_SITE" = 1 ]; } && return 0
+    if [ -n "${PENNELLO_UV:-}" ]; then UV=$PENNELLO_UV
+    elif command -v uv >/dev/null 2>&1; then UV=$(command -v uv)
+    elif [ -n "$FROM" ]; then unpack_uv
+    fi
+    if [ -n "$UV" ] && ! "$UV" --version >/dev/null 2>&1; then
+        say "note: $UV does not run here; installing with pip"
+        UV=""
+    fi
+}
+
+unpack_uv() {  # the uv binary out of the bundle's uv wheel, once its sha256 is in lock.txt
+    local wheel dest=$DATA/uv
+    for wheel in "$FROM"/wheels/uv-*.whl; do
+        [ -f "$wheel" ] && [ -f "$FROM/lock.txt" ] || continue
+        # lock.txt is what bundle.json signs and the admin checks: a wheel it does not pin is not run.
+        "$found" - "$wheel" "$dest" "$FROM/lock.txt" >>"$LOG" 2>&1 <<'EOF' || continue
+import hashlib, os, shutil, sys, zipfile
+wheel, dest, lock = sys.argv[1:]
+with open(wheel, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+if f"--hash=sha256:{digest}" not in open(lock, encoding="utf-8").read():
+    sys.exit(f"{wheel}: sha256 {digest} is not in {lock}; not used")
+with zipfile.ZipFile(wheel) as z:
+    member = next(n for n in z.namelist() if n.endswith(".data/scripts/uv"))
+    with z.open(member) as src, open(dest + ".part", "wb") as out:
+        shutil.copyfileobj(src, out)
+os.chmod(dest + ".part", 0o755)
+os.replace(dest + ".part", dest)
+EOF
+        "$dest" --version >/dev/null 2>&1 && { UV=$dest; return 0; }
+    done
 }
 
 install_unit() {  # the systemd user unit (written by packaging/systemd/), when this platform has one

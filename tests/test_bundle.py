@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -559,3 +560,41 @@ def test_bundle_with_wheels_from_an_editable_install_installs_offline_and_genera
         assert Path(json.loads(made.stdout)["images"][0]["path"]).is_file()
     finally:
         subprocess.run([str(venv / "bin" / "pennello"), "stop"], capture_output=True, timeout=120, env=env)
+
+
+# --- uv, which the one-click installer prefers, with the same lock ------------------------------
+
+def _uv() -> str:
+    """The uv these tests run: the one installed beside this Python, else one on PATH."""
+    found = shutil.which("uv", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        pytest.skip("uv is not installed in this environment (pip install uv)")
+    return found
+
+
+def _uv_install_from(bundle: Path, target: Path, cache: Path) -> subprocess.CompletedProcess:
+    """What packaging/install.sh runs with uv, offline and with the bundle's lock, into ``target``."""
+    return subprocess.run([_uv(), "pip", "install", "--offline", "--no-index", "--require-hashes", "--only-binary",
+                           ":all:", "--find-links", str(bundle / "wheels"), "-r", str(bundle / "lock.txt"),
+                           "--target", str(target), "--python", sys.executable],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "UV_CACHE_DIR": str(cache)})
+
+
+def test_uv_installs_from_the_same_lock_offline_and_refuses_a_flipped_byte(offline, wheel_bundle, tmp_path):
+    site = tmp_path / "site"
+    installed = _uv_install_from(wheel_bundle, site, tmp_path / "cache")
+    assert installed.returncode == 0, installed.stderr
+    assert sorted(p.name for p in site.glob("tiny*.py")) == ["tinya.py", "tinyb.py"]
+
+    # A well-formed wheel with other code (a flipped byte may break the zip before any hash is read).
+    wheel = next((wheel_bundle / "wheels").glob("tinyb-*.whl"))
+    with zipfile.ZipFile(wheel) as original:
+        members = {name: original.read(name) for name in original.namelist()}
+    with zipfile.ZipFile(wheel, "w") as changed:
+        for name, data in members.items():
+            changed.writestr(name, data.replace(b"NAME = 'tinyb'", b"NAME = 'evil'"))
+    refused = _uv_install_from(wheel_bundle, tmp_path / "site2", tmp_path / "cache2")
+    assert refused.returncode != 0
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert "Hash mismatch" in refused.stderr and f"sha256:{digest}" in refused.stderr, refused.stderr
+    assert not list((tmp_path / "site2").glob("tiny*"))

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -35,6 +36,7 @@ import pytest
 from PIL import Image
 
 from pennello.installer.ownwheel import repack
+from pennello.installer.wheelhouse import write_lock
 from test_consent import run_on_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +233,55 @@ def test_install_from_checkout_generate_repair_and_uninstall(user_home, tmp_path
 
     purged = install_sh(user_home, "uninstall", "--yes", "--purge")
     assert purged.returncode == 0 and files_under(user_home) == before
+
+
+def uv_wheel(folder: Path) -> tuple[Path, str]:
+    """A wheel of the uv installed beside this Python (or on PATH), laid out as PyPI's: its binary
+    in ``uv-VERSION.data/scripts/uv``; returns the wheel and what ``uv --version`` says."""
+    uv = shutil.which("uv", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if uv is None:
+        pytest.skip("uv is not installed in this environment (pip install uv)")
+    said = subprocess.run([uv, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    version = said.split()[1]
+    wheel = folder / f"uv-{version}-py3-none-{sysconfig.get_platform().replace('-', '_').replace('.', '_')}.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(uv, f"uv-{version}.data/scripts/uv")
+        archive.writestr(f"uv-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: uv\nVersion: {version}\n")
+    return wheel, said
+
+
+def path_without_uv() -> str:
+    """PATH less every folder holding a uv: a machine where uv is not installed."""
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "uv").exists())
+
+
+def test_a_bundle_installs_with_its_own_uv_only_when_its_lock_pins_it(tmp_path):
+    home, bundle = tmp_path / "user", tmp_path / "bundle"
+    home.mkdir()
+    (bundle / "wheels").mkdir(parents=True)
+    _, said = uv_wheel(bundle / "wheels")
+    lock = write_lock(bundle)
+    venv = home / ".local" / "share" / "pennello" / "venv"
+    # This bundle has no torch wheel, so the installer stops at PyTorch, after choosing uv or pip.
+    with_uv = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without_uv())
+    assert with_uv.returncode == 1 and "holds no torch wheel" in with_uv.stderr, with_uv.stdout + with_uv.stderr
+    assert f"installing packages with {said}" in with_uv.stdout
+    assert not (venv / "bin" / "pip").exists()  # uv needs no pip in the environment
+
+    # A lock that does not pin this uv wheel: the wheel is not run, and pip installs instead.
+    lock.write_text(lock.read_text().replace("--hash=sha256:", "--hash=sha256:0"))
+    shutil.rmtree(home / ".local")
+    with_pip = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without_uv())
+    assert with_pip.returncode == 1 and "holds no torch wheel" in with_pip.stderr, with_pip.stdout + with_pip.stderr
+    assert "installing packages with uv" not in with_pip.stdout and (venv / "bin" / "pip").exists()
+    assert "is not in" in (home / ".local" / "share" / "pennello" / "install.log").read_text()
+
+    # PENNELLO_UV=0 asks for pip even where uv would do.
+    write_lock(bundle)
+    shutil.rmtree(home / ".local")
+    asked = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without_uv(), PENNELLO_UV="0")
+    assert asked.returncode == 1 and "installing packages with uv" not in asked.stdout
+    assert (venv / "bin" / "pip").exists()
 
 
 @pytest.fixture
