@@ -14,6 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
+from _fixtures_owner import login_link
 from test_web import _chromium, _wait
 
 
@@ -151,7 +152,7 @@ def _screen(browser, size: tuple[int, int, bool], dark: bool = False) -> None:
 
 def _open(browser, url: str, size=DESKTOP, dark: bool = False) -> None:
     _screen(browser, size, dark)
-    browser.get(f"{url}/")
+    browser.get(login_link(url))  # the owner's page, as `pennello open` opens it (then "/")
     _wait(browser, lambda b: b.find_element("id", "generate-section").is_displayed())
     _wait(browser, lambda b: b.find_element("id", "width").get_attribute("value"))
 
