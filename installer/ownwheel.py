@@ -47,13 +47,23 @@ def own_wheel(dest: Path, name: str = "pennello") -> Path:
         FetchError: not installed, the build failed, or an installed file no longer matches its
             ``RECORD``.
     """
-    try:
-        dist = importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError as e:
-        raise FetchError(f"{name} is not installed in this environment ({sys.executable})") from e
+    dist = installed_distribution(name)
     dest.mkdir(parents=True, exist_ok=True)
     source = editable_source(dist)
     return build_from_source(source, dest) if source is not None else repack(dist, dest)
+
+
+def installed_distribution(name: str) -> importlib.metadata.Distribution:
+    """What an installer put in place as ``name``. A checkout's ``*.egg-info`` (left by
+    setuptools, and found first when the checkout is the current directory) describes no install.
+
+    Raises:
+        FetchError: ``name`` is not installed.
+    """
+    for dist in importlib.metadata.distributions(name=name):
+        if dist.read_text("INSTALLER") is not None:  # pip and uv write it; setuptools' egg-info has none
+            return dist
+    raise FetchError(f"{name} is not installed in this environment ({sys.executable})")
 
 
 def editable_source(dist: importlib.metadata.Distribution) -> Path | None:

@@ -505,6 +505,20 @@ def test_a_file_changed_since_install_is_not_repacked(tmp_path):
     assert list((tmp_path / "out").glob("*.whl")) == []
 
 
+def test_a_checkouts_egg_info_in_the_current_directory_is_not_taken_for_the_install(tmp_path):
+    """`pip install -e .` leaves pennello.egg-info in the checkout; started from there, Python finds
+    it first, and exporting used to repack that (no files, so a StopIteration) instead of pennello."""
+    egg = tmp_path / "pennello.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: pennello\nVersion: 0.0.1\n")
+    script = ("import sys; from pathlib import Path; from pennello.installer.ownwheel import own_wheel; "
+              "print(own_wheel(Path(sys.argv[1])).name)")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("pennello-") and "0.0.1" not in result.stdout
+
+
 def _dependency_wheels(dest: Path) -> list[str]:
     """Wheels of every installed dependency of pennello, packed from this environment (so the export
     below resolves them with no network), but torch where pip's find-links already hold it."""
