@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from _fixtures_owner import SERVED
 from _fixtures_installer import KEY_NAME, Hub, serve_hub
 from pennello.installer.manifest import Manifest, Source, dump_envelope, parse_envelope
 from pennello.paths import Paths, get_paths
@@ -147,8 +148,10 @@ def catalog_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog
                 continue
             repositories[name], installs[name] = publish_and_install(home, hub, name)
         daemon = Daemon(home)
+        SERVED[daemon.url] = home  # plain requests to it go as the owner (tests/_fixtures_owner.py)
         try:
             yield CatalogDaemon(daemon.url, home, hub, repositories, installs, not_built)
         finally:
+            SERVED.pop(daemon.url, None)
             if daemon.process.poll() is None:
                 daemon.terminate()

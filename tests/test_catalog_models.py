@@ -57,7 +57,7 @@ def test_every_catalog_model_installs_the_files_of_its_signed_commit(catalog_dae
 @pytest.mark.parametrize("name", GENERATORS)
 def test_each_generator_draws_at_its_manifest_defaults(catalog_daemon, name):
     defaults = shipped_manifest(name).pipeline.defaults
-    client = Client(catalog_daemon.url)
+    client = Client(catalog_daemon.url, paths=catalog_daemon.home)
     image, = client.generate("a lighthouse on a cliff", model=name, seed=7)
     assert (image["width"], image["height"]) == (defaults["width"], defaults["height"])
     pixels = _picture(image["bytes"])
@@ -110,7 +110,7 @@ def test_qwen_image_edit_edits_with_one_to_three_references(catalog_daemon, refe
 
 @pytest.mark.slow
 def test_sdxl_turbo_draws_with_up_to_four_steps(catalog_daemon):
-    image, = Client(catalog_daemon.url).generate("a lighthouse", model="sdxl-turbo", steps=4, seed=3)
+    image, = Client(catalog_daemon.url, paths=catalog_daemon.home).generate("a lighthouse", model="sdxl-turbo", steps=4, seed=3)
     assert (image["width"], image["height"]) == (512, 512)
     _assert_not_blank(_picture(image["bytes"]))
 
