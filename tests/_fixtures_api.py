@@ -153,5 +153,6 @@ def installed_as(tiny: Any, target: Any, name: str, family: str, cls: str) -> An
     """``tiny``'s store record for the files at ``target``, under another name, class and family."""
     from dataclasses import replace
 
-    pipeline = replace(tiny.manifest.pipeline, cls=cls, family=family, defaults={})
+    # defaults and the native size are the embedded model's own (its 64x64), not the stand-in's
+    pipeline = replace(tiny.manifest.pipeline, cls=cls, family=family, defaults={}, max_native_size=None)
     return replace(tiny, name=name, path=target, manifest=replace(tiny.manifest, name=name, pipeline=pipeline))

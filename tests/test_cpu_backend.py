@@ -110,8 +110,11 @@ def test_an_sd_turbo_architecture_model_is_converted_cached_and_draws_through_th
     cache = home.cache_dir / "openvino" / NAME
     key = json.loads((cache / "key.json").read_text())
     assert key["files"] == mini.digest and {p.name for p in cache.glob("*.xml")} == {"unet.xml", "decoder.xml"}
-    # Same seed, same picture; another size is compiled once and kept.
-    assert np.array_equal(draw(running.url, NAME), picture)
+    # Same seed, the same picture but for rounding: OpenVINO's CPU plugin splits reductions by the
+    # threads it gets, so runs differ by a level here and there (seen: mean 0.03 to 0.9, max 7);
+    # another seed's picture is uncorrelated. Another size is compiled once and kept.
+    again = draw(running.url, NAME)
+    assert np.corrcoef(again.ravel(), picture.ravel())[0, 1] > 0.99
     body = {"prompt": "x", "model": NAME, "width": 128, "height": 64, "steps": 1, "guidance": 0.0, "wait": True}
     assert requests.post(running.api("/generate"), json=body, timeout=300).status_code == 200
     assert pipe.unet.compiled_shapes == 2
