@@ -19,6 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from pennello.owner_token import read_owner_token
+from pennello.paths import Paths
+
 # PENNELLO_BENCH_RESULTS redirects results (the CI-sized runs in tests write to a temp dir).
 RESULTS_DIR = Path(os.environ.get("PENNELLO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
@@ -88,3 +93,23 @@ def write_result(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
                                indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
     return path
+
+
+_OWNERS: dict[str, Paths] = {}  # base URL -> home of the daemon serving it
+
+
+def remember_owner(url: str, paths: Paths) -> None:
+    """Note that the daemon at ``url`` keeps its state in ``paths``: a bench is the owner's own
+    program, so its requests carry that daemon's owner token (docs/threat-model.md)."""
+    _OWNERS[url] = paths
+
+
+def owner_session(url: str) -> requests.Session:
+    """A session to the daemon at ``url`` as its owner, never through an environment proxy."""
+    session = requests.Session()
+    session.trust_env = False
+    paths = next((home for base, home in _OWNERS.items() if url.startswith(base)), None)
+    token = read_owner_token(paths) if paths is not None else None
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    return session

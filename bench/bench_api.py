@@ -63,7 +63,7 @@ import requests
 import torch
 from PIL import Image
 
-from _common import cpu_name, percentile, row, write_result
+from _common import cpu_name, owner_session, percentile, remember_owner, row, write_result
 from archs import ARCHS, Arch, build_pipeline, model_index
 from bench_daemon import direct_pipeline_call, http_call, paired_ms, served
 from bench_pipelines import EINSTEIN_STYLES, einstein_demo
@@ -158,15 +158,9 @@ def _free(device: str) -> None:
 
 # ---------------------------------------------------------------- requests
 
-def _session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # loopback: never through a proxy from the environment
-    return session
-
-
 def openai_call(url: str, n: int = 1, timeout: float = 600) -> Callable[[], list[bytes]]:
     """``POST /v1/images/generations`` (b64_json) at the model's default size; returns the PNGs."""
-    session = _session()
+    session = owner_session(url)
 
     def call(prompt: str = "a red kite") -> list[bytes]:
         response = session.post(url + "/v1/images/generations", timeout=timeout,
@@ -181,7 +175,7 @@ def openai_call(url: str, n: int = 1, timeout: float = 600) -> Callable[[], list
 
 def demo_batch(url: str, n: int, timeout: float = 1800) -> dict[str, Any]:
     """``pennello batch "Albert Einstein" --styles 4 -n 20``: the batch, then every picture."""
-    session = _session()
+    session = owner_session(url)
     started = time.perf_counter()
     response = session.post(url + "/api/batch", timeout=timeout,
                             json={"subject": DEMO_SUBJECT, "styles": len(EINSTEIN_STYLES), "n": n, "seed": 1})
@@ -233,6 +227,7 @@ def in_process(config: Config, paths: Paths) -> Iterator[tuple[Engine, GenerateR
         probe.wait()
         assert probe.status == "done", probe.error
         _, url, stop = start_background_server(create_app(config, engine, paths))
+        remember_owner(url, paths)
         try:
             yield engine, probe.request, url
         finally:
@@ -304,7 +299,7 @@ def measure_served(label: str, env: dict[str, str], paths: Paths, args: argparse
                    details: dict[str, Any]) -> list[dict[str, Any]]:
     with served(env, paths.log_dir / "bench-serve.log") as (url, listening, first):
         routes = paired_ms(http_call(url, timeout=1800), openai_call(url), args.runs, args.warmup)
-        health = _session().get(url + "/api/health", timeout=30).json()
+        health = owner_session(url).get(url + "/api/health", timeout=30).json()
     details["serve"] = {"offline": health.get("offline"), "device": health.get("device")}
     rows = [row(f"{label}: pennello serve, launch to listening (model loaded)", listening, "s"),
             row(f"{label}: pennello serve, launch to first picture", first, "s")]

@@ -26,9 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import requests
 import torch
-from _common import percentile, row, write_result
+from _common import owner_session, percentile, remember_owner, row, write_result
 from pennello.daemon import Engine, GenerateRequest, create_app, start_background_server
 from pennello.installer import ensure_embedded_default
 
@@ -80,7 +79,7 @@ def direct_pipeline_call(engine: Engine, request: GenerateRequest, batch: int = 
 
 def http_call(url: str, n: int = 1, timeout: float = 60):
     """``POST /api/generate {"wait": true}`` of ``n`` images at the model's defaults."""
-    session = requests.Session()
+    session = owner_session(url)
     seed = iter(range(0, 10**6, n))
 
     def call() -> None:
@@ -95,7 +94,7 @@ def images_per_second(url: str, clients: int, total: int = CLIENTS * PER_CLIENT)
     """Throughput of ``clients`` threads sending ``total`` requests, each client back to back."""
 
     def client(index: int) -> None:
-        session = requests.Session()
+        session = owner_session(url)
         for i in range(total // clients):
             response = session.post(url + "/api/generate", timeout=120,
                                     json={"prompt": f"kite {index} {i}", "wait": True})
@@ -122,6 +121,7 @@ def served(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, float, fl
         if not match:
             raise SystemExit(f"pennello serve did not start ({line!r}):\n{log_path.read_text()[-3000:]}")
         url = match.group(1)
+        remember_owner(url, get_paths(env["PENNELLO_HOME"]))
         http_call(url, timeout=1800)()
         yield url, listening, time.perf_counter() - started
     finally:
@@ -152,6 +152,7 @@ def main() -> None:
         probe.wait()
         request = probe.request
         _, url, stop = start_background_server(create_app(config, engine, paths))
+        remember_owner(url, paths)
         try:
             direct, http = paired_ms(direct_pipeline_call(engine, request), http_call(url), requests_n, warmup)
             sequential = images_per_second(url, 1, total)

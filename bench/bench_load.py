@@ -31,7 +31,8 @@ from typing import Any
 
 import requests
 
-from _common import percentile, row, write_result
+from _common import owner_session, percentile, remember_owner, row, write_result
+from pennello.paths import get_paths
 
 CLIENTS = 200
 HEALTH_EVERY_S = 0.1
@@ -60,13 +61,6 @@ def peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def _session() -> requests.Session:
-    """A client of its own: LAN mode's self-signed certificate, no proxy from the environment."""
-    session = requests.Session()
-    session.verify = session.trust_env = False
-    return session
-
-
 def phase(url: str, seconds: float) -> dict[str, Any]:
     """200 clients generating for ``seconds`` while the owner polls health; the figures."""
     stop = threading.Event()
@@ -76,7 +70,7 @@ def phase(url: str, seconds: float) -> dict[str, Any]:
     lock = threading.Lock()
 
     def client() -> None:
-        session = _session()
+        session = owner_session(url)
         while not stop.is_set():
             started = time.perf_counter()
             try:
@@ -91,7 +85,7 @@ def phase(url: str, seconds: float) -> dict[str, Any]:
                     lost.append(str(response)[:200])
 
     def owner() -> None:
-        session = _session()
+        session = owner_session(url)
         while not stop.is_set():
             started = time.perf_counter()
             try:
@@ -134,6 +128,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         process, url = start(home, lan=True)
+        remember_owner(url, get_paths(home))
         try:
             requests.post(f"{url}/api/generate", json=BODY, timeout=120, verify=False)  # warm
             plain = phase(url, args.seconds)
