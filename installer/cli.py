@@ -10,6 +10,7 @@ into a message and an exit code by the top-level ``pennello`` group.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ from pennello.errors import IntegrityError, ModelNotFoundError
 from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
 from pennello.installer.wheelhouse import LOCK_FILE, verify_bundle
 from pennello.installer.catalog import Catalog, CatalogEntry
+from pennello.installer.cli_progress import JsonLines, stopped_by_sigterm
 from pennello.installer.cli_trust import keys, manifest
 from pennello.installer.install import Downloads, Installer, Verified, format_bytes
 from pennello.installer.lock import lock_manifest
-from pennello.installer.store import FIRST_FETCH, Store, file_sha256
+from pennello.installer.store import FIRST_FETCH, InstalledModel, Store, file_sha256
 from pennello.paths import get_paths
 
 __all__ = ["install", "models", "verify", "remove", "bundle", "keys", "manifest"]
@@ -47,8 +49,12 @@ _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--first-fetch", is_flag=True,
               help="Where a source cannot serve the signed commit's git objects, agree in advance to "
                    "record each file's hash as it first arrives (trust on first use).")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Say what would be downloaded (files, size, licence, from where) and change nothing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Report on stdout as JSON lines: plan, progress, then done or error (docs/usage.md).")
 def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path | None,
-            trust_keys: bool, yes: bool, first_fetch: bool) -> None:
+            trust_keys: bool, yes: bool, first_fetch: bool, plan_only: bool, as_json: bool) -> None:
     """Install, repair or update models, verifying every file against its signed manifest.
 
     \b
@@ -56,6 +62,7 @@ def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path |
       pennello install --from /media/usb/bundle # everything in an offline bundle
       pennello install sd-turbo --from /media/usb/bundle   # only some models of a bundle
       pennello install --manifest office.json --from ./files   # one manifest, files from a directory
+      pennello install sd-turbo --plan          # what it would download; nothing changes
 
     A catalog entry that pins a Hub commit is checked against that commit's own git objects:
     every file must hash to what the signed commit says. If the source cannot serve them, it
@@ -63,32 +70,57 @@ def install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path |
     A model whose files were damaged (`pennello verify`) is repaired by installing it again.
     Before downloading more than `[installer] confirm_over_mb` (500 MB unless configured) it
     says how much and asks; --yes agrees in advance. Without a terminal and without --yes it
-    downloads nothing and exits 10.
+    downloads nothing and exits 10. SIGTERM stops it as a failure does: the store stays as it was.
     """
     if trust_keys and from_dir is None:
         raise click.UsageError("--trust-bundle-keys needs --from DIR")
     if manifest_file is not None and names:
         raise click.UsageError("--manifest FILE installs the model it describes; give no NAMES with it")
+    if plan_only and manifest_file is None and not names:
+        raise click.UsageError("--plan needs NAMES or --manifest FILE")
+    report = JsonLines() if as_json else None
+    with stopped_by_sigterm(), report.errors() if report else contextlib.nullcontext():
+        installed = _install(names, from_dir, manifest_file, trust_keys, yes, first_fetch, plan_only, report)
+    if plan_only:
+        return
+    if report is not None:
+        report.event("done", models=[{"name": m.name, "version": m.version, "size_bytes": m.manifest.total_size}
+                                     for m in installed])
+        return
+    for model in installed:
+        click.echo(f"{model.name} v{model.version} installed ({format_bytes(model.manifest.total_size)})")
+
+
+def _install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path | None, trust_keys: bool,
+             yes: bool, first_fetch: bool, plan_only: bool, report: JsonLines | None) -> list[InstalledModel]:
+    """The work of ``install``: the models installed (none with ``plan_only``)."""
     paths, config = get_paths().ensure(), load_config()
     if trust_keys and from_dir is not None:
         for keyid in trust_bundle_keys(paths, from_dir):
-            click.echo(f"trusted key {keyid} from the bundle")
+            click.echo(f"trusted key {keyid} from the bundle", err=report is not None)
     if manifest_file is None and from_dir is not None:
-        installed = import_bundle(paths, config, from_dir, names=list(names) or None)
-    elif manifest_file is not None or names:
-        installer = Installer(paths, config, first_fetch=lambda model, why: _confirm_first_fetch(
-            model, why, first_fetch))
-        if manifest_file is not None:
-            verified = [installer.verify(manifest_file.read_bytes(), local_dir=from_dir)]
-        else:
-            catalog = Catalog(paths)
-            verified = [installer.verify(catalog.get(name).raw, expected_name=name) for name in names]
-        _confirm_downloads(installer.downloads(verified), verified, config.installer, yes)
-        installed = [installer.install_all([v])[0] for v in verified]
-    else:
+        return import_bundle(paths, config, from_dir, names=list(names) or None)
+    if manifest_file is None and not names:
         raise click.UsageError("name a model (see `pennello models`), or use --from DIR or --manifest FILE")
-    for model in installed:
-        click.echo(f"{model.name} v{model.version} installed ({format_bytes(model.manifest.total_size)})")
+    installer = Installer(paths, config, progress=report is None,
+                          first_fetch=lambda model, why: _confirm_first_fetch(model, why, first_fetch),
+                          on_bytes=report.advance if report else None)
+    if manifest_file is not None:
+        verified = [installer.verify(manifest_file.read_bytes(), local_dir=from_dir)]
+    else:
+        catalog = Catalog(paths)
+        verified = [installer.verify(catalog.get(name).raw, expected_name=name) for name in names]
+    downloads = installer.downloads(verified)
+    if report is not None:
+        report.plan(downloads.files, downloads.size, list(dict.fromkeys(_where(v) for v in verified)),
+                    [{"name": v.manifest.name, "version": v.manifest.version, "license": v.manifest.license}
+                     for v in verified])
+    if plan_only:
+        if report is None:
+            click.echo(_download_line(downloads, verified) if downloads.size else "nothing to download")
+        return []
+    _confirm_downloads(downloads, verified, config.installer, yes)
+    return [installer.install_all([v])[0] for v in verified]
 
 
 def _confirm_first_fetch(model: str, why: str, agreed: bool) -> None:
@@ -104,10 +136,7 @@ def _confirm_downloads(downloads: Downloads, verified: list[Verified], limits: I
     """Say what will be downloaded; ask when over the configured size (ConsentError, exit 10, on no)."""
     if downloads.size == 0:
         return
-    licences = ", ".join(dict.fromkeys(f"{v.manifest.name}: {v.manifest.license}" for v in verified
-                                       if f"{v.manifest.name} v{v.manifest.version}" in downloads.models))
-    click.echo(f"to download: {downloads.files} file{'s' if downloads.files != 1 else ''}, "
-               f"{format_bytes(downloads.size)} (licence {licences})", err=True)
+    click.echo(_download_line(downloads, verified), err=True)
     if downloads.size <= limits.confirm_over_mb * 1_000_000:
         return
     sources = dict.fromkeys(_where(v) for v in verified if f"{v.manifest.name} v{v.manifest.version}"
@@ -117,6 +146,14 @@ def _confirm_downloads(downloads: Downloads, verified: list[Verified], limits: I
              f"in all, from {', '.join(sources)} (files already on this machine are not counted)",
              f"that is over [installer] confirm_over_mb = {limits.confirm_over_mb} (config.toml); "
              f"every file is checked against its signed manifest"], assume_yes=yes)
+
+
+def _download_line(downloads: Downloads, verified: list[Verified]) -> str:
+    """"to download: N files, SIZE (licence …)", as ``install`` says before downloading."""
+    licences = ", ".join(dict.fromkeys(f"{v.manifest.name}: {v.manifest.license}" for v in verified
+                                       if f"{v.manifest.name} v{v.manifest.version}" in downloads.models))
+    return (f"to download: {downloads.files} file{'s' if downloads.files != 1 else ''}, "
+            f"{format_bytes(downloads.size)} (licence {licences})")
 
 
 def _confirm_lock(model: str, sizes: dict[str, int | None], limits: InstallerConfig, yes: bool) -> None:

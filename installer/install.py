@@ -106,9 +106,11 @@ class Installer:
 
     def __init__(self, paths: Paths, config: Config, policy: TrustPolicy | None = None,
                  options: FetchOptions | None = None, progress: bool = True,
-                 first_fetch: Callable[[str, str], None] | None = None) -> None:
+                 first_fetch: Callable[[str, str], None] | None = None,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
         """``first_fetch(model, why)`` is asked before hashes are recorded on first fetch (it
-        raises ConsentError to refuse); without it such an install is refused."""
+        raises ConsentError to refuse); without it such an install is refused. ``on_bytes(n)`` is
+        told of every chunk that arrives (``pennello install --json`` reports progress from it)."""
         self.paths, self.config = paths, config
         self.policy = policy or TrustPolicy.load(paths, config.trust)
         self.store = Store(paths)
@@ -116,6 +118,7 @@ class Installer:
                                                max_file_bytes=config.trust.max_file_bytes)
         self.progress = progress
         self.first_fetch = first_fetch
+        self.on_bytes = on_bytes
 
     def install(self, name: str) -> InstalledModel:
         """Install (or repair, or update to) the catalog's version of ``name``."""
@@ -224,9 +227,14 @@ class Installer:
         try:
             with tqdm(total=needed, unit="B", unit_scale=True, desc=names[:40] or "install",
                       disable=None if self.progress else True) as bar:
+                def advance(n: int) -> None:
+                    bar.update(n)
+                    if self.on_bytes is not None:
+                        self.on_bytes(n)
+
                 for entry, v in missing.values():
                     with self.store.temp_file(entry.path) as temp:
-                        arrived.append(self.store.ingest(temp, entry, self._fetch(v, entry, temp, bar.update)))
+                        arrived.append(self.store.ingest(temp, entry, self._fetch(v, entry, temp, advance)))
         except BaseException:
             self._set_aside(arrived)
             raise
