@@ -163,6 +163,14 @@ class NotFoundError(RequestError):
     kind = "not_found"
 
 
+class ConflictError(RequestError):
+    """The request is fine, but the daemon's state forbids it now (another install is running;
+    no-network mode is on)."""
+
+    http_status = 409
+    kind = "conflict"
+
+
 class AuthError(RequestError):
     """Missing or wrong credentials."""
 

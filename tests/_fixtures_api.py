@@ -84,6 +84,7 @@ def api_server(api_engine, request) -> Iterator[Callable[..., Any]]:
     """Start apps over the shared engine on real waitress servers; all are stopped afterwards.
 
     Call with ``lan=True`` (needs ``lan_address``) to bind 0.0.0.0 and get ``(url, lan_url)``;
+    ``offline=False`` for a daemon with no-network mode off (one that may install models);
     ``**server`` sets ``[server]`` config fields (e.g. ``cors_origins``).
     """
     from pennello.daemon.http.app import create_app
@@ -91,8 +92,8 @@ def api_server(api_engine, request) -> Iterator[Callable[..., Any]]:
 
     stops: list[Callable[[], None]] = []
 
-    def start(lan: bool = False, **server: Any) -> Any:
-        config = Config().replace("server", lan=lan, **server)
+    def start(lan: bool = False, offline: bool = True, **server: Any) -> Any:
+        config = Config().replace("server", lan=lan, **server).replace("offline", enabled=offline)
         app = create_app(config, api_engine, api_engine.paths)
         _, url, stop = start_background_server(app, "0.0.0.0" if lan else "127.0.0.1", 0)
         stops.append(stop)

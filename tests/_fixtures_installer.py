@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,6 +86,7 @@ class Mirror:
     substitute: dict[str, bytes] = field(default_factory=dict)  # path -> other bytes served
     endless: set[str] = field(default_factory=set)  # paths answered with data that never ends
     no_range: set[str] = field(default_factory=set)  # paths always sent whole, Range or not
+    pace: dict[str, float] = field(default_factory=dict)  # path -> seconds to wait per 64 KiB sent
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def ranges(self, path: str) -> list[str]:
@@ -121,7 +123,14 @@ def _handler(mirror: Mirror) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             cut = mirror.drop_after.pop(path, None)
-            self.wfile.write(body if cut is None else body[:cut])
+            body = body if cut is None else body[:cut]
+            step = 65536 if path in mirror.pace else max(len(body), 1)
+            try:
+                for at in range(0, len(body), step):
+                    time.sleep(mirror.pace.get(path, 0))
+                    self.wfile.write(body[at:at + step])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading (a cancelled install)
             return None
 
         def _endless(self) -> None:

@@ -116,6 +116,7 @@ ENDPOINT_SCOPES: Mapping[str, Scope] = {
     "auth.revoke_token": "owner",
     "native.load_model": "owner",
     "native.unload_model": "owner",
+    "installs.install": "owner",
     "manage.shutdown": "owner",
     "offline.offline_status": "owner",
     "tools.save_pipeline": "owner",

@@ -10,7 +10,8 @@ operation from this description (docs/fuzz.md).
 
 The parts: :mod:`.common` (schema shorthands), :mod:`.requests` (the request schemas that carry
 generation parameters), :mod:`.core` (pennello's own API, pairing, OpenAI and A1111's generation), :mod:`.a1111`
-(A1111's settings and catalogues) and :mod:`.tools` (the picture tools).
+(A1111's settings and catalogues), :mod:`.tools` (the picture tools) and :mod:`.installs` (installing
+a model from the web page).
 
     $ curl -s localhost:8420/api/openapi.json | python -m json.tool | less
     >>> spec = build_spec()
@@ -29,7 +30,7 @@ from pennello import __version__
 from pennello.config import Config
 
 from ..context import current_config
-from . import a1111, core, tools
+from . import a1111, core, installs, tools
 from .requests import request_schemas
 
 bp = Blueprint("openapi", __name__)
@@ -57,8 +58,8 @@ def build_spec(config: Config | None = None) -> dict[str, Any]:
                  {"name": "web", "description": "The browser page"},
                  {"name": "tools", "description": "Enhance, upscale, edit, styles and batches"}],
         "security": [{}, {"bearer": []}, {"basic": []}],
-        "paths": {**core.paths(), **a1111.paths(), **tools.paths()},
-        "components": {"schemas": {**core.SCHEMAS, **a1111.SCHEMAS, **tools.SCHEMAS,
+        "paths": {**core.paths(), **installs.paths(), **a1111.paths(), **tools.paths()},
+        "components": {"schemas": {**core.SCHEMAS, **installs.SCHEMAS, **a1111.SCHEMAS, **tools.SCHEMAS,
                                    **request_schemas(config.engine)},
                        "securitySchemes": {
                            "bearer": {"type": "http", "scheme": "bearer", "description": "A token from POST /api/pair."},
