@@ -16,6 +16,7 @@ from PIL import Image
 
 from _fixtures_owner import login_link
 from test_web import _chromium, _wait
+from test_web_install import stand_in  # noqa: F401 (a fixture: a stand-in model on a loopback mirror)
 
 
 def _pair(owner_url: str, device_url: str, name: str) -> dict[str, str]:
@@ -475,3 +476,33 @@ def test_the_owner_revokes_a_device_and_a_revoked_page_says_what_to_do(api_serve
     assert "pennello open" in banner and "pair this device" in banner
     assert browser.find_element("id", "pair-section").is_displayed()
     assert browser.find_element("id", "pair-name").get_attribute("value").startswith("browser")  # ready to pair again
+
+
+@pytest.mark.browser
+def test_the_owner_installs_a_model_after_its_plan_and_watches_it_arrive(api_server, browser, stand_in):
+    url = api_server(offline=False)  # no-network mode off: this daemon may install
+    for size in (PHONE, DESKTOP):
+        name = stand_in.offer(f"stand-in-{'phone' if size is PHONE else 'desktop'}", pace_s=0.05)
+        _open(browser, url, size)
+        browser.execute_script("""
+            window.installSeen = [];
+            new MutationObserver(() => document.querySelectorAll('#catalog .install-status')
+                .forEach((e) => window.installSeen.push(e.textContent)))
+                .observe(document.getElementById('catalog'), {childList: true, subtree: true, characterData: true});""")
+        _wait(browser, lambda b: b.find_elements("css selector", f"#catalog button[aria-label='Install {name}']"))[0].click()
+        plan = _wait(browser, lambda b: b.find_element("css selector", f"#catalog-{name} .plan").text)
+        assert "Licence: Apache-2.0" in plan and "2.0 MB" in plan and stand_in.mirror.url in plan, plan
+        assert name not in {m["name"] for m in requests.get(f"{url}/api/models").json()["models"]}  # only asked
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= size[0]
+        _by(browser, f"#catalog button[aria-label='Agree and install {name}']").click()
+        _wait(browser, lambda b: b.find_element("css selector", f"#catalog-{name} progress").get_attribute("value")
+              not in ("0", "1", None) and b.find_elements("css selector", f"#catalog-{name} .install-status"))
+        if UPDATE_SCREENSHOTS and size is DESKTOP:
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", _by(browser, f"#catalog-{name}"))
+            _save_screenshot(browser, "desktop-install.png")
+        _wait(browser, lambda b: name in b.find_element("id", "models").text)  # listed as installed
+        assert name not in browser.find_element("id", "catalog").text
+        seen = browser.execute_script("return window.installSeen")
+        assert any(text.startswith("Downloading:") and not text.startswith("Downloading: 0 B") for text in seen), seen
+        assert requests.get(f"{url}/api/models/{name}/install").json()["state"] == "done"
+        assert name in [option.get_attribute("value") for option in browser.find_elements("css selector", "#model option")]

@@ -160,3 +160,36 @@ def test_who_and_when_an_install_is_refused(api_server, stand_in):
     wrong = _install(online, name, consent="yes")
     assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "consent"
     assert requests.delete(f"{online}/api/models/{name}/install").status_code == 404  # nothing to stop
+
+
+def test_install_json_tells_the_plan_progress_and_the_end_as_lines(home, mirror, publish, monkeypatch):
+    """The lines the daemon reads, from the command itself (in-process: the same click command)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pennello.installer.catalog import Catalog
+    from pennello.installer.cli import install
+
+    files = {"model_index.json": b"{}", PAD: os.urandom(300_000)}
+    mirror.files.update({f"tiny/{path}": data for path, data in files.items()})
+    Catalog(home).write_user("tiny", publish(make_manifest(
+        "tiny", files, source=Source("mirror", base_url=f"{mirror.url}/tiny"))))
+    monkeypatch.setenv("PENNELLO_INSTALLER_CONFIRM_OVER_MB", "0")  # every download asks first
+    runner = CliRunner()
+
+    planned = runner.invoke(install, ["tiny", "--plan"])
+    assert planned.exit_code == 0 and planned.output.startswith("to download: 2 files, 300.0 KB (licence tiny: Apache-2.0)")
+    refused = runner.invoke(install, ["tiny", "--json"])  # no terminal, no --yes: refused
+    assert [json.loads(line)["event"] for line in refused.stdout.splitlines()] == ["plan", "error"]
+    assert refused.exit_code == 10 and json.loads(refused.stdout.splitlines()[-1])["type"] == "consent"
+    assert store_listing(home) == {}  # neither changed anything
+
+    done = runner.invoke(install, ["tiny", "--json", "--yes"])
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.exit_code == 0, done.output
+    assert lines[0] == {"event": "plan", "files": 2, "bytes": 300_002, "sources": [f"{mirror.url}/tiny"],
+                        "models": [{"name": "tiny", "version": 1, "license": "Apache-2.0"}]}
+    assert {line["event"] for line in lines[1:-1]} == {"progress"}
+    assert lines[-2] == {"event": "progress", "bytes": 300_002, "total": 300_002}
+    assert lines[-1] == {"event": "done", "models": [{"name": "tiny", "version": 1, "size_bytes": 300_002}]}

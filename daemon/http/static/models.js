@@ -1,8 +1,9 @@
 // Models: the model choice in the form, its size presets and defaults (from the model's signed
 // manifest, as /api/models reports them), the installed models, and for the owner the catalog's
-// others with the command that installs each (the page carries the catalog; it installs nothing).
+// others, each with its install controls (installs.js).
 
 import { $, api, el } from "./api.js";
+import { catalogItem } from "./installs.js";
 
 // Pipelines that take more than one picture (the first is edited, the rest are references).
 // Others take one; the daemon refuses more with a message naming the field.
@@ -42,14 +43,6 @@ export async function loadModels() {
   $("catalog-box").hidden = available.length === 0;
 }
 
-function catalogItem(entry) {
-  const size = entry.bytes ? `${(entry.bytes / 1e9).toFixed(1)} GB download` : "size shown when installing";
-  return el("li", {},
-    el("strong", {}, entry.name), " ", el("span", { className: "badge" }, `available, ${size}`),
-    el("p", { className: "muted" }, entry.description || ""),
-    el("p", {}, "Install: ", el("code", {}, `pennello install ${entry.name}`)));
-}
-
 function modelItem(model) {
   const state = [model.default ? "default" : null, model.loaded ? "in memory" : "installed"].filter(Boolean);
   return el("li", {},
@@ -80,6 +73,7 @@ export function matchPreset() {
 }
 
 $("model").addEventListener("change", applyDefaults);
+document.addEventListener("pennello:models", () => loadModels());  // a model was installed
 $("size").addEventListener("change", () => {
   const option = $("size").selectedOptions[0];
   if (option.dataset.width) {
