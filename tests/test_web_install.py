@@ -78,8 +78,14 @@ def _until(url: str, name: str, done: Callable[[dict], bool], timeout: float = 6
         time.sleep(0.05)
 
 
-def test_plan_then_consent_then_progress_then_the_model_is_installed_and_loads(api_server, api_engine, stand_in):
+def test_plan_then_consent_then_progress_then_the_model_is_installed_and_loads(api_server, api_engine, stand_in,
+                                                                              tmp_path, monkeypatch):
     url = api_server(offline=False)
+    # A pennello/ folder where the daemon runs (a checkout next to an install) must not stand in
+    # for the package in the installer's process.
+    (tmp_path / "pennello").mkdir()
+    (tmp_path / "pennello" / "__init__.py").write_text("raise ImportError('the pennello/ of the current directory')")
+    monkeypatch.chdir(tmp_path)
     name, other = stand_in.offer("stand-in", pace_s=0.03), stand_in.offer("stand-in-two")
     before = store_listing(api_engine.paths)
     assert requests.get(f"{url}/api/models/{name}/install").status_code == 404  # none started yet
