@@ -22,6 +22,7 @@ import requests
 from _fixtures_hub import shipped_manifest
 from _fixtures_installer import KEY_NAME, Mirror, _handler, _serving, make_manifest, store_listing
 from pennello.installer.manifest import Source, dump_envelope
+from test_openapi import _check  # real answers against the OpenAPI description's schemas
 
 TINY = Path(__file__).resolve().parents[1] / "installer" / "embedded" / "pennello-tiny"
 PAD = "extra/padding.bin"  # not a pipeline component: diffusers leaves it alone
@@ -93,6 +94,7 @@ def test_plan_then_consent_then_progress_then_the_model_is_installed_and_loads(a
     planned = _install(url, name)
     assert planned.status_code == 200, planned.text
     plan = planned.json()
+    _check(plan, "InstallPlanned")
     assert plan["state"] == "planned" and "consent" in plan["consent"]
     assert plan["plan"]["models"] == [{"name": name, "version": 1, "license": "Apache-2.0"}]
     assert plan["plan"]["bytes"] >= 2_000_000 and plan["plan"]["files"] >= 1
@@ -103,13 +105,16 @@ def test_plan_then_consent_then_progress_then_the_model_is_installed_and_loads(a
     started = _install(url, name, consent=True)
     assert started.status_code == 202 and started.headers["Location"] == f"/api/models/{name}/install"
     assert started.json()["state"] == "running"
+    _check(started.json(), "Install")
     busy = _install(url, other, consent=True)  # one at a time
     assert busy.status_code == 409 and busy.json()["error"]["type"] == "conflict"
+    _check(busy.json(), "Error")
     assert name in busy.json()["error"]["message"]
     midway = _until(url, name, lambda s: 0 < s["bytes"] < s["total"])
     assert midway["state"] == "running" and midway["total"] == plan["plan"]["bytes"]
     done = _until(url, name, lambda s: s["state"] != "running")
     assert done["state"] == "done", done
+    _check(done, "Install")
     assert done["models"][0]["name"] == name and done["bytes"] == done["total"] and done["error"] is None
 
     listed = {m["name"]: m for m in requests.get(f"{url}/api/models").json()["models"]}
@@ -131,6 +136,7 @@ def test_a_cancelled_or_failed_install_leaves_the_store_as_it_was(api_server, ap
     assert requests.delete(f"{url}/api/models/{slow}/install").json()["name"] == slow
     cancelled = _until(url, slow, lambda s: s["state"] != "running")
     assert cancelled["state"] == "cancelled" and cancelled["error"]["type"] == "cancelled", cancelled
+    _check(cancelled, "Install")
     assert store_listing(api_engine.paths) == before
 
     assert _install(url, broken, consent=True).status_code == 202  # the last one ended: not busy
