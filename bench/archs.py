@@ -131,11 +131,12 @@ def _qwen_tokenizer() -> transformers.PreTrainedTokenizerBase:
 
 
 def _qwen_processor() -> Any:
-    """Qwen2-VL's processor (its default image settings) over the tiny tokenizer; transformers 5
-    builds its video half only with torchvision installed."""
-    return transformers.Qwen2VLProcessor(image_processor=transformers.Qwen2VLImageProcessor(),
-                                         tokenizer=_qwen_tokenizer(),
-                                         video_processor=transformers.Qwen2VLVideoProcessor())
+    """Qwen2-VL's processor (its default image settings) over the tiny tokenizer, without the
+    video half that transformers 5 builds only with torchvision (the daemon loads it the same way)."""
+    from pennello.daemon.engine.qwen_processor import ImageOnlyQwen2VLProcessor
+
+    return ImageOnlyQwen2VLProcessor(image_processor=transformers.Qwen2VLImageProcessorPil(),
+                                     tokenizer=_qwen_tokenizer())
 
 
 # Slots whose class needs more than pennello-tiny's CLIP tokenizer.
@@ -230,7 +231,10 @@ def build_pipeline(arch: Arch, device: str | torch.device = "cpu", dtype: torch.
     components = build_components(arch, device, dtype, tiny=tiny)
     if "requires_safety_checker" in components:
         components["requires_safety_checker"] = False  # there is no safety checker to require
-    pipe = getattr(diffusers, model_index(arch)["_class_name"])(**components)
+    index = model_index(arch)
+    pipe = getattr(diffusers, index["_class_name"])(**components)
+    if "processor" in components:  # Qwen's, a subclass without the video half (_qwen_processor):
+        pipe.register_to_config(processor=index["processor"])  # saved as the real repository names it
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

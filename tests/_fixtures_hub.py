@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 import os
 import subprocess
 import sys
@@ -100,24 +99,6 @@ class CatalogDaemon:
     hub: Hub
     repositories: dict[str, dict[str, bytes]]  # model name -> the files committed for it
     installs: dict[str, subprocess.CompletedProcess]  # model name -> its `pennello install`
-    not_built: dict[str, str]  # model name -> why it cannot be built here (a missing package)
-
-    def require(self, name: str) -> None:
-        """Skip the calling test, saying why, when ``name`` could not be built here."""
-        if name in self.not_built:
-            pytest.skip(self.not_built[name])
-
-
-def missing_packages(name: str) -> list[str]:
-    """What ``name``'s family needs beyond diffusers and transformers that is not installed here.
-
-    transformers 5 builds Qwen2-VL's processor only with torchvision, which has no CPU build on
-    PyPI (only download.pytorch.org has one), so a CPU-only test machine cannot build Qwen models.
-    """
-    from pennello.daemon.engine.families import get_family
-
-    return [package for package in get_family(shipped_manifest(name).pipeline.family).requires
-            if importlib.util.find_spec(package) is None]
 
 
 def publish_and_install(home: Paths, hub: Hub, name: str) -> tuple[dict[str, bytes], subprocess.CompletedProcess]:
@@ -140,17 +121,14 @@ def catalog_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog
 
     home = get_paths(tmp_path_factory.mktemp("catalog") / "home").ensure()
     generate_key(home, KEY_NAME)
-    repositories, installs, not_built = {}, {}, {}
+    repositories, installs = {}, {}
     with serve_hub() as hub:
         for name in bench_archs().CATALOG_ARCHS:
-            if missing := missing_packages(name):
-                not_built[name] = f"{name} needs {', '.join(missing)}, which is not installed here"
-                continue
             repositories[name], installs[name] = publish_and_install(home, hub, name)
         daemon = Daemon(home)
         SERVED[daemon.url] = home  # plain requests to it go as the owner (tests/_fixtures_owner.py)
         try:
-            yield CatalogDaemon(daemon.url, home, hub, repositories, installs, not_built)
+            yield CatalogDaemon(daemon.url, home, hub, repositories, installs)
         finally:
             SERVED.pop(daemon.url, None)
             if daemon.process.poll() is None:

@@ -420,14 +420,14 @@ def test_reference_limits_and_masks_for_an_instruction_edit_family(make_server, 
     assert "POST /api/edit" in drawing.json()["error"]["message"]
 
 
-def test_the_qwen_family_names_what_it_needs_before_loading(tmp_path):
-    """transformers 5 cannot build Qwen2VLProcessor without torchvision: say so, not a deep
-    ImportError from inside from_pretrained."""
-    import importlib.util
+def test_a_family_names_what_it_needs_before_loading(tmp_path):
+    """A package the family requires and this environment lacks: say so, not a deep ImportError
+    from inside from_pretrained. (Qwen-Image-Edit no longer needs torchvision, see
+    daemon/engine/qwen_processor.py; an extension's family can still require a package.)"""
+    import dataclasses
 
     from pennello.errors import StoreError
 
-    if importlib.util.find_spec("torchvision") is not None:
-        pytest.skip("torchvision is installed here, so the check passes")
-    with pytest.raises(StoreError, match="needs torchvision, which is not installed"):
-        get_family("qwen-image-edit").load("QwenImageEditPlusPipeline", tmp_path, "cpu", torch.float32)
+    needy = dataclasses.replace(get_family("qwen-image-edit"), requires=("pennello_no_such_package",))
+    with pytest.raises(StoreError, match="needs pennello_no_such_package, which is not installed"):
+        needy.load("QwenImageEditPlusPipeline", tmp_path, "cpu", torch.float32)

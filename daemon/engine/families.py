@@ -21,7 +21,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pennello.errors import ModelNotFoundError, RequestError, StoreError
 
@@ -65,6 +65,9 @@ class ModelFamily:
     # Python packages the pipeline needs beyond diffusers and transformers (checked before loading,
     # so a missing one is a clear error rather than a deep import failure).
     requires: tuple[str, ...] = ()
+    # Components the pipeline's own from_pretrained cannot build here, built by the family from
+    # the same verified folder and passed to it by name: (component, loader of its sub-folder).
+    components: tuple[tuple[str, Callable[[Path], Any]], ...] = ()
     # Used where neither the request nor the manifest's pipeline.defaults say otherwise.
     defaults: tuple[tuple[str, Any], ...] = (("width", 512), ("height", 512), ("steps", 30),
                                              ("guidance", 7.0))
@@ -115,7 +118,8 @@ class ModelFamily:
         if cls is None:
             raise StoreError(f"this diffusers ({diffusers.__version__}) has no {cls_name}; upgrade it")
         try:
-            pipe = cls.from_pretrained(path, local_files_only=True, dtype=dtype)
+            built = {name: load(path / name) for name, load in self.components}
+            pipe = cls.from_pretrained(path, local_files_only=True, dtype=dtype, **built)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise StoreError(f"model files in {path} do not load as {cls_name}: {e}") from e
         pipe = pipe.to(device)
@@ -162,6 +166,13 @@ register_family(ModelFamily(
     defaults=(("width", 1024), ("height", 1024), ("steps", 28), ("guidance", 3.5)),
     call_extras=(("max_sequence_length", 256),),
     img2img="FluxImg2ImgPipeline", inpaint="FluxInpaintPipeline"))
+def _qwen_processor(folder: Path) -> Any:
+    # Only here: transformers loads when a Qwen model does, not when the registry does.
+    from pennello.daemon.engine.qwen_processor import load_processor
+
+    return load_processor(folder)
+
+
 # Instruction editing (Qwen-Image-Edit): the pipeline takes the picture(s) and the prompt and
 # decides the size itself from the last picture (about 1 megapixel). The Plus class (the 2509
 # model and later) takes a list; Qwen recommends 1 to 3 reference pictures.
@@ -171,8 +182,8 @@ register_family(ModelFamily(
     defaults=(("width", 1024), ("height", 1024), ("steps", 40), ("guidance", 4.0)),
     purpose="edit", max_images=(("QwenImageEditPlusPipeline", 3),),
     call_names=(("guidance", "true_cfg_scale"),),
-    # transformers 5 builds Qwen2VLProcessor only with torchvision (its video processor base).
-    requires=("torchvision",)))
+    # transformers 5 builds Qwen2VLProcessor's video half only with torchvision; edits need none.
+    components=(("processor", _qwen_processor),)))
 # The AI upscaler slot (daemon/tools/upscale.py): installed from the signed catalog, never generates.
 register_family(ModelFamily(
     "sd-upscale", frozenset({"StableDiffusionUpscalePipeline"}), min_size=16, max_size=2048,
