@@ -41,7 +41,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
 from pennello import __version__
-from pennello.config import Config
+from pennello.config import Config, ServerConfig
 from pennello.errors import DaemonError
 from pennello.owner_token import ensure_owner_token
 from pennello.paths import Paths
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "daemon.lock"
 SHUTDOWN_GRACE_S = 30.0  # how long a running batch may take to finish before it is cancelled
 _POLL_S = 0.2
-_THREADS = 16  # waiting and streaming requests each hold a thread while their job runs
 
 
 class StopFlag:
@@ -80,16 +79,17 @@ class StopFlag:
 class WaitressServer:
     """A waitress server whose event loop we drive, so it can be stopped in an orderly way."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, unix_socket: Path | None = None) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, unix_socket: Path | None = None,
+                 threads: int = ServerConfig.threads) -> None:
         if unix_socket is not None:
             # The isolated worker: only the server process reaches this socket (mode 0600), so the
             # X-Forwarded-For/-Proto it sets are kept for the app's ProxyFix rather than cleared.
             self._server = waitress.create_server(app, unix_socket=str(unix_socket), unix_socket_perms="600",
-                                                  threads=_THREADS, ident="pennello", channel_timeout=60,
+                                                  threads=threads, ident="pennello", channel_timeout=60,
                                                   clear_untrusted_proxy_headers=False)
             self.host, self.port = str(unix_socket), 0
         else:
-            self._server = _tcp_server(app, host, port)
+            self._server = _tcp_server(app, host, port, threads)
             self.host, self.port = host, int(self._server.effective_port)
         self._stop = threading.Event()
 
@@ -139,10 +139,10 @@ class _NumericTcpServer(TcpWSGIServer):
         return str(address[0]), str(address[1])
 
 
-def _tcp_server(app: Any, host: str, port: int) -> TcpWSGIServer:
+def _tcp_server(app: Any, host: str, port: int, threads: int) -> TcpWSGIServer:
     """What ``waitress.create_server`` makes for ``host:port``, as a :class:`_NumericTcpServer`
     (on the first address ``host`` names: the serve loop drives one listener)."""
-    adj = Adjustments(host=host, port=port, threads=_THREADS, ident="pennello", channel_timeout=60)
+    adj = Adjustments(host=host, port=port, threads=threads, ident="pennello", channel_timeout=60)
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
     return _NumericTcpServer(app, {}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
@@ -197,7 +197,8 @@ class InstanceLock:
         self._lock.release()
 
 
-def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str, bool]:
+def make_lan_server(app: Any, paths: Paths, port: int,
+                    threads: int = ServerConfig.threads) -> tuple["TlsServer", str, bool]:
     """The HTTPS server LAN mode uses: dual-stack ``::`` where the machine has IPv6, else 0.0.0.0.
 
     Returns:
@@ -207,11 +208,12 @@ def make_lan_server(app: Any, paths: Paths, port: int) -> tuple["TlsServer", str
 
     files = ensure_certificate(paths)
     try:
-        server = make_tls_server(app, "::", port, files.cert_path, files.key_path)
+        server = make_tls_server(app, "::", port, files.cert_path, files.key_path, threads)
         return server, files.fingerprint, True
     except OSError as e:
         log.info("no IPv6 here (%s); serving the LAN on IPv4 only", e)
-        return make_tls_server(app, "0.0.0.0", port, files.cert_path, files.key_path), files.fingerprint, False
+        server = make_tls_server(app, "0.0.0.0", port, files.cert_path, files.key_path, threads)
+        return server, files.fingerprint, False
 
 
 def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None = None,
@@ -265,8 +267,8 @@ def _listen(app: Any, config: Config, paths: Paths, models: "ModelsFn | None",
     from .net.mdns import Advertiser, advertiser_for
 
     if not config.server.lan:
-        return WaitressServer(app, config.server.host, config.server.port), None, None
-    server, fingerprint, ipv6 = make_lan_server(app, paths, config.server.port)
+        return WaitressServer(app, config.server.host, config.server.port, threads=config.server.threads), None, None
+    server, fingerprint, ipv6 = make_lan_server(app, paths, config.server.port, config.server.threads)
     advertiser: Advertiser
     if engine is not None:
         advertiser = advertiser_for(config, paths, engine, server.port, fingerprint, ipv6=ipv6)

@@ -116,7 +116,7 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
         engine.start()
         app = create_app(config, engine, paths, guard=guard, network=network)
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
-        server = WaitressServer(app, unix_socket=unix_socket)
+        server = WaitressServer(app, unix_socket=unix_socket, threads=config.server.threads)
         log.info("model worker ready on %s (device %s)", unix_socket, engine.device)
         on_ready()
         server.run(until=stop_requested.is_set)

@@ -57,11 +57,22 @@ class ServerConfig:
     # LAN mode: interfaces (names like "eth0", or addresses) to advertise on over mDNS and whose
     # private networks no-network mode lets the daemon reach; empty means every interface.
     interfaces: tuple[str, ...] = ()
+    # Request threads of each HTTP server (loopback or LAN, and the isolated model worker's).
+    threads: int = 24
+    # How many of them calls may hold while their pictures are made ("wait", event streams, the
+    # OpenAI and A1111 generate routes); more are answered 429 with Retry-After, so that
+    # threads - max_waiting stay free for health, status, progress, cancel and the web page.
+    max_waiting: int = 16
 
     def __post_init__(self) -> None:
         # The socket layer would take the port modulo 65536: 70000 silently served on 4464.
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"server.port = {self.port}: must be from 0 to 65535 (0 picks a free port)")
+        if not 2 <= self.threads <= 1024:
+            raise ConfigError(f"server.threads = {self.threads}: must be from 2 to 1024")
+        if not 1 <= self.max_waiting < self.threads:
+            raise ConfigError(f"server.max_waiting = {self.max_waiting}: must be at least 1 and below "
+                              f"server.threads ({self.threads}), which keeps threads free for health and status")
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,47 @@ def test_a_flood_of_200_concurrent_requests(lan_daemon, lan_address):
     verify_passes(lan_daemon.home)
 
 
+def _waiting_call(daemon: Serve, index: int) -> requests.Response:
+    """A caller that waits for its picture (``"wait": true``) on a connection of its own."""
+    body = {"prompt": f"a slow kite {index}", "steps": 100, "width": 64, "height": 64, "seed": index,
+            "wait": True}
+    with requests.Session() as session:
+        session.verify, session.trust_env = False, False
+        return session.post(daemon.api("/generate"), json=body, timeout=120)
+
+
+def test_calls_waiting_for_pictures_leave_threads_for_the_owner(lan_daemon):
+    """Seen in bench/bench_load.py: every call waiting for its pictures held one of the server's
+    threads, so with as many callers as threads the owner's health check queued behind them for
+    seconds. Now at most server.max_waiting (16) calls wait; the others are refused with 429."""
+    callers = 30  # more than the 24 threads of each server
+    with concurrent.futures.ThreadPoolExecutor(max_workers=callers) as pool:
+        calls = [pool.submit(_waiting_call, lan_daemon, i) for i in range(callers)]
+        deadline = time.monotonic() + 15
+        while sum(call.done() for call in calls) < callers - 16 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the refused ones are answered at once, the others wait
+        for _ in range(3):  # while 16 calls wait on the device
+            owner_reaches_health(lan_daemon)
+            time.sleep(0.3)
+        jobs = lan_daemon.http.get(lan_daemon.api("/jobs"), timeout=HEALTH_S).json()["jobs"]
+        for job in jobs:  # the owner can still cancel, and so ends the test early
+            if job["status"] not in ENDED:
+                assert lan_daemon.http.delete(lan_daemon.api(f"/jobs/{job['id']}"), timeout=HEALTH_S).ok
+        answers = [call.result() for call in calls]
+    for answer in answers:
+        no_server_error(answer)
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused and all(a.json()["error"]["type"] == "busy" and int(a.headers["Retry-After"]) >= 1
+                           for a in refused), [a.text for a in refused]
+    told = {a.json()["id"]: a.json()["status"] for a in answers if a.status_code != 429}
+    assert {a.status_code for a in answers} <= {200, 409, 429} and told, [a.text for a in answers]
+    assert set(told.values()) <= {"done", "cancelled"}, told
+    listed = lan_daemon.http.get(lan_daemon.api("/jobs"), timeout=10).json()["jobs"]
+    accepted = {job["id"] for job in listed if job["prompt"].startswith("a slow kite")}
+    assert accepted == set(told), (accepted, told)  # none queued for a refused caller, none lost
+    verify_passes(lan_daemon.home)
+
+
 def test_worker_kill_mid_batch(lan_daemon):
     worker = lan_daemon.workers()[0]
     jobs = [generate(lan_daemon, prompt=f"kite {i}", steps=12, seed=i) for i in range(3)]
@@ -299,6 +340,7 @@ def test_sigterm_mid_job(small_disk):
     ("\udcff\x00garbage = [[[", "config.toml"),  # not even UTF-8
     ("[server]\nport = 99999\n", "server.port"),  # a bad value: its key is named
     ("[engine]\nqueue_size = \"many\"\n", "engine.queue_size"),
+    ("[server]\nmax_waiting = 24\n", "server.max_waiting"),  # no thread left for health and status
 ])
 def test_a_corrupt_config_file_is_a_message_not_a_traceback(tmp_path, text, named):
     home = get_paths(tmp_path / "home").ensure()

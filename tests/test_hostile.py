@@ -216,7 +216,7 @@ def test_one_lan_address_cannot_hold_every_worker_with_stalled_requests(lan_serv
                 held.enter_context(context.wrap_socket(raw)).sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             except OSError:  # closed by the server: that address holds its share already
                 refused += 1
-        assert refused == 16 - server_tls.PER_ADDRESS
+        assert refused == 16 - server.per_address
         _answers_quickly(server, fingerprint)
 
 

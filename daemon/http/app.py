@@ -27,6 +27,7 @@ from pennello.paths import Paths, get_paths
 from ..engine.engine import Engine
 from ..net.offline import NetworkGuard
 from .context import EXTENSION, MachineNetwork
+from .waiting import init_app as init_waiting
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def create_app(config: Config, engine: Engine | None = None, paths: Paths | None
     from .routes.auth import init_app as init_auth
 
     init_auth(app)
+    init_waiting(app, config.server.max_waiting)
     # ----------------------------------------------------------------------------------------------
     return app
 

@@ -122,7 +122,8 @@ class WorkerProxy:
 
     def job_events(self, job_id: str, headers: list[tuple[str, str]]) -> tuple[Any, UnixHTTPConnection] | None:
         """The response of the worker's ``/api/jobs/<id>/events`` for the same caller (the headers
-        it sent), once a worker answers; None while none does."""
+        it sent), once a worker answers; None while none does, or while every waiting slot of
+        the new one is taken (429: the job is there, the stream only has to wait its turn)."""
         connection = UnixHTTPConnection(self.socket_path)
         try:
             connection.putrequest("GET", f"/api/jobs/{quote(job_id)}/events", skip_host=True,
@@ -131,7 +132,11 @@ class WorkerProxy:
                 if name.lower() not in ("content-type", "content-length"):
                     connection.putheader(name, value)
             connection.endheaders()
-            return connection.getresponse(), connection
+            response = connection.getresponse()
+            if response.status == 429:
+                connection.close()
+                return None
+            return response, connection
         except (OSError, http.client.HTTPException):
             connection.close()
             return None

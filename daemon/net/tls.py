@@ -19,7 +19,7 @@ used to stop every other connection for up to a minute. Here the accept loop onl
 (:class:`_DeferredHandshake`); a new connection waits in cheroot's selector until it has bytes to
 read, and the handshake then runs on a worker thread with a short deadline (:class:`_Connection`).
 A stalled request still holds its worker thread until the read timeout, so one address may hold
-at most half of them; loopback (the owner) is never capped.
+at most half of them (``per_address``); loopback (the owner) is never capped.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from cryptography.x509.oid import NameOID
 
 from pennello.lan import fingerprint as der_fingerprint
 from ..auth import is_loopback
+from pennello.config import ServerConfig
 from pennello.errors import ConfigError
 from pennello.files import write_atomic
 from pennello.paths import Paths
@@ -56,11 +57,9 @@ log = logging.getLogger(__name__)
 CERT_FILE = "cert.pem"
 KEY_FILE = "key.pem"
 VALIDITY_DAYS = 3650  # the pin, not the expiry date, is what clients check
-_THREADS = 16  # as for waitress: waiting and streaming requests each hold a thread
 _POLL_S = 0.2
 HANDSHAKE_S = 5.0  # a real client finishes in milliseconds once its first bytes arrived
 _READ_TIMEOUT_S = 20  # silence allowed inside a request; a silent socket holds one worker this long
-PER_ADDRESS = _THREADS // 2  # worker threads one non-loopback address may hold at once
 # A peer gone mid-TLS: EOF without close_notify, a clean close, a reset or a broken pipe.
 _HANG_UPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)
 
@@ -154,11 +153,13 @@ class TlsServer:
     so :meth:`drain` knows when they are answered.
     """
 
-    def __init__(self, app: Any, host: str, port: int, cert_path: Path, key_path: Path) -> None:
+    def __init__(self, app: Any, host: str, port: int, cert_path: Path, key_path: Path,
+                 threads: int = ServerConfig.threads) -> None:
         self._accepting = True
         self._open = 0
         self._lock = threading.Lock()
-        self._server = _Server((host, port), self._wsgi(app), numthreads=_THREADS,
+        self.per_address = threads // 2  # worker threads one non-loopback address may hold at once
+        self._server = _Server((host, port), self._wsgi(app), numthreads=threads, per_address=self.per_address,
                                server_name="pennello", timeout=_READ_TIMEOUT_S, shutdown_timeout=5)
         self._server.ssl_adapter = _DeferredHandshake(str(cert_path), str(key_path))
         self._server.prepare()  # binds now, so the real port is known before run()
@@ -232,7 +233,7 @@ class _Connection(cheroot_server.HTTPConnection):
     def communicate(self) -> bool:
         address = getattr(self, "remote_addr", None)
         if not self.server.claim(address):
-            log.info("closing a connection from %s: it already holds %d workers", address, PER_ADDRESS)
+            log.info("closing a connection from %s: it already holds %d workers", address, self.server.per_address)
             return False
         try:
             return self._communicate()
@@ -263,8 +264,9 @@ class _Server(wsgi.Server):
 
     ConnectionClass = _Connection
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, per_address: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.per_address = per_address
         self._held: collections.Counter[str] = collections.Counter()
         self._held_lock = threading.Lock()
 
@@ -273,7 +275,7 @@ class _Server(wsgi.Server):
         if is_loopback(address):
             return True
         with self._held_lock:
-            if self._held[address or "?"] >= PER_ADDRESS:
+            if self._held[address or "?"] >= self.per_address:
                 return False
             self._held[address or "?"] += 1
         return True
@@ -322,6 +324,7 @@ class _Closing:
             self._on_close()
 
 
-def make_tls_server(app: Any, host: str, port: int, cert_path: Path, key_path: Path) -> TlsServer:
+def make_tls_server(app: Any, host: str, port: int, cert_path: Path, key_path: Path,
+                    threads: int = ServerConfig.threads) -> TlsServer:
     """An HTTPS server for ``app`` bound to ``host:port`` (port 0 picks a free one)."""
-    return TlsServer(app, host, port, cert_path, key_path)
+    return TlsServer(app, host, port, cert_path, key_path, threads)

@@ -98,10 +98,11 @@ def paths() -> dict[str, dict[str, Schema]]:
             "/sdapi/v1/skip": {"post": op("Stop the caller's running job (a batch is one call)", a1, _NULL)},
             "/sdapi/v1/extra-single-image": {"post": op(
                 "Upscale a picture with pennello's upscalers (not kept in the gallery)", a1,
-                reply(ref("A1111ExtrasSingle")), body="A1111ExtrasSingleRequest", errors=("400", "404", "409"))},
+                reply(ref("A1111ExtrasSingle")), body="A1111ExtrasSingleRequest",
+                errors=("400", "404", "409", "429"))},
             "/sdapi/v1/extra-batch-images": {"post": op(
                 "Upscale several pictures alike (not kept in the gallery)", a1, reply(ref("A1111ExtrasBatch")),
-                body="A1111ExtrasBatchRequest", errors=("400", "404", "409"))},
+                body="A1111ExtrasBatchRequest", errors=("400", "404", "409", "429"))},
             "/sdapi/v1/png-info": {"post": op("The generation parameters a picture carries", a1,
                                               reply(ref("A1111PngInfo")), body="A1111PngInfoRequest",
                                               errors=("400",))}}

@@ -21,8 +21,9 @@ SSE_EVENT = {"type": "object", "properties": {"event": STR, "data": STR, "id": S
 ERROR_TEXT = {"400": "Invalid request; `field`/`param` names the input", "401": "A token is needed "
               "(non-loopback caller) or it is not valid", "403": "Only the owner may do this",
               "404": "Not found", "409": "The job was cancelled", "413": "Over a size limit "
-              "(server.max_body_bytes or [images] in the config)", "429": "Busy or rate limited; "
-              "see Retry-After", "500": "The job failed"}
+              "(server.max_body_bytes or [images] in the config)", "429": "Busy (the queue is "
+              "full, or server.max_waiting calls wait for pictures) or rate limited; see Retry-After",
+              "500": "The job failed"}
 #: ``keep_alive`` as the native API takes it (daemon/engine/residency.py parses it).
 KEEP_ALIVE: Schema = {"type": ["string", "number", "null"], "examples": ["10m", "1h30m", 300, 0, -1],
                       "description": "How long the model stays loaded after this request, as in Ollama: a "

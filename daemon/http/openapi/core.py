@@ -199,7 +199,7 @@ def _native_paths() -> dict[str, dict[str, Schema]]:
                        "204": {"description": "No picture yet: the job is queued or ended, before its "
                                               "first step, or its model's latents give none"}})},
         "/api/jobs/{job_id}/events": {"get": op("Follow a job as server-sent events", native, _SSE,
-                                                errors=("404",), params=(_JOB_ID,))},
+                                                errors=("404", "429"), params=(_JOB_ID,))},
         "/api/images/{image_id}": {
             "get": op("A saved picture (PNG, JPEG or WebP)", native, errors=("404",), params=(_IMAGE_ID,),
                       responses={"200": {"description": "The picture", "content": {

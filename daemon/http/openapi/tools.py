@@ -139,7 +139,7 @@ def paths() -> dict[str, dict[str, Schema]]:
             reply(ref("EnhanceResponse")), "EnhanceForm", errors)},
         "/api/upscale": {"post": _multipart_op(
             "Upscale a picture 2x, 4x or 8x (tiled) and save the result", tools,
-            reply(ref("UpscaleResponse")), "UpscaleForm", errors)},
+            reply(ref("UpscaleResponse")), "UpscaleForm", (*errors, "429"))},
         "/api/copyright": {"get": op(
             "The copyright check's reference folder and threshold (owner only; 404 when it is off)", tools,
             reply(ref("CopyrightStatus")), errors=("403", "404"))},

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from flask import Blueprint, Response, jsonify, request, send_file
 
 from ..request import job_event_stream, json_body, query_bool, query_int
+from ..waiting import hold_while_waiting
 from ..context import current_engine, current_owner, owner_filter
 from ...engine.jobs import GenerateRequest, Job
 from ...engine.engine import Engine
@@ -40,6 +41,8 @@ def generate() -> Any:
     stream, wait = body.pop("stream", False), body.pop("wait", False)
     keep_alive = body.pop("keep_alive", None)
     keep_s = None if keep_alive is None else parse_keep_alive(keep_alive)  # checked before queueing
+    if stream or wait:
+        hold_while_waiting()
     job = current_engine().submit(GenerateRequest(**body, owner=current_owner()))
     if keep_alive is not None:  # once queued: a request refused changes nothing
         current_engine().set_keep_alive(job.request.model, keep_s)
@@ -96,7 +99,9 @@ def job_preview(job_id: str) -> Any:
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str) -> Response:
     engine = current_engine()
-    return job_event_stream(engine.get_job(job_id, owner_filter()), abandon_queued(engine))
+    job = engine.get_job(job_id, owner_filter())
+    hold_while_waiting()
+    return job_event_stream(job, abandon_queued(engine))
 
 
 # GET and DELETE share one endpoint, and so one scope: a device reaches only its own pictures

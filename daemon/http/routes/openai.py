@@ -37,6 +37,7 @@ from ...engine.jobs import GenerateRequest
 from ...engine.params import dialect_names, dialect_types
 from ..context import current_engine, current_owner, current_paths
 from ..request import json_body
+from ..waiting import hold_while_waiting
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -66,6 +67,7 @@ def generate_images() -> Any:
         raise RequestError("streaming image generation is not supported; leave stream unset",
                            field="stream")
     width, height = parse_size(body.get("size", "auto"))
+    hold_while_waiting()
     job = current_engine().submit(GenerateRequest(
         **openai_params(body), width=width, height=height, owner=current_owner()))
     job.wait()
@@ -117,6 +119,7 @@ def edit_images() -> Any:
     if mask is not None:
         origin["mask"] = mask[1]["from_upload"]
     width, height = parse_size(body.get("size", "auto"))
+    hold_while_waiting()
     result = run_edit(current_engine(), EditRequest(
         image=pictures[0][0], references=tuple(p[0] for p in pictures[1:]),  # type: ignore[index]
         mask=mask[0] if mask else None, **openai_params(body), width=width, height=height,

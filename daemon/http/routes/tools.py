@@ -29,6 +29,7 @@ from pennello.errors import RequestError
 
 from ..request import FieldType, check_type, json_body, json_object
 from ..context import current_engine, current_owner, owner_filter
+from ..waiting import hold_while_waiting
 from ...pictures.uploads import ALGORITHMICALLY_ENHANCED, decode_upload, digest
 from ...engine.params import IMAGE_FORMATS, field_types, fixed_bounds
 from ...engine.outputs import TRAINED_ALGORITHMIC_MEDIA, parse_xmp
@@ -149,6 +150,7 @@ def upscale() -> Any:
     fmt = output_format(body)
     image, origin = read_upload(body)  # type: ignore[misc]
     engine = current_engine()
+    hold_while_waiting()
     bigger, note = run_upscale(engine, image, body["scale"], body.get("method", "lanczos"), current_owner())
     record = {**base_record("upscale", bigger, origin), "upscale": note}
     saved = engine.save_output(bigger, record, fmt, enhance=body.get("enhance", False),
@@ -189,6 +191,8 @@ def edit() -> Any:
         origin["mask"] = mask[1]["from_upload"]
     body.pop("image_id", None)
     engine = current_engine()
+    if stream or wait:
+        hold_while_waiting()
     job = submit_edit(engine, EditRequest(
         image=images[0], references=tuple(images[1:]), mask=mask[0] if mask else None,
         strength=body.pop("strength", DEFAULT_STRENGTH), owner=current_owner(), origin=origin, **body))
@@ -250,6 +254,8 @@ def batch() -> Any:
     wait = body.pop("wait", True)
     engine = current_engine()
     chosen = choose_styles(load_styles(engine.paths.config_dir), body.pop("styles", 4))
+    if wait:
+        hold_while_waiting()
     result = submit_style_batch(engine, body.pop("subject"), chosen, owner=current_owner(), **body)
     if not wait:
         return jsonify(result.to_dict()), 202
@@ -314,4 +320,5 @@ def run_pipeline(name: str) -> Any:
     body = json_body(RUN_FIELDS) if request.content_length else {}
     engine = current_engine()
     pipeline = PipelineBook(engine.paths.config_dir).get(name)
+    hold_while_waiting()
     return jsonify(run_saved_pipeline(engine, pipeline, body.get("subject"), body.get("seed"), current_owner()))

@@ -24,6 +24,7 @@ from PIL import Image
 from pennello.errors import PennelloError, RequestError
 
 from ...context import current_engine, current_owner
+from ...waiting import hold_while_waiting
 from .lenient import a1111_body, note_once
 
 bp = Blueprint("extras", __name__)
@@ -44,6 +45,7 @@ def extra_single_image() -> Any:
     """One picture upscaled: ``{"html_info", "image"}``."""
     body = _body({"image": str}, "image")
     picture = _decoded(body["image"], "image")
+    hold_while_waiting()  # an AI upscaler waits for the device
     result, note = _upscaled(picture, body)
     return jsonify({"html_info": note, "image": _png(result) if body.get("show_extras_results", True) else None})
 
@@ -59,6 +61,7 @@ def extra_batch_images() -> Any:
         raise RequestError("each imageList entry must be an object with a base64 'data' string "
                            "(and a 'name')", field="imageList")
     pictures = [_decoded(entry["data"], "imageList") for entry in entries]
+    hold_while_waiting()
     results = [_upscaled(picture, body) for picture in pictures]
     images = [_png(image) for image, _ in results] if body.get("show_extras_results", True) else []
     return jsonify({"html_info": "; ".join(note for _, note in results), "images": images})

@@ -36,6 +36,7 @@ from pennello import __version__
 from pennello.errors import NotFoundError, PennelloError, RequestError
 
 from ...context import current_engine, current_owner
+from ...waiting import hold_while_waiting
 from ....engine.jobs import GenerateRequest, Job, OutputImage
 from ....engine.params import dialect_names, dialect_types, random_seed
 from ....engine.outputs import a1111_parameters, extra_parameters
@@ -129,6 +130,7 @@ def img2img() -> Any:
         if body.get("inpainting_mask_invert"):
             mask = ImageOps.invert(mask)
         origin["mask"] = _b64_digest(body["mask"])
+    hold_while_waiting()
     with a1111_fields():
         result = run_edit(engine, EditRequest(
             **a1111_params(body), image=pictures[0], references=tuple(pictures[1:]), mask=mask,
@@ -196,6 +198,7 @@ def txt2img() -> Any:
     with a1111_fields():
         if fix is not None:  # refused before the first pass, not after it
             fix.second_request(engine, engine.resolve(request))
+        hold_while_waiting()
         job = engine.submit(request)
     _wait(job)
     images = list(job.images)
