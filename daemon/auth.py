@@ -9,9 +9,11 @@ owner runs ``pennello pair`` on the host, which shows a one-time 8-character cod
 the device sends that code with a name and receives a token it keeps. Tokens are stored only as
 SHA-256 hashes, so the token file is useless to whoever reads it.
 
-Every token has a *scope*: ``device`` (what pairing gives: make pictures, see its own) or
+Every token has a *scope*: ``device`` (what pairing gives: make pictures, see its own),
 ``owner`` (everything the host's owner may do, issued on purpose with ``pennello tokens issue
---admin``). Records written before scopes existed read as ``device``.
+--admin``) or ``node`` (a box of the owner's cluster, paired with ``pennello pair --node``: it may
+only fetch the cluster token, docs/cluster.md). Records written before scopes existed read as
+``device``.
 
     >>> store = TokenStore(Path(getfixture("tmp_path")) / "tokens.json")
     >>> pairing = Pairing(store)
@@ -61,7 +63,7 @@ FAILURE_WINDOW_S = 60.0
 MAX_CODE_GUESSES = 10
 _LAST_USED_WRITE_S = 60.0  # last_used is written back at most this often per token
 DEVICE_OWNER_PREFIX = "device:"
-TokenScope = Literal["device", "owner"]
+TokenScope = Literal["device", "owner", "node"]
 TOKEN_SCOPES: tuple[TokenScope, ...] = get_args(TokenScope)
 
 
@@ -100,7 +102,7 @@ class TokenRecord:
     sha256: str
     created: float
     last_used: float | None = None
-    scope: TokenScope = "device"  # what pairing gives; "owner" only when issued as such
+    scope: TokenScope = "device"  # what pairing gives unless the code was made for a node
 
     def public(self) -> dict[str, Any]:
         """What may be shown (CLI, API): everything but the hash."""
@@ -129,7 +131,8 @@ class TokenStore:
         """Make a new token for a device.
 
         Args:
-            scope: ``device`` (a paired device) or ``owner`` (an admin token: everything).
+            scope: ``device`` (a paired device), ``owner`` (an admin token: everything) or
+                ``node`` (a cluster node: only the cluster token).
 
         Returns:
             the token (shown once, never stored) and its record.
@@ -286,6 +289,7 @@ class PairingCode:
     code: str
     expires_at: float  # on the pairing clock (monotonic by default)
     expires_in_s: float
+    scope: TokenScope = "device"  # what the token it is traded for may do
 
 
 def new_code() -> str:
@@ -311,6 +315,13 @@ def normalize_code(code: str) -> str:
     return "".join(ch for ch in code.upper() if ch.isalnum())
 
 
+_WRONG_KIND: dict[str, str] = {
+    "device": "that code pairs a node of the cluster (`pennello node --join HEAD --pair CODE`), "
+              "not a device; run `pennello pair` for a device's code",
+    "node": "that code pairs a device, not a node; run `pennello pair --node` on the front for a node's code",
+}
+
+
 class Pairing:
     """Short-lived one-time codes, exchanged for tokens; failed attempts are rate limited.
 
@@ -325,9 +336,10 @@ class Pairing:
         self._wrong_guesses = 0  # against the current code, from everyone
         self._lock = threading.Lock()
 
-    def new_code(self) -> PairingCode:
+    def new_code(self, scope: TokenScope = "device") -> PairingCode:
+        """A code for a device, or (``scope`` ``node``) for a node of the owner's cluster."""
         with self._lock:
-            self._current = PairingCode(new_code(), self._clock() + self.ttl_s, self.ttl_s)
+            self._current = PairingCode(new_code(), self._clock() + self.ttl_s, self.ttl_s, scope)
             self._wrong_guesses = 0
             return self._current
 
@@ -340,11 +352,13 @@ class Pairing:
         left = current.expires_at - self._clock()
         return replace(current, expires_in_s=round(left, 1)) if left > 0 else None
 
-    def redeem(self, code: Any, name: Any, client: str) -> tuple[str, TokenRecord]:
+    def redeem(self, code: Any, name: Any, client: str, scope: TokenScope = "device") -> tuple[str, TokenRecord]:
         """Exchange a code for a token.
 
         Args:
             client: the caller's address, for per-client rate limiting.
+            scope: what the caller pairs as; a code made for the other kind is refused and
+                stays valid (a node's code typed into a phone must not become a device token).
 
         Raises:
             BusyError: too many recent failures from this client (nothing is checked).
@@ -361,6 +375,8 @@ class Pairing:
         with self._lock:
             current = self._current
             valid = current is not None and hmac.compare_digest(given, current.code.encode())
+            if valid and current.scope != scope:  # type: ignore[union-attr]
+                raise AuthError(_WRONG_KIND[scope], field="code")
             expired = valid and self._clock() >= current.expires_at  # type: ignore[union-attr]
             if valid:
                 self._current = None  # single use, even when it turns out expired
@@ -372,7 +388,7 @@ class Pairing:
             raise AuthError("that pairing code has expired; run `pennello pair` again" if expired else
                             "wrong or already used pairing code; run `pennello pair` on the host for a new one",
                             field="code")
-        return self.store.issue(name)
+        return self.store.issue(name, scope)
 
     def _count_wrong_guess(self) -> None:
         """Retire the current code once it has had too many wrong guesses (holding the lock)."""

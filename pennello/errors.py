@@ -185,6 +185,13 @@ class ForbiddenError(RequestError):
     kind = "forbidden"
 
 
+class ConflictError(RequestError):
+    """The request clashes with the daemon's state, e.g. a cluster node with another version."""
+
+    http_status = 409
+    kind = "conflict"
+
+
 class HostNotAllowedError(ForbiddenError):
     """The Host header names something other than this machine (a DNS-rebinding page, or a
     name the owner has not listed)."""

@@ -69,6 +69,17 @@ def test_a_code_buys_one_token_once(pairing, store):
     assert [r.name for r in store.list()] == ["phone"]
 
 
+def test_a_node_code_buys_only_a_node_token_and_survives_a_device_trying_it(pairing, store):
+    offer = pairing.new_code("node")
+    with pytest.raises(AuthError, match="pairs a node of the cluster"):
+        pairing.redeem(offer.code, "phone", "192.0.2.7")
+    token, record = pairing.redeem(offer.code, "node 192.0.2.8", "192.0.2.8", scope="node")
+    assert store.verify(token).scope == "node" == record.scope
+    device_code = pairing.new_code()
+    with pytest.raises(AuthError, match="pairs a device, not a node"):
+        pairing.redeem(device_code.code, "node 192.0.2.9", "192.0.2.9", scope="node")
+
+
 def test_wrong_code_is_refused_and_the_right_one_still_works(pairing):
     offer = pairing.new_code()
     wrong = "".join(CODE_ALPHABET[(CODE_ALPHABET.index(c) + 1) % len(CODE_ALPHABET)] for c in offer.code)
@@ -287,6 +298,43 @@ def test_devices_cannot_use_owner_routes(api_server):
         response = requests.request(method, f"{lan}{path}", headers=headers)
         assert response.status_code == 403, path
         assert response.json()["error"]["type"] == "forbidden"
+
+
+def test_a_node_pairs_gets_the_cluster_token_and_is_shut_out_when_revoked(api_server, api_engine):
+    from pennello import __version__
+    from pennello.daemon.cluster.ray_env import TOKEN_FILE, new_token
+
+    url, lan = api_server(lan=True)
+    code = requests.post(f"{url}/api/pair/code", json={"scope": "node"}).json()["code"]
+    node = {"name": "node 192.0.2.8", "version": __version__, "models": []}
+    token_file = api_engine.paths.state_dir / TOKEN_FILE
+    token_file.unlink(missing_ok=True)
+    missing = requests.post(f"{lan}/api/cluster/join", json={**node, "code": code})
+    assert missing.status_code == 404 and "pennello node --head" in missing.json()["error"]["message"]
+    new_token(token_file)
+    older = requests.post(f"{lan}/api/cluster/join", json={**node, "code": code, "version": "0.0.1"})
+    assert older.status_code == 409, older.text
+    assert f"runs pennello 0.0.1 and the front {__version__}" in older.json()["error"]["message"]
+    tiny = requests.get(f"{url}/api/models").json()["models"][0]
+    other = f"pennello:{tiny['name']}@{tiny['version'] + 1}:0123456789abcdef"
+    catalog = requests.post(f"{lan}/api/cluster/join", json={**node, "code": code, "models": [other]})
+    assert catalog.status_code == 409 and f"this node holds {other} and the front pennello:{tiny['name']}@" \
+        in catalog.json()["error"]["message"]
+    as_device = requests.post(f"{lan}/api/pair", json={"code": code, "name": "phone"})  # still valid after all
+    assert as_device.status_code == 401 and "pairs a node" in as_device.json()["error"]["message"]
+
+    joined = requests.post(f"{lan}/api/cluster/join", json={**node, "code": code})
+    assert joined.status_code == 201, joined.text
+    assert joined.json()["cluster_token"] == token_file.read_text().strip()
+    headers = _bearer(joined.json()["node_token"])
+    listed = {t["id"]: t for t in requests.get(f"{url}/api/tokens").json()["tokens"]}
+    assert listed[joined.json()["id"]]["scope"] == "node"
+    assert requests.get(f"{lan}/api/jobs", headers=headers).status_code == 403  # joining is all it may do
+    again = requests.post(f"{lan}/api/cluster/join", json=node, headers=headers)
+    assert again.status_code == 200 and again.json()["cluster_token"] == joined.json()["cluster_token"]
+    assert requests.delete(f"{url}/api/tokens/{joined.json()['id']}").status_code == 200
+    revoked = requests.post(f"{lan}/api/cluster/join", json=node, headers=headers)
+    assert revoked.status_code == 401 and "pairing was revoked" in revoked.json()["error"]["message"]
 
 
 def test_wrong_reused_and_rate_limited_codes_over_http(api_server):

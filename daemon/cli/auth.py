@@ -7,6 +7,7 @@ computer's browser in as the owner with a one-time link.
     $ pennello pair                # on the daemon's machine: a one-time code + QR code
     $ pennello pair "Pennello on studio" --code K7M2QX9P   # on another PC: pair with it
     $ pennello pair --for-basic-auth --as "Open WebUI"     # a token for a front-end that sends Basic
+    $ pennello pair --node         # on a cluster's front: a one-time code for a node (docs/cluster.md)
     $ pennello tokens list         # paired devices
     $ pennello tokens revoke 3f9a1c2b
     $ pennello tokens issue --admin "laptop admin"   # an owner token, for managing from elsewhere
@@ -39,8 +40,10 @@ from ..auth import TOKENS_FILE, TokenStore
 @click.option("--for-basic-auth", "for_basic_auth", is_flag=True, help="On the daemon's machine: pair a "
               "front-end that can only send a user name and password (Open WebUI, SillyTavern) and print "
               "what to paste into its settings.")
+@click.option("--node", "for_node", is_flag=True, help="On a cluster's front: a one-time code for a box "
+              "joining the cluster (`pennello node --join HEAD --front URL --pair CODE` there).")
 def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None,
-         fingerprint: str | None, timeout: float, for_basic_auth: bool) -> None:
+         fingerprint: str | None, timeout: float, for_basic_auth: bool, for_node: bool) -> None:
     """Let another device use this pennello, or (with NAME) pair this device with one on the LAN.
 
     Without NAME, on the daemon's machine: shows a one-time code (and QR code) that lets another
@@ -62,7 +65,15 @@ def pair(daemon: str | None, qr: bool, code: str | None, device_name: str | None
     With --for-basic-auth, on the daemon's machine: pairs a device named by --as and prints the
     address, user and password to paste into Open WebUI's or SillyTavern's AUTOMATIC1111
     settings (the token is the password; docs/clients.md).
+
+    With --node, on a cluster's front: a one-time code for a box joining the cluster; it gets
+    the cluster token with it, and is listed by `pennello tokens list` (docs/cluster.md).
     """
+    if for_node:
+        if daemon is not None or for_basic_auth:
+            raise click.UsageError("--node makes a code on the front itself; leave out NAME and --for-basic-auth")
+        _pair_node()
+        return
     if daemon is not None:
         if for_basic_auth:
             raise click.UsageError("--for-basic-auth pairs a front-end with the daemon on this "
@@ -100,6 +111,23 @@ def _pair_with(daemon: str, code: str | None, device_name: str | None, fingerpri
     click.echo(f"Paired with {remote.name} as {remote.device_name!r} (token {remote.token_id}).")
     click.echo(f"Pinned certificate: {remote.fingerprint}")
     click.echo(f"Use it with: pennello generate \"a red kite\" --remote {_quoted(remote.name)}")
+
+
+def _pair_node() -> None:
+    """A node's one-time code, and the command that uses it on the node."""
+    from pennello.client import Client
+    from pennello.runtime import read_daemon_info
+
+    client = Client()
+    offer = client.call("POST", "/api/pair/code", json={"scope": "node"})
+    # The address other boxes reach: the pairing one in LAN mode, else where this CLI reached it.
+    front = "{0.scheme}://{0.netloc}".format(urlsplit(offer["pair_url"])) if offer.get("lan") else client.base_url
+    fingerprint = (read_daemon_info() or {}).get("fingerprint")
+    click.echo(f"Node pairing code: {click.style(offer['code'], bold=True)}  "
+               f"(valid {int(offer['expires_in_s']) // 60} minutes, once)")
+    click.echo(f"On the node: pennello node --join HEAD:PORT --ip ITS_ADDRESS --front {front} "
+               f"--pair {offer['code']}" + (f" --fingerprint {fingerprint}" if fingerprint else ""))
+    _warn_if_loopback_only(offer)
 
 
 BASIC_AUTH_DEVICE = "basic-auth front-end"

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # Modules of this package that define a module-level ``bp`` blueprint, registered in this order.
 BLUEPRINTS: tuple[str, ...] = ("routes.native", "routes.auth", "routes.openai", "routes.a1111", "openapi",
                                "routes.web", "routes.offline", "routes.tools",
-                               "routes.manage", "routes.installs")
+                               "routes.manage", "routes.installs", "routes.cluster")
 
 
 

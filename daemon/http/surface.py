@@ -50,6 +50,7 @@ ENDPOINT_SCOPES: Mapping[str, Scope] = {
     "native.health": "public",
     "auth.pair": "public",
     "auth.pair_status": "public",
+    "cluster.join": "public",  # the pairing code or a node token is the credential, checked there
     "login.login": "public",  # the one-time token in the link is the credential
     "openapi.spec": "public",
     "web.index": "public",

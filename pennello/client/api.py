@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import requests
 
-from pennello.errors import (AuthError, BusyError, DaemonError, ForbiddenError, NotFoundError,
+from pennello.errors import (AuthError, BusyError, ConflictError, DaemonError, ForbiddenError, NotFoundError,
                              PennelloError, RequestError, TrustError)
 from pennello.owner_token import is_loopback_url, read_owner_token
 from pennello.paths import Paths, get_paths
@@ -31,7 +31,8 @@ from pennello.runtime import read_daemon_info
 ProgressCallback = Callable[[int, int], None]  # (step, total_steps)
 
 _ERRORS_BY_STATUS: dict[int, type[RequestError]] = {
-    400: RequestError, 401: AuthError, 403: ForbiddenError, 404: NotFoundError, 413: RequestError}
+    400: RequestError, 401: AuthError, 403: ForbiddenError, 404: NotFoundError, 409: ConflictError,
+    413: RequestError}
 
 
 class Client:

@@ -92,17 +92,31 @@ SCHEMAS: dict[str, Schema] = {
         "refused_by_destination": {"type": "object", "additionalProperties": INT},
         "attempts": {"type": "array", "items": ref("OfflineAttempt")}}, extra=True)]},
     "PairCode": obj({"code": {"type": "string", "pattern": "^[2-9A-HJ-NP-Z]{8}$"}, "expires_in_s": NUM,
-                     "pair_url": STR, "qr_png_url": STR, "lan": BOOL},
+                     "pair_url": STR, "qr_png_url": STR, "lan": BOOL,
+                     "scope": {"enum": ["device", "node"]}},
                     ("code", "expires_in_s", "pair_url")),
+    "PairCodeRequest": obj({"scope": {"enum": ["device", "node"], "default": "device",
+                                      "description": "node: a code for a cluster node (`pennello pair --node`)."}}),
+    "ClusterJoinRequest": obj({"code": {"type": "string", "description": "The first time: the code "
+                                        "`pennello pair --node` shows; later, send the node token instead."},
+                               "name": {"type": "string", "maxLength": 64, "description": "The node's name."},
+                               "version": {"type": "string", "description": "The node's pennello version."},
+                               "models": {"type": "array", "items": STR, "description": "Its installed "
+                                          "models, as pennello:NAME@VERSION:DIGEST."}},
+                              ("name", "version", "models")),
+    "ClusterJoin": obj({"cluster_token": {"type": "string", "description": "Ray's token; keep it 0600."},
+                        "node_token": {"type": ["string", "null"], "description": "Shown once, when "
+                                       "paired with a code; send it as Bearer on later joins."},
+                        "id": nullable("string"), "name": STR}, ("cluster_token", "node_token", "id", "name")),
     "PairRequest": obj({"code": {"type": "string", "description": "As shown; case and dashes ignored."},
                         "name": {"type": "string", "maxLength": 64, "description": "The device's name."},
                         "cookie": {"type": "boolean", "description": "Also set the token as an "
                                     "HttpOnly cookie (for the web page)."}}, ("code", "name")),
     "Token": obj({"id": STR, "name": STR, "created": NUM, "last_used": nullable("number"),
-                  "scope": {"enum": ["device", "owner"]}}, ("id", "name", "created")),
+                  "scope": {"enum": ["device", "owner", "node"]}}, ("id", "name", "created")),
     "PairResponse": obj({"token": {"type": "string", "description": "Shown once; send as Bearer."},
                          "id": STR, "name": STR, "created": NUM, "last_used": nullable("number"),
-                         "scope": {"enum": ["device", "owner"]}},
+                         "scope": {"enum": ["device", "owner", "node"]}},
                         ("token", "id", "name")),
     "TokenRequest": obj({"name": {"type": "string", "maxLength": 64, "description": "Who will use it."},
                          "scope": {"enum": ["device", "owner", None], "default": "device",
@@ -242,8 +256,10 @@ def _pairing_paths() -> dict[str, dict[str, Schema]]:
     """Pairing and tokens."""
     auth = "pairing"
     return {
-        "/api/pair/code": {"post": op("A new one-time pairing code (owner only)", auth,
-                                      reply(ref("PairCode"), "Created"), status="201", errors=("403",))},
+        "/api/pair/code": {"post": _optional_body(op(
+            "A new one-time pairing code, for a device or a cluster node (owner only)", auth,
+            reply(ref("PairCode"), "Created"), status="201", body="PairCodeRequest", errors=("400", "403")))},
+        "/api/cluster/join": {"post": _cluster_join()},
         "/api/pair/qr.png": {"get": op("The current code's pairing address as a QR code (owner only)",
                                        auth, _PNG, errors=("403", "404"))},
         "/api/pair": {"post": op("Exchange a pairing code for a token (no token needed)", auth,
@@ -269,6 +285,22 @@ def _pairing_paths() -> dict[str, dict[str, Schema]]:
             "Revoke a device's token (owner only)", auth, reply(ref("Revoked")), errors=("403", "404"),
             params=(path_param("token_id", "A token id from GET /api/tokens."),))},
     }
+
+
+def _optional_body(operation: Schema) -> Schema:
+    operation["requestBody"]["required"] = False
+    return operation
+
+
+def _cluster_join() -> Schema:
+    """POST /api/cluster/join (docs/cluster.md): 201 when a code paired the node, else 200."""
+    operation = op("A cluster node gets the cluster token: with a `pennello pair --node` code, then with its "
+                   "node token; another pennello or model version is refused", "pairing",
+                   responses={"200": reply(ref("ClusterJoin"), "The cluster token"),
+                              "201": reply(ref("ClusterJoin"), "Paired; the node token and the cluster token")},
+                   body="ClusterJoinRequest", errors=("400", "401", "403", "404", "409", "429"), public=True)
+    operation["responses"]["409"]["description"] = "Another pennello or model version than the front's"
+    return operation
 
 
 def _openai_paths() -> dict[str, dict[str, Schema]]:

@@ -69,14 +69,14 @@ class Caller:
 
     Attributes:
         scope: ``owner`` (the owner token or login session on this machine, or an owner token),
-            ``device`` or ``anonymous``.
+            ``device``, ``node`` (a cluster node, :mod:`.cluster`) or ``anonymous``.
         owner: what the caller's jobs and pictures are filed under.
         device: the token record, when a token was used.
         needs_page_token: a browser on loopback changing something without the page's secret.
         bad_token: it sent a token that is not (or no longer) valid.
     """
 
-    scope: Literal["owner", "device", "anonymous"]
+    scope: Literal["owner", "device", "node", "anonymous"]
     owner: str
     device: TokenRecord | None = None
     needs_page_token: bool = False
@@ -207,6 +207,8 @@ def authenticate() -> None:
         raise AuthError("this address needs a token: pair this device with the code that "
                         "`pennello pair` shows on the host, then send Authorization: Bearer <token> "
                         "(or the token as a Basic password: `pennello pair --for-basic-auth`)")
+    if caller.scope == "node":  # a cluster node's token fetches the cluster token, nothing else
+        raise ForbiddenError("a cluster node's token only joins the cluster (POST /api/cluster/join)")
     if needed == "owner" and caller.scope != "owner":
         raise ForbiddenError("only the owner may do this: on the host itself, or with an owner "
                              "token (`pennello tokens issue --admin`)")
@@ -271,10 +273,16 @@ def _response_headers(response: Response) -> Response:
 
 @bp.post("/pair/code")
 def new_code() -> Any:
-    """A fresh one-time code (the previous one stops working) and where a device can use it."""
-    offer = current_pairing().new_code()
+    """A fresh one-time code (the previous one stops working) and where a device can use it;
+    ``{"scope": "node"}`` makes one for a node of the cluster (``pennello pair --node``)."""
+    body = json_body({"scope": str}) if request.get_data() else {}
+    scope = body.get("scope", "device")
+    if scope not in ("device", "node"):
+        raise RequestError("scope must be device or node", field="scope")
+    offer = current_pairing().new_code(scope)
     return jsonify({"code": offer.code, "expires_in_s": offer.expires_in_s, "pair_url": _pair_url(offer.code),
-                    "qr_png_url": "/api/pair/qr.png", "lan": current_config().server.lan}), 201
+                    "qr_png_url": "/api/pair/qr.png", "lan": current_config().server.lan,
+                    "scope": offer.scope}), 201
 
 
 @bp.get("/pair/qr.png")
