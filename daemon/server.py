@@ -245,7 +245,8 @@ def serve(config: Config, paths: Paths, on_ready: Callable[[str], None] | None =
     try:
         decision = isolation.decide(config)
         if config.offline.enabled:  # before the model libraries are imported, so they see the env
-            guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow)
+            guard = offline.enable(config.server.lan, config.server.interfaces, config.offline.allow,
+                                   peers=config.cluster.peer_networks())
         if decision.namespace and engine_class is None:
             _serve_isolated(config, paths, guard, stop_requested, on_ready)
         else:

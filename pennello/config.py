@@ -21,6 +21,7 @@ An environment variable is ``PENNELLO_<SECTION>_<FIELD>`` in upper case, e.g.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -151,6 +152,56 @@ class InstallerConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several boxes behind one pennello (docs/cluster.md), as no-network mode and the OS see it.
+
+    The cluster's boxes are the only hosts besides loopback and mDNS that no-network mode lets
+    the daemon reach (:meth:`peer_networks`); ``pennello offline unit`` writes the same list into
+    the systemd unit's IP allow-list.
+    """
+
+    head: str = ""  # HOST:PORT of the head, as `serve --cluster` takes it; empty: no cluster
+    # The other boxes: IP addresses or networks (CIDR), e.g. ("192.168.1.21", "10.0.8.0/24").
+    peers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A bad entry is refused at load, not at the first connection; the head may be a name
+        # until no-network mode asks for its address (peer_networks).
+        self.head_host()
+        _networks((entry, "cluster.peers") for entry in self.peers)
+
+    def head_host(self) -> str:
+        """The head's host without its port ("" when no head is set)."""
+        host, _, port = self.head.rpartition(":")
+        if self.head and not (host and port.isdigit()):
+            raise ConfigError(f"cluster.head = {self.head!r}: expected HOST:PORT, e.g. \"192.168.1.20:6379\"")
+        return host.strip("[]")
+
+    def peer_networks(self) -> tuple[str, ...]:
+        """The head's address and every peer, as networks (CIDR strings).
+
+        Raises:
+            ConfigError: a peer is not an address or network, or the head is a name (no-network
+                mode looks up no names: give its address).
+        """
+        head = [(self.head_host(), "cluster.head")] if self.head else []
+        return _networks([*head, *((entry, "cluster.peers") for entry in self.peers)])
+
+
+def _networks(entries: Any) -> tuple[str, ...]:
+    """(entry, setting) pairs as CIDR strings, in order, without repeats."""
+    networks = []
+    for entry, where in entries:
+        try:
+            networks.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{where}: {entry!r} is not an IP address or network; give addresses like "
+                              f"\"192.168.1.21\" or \"192.168.1.0/24\" (no names: no-network mode looks "
+                              f"none up)") from None
+    return tuple(dict.fromkeys(networks))
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -160,6 +211,7 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     copyright: CopyrightConfig = field(default_factory=CopyrightConfig)
     installer: InstallerConfig = field(default_factory=InstallerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def replace(self, section: str, **changes: Any) -> "Config":
         """Return a copy with fields of one section changed (used for CLI overrides)."""

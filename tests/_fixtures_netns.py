@@ -7,6 +7,11 @@
     ns.rx_packets(client, ns.devices[client][0])
     ns.close()                     # deletes the namespaces and so their veths
 
+Several "machines" on one LAN plug into a bridge (a switch) in a namespace of its own:
+
+    switch = ns.add("lan"); ns.bridge(switch)
+    ns.plug(switch, head, "10.79.0.1/24"); ns.plug(switch, node, "10.79.0.2/24")
+
 Names carry this process's id so parallel runs do not collide. ``bench/bench_discovery.py``
 uses this module too.
 """
@@ -70,10 +75,24 @@ class Namespaces:
             _ip("link", "set", dev, "netns", ns)
             conf = "disable_ipv6" if not ipv6 else "accept_dad"  # DAD would hold link-local back ~2 s
             self.sysctl(ns, f"net/ipv6/conf/{dev}/{conf}", "1" if not ipv6 else "0")
-            _ip("-n", ns, "addr", "add", address, "dev", dev)
+            if address:  # a bridge's port has none
+                _ip("-n", ns, "addr", "add", address, "dev", dev)
             _ip("-n", ns, "link", "set", dev, "up")
             self.devices[ns].append(dev)
         return dev_a, dev_b
+
+    def bridge(self, ns: str, name: str = "br0") -> str:
+        """A bridge (a switch) in ``ns``, up, for :meth:`plug`; returns its name."""
+        _ip("-n", ns, "link", "add", name, "type", "bridge")
+        _ip("-n", ns, "link", "set", name, "up")
+        return name
+
+    def plug(self, switch_ns: str, ns: str, address: str, bridge: str = "br0") -> str:
+        """A veth from ``ns`` (with ``address``, CIDR) into ``bridge`` of ``switch_ns``; returns
+        the device's name in ``ns``. The switch's end has no address: it only forwards."""
+        dev, port = self.link(switch_ns, "", ns, address)
+        _ip("-n", switch_ns, "link", "set", dev, "master", bridge)
+        return port
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
         subprocess.run([*self.exec(ns), "sh", "-c", f"echo {value} > /proc/sys/{key}"], check=True,
@@ -104,3 +123,14 @@ class Namespaces:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
         self.names.clear()
+
+
+def stop(process: subprocess.Popen, grace_s: float = 60) -> None:
+    """SIGTERM ``process`` (run in a namespace or not), then SIGKILL it after ``grace_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

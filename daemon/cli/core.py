@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # imported where used: `pennello serve` never loads the clien
                    "PCs can find and connect to it; they need a paired token (see `pennello pair`).")
 @click.option("--cluster", metavar="HOST:PORT",
               help="Draw on the pennello cluster whose head is HOST:PORT (this box runs `pennello node`; "
-                   "docs/cluster.md).")
+                   "docs/cluster.md). Default: `head` under [cluster] in config.toml.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
               help="The cluster token for --cluster (default: this box's own).")
 def serve(host: str | None, port: int | None, lan: bool | None, cluster: str | None,
@@ -67,6 +67,11 @@ def serve(host: str | None, port: int | None, lan: bool | None, cluster: str | N
     overrides = {key: value for key, value in (("host", host), ("port", port), ("lan", lan))
                  if value is not None}
     config = config.replace("server", **overrides)
+    cluster = cluster or config.cluster.head or None
+    if cluster:  # no-network mode then lets the daemon reach the head (ClusterConfig.peer_networks)
+        config = config.replace("cluster", head=cluster)
+        if config.offline.enabled:
+            config.cluster.peer_networks()  # a head given by name is refused before Ray looks it up
     ensure_embedded_default(paths, config)
     engine_class = None
     if cluster:

@@ -1,4 +1,5 @@
-"""``pennello offline on|off|status``: no-network mode, and proof that it holds.
+"""``pennello offline on|off|status|unit``: no-network mode, proof that it holds, and the
+systemd drop-in carrying a cluster's boxes (:mod:`pennello.daemon.net.offline_unit`).
 
     $ pennello offline status
     no-network mode: on (running daemon, pid 4242, since 10:02)
@@ -103,6 +104,32 @@ def offline_status(as_json: bool, stacks: bool) -> None:
         click.echo(f"  {when} {attempt['event']} to {attempt['destination']} from {attempt['where']}")
         if stacks:
             click.echo("      " + attempt["stack"].rstrip().replace("\n", "\n      "))
+
+
+@offline.command("unit")
+@click.option("--write", is_flag=True,
+              help="Write it as UNIT.d/cluster.conf beside the systemd user units instead of printing it.")
+def offline_unit(write: bool) -> None:
+    """The systemd drop-in adding a cluster's boxes to the units' IP allow-list.
+
+    The boxes are `head` and `peers` under [cluster] in config.toml, the same list no-network
+    mode lets the daemon reach (docs/cluster.md). Then: systemctl --user daemon-reload.
+    """
+    import os
+    from pathlib import Path
+
+    from pennello.config import load_config
+
+    from ..net.offline_unit import dropin, write_dropins
+
+    cluster = load_config().cluster
+    if not write:
+        click.echo(dropin(cluster), nl=False)
+        return
+    unit_dir = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "systemd" / "user"
+    for path in write_dropins(unit_dir, cluster):
+        click.echo(f"wrote {path}")
+    click.echo("apply it with: systemctl --user daemon-reload && systemctl --user restart pennello")
 
 
 def _echo_isolation(report: dict) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from pennello.errors import DaemonError, PennelloError
 from pennello.files import write_atomic
 
-from .ray_env import ports_from, ray_environment
+from .ray_env import local_provider_config, ports_from, ray_environment
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def ray_start_command(head: str | None, head_port: int, port_base: int, node_ip:
 def start(command: list[str], token_file: Path, env: dict[str, str]) -> subprocess.Popen:
     """Run ``command`` (see :func:`ray_start_command`) with our Ray environment."""
     log.info("starting Ray: %s", " ".join(command))
+    local_provider_config(Path(env.get("HOME") or Path.home()))  # Ray's own ~, as it will expand it
     return subprocess.Popen(command, env={**env, **ray_environment(token_file)})
 
 

@@ -3,7 +3,8 @@
 Ray reaches out on its own even with usage stats off: it posts a "usage disabled" report, and
 its dashboard side probes cloud metadata (169.254.169.254). The variables below switch off what
 can be switched off and point the report at loopback; what Ray's C++ parts do is invisible to
-pennello's Python network guard, so the OS firewall (docs/cluster.md) is the real wall.
+pennello's Python network guard, so the OS firewall (docs/cluster.md) is the real wall. The
+head's cloud-metadata probe stops when it finds a local-provider config (local_provider_config).
 
 Token authentication (Ray 2.60, off by default) is always on: every Ray process of a pennello
 cluster reads the same token file, and a node with another token is refused by the head.
@@ -40,6 +41,21 @@ _QUIET = {
     "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
     "RAY_memory_monitor_refresh_ms": "0",  # no killing of busy replicas under memory pressure
 }
+
+
+def local_provider_config(home: Path) -> Path:
+    """Make sure ``ray_bootstrap_config.yaml`` exists in ``home`` (Ray's ``~``); returns its path.
+
+    Ray's head reads it to tell which cloud it runs on, usage stats off or not; without it, it
+    asks the cloud metadata servers (169.254.169.254, metadata.google.internal; seen in
+    tests/test_cluster_netns.py). A config naming the local provider answers the question.
+    An existing file (Ray's cluster launcher writes one) is left as it is.
+    """
+    path = home / "ray_bootstrap_config.yaml"
+    if not path.exists():
+        write_atomic(path, b"# Written by pennello: Ray runs on this office's own boxes (docs/cluster.md)\n"
+                           b"cluster_name: pennello\nprovider:\n  type: local\n")
+    return path
 
 
 def ray_environment(token_file: Path) -> dict[str, str]:

@@ -15,6 +15,9 @@ Three layers, each catching what the one before it misses (docs/no-network.md ha
 
    * loopback, the unspecified address (it means this host) and this machine's own addresses;
    * mDNS: 224.0.0.251 and ff02::fb, port 5353;
+   * the cluster's boxes, LAN mode or not: the head's address and ``[cluster] peers``
+     (:meth:`pennello.config.ClusterConfig.peer_networks`), so a front or node reaches exactly
+     its cluster;
    * in LAN mode only: the *private* networks on the served interfaces (RFC 1918, IPv4 and IPv6
      link-local, IPv6 unique-local — never an on-link public network) and ``offline.allow``;
    * name lookups only of IP literals and ``localhost`` (a lookup is a packet to a resolver).
@@ -131,22 +134,22 @@ class NetworkGuard:
     """Decides, for every connection attempt and name lookup in this process, whether it may go.
 
     Args:
-        lan: serving LAN clients; without it only loopback and mDNS are allowed.
+        lan: serving LAN clients; without it only loopback, mDNS and ``peers`` are allowed.
         interfaces: names or addresses of the served interfaces; empty means all of them.
         allow: extra networks (CIDR strings) that LAN mode may reach (``offline.allow``).
+        peers: the cluster's boxes (CIDR strings, ``ClusterConfig.peer_networks``), reachable
+            with or without LAN mode.
 
     Raises:
-        ConfigError: an ``allow`` entry is not a network.
+        ConfigError: an ``allow`` or ``peers`` entry is not a network.
     """
 
-    def __init__(self, lan: bool = False, interfaces: Sequence[str] = (), allow: Sequence[str] = ()) -> None:
+    def __init__(self, lan: bool = False, interfaces: Sequence[str] = (), allow: Sequence[str] = (),
+                 peers: Sequence[str] = ()) -> None:
         self.lan = lan
         self.interfaces = tuple(interfaces)
-        try:
-            self._extra = tuple(_Rule(ipaddress.ip_network(entry, strict=False), "offline.allow")
-                                for entry in allow)
-        except ValueError as e:
-            raise ConfigError(f"offline.allow: {e}; use networks like \"192.168.1.0/24\"") from e
+        self._extra = _rules(allow, "offline.allow", setting="offline.allow")
+        self._peers = _rules(peers, "cluster peer", setting="cluster.peers")
         self._lock = threading.Lock()
         self._local = threading.local()
         self._rules: tuple[_Rule, ...] = ()
@@ -208,6 +211,7 @@ class NetworkGuard:
         if self.lan:
             rules += [_Rule(network, "link-local") for network in _LINK_LOCAL]
             rules += self._extra
+        rules += self._peers
         unique = {(rule.network, rule.why): rule for rule in rules}
         with self._lock:
             self._own = frozenset(own)
@@ -362,10 +366,18 @@ def off_status(reason: str) -> dict[str, Any]:
             "isolation": "none", "isolation_reason": reason}
 
 
-def enable(lan: bool, interfaces: Sequence[str] = (), allow: Sequence[str] = ()) -> NetworkGuard:
+def enable(lan: bool, interfaces: Sequence[str] = (), allow: Sequence[str] = (),
+           peers: Sequence[str] = ()) -> NetworkGuard:
     """Both in-process layers: the environment, then the audit hook. Returns the installed guard."""
     apply_offline_env()
-    return NetworkGuard(lan=lan, interfaces=interfaces, allow=allow).install()
+    return NetworkGuard(lan=lan, interfaces=interfaces, allow=allow, peers=peers).install()
+
+
+def _rules(networks: Sequence[str], why: str, setting: str) -> tuple[_Rule, ...]:
+    try:
+        return tuple(_Rule(ipaddress.ip_network(entry, strict=False), why) for entry in networks)
+    except ValueError as e:
+        raise ConfigError(f"{setting}: {e}; use networks like \"192.168.1.0/24\"") from e
 
 
 def _is_literal(host: str) -> bool:
