@@ -28,6 +28,7 @@ from pennello.installer.cli_progress import JsonLines, stopped_by_sigterm
 from pennello.installer.cli_trust import keys, manifest
 from pennello.installer.install import Downloads, Installer, Verified, format_bytes
 from pennello.installer.lock import lock_manifest
+from pennello.installer.manifest import Manifest
 from pennello.installer.store import FIRST_FETCH, InstalledModel, Store, file_sha256
 from pennello.paths import get_paths
 
@@ -103,24 +104,51 @@ def _install(names: tuple[str, ...], from_dir: Path | None, manifest_file: Path 
     if manifest_file is None and not names:
         raise click.UsageError("name a model (see `pennello models`), or use --from DIR or --manifest FILE")
     installer = Installer(paths, config, progress=report is None,
-                          first_fetch=lambda model, why: _confirm_first_fetch(model, why, first_fetch),
+                          first_fetch=_stop_plan if plan_only else lambda model, why: _confirm_first_fetch(
+                              model, why, first_fetch),
                           on_bytes=report.advance if report else None)
-    if manifest_file is not None:
-        verified = [installer.verify(manifest_file.read_bytes(), local_dir=from_dir)]
-    else:
-        catalog = Catalog(paths)
-        verified = [installer.verify(catalog.get(name).raw, expected_name=name) for name in names]
+    raws = ([(manifest_file.read_bytes(), None)] if manifest_file is not None
+            else [(Catalog(paths).get(name).raw, name) for name in names])
+    try:
+        verified = [installer.verify(raw, expected_name=name, local_dir=from_dir) for raw, name in raws]
+    except _FirstFetchNeeded as e:  # only with --plan: its size is known only by downloading it
+        _plan(None, [installer.policy.verify(raw) for raw, _ in raws], report, first_fetch=e.why)
+        return []
     downloads = installer.downloads(verified)
-    if report is not None:
-        report.plan(downloads.files, downloads.size, list(dict.fromkeys(_where(v) for v in verified)),
-                    [{"name": v.manifest.name, "version": v.manifest.version, "license": v.manifest.license}
-                     for v in verified])
+    _plan(downloads, [v.manifest for v in verified], report,
+          line=_download_line(downloads, verified) if plan_only else "")
     if plan_only:
-        if report is None:
-            click.echo(_download_line(downloads, verified) if downloads.size else "nothing to download")
         return []
     _confirm_downloads(downloads, verified, config.installer, yes)
     return [installer.install_all([v])[0] for v in verified]
+
+
+class _FirstFetchNeeded(Exception):
+    """With --plan: a model's hashes could only be recorded by downloading it, so the plan ends there."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _stop_plan(model: str, why: str) -> None:
+    raise _FirstFetchNeeded(f"{model}: {why}")
+
+
+def _plan(downloads: Downloads | None, manifests: list[Manifest], report: JsonLines | None,
+          line: str = "", first_fetch: str | None = None) -> None:
+    """Say what installing would download: a ``plan`` line under --json; as text only with --plan
+    (``line``; without it the download line comes with the question). ``first_fetch``: why the
+    hashes (and so the size) are known only once the files arrive."""
+    if report is not None:
+        report.plan(downloads.files if downloads else None, downloads.size if downloads else None,
+                    list(dict.fromkeys(_where(m) for m in manifests)),
+                    [{"name": m.name, "version": m.version, "license": m.license} for m in manifests], first_fetch)
+    elif first_fetch is not None:
+        click.echo(f"hashes can only be recorded on first fetch ({first_fetch}); the size is known only as "
+                   f"the files arrive: --first-fetch agrees to that")
+    elif line:
+        click.echo(line if downloads and downloads.size else "nothing to download")
 
 
 def _confirm_first_fetch(model: str, why: str, agreed: bool) -> None:
@@ -139,7 +167,7 @@ def _confirm_downloads(downloads: Downloads, verified: list[Verified], limits: I
     click.echo(_download_line(downloads, verified), err=True)
     if downloads.size <= limits.confirm_over_mb * 1_000_000:
         return
-    sources = dict.fromkeys(_where(v) for v in verified if f"{v.manifest.name} v{v.manifest.version}"
+    sources = dict.fromkeys(_where(v.manifest) for v in verified if f"{v.manifest.name} v{v.manifest.version}"
                             in downloads.models)
     confirm(f"Download {format_bytes(downloads.size)} for {', '.join(downloads.models)}?",
             [f"{downloads.files} file{'s' if downloads.files != 1 else ''}, {format_bytes(downloads.size)} "
@@ -174,8 +202,8 @@ def _confirm_lock(model: str, sizes: dict[str, int | None], limits: InstallerCon
             assume_yes=yes)
 
 
-def _where(v: Verified) -> str:
-    source = v.manifest.source
+def _where(manifest: Manifest) -> str:
+    source = manifest.source
     if source.kind == "huggingface":
         return f"Hugging Face {source.repo}@{(source.revision or '')[:12]}"
     return source.base_url or source.kind

@@ -6,7 +6,9 @@ line, each with an ``event``:
 
 * ``plan``: what would be downloaded, before anything is: ``files`` and ``bytes`` (files already
   on this machine left out), ``sources`` and each model's ``name``, ``version`` and ``license``;
-  with ``--plan`` it is the last line and nothing changes;
+  with ``--plan`` it is the last line and nothing changes. ``first_fetch`` is null, or why the
+  files' hashes can only be recorded as they first arrive (then ``files`` and ``bytes`` are null
+  with ``--plan``: known only by downloading; installing needs ``--first-fetch``);
 * ``progress``: ``bytes`` arrived so far of ``total``, at most every 0.2 s and at the end;
 * ``done``: ``models`` installed, each with ``name``, ``version``, ``size_bytes``;
 * ``error``: what ``--json`` prints for an error anywhere (``error``, ``code``, ``type``,
@@ -14,7 +16,7 @@ line, each with an ``event``:
   store is left as it was) with ``type`` ``cancelled`` and exit status 130.
 
     {"event": "plan", "files": 7, "bytes": 4949836, "sources": ["https://mirror.example/tiny"],
-     "models": [{"name": "tiny", "version": 2, "license": "Apache-2.0"}]}
+     "models": [{"name": "tiny", "version": 2, "license": "Apache-2.0"}], "first_fetch": null}
     {"event": "progress", "bytes": 1048576, "total": 4949836}
     {"event": "done", "models": [{"name": "tiny", "version": 2, "size_bytes": 4949836}]}
 """
@@ -48,9 +50,10 @@ class JsonLines:
     def event(self, kind: str, **fields: Any) -> None:
         click.echo(json.dumps({"event": kind, **fields}, default=str))
 
-    def plan(self, files: int, size: int, sources: list[str], models: list[dict[str, Any]]) -> None:
-        self.total = size
-        self.event("plan", files=files, bytes=size, sources=sources, models=models)
+    def plan(self, files: int | None, size: int | None, sources: list[str], models: list[dict[str, Any]],
+             first_fetch: str | None = None) -> None:
+        self.total = size or 0
+        self.event("plan", files=files, bytes=size, sources=sources, models=models, first_fetch=first_fetch)
 
     def advance(self, n: int) -> None:
         """``n`` more bytes arrived (the installer's ``on_bytes``)."""

@@ -21,7 +21,7 @@ import requests
 
 from _fixtures_hub import shipped_manifest
 from _fixtures_installer import KEY_NAME, Mirror, _handler, _serving, make_manifest, store_listing
-from pennello.installer.manifest import Source, dump_envelope
+from pennello.installer.manifest import Manifest, Source, dump_envelope
 from test_openapi import _check  # real answers against the OpenAPI description's schemas
 
 TINY = Path(__file__).resolve().parents[1] / "installer" / "embedded" / "pennello-tiny"
@@ -30,10 +30,12 @@ PAD = "extra/padding.bin"  # not a pipeline component: diffusers leaves it alone
 
 @dataclass
 class StandIn:
-    """A mirror on loopback and ``offer(name)``: a new catalog model served from it."""
+    """A mirror on loopback; ``offer(name)``: a new catalog model served from it; ``list(manifest)``:
+    any manifest signed into the daemon's catalog."""
 
     mirror: Mirror
     offer: Callable[..., str]
+    list: Callable[[Manifest], str]
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +58,15 @@ def stand_in(api_engine) -> Iterator[StandIn]:
         if pace_s:
             state.pace[f"{name}/{PAD}"] = pace_s
         manifest = make_manifest(name, files, source=Source("mirror", base_url=f"{state.url}/{name}"))
-        manifest = dataclasses.replace(manifest, pipeline=shipped_manifest("pennello-tiny").pipeline)
+        return listed(dataclasses.replace(manifest, pipeline=shipped_manifest("pennello-tiny").pipeline))
+
+    def listed(manifest: Manifest) -> str:
         signed = manifest.to_signed()
-        Catalog(home).write_user(name, dump_envelope(signed, [sign_signed(signed, key)]))
-        return name
+        Catalog(home).write_user(manifest.name, dump_envelope(signed, [sign_signed(signed, key)]))
+        return manifest.name
 
     with _serving(server, state):
-        yield StandIn(state, offer)
+        yield StandIn(state, offer, listed)
 
 
 def _install(url: str, name: str, **body: Any) -> requests.Response:
@@ -148,6 +152,38 @@ def test_a_cancelled_or_failed_install_leaves_the_store_as_it_was(api_server, ap
     assert not {slow, broken} & names
 
 
+def test_a_source_without_the_commits_git_objects_needs_consent_to_first_fetch_too(api_server, stand_in, hub,
+                                                                                   monkeypatch):
+    import json
+
+    from test_gitpin import FILES, LFS, REPO
+
+    url = api_server(offline=False)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)  # the installer's process inherits the daemon's environment
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    commit = hub.publish(REPO, FILES, LFS)
+    del hub.repos[REPO]  # the files are still served, the git endpoint is not
+    hub.files[f"api/models/{REPO}/tree/{commit}"] = json.dumps(
+        [{"type": "file", "path": p, "size": len(d), "oid": "0" * 40} for p, d in FILES.items()]).encode()
+    name = stand_in.list(make_manifest("stand-in-tofu", {}, source=Source("huggingface", repo=REPO, revision=commit),
+                                       locked=False))
+
+    planned = _install(url, name).json()
+    _check(planned, "InstallPlanned")
+    assert f"does not serve the git objects of commit {commit}" in planned["plan"]["first_fetch"]
+    assert planned["plan"]["bytes"] is None and '"first_fetch": true' in planned["consent"]
+    assert not [path for path in hub.requests if "/resolve/" in path]  # the plan downloaded nothing
+
+    assert _install(url, name, consent=True).status_code == 202  # the download, not first fetch
+    refused = _until(url, name, lambda s: s["state"] != "running")
+    assert refused["state"] == "failed" and refused["error"]["type"] == "consent", refused
+    assert not [path for path in hub.requests if "/resolve/" in path]
+    assert _install(url, name, consent=True, first_fetch=True).status_code == 202
+    assert _until(url, name, lambda s: s["state"] != "running")["state"] == "done"
+    listed = {m["name"]: m for m in requests.get(f"{url}/api/models").json()["models"]}
+    assert listed[name]["verification"] == "first fetch"
+
+
 def _pair(url: str, lan: str) -> dict[str, str]:
     code = requests.post(f"{url}/api/pair/code").json()["code"]
     token = requests.post(f"{lan}/api/pair", json={"code": code, "name": "tablet"}).json()["token"]
@@ -201,7 +237,7 @@ def test_install_json_tells_the_plan_progress_and_the_end_as_lines(home, mirror,
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.exit_code == 0, done.output
     assert lines[0] == {"event": "plan", "files": 2, "bytes": 300_002, "sources": [f"{mirror.url}/tiny"],
-                        "models": [{"name": "tiny", "version": 1, "license": "Apache-2.0"}]}
+                        "models": [{"name": "tiny", "version": 1, "license": "Apache-2.0"}], "first_fetch": None}
     assert {line["event"] for line in lines[1:-1]} == {"progress"}
     assert lines[-2] == {"event": "progress", "bytes": 300_002, "total": 300_002}
     assert lines[-1] == {"event": "done", "models": [{"name": "tiny", "version": 1, "size_bytes": 300_002}]}

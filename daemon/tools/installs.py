@@ -128,8 +128,10 @@ class Installs:
         raise PennelloError(f"`pennello install {name} --plan` gave no plan (exit {done.returncode}); "
                             f"see {self.paths.log_dir / LOG_FILE}")
 
-    def start(self, name: str) -> Install:
-        """Start installing ``name`` (consent given); 409 while another install runs."""
+    def start(self, name: str, first_fetch: bool = False) -> Install:
+        """Start installing ``name`` (consent given; ``first_fetch``: also to recording its hashes
+        as the files first arrive, where the plan said only that is possible); 409 while another
+        install runs."""
         with self._lock:
             if self._current is not None and self._current.state == "running":
                 raise ConflictError(f"{self._current.name} is being installed; one install at a time: try "
@@ -137,7 +139,7 @@ class Installs:
             install = self._current = self._last[name] = Install(name)
             with self._log() as stderr:
                 self._process = process = subprocess.Popen(
-                    self._command(name, "--yes"), env=self._env(), text=True, stdin=subprocess.DEVNULL,
+                    self._command(name, "--yes", *(["--first-fetch"] if first_fetch else [])), env=self._env(), text=True, stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=stderr)
         log.info("installing %s for the owner (pid %d)", name, process.pid)
         threading.Thread(target=self._follow, args=(install, process), name=f"install-{name}",

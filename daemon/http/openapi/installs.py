@@ -10,12 +10,15 @@ _LIST = {"type": "array"}
 
 SCHEMAS: dict[str, Schema] = {
     "InstallPlan": obj({
-        "files": {**INT, "description": "Files to download (those already on this machine left out)."},
-        "bytes": {**INT, "description": "Bytes to download."},
+        "files": nullable("integer", description="Files to download (those already on this machine left out); "
+                                                 "null: known only by downloading (first_fetch)."),
+        "bytes": nullable("integer", description="Bytes to download; null as files."),
         "sources": {**_LIST, "items": STR, "description": "Where the files come from."},
         "models": {**_LIST, "items": obj({"name": STR, "version": INT, "license": STR},
-                                         ("name", "version", "license"))}},
-        ("files", "bytes", "sources", "models"),
+                                         ("name", "version", "license"))},
+        "first_fetch": nullable("string", description="Why the files' hashes can only be recorded as they first "
+                                                      "arrive (trust on first use); null: they are signed.")},
+        ("files", "bytes", "sources", "models", "first_fetch"),
         description="What `pennello install NAME --plan --json` says installing would download."),
     "InstallPlanned": obj({"name": STR, "state": {"const": "planned"}, "plan": ref("InstallPlan"),
                            "consent": {**STR, "description": "How to agree: POST again with consent."}},
@@ -32,7 +35,9 @@ SCHEMAS: dict[str, Schema] = {
         "started": NUM, "ended": nullable("number")},
         ("name", "state", "bytes", "total", "error")),
     "InstallRequest": obj({"consent": {**BOOL, "description": "true: download and install (after reading "
-                                                              "the plan); absent or false: only the plan."}}),
+                                                              "the plan); absent or false: only the plan."},
+                           "first_fetch": {**BOOL, "description": "With consent, where the plan has first_fetch: "
+                                                                  "agree to record the hashes as the files arrive."}}),
 }
 
 

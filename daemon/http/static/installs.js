@@ -27,7 +27,8 @@ export function catalogItem(entry) {
     error.textContent = "";
     ask.disabled = true;
     try {
-      box.replaceChildren(...planView(entry, (await api(path, { method: "POST" })).plan, () => start(), () => {
+      const { plan } = await api(path, { method: "POST" });
+      box.replaceChildren(...planView(entry, plan, () => start(plan), () => {
         box.replaceChildren();
         ask.disabled = false;
       }));
@@ -37,10 +38,12 @@ export function catalogItem(entry) {
     }
   });
 
-  async function start() {
+  async function start(plan) {
     error.textContent = "";
+    // Agreeing to a plan that records hashes on first fetch agrees to that too: it was shown.
+    const consent = plan.first_fetch ? { consent: true, first_fetch: true } : { consent: true };
     try {
-      follow(entry, path, box, await api(path, { json: { consent: true } }), failed, () => { ask.disabled = false; });
+      follow(entry, path, box, await api(path, { json: consent }), failed, () => { ask.disabled = false; });
     } catch (problem) {
       failed(problem);
     }
@@ -57,12 +60,16 @@ export function catalogItem(entry) {
 /** What installing would download, and the two answers. */
 function planView(entry, plan, agree, decline) {
   const licences = [...new Set(plan.models.map((model) => model.license))].join(", ");
-  const what = plan.bytes
-    ? `Downloads ${plan.files} file${plan.files === 1 ? "" : "s"}, ${formatBytes(plan.bytes)}, from ${plan.sources.join(", ")}.`
+  const from = plan.sources.join(", ");
+  const what = plan.first_fetch ? `Downloads from ${from}; its size is known only as it arrives.`
+    : plan.bytes ? `Downloads ${plan.files} file${plan.files === 1 ? "" : "s"}, ${formatBytes(plan.bytes)}, from ${from}.`
     : "Nothing to download: its files are on this computer already.";
+  const checked = plan.first_fetch
+    ? ` Its files cannot be checked against the signed commit (${plan.first_fetch}): installing records their ` +
+      "hashes as they first arrive (trust on first use), and later checks compare against those."
+    : " Every file is checked against its signed manifest.";
   return [
-    el("p", { className: "plan" }, what, " Licence: ", el("strong", {}, licences || "not stated"),
-       ". Every file is checked against its signed manifest."),
+    el("p", { className: "plan" }, what, " Licence: ", el("strong", {}, licences || "not stated"), ".", checked),
     el("p", {},
       el("button", { type: "button", className: "small", "aria-label": `Agree and install ${entry.name}`, onclick: agree },
          "Agree and install"), " ",
