@@ -140,7 +140,8 @@ def test_a_cluster_draws_on_its_remote_node_and_sends_nothing_to_the_internet(tm
     processes: list[subprocess.Popen] = []
     head_home, node_home = tmp_path / "head", tmp_path / "node"
     (head_home / "config").mkdir(parents=True)
-    (head_home / "config" / "config.toml").write_text(f'[cluster]\npeers = ["{NODE}"]\n')  # offline.enabled: the default
+    # offline.enabled is the default: only the node is added to what the front may reach
+    (head_home / "config" / "config.toml").write_text(f'[cluster]\npeers = ["{NODE}"]\n')
     node_install = _install(node_home)  # while the boxes are wired and the head starts
     try:
         head_ns, node_ns, internet_ns = _boxes(ns)
@@ -184,7 +185,8 @@ def _installed(install: subprocess.Popen) -> None:
 
 
 def _start_cluster(ns: Namespaces, head_ns: str, node_ns: str, head_home: Path, node_home: Path,
-                   node_install: subprocess.Popen, processes: list[subprocess.Popen], tmp_path: Path) -> subprocess.Popen:
+                   node_install: subprocess.Popen, processes: list[subprocess.Popen],
+                   tmp_path: Path) -> subprocess.Popen:
     """The head (no model), the node (the model) and the front; returns the front."""
     head = _pennello(ns, head_ns, head_home, "node", "--head", "--ip", HEAD, log=tmp_path / "head.log")
     processes.append(head)
