@@ -147,8 +147,9 @@ class LocalCluster:
 
     def _start(self, name: str, home: Path, *args: str) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "w")
-        self.processes[name] = subprocess.Popen([sys.executable, "-m", "pennello", *args], text=True,
-                                                env={**os.environ, "PENNELLO_HOME": str(home)},
+        # HOME too: `pennello node` writes Ray's ~/ray_bootstrap_config.yaml, which belongs in the bench's home
+        env = {**os.environ, "PENNELLO_HOME": str(home), "HOME": str(home)}
+        self.processes[name] = subprocess.Popen([sys.executable, "-m", "pennello", *args], text=True, env=env,
                                                 stdout=subprocess.PIPE if name == "front" else log, stderr=log)
         return self.processes[name]
 
