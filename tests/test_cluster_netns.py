@@ -83,8 +83,13 @@ def test_cluster_settings_are_read_and_bad_ones_named(tmp_path: Path) -> None:
         ClusterConfig(head="head.lan:6379").peer_networks()
 
 
-def test_serve_refuses_a_head_given_by_name_in_no_network_mode(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pennello", "serve", "--port", "0", "--cluster", "head.lan:6379"],
+@pytest.mark.parametrize("where", ["flag", "config"])
+def test_serve_refuses_a_head_given_by_name_in_no_network_mode(tmp_path: Path, where: str) -> None:
+    flag = ["--cluster", "head.lan:6379"] if where == "flag" else []
+    if where == "config":  # `serve` alone draws on [cluster] head
+        (tmp_path / "config").mkdir()
+        (tmp_path / "config" / "config.toml").write_text('[cluster]\nhead = "head.lan:6379"\n')
+    result = subprocess.run([sys.executable, "-m", "pennello", "serve", "--port", "0", *flag],
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PENNELLO_HOME": str(tmp_path)})
     assert result.returncode != 0 and "cluster.head: 'head.lan' is not an IP address" in result.stderr, result.stderr
