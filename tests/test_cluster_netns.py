@@ -213,10 +213,10 @@ def _start_cluster(ns: Namespaces, head_ns: str, node_ns: str, head_home: Path, 
 
 
 def _only_pinned_ports_between_boxes(ns: Namespaces, box: str) -> None:
-    """Every TCP connection between the boxes has a pinned port at one end (docs/cluster.md), so
-    a firewall allowing only those lets the cluster work: the random ports some Ray processes
-    listen on carry nothing between boxes."""
-    pinned = {6379, *range(6400, 6407), *range(6410, 6450)}
+    """Every TCP connection between the boxes has at one end a port the firewall rules of
+    docs/cluster.md open to the other boxes (the GCS, object manager, raylet, workers), so those
+    rules let the cluster work: the agents' ports and the random ones carry nothing between boxes."""
+    pinned = {6379, 6400, 6401, *range(6410, 6450)}
     listed = subprocess.run([*ns.exec(box), "ss", "-tnH", "state", "established"], capture_output=True,
                             text=True, check=True).stdout
     between = [line.split()[-2:] for line in listed.splitlines() if line.count("10.79.0.") == 2]
