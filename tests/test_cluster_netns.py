@@ -83,8 +83,13 @@ def test_cluster_settings_are_read_and_bad_ones_named(tmp_path: Path) -> None:
         ClusterConfig(head="head.lan:6379").peer_networks()
 
 
-def test_serve_refuses_a_head_given_by_name_in_no_network_mode(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pennello", "serve", "--port", "0", "--cluster", "head.lan:6379"],
+@pytest.mark.parametrize("where", ["flag", "config"])
+def test_serve_refuses_a_head_given_by_name_in_no_network_mode(tmp_path: Path, where: str) -> None:
+    flag = ["--cluster", "head.lan:6379"] if where == "flag" else []
+    if where == "config":  # `serve` alone draws on [cluster] head
+        (tmp_path / "config").mkdir()
+        (tmp_path / "config" / "config.toml").write_text('[cluster]\nhead = "head.lan:6379"\n')
+    result = subprocess.run([sys.executable, "-m", "pennello", "serve", "--port", "0", *flag],
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PENNELLO_HOME": str(tmp_path)})
     assert result.returncode != 0 and "cluster.head: 'head.lan' is not an IP address" in result.stderr, result.stderr
@@ -140,7 +145,8 @@ def test_a_cluster_draws_on_its_remote_node_and_sends_nothing_to_the_internet(tm
     processes: list[subprocess.Popen] = []
     head_home, node_home = tmp_path / "head", tmp_path / "node"
     (head_home / "config").mkdir(parents=True)
-    (head_home / "config" / "config.toml").write_text(f'[cluster]\npeers = ["{NODE}"]\n')  # offline.enabled: the default
+    # offline.enabled is the default: only the node is added to what the front may reach
+    (head_home / "config" / "config.toml").write_text(f'[cluster]\npeers = ["{NODE}"]\n')
     node_install = _install(node_home)  # while the boxes are wired and the head starts
     try:
         head_ns, node_ns, internet_ns = _boxes(ns)
@@ -184,7 +190,8 @@ def _installed(install: subprocess.Popen) -> None:
 
 
 def _start_cluster(ns: Namespaces, head_ns: str, node_ns: str, head_home: Path, node_home: Path,
-                   node_install: subprocess.Popen, processes: list[subprocess.Popen], tmp_path: Path) -> subprocess.Popen:
+                   node_install: subprocess.Popen, processes: list[subprocess.Popen],
+                   tmp_path: Path) -> subprocess.Popen:
     """The head (no model), the node (the model) and the front; returns the front."""
     head = _pennello(ns, head_ns, head_home, "node", "--head", "--ip", HEAD, log=tmp_path / "head.log")
     processes.append(head)
@@ -206,10 +213,10 @@ def _start_cluster(ns: Namespaces, head_ns: str, node_ns: str, head_home: Path, 
 
 
 def _only_pinned_ports_between_boxes(ns: Namespaces, box: str) -> None:
-    """Every TCP connection between the boxes has a pinned port at one end (docs/cluster.md), so
-    a firewall allowing only those lets the cluster work: the random ports some Ray processes
-    listen on carry nothing between boxes."""
-    pinned = {6379, *range(6400, 6407), *range(6410, 6450)}
+    """Every TCP connection between the boxes has at one end a port the firewall rules of
+    docs/cluster.md open to the other boxes (the GCS, object manager, raylet, workers), so those
+    rules let the cluster work: the agents' ports and the random ones carry nothing between boxes."""
+    pinned = {6379, 6400, 6401, *range(6410, 6450)}
     listed = subprocess.run([*ns.exec(box), "ss", "-tnH", "state", "established"], capture_output=True,
                             text=True, check=True).stdout
     between = [line.split()[-2:] for line in listed.splitlines() if line.count("10.79.0.") == 2]
