@@ -127,26 +127,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("cluster")
     head_home, node_home = tmp / "head", tmp / "node"
     _install(head_home, node_home)
-    head_port, head_base, node_base = _free_base(HEAD_IP, 1), _free_base(HEAD_IP), _free_base(NODE_IP)
-    head_address = f"{HEAD_IP}:{head_port}"
-    processes = []
+    processes: list[subprocess.Popen] = []
     try:
-        head = _pennello(head_home, "node", "--head", "--ip", HEAD_IP, "--port", str(head_port),
-                         "--port-base", str(head_base), log=tmp / "head.log")
-        processes.append(head)
-        _wait_port(HEAD_IP, head_port, head, tmp / "head.log")
-        front = _pennello(head_home, "serve", "--port", "0", "--cluster", head_address, log=tmp / "front.log")
-        processes.append(front)
-        match = _serving(front)
-        assert match, f"serve --cluster did not start:\n{(tmp / 'front.log').read_text()[-3000:]}"
-        url = match.group(1)
+        head_address, front, url = _start_head_and_front(tmp, head_home, processes)
         SERVED[url] = get_paths(head_home)  # the tests' plain requests go as its owner
         client = Client(url, paths=get_paths(head_home))
         alone = _tiny(client)["cluster"]["replicas"]  # the front deployed before the node joined
-        node = _join(cluster_head=head_address, home=node_home, base=node_base, log=tmp / "node.log",
-                     pair=("--front", url, "--pair", _node_code(head_home)))
-        processes.append(node)
-        _wait_replicas(client, 2)
+        pair = ("--front", url, "--pair", _node_code(head_home))
+        for attempt in range(2):  # as for the head: a node that missed Ray's start window, once more
+            node_base = _free_base(NODE_IP)
+            node = _join(cluster_head=head_address, home=node_home, base=node_base, log=tmp / f"node{attempt}.log",
+                         pair=pair if attempt == 0 else ())  # its pairing is kept: no code the second time
+            processes.append(node)
+            if _wait_replicas(client, 2, node):
+                break
+        else:
+            raise AssertionError(f"the node stopped twice:\n{(tmp / 'node1.log').read_text()[-3000:]}")
         # A box with the wrong token tries to join while the first tests run (one checks how it ended).
         wrong = tmp / "wrong-token"
         wrong.write_text("0" * 64 + "\n")
@@ -159,6 +155,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for process in reversed(processes):
             _stop(process)
         SERVED.pop(locals().get("url", ""), None)
+
+
+def _start_head_and_front(tmp: Path, head_home: Path,
+                          processes: list[subprocess.Popen]) -> tuple[str, subprocess.Popen, str]:
+    """The head and the front on its box: the head's address, the front process and its URL.
+
+    Ray gives a starting node a fixed 30 s to register with its head; on an overloaded machine the
+    head can miss it and stop, and then the front cannot connect: that is tried once more."""
+    for attempt in range(2):
+        head_port, head_base = _free_base(HEAD_IP, 1), _free_base(HEAD_IP)
+        head_address = f"{HEAD_IP}:{head_port}"
+        head = _pennello(head_home, "node", "--head", "--ip", HEAD_IP, "--port", str(head_port),
+                         "--port-base", str(head_base), log=tmp / f"head{attempt}.log")
+        processes.append(head)
+        _wait_port(HEAD_IP, head_port, head, tmp / f"head{attempt}.log")
+        front = _pennello(head_home, "serve", "--port", "0", "--cluster", head_address, log=tmp / "front.log")
+        processes.append(front)
+        match = _serving(front)
+        if match:
+            return head_address, front, match.group(1)
+        assert attempt == 0 and head.poll() is not None, (tmp / "front.log").read_text()[-3000:]
+    raise AssertionError(f"serve --cluster did not start:\n{(tmp / 'front.log').read_text()[-3000:]}")
 
 
 def _node_code(head_home: Path) -> str:
@@ -177,12 +195,16 @@ def _join(cluster_head: str, home: Path, base: int, log: Path, pair: tuple[str, 
     return node
 
 
-def _wait_replicas(client: Client, replicas: int) -> None:
-    """Until the front's deployment has ``replicas`` replicas (it rescales as nodes come and go)."""
+def _wait_replicas(client: Client, replicas: int, node: subprocess.Popen | None = None) -> bool:
+    """Until the front's deployment has ``replicas`` replicas (it rescales as nodes come and go);
+    False if ``node``, the one awaited, stopped instead."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while _tiny(client)["cluster"]["replicas"] != replicas:
         assert time.monotonic() < deadline, f"not {replicas} replicas after {START_TIMEOUT_S}s: {_tiny(client)}"
+        if node is not None and node.poll() is not None:
+            return False
         time.sleep(1)
+    return True
 
 
 def _tiny(client: Client) -> dict:
@@ -337,20 +359,20 @@ def test_a_node_killed_mid_batch_hands_its_batch_to_the_other_replica(cluster: C
     drawn = sum(replica.cpu_times()[:2])
     # Long batches, more than the replicas: a replica takes one at a time, so the node gets one
     # even when Serve's router, slow to hear from it on a loaded machine, first tries the head.
-    jobs = [client.call("POST", "/api/generate", json={"prompt": "a slow kite", "n": 8, "steps": 100, "seed": seed})
+    jobs = [client.call("POST", "/api/generate", json={"prompt": "a slow kite", "n": 4, "steps": 80, "seed": seed})
             for seed in (1, 2, 3)]
     # Kill once the node's replica is drawing (burning CPU), not before it got its batch.
-    _until(lambda: sum(replica.cpu_times()[:2]) - drawn, lambda busy: busy > 0.5, 120)
+    _until(lambda: sum(replica.cpu_times()[:2]) - drawn, lambda busy: busy > 0.3, 120)
     assert _kill_node(cluster) > 0
     _wait_replicas(cluster.client, 1)  # the front stops counting on the dead node (while the batches run)
     ended = [_until(lambda job=job: _job(client, job["id"]), lambda j: j["status"] not in ("queued", "running"))
              for job in jobs]
     assert [job["status"] for job in ended] == ["done"] * 3, ended
-    assert all(len(job["images"]) == 8 for job in ended)
+    assert all(len(job["images"]) == 4 for job in ended)
     # Both batches were drawn by the surviving node: the killed one finished none of them.
     after = _tiny(cluster.client)["cluster"]["pictures_by_node"]
     gained = {node: count - before.get(node, 0) for node, count in after.items() if count != before.get(node, 0)}
-    assert list(gained.values()) == [24], (before, after)
+    assert list(gained.values()) == [12], (before, after)
     # ...because the batch sent to the killed node went to the other replica: Serve's router resends
     # a request whose replica became unreachable, the front one whose replica died under it.
     log = (cluster.tmp / "front.log").read_text()
