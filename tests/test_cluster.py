@@ -294,6 +294,7 @@ def test_an_edit_on_the_front_is_refused_with_a_clear_400(cluster: Cluster) -> N
     (["node", "--join", "127.0.0.2:6379", "--ip", NODE_IP, "--token-file", "missing-token"],
      "cannot read the cluster token file"),
     (["node", "--join", "127.0.0.2:6379", "--ip", NODE_IP], "this node is not paired with the cluster's front"),
+    (["node", "--join", "127.0.0.2:6379", "--ip", NODE_IP, "--pair", "K7M2QX9P"], "--pair needs --front URL"),
     (["node", "--head", "--ip", HEAD_IP, "--port-base", "80"], "the cluster port base must be between"),
     (["serve", "--port", "0", "--cluster", "127.0.0.2:6379"], "no pennello node runs on this box"),
 ])
