@@ -68,6 +68,8 @@ class ClusterResidency(Residency):
     A watcher thread keeps each deployment at one replica per node offering the model, so a node
     joining later adds capacity, and one that died stops being waited for, without a restart."""
 
+    _watcher: threading.Thread | None = None
+
     def _load(self, name: str) -> Loaded:
         import ray
         from ray import serve
@@ -90,7 +92,7 @@ class ClusterResidency(Residency):
     def _watch(self) -> None:
         """Start the watcher (:meth:`_rescale`) once."""
         with self.cond:
-            if getattr(self, "_watcher", None) is None:
+            if self._watcher is None:
                 self._watcher = threading.Thread(target=self._rescale_forever, name="pennello-cluster-watch",
                                                  daemon=True)
                 self._watcher.start()
@@ -114,7 +116,9 @@ class ClusterResidency(Residency):
 
         name, resource = loaded.installed.name, loaded.derived["resource"]
         replicas = int(ray.cluster_resources().get(resource, 0))
-        if replicas in (0, loaded.derived["replicas"]):
+        with self.cond:
+            dropped = self.loaded.get(name) is not loaded  # unloaded meanwhile: do not deploy it again
+        if dropped or replicas in (0, loaded.derived["replicas"]):
             return  # none left: keep waiting for one rather than delete the application
         log.info("%s: %d node(s) offer it now, had %d; rescaling", name, replicas, loaded.derived["replicas"])
         if replicas < loaded.derived["replicas"]:  # stop waiting for the lost ones now, not once Serve is done
