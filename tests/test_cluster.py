@@ -1,15 +1,20 @@
 """Several boxes behind one pennello (docs/cluster.md): a real two-node Ray cluster on loopback.
 
 One cluster for the module, as separate processes, the way an office runs it: ``pennello node
---head`` and ``pennello node --join`` each with its own pennello home and store (127.0.0.2 and
-127.0.0.3 stand for two boxes), and ``pennello serve --cluster`` on the head's box. The pictures
-are drawn by the embedded model on the nodes' Serve replicas, through pennello's own HTTP API and
-client; a node with the wrong token is refused. Needs ``pip install 'pennello[cluster]'``.
+--head`` and ``pennello serve --cluster`` on the head's box, then a second box paired with the
+front (``pennello pair --node``, ``pennello node --join --pair``), each with its own pennello home
+and store (127.0.0.2 and 127.0.0.3 stand for two boxes). The pictures are drawn by the embedded
+model on the nodes' Serve replicas, through pennello's own HTTP API and client; a node with the
+wrong token or a revoked pairing is refused. The second node joins after the front deployed on
+the head alone, so the front scaling to it without a restart is tested by every draw. The last
+tests change the cluster: a node killed mid-batch (its batch goes to the other replica), then the
+queue's 429 and cancel on the one node left. Needs ``pip install 'pennello[cluster]'``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -30,6 +35,9 @@ from PIL import Image
 pytest.importorskip("ray", reason="the cluster extra is not installed (pip install 'pennello[cluster]')")
 
 from pennello.client import Client  # noqa: E402 - after the skip: nothing to test without Ray
+from pennello.paths import get_paths  # noqa: E402
+
+from _fixtures_owner import SERVED  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -57,10 +65,14 @@ def _pennello(home: Path, *args: str, log: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=open(log, "w"))
 
 
-def _install(home: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pennello", "install", "pennello-tiny"], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "PENNELLO_HOME": str(home)})
-    assert result.returncode == 0, result.stderr
+def _install(*homes: Path) -> None:
+    """``pennello install pennello-tiny`` into each home, side by side."""
+    installs = [subprocess.Popen([sys.executable, "-m", "pennello", "install", "pennello-tiny"], text=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 env={**os.environ, "PENNELLO_HOME": str(home)}) for home in homes]
+    for install in installs:
+        _, err = install.communicate(timeout=300)
+        assert install.returncode == 0, err
 
 
 def _wait_port(ip: str, port: int, process: subprocess.Popen, log: Path) -> None:
@@ -100,56 +112,126 @@ class Cluster:
     url: str  # the front's HTTP API
     token_file: Path
     tmp: Path
-    node_ports: dict[str, int]  # node ip -> its node-manager port, to find its processes
+    head_home: Path
+    node_home: Path
+    node: subprocess.Popen  # the paired node's `pennello node`
+    node_base: int  # its pinned ports start here
+    front: subprocess.Popen
+    client: Client  # the front's owner
+    stranger: subprocess.Popen  # a node with the wrong token
+    replicas_before_join: int
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("cluster")
     head_home, node_home = tmp / "head", tmp / "node"
-    _install(head_home)
-    _install(node_home)
-    head_port, head_base, node_base = _free_base(HEAD_IP, 1), _free_base(HEAD_IP), _free_base(NODE_IP)
-    head_address = f"{HEAD_IP}:{head_port}"
-    processes = []
+    _install(head_home, node_home)
+    processes: list[subprocess.Popen] = []
     try:
-        head = _pennello(head_home, "node", "--head", "--ip", HEAD_IP, "--port", str(head_port),
-                         "--port-base", str(head_base), log=tmp / "head.log")
-        processes.append(head)
-        _wait_port(HEAD_IP, head_port, head, tmp / "head.log")
-        token_file = head_home / "data" / "state" / "cluster-token"
-        node = _pennello(node_home, "node", "--join", head_address, "--ip", NODE_IP, "--port-base",
-                         str(node_base), "--token-file", str(token_file), log=tmp / "node.log")
-        processes.append(node)
-        _wait_port(NODE_IP, node_base + 1, node, tmp / "node.log")  # its raylet
-        front = _pennello(head_home, "serve", "--port", "0", "--cluster", head_address, log=tmp / "front.log")
-        processes.append(front)
-        match = _serving(front)
-        assert match, f"serve --cluster did not start:\n{(tmp / 'front.log').read_text()[-3000:]}"
-        yield Cluster(head_address, match.group(1), token_file, tmp,
-                      {HEAD_IP: head_base + 1, NODE_IP: node_base + 1})
+        head_address, front, url = _start_head_and_front(tmp, head_home, processes)
+        SERVED[url] = get_paths(head_home)  # the tests' plain requests go as its owner
+        client = Client(url, paths=get_paths(head_home))
+        alone = _tiny(client)["cluster"]["replicas"]  # the front deployed before the node joined
+        pair = ("--front", url, "--pair", _node_code(head_home))
+        for attempt in range(2):  # as for the head: a node that missed Ray's start window, once more
+            node_base = _free_base(NODE_IP)
+            node = _join(cluster_head=head_address, home=node_home, base=node_base, log=tmp / f"node{attempt}.log",
+                         pair=pair if attempt == 0 else ())  # its pairing is kept: no code the second time
+            processes.append(node)
+            if _wait_replicas(client, 2, node):
+                break
+        else:
+            raise AssertionError(f"the node stopped twice:\n{(tmp / 'node1.log').read_text()[-3000:]}")
+        # A box with the wrong token tries to join while the first tests run (one checks how it ended).
+        wrong = tmp / "wrong-token"
+        wrong.write_text("0" * 64 + "\n")
+        stranger = _pennello(tmp / "stranger", "node", "--join", head_address, "--ip", STRANGER_IP, "--port-base",
+                             str(_free_base(STRANGER_IP)), "--token-file", str(wrong), log=tmp / "stranger.log")
+        processes.append(stranger)
+        yield Cluster(head_address, url, head_home / "data" / "state" / "cluster-token", tmp, head_home,
+                      node_home, node, node_base, front, client, stranger, alone)
     finally:
         for process in reversed(processes):
             _stop(process)
+        SERVED.pop(locals().get("url", ""), None)
 
 
-def _by_node(url: str) -> dict[str, int]:
-    models = requests.get(f"{url}/api/ps", timeout=30).json()["models"]
-    (tiny,) = [model for model in models if model["name"] == "pennello-tiny"]
-    assert tiny["device"] == "cluster" and tiny["cluster"]["replicas"] == 2, tiny
+def _start_head_and_front(tmp: Path, head_home: Path,
+                          processes: list[subprocess.Popen]) -> tuple[str, subprocess.Popen, str]:
+    """The head and the front on its box: the head's address, the front process and its URL.
+
+    Ray gives a starting node a fixed 30 s to register with its head; on an overloaded machine the
+    head can miss it and stop, and then the front cannot connect: that is tried once more."""
+    for attempt in range(2):
+        head_port, head_base = _free_base(HEAD_IP, 1), _free_base(HEAD_IP)
+        head_address = f"{HEAD_IP}:{head_port}"
+        head = _pennello(head_home, "node", "--head", "--ip", HEAD_IP, "--port", str(head_port),
+                         "--port-base", str(head_base), log=tmp / f"head{attempt}.log")
+        processes.append(head)
+        _wait_port(HEAD_IP, head_port, head, tmp / f"head{attempt}.log")
+        front = _pennello(head_home, "serve", "--port", "0", "--cluster", head_address, log=tmp / "front.log")
+        processes.append(front)
+        match = _serving(front)
+        if match:
+            return head_address, front, match.group(1)
+        assert attempt == 0 and head.poll() is not None, (tmp / "front.log").read_text()[-3000:]
+    raise AssertionError(f"serve --cluster did not start:\n{(tmp / 'front.log').read_text()[-3000:]}")
+
+
+def _node_code(head_home: Path) -> str:
+    """A node's one-time code, as the owner gets it on the front's box."""
+    result = subprocess.run([sys.executable, "-m", "pennello", "pair", "--node"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PENNELLO_HOME": str(head_home)})
+    match = re.search(r"--pair (\S+)", result.stdout)
+    assert result.returncode == 0 and match, result.stdout + result.stderr
+    return match.group(1)
+
+
+def _join(cluster_head: str, home: Path, base: int, log: Path, pair: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`pennello node --join` as NODE_IP, once its raylet listens."""
+    node = _pennello(home, "node", "--join", cluster_head, "--ip", NODE_IP, "--port-base", str(base), *pair, log=log)
+    _wait_port(NODE_IP, base + 1, node, log)  # its raylet
+    return node
+
+
+def _wait_replicas(client: Client, replicas: int, node: subprocess.Popen | None = None) -> bool:
+    """Until the front's deployment has ``replicas`` replicas (it rescales as nodes come and go);
+    False if ``node``, the one awaited, stopped instead."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while _tiny(client)["cluster"]["replicas"] != replicas:
+        assert time.monotonic() < deadline, f"not {replicas} replicas after {START_TIMEOUT_S}s: {_tiny(client)}"
+        if node is not None and node.poll() is not None:
+            return False
+        time.sleep(1)
+    return True
+
+
+def _tiny(client: Client) -> dict:
+    (tiny,) = [model for model in client.ps()["models"] if model["name"] == "pennello-tiny"]
+    assert tiny["device"] == "cluster", tiny
+    return tiny
+
+
+def _by_node(client: Client) -> dict[str, int]:
+    tiny = _tiny(client)
+    assert tiny["cluster"]["replicas"] == 2, tiny
     return tiny["cluster"]["pictures_by_node"]
 
 
 def test_pictures_are_drawn_on_both_nodes_through_the_front(cluster: Cluster) -> None:
-    client = Client(cluster.url)
-    before = sum(_by_node(cluster.url).values())
+    client = cluster.client
+    before = sum(_by_node(cluster.client).values())
     seen: list[bytes] = []
     # Serve picks between idle replicas at random: 12 batches all on one node is 1 chance in 2048.
     for seed in range(12):
         (image,) = client.generate("a red kite over a beach", seed=seed)
         assert image["seed"] == seed and image["bytes"].startswith(b"\x89PNG")
         seen.append(image["bytes"])
-    by_node = _by_node(cluster.url)
+    by_node = _by_node(cluster.client)
+    # The second node joined after the front had deployed on the head alone: the front scaled to
+    # it in place, without a restart.
+    assert cluster.replicas_before_join == 1 and cluster.front.poll() is None
     assert sum(by_node.values()) == before + 12
     assert len(by_node) == 2 and all(count > 0 for count in by_node.values()), by_node
     # The same seed draws the same picture whichever node draws it (the files differ: job ids).
@@ -161,21 +243,41 @@ def _pixels(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
 
 
-def test_a_node_with_the_wrong_token_is_refused(cluster: Cluster) -> None:
-    wrong = cluster.tmp / "wrong-token"
-    wrong.write_text("0" * 64 + "\n")
-    stranger_home = cluster.tmp / "stranger"
-    _install(stranger_home)
-    stranger = _pennello(stranger_home, "node", "--join", cluster.head, "--ip", STRANGER_IP, "--port-base",
-                         str(_free_base(STRANGER_IP)), "--token-file", str(wrong), log=cluster.tmp / "stranger.log")
-    try:
-        code = stranger.wait(timeout=180)
-    finally:
-        _stop(stranger)
-    log = (cluster.tmp / "stranger.log").read_text()
-    assert code != 0, log[-3000:]
-    assert "InvalidAuthToken" in log and "Ray stopped" in log, log[-3000:]  # refused for its token
-    assert _by_node(cluster.url) is not None  # the front still answers with its two replicas
+def _run(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pennello", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PENNELLO_HOME": str(home)})
+
+
+def _node_tokens(head_home: Path) -> dict[str, dict]:
+    listed = _run(head_home, "tokens", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return {token["name"]: token for token in json.loads(listed.stdout) if token["scope"] == "node"}
+
+
+def test_a_paired_node_keeps_its_secrets_private_and_a_revoked_one_cannot_join(cluster: Cluster) -> None:
+    from pennello.daemon.cluster.membership import CREDENTIAL_FILE, join_through_front
+    from pennello.installer import Store
+
+    state = get_paths(cluster.node_home).state_dir
+    for secret in ("cluster-token", CREDENTIAL_FILE):
+        assert (state / secret).stat().st_mode & 0o777 == 0o600, secret
+    assert (state / "cluster-token").read_text() == cluster.token_file.read_text()
+    assert f"node {NODE_IP}" in _node_tokens(cluster.head_home)
+    # Another box pairs as `pennello node --pair` does, over the front's real API; then the owner
+    # revokes it, and its next join is refused before any Ray starts, its copy of the token gone.
+    late_home = cluster.tmp / "revoked"
+    late = get_paths(late_home).ensure()
+    join_through_front(late, Store(late), "node revoked", cluster.url, _node_code(cluster.head_home), None)
+    assert (late.state_dir / "cluster-token").read_text() == cluster.token_file.read_text()
+    (late.state_dir / "cluster-token").unlink()  # a later join needs no code: its node token gets it
+    join_through_front(late, Store(late), "node revoked", None, None, None)
+    assert (late.state_dir / "cluster-token").read_text() == cluster.token_file.read_text()
+    revoked = _run(cluster.head_home, "tokens", "revoke", _node_tokens(cluster.head_home)["node revoked"]["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    result = _run(late_home, "node", "--join", cluster.head, "--ip", STRANGER_IP)
+    assert result.returncode != 0 and "refused this node" in result.stderr, result.stderr
+    assert "pairing was revoked" in result.stderr and "pennello pair --node" in result.stderr
+    assert not (late.state_dir / "cluster-token").exists()
 
 
 def test_an_edit_on_the_front_is_refused_with_a_clear_400(cluster: Cluster) -> None:
@@ -191,6 +293,8 @@ def test_an_edit_on_the_front_is_refused_with_a_clear_400(cluster: Cluster) -> N
     (["node", "--ip", HEAD_IP], "say either --head or --join"),
     (["node", "--join", "127.0.0.2:6379", "--ip", NODE_IP, "--token-file", "missing-token"],
      "cannot read the cluster token file"),
+    (["node", "--join", "127.0.0.2:6379", "--ip", NODE_IP], "this node is not paired with the cluster's front"),
+    (["node", "--join", "127.0.0.2:6379", "--ip", NODE_IP, "--pair", "K7M2QX9P"], "--pair needs --front URL"),
     (["node", "--head", "--ip", HEAD_IP, "--port-base", "80"], "the cluster port base must be between"),
     (["serve", "--port", "0", "--cluster", "127.0.0.2:6379"], "no pennello node runs on this box"),
 ])
@@ -198,3 +302,94 @@ def test_cluster_commands_say_what_is_wrong(tmp_path: Path, args: list[str], mes
     result = subprocess.run([sys.executable, "-m", "pennello", *args], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path, env={**os.environ, "PENNELLO_HOME": str(tmp_path / "home")})
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+# --- last: the stranger (refused meanwhile), then what changes the cluster or keeps it busy ---------
+
+def test_a_node_with_the_wrong_token_is_refused(cluster: Cluster) -> None:
+    code = cluster.stranger.wait(timeout=180)
+    log = (cluster.tmp / "stranger.log").read_text()
+    assert code != 0, log[-3000:]
+    assert "InvalidAuthToken" in log and "Ray stopped" in log, log[-3000:]  # refused for its token
+    assert _by_node(cluster.client) is not None  # the front still answers with its two replicas
+
+
+def _kill_node(cluster: Cluster) -> int:
+    """SIGKILL every Ray process of the paired node (its raylet, workers, replica), as a power cut
+    would; returns how many."""
+    import psutil
+
+    tree = psutil.Process(cluster.node.pid).children(recursive=True)
+    marks = {f"--node-ip-address={NODE_IP}", f"--node-manager-port={cluster.node_base + 1}"}
+    strays = [p for p in psutil.process_iter(["cmdline"]) if marks <= set(p.info["cmdline"] or ())]
+    doomed = {p.pid: p for p in [*tree, *strays]}
+    for process in doomed.values():
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(doomed)
+
+
+def _node_replica(cluster: Cluster):  # noqa: ANN202 - a psutil.Process
+    """The paired node's Serve replica process (its raylet's worker)."""
+    import psutil
+
+    replicas = [p for p in psutil.Process(cluster.node.pid).children(recursive=True) if "ServeReplica" in p.name()
+                or "ServeReplica" in " ".join(p.cmdline())]
+    assert len(replicas) == 1, replicas
+    return replicas[0]
+
+
+def _job(client: Client, job_id: str) -> dict:
+    return client.call("GET", f"/api/jobs/{job_id}")
+
+
+def _until(what, done, timeout_s: float = START_TIMEOUT_S):  # noqa: ANN001, ANN202 - a test helper
+    deadline = time.monotonic() + timeout_s
+    while not done(value := what()):
+        assert time.monotonic() < deadline, value
+        time.sleep(0.2)
+    return value
+
+
+def test_a_node_killed_mid_batch_hands_its_batch_to_the_other_replica(cluster: Cluster) -> None:
+    client = cluster.client
+    before = _by_node(cluster.client)
+    replica = _node_replica(cluster)
+    drawn = sum(replica.cpu_times()[:2])
+    # Long batches, more than the replicas: a replica takes one at a time, so the node gets one
+    # even when Serve's router, slow to hear from it on a loaded machine, first tries the head.
+    jobs = [client.call("POST", "/api/generate", json={"prompt": "a slow kite", "n": 4, "steps": 80, "seed": seed})
+            for seed in (1, 2, 3)]
+    # Kill once the node's replica is drawing (burning CPU), not before it got its batch.
+    _until(lambda: sum(replica.cpu_times()[:2]) - drawn, lambda busy: busy > 0.3, 120)
+    assert _kill_node(cluster) > 0
+    _wait_replicas(cluster.client, 1)  # the front stops counting on the dead node (while the batches run)
+    ended = [_until(lambda job=job: _job(client, job["id"]), lambda j: j["status"] not in ("queued", "running"))
+             for job in jobs]
+    assert [job["status"] for job in ended] == ["done"] * 3, ended
+    assert all(len(job["images"]) == 4 for job in ended)
+    # Both batches were drawn by the surviving node: the killed one finished none of them.
+    after = _tiny(cluster.client)["cluster"]["pictures_by_node"]
+    gained = {node: count - before.get(node, 0) for node, count in after.items() if count != before.get(node, 0)}
+    assert list(gained.values()) == [12], (before, after)
+    # ...because the batch sent to the killed node went to the other replica: Serve's router resends
+    # a request whose replica became unreachable, the front one whose replica died under it.
+    log = (cluster.tmp / "front.log").read_text()
+    assert "a replica was lost mid-batch" in log or "Request failed because Replica" in log, log[-3000:]
+
+
+def test_the_front_queues_answers_429_when_full_and_cancels_on_the_cluster(cluster: Cluster) -> None:
+    client = cluster.client
+    # Slow batches of different prompts (no two merged): on the replica, the queue behind them.
+    answers = [requests.post(f"{cluster.url}/api/generate", json={"prompt": f"kite {i}", "steps": 100, "n": 4},
+                             timeout=60) for i in range(40)]
+    busy = [answer for answer in answers if answer.status_code == 429]
+    assert busy and all(answer.headers.get("Retry-After") for answer in busy), [a.status_code for a in answers]
+    jobs = [answer.json()["id"] for answer in answers if answer.status_code == 202]
+    for job_id in jobs:  # cancel every job: queued ones and those a replica is drawing
+        client.cancel_job(job_id)
+    ended = [_until(lambda job_id=job_id: _job(client, job_id), lambda j: j["status"] in ("done", "cancelled"), 120)
+             for job_id in jobs]
+    assert sum(job["status"] == "cancelled" for job in ended) >= len(jobs) - 2, [j["status"] for j in ended]

@@ -63,6 +63,9 @@ class Painter:
                                    pick_device(config.engine.device))
         self.loaded = self.residency.ensure_loaded(model)  # verified, then loaded; raises if damaged
         self.runner = Runner(cond, self.residency, saver=None)
+        # One pipeline call at a time: a cancelled call goes on drawing in its thread while Serve
+        # hands this replica the next batch, and two calls on one scheduler ran past its last step.
+        self._drawing = threading.Lock()
         log.info("replica of %s v%d ready on node %s", model, self.loaded.installed.version, self.node)
 
     def draw(self, model: str, digest: str, pictures: list[tuple[GenerateRequest, int]]) -> dict[str, Any]:
@@ -77,7 +80,8 @@ class Painter:
             raise StoreError(f"version mismatch: this node has {self.model} {installed.digest}, "
                              f"the front asked for {model} {digest}")
         slots = [(Job(request, [seed]), 0) for request, seed in pictures]
-        images, timing = self.runner.draw(self.loaded, slots)
+        with self._drawing:
+            images, timing = self.runner.draw(self.loaded, slots)
         return {"images": [_png(image) for image in images], "timing": timing, "node": self.node}
 
 

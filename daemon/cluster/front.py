@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 _NO_WEIGHTS = SimpleNamespace(dtype=None)  # what describe sees of a model whose weights are on the nodes
 _POLL_S = 0.25  # how often a waiting batch looks for cancelled jobs
 RETRIES = 2  # a replica that died mid-batch: the batch goes to another one this many times more
+RESCALE_S = 2.0  # how often the nodes offering each deployed model are counted again
 
 
 def connect(head: str, token_file: Path, node_ip: str) -> None:
@@ -61,7 +63,12 @@ def connect(head: str, token_file: Path, node_ip: str) -> None:
 
 
 class ClusterResidency(Residency):
-    """Models as Serve applications: "loaded" means deployed on every node that verified it."""
+    """Models as Serve applications: "loaded" means deployed on every node that verified it.
+
+    A watcher thread keeps each deployment at one replica per node offering the model, so a node
+    joining later adds capacity, and one that died stops being waited for, without a restart."""
+
+    _watcher: threading.Thread | None = None
 
     def _load(self, name: str) -> Loaded:
         import ray
@@ -78,9 +85,48 @@ class ClusterResidency(Residency):
         handle._init(_prefer_local_routing=False)  # Ray's only switch for it in 2.60
         log.info("%s v%d deployed on %d node(s)", name, installed.version, replicas)
         loaded = Loaded(installed, get_family(installed.manifest.pipeline.family), pipe=handle)
-        loaded.derived["replicas"] = replicas
-        loaded.derived["served_by"] = Counter()
+        loaded.derived.update(replicas=replicas, served_by=Counter(), resource=resource)
+        self._watch()
         return loaded
+
+    def _watch(self) -> None:
+        """Start the watcher (:meth:`_rescale`) once."""
+        with self.cond:
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._rescale_forever, name="pennello-cluster-watch",
+                                                 daemon=True)
+                self._watcher.start()
+
+    def _rescale_forever(self) -> None:
+        while True:
+            time.sleep(RESCALE_S)
+            with self.cond:
+                models = list(self.loaded.values())
+            for loaded in models:
+                try:
+                    self._rescale(loaded)
+                except Exception as e:  # the cluster may be changing under us: try again later
+                    log.warning("cannot rescale %s: %s", loaded.installed.name, e)
+
+    def _rescale(self, loaded: Loaded) -> None:
+        """One replica per node offering the model now; Serve adds or removes replicas in place
+        (the running ones and the handle stay). Returns once the new replicas are up."""
+        import ray
+        from ray import serve
+
+        name, resource = loaded.installed.name, loaded.derived["resource"]
+        replicas = int(ray.cluster_resources().get(resource, 0))
+        with self.cond:
+            dropped = self.loaded.get(name) is not loaded  # unloaded meanwhile: do not deploy it again
+        if dropped or replicas in (0, loaded.derived["replicas"]):
+            return  # none left: keep waiting for one rather than delete the application
+        log.info("%s: %d node(s) offer it now, had %d; rescaling", name, replicas, loaded.derived["replicas"])
+        if replicas < loaded.derived["replicas"]:  # stop waiting for the lost ones now, not once Serve is done
+            with self.cond:
+                loaded.derived["replicas"] = replicas
+        serve.run(deployment_for(name, resource, replicas), name=f"pennello-{name}", route_prefix=None)
+        with self.cond:
+            loaded.derived["replicas"] = replicas
 
     def describe(self, loaded: Loaded) -> dict[str, Any]:
         """As on one box (no weights here), with the replicas and which node drew how many pictures."""
@@ -114,7 +160,9 @@ class ClusterRunner(Runner):
     def run(self, slots: list[Slot]) -> None:
         """Wait for a free replica, then draw ``slots`` on a thread of ours."""
         with self._room:
-            self._room.wait_for(lambda: len(self._flying) < self._replicas(slots))
+            # Timed: a rescale (a node joined) frees room without any batch ending.
+            while not self._room.wait_for(lambda: len(self._flying) < self._replicas(slots), timeout=RESCALE_S):
+                pass
             self._flying.append(slots)
         self._pool.submit(self._run_one, slots)
 
