@@ -59,11 +59,12 @@ class ServerConfig:
     # private networks no-network mode lets the daemon reach; empty means every interface.
     interfaces: tuple[str, ...] = ()
     # Request threads of each HTTP server (loopback or LAN, and the isolated model worker's).
-    threads: int = 24
+    threads: int = 48
     # How many of them calls may hold while their pictures are made ("wait", event streams, the
     # OpenAI and A1111 generate routes); more are answered 429 with Retry-After, so that
     # threads - max_waiting stay free for health, status, progress, cancel and the web page.
-    max_waiting: int = 16
+    # As many as engine.queue_size: the device's batches stay full while refused callers wait.
+    max_waiting: int = 32
 
     def __post_init__(self) -> None:
         # The socket layer would take the port modulo 65536: 70000 silently served on 4464.

@@ -103,7 +103,8 @@ def generate(daemon: Serve, **fields) -> str:
 @pytest.fixture(scope="module")
 def lan_daemon(tmp_path_factory) -> Iterator[Serve]:
     home = get_paths(tmp_path_factory.mktemp("chaos-lan") / "home").ensure()
-    daemon = Serve(home, lan=True)
+    # Half the default threads and waiting calls: overfilling them takes 30 callers, not 50.
+    daemon = Serve(home, lan=True, PENNELLO_SERVER_THREADS="24", PENNELLO_SERVER_MAX_WAITING="16")
     yield daemon
     try:
         assert daemon.terminate() == 0, daemon.log_text()
@@ -210,8 +211,8 @@ def _waiting_call(daemon: Serve, index: int) -> requests.Response:
 def test_calls_waiting_for_pictures_leave_threads_for_the_owner(lan_daemon):
     """Seen in bench/bench_load.py: every call waiting for its pictures held one of the server's
     threads, so with as many callers as threads the owner's health check queued behind them for
-    seconds. Now at most server.max_waiting (16) calls wait; the others are refused with 429."""
-    callers = 30  # more than the 24 threads of each server
+    seconds. Now at most server.max_waiting (16 here) calls wait; the others are refused with 429."""
+    callers = 30  # more than the 24 threads each server has here
     with concurrent.futures.ThreadPoolExecutor(max_workers=callers) as pool:
         calls = [pool.submit(_waiting_call, lan_daemon, i) for i in range(callers)]
         deadline = time.monotonic() + 15
@@ -340,7 +341,7 @@ def test_sigterm_mid_job(small_disk):
     ("\udcff\x00garbage = [[[", "config.toml"),  # not even UTF-8
     ("[server]\nport = 99999\n", "server.port"),  # a bad value: its key is named
     ("[engine]\nqueue_size = \"many\"\n", "engine.queue_size"),
-    ("[server]\nmax_waiting = 24\n", "server.max_waiting"),  # no thread left for health and status
+    ("[server]\nmax_waiting = 48\n", "server.max_waiting"),  # no thread left for health and status
 ])
 def test_a_corrupt_config_file_is_a_message_not_a_traceback(tmp_path, text, named):
     home = get_paths(tmp_path / "home").ensure()
