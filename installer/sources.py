@@ -125,7 +125,16 @@ class HttpFetcher:
         self.options = options
         # Identity encoding: the bytes counted and hashed are the file's bytes.
         self.headers = {**(headers or {}), "Accept-Encoding": "identity"}
-        self.session = requests.Session()
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """This thread's session: the installer fetches several files at once, and a
+        ``requests.Session`` is not documented as safe to share between threads."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def url(self, path: str) -> str:
         raise NotImplementedError

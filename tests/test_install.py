@@ -110,3 +110,28 @@ def test_a_partial_changed_between_runs_is_refused_and_the_store_stays_as_it_was
     assert store_listing(home) == before and not partial.exists()
     assert (install("tiny", V1, serve=False).path / "unet/w.bin").read_bytes() == WEIGHTS_1  # afresh
     assert mirror.ranges("tiny/unet/w.bin") == ["bytes=100000-"]
+
+
+def test_the_files_of_an_install_download_at_the_same_time(home, mirror, install):
+    """A few streams at once, as huggingface_hub downloads: the mirror answers these three files
+    only while all three are being asked for, so fetching one after another fails with a 503."""
+    files = {f"unet/part-{n}.bin": bytes([n]) * 300_000 for n in range(3)}
+    mirror.together = {f"tiny/{path}" for path in files}
+    model = install("tiny", files)
+    assert all((model.path / path).read_bytes() == data for path, data in files.items())
+
+
+def test_a_failed_file_stops_the_others_and_the_store_stays_as_it_was(home, mirror, install):
+    """The other downloads end before the failure is reported: none of them becomes a blob after
+    the store was put back, and what each of them had is kept for the next attempt."""
+    files = {f"unet/part-{n}.bin": bytes([n]) * 2_000_000 for n in range(3)}
+    mirror.together = {f"tiny/{path}" for path in files}
+    mirror.substitute["tiny/unet/part-0.bin"] = b"\xff" * 2_000_000
+    with pytest.raises(IntegrityError, match="^unet/part-0.bin: sha256 "):
+        install("tiny", files)
+    assert store_listing(home) == {} and Store(home).names() == []
+    kept = {p.name: p.stat().st_size for p in home.downloads_dir.iterdir()}
+    assert set(kept) <= {f"{hashlib.sha256(files[f'unet/part-{n}.bin']).hexdigest()}.part" for n in (1, 2)}
+    del mirror.substitute["tiny/unet/part-0.bin"]
+    mirror.together = set()
+    assert install("tiny", files, serve=False).version == 1
