@@ -51,6 +51,11 @@ from pennello.installer.manifest import FileEntry, Source, check_relative_path
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
+# huggingface_hub (imported below, lazily) builds its user-agent header with telemetry: the torch
+# version and an AI-agent check that asks the Hub for its list of agents. pennello asks the Hub
+# for the commit's objects and the files it installs, nothing else; a user may still opt in.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 
 class _Hashing:
     """A file being written, hashed as it is written: never read back to be checked.

@@ -250,6 +250,8 @@ def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     assert row[:4] == ["tiny", "v1", "524.4 KB", "installed"]
     assert row[4] != "-" and row[5] == "signed commit"  # verified at install, against the commit
     assert Store(home).get("tiny").manifest.files[-1].sha256 == _sha(FILES[UNET])
+    # The Hub is asked for the commit's objects and the files, not for huggingface_hub's telemetry.
+    assert "api/agent-harnesses" not in hub.requests
 
 
 def test_pennello_install_without_git_objects_needs_first_fetch_consent(home, hub, publish):
