@@ -81,6 +81,7 @@ class Downloads:
     size: int  # bytes, files already in the store left out
     files: int
     models: tuple[str, ...]  # "name vN" of each model that downloads something
+    paths: tuple[tuple[str, int], ...] = ()  # (path in its model, bytes) of each file, largest first
 
 
 def _need(store: Store, verified: list[Verified]) -> dict[str, tuple[FileEntry, Verified]]:
@@ -193,7 +194,8 @@ class Installer:
         remote = [(entry, v) for entry, v in _need(self.store, todo).values()
                   if v.fetcher.remote and entry.sha256 not in v.contents]
         models = dict.fromkeys(f"{v.manifest.name} v{v.manifest.version}" for _, v in remote)
-        return Downloads(sum(entry.size for entry, _ in remote), len(remote), tuple(models))
+        largest = sorted(((entry.path, entry.size) for entry, _ in remote), key=lambda p: -p[1])
+        return Downloads(sum(entry.size for entry, _ in remote), len(remote), tuple(models), tuple(largest))
 
     def install_all(self, verified: list[Verified]) -> list[InstalledModel]:
         """Fetch every file of every manifest, then make each version current.

@@ -241,7 +241,7 @@ def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     assert _models_row(home, hub.url, "tiny") == ["tiny", "v1", "-", "available", "-", "-"]
     refused = _cli(home, hub.url, "install", "tiny")
     assert refused.returncode == 10, refused.stderr
-    assert "to download: 1 file, 524.3 KB (licence tiny: Apache-2.0)" in refused.stderr
+    assert f"to download: 1 file, 524.3 KB (licence tiny: Apache-2.0)\n   524.3 KB  {UNET}\n" in refused.stderr
     assert not [p for p in hub.requests if p.endswith(UNET)]
     done = _cli(home, hub.url, "install", "tiny", "--yes")
     assert done.returncode == 0, done.stderr

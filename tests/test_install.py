@@ -135,3 +135,25 @@ def test_a_failed_file_stops_the_others_and_the_store_stays_as_it_was(home, mirr
     del mirror.substitute["tiny/unet/part-0.bin"]
     mirror.together = set()
     assert install("tiny", files, serve=False).version == 1
+
+
+def test_pennello_install_names_the_largest_files_before_it_asks(home, mirror, publish):
+    """What a download holds, not only its size: the first dozen files, largest first."""
+    import os
+    import subprocess
+    import sys
+
+    from pennello.installer.catalog import Catalog
+
+    files = {f"unet/shard-{n:02d}.bin": b"w" * (1000 + n) for n in range(14)}
+    mirror.files.update({f"sharded/{path}": data for path, data in files.items()})
+    Catalog(home).write_user("sharded", publish(make_manifest(
+        "sharded", files, source=Source("mirror", base_url=f"{mirror.url}/sharded"))))
+    env = {**os.environ, "PENNELLO_HOME": str(home.runtime_dir.parent), "PENNELLO_INSTALLER_CONFIRM_OVER_MB": "0"}
+    refused = subprocess.run([sys.executable, "-m", "pennello", "install", "sharded"], capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL, env=env, timeout=120)
+    assert refused.returncode == 10, refused.stderr
+    listed = refused.stderr.split("to download: 14 files, 14.1 KB (licence sharded: Apache-2.0)\n")[1]
+    assert listed.splitlines()[:13] == [f"     1.0 KB  unet/shard-{n:02d}.bin" for n in range(13, 1, -1)] \
+        + ["  and 2 smaller files"]
+    assert mirror.requests == []  # nothing downloaded before the answer
