@@ -159,12 +159,19 @@ def _confirm_first_fetch(model: str, why: str, agreed: bool) -> None:
             assume_yes=agreed, flag="--first-fetch")
 
 
+_LISTED = 12  # files named before a download (largest first); a sharded model has dozens
+
+
 def _confirm_downloads(downloads: Downloads, verified: list[Verified], limits: InstallerConfig,
                        yes: bool) -> None:
     """Say what will be downloaded; ask when over the configured size (ConsentError, exit 10, on no)."""
     if downloads.size == 0:
         return
     click.echo(_download_line(downloads, verified), err=True)
+    for path, size in downloads.paths[:_LISTED]:
+        click.echo(f"  {format_bytes(size):>9}  {path}", err=True)
+    if len(downloads.paths) > _LISTED:
+        click.echo(f"  and {len(downloads.paths) - _LISTED} smaller files", err=True)
     if downloads.size <= limits.confirm_over_mb * 1_000_000:
         return
     sources = dict.fromkeys(_where(v.manifest) for v in verified if f"{v.manifest.name} v{v.manifest.version}"

@@ -59,6 +59,8 @@ class FetchOptions:
     read_timeout_s: float = 60.0  # longest silence from a server before the attempt fails
     retries: int = 3  # further attempts after a dropped connection, each resuming
     max_file_bytes: int = 64 * 1024**3  # cap for files of unlocked manifests (size unknown)
+    # Files fetched at once: one stream rarely fills a fast line (as huggingface_hub's pool).
+    parallel_files: int = 4
     hub_endpoint: str | None = None  # None: huggingface_hub's (HF_ENDPOINT, else huggingface.co)
 
 

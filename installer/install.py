@@ -3,10 +3,12 @@
 The order is what makes an install safe:
 
 1. the envelope is verified by the trust policy (signatures, threshold, expiry, rollback);
-2. every file the store lacks is fetched into ``store/tmp/``, hashed as it is written, and
-   checked against the manifest (size and sha256) before it becomes a blob; if any file fails,
-   the blobs this run added are set aside as complete partial downloads, so the store is left
-   exactly as it was and the next attempt downloads none of them again;
+2. every file the store lacks is fetched into ``store/tmp/`` (a few files at once, see
+   ``FetchOptions.parallel_files``), hashed as it is written, and checked against the manifest
+   (size and sha256) before it becomes a blob; if any file fails, the others stop where they
+   are (their partial downloads kept), the blobs this run added are set aside as complete
+   partial downloads, so the store is left exactly as it was and the next attempt downloads
+   none of them again;
 3. the version directory is built from blobs in ``store/staging/`` and renamed into place;
 4. ``current`` is switched, older versions and unreferenced blobs go, and only then is the
    version recorded as seen (so a failed install never blocks a retry of the same version).
@@ -35,7 +37,9 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -53,6 +57,10 @@ from pennello.installer.trust import TrustPolicy
 from pennello.paths import Paths
 
 log = logging.getLogger(__name__)
+
+
+class _Stopped(Exception):
+    """Another file of the same install failed: this download stops, keeping its partial."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class Downloads:
     size: int  # bytes, files already in the store left out
     files: int
     models: tuple[str, ...]  # "name vN" of each model that downloads something
+    paths: tuple[tuple[str, int], ...] = ()  # (path in its model, bytes) of each file, largest first
 
 
 def _need(store: Store, verified: list[Verified]) -> dict[str, tuple[FileEntry, Verified]]:
@@ -188,7 +197,8 @@ class Installer:
         remote = [(entry, v) for entry, v in _need(self.store, todo).values()
                   if v.fetcher.remote and entry.sha256 not in v.contents]
         models = dict.fromkeys(f"{v.manifest.name} v{v.manifest.version}" for _, v in remote)
-        return Downloads(sum(entry.size for entry, _ in remote), len(remote), tuple(models))
+        largest = sorted(((entry.path, entry.size) for entry, _ in remote), key=lambda p: -p[1])
+        return Downloads(sum(entry.size for entry, _ in remote), len(remote), tuple(models), tuple(largest))
 
     def install_all(self, verified: list[Verified]) -> list[InstalledModel]:
         """Fetch every file of every manifest, then make each version current.
@@ -232,12 +242,39 @@ class Installer:
                     if self.on_bytes is not None:
                         self.on_bytes(n)
 
-                for entry, v in missing.values():
-                    with self.store.temp_file(entry.path) as temp:
-                        arrived.append(self.store.ingest(temp, entry, self._fetch(v, entry, temp, advance)))
+                self._fetch_in_parallel(list(missing.values()), advance, arrived)
         except BaseException:
             self._set_aside(arrived)
             raise
+
+    def _fetch_in_parallel(self, todo: list[tuple[FileEntry, Verified]], update: Callable[[int], None],
+                           arrived: list[Path]) -> None:
+        """Fetch ``todo`` into blobs, ``options.parallel_files`` at a time, adding each blob to
+        ``arrived``; the first failure stops the others where they are (their partial downloads
+        are kept for the next attempt) and is raised once every one of them has stopped."""
+        stop, lock = threading.Event(), threading.Lock()
+
+        def progress(n: int) -> None:
+            if stop.is_set():
+                raise _Stopped("another file of this install failed")
+            with lock:  # tqdm's counter is not thread-safe
+                update(n)
+
+        def one(entry: FileEntry, v: Verified) -> Path:
+            with self.store.temp_file(entry.path) as temp:
+                return self.store.ingest(temp, entry, self._fetch(v, entry, temp, progress))
+
+        with ThreadPoolExecutor(max(1, self.options.parallel_files), thread_name_prefix="fetch") as pool:
+            futures = [pool.submit(one, entry, v) for entry, v in todo]
+            try:
+                for future in as_completed(futures):
+                    future.result()  # the first failure (or Ctrl-C while waiting) ends the wait
+            finally:
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                wait(futures)
+                arrived.extend(f.result() for f in futures if not f.cancelled() and f.exception() is None)
 
     def _fetch(self, v: Verified, entry: FileEntry, temp: Path, progress: Callable[[int], None]) -> str:
         """Put ``entry``'s bytes in ``temp``; their sha256. Files that came with the commit's

@@ -51,6 +51,11 @@ from pennello.installer.manifest import FileEntry, Source, check_relative_path
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
+# huggingface_hub (imported below, lazily) builds its user-agent header with telemetry: the torch
+# version and an AI-agent check that asks the Hub for its list of agents. pennello asks the Hub
+# for the commit's objects and the files it installs, nothing else; a user may still opt in.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 
 class _Hashing:
     """A file being written, hashed as it is written: never read back to be checked.
@@ -125,7 +130,16 @@ class HttpFetcher:
         self.options = options
         # Identity encoding: the bytes counted and hashed are the file's bytes.
         self.headers = {**(headers or {}), "Accept-Encoding": "identity"}
-        self.session = requests.Session()
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """This thread's session: the installer fetches several files at once, and a
+        ``requests.Session`` is not documented as safe to share between threads."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def url(self, path: str) -> str:
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 The mirror is a threading ``http.server`` on 127.0.0.1 that honours ``Range`` and can be told
 to misbehave per path: drop the connection part way, end early without a length, send other
-bytes, or send data without end. It records every request's path and headers.
+bytes, send data without end, or answer only requests made at the same time as others. It records every request's path and headers.
 """
 
 from __future__ import annotations
@@ -87,7 +87,25 @@ class Mirror:
     endless: set[str] = field(default_factory=set)  # paths answered with data that never ends
     no_range: set[str] = field(default_factory=set)  # paths always sent whole, Range or not
     pace: dict[str, float] = field(default_factory=dict)  # path -> seconds to wait per 64 KiB sent
+    # Paths answered only once every one of them is being asked for at the same time (503 after
+    # 5 s of waiting): a client fetching them one after another never gets them.
+    together: set[str] = field(default_factory=set)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._waiting: dict[frozenset[str], threading.Barrier] = {}
+        self._lock = threading.Lock()
+
+    def wait_for_the_others(self) -> bool:
+        """Block until every path of ``together`` is being asked for; False after 5 s without."""
+        with self._lock:
+            barrier = self._waiting.setdefault(frozenset(self.together),
+                                               threading.Barrier(len(self.together), timeout=5))
+        try:
+            barrier.wait()
+            return True
+        except threading.BrokenBarrierError:
+            return False
 
     def ranges(self, path: str) -> list[str]:
         return [h["Range"] for p, h in self.requests if p == path and "Range" in h]
@@ -105,6 +123,9 @@ def _handler(mirror: Mirror) -> type[BaseHTTPRequestHandler]:
             mirror.requests.append((path, dict(self.headers)))
             if path in mirror.endless:
                 return self._endless()
+            if path in mirror.together and not mirror.wait_for_the_others():
+                self.send_error(503, "the other files were not asked for at the same time")
+                return None
             data = mirror.substitute.get(path, mirror.files.get(path))
             if data is None:
                 self.send_error(404)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from dulwich.objects import Blob, Commit
 
-from _fixtures_installer import KEY_NAME, Hub, load_script, make_manifest, serve_hub, store_listing
+from _fixtures_installer import KEY_NAME, Hub, lfs_pointer_for, load_script, make_manifest, serve_hub, store_listing
 from pennello.errors import ConsentError, FetchError, IntegrityError, ManifestFormatError, ModelNotFoundError
 from pennello.installer import gitpin
 from pennello.installer.catalog import Catalog
@@ -145,6 +145,37 @@ def test_a_small_file_the_git_server_changed_is_checked_against_its_blob_id(home
     assert (model.path / "unet/config.json").read_bytes() == FILES["unet/config.json"]
 
 
+@pytest.mark.parametrize("swapped", ["tree", "pointer"])
+def test_a_tree_or_lfs_pointer_that_does_not_hash_to_its_id_is_refused(home, hub, pinned, swapped):
+    """The server swaps the unet/ tree, or the weights' LFS pointer, for one naming other weights
+    (served at the resolve URL): their sha256 would be taken on its word if objects were trusted
+    by the id they are asked for rather than by what their bytes hash to."""
+    installer, raw, commit = pinned
+    other = bytes(reversed(FILES[UNET]))
+    hub.files[f"{REPO}/resolve/{commit}/{UNET}"] = other
+    store = hub.repos[REPO].object_store
+    unet_tree = store[store[store[commit.encode()].tree][b"unet"][1]]
+    pointer_id = unet_tree[b"diffusion_pytorch_model.safetensors"][1]
+    evil_pointer = Blob.from_string(lfs_pointer_for(other))
+    if swapped == "pointer":
+        hub.replace_object(REPO, pointer_id.decode(), evil_pointer)
+        expected = (f"{UNET} of {REPO}@{commit[:12]}: git blob id {gitpin.git_blob_id(other)}, the signed "
+                    f"commit says {pointer_id.decode()}; the file was refused")
+    else:
+        store.add_object(evil_pointer)
+        evil_tree = unet_tree.copy()
+        evil_tree[b"diffusion_pytorch_model.safetensors"] = (0o100644, evil_pointer.id)
+        hub.replace_object(REPO, unet_tree.id.decode(), evil_tree)
+        expected = (f"{REPO}@{commit[:12]}: tree unet/ of commit {commit}: the source sent no git object "
+                    f"that hashes to {unet_tree.id.decode()} (it serves other objects than the signed "
+                    f"commit names); refused")
+    before = store_listing(home)
+    with pytest.raises(IntegrityError) as refused:
+        installer.install_raw(raw, expected_name="tiny")
+    assert str(refused.value) == expected
+    assert store_listing(home) == before
+
+
 def test_a_server_lying_about_the_commit_is_refused(home, hub, pinned):
     installer, raw, commit = pinned
     fake = Commit.from_string(hub.repos[REPO].object_store[commit.encode()].as_raw_string()
@@ -210,7 +241,7 @@ def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     assert _models_row(home, hub.url, "tiny") == ["tiny", "v1", "-", "available", "-", "-"]
     refused = _cli(home, hub.url, "install", "tiny")
     assert refused.returncode == 10, refused.stderr
-    assert "to download: 1 file, 524.3 KB (licence tiny: Apache-2.0)" in refused.stderr
+    assert f"to download: 1 file, 524.3 KB (licence tiny: Apache-2.0)\n   524.3 KB  {UNET}\n" in refused.stderr
     assert not [p for p in hub.requests if p.endswith(UNET)]
     done = _cli(home, hub.url, "install", "tiny", "--yes")
     assert done.returncode == 0, done.stderr
@@ -219,6 +250,8 @@ def test_pennello_install_says_what_it_downloads_and_asks(home, hub, publish):
     assert row[:4] == ["tiny", "v1", "524.4 KB", "installed"]
     assert row[4] != "-" and row[5] == "signed commit"  # verified at install, against the commit
     assert Store(home).get("tiny").manifest.files[-1].sha256 == _sha(FILES[UNET])
+    # The Hub is asked for the commit's objects and the files, not for huggingface_hub's telemetry.
+    assert "api/agent-harnesses" not in hub.requests
 
 
 def test_pennello_install_without_git_objects_needs_first_fetch_consent(home, hub, publish):

@@ -110,3 +110,50 @@ def test_a_partial_changed_between_runs_is_refused_and_the_store_stays_as_it_was
     assert store_listing(home) == before and not partial.exists()
     assert (install("tiny", V1, serve=False).path / "unet/w.bin").read_bytes() == WEIGHTS_1  # afresh
     assert mirror.ranges("tiny/unet/w.bin") == ["bytes=100000-"]
+
+
+def test_the_files_of_an_install_download_at_the_same_time(home, mirror, install):
+    """A few streams at once, as huggingface_hub downloads: the mirror answers these three files
+    only while all three are being asked for, so fetching one after another fails with a 503."""
+    files = {f"unet/part-{n}.bin": bytes([n]) * 300_000 for n in range(3)}
+    mirror.together = {f"tiny/{path}" for path in files}
+    model = install("tiny", files)
+    assert all((model.path / path).read_bytes() == data for path, data in files.items())
+
+
+def test_a_failed_file_stops_the_others_and_the_store_stays_as_it_was(home, mirror, install):
+    """The other downloads end before the failure is reported: none of them becomes a blob after
+    the store was put back, and what each of them had is kept for the next attempt."""
+    files = {f"unet/part-{n}.bin": bytes([n]) * 2_000_000 for n in range(3)}
+    mirror.together = {f"tiny/{path}" for path in files}
+    mirror.substitute["tiny/unet/part-0.bin"] = b"\xff" * 2_000_000
+    with pytest.raises(IntegrityError, match="^unet/part-0.bin: sha256 "):
+        install("tiny", files)
+    assert store_listing(home) == {} and Store(home).names() == []
+    kept = {p.name: p.stat().st_size for p in home.downloads_dir.iterdir()}
+    assert set(kept) <= {f"{hashlib.sha256(files[f'unet/part-{n}.bin']).hexdigest()}.part" for n in (1, 2)}
+    del mirror.substitute["tiny/unet/part-0.bin"]
+    mirror.together = set()
+    assert install("tiny", files, serve=False).version == 1
+
+
+def test_pennello_install_names_the_largest_files_before_it_asks(home, mirror, publish):
+    """What a download holds, not only its size: the first dozen files, largest first."""
+    import os
+    import subprocess
+    import sys
+
+    from pennello.installer.catalog import Catalog
+
+    files = {f"unet/shard-{n:02d}.bin": b"w" * (1000 + n) for n in range(14)}
+    mirror.files.update({f"sharded/{path}": data for path, data in files.items()})
+    Catalog(home).write_user("sharded", publish(make_manifest(
+        "sharded", files, source=Source("mirror", base_url=f"{mirror.url}/sharded"))))
+    env = {**os.environ, "PENNELLO_HOME": str(home.runtime_dir.parent), "PENNELLO_INSTALLER_CONFIRM_OVER_MB": "0"}
+    refused = subprocess.run([sys.executable, "-m", "pennello", "install", "sharded"], capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL, env=env, timeout=120)
+    assert refused.returncode == 10, refused.stderr
+    listed = refused.stderr.split("to download: 14 files, 14.1 KB (licence sharded: Apache-2.0)\n")[1]
+    assert listed.splitlines()[:13] == [f"     1.0 KB  unet/shard-{n:02d}.bin" for n in range(13, 1, -1)] \
+        + ["  and 2 smaller files"]
+    assert mirror.requests == []  # nothing downloaded before the answer
