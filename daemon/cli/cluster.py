@@ -95,4 +95,5 @@ def node(as_head: bool, head: str | None, token_file: Path | None, code: str | N
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if code not in (0, -signal.SIGTERM):
-        raise click.ClickException(f"Ray stopped with status {code} (refused by the head? see its log)")
+        why = "see its log" if as_head else "refused by the head? see its log"
+        raise click.ClickException(f"Ray stopped with status {code} ({why})")
