@@ -152,6 +152,28 @@ def test_a_cancelled_or_failed_install_leaves_the_store_as_it_was(api_server, ap
     assert not {slow, broken} & names
 
 
+def test_an_install_still_running_when_the_daemon_exits_is_stopped(api_engine, stand_in):
+    from pennello.daemon.tools.installs import Installs
+
+    installs = Installs(api_engine.paths)  # as the daemon's app holds it; stop() runs at exit
+    slow = stand_in.offer("stand-in-orphan", pad_mb=3, pace_s=0.05)
+    before = store_listing(api_engine.paths)
+    install = installs.start(slow)
+    deadline = time.monotonic() + 60
+    while install.bytes == 0:
+        assert time.monotonic() < deadline and install.state == "running", install.to_dict()
+        time.sleep(0.05)
+    process = installs._process
+    installs.stop()
+    assert process is not None and process.poll() is not None  # no orphan writing the store
+    while install.state == "running":  # its reader thread sees the exit
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert install.state == "cancelled", install.to_dict()
+    assert store_listing(api_engine.paths) == before
+    installs.stop()  # nothing running: a no-op
+
+
 def test_a_source_without_the_commits_git_objects_needs_consent_to_first_fetch_too(api_server, stand_in, hub,
                                                                                    monkeypatch):
     import json

@@ -24,6 +24,7 @@ The installer's own messages (stderr) go to ``logs/install.log``.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -103,6 +104,8 @@ class Installs:
         self._last: dict[str, Install] = {}  # model name -> its latest install
         self._current: Install | None = None
         self._process: subprocess.Popen[str] | None = None
+        # An installer left running after the daemon exits would go on writing the store unseen.
+        atexit.register(self.stop)
 
     def plan(self, name: str) -> dict[str, Any]:
         """What installing ``name`` would download: the installer's ``plan`` line.
@@ -160,6 +163,20 @@ class Installs:
             if install.state == "running" and self._process is not None:
                 self._process.send_signal(signal.SIGTERM)
         return install
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop a running install and wait for it to end (the daemon is exiting); the installer
+        leaves the store as it was, as for a cancel."""
+        with self._lock:
+            process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the installer (pid %d) did not stop within %.0f s; killing it", process.pid, timeout)
+            process.kill()
 
     def _follow(self, install: Install, process: subprocess.Popen[str]) -> None:
         """Read the installer's lines until it exits; a silent exit is a failure too."""
