@@ -29,6 +29,7 @@ install, after the lock's sha256 matched the one the admin was given), with pip 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -265,6 +266,13 @@ def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str 
 
 
 def _pip(args: list[str]) -> None:
+    if importlib.util.find_spec("pip") is None:
+        # The one-click installer makes its environment without pip when uv installs the packages;
+        # `pip download` has no uv counterpart, so Python's own pip is added (ensurepip: no network).
+        added = subprocess.run([sys.executable, "-m", "ensurepip", "--default-pip"], capture_output=True, text=True)
+        if added.returncode:
+            raise FetchError(f"this environment ({sys.prefix}) has no pip, which exporting wheels needs, and "
+                             f"ensurepip could not add it: {(added.stderr or added.stdout).strip()[-300:]}")
     result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if result.returncode:
         tail = "\n".join((result.stderr or result.stdout).splitlines()[-5:])

@@ -14,7 +14,7 @@
     (asked first unless -Yes), a Start menu shortcut, and then the tray (unless -NoStart).
     `install.ps1 uninstall` removes all of it but your pictures (Pictures\Pennello) unless -Purge.
 
-    Environment: PENNELLO_VENV, PENNELLO_TORCH, PENNELLO_PIP_ARGS, PENNELLO_HOME,
+    Environment: PENNELLO_VENV, PENNELLO_TORCH, PENNELLO_PIP_ARGS, PENNELLO_UV, PENNELLO_HOME,
     PENNELLO_ASSUME_YES (as install.sh).
 #>
 [CmdletBinding()]
@@ -124,7 +124,20 @@ function Install-Pennello {
         if (-not (Run-Logged $found[0] ($pyArgs + $venvArgs))) { Die "could not create the virtual environment in $Venv" }
         Ok "created $Venv"
     }
+    # As install.sh: packages go in with uv (several times faster than pip): the one on PATH, else
+    # uv installed into the environment by pip from the package index; pip when neither can be
+    # had, from a bundle (this script does not unpack a bundle's uv), with -SystemSitePackages
+    # (uv would not see that Python's packages) and with PENNELLO_UV=0.
+    $installer = $PyVenv
     $pip = @("-m", "pip", "install")
+    if (-not $From -and -not $SystemSitePackages -and $env:PENNELLO_UV -ne "0") {
+        $uv = if ($env:PENNELLO_UV) { $env:PENNELLO_UV } else { (Get-Command uv -ErrorAction SilentlyContinue).Source }
+        $venvUv = Join-Path $Venv "Scripts\uv.exe"
+        if (-not $uv -and -not (Test-Path $venvUv)) { [void](Run-Logged $PyVenv (@("-m", "pip", "install") + $PipExtra + @("uv"))) }
+        if (-not $uv -and (Test-Path $venvUv)) { $uv = $venvUv }
+        if ($uv) { $installer = $uv; $pip = @("pip", "install", "--python", $PyVenv); Ok "installing packages with $(& $uv --version)" }
+        else { Say "note: uv could not be installed from the package index; installing with pip (slower)" }
+    }
     $index = if ($From) { @("--no-index", "--find-links", (Join-Path $From "wheels")) } else { @() }
 
     Step "PyTorch"
@@ -135,8 +148,8 @@ function Install-Pennello {
         $version = $TorchSpec -replace '^torch==', ''
         $haveExact = (-not $From) -or (Get-ChildItem (Join-Path $From "wheels") -Filter "torch-$version*" -ErrorAction SilentlyContinue)
         $first = if ($haveExact) { $TorchSpec } else { "torch" }
-        if (-not (Run-Logged $PyVenv ($pip + $index + $PipExtra + @($first)))) {
-            if ($From -or -not (Run-Logged $PyVenv ($pip + $PipExtra + @("torch")))) {
+        if (-not (Run-Logged $installer ($pip + $index + $PipExtra + @($first)))) {
+            if ($From -or -not (Run-Logged $installer ($pip + $PipExtra + @("torch")))) {
                 Die "installing torch failed" @("check the network connection, or that the bundle's wheels are for Windows and this Python")
             }
         }
@@ -150,7 +163,7 @@ function Install-Pennello {
         elseif (Test-Path (Join-Path $Here "..\pyproject.toml")) { $what = (Resolve-Path (Join-Path $Here "..")).Path }
     }
     Say "installing $what"
-    if (-not (Run-Logged $PyVenv ($pip + @("--upgrade") + $index + $PipExtra + @($what)))) { Die "installing pennello failed" @("run this again; it picks up where it stopped") }
+    if (-not (Run-Logged $installer ($pip + @("--upgrade") + $index + $PipExtra + @($what)))) { Die "installing pennello failed" @("run this again; it picks up where it stopped") }
     Ok (& $Pennello --version)
 
     Step "Models"

@@ -11,9 +11,10 @@
 # checkout, from PyPI, or from BUNDLE/wheels with --no-index), the default model (installed
 # and verified), start at login (XDG autostart + the systemd user unit on Linux, a LaunchAgent
 # on macOS), a menu entry, a `pennello` command in ~/.local/bin, and then the tray.
-# Packages are installed with uv when there is one (on PATH, or the uv wheel a bundle carries,
-# checked against its lock.txt): several times faster than pip. Otherwise, and with
-# --system-site-packages (uv would not see the chosen Python's packages), with pip.
+# Packages are installed with uv: the one on PATH, else the uv wheel a bundle carries (checked
+# against its lock.txt), else uv installed into the environment by pip from the package index;
+# several times faster than pip. Otherwise, and with --system-site-packages (uv would not see the
+# chosen Python's packages), with pip.
 #
 # Environment:
 #   PENNELLO_VENV       where the virtual environment goes (default: DATA/venv)
@@ -22,7 +23,8 @@
 #   PENNELLO_PIP_ARGS   extra arguments for every `pip install` / `uv pip install` (e.g.
 #                       --no-build-isolation, --find-links DIR), word-split
 #   PENNELLO_UV         the uv to install packages with, or 0 to use pip only (default: uv on
-#                       PATH, else the bundle's uv wheel with --from, else pip)
+#                       PATH, else the bundle's uv wheel with --from, else uv from the package
+#                       index, else pip)
 #   PENNELLO_HOME       relocates all of pennello's state (as for pennello itself)
 #   PENNELLO_ASSUME_YES=1  as --yes (as for pennello itself)
 # Bash 3.2 compatible (macOS's /bin/bash).
@@ -38,7 +40,7 @@ PIP_EXTRA=${PENNELLO_PIP_ARGS:-}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 usage() {
-    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
   --from BUNDLE           install pennello, torch and the models from a bundle made with
@@ -185,6 +187,7 @@ install() {
                    "Debian/Ubuntu: sudo apt install python3-venv, then run this again"
         ok "created $VENV"
     fi
+    fetch_uv
     local index_args=()
     if [ -n "$UV" ]; then
         PIP=("$UV" pip install --python "$PY_VENV")
@@ -192,8 +195,7 @@ install() {
         [ -n "$FROM" ] && index_args=(--offline --no-index --find-links "$FROM/wheels")
         ok "installing packages with $("$UV" --version)"
     else
-        "$PY_VENV" -m pip --version >/dev/null 2>&1 || run_logged "ensurepip" "$PY_VENV" -m ensurepip --upgrade \
-            || die "the environment has no pip" "Debian/Ubuntu: sudo apt install python3-venv python3-pip"
+        ensure_pip
         PIP=("$PY_VENV" -m pip install)
         [ -n "$FROM" ] && index_args=(--no-index --find-links "$FROM/wheels")
     fi
@@ -355,17 +357,39 @@ EOF
     printf '\n%sPennello is installed.%s Uninstall with: bash %s uninstall\n' "$GREEN" "$RESET" "$HERE/$PROG"
 }
 
-find_uv() {  # sets UV to the uv that installs the packages, or "" for pip
+uv_wanted() { [ "${PENNELLO_UV:-}" != 0 ] && [ "$SYSTEM_SITE" != 1 ]; }
+
+find_uv() {  # sets UV to a uv at hand, or "" (then fetch_uv may get one from the index, else pip)
     UV=""
-    { [ "${PENNELLO_UV:-}" = 0 ] || [ "$SYSTEM_SITE" = 1 ]; } && return 0
+    uv_wanted || return 0
     if [ -n "${PENNELLO_UV:-}" ]; then UV=$PENNELLO_UV
     elif command -v uv >/dev/null 2>&1; then UV=$(command -v uv)
+    elif venv_works && "$VENV/bin/uv" --version >/dev/null 2>&1; then UV=$VENV/bin/uv  # an earlier run fetched it
     elif [ -n "$FROM" ]; then unpack_uv
     fi
     if [ -n "$UV" ] && ! "$UV" --version >/dev/null 2>&1; then
         say "note: $UV does not run here; installing with pip"
         UV=""
     fi
+}
+
+fetch_uv() {  # no uv yet and a package index to ask: pip installs uv into the environment first
+    # uv then installs torch and pennello several times faster than pip would; pip stays the
+    # fallback when the index (or PENNELLO_PIP_ARGS' --find-links) has no uv for this machine.
+    [ -z "$UV" ] && [ -z "$FROM" ] && uv_wanted || return 0
+    ensure_pip
+    printf '\n$ pip install uv\n' >>"$LOG"
+    # shellcheck disable=SC2086
+    if "$PY_VENV" -m pip install $PIP_EXTRA uv >>"$LOG" 2>&1 && "$VENV/bin/uv" --version >/dev/null 2>&1; then
+        UV=$VENV/bin/uv
+    else
+        say "note: uv could not be installed from the package index; installing with pip (slower)"
+    fi
+}
+
+ensure_pip() {
+    "$PY_VENV" -m pip --version >/dev/null 2>&1 || run_logged "ensurepip" "$PY_VENV" -m ensurepip --upgrade \
+        || die "the environment has no pip" "Debian/Ubuntu: sudo apt install python3-venv python3-pip"
 }
 
 unpack_uv() {  # the uv binary out of the bundle's uv wheel, once its sha256 is in lock.txt

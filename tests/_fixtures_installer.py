@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +24,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from pennello.errors import FetchError
 from pennello.installer.manifest import FileEntry, Manifest, PipelineSpec, Source, dump_envelope
+from pennello.installer.ownwheel import repack
 
 KEY_NAME = "test-publisher"
 # "pennello-tiny vN" as the shipped catalog has it: the version goes up whenever it is retrained.
@@ -59,6 +64,49 @@ def write_files(root: Path, files: dict[str, bytes]) -> Path:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
     return root
+
+
+@pytest.fixture(scope="session")
+def dependency_wheels(tmp_path_factory) -> list[str]:
+    """pip find-links (folders) holding a wheel of every installed dependency of pennello, packed
+    from this environment, so that ``bundle export --with-wheels`` resolves them with no network;
+    torch is left to pip's find-links where they already hold it. Made once: the round trips
+    from an editable and from a one-click install both export with it."""
+    from packaging.requirements import Requirement
+
+    names, pending = set(), [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
+    while pending:
+        requirement = Requirement(pending.pop())
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        name = requirement.name.lower().replace("_", "-")
+        if name not in names:
+            names.add(name)
+            pending += importlib.metadata.requires(name) or []
+    find_links = os.environ.get("PIP_FIND_LINKS", "").split()
+    torch_wheel = f"torch-{importlib.metadata.version('torch')}-"
+    have_torch = any(p.name.startswith(torch_wheel) for d in find_links if Path(d).is_dir() for p in Path(d).iterdir())
+    dest = tmp_path_factory.mktemp("dependency-wheels")
+    for name in sorted(names - ({"torch"} if have_torch else set())):
+        dist = importlib.metadata.distribution(name)
+        try:
+            repack(dist, dest)
+        except FetchError:  # a file changed since install: some machines patch certifi's CA bundle
+            repack(_WithoutRecordedHashes(dist), dest)
+    return [str(dest), *find_links]
+
+
+class _WithoutRecordedHashes(importlib.metadata.PathDistribution):
+    """An installed distribution whose ``RECORD`` is read without its hashes, so that it is packed
+    as its files are now (the wheel gets a fresh ``RECORD``); for the tests' dependency wheels only."""
+
+    def __init__(self, dist: importlib.metadata.Distribution) -> None:
+        record = next(f for f in dist.files or [] if f.name == "RECORD" and f.parent.name.endswith(".dist-info"))
+        super().__init__(Path(dist.locate_file(record)).parent)
+
+    def read_text(self, filename: str) -> str | None:
+        text = super().read_text(filename)
+        return re.sub(r",sha256=[^,]*,", ",,", text) if filename == "RECORD" and text else text
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from pennello.errors import (FetchError, IntegrityError, RevokedKeyError, Rollba
                              TrustError, UntrustedKeyError)
 from pennello.installer import Installer, Store, TrustPolicy, ensure_embedded_default
 from pennello.installer.bundle import export_bundle, import_bundle, trust_bundle_keys
-from pennello.installer.ownwheel import own_wheel, repack
+from pennello.installer.ownwheel import own_wheel
 from pennello.installer.wheelhouse import collect_wheels, verify_bundle
 from pennello.installer.keys import load_private_key, key_id
 from pennello.paths import Paths, get_paths
@@ -493,6 +493,24 @@ def test_own_wheel_from_an_editable_install_and_again_from_a_wheel_install(tmp_p
     assert version.returncode == 0 and importlib.metadata.version("pennello") in version.stdout
 
 
+def test_exporting_wheels_from_an_environment_uv_made_without_pip_adds_pythons_own_pip(tmp_path):
+    """The one-click installer makes its environment without pip when uv installs; `pip download`,
+    which exporting wheels runs, used to fail there with "No module named pip"."""
+    farm = tmp_path / "deps"  # this environment's packages but pip (and pennello: installed below)
+    farm.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(("pip", "pennello", "__editable__")) and not entry.name.endswith(".pth"):
+            (farm / entry.name).symlink_to(entry)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, timeout=120)
+    python = tmp_path / "venv" / "bin" / "python"
+    (next((tmp_path / "venv").glob("lib/python*/site-packages")) / "deps.pth").write_text(f"{farm}\n")
+    _pip_install_wheel(python, own_wheel(tmp_path / "built"))
+    script = "from pennello.installer.bundle import _pip; _pip(['--version'])"
+    result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "venv" / "bin" / "pip").exists()
+
+
 def test_a_file_changed_since_install_is_not_repacked(tmp_path):
     python = _venv_seeing_these_dependencies(tmp_path / "installed")
     _pip_install_wheel(python, own_wheel(tmp_path / "built"))
@@ -519,34 +537,12 @@ def test_a_checkouts_egg_info_in_the_current_directory_is_not_taken_for_the_inst
     assert result.stdout.strip().startswith("pennello-") and "0.0.1" not in result.stdout
 
 
-def _dependency_wheels(dest: Path) -> list[str]:
-    """Wheels of every installed dependency of pennello, packed from this environment (so the export
-    below resolves them with no network), but torch where pip's find-links already hold it."""
-    from packaging.requirements import Requirement
-
-    names, pending = set(), [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
-    while pending:
-        requirement = Requirement(pending.pop())
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue
-        name = requirement.name.lower().replace("_", "-")
-        if name not in names:
-            names.add(name)
-            pending += importlib.metadata.requires(name) or []
-    find_links = os.environ.get("PIP_FIND_LINKS", "").split()
-    torch_wheel = f"torch-{importlib.metadata.version('torch')}-"
-    have_torch = any(p.name.startswith(torch_wheel) for d in find_links if Path(d).is_dir() for p in Path(d).iterdir())
-    for name in sorted(names - ({"torch"} if have_torch else set())):
-        repack(importlib.metadata.distribution(name), dest)
-    return [str(dest), *find_links]
-
-
-def test_bundle_with_wheels_from_an_editable_install_installs_offline_and_generates(home, offline, tmp_path):
+def test_bundle_with_wheels_from_an_editable_install_installs_offline_and_generates(home, offline, tmp_path,
+                                                                                   dependency_wheels):
     ensure_embedded_default(home, Config())
     subprocess.run([sys.executable, "-m", "pennello", "keys", "generate", "office"], check=True, timeout=120,
                    capture_output=True, env={**os.environ, "PENNELLO_HOME": str(home.config_dir.parent)})
-    offline_index = {"PIP_NO_INDEX": "1",
-                     "PIP_FIND_LINKS": " ".join(_dependency_wheels(tmp_path / "index"))}
+    offline_index = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": " ".join(dependency_wheels)}
     bundle = tmp_path / "bundle"
     exported = subprocess.run([sys.executable, "-m", "pennello", "bundle", "export", "pennello-tiny", "--out",
                                str(bundle), "--with-wheels", "--key", "office"], capture_output=True, text=True,

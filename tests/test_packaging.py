@@ -20,6 +20,8 @@ The air-gapped test runs the installer inside a network namespace with only loop
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -29,6 +31,7 @@ import sys
 import sysconfig
 import textwrap
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -72,14 +75,42 @@ def local_wheels(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def user_home(tmp_path, deps_dir) -> Path:
-    """A fresh HOME whose user site-packages points at :func:`deps_dir`."""
-    home = tmp_path / "user"
+def make_user_home(root: Path, deps_dir: Path) -> Path:
+    """A fresh HOME in ``root`` whose user site-packages points at :func:`deps_dir`."""
+    home = root / "user"
     user_site = home / ".local" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     user_site.mkdir(parents=True)
     (user_site / "pennello-test-deps.pth").write_text(f"{deps_dir}\n")
     return home
+
+
+@pytest.fixture
+def user_home(tmp_path, deps_dir) -> Path:
+    return make_user_home(tmp_path, deps_dir)
+
+
+@dataclass(frozen=True)
+class OneClick:
+    home: Path
+    venv: Path
+    before: set[str]  # the files in home before the install
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def one_click(tmp_path_factory, deps_dir, local_wheels) -> OneClick:
+    """The one-click install from this checkout with no terminal and neither --yes nor
+    --autostart, made once: the air-gapped round trip exports from it, then the checkout test
+    generates, repairs and uninstalls it (in that order, as the tests stand in this file)."""
+    home = make_user_home(tmp_path_factory.mktemp("one-click"), deps_dir)
+    before = files_under(home)
+    result = install_sh(home, "--no-start", "--python", BASE_PYTHON, "--system-site-packages",
+                        **offline_pip(local_wheels))
+    return OneClick(home, home / ".local" / "share" / "pennello" / "venv", before, result)
+
+
+def offline_pip(local_wheels: Path) -> dict[str, str]:
+    return {"PENNELLO_PIP_ARGS": f"--no-index --find-links {local_wheels}"}
 
 
 def user_env(home: Path, **extra: str) -> dict[str, str]:
@@ -153,86 +184,16 @@ def test_bad_arguments_and_sources_fail_with_what_to_do(tmp_path):
     assert agreed.returncode == 0 and "Pennello is uninstalled." in agreed.stdout, agreed.stderr
 
 
-def test_install_from_checkout_generate_repair_and_uninstall(user_home, tmp_path, local_wheels):
-    before = files_under(user_home)
-    data = user_home / ".local" / "share" / "pennello"
-    venv = data / "venv"
-    offline_pip = {"PENNELLO_PIP_ARGS": f"--no-index --find-links {local_wheels}"}
-    autostart_file = user_home / ".config" / "autostart" / "pennello.desktop"
-    # No terminal and neither --yes nor --autostart: installed, but not started at login.
-    result = install_sh(user_home, "--no-start", "--python", BASE_PYTHON, "--system-site-packages",
-                        **offline_pip)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "not asked (no terminal), so Pennello will not start at login" in result.stdout
-    assert "choose Start at login in the tray's menu, or run: bash install.sh --autostart" in result.stdout
-    assert not autostart_file.exists()
-    out = result.stdout
-    for n, title in enumerate(["Python", "Virtual environment", "PyTorch", "Pennello", "Models", "Start at login",
-                               "Menu entry and command", "Start"], start=1):
-        assert f"[{n}/8] {title}" in out
-    assert "already installed; keeping it" in out and "pennello-tiny installed and verified" in out
-    assert "Pennello is installed." in out
-
-    assert (venv / "bin" / "pennello").exists() and (venv / "pyvenv.cfg").read_text().count("true") == 1
-    menu = (user_home / ".local" / "share" / "applications" / "pennello.desktop").read_text()
-    assert "Name=Pennello" in menu and "Icon=pennello" in menu
-    icon = user_home / ".local" / "share" / "icons" / "hicolor" / "256x256" / "apps" / "pennello.png"
-    assert Image.open(icon).size == (256, 256)
-    link = user_home / ".local" / "bin" / "pennello"
-    assert link.is_symlink() and Path(os.readlink(link)) == venv / "bin" / "pennello"
-    installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import pennello; print(pennello.__file__)"],
-                               capture_output=True, text=True, env=user_env(user_home), cwd="/")
-    assert installed.stdout.startswith(str(venv)), "pennello must run from the venv, not the checkout"
-
-    picture = tmp_path / "picture.png"
-    made = generate_with(user_home, venv, picture)
-    assert made["status"] == "done" and made["type"] == "image/png" and made["health"]["ready"]
-    assert Image.open(picture).size[0] > 0
-    outputs = list((user_home / "Pictures" / "Pennello").rglob("*.png"))
-    assert len(outputs) == 1
-
-    # Re-running repairs: a damaged model file, a removed menu entry and command come back.
-    blob = max((data / "store" / "blobs").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
-    blob.chmod(0o644)
-    blob.write_bytes(b"damaged")
-    link.unlink()
-    (user_home / ".local" / "share" / "applications" / "pennello.desktop").unlink()
-    # This time on a terminal: the facts, then the question (default no), answered "y".
-    status, shown = run_on_terminal(["bash", str(INSTALL_SH), "--no-start", "--python", BASE_PYTHON,
-                                     "--system-site-packages"], user_env(user_home, **offline_pip), answer="y",
-                                    timeout=INSTALL_TIMEOUT_S)
-    assert status == 0, shown[-3000:]
-    assert "reusing" in shown and "pennello-tiny installed and verified" in shown
-    assert "The tray and the daemon would start each time you log in" in shown
-    assert f"registered in {autostart_file}" in shown and "Start Pennello when you log in? [y/N]" in shown
-    assert f"Exec={venv}/bin/pennello tray" in autostart_file.read_text()
-    unit = user_home / ".config" / "systemd" / "user" / "pennello.service"
-    if (ROOT / "packaging" / "systemd" / "pennello.service").exists():
-        assert f"ExecStart={venv}/bin/pennello serve" in unit.read_text() and "IPAddressDeny=any" in unit.read_text()
-    assert link.is_symlink() and (user_home / ".local" / "share" / "applications" / "pennello.desktop").exists()
-    verify = subprocess.run([str(venv / "bin" / "pennello"), "verify"], capture_output=True, text=True,
-                            env=user_env(user_home), cwd="/")
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-
-    # --no-autostart declines without asking, even with --yes, and undoes the registration.
-    declined = install_sh(user_home, "--yes", "--no-autostart", "--no-start", "--python", BASE_PYTHON,
-                          "--system-site-packages", **offline_pip)
-    assert declined.returncode == 0, declined.stdout[-3000:] + declined.stderr[-3000:]
-    assert "Pennello will not start at login" in declined.stdout and not autostart_file.exists()
-
-    removed = install_sh(user_home, "uninstall", "--yes")
-    assert removed.returncode == 0, removed.stdout + removed.stderr
-    assert "Pennello is uninstalled." in removed.stdout and "kept" in removed.stdout
-    left = files_under(user_home) - before
-    cache = user_home / ".local" / "share" / "applications" / "mimeinfo.cache"
-    if cache.exists():  # desktop-file-utils' shared index (where installed): refreshed, not removed
+def left_after_uninstall(home: Path, before: set[str]) -> set[str]:
+    """Files an uninstall left in ``home`` that were not there before the install, less the menu
+    index of desktop-file-utils (where installed): shared with other applications, it is
+    refreshed so that it no longer lists pennello, not removed."""
+    left = files_under(home) - before
+    cache = home / ".local" / "share" / "applications" / "mimeinfo.cache"
+    if cache.exists():
         assert "pennello" not in cache.read_text().lower(), cache.read_text()
-        left.discard(cache.relative_to(user_home).as_posix())
-    assert left == {p.relative_to(user_home).as_posix() for p in outputs}, f"left behind: {sorted(left)}"
-    assert not [p for p in user_home.rglob("*") if p.name.lower() == "pennello" and "Pictures" not in p.parts]
-
-    purged = install_sh(user_home, "uninstall", "--yes", "--purge")
-    assert purged.returncode == 0 and files_under(user_home) == before
+        left.discard(cache.relative_to(home).as_posix())
+    return left
 
 
 def uv_wheel(folder: Path) -> tuple[Path, str]:
@@ -243,11 +204,24 @@ def uv_wheel(folder: Path) -> tuple[Path, str]:
         pytest.skip("uv is not installed in this environment (pip install uv)")
     said = subprocess.run([uv, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     version = said.split()[1]
-    wheel = folder / f"uv-{version}-py3-none-{sysconfig.get_platform().replace('-', '_').replace('.', '_')}.whl"
+    tag = f"py3-none-{sysconfig.get_platform().replace('-', '_').replace('.', '_')}"
+    wheel = folder / f"uv-{version}-{tag}.whl"
+    info = f"uv-{version}.dist-info"
+    members = {f"uv-{version}.data/scripts/uv": Path(uv).read_bytes(),
+               f"{info}/METADATA": f"Metadata-Version: 2.1\nName: uv\nVersion: {version}\n".encode(),
+               f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: false\nTag: {tag}\n".encode()}
+    record = "".join(f"{name},sha256={_urlsafe_sha256(data)},{len(data)}\n" for name, data in members.items())
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.write(uv, f"uv-{version}.data/scripts/uv")
-        archive.writestr(f"uv-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: uv\nVersion: {version}\n")
+        for name, data in members.items():  # pip installs it as PyPI's: the binary executable
+            entry = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o100755 << 16  # a regular file, executable
+            archive.writestr(entry, data, zipfile.ZIP_DEFLATED)
+        archive.writestr(f"{info}/RECORD", record + f"{info}/RECORD,,\n")
     return wheel, said
+
+
+def _urlsafe_sha256(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def path_without_uv() -> str:
@@ -284,6 +258,31 @@ def test_a_bundle_installs_with_its_own_uv_only_when_its_lock_pins_it(tmp_path):
     assert (venv / "bin" / "pip").exists()
 
 
+def test_a_one_click_install_fetches_uv_from_the_index_and_falls_back_to_pip_without(tmp_path):
+    home, index = tmp_path / "user", tmp_path / "index"
+    home.mkdir()
+    index.mkdir()
+    _, said = uv_wheel(index)
+    venv = home / ".local" / "share" / "pennello" / "venv"
+    # The index is a folder holding uv's wheel and no torch, so the installer stops at PyTorch,
+    # after choosing uv or pip; pip's own configuration (a torch folder here) is left out.
+    offline = {"PATH": path_without_uv(), "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "",
+               "PENNELLO_PIP_ARGS": f"--no-index --find-links {index}"}
+    with_uv = install_sh(home, "--python", BASE_PYTHON, **offline)
+    assert with_uv.returncode == 1 and "installing torch failed" in with_uv.stderr, with_uv.stdout + with_uv.stderr
+    assert f"installing packages with {said}" in with_uv.stdout and (venv / "bin" / "uv").is_file()
+    again = install_sh(home, "--python", BASE_PYTHON, **offline)  # a re-run uses the uv it fetched
+    assert f"installing packages with {said}" in again.stdout and "reusing" in again.stdout
+
+    # An index without uv: pip installs, and says why.
+    (index / next(p.name for p in index.iterdir())).unlink()
+    shutil.rmtree(home / ".local")
+    with_pip = install_sh(home, "--python", BASE_PYTHON, **offline)
+    assert with_pip.returncode == 1 and "installing torch failed" in with_pip.stderr, with_pip.stdout + with_pip.stderr
+    assert "uv could not be installed from the package index; installing with pip" in with_pip.stdout
+    assert "installing packages with uv" not in with_pip.stdout and not (venv / "bin" / "uv").exists()
+
+
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A network namespace with only loopback: nothing outside this machine can be reached."""
@@ -301,34 +300,124 @@ def netns() -> Iterator[str]:
 
 
 @pytest.mark.root
-def test_air_gapped_install_from_a_bundle_inside_a_network_namespace(user_home, tmp_path, netns, local_wheels):
-    # The bundle: the installed models as `pennello bundle export` writes them, plus pennello's wheel.
-    source_home = tmp_path / "source"
-    env = {**os.environ, "PENNELLO_HOME": str(source_home)}
-    for args in (["install", "pennello-tiny"], ["bundle", "export", "pennello-tiny", "--out", str(tmp_path / "bundle")]):
-        done = subprocess.run([sys.executable, "-m", "pennello", *args], capture_output=True, text=True, env=env)
-        assert done.returncode == 0, done.stderr
+def test_air_gapped_install_from_a_bundle_inside_a_network_namespace(one_click, user_home, tmp_path, netns,
+                                                                      dependency_wheels):
+    # The round trip: the one-click install exports a --with-wheels bundle (pennello's wheel packed
+    # back from its environment; the dependencies' from a local folder, as if downloaded)...
+    assert one_click.result.returncode == 0, one_click.result.stdout[-3000:] + one_click.result.stderr[-3000:]
     bundle = tmp_path / "bundle"
-    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "--wheel-dir", str(bundle / "wheels"), str(ROOT)], capture_output=True, text=True)
-    assert wheel.returncode == 0, wheel.stderr[-2000:]
-    # torch needs a newer setuptools than a Python 3.11 venv starts with; a --with-wheels bundle
-    # carries it, and so does this one.
-    for wheel_file in local_wheels.iterdir():
-        shutil.copy(wheel_file, bundle / "wheels")
+    index = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": " ".join(dependency_wheels)}
+    for args in (["keys", "generate", "office"],
+                 ["bundle", "export", "pennello-tiny", "--out", str(bundle), "--with-wheels", "--key", "office"]):
+        done = subprocess.run([str(one_click.venv / "bin" / "pennello"), *args], capture_output=True, text=True,
+                              env=user_env(one_click.home, **index), cwd="/", timeout=INSTALL_TIMEOUT_S)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "pennello==" in (bundle / "lock.txt").read_text()
 
+    # ...which installs inside a namespace with only loopback, through the same steps as the
+    # one-click install: menu entry, command, tray; start at login only once agreed to.
     prefix = ("ip", "netns", "exec", netns)
     offline = subprocess.run([*prefix, sys.executable, "-c",
                               "import socket; socket.create_connection(('pypi.org', 443), timeout=3)"],
                              capture_output=True, text=True)
     assert offline.returncode != 0, "the namespace must have no network"
-    result = install_sh(user_home, "--from", str(bundle), "--yes", "--no-start", "--python", BASE_PYTHON,
+    result = install_sh(user_home, "--from", str(bundle), "--no-start", "--python", BASE_PYTHON,
                         "--system-site-packages", prefix=prefix)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    venv = user_home / ".local" / "share" / "pennello" / "venv"
+    assert_installed_as_one_click(result, user_home, venv)
     assert "from the bundle" in result.stdout and "installed the bundle's models" in result.stdout
     log = (user_home / ".local" / "share" / "pennello" / "install.log").read_text()
     assert "--no-index" in log and "Processing" in log and "pennello-0.1.0-py3-none-any.whl" in log
 
-    venv = user_home / ".local" / "share" / "pennello" / "venv"
     made = generate_with(user_home, venv, tmp_path / "picture.png", prefix=prefix)
     assert made["status"] == "done" and Image.open(tmp_path / "picture.png").size[0] > 0
+
+    agreed = install_sh(user_home, "--from", str(bundle), "--autostart", "--no-start", "--python", BASE_PYTHON,
+                        "--system-site-packages", prefix=prefix)
+    assert agreed.returncode == 0, agreed.stdout[-3000:] + agreed.stderr[-3000:]
+    assert "reusing" in agreed.stdout
+    autostart = (user_home / ".config" / "autostart" / "pennello.desktop").read_text()
+    assert f"Exec={venv}/bin/pennello tray" in autostart
+
+
+def test_install_from_checkout_generate_repair_and_uninstall(one_click, tmp_path, local_wheels):
+    user_home, venv, before, result = one_click.home, one_click.venv, one_click.before, one_click.result
+    data = venv.parent
+    offline_pip_args = offline_pip(local_wheels)
+    autostart_file = user_home / ".config" / "autostart" / "pennello.desktop"
+    # No terminal and neither --yes nor --autostart: installed, but not started at login.
+    assert_installed_as_one_click(result, user_home, venv)
+    assert "already installed; keeping it" in result.stdout
+    assert (venv / "pyvenv.cfg").read_text().count("true") == 1
+    link = user_home / ".local" / "bin" / "pennello"
+    installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import pennello; print(pennello.__file__)"],
+                               capture_output=True, text=True, env=user_env(user_home), cwd="/")
+    assert installed.stdout.startswith(str(venv)), "pennello must run from the venv, not the checkout"
+
+    picture = tmp_path / "picture.png"
+    made = generate_with(user_home, venv, picture)
+    assert made["status"] == "done" and made["type"] == "image/png" and made["health"]["ready"]
+    assert Image.open(picture).size[0] > 0
+    outputs = list((user_home / "Pictures" / "Pennello").rglob("*.png"))
+    assert len(outputs) == 1
+
+    # Re-running repairs: a damaged model file, a removed menu entry and command come back.
+    blob = max((data / "store" / "blobs").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    blob.chmod(0o644)
+    blob.write_bytes(b"damaged")
+    link.unlink()
+    (user_home / ".local" / "share" / "applications" / "pennello.desktop").unlink()
+    # This time on a terminal: the facts, then the question (default no), answered "y".
+    status, shown = run_on_terminal(["bash", str(INSTALL_SH), "--no-start", "--python", BASE_PYTHON,
+                                     "--system-site-packages"], user_env(user_home, **offline_pip_args), answer="y",
+                                    timeout=INSTALL_TIMEOUT_S)
+    assert status == 0, shown[-3000:]
+    assert "reusing" in shown and "pennello-tiny installed and verified" in shown
+    assert "The tray and the daemon would start each time you log in" in shown
+    assert f"registered in {autostart_file}" in shown and "Start Pennello when you log in? [y/N]" in shown
+    assert f"Exec={venv}/bin/pennello tray" in autostart_file.read_text()
+    unit = user_home / ".config" / "systemd" / "user" / "pennello.service"
+    if (ROOT / "packaging" / "systemd" / "pennello.service").exists():
+        assert f"ExecStart={venv}/bin/pennello serve" in unit.read_text() and "IPAddressDeny=any" in unit.read_text()
+    assert link.is_symlink() and (user_home / ".local" / "share" / "applications" / "pennello.desktop").exists()
+    verify = subprocess.run([str(venv / "bin" / "pennello"), "verify"], capture_output=True, text=True,
+                            env=user_env(user_home), cwd="/")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    # --no-autostart declines without asking, even with --yes, and undoes the registration.
+    declined = install_sh(user_home, "--yes", "--no-autostart", "--no-start", "--python", BASE_PYTHON,
+                          "--system-site-packages", **offline_pip_args)
+    assert declined.returncode == 0, declined.stdout[-3000:] + declined.stderr[-3000:]
+    assert "Pennello will not start at login" in declined.stdout and not autostart_file.exists()
+
+    removed = install_sh(user_home, "uninstall", "--yes")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert "Pennello is uninstalled." in removed.stdout and "kept" in removed.stdout
+    left = left_after_uninstall(user_home, before)
+    assert left == {p.relative_to(user_home).as_posix() for p in outputs}, f"left behind: {sorted(left)}"
+    assert not [p for p in user_home.rglob("*") if p.name.lower() == "pennello" and "Pictures" not in p.parts]
+
+    purged = install_sh(user_home, "uninstall", "--yes", "--purge")
+    assert purged.returncode == 0 and left_after_uninstall(user_home, before) == set()
+
+
+def assert_installed_as_one_click(result: subprocess.CompletedProcess, home: Path, venv: Path) -> None:
+    """Every step of the one-click installer ran, with no consent to start at login asked for
+    (no terminal, no flag), and it set up the menu entry and icon that start the tray, and the
+    ``pennello`` command."""
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    for n, title in enumerate(["Python", "Virtual environment", "PyTorch", "Pennello", "Models", "Start at login",
+                               "Menu entry and command", "Start"], start=1):
+        assert f"[{n}/8] {title}" in out
+    assert "pennello-tiny installed and verified" in out and "Pennello is installed." in out
+    assert "not asked (no terminal), so Pennello will not start at login" in out
+    assert "choose Start at login in the tray's menu, or run: bash install.sh --autostart" in out
+    assert not (home / ".config" / "autostart" / "pennello.desktop").exists()
+    assert (venv / "bin" / "pennello").exists()
+    menu = (home / ".local" / "share" / "applications" / "pennello.desktop").read_text()
+    assert "Name=Pennello" in menu and "Icon=pennello" in menu and f"Exec={venv}/bin/pennello tray" in menu
+    icon = home / ".local" / "share" / "icons" / "hicolor" / "256x256" / "apps" / "pennello.png"
+    assert Image.open(icon).size == (256, 256)
+    link = home / ".local" / "bin" / "pennello"
+    assert link.is_symlink() and Path(os.readlink(link)) == venv / "bin" / "pennello"
