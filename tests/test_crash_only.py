@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socketserver
+import threading
 import time
 from pathlib import Path
 
@@ -276,3 +278,75 @@ def test_a_killed_worker_loses_no_queued_edit(tmp_path):
         assert daemon.terminate() == 0, daemon.log_text()
     finally:
         daemon.kill()
+
+
+# --- a waiting tool call outlives a dying worker -------------------------------------------------
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@needs_namespace
+def test_an_upscale_outlives_a_killed_worker_and_is_saved_once(tmp_path):
+    """Seen on main: kill -9 of the worker mid-upscale answered the caller 503 and lost its call."""
+    home = get_paths(tmp_path / "home").ensure()
+    daemon = Serve(home)
+    try:
+        first = daemon.workers()[0]
+        noise = _png(Image.effect_noise((1024, 1024), 64).convert("RGB"))  # 4x: seconds of resizing and encoding
+        answers: list[requests.Response] = []
+        call = threading.Thread(target=lambda: answers.append(daemon.http.post(
+            daemon.api("/upscale"), files={"image": ("noise.png", noise)}, data={"scale": "4"}, timeout=300)))
+        idle = _cpu_seconds(first)
+        call.start()
+        deadline = time.monotonic() + 60
+        while _cpu_seconds(first) - idle < 0.5:  # the worker is busy with it
+            assert time.monotonic() < deadline and call.is_alive(), (answers, daemon.log_text())
+            time.sleep(0.02)
+        os.kill(first, signal.SIGKILL)
+        call.join(300)
+        (answer,) = answers
+        assert answer.status_code == 200, (answer.text, daemon.log_text())
+        assert (answer.json()["image"]["width"], answer.json()["image"]["height"]) == (4096, 4096)
+        assert len(list(home.outputs_dir.rglob("*.png"))) == 1  # saved by the second worker only
+        assert "POST /api/upscale again, to the restarted model worker" in daemon.log_text()
+        assert daemon.workers() not in ([], [first])
+        assert daemon.terminate() == 0, daemon.log_text()
+    finally:
+        daemon.kill()
+
+
+class _DyingWorker(socketserver.ThreadingUnixStreamServer):
+    """A worker that dies under every request: it reads the request's head and hangs up."""
+
+    def __init__(self, path: Path) -> None:
+        self.paths: list[str] = []
+
+        class Hangup(socketserver.StreamRequestHandler):
+            def handle(handler) -> None:
+                head = handler.rfile.readline().split()
+                if head:  # not the proxy's probe for a listening worker
+                    self.paths.append(head[1].decode())
+                while handler.rfile.readline() not in (b"\r\n", b""):
+                    pass
+
+        super().__init__(str(path), Hangup)
+
+
+def test_a_worker_that_dies_on_every_try_gets_one_retry_then_the_503(tmp_path, monkeypatch):
+    from werkzeug.test import Client
+
+    from pennello.daemon.net import proxy
+
+    monkeypatch.setattr(proxy, "_RESUME_POLL_S", 0.01)
+    with _DyingWorker(tmp_path / "worker.sock") as worker:
+        threading.Thread(target=worker.serve_forever, daemon=True).start()
+        client = Client(proxy.WorkerProxy(tmp_path / "worker.sock", guard=None))
+        upscale = client.post("/api/upscale", data={"scale": "2", "image": (io.BytesIO(b"x" * 100_000), "a.png")})
+        extras = client.post("/sdapi/v1/extra-single-image", json={"image": "aGk=", "upscaling_resize": 2})
+        generate = client.post("/api/generate", json={"prompt": "a kite"})  # journaled: never sent twice
+        worker.shutdown()
+    for response in (upscale, extras, generate):
+        assert response.status_code == 503 and "try again shortly" in response.get_json()["error"]["message"]
+    assert worker.paths == ["/api/upscale"] * 2 + ["/sdapi/v1/extra-single-image"] * 2 + ["/api/generate"]

@@ -13,7 +13,11 @@ that hand-off as a WSGI app:
   client goes away, the worker's connection is closed, so the worker sees the disconnect too
   (a queued job whose stream was abandoned is cancelled, as without isolation);
 * ``/api/offline`` and ``/api/health`` get what only this process knows added: its own guard's
-  refusals and what it may reach (the worker can reach nothing).
+  refusals and what it may reach (the worker can reach nothing);
+* a tool call that waits in the worker's memory and is not journaled (upscale, enhance, A1111's
+  extras; :data:`RETRIED`) outlives a worker that dies under it: its body is kept here, and once
+  the supervisor's new worker listens it is sent once more, so the caller gets its answer as if
+  nothing happened; a second death is the usual 503 JSON error.
 
     >>> proxy = WorkerProxy(Path("run/worker.sock"), guard)  # doctest: +SKIP
     >>> WaitressServer(proxy, "127.0.0.1", 8420).run()  # doctest: +SKIP
@@ -49,6 +53,15 @@ _CHUNK = 64 * 1024
 _KEPT_ATTEMPTS = 50
 _RESUME_S = 300.0  # the supervisor's longest back-off and a slow start, several times over
 _RESUME_POLL_S = 1.0
+# Calls sent once more to a restarted worker when theirs died before answering. Each is
+# idempotent (same body, same answer), is not journaled (generate and edit jobs are, and are re-run
+# by the new worker under the same id), and answers in one response (an event stream goes on by
+# itself). Upscale and enhance save their result as the last step, milliseconds before answering,
+# so a worker that died under them had saved nothing and the retry saves it once (a death in those
+# milliseconds would save it twice: the one gap left); A1111's extras and the copyright check save
+# nothing.
+RETRIED = frozenset({("POST", "/api/upscale"), ("POST", "/api/enhance"), ("POST", "/api/copyright/check"),
+                     ("POST", "/sdapi/v1/extra-single-image"), ("POST", "/sdapi/v1/extra-batch-images")})
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -78,13 +91,11 @@ class WorkerProxy:
         self.socket_path, self.guard, self.owner_token = socket_path, guard, owner_token
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        connection = UnixHTTPConnection(self.socket_path)  # no timeout: generation may take minutes
-        try:
-            response = self._forward(connection, environ)
-        except OSError as e:  # the worker is gone or restarting
-            connection.close()
-            log.error("model worker unreachable for %s %s: %s", environ["REQUEST_METHOD"],
-                      environ.get("PATH_INFO"), e)
+        retried = (environ["REQUEST_METHOD"], environ.get("PATH_INFO")) in RETRIED
+        if retried:  # kept whole here, to be sent again if the worker dies under it
+            environ = _buffered(environ)
+        answered = self._answer(environ, retried)
+        if answered is None:
             # The supervisor restarts a worker that died, so this is usually a brief gap, not a shutdown.
             body = json.dumps({"error": {"type": "daemon", "message": "the model worker is not reachable "
                                          "(restarting after a crash, or the daemon is stopping); try again "
@@ -92,6 +103,7 @@ class WorkerProxy:
             start_response("503 Service Unavailable", [("Content-Type", "application/json"),
                                                        ("Content-Length", str(len(body)))])
             return [body]
+        response, connection = answered
         headers = [(name, value) for name, value in response.getheaders()
                    if name.lower() not in _HOP_BY_HOP]
         status = f"{response.status} {response.reason}"
@@ -106,6 +118,37 @@ class WorkerProxy:
         if response.getheader("Content-Type", "").startswith("text/event-stream"):
             return _EventStream(response, connection, self, list(_request_headers(environ)))
         return _Body(response, connection)
+
+    def _answer(self, environ: dict[str, Any],
+                retried: bool) -> tuple[http.client.HTTPResponse, UnixHTTPConnection] | None:
+        """The worker's response, or None when it is gone (for a retried call: gone again, or not
+        back in time)."""
+        connection = UnixHTTPConnection(self.socket_path)  # no timeout: generation may take minutes
+        try:
+            return self._forward(connection, environ), connection
+        except (OSError, http.client.HTTPException) as e:  # the worker is gone or restarting
+            connection.close()
+            method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO")
+            log.error("model worker unreachable for %s %s: %s", method, path, e)
+        if not retried or not self._worker_back():
+            return None
+        log.warning("sending %s %s again, to the restarted model worker", method, path)
+        environ["wsgi.input"].seek(0)
+        return self._answer(environ, retried=False)
+
+    def _worker_back(self) -> bool:
+        """Whether a worker listens again within the event stream's deadline (a new worker that
+        still loads queues the connection until it accepts)."""
+        deadline = time.monotonic() + _RESUME_S
+        while time.monotonic() < deadline:
+            time.sleep(_RESUME_POLL_S)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(self.socket_path))
+                    return True
+                except OSError:
+                    continue
+        return False
 
     def request(self, method: str, path: str) -> Any:
         """A request of the server's own to the worker, as the owner (e.g. the models to advertise)."""
@@ -264,6 +307,14 @@ def _first_event_id(head: bytes) -> str | None:
 
 def _sse(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _buffered(environ: dict[str, Any]) -> dict[str, Any]:
+    """``environ`` with its body read into memory (the server's body limit bounds it)."""
+    stream, length = environ["wsgi.input"], int(environ.get("CONTENT_LENGTH") or 0)
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    body = stream.read(length) if length else stream.read() if chunked else b""
+    return {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
 
 
 def _request_headers(environ: dict[str, Any]) -> Iterator[tuple[str, str]]:
