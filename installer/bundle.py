@@ -81,7 +81,8 @@ README_WHEELS = """\
    (`pennello bundle verify`), then hands over to the one-click installer in packaging/, which
    installs only the wheels lock.txt pins by sha256 (with uv where wheels/ has it, else pip),
    the models, a menu entry, the tray, and start at login if you agree (it asks). Its options
-   pass through: sh install.sh --help. Set PENNELLO_VENV to choose where the environment goes.
+   pass through (see bash packaging/install.sh --help); PENNELLO_VENV chooses where the
+   environment goes.
    First install (no pennello here yet to check the signature with): get the sha256 of
    lock.txt from whoever exported this bundle, over another channel than this medium, and run
        PENNELLO_LOCK_SHA256=<that sha256> sh install.sh
