@@ -11,6 +11,7 @@
     DIR/lock.txt  DIR/bundle.json  with --with-wheels: the hash lock, and the signed list of the
                                    code files (see :mod:`pennello.installer.wheelhouse`)
     DIR/README.txt  DIR/install.sh
+    DIR/packaging/                 with --with-wheels: the one-click installer install.sh hands over to
 
 On the air-gapped machine ``pennello install --from DIR`` verifies every manifest with the
 *local* trust policy: a bundle's keys are not trusted because they came with it. The admin
@@ -19,8 +20,10 @@ trusts them first (``pennello keys trust DIR/keys/<keyid>.pub``) or passes
 the publisher's. Every manifest is verified before any file is read, every file is checked
 before it is used, and no model changes unless all of them arrive intact. ``install.sh``
 installs the wheels only after ``pennello bundle verify`` accepted them (or, on a first
-install, after the lock's sha256 matched the one the admin was given), with pip in
-``--require-hashes`` mode.
+install, after the lock's sha256 matched the one the admin was given): it hands over to the
+one-click installer, ``DIR/packaging/install.sh --from DIR`` (written from package data, so
+every install can export it), which installs in ``--require-hashes`` mode and sets up the menu
+entry, start at login (asked) and the tray, as from a checkout.
 
     $ pennello bundle export pennello-tiny sd-turbo --out /media/usb/pennello
     $ pennello install --from /media/usb/pennello          # on the other machine
@@ -29,6 +32,7 @@ install, after the lock's sha256 matched the one the admin was given), with pip 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.resources
 import importlib.util
 import logging
 import os
@@ -48,7 +52,7 @@ from pennello.installer.manifest import MANIFEST_FILENAME, parse_envelope
 from pennello.installer.ownwheel import own_wheel
 from pennello.installer.store import COMMIT_PACK, InstalledModel, Store, check_file, file_sha256, remove_tree
 from pennello.installer.trust import TrustPolicy
-from pennello.installer.wheelhouse import (LOCK_FILE, PIP_INSTALL, collect_wheels, sign_bundle, signing_key,
+from pennello.installer.wheelhouse import (LOCK_FILE, collect_wheels, sign_bundle, signing_key,
                                            write_lock)
 from pennello.paths import Paths
 
@@ -74,18 +78,24 @@ Every file is checked against its signed manifest before it is used.
 README_WHEELS = """\
 3. To install or upgrade pennello itself from wheels/ (no network), run:   sh install.sh
    It checks bundle.json (signed by key {signer}) with the pennello already on this machine
-   (`pennello bundle verify`), then lets pip install only the wheels lock.txt pins by sha256,
-   then installs the models. Set PENNELLO_VENV to choose where the environment goes.
+   (`pennello bundle verify`), then hands over to the one-click installer in packaging/, which
+   installs only the wheels lock.txt pins by sha256 (with uv where wheels/ has it, else pip),
+   the models, a menu entry, the tray, and start at login if you agree (it asks). Its options
+   pass through (see bash packaging/install.sh --help); PENNELLO_VENV chooses where the
+   environment goes.
    First install (no pennello here yet to check the signature with): get the sha256 of
    lock.txt from whoever exported this bundle, over another channel than this medium, and run
        PENNELLO_LOCK_SHA256=<that sha256> sh install.sh
    (at export it was {lock_sha256}; a copy written here proves nothing by itself).
 """
 
+ONE_CLICK_FILES = ("install.sh", "systemd/pennello.service")  # under packaging/ in checkouts and bundles
+
 INSTALL_SH = """\
 #!/bin/sh
-# Install pennello from wheels/ (offline, every wheel pinned by sha256) and the bundled models.
-# See README.txt. Nothing is installed unless the bundle's code checks out first.
+# Install pennello from wheels/ (offline, every wheel pinned by sha256) and the bundled models,
+# as the one-click installer does. See README.txt; options (e.g. --trust-bundle-keys, --yes) go
+# to packaging/install.sh. Nothing is installed unless the bundle's code checks out first.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 if [ -d "$here/wheels" ]; then
@@ -106,13 +116,12 @@ EOF
         echo "PENNELLO_LOCK_SHA256 to the sha256 of {lock} the exporter gave you (see README.txt)" >&2
         exit 3
     fi
-    venv=${{PENNELLO_VENV:-$HOME/.local/share/pennello-venv}}
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install {pip_install} --find-links "$here/wheels" -r "$here/{lock}"
-    PATH="$venv/bin:$PATH"
+    # The one-click installer (written here by the export) sets everything up: torch and pennello
+    # from wheels/ by lock.txt's hashes, the models, menu entry, start at login (asked), tray.
+    exec bash "$here/{oneclick}" --from "$here" "$@"
 fi
 pennello install --from "$here"
-""".format(lock=LOCK_FILE, pip_install=" ".join(PIP_INSTALL))
+""".format(lock=LOCK_FILE, oneclick="packaging/install.sh")
 
 
 def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, with_wheels: bool = False,
@@ -190,10 +199,22 @@ def _add_wheels(staging: Path, signer: TrustedKey, keyids: list[str], wheels_fro
     else:
         download_wheels(staging / "wheels", platforms, python_version)
     lock = write_lock(staging)
+    _write_one_click(staging)
     if signer.keyid not in keyids:
         (staging / "keys" / f"{signer.keyid}.pub").write_bytes(signer.pem())
         keyids.append(signer.keyid)
     return README_WHEELS.format(signer=signer.keyid, lock_sha256=file_sha256(lock))
+
+
+def _write_one_click(staging: Path) -> None:
+    """The one-click installer and its systemd unit, as ``packaging/`` in the bundle: install.sh
+    hands over to it (package data, so any install of pennello can export it)."""
+    source = importlib.resources.files("pennello.installer") / "oneclick"
+    for name in ONE_CLICK_FILES:
+        dest = staging / "packaging" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(source.joinpath(*name.split("/")).read_bytes())
+    os.chmod(staging / "packaging" / "install.sh", 0o755)
 
 
 def _write_instructions(staging: Path, models: list[InstalledModel], keyids: list[str], dirname: str,

@@ -48,7 +48,8 @@ SPEC_VERSION = 1
 BUNDLE_MANIFEST = "bundle.json"
 LOCK_FILE = "lock.txt"
 WHEELS_DIR = "wheels"
-SIGNED_EXTRAS = ("install.sh", "README.txt")  # listed too when present: what the admin runs and reads
+# Listed too when present: what the admin runs (install.sh hands over to the one-click installer) and reads.
+SIGNED_EXTRAS = ("install.sh", "README.txt", "packaging/install.sh", "packaging/systemd/pennello.service")
 VALIDITY = timedelta(days=365)  # like the catalog: an old wheelhouse is a freeze, bounded by this
 LABEL = "bundle manifest"
 PIP_INSTALL = ("--no-index", "--require-hashes", "--only-binary=:all:")

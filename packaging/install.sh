@@ -148,6 +148,8 @@ install() {
         [ -d "$FROM" ] || die "$FROM is not a directory" "give the folder made by \`pennello bundle export ... --out DIR --with-wheels\`"
         [ -d "$FROM/wheels" ] || die "$FROM has no wheels/ folder, so pennello cannot be installed from it without network" \
             "make the bundle with: pennello bundle export pennello-tiny --out DIR --with-wheels"
+        [ -f "$FROM/lock.txt" ] || die "$FROM has no lock.txt, so its wheels cannot be checked by hash" \
+            "make the bundle with: pennello bundle export pennello-tiny --out DIR --with-wheels"
     fi
     printf '%sInstalling pennello%s into %s\n' "$BOLD" "$RESET" "$VENV"
     [ -n "$FROM" ] && printf 'from the bundle %s, without network\n' "$FROM"
@@ -192,12 +194,12 @@ install() {
     if [ -n "$UV" ]; then
         PIP=("$UV" pip install --python "$PY_VENV")
         # --offline: uv never asks the network, not even to refresh its cache.
-        [ -n "$FROM" ] && index_args=(--offline --no-index --find-links "$FROM/wheels")
+        [ -n "$FROM" ] && index_args=(--offline --no-index --find-links "$FROM/wheels" --require-hashes -r "$FROM/lock.txt")
         ok "installing packages with $("$UV" --version)"
     else
         ensure_pip
         PIP=("$PY_VENV" -m pip install)
-        [ -n "$FROM" ] && index_args=(--no-index --find-links "$FROM/wheels")
+        [ -n "$FROM" ] && index_args=(--no-index --find-links "$FROM/wheels" --require-hashes -r "$FROM/lock.txt")
     fi
     # shellcheck disable=SC2206
     local extra=($PIP_EXTRA)
@@ -208,16 +210,12 @@ install() {
     if have_torch=$("$PY_VENV" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
         ok "torch $have_torch is already installed; keeping it"
     elif [ -n "$FROM" ]; then
-        say "installing torch from the bundle (this can take a few minutes)"
-        if ls "$FROM/wheels/" | grep -q "^torch-${TORCH_SPEC#torch==}[-+]"; then
-            run_logged "torch" "${PIP[@]}" "${index_args[@]}" ${extra[@]+"${extra[@]}"} "$TORCH_SPEC" \
-                || die "installing $TORCH_SPEC from $FROM/wheels failed" "check the bundle's wheels match this machine (python $("$PY_VENV" -c 'import sys; print("%d.%d" % sys.version_info[:2])'), $(uname -m))"
-        else
-            ls "$FROM/wheels/" | grep -q '^torch-' || die "$FROM/wheels holds no torch wheel" \
-                "export the bundle on a machine with network, for this platform: pennello bundle export ... --with-wheels --platform TAG --python-version X.Y"
-            run_logged "torch" "${PIP[@]}" "${index_args[@]}" ${extra[@]+"${extra[@]}"} torch \
-                || die "installing torch from $FROM/wheels failed" "the bundle's torch wheel may be for another platform or Python"
-        fi
+        ls "$FROM/wheels/" | grep -q '^torch-' || die "$FROM/wheels holds no torch wheel" \
+            "export the bundle on a machine with network, for this platform: pennello bundle export ... --with-wheels --platform TAG --python-version X.Y"
+        # In hash-checking mode every requirement comes from lock.txt, so torch comes with the rest.
+        say "installing torch and the other wheels lock.txt pins from the bundle (this can take a few minutes)"
+        run_logged "torch" "${PIP[@]}" "${index_args[@]}" ${extra[@]+"${extra[@]}"} \
+            || die "installing the bundle's wheels from $FROM/wheels failed" "check the bundle's wheels match this machine (python $("$PY_VENV" -c 'import sys; print("%d.%d" % sys.version_info[:2])'), $(uname -m))"
         ok "torch $("$PY_VENV" -c 'import torch; print(torch.__version__)')"
     else
         say "installing $TORCH_SPEC (this can take a few minutes)"
@@ -236,21 +234,21 @@ install() {
     fi
 
     step "Pennello"
-    local what
+    local what=()
     if [ -n "$FROM" ]; then
-        what=pennello
+        what=()  # pennello is in lock.txt (index_args)
     elif [ "$SOURCE" = pypi ]; then
-        what=pennello
+        what=(pennello)
     elif [ "$SOURCE" != auto ]; then
         [ -f "$SOURCE/pyproject.toml" ] || die "$SOURCE is not a pennello checkout (no pyproject.toml)"
-        what=$(cd "$SOURCE" && pwd)
+        what=("$(cd "$SOURCE" && pwd)")
     elif [ -f "$HERE/../pyproject.toml" ] && grep -q '^name = "pennello"' "$HERE/../pyproject.toml"; then
-        what=$(cd "$HERE/.." && pwd)
+        what=("$(cd "$HERE/.." && pwd)")
     else
-        what=pennello
+        what=(pennello)
     fi
-    say "installing ${what} ${FROM:+from the bundle}"
-    run_logged "pennello" "${PIP[@]}" --upgrade ${index_args[@]+"${index_args[@]}"} ${extra[@]+"${extra[@]}"} "$what" \
+    say "installing ${what[*]:-pennello} ${FROM:+from the bundle, every wheel checked against lock.txt}"
+    run_logged "pennello" "${PIP[@]}" --upgrade ${index_args[@]+"${index_args[@]}"} ${extra[@]+"${extra[@]}"} ${what[@]+"${what[@]}"} \
         || die "installing pennello failed" \
                "${FROM:+the bundle may lack a dependency wheel for this platform; re-export it with --with-wheels on a machine like this one}" \
                "run this again; it picks up where it stopped"

