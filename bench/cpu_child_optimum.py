@@ -5,6 +5,7 @@ runs in a virtual environment of its own, with the same torch::
 
     python3 -m venv /tmp/ovraw
     echo torch==2.13.0 > /tmp/c.txt && /tmp/ovraw/bin/pip install -c /tmp/c.txt 'optimum-intel[openvino]' diffusers
+    /tmp/ovraw/bin/pip uninstall -y torchvision  # built for another torch: transformers fails to import
     /tmp/ovraw/bin/python bench/cpu_child_optimum.py MODEL_DIR SIZE RUNS PICTURE
 
 ``MODEL_DIR`` is the random-weight pipeline ``bench_cpu.py`` saved. optimum-intel exports it to
@@ -30,6 +31,11 @@ def main() -> None:
     model_dir, size, runs, picture = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     pipe = OVDiffusionPipeline.from_pretrained(model_dir, export=True, compile=False)
     pipe.reshape(batch_size=1, height=size, width=size, num_images_per_prompt=1)
+    # optimum sizes the UNet for classifier-free guidance (batch 2); these draw at guidance 0, batch 1
+    shapes = {i: i.get_partial_shape() for i in pipe.unet.model.inputs}
+    for shape in shapes.values():
+        shape[0] = 1
+    pipe.unet.model.reshape(shapes)
     pipe.compile()
 
     def draw(seed: int) -> np.ndarray:
