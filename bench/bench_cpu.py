@@ -1,19 +1,24 @@
-"""SD-Turbo on a CPU: diffusers as it was, each speed-up alone, and pennello's CPU default.
+"""SD-Turbo and SDXL-Turbo on a CPU: diffusers as it was, each speed-up alone and together,
+pennello's CPU default, and raw optimum-intel.
 
-Random weights of the real SD-Turbo architecture (``archs.py``) cost what the trained model costs,
-so this needs no download. Each configuration runs in a fresh process, one after the other, and
-reports its cold start (process start to first picture, OpenVINO's conversion included), its
-seconds per picture (median of ``--runs``), its peak RSS and its achieved GFLOP/s next to the
-matmul peak this CPU reaches in torch (fp32 and bf16)::
+Random weights of the real architectures (``archs.py``) cost what the trained models cost, so this
+needs no download. Each configuration runs in a fresh process (``cpu_child.py``), one after the
+other, and reports its cold start (process start to first picture, OpenVINO's conversion
+included), its seconds per picture (median of ``--runs``), its peak RSS, its achieved GFLOP/s next
+to the large-matmul peak this CPU reaches in torch (fp32 and bf16), and how far its seed-0 picture
+is from torch fp32's with the same decoder::
 
-    python bench/bench_cpu.py                         # 512², 1 step, batch 1: bench/results/cpu.json
+    python bench/bench_cpu.py                         # SD-Turbo 512², 1 step, batch 1: bench/results/cpu.json
+    python bench/bench_cpu.py --arch sdxl-turbo --configs openvino+tiny --name cpu-sdxl
     python bench/bench_cpu.py --size 64 --runs 1 --configs diffusers-fp32,openvino+tiny
 
-Configurations: ``diffusers-fp32`` (before this change), ``bf16`` (torch autocast), ``channels-last``,
-``compile`` (torch.compile of the UNet), ``tiny`` (the TAESD-architecture decoder), ``openvino``
-(pennello's backend) and ``openvino+tiny`` (the daemon's CPU default for 1-4-step SD models).
-Raw optimum-intel cannot be measured next to them: optimum-intel 2.2 needs huggingface-hub<1.22,
-diffusers 0.42 needs >=1.32. Timings on a shared machine are noisy: the load average is recorded.
+A configuration is options joined by ``+`` (``cpu_child.py`` lists them: ``threads-1``, ``bf16``,
+``channels-last``, ``compile``, ``tiny``, ``openvino``, ``int8``); ``diffusers-fp32`` is the path
+before the CPU work, ``openvino+tiny`` the daemon's CPU default for 1-4-step models.
+``optimum-intel`` is raw optimum-intel without pennello, from a virtual environment of its own
+(``cpu_child_optimum.py``; ``PENNELLO_OPTIMUM_PYTHON`` names its python). A configuration that fails
+is recorded in ``details`` and the others still run. Timings on a shared machine are noisy: the load
+average is recorded at the start, after each configuration and at the end.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,47 +36,21 @@ from typing import Any
 from _common import row, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ("diffusers-fp32", "bf16", "channels-last", "compile", "tiny", "bf16+channels-last+tiny",
-           "openvino", "openvino+tiny")
+# In the order they run: the before, the default and its variants first, so a run cut short by a
+# busy machine still has the rows that matter.
+CONFIGS = ("diffusers-fp32", "tiny", "openvino+tiny", "openvino+int8+tiny", "openvino", "openvino+int8",
+           "optimum-intel", "threads-1", "bf16", "channels-last", "bf16+channels-last+tiny",
+           "openvino+tiny+threads-1", "compile", "bf16+channels-last+compile+tiny")
 DEFAULT = "openvino+tiny"
-
-CHILD = r"""
-import json, os, resource, statistics, sys, time
-started = time.perf_counter()
-import contextlib, torch, diffusers
-sys.path[:0] = [sys.argv[5], os.path.join(sys.argv[5], "..")]
-from archs import ARCHS, build_pipeline
-config, size, runs, cache = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-parts = set(config.split("+"))
-pipe = build_pipeline(ARCHS["sd-turbo"])
-if "openvino" in parts:
-    from pathlib import Path
-    from pennello.daemon.engine.backends import openvino_backend
-    openvino_backend.convert(pipe, "sd-turbo-random", "random-weights", Path(cache))
-if "tiny" in parts:
-    pipe.vae = diffusers.AutoencoderTiny().eval()
-if "channels-last" in parts:
-    for module in (pipe.unet, pipe.vae):
-        module.to(memory_format=torch.channels_last)
-if "compile" in parts:
-    pipe.unet.forward = torch.compile(pipe.unet.forward)
-autocast = (lambda: torch.autocast("cpu", torch.bfloat16)) if "bf16" in parts else contextlib.nullcontext
-def draw(seed):
-    with torch.inference_mode(), autocast():
-        pipe("a lighthouse at dusk", width=size, height=size, num_inference_steps=1, guidance_scale=0.0,
-             generator=torch.Generator().manual_seed(seed))
-draw(0)
-cold = time.perf_counter() - started
-times = []
-for i in range(runs):
-    t = time.perf_counter(); draw(i + 1); times.append(time.perf_counter() - t)
-print(json.dumps({"cold_s": cold, "median_s": statistics.median(times), "runs": times,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+# The most a default may change a picture against torch fp32 with the same seed and decoder, in
+# mean levels of 255 (bf16 inside OpenVINO measured about 1-3 on this machine's tests).
+QUALITY_LEVELS = 3.0
+# Raw optimum-intel lives in a virtual environment of its own (cpu_child_optimum.py says how).
+OPTIMUM_PYTHON = os.environ.get("PENNELLO_OPTIMUM_PYTHON", "/tmp/ovraw/bin/python")
 
 
-def matmul_peak(dtype_name: str, n: int = 1024, repeats: int = 20) -> float:
-    """GFLOP/s of torch's best square matmul here (the best of ``repeats``)."""
+def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of torch's best large square matmul here (the best of ``repeats``)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -84,13 +63,13 @@ def matmul_peak(dtype_name: str, n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def flops_per_image(size: int, tiny: bool) -> float:
+def flops_per_image(arch: str, size: int, tiny: bool) -> float:
     """The pipeline's FLOPs for one picture (meta device), with the tiny decoder's instead of the VAE's."""
     import diffusers
     import torch
     from archs import ARCHS, analyse, count_flops
 
-    flops = analyse(ARCHS["sd-turbo"], size)["flops"]
+    flops = analyse(ARCHS[arch], size)["flops"]
     if not tiny:
         return flops["per_image"]
     with torch.device("meta"):
@@ -99,45 +78,107 @@ def flops_per_image(size: int, tiny: bool) -> float:
     return flops["per_image"] - flops["vae_decode"] + count_flops(lambda: decoder.decode(latents))
 
 
-def run_config(config: str, size: int, runs: int, cache: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", CHILD, config, str(size), str(runs), str(cache),
-                           str(Path(__file__).resolve().parent)], env=env, capture_output=True, text=True,
-                          check=False, timeout=3600)
+def saved_pipeline(arch: str, cache: Path) -> Path:
+    """The random-weight pipeline of ``arch`` saved once, for optimum-intel to export from disk."""
+    target = cache / f"{arch}-random-pipeline"
+    if not (target / "model_index.json").exists():
+        from archs import ARCHS, build_pipeline
+
+        build_pipeline(ARCHS[arch]).save_pretrained(target)
+    return target
+
+
+def run_config(config: str, arch: str, size: int, runs: int, cache: Path, pictures: Path) -> dict[str, Any]:
+    """One configuration in a fresh process: its timings and its seed-0 picture under ``pictures``, or
+    ``{"failed": stderr}``."""
+    picture = pictures / f"{config}.npy"
+    here = Path(__file__).resolve().parent
+    if config == "optimum-intel":
+        if not Path(OPTIMUM_PYTHON).exists():  # checked first: saving the pipeline for it takes minutes
+            return {"failed": f"no optimum-intel environment: {OPTIMUM_PYTHON} does not exist "
+                              "(cpu_child_optimum.py says how to make one)"}
+        command = [OPTIMUM_PYTHON, str(here / "cpu_child_optimum.py"), str(saved_pipeline(arch, cache)),
+                   str(size), str(runs), str(picture)]
+    else:
+        command = [sys.executable, str(here / "cpu_child.py"), config, arch, str(size), str(runs), str(cache),
+                   str(picture)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(here)))}
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"failed": str(e)}
     if done.returncode:
-        raise SystemExit(f"{config} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return {"failed": done.stderr[-3000:]}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_average_after": os.getloadavg()}
+
+
+def difference(config: str, pictures: Path) -> float | None:
+    """Mean absolute difference (0-255 levels) of ``config``'s seed-0 picture from torch fp32's with
+    the same decoder; None when that reference was not run."""
+    import numpy as np
+
+    reference = pictures / ("tiny.npy" if "tiny" in config.split("+") else "diffusers-fp32.npy")
+    if not reference.exists() or config in ("tiny", "diffusers-fp32"):
+        return None
+    return float(np.abs(np.load(pictures / f"{config}.npy") - np.load(reference)).mean() * 255)
+
+
+def config_rows(label: str, config: str, result: dict[str, Any], gflops: float,
+                peaks: dict[str, float], diff: float | None) -> list[dict[str, Any]]:
+    rows = [row(f"{label}, {config}: seconds per picture", result["median_s"], "s"),
+            row(f"{label}, {config}: cold start to first picture", result["cold_s"], "s"),
+            row(f"{label}, {config}: peak RSS", result["peak_rss_mb"], "MB"),
+            row(f"{label}, {config}: achieved GFLOP/s", gflops, "GFLOP/s",
+                share_of_fp32_matmul_peak=round(gflops / peaks["float32"], 3),
+                share_of_bf16_matmul_peak=round(gflops / peaks["bfloat16"], 3))]
+    if diff is not None:
+        rows.append(row(f"{label}, {config}: mean difference from torch fp32 (seed 0, same decoder)", diff,
+                        "levels of 255", f"≤ {QUALITY_LEVELS} for a default"))
+    return rows
+
+
+def summary_rows(label: str, details: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline ratios: the default against today's path and against raw optimum-intel."""
+    rows, details = [], {config: result for config, result in details.items() if "failed" not in result}
+    if "diffusers-fp32" in details and DEFAULT in details:
+        rows.append(row(f"{label}: pennello CPU default ({DEFAULT}) speed-up over diffusers fp32",
+                        details["diffusers-fp32"]["median_s"] / details[DEFAULT]["median_s"], "x", "≥ 8x"))
+    if "optimum-intel" in details and "openvino" in details:
+        rows.append(row(f"{label}: pennello OpenVINO (full decoder) time relative to raw optimum-intel",
+                        details["openvino"]["median_s"] / details["optimum-intel"]["median_s"], "x", "≤ 1.1x"))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="sd-turbo", choices=("sd-turbo", "sdxl-turbo"))
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--name", default="cpu", help="result file bench/results/<name>.json")
     args = parser.parse_args()
-    configs = args.configs.split(",")
     load = os.getloadavg()
     peaks = {dtype: matmul_peak(dtype) for dtype in ("float32", "bfloat16")}
     cache = Path(os.environ.get("PENNELLO_HOME", Path.home() / ".cache" / "pennello-bench")) / "cache"
-    label = f"{args.size}², 1 step, batch 1"
+    pictures = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
+    label = f"{args.arch} {args.size}², 1 step, batch 1"
     rows, details = [], {}
-    for config in configs:
-        result = details[config] = run_config(config, args.size, args.runs, cache)
-        gflops = flops_per_image(args.size, "tiny" in config) / result["median_s"] / 1e9
-        rows += [row(f"sd-turbo {label}, {config}: seconds per picture", result["median_s"], "s"),
-                 row(f"sd-turbo {label}, {config}: cold start to first picture", result["cold_s"], "s"),
-                 row(f"sd-turbo {label}, {config}: peak RSS", result["peak_rss_mb"], "MB"),
-                 row(f"sd-turbo {label}, {config}: achieved GFLOP/s", gflops, "GFLOP/s",
-                     share_of_fp32_matmul_peak=round(gflops / peaks["float32"], 3),
-                     share_of_bf16_matmul_peak=round(gflops / peaks["bfloat16"], 3))]
-    if "diffusers-fp32" in details and DEFAULT in details:
-        rows.append(row(f"sd-turbo {label}: pennello CPU default ({DEFAULT}) speed-up over diffusers fp32",
-                        details["diffusers-fp32"]["median_s"] / details[DEFAULT]["median_s"], "x", "≥ 3x"))
-    rows += [row("torch fp32 matmul peak (1024²)", peaks["float32"], "GFLOP/s"),
-             row("torch bf16 matmul peak (1024²)", peaks["bfloat16"], "GFLOP/s")]
-    write_result("cpu", rows, details=details, load_average_at_start=load, load_average_at_end=os.getloadavg(),
-                 note="configurations run one after the other, each in a fresh process; torch and OpenVINO "
-                      "use their default thread counts; the machine was shared (load averages above)")
+    peak_rows = [row("torch fp32 matmul peak (2048²)", peaks["float32"], "GFLOP/s"),
+                 row("torch bf16 matmul peak (2048²)", peaks["bfloat16"], "GFLOP/s")]
+    for config in args.configs.split(","):
+        result = details[config] = run_config(config, args.arch, args.size, args.runs, cache, pictures)
+        if "failed" in result:  # recorded in details; the other configurations still run
+            print(f"{config} failed:\n{result['failed']}", file=sys.stderr)
+            continue
+        tiny = "tiny" in config.split("+")
+        gflops = flops_per_image(args.arch, args.size, tiny) / result["median_s"] / 1e9
+        rows += config_rows(label, config, result, gflops, peaks, difference(config, pictures))
+        # written after every configuration: a run stopped early keeps what it measured
+        write_result(args.name, rows + summary_rows(label, details) + peak_rows, details=details,
+                     load_average_at_start=load, load_average_at_end=os.getloadavg(),
+                     note="configurations run one after the other, each in a fresh process; torch and OpenVINO "
+                          "use every core unless threads-1; the machine was shared (load averages above, and "
+                          "per configuration in details)")
 
 
 if __name__ == "__main__":

@@ -84,9 +84,12 @@ def test_api_bench_serves_the_real_sd_turbo_architecture_through_the_daemon(tmp_
 
 @needs_sd_turbo_memory
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed (pip install -e '.[cpu]')")
-def test_cpu_bench_compares_diffusers_fp32_with_the_cpu_default_on_sd_turbo(tmp_path):
+def test_cpu_bench_compares_diffusers_fp32_with_the_cpu_default_on_sd_turbo(tmp_path, monkeypatch):
+    # raw optimum-intel lives in a virtual environment of its own; where it is missing its row fails
+    # alone, recorded, and the others are still measured
+    monkeypatch.setenv("PENNELLO_OPTIMUM_PYTHON", str(tmp_path / "no-such-python"))
     rows = run_bench(tmp_path, "bench_cpu.py", "--size", "64", "--runs", "1",
-                     "--configs", "diffusers-fp32,openvino+tiny")
+                     "--configs", "diffusers-fp32,optimum-intel,openvino+tiny")
     label = "sd-turbo 64², 1 step, batch 1"
     for config in ("diffusers-fp32", "openvino+tiny"):
         assert rows[f"{label}, {config}: seconds per picture"] > 0
@@ -94,4 +97,7 @@ def test_cpu_bench_compares_diffusers_fp32_with_the_cpu_default_on_sd_turbo(tmp_
         assert rows[f"{label}, {config}: peak RSS"] > 100
         assert rows[f"{label}, {config}: achieved GFLOP/s"] > 0
     assert rows[f"{label}: pennello CPU default (openvino+tiny) speed-up over diffusers fp32"] > 0
-    assert rows["torch fp32 matmul peak (1024²)"] > 0
+    assert rows["torch fp32 matmul peak (2048²)"] > 0 and rows["torch bf16 matmul peak (2048²)"] > 0
+    details = json.loads((tmp_path / "cpu.json").read_text(encoding="utf-8"))["details"]
+    assert "no-such-python" in details["optimum-intel"]["failed"]
+    assert not any(metric.startswith(f"{label}, optimum-intel") for metric in rows)

@@ -150,6 +150,61 @@ def test_a_cache_made_from_other_files_is_converted_again_never_used(make_engine
     assert placement(engine)["backend"] == "openvino"
 
 
+@needs_openvino
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="NNCF is not installed (pip install nncf)")
+def test_int8_weights_convert_smaller_and_draw_close_to_torch_fp32(home, mini):
+    """NNCF's 8-bit weights: the cache says so, the UNet's weights file is about a quarter of its
+    fp32 size, and the picture stays within the bound the CPU default is held to (3 levels of 255
+    from torch fp32, same seed; docs/performance.md)."""
+    from pennello.daemon.engine.backends import openvino_backend
+    from pennello.daemon.engine.families import get_family
+
+    pipe = get_family("sd").load("StableDiffusionPipeline", mini.path, "cpu", torch.float32)
+    fp32_bytes = 4 * sum(p.numel() for p in pipe.unet.parameters())
+
+    def draw_seed_5() -> np.ndarray:
+        return pipe("a lighthouse", width=64, height=64, num_inference_steps=1, guidance_scale=0.0,
+                    output_type="np", generator=torch.Generator().manual_seed(5)).images
+
+    on_torch = draw_seed_5()
+    openvino_backend.convert(pipe, NAME, mini.digest, home.cache_dir, weights="int8")
+    int8 = draw_seed_5()
+    folder = home.cache_dir / "openvino" / NAME
+    assert json.loads((folder / "key.json").read_text())["weights"] == "int8"
+    assert (folder / "unet.bin").stat().st_size < 0.4 * fp32_bytes
+    assert np.abs(int8 - on_torch).mean() * 255 < 3, np.abs(int8 - on_torch).mean() * 255
+
+
+@needs_openvino
+def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvino_as_on_torch(
+        make_server, make_engine, home, convert_small):
+    """SDXL's UNet takes pooled text embeddings and size/crop ids besides SD's three inputs: the
+    converted model must get them (a picture made without them would not match torch's)."""
+    from pennello.daemon.engine.backends.openvino_backend import OVModule
+    from pennello.installer import ensure_embedded_default
+    from pennello.config import Config
+    from _fixtures_hub import bench_archs
+
+    archs = bench_archs()
+    ensure_embedded_default(home, Config())
+    target = home.cache_dir / "sdxl-tiny"
+    archs.build_pipeline(archs.ARCHS["sdxl-turbo"], tiny=True).save_pretrained(target)
+    model = installed_as(Store(home).get("pennello-tiny"), target, "sdxl-tiny", "sdxl", "StableDiffusionXLPipeline")
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": model})))
+    body = {"prompt": "a lighthouse at dusk", "model": "sdxl-tiny", "width": 256, "height": 256, "steps": 1,
+            "guidance": 0.0, "seed": 3, "wait": True}
+    converted = fetch(running.url, requests.post(running.api("/generate"), json=body, timeout=300))
+    assert placement(running.engine, "sdxl-tiny")["backend"] == "openvino"
+    assert isinstance(running.engine.residency.loaded["sdxl-tiny"].pipe.unet, OVModule)
+    running.engine.residency.drop("sdxl-tiny")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "OPENVINO_FAMILIES", frozenset({"sd"}))
+        on_torch = fetch(running.url, requests.post(running.api("/generate"), json=body, timeout=300))
+    assert placement(running.engine, "sdxl-tiny")["backend"] == "torch"
+    assert converted.shape == (256, 256, 3) and converted.std() > 0
+    assert np.abs(converted - on_torch).mean() < 6, np.abs(converted - on_torch).mean()
+
+
 class _SvdAttention:
     """An attention processor using an op OpenVINO's PyTorch frontend has no conversion for."""
 
@@ -185,7 +240,7 @@ def test_the_embedded_model_and_gpu_families_say_why_they_stay_on_torch(engine):
     expected = ("small model" if importlib.util.find_spec("openvino") else "OpenVINO is not installed")
     assert expected in tiny["backend_reason"]
     assert backends.choose(Plan("cpu", "cpu"), "flux", 12 * 10**9)[1] == \
-        "OpenVINO serves sd models; flux runs on torch"
+        "OpenVINO serves sd, sdxl models; flux runs on torch"
     assert backends.choose(Plan("large", "cuda"), "sd", 10**9) == ("torch", "cuda: diffusers on torch")
 
 

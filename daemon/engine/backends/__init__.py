@@ -2,7 +2,7 @@
 
 ``torch`` is diffusers as it is, on whatever device the engine picked; it serves every family.
 ``openvino`` (:mod:`.openvino_backend`, needs ``pip install 'pennello[cpu]'``) runs the UNet and
-the VAE decoder of SD-class models as OpenVINO models when there is no CUDA or Apple GPU. The
+the VAE decoder of SD and SDXL models as OpenVINO models when there is no CUDA or Apple GPU. The
 choice is automatic; whenever OpenVINO cannot serve a model the torch pipeline serves it and the
 reason is logged and shown in ``/api/ps`` (``placement.backend_reason``):
 
@@ -27,8 +27,8 @@ __all__ = ["attach", "check_tiny_decoder", "choose", "decoder_applied"]
 log = logging.getLogger(__name__)
 
 # Families whose pipelines call the UNet as the OpenVINO backend converts it (sample, timestep,
-# text embeddings); SDXL's extra conditioning and FLUX's transformer are not converted yet.
-OPENVINO_FAMILIES = frozenset({"sd"})
+# text embeddings, and SDXL's added conditioning); FLUX's transformer is not converted yet.
+OPENVINO_FAMILIES = frozenset({"sd", "sdxl"})
 # Below this many UNet parameters torch is as fast and converting (seconds to minutes at first
 # load) does not pay: the embedded 64x64 model (2.6M) stays on torch.
 MIN_OPENVINO_PARAMS = 50_000_000

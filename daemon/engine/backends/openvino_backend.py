@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 DEVICE = "AUTO"  # the CPU, plus an Intel iGPU or NPU where one is present
 KEPT_SHAPES = 4  # compiled static-shape variants per converted module (sizes x batch sizes in use)
 CACHE_DIR = "openvino"  # under Paths.cache_dir
+# Weights as converted: "fp32", or "int8" (NNCF's per-channel 8-bit weight compression, decompressed
+# on the fly inside OpenVINO). Chosen from bench/bench_cpu.py's rows; see docs/performance.md.
+WEIGHTS = "fp32"
 
 
 def import_openvino() -> Any:
@@ -53,15 +56,18 @@ def import_openvino() -> Any:
 
 
 class _UNetCall(torch.nn.Module):
-    """The UNet's forward with the three tensors SD-class pipelines pass, for tracing."""
+    """The UNet's forward with the tensors SD-class pipelines pass, for tracing: sample, timestep and
+    text embeddings, and for SDXL its added conditioning (pooled text embeddings, size and crop ids)."""
 
     def __init__(self, unet: torch.nn.Module) -> None:
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
-                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added,
+                         return_dict=False)[0]
 
 
 class OVModule(torch.nn.Module):
@@ -77,6 +83,8 @@ class OVModule(torch.nn.Module):
         self._core, self._model, self._to_inputs, self._wrap = core, model, to_inputs, wrap
         self._compiled: OrderedDict[tuple[tuple[int, ...], ...], Any] = OrderedDict()
         self.config = getattr(original, "config", None)
+        if getattr(original, "add_embedding", None) is not None:
+            self.add_embedding = original.add_embedding  # SDXL pipelines read its input width
         self.compiled_shapes = 0  # how many times a shape was compiled (reported, and tested)
 
     @property
@@ -107,10 +115,26 @@ class OVModule(torch.nn.Module):
 
 
 def _unet_inputs(sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor | None = None,
-                 **_: Any) -> list[torch.Tensor]:
-    """The UNet's call as SD-class pipelines make it, as the converted model's three inputs."""
+                 added_cond_kwargs: dict[str, torch.Tensor] | None = None, **_: Any) -> list[torch.Tensor]:
+    """The UNet's call as SD-class pipelines make it, as the converted model's inputs (three, five
+    with SDXL's added conditioning)."""
     steps = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).expand(sample.shape[0])
-    return [sample, steps, encoder_hidden_states]
+    added = [added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]] if added_cond_kwargs else []
+    return [sample, steps, encoder_hidden_states, *added]
+
+
+def _unet_example(pipe: Any) -> tuple[torch.Tensor, ...]:
+    """Inputs of the shapes ``pipe`` gives its UNet (batch 2, a small latent), for tracing."""
+    unet, batch, latent = pipe.unet, 2, 8
+    example = (torch.randn(batch, unet.config.in_channels, latent, latent), torch.full((batch,), 999.0),
+               torch.randn(batch, pipe.tokenizer.model_max_length, unet.config.cross_attention_dim))
+    if unet.config.addition_embed_type != "text_time":
+        return example
+    # SDXL: the second text encoder's pooled output, then the size and crop ids, each id embedded
+    # to addition_time_embed_dim; together they fill projection_class_embeddings_input_dim.
+    pooled = pipe.text_encoder_2.config.projection_dim
+    ids = (unet.config.projection_class_embeddings_input_dim - pooled) // unet.config.addition_time_embed_dim
+    return (*example, torch.randn(batch, pooled), torch.randn(batch, ids))
 
 
 def _unet_output(out: torch.Tensor) -> tuple[torch.Tensor]:
@@ -121,13 +145,23 @@ def _decoder_inputs(z: torch.Tensor, *_: Any, **__: Any) -> list[torch.Tensor]:
     return [z]
 
 
-def cache_key(digest: str) -> dict[str, str]:
-    """What a converted model was made from: the verified files and the libraries that converted it."""
+def cache_key(digest: str, weights: str) -> dict[str, str]:
+    """What a converted model was made from: the verified files, the weights' precision and the
+    libraries that converted it."""
     import diffusers
 
     openvino = import_openvino()
-    return {"files": digest, "openvino": openvino.__version__, "torch": torch.__version__,
+    return {"files": digest, "weights": weights, "openvino": openvino.__version__, "torch": torch.__version__,
             "diffusers": diffusers.__version__}
+
+
+def compressed(model: Any, weights: str) -> Any:
+    """``model`` with its weights as ``weights`` says (``int8`` needs NNCF, in ``pennello[cpu]``)."""
+    if weights == "fp32":
+        return model
+    import nncf  # after import_openvino(): NNCF's telemetry then takes the same no-op stub
+
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
 def _cached_or_converted(folder: Path, key: dict[str, str], build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -155,8 +189,9 @@ def _cached_or_converted(folder: Path, key: dict[str, str], build: Callable[[], 
     return {part: core.read_model(folder / f"{part}.xml") for part in models}
 
 
-def convert(pipe: Any, name: str, digest: str, cache: Path) -> str:
-    """Swap ``pipe.unet`` and ``pipe.vae.decoder`` for OpenVINO models (converted or from the cache).
+def convert(pipe: Any, name: str, digest: str, cache: Path, weights: str = WEIGHTS) -> str:
+    """Swap ``pipe.unet`` and ``pipe.vae.decoder`` of an SD or SDXL pipeline for OpenVINO models
+    (converted or from the cache), with ``weights`` as :func:`compressed` makes them.
 
     Returns:
         The OpenVINO device and what it may use here, e.g. ``AUTO: CPU, GPU``.
@@ -167,17 +202,15 @@ def convert(pipe: Any, name: str, digest: str, cache: Path) -> str:
     """
     openvino = import_openvino()
     unet, vae = pipe.unet, pipe.vae
-    channels, latent = unet.config.in_channels, 8
-    text = (2, pipe.tokenizer.model_max_length, unet.config.cross_attention_dim)
 
     def build() -> dict[str, Any]:
         with torch.no_grad():
-            return {"unet": openvino.convert_model(_UNetCall(unet).eval(), example_input=(
-                        torch.randn(2, channels, latent, latent), torch.tensor([999.0, 999.0]), torch.randn(*text))),
-                    "decoder": openvino.convert_model(vae.decoder.eval(), example_input=(
-                        torch.randn(1, vae.config.latent_channels, latent, latent),))}
+            unet_model = openvino.convert_model(_UNetCall(unet).eval(), example_input=_unet_example(pipe))
+            decoder_model = openvino.convert_model(vae.decoder.eval(), example_input=(
+                torch.randn(1, vae.config.latent_channels, 8, 8),))
+        return {"unet": compressed(unet_model, weights), "decoder": compressed(decoder_model, weights)}
 
-    models = _cached_or_converted(cache / CACHE_DIR / name, cache_key(digest), build)
+    models = _cached_or_converted(cache / CACHE_DIR / name, cache_key(digest, weights), build)
     core = openvino.Core()
     core.set_property({"CACHE_DIR": str(cache / CACHE_DIR / "compiled")})  # compiled blobs: faster next start
     pipe.unet = OVModule(core, models["unet"], unet, _unet_inputs, _unet_output)
