@@ -357,9 +357,10 @@ def test_the_progress_box_shows_the_picture_so_far(api_server, browser):
     _click(browser, "generate")
 
     def decoded(b):
-        images = b.find_elements("css selector", "#preview img")
-        return images and b.execute_script(
-            "return arguments[0].complete && arguments[0].naturalWidth", images[0])
+        # One script: the box swaps its <img> for each new preview, so an element found in one
+        # call may be gone (stale) by the next.
+        return b.execute_script(
+            "const img = document.querySelector('#preview img'); return img && img.complete && img.naturalWidth")
 
     assert _wait(browser, decoded) == 64  # the model's own 64x64 picture, decoded in the box
     assert browser.find_element("id", "preview").is_displayed()
