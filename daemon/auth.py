@@ -399,4 +399,3 @@ class Pairing:
             log.warning("pairing code retired after %d wrong guesses; run `pennello pair` for a new one",
                         self._wrong_guesses)
             self._current = None
-

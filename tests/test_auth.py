@@ -315,6 +315,8 @@ def test_a_node_pairs_gets_the_cluster_token_and_is_shut_out_when_revoked(api_se
     older = requests.post(f"{lan}/api/cluster/join", json={**node, "code": code, "version": "0.0.1"})
     assert older.status_code == 409, older.text
     assert f"runs pennello 0.0.1 and the front {__version__}" in older.json()["error"]["message"]
+    malformed = requests.post(f"{lan}/api/cluster/join", json={**node, "code": code, "models": [7]})
+    assert malformed.status_code == 400 and malformed.json()["error"]["field"] == "models", malformed.text
     tiny = requests.get(f"{url}/api/models").json()["models"][0]
     other = f"pennello:{tiny['name']}@{tiny['version'] + 1}:0123456789abcdef"
     catalog = requests.post(f"{lan}/api/cluster/join", json={**node, "code": code, "models": [other]})

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pennello import __version__
-from pennello.errors import AuthError, ConfigError, ConflictError
+from pennello.errors import AuthError, ConfigError, ConflictError, RequestError
 from pennello.files import write_atomic
 from pennello.paths import Paths
 
@@ -46,17 +46,17 @@ def check_member(front: dict[str, Any], node: dict[str, Any]) -> None:
     has are fine (a node offers what it holds).
 
     Raises:
-        ConflictError: naming both sides' versions.
         RequestError: ``node["models"]`` is not a list of strings.
+        ConflictError: naming both sides' versions.
     """
+    models = node["models"]
+    if not all(isinstance(model, str) for model in models):  # malformed, not a conflict
+        raise RequestError("models must be a list of model resources (pennello:NAME@VERSION:DIGEST)",
+                           field="models")
     if node["version"] != front["version"]:
         raise ConflictError(f"this node runs pennello {node['version']} and the front {front['version']}: "
                             f"install pennello {front['version']} on the node (every node must run the "
                             "front's version)", field="version")
-    models = node["models"]
-    if not all(isinstance(model, str) for model in models):
-        raise ConflictError("models must be a list of model resources (pennello:NAME@VERSION:DIGEST)",
-                            field="models")
     ours = {_name(model): model for model in front["models"]}
     for model in models:
         if _name(model) in ours and ours[_name(model)] != model:
