@@ -7,10 +7,17 @@ Every benchmark writes ``bench/results/<name>.json``::
          "device": "cpu: AMD EPYC ..."}], ...extra fields...}
 
 ``bench/report.py`` turns the rows of every result file into the table in README.md.
+
+``--shrunk`` (:func:`add_shrunk_option`, the same option in every benchmark of the real
+architectures) builds the same classes with the widths of ``bench/configs/<model>/tiny.json``: a
+run that proves the script works end to end in seconds and measures nothing a user would see. Its
+result says ``"shrunk"`` at the top and in every row, and it is never written into the committed
+``bench/results/`` (point ``PENNELLO_BENCH_RESULTS`` elsewhere), so no table can show it as a figure.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -24,8 +31,11 @@ import requests
 from pennello.owner_token import read_owner_token
 from pennello.paths import Paths
 
+COMMITTED_RESULTS = Path(__file__).resolve().parent / "results"
 # PENNELLO_BENCH_RESULTS redirects results (the CI-sized runs in tests write to a temp dir).
-RESULTS_DIR = Path(os.environ.get("PENNELLO_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+RESULTS_DIR = Path(os.environ.get("PENNELLO_BENCH_RESULTS") or COMMITTED_RESULTS)
+SHRUNK = ("shrunk widths (bench/configs/<model>/tiny.json): proves the script runs, "
+          "measures nothing real; never a figure")
 
 
 def device_name() -> str:
@@ -82,14 +92,49 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if q < 100 else max(values)
 
 
-def write_result(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
-    """Write ``bench/results/<name>.json`` and print where it went."""
+def _shrunk_refused() -> str | None:
+    """Why a shrunk run may not write where results go now, or None when it may."""
+    if RESULTS_DIR.resolve() == COMMITTED_RESULTS.resolve():
+        return (f"--shrunk results are no figures and never go to {COMMITTED_RESULTS}: "
+                "set PENNELLO_BENCH_RESULTS to another folder")
+    return None
+
+
+class _ShrunkFlag(argparse.Action):
+    """``--shrunk``, refused as the command line is read (not after the run) where it would
+    write into the committed results."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        refused = _shrunk_refused()
+        if refused:
+            parser.error(refused)
+        setattr(namespace, self.dest, True)
+
+
+def add_shrunk_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--shrunk`` option every benchmark of the real architectures shares."""
+    parser.add_argument("--shrunk", action=_ShrunkFlag, nargs=0, default=False,
+                        help="the same classes with the shrunk widths of bench/configs/<model>/tiny.json: "
+                             "proves the script works in seconds, measures nothing real; the result is "
+                             "marked shrunk and refused in bench/results/ (set PENNELLO_BENCH_RESULTS)")
+
+
+def write_result(name: str, rows: list[dict[str, Any]], shrunk: bool = False, **extra: Any) -> Path:
+    """Write ``bench/results/<name>.json`` and print where it went; a ``shrunk`` run's result is
+    marked so at the top and in every row, and refused in the committed results."""
+    refused = _shrunk_refused() if shrunk else None
+    if refused:
+        raise SystemExit(refused)
     machine = machine_info()
     for r in rows:
         r.setdefault("device", machine["device"])
+        if shrunk:
+            r["shrunk"] = True
+    marks = {"shrunk": SHRUNK} if shrunk else {}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "machine": machine, "rows": rows, **extra},
+    path.write_text(json.dumps({"benchmark": name, **marks, "machine": machine, "rows": rows, **extra},
                                indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
     return path

@@ -328,8 +328,9 @@ def denoiser_evals_per_step(arch: Arch) -> int:
     return 2 if arch.guidance > 1 and denoiser_name(arch) == "unet" else 1
 
 
-def analyse(arch: Arch, size: int | None = None) -> dict[str, Any]:
-    """Parameter counts and FLOPs of every part of ``arch`` at ``size``, on the meta device.
+def analyse(arch: Arch, size: int | None = None, tiny: bool = False) -> dict[str, Any]:
+    """Parameter counts and FLOPs of every part of ``arch`` at ``size``, on the meta device
+    (of its ``tiny`` widths when asked, as :func:`build_components` shrinks them).
 
     Returns:
         ``{"params": {component: n}, "flops": {"denoiser_step", "vae_decode", <text encoders>,
@@ -337,7 +338,7 @@ def analyse(arch: Arch, size: int | None = None) -> dict[str, Any]:
         text encoders, VAE decode) at batch 1.
     """
     size = size or arch.size
-    parts = build_components(arch, "meta")
+    parts = build_components(arch, "meta", tiny=tiny)
     modules = {n: m for n, m in parts.items() if isinstance(m, torch.nn.Module)}
     denoiser = modules[denoiser_name(arch)]
     vae = modules["vae"]

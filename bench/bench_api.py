@@ -27,6 +27,7 @@ name none run as the model card says. Then:
     python bench/bench_api.py --archs sd-turbo sdxl-turbo-1024 --runs 10
     python bench/bench_api.py --set engine.compile=on --tag compile   # a daemon setting: PENNELLO_ENGINE_COMPILE
     python bench/bench_api.py --cpu-small --size 64    # CPU: SD-Turbo at 64², bench/results/api-cpu.json
+    python bench/bench_api.py --cpu-small --shrunk     # the same classes, tiny widths: proves it runs
 
 On a GPU the results go to ``bench/results/api-gpu-<tag>.json``.
 
@@ -63,7 +64,7 @@ import requests
 import torch
 from PIL import Image
 
-from _common import cpu_name, owner_session, percentile, remember_owner, row, write_result
+from _common import add_shrunk_option, cpu_name, owner_session, percentile, remember_owner, row, write_result
 from archs import ARCHS, Arch, build_pipeline, model_index
 from bench_daemon import direct_pipeline_call, http_call, paired_ms, served
 from bench_pipelines import EINSTEIN_STYLES, einstein_demo
@@ -109,15 +110,16 @@ class _MovingFetcher(LocalFetcher):
         progress(size)
 
 
-def stage(arch: Arch, folder: Path, device: str, dtype: torch.dtype) -> None:
-    """The arch's random-weight pipeline, saved as diffusers files in the dtype the daemon loads."""
-    pipe = build_pipeline(arch, device, dtype)
+def stage(arch: Arch, folder: Path, device: str, dtype: torch.dtype, shrunk: bool) -> None:
+    """The arch's random-weight pipeline (tiny widths when ``shrunk``), saved as diffusers files in
+    the dtype the daemon loads."""
+    pipe = build_pipeline(arch, device, dtype, tiny=shrunk)
     pipe.save_pretrained(folder, safe_serialization=True)
     del pipe
     _free(device)
 
 
-def signed_manifest(name: str, arch: Arch, folder: Path, paths: Paths) -> bytes:
+def signed_manifest(name: str, arch: Arch, folder: Path, paths: Paths, shrunk: bool) -> bytes:
     """A locked manifest for every file under ``folder``, signed by a key ``paths`` trusts."""
     files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -129,20 +131,22 @@ def signed_manifest(name: str, arch: Arch, folder: Path, paths: Paths) -> bytes:
     manifest = Manifest(name=name, version=1, created=now, expires=now + timedelta(days=1),
                         pipeline=PipelineSpec(model_index(arch)["_class_name"], family_of(arch), defaults),
                         license="other", source=Source("local"), files=tuple(files),
-                        description=f"benchmark: {arch.name} architecture with random weights")
+                        description=f"benchmark: {arch.name} architecture with random weights"
+                                    + (", shrunk widths" if shrunk else ""))
     generate_key(paths, KEY_NAME)
     signed = manifest.to_signed()
     return dump_envelope(signed, [sign_signed(signed, load_private_key(KEY_NAME, paths))])
 
 
-def install(arch: Arch, name: str, paths: Paths, config: Config, device: str) -> dict[str, float]:
-    """Build, save, sign and install ``arch`` as model ``name``; seconds of each stage."""
+def install(arch: Arch, name: str, paths: Paths, config: Config, device: str, shrunk: bool) -> dict[str, float]:
+    """Build, save, sign and install ``arch`` (tiny widths when ``shrunk``) as model ``name``;
+    seconds of each stage."""
     dtype = pick_dtype(device, get_family(family_of(arch)))
     folder = Path(tempfile.mkdtemp(prefix="stage-", dir=paths.cache_dir))  # the store's file system: moves
     started = time.perf_counter()
-    stage(arch, folder, device, dtype)
+    stage(arch, folder, device, dtype, shrunk)
     saved = time.perf_counter()
-    raw = signed_manifest(name, arch, folder, paths)
+    raw = signed_manifest(name, arch, folder, paths, shrunk)
     installer = Installer(paths, config, progress=False)
     verified = installer.verify(raw, expected_name=name, local_dir=folder)
     installer.install_all([dataclasses.replace(verified, fetcher=_MovingFetcher(folder, name))])
@@ -321,7 +325,7 @@ def measure(arch: Arch, args: argparse.Namespace, settings: dict[str, str]) -> t
         config = load_config(paths.config_file, environ=env)
         device = pick_device(config.engine.device)
         log.info("%s: building, saving and installing as %s on %s", label, name, device)
-        details["install_seconds"] = install(arch, name, paths, config, device)
+        details["install_seconds"] = install(arch, name, paths, config, device, args.shrunk)
         log.info("%s: in process", label)
         rows = measure_in_process(arch, label, config, paths, args, details)
         _free(device)
@@ -359,6 +363,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a daemon setting for both the in-process engine and `pennello serve` (repeatable)")
     p.add_argument("--tag", default="baseline", help="result file suffix: api-gpu-<tag>.json")
+    add_shrunk_option(p)
     return p
 
 
@@ -384,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cpu_small:  # also where a GPU is present: the daemon was told to use the CPU
         for r in rows:
             r["device"] = cpu_name()
-    write_result(name, rows, settings=settings, runs=args.runs, warmup=args.warmup, targets=details,
+    write_result(name, rows, shrunk=args.shrunk, settings=settings, runs=args.runs, warmup=args.warmup, targets=details,
                  load_average=os.getloadavg())
 
 

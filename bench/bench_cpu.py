@@ -11,6 +11,7 @@ is from torch fp32's with the same decoder::
     python bench/bench_cpu.py                         # SD-Turbo 512², 1 step, batch 1: bench/results/cpu.json
     python bench/bench_cpu.py --arch sdxl-turbo --configs openvino+tiny --name cpu-sdxl
     python bench/bench_cpu.py --size 64 --runs 1 --configs diffusers-fp32,openvino+tiny
+    python bench/bench_cpu.py --shrunk --size 64 --runs 1   # the same classes, tiny widths: proves it runs
 
 A configuration is options joined by ``+`` (``cpu_child.py`` lists them: ``threads-1``, ``bf16``,
 ``channels-last``, ``compile``, ``tiny``, ``openvino``, ``int8``); ``diffusers-fp32`` is the path
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import row, write_result
+from _common import add_shrunk_option, row, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 # In the order they run: the before, the default and its variants first, so a run cut short by a
@@ -63,13 +64,14 @@ def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def flops_per_image(arch: str, size: int, tiny: bool) -> float:
-    """The pipeline's FLOPs for one picture (meta device), with the tiny decoder's instead of the VAE's."""
+def flops_per_image(arch: str, size: int, tiny: bool, shrunk: bool) -> float:
+    """The pipeline's FLOPs for one picture (meta device; of the tiny widths when ``shrunk``), with
+    the tiny decoder's instead of the VAE's when ``tiny``."""
     import diffusers
     import torch
     from archs import ARCHS, analyse, count_flops
 
-    flops = analyse(ARCHS[arch], size)["flops"]
+    flops = analyse(ARCHS[arch], size, tiny=shrunk)["flops"]
     if not tiny:
         return flops["per_image"]
     with torch.device("meta"):
@@ -78,17 +80,18 @@ def flops_per_image(arch: str, size: int, tiny: bool) -> float:
     return flops["per_image"] - flops["vae_decode"] + count_flops(lambda: decoder.decode(latents))
 
 
-def saved_pipeline(arch: str, cache: Path) -> Path:
+def saved_pipeline(arch: str, cache: Path, shrunk: bool) -> Path:
     """The random-weight pipeline of ``arch`` saved once, for optimum-intel to export from disk."""
-    target = cache / f"{arch}-random-pipeline"
+    target = cache / f"{arch}{'-shrunk' if shrunk else ''}-random-pipeline"
     if not (target / "model_index.json").exists():
         from archs import ARCHS, build_pipeline
 
-        build_pipeline(ARCHS[arch]).save_pretrained(target)
+        build_pipeline(ARCHS[arch], tiny=shrunk).save_pretrained(target)
     return target
 
 
-def run_config(config: str, arch: str, size: int, runs: int, cache: Path, pictures: Path) -> dict[str, Any]:
+def run_config(config: str, arch: str, size: int, runs: int, cache: Path, pictures: Path,
+               shrunk: bool) -> dict[str, Any]:
     """One configuration in a fresh process: its timings and its seed-0 picture under ``pictures``, or
     ``{"failed": stderr}``."""
     picture = pictures / f"{config}.npy"
@@ -97,11 +100,11 @@ def run_config(config: str, arch: str, size: int, runs: int, cache: Path, pictur
         if not Path(OPTIMUM_PYTHON).exists():  # checked first: saving the pipeline for it takes minutes
             return {"failed": f"no optimum-intel environment: {OPTIMUM_PYTHON} does not exist "
                               "(cpu_child_optimum.py says how to make one)"}
-        command = [OPTIMUM_PYTHON, str(here / "cpu_child_optimum.py"), str(saved_pipeline(arch, cache)),
+        command = [OPTIMUM_PYTHON, str(here / "cpu_child_optimum.py"), str(saved_pipeline(arch, cache, shrunk)),
                    str(size), str(runs), str(picture)]
     else:
         command = [sys.executable, str(here / "cpu_child.py"), config, arch, str(size), str(runs), str(cache),
-                   str(picture)]
+                   str(picture), *(["--shrunk"] if shrunk else [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(here)))}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=3600)
@@ -156,6 +159,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--name", default="cpu", help="result file bench/results/<name>.json")
+    add_shrunk_option(parser)
     args = parser.parse_args()
     load = os.getloadavg()
     peaks = {dtype: matmul_peak(dtype) for dtype in ("float32", "bfloat16")}
@@ -166,15 +170,15 @@ def main() -> None:
     peak_rows = [row("torch fp32 matmul peak (2048²)", peaks["float32"], "GFLOP/s"),
                  row("torch bf16 matmul peak (2048²)", peaks["bfloat16"], "GFLOP/s")]
     for config in args.configs.split(","):
-        result = details[config] = run_config(config, args.arch, args.size, args.runs, cache, pictures)
+        result = details[config] = run_config(config, args.arch, args.size, args.runs, cache, pictures, args.shrunk)
         if "failed" in result:  # recorded in details; the other configurations still run
             print(f"{config} failed:\n{result['failed']}", file=sys.stderr)
             continue
         tiny = "tiny" in config.split("+")
-        gflops = flops_per_image(args.arch, args.size, tiny) / result["median_s"] / 1e9
+        gflops = flops_per_image(args.arch, args.size, tiny, args.shrunk) / result["median_s"] / 1e9
         rows += config_rows(label, config, result, gflops, peaks, difference(config, pictures))
         # written after every configuration: a run stopped early keeps what it measured
-        write_result(args.name, rows + summary_rows(label, details) + peak_rows, details=details,
+        write_result(args.name, rows + summary_rows(label, details) + peak_rows, shrunk=args.shrunk, details=details,
                      load_average_at_start=load, load_average_at_end=os.getloadavg(),
                      note="configurations run one after the other, each in a fresh process; torch and OpenVINO "
                           "use every core unless threads-1; the machine was shared (load averages above, and "

@@ -10,6 +10,7 @@ first image), the "20 Einsteins" demo at 1024² and the cost of PNG encoding::
     python bench/bench_pipelines.py --channels-last --tag channels-last
     python bench/bench_pipelines.py --compile --archs sd-turbo --tag compile
     python bench/bench_pipelines.py --cpu-small              # CPU: meta-device FLOPs + SD-Turbo at 128²
+    python bench/bench_pipelines.py --cpu-small --shrunk     # the same classes, tiny widths: proves it runs
 
 Each run writes ``bench/results/pipelines-gpu-<tag>.json`` (``archs-cpu.json`` for --cpu-small);
 ``bench/run_gpu.sh`` runs the baseline and every option one after the other. Weights are random,
@@ -36,7 +37,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from _common import percentile, row, write_result
+from _common import add_shrunk_option, percentile, row, write_result
 from archs import (ARCHS, Arch, analyse, build_pipeline, denoiser_evals_per_step, denoiser_inputs,
                    denoiser_name, text_ids, vae_latents)
 
@@ -137,10 +138,10 @@ def png_rows(runs: int = 5) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 # ---------------------------------------------------------------- cold start
 
-def cold_start_child(arch: Arch, device: str, dtype: torch.dtype, size: int) -> None:
+def cold_start_child(arch: Arch, device: str, dtype: torch.dtype, size: int, shrunk: bool) -> None:
     """Child side of the cold-start measurement: print wall-clock stamps as JSON lines."""
     print(json.dumps({"stage": "imported", "t": time.time()}), flush=True)
-    pipe = build_pipeline(arch, device, dtype)
+    pipe = build_pipeline(arch, device, dtype, tiny=shrunk)
     _sync(torch.device(device))
     print(json.dumps({"stage": "built", "t": time.time()}), flush=True)
     pipe(PROMPT, **{**arch.call_kwargs, "height": size, "width": size})
@@ -148,10 +149,10 @@ def cold_start_child(arch: Arch, device: str, dtype: torch.dtype, size: int) -> 
     print(json.dumps({"stage": "first_image", "t": time.time()}), flush=True)
 
 
-def cold_start(arch: Arch, device: str, dtype_name: str, size: int) -> dict[str, float]:
+def cold_start(arch: Arch, device: str, dtype_name: str, size: int, shrunk: bool) -> dict[str, float]:
     """Seconds from spawning a fresh Python to: imports done, pipeline built on device, first image."""
     cmd = [sys.executable, __file__, "--cold-start-child", arch.name, "--device", device,
-           "--dtype", dtype_name, "--size", str(size)]
+           "--dtype", dtype_name, "--size", str(size), *(["--shrunk"] if shrunk else [])]
     start = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -230,16 +231,16 @@ def einstein_demo(arch: Arch, pipe: Any, device: torch.device, per_style: int = 
 
 def measure_gpu(arch: Arch, args: argparse.Namespace, peak: tuple[str, float] | None) -> tuple[list, dict]:
     device = torch.device("cuda")
-    report = analyse(arch)
+    report = analyse(arch, tiny=args.shrunk)
     step_flops = report["flops"]["denoiser_step"]
     rows = []
     if args.cold_start:
-        stamps = cold_start(arch, "cuda", args.dtype, arch.size)
+        stamps = cold_start(arch, "cuda", args.dtype, arch.size, args.shrunk)
         report["cold_start"] = stamps
         rows.append(row(f"{arch.name} cold start to first image", stamps["first_image"], "s",
                         "random init on device replaces reading weights"))
     start = time.perf_counter()
-    pipe = build_pipeline(arch, device, DTYPES[args.dtype])
+    pipe = build_pipeline(arch, device, DTYPES[args.dtype], tiny=args.shrunk)
     _sync(device)
     report["build_seconds"] = time.perf_counter() - start
     _apply_options(pipe, arch, args)
@@ -275,7 +276,7 @@ def run_gpu(args: argparse.Namespace) -> None:
     for arch_name in tqdm(args.archs, desc="archs"):
         arch_rows, reports[arch_name] = measure_gpu(ARCHS[arch_name], args, peak)
         rows += arch_rows
-    write_result(f"pipelines-gpu-{args.tag}", rows, options=options, peak=peak, archs=reports)
+    write_result(f"pipelines-gpu-{args.tag}", rows, shrunk=args.shrunk, options=options, peak=peak, archs=reports)
 
 
 # ---------------------------------------------------------------- CPU (--cpu-small)
@@ -300,23 +301,24 @@ def cpu_small(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     reports: dict[str, Any] = {}
     for arch in tqdm(ARCHS.values(), desc="meta analysis"):
-        reports[arch.name] = analyse(arch)
+        reports[arch.name] = analyse(arch, tiny=args.shrunk)
         rows += _analysis_rows(arch, reports[arch.name])
     png, reports["png"] = png_rows()
     rows += png
-    rows += _sd_turbo_small(args.size, args.runs, reports)
-    write_result("archs-cpu", rows, mode="cpu-small", size=args.size, archs=reports)
+    rows += _sd_turbo_small(args.size, args.runs, reports, args.shrunk)
+    write_result("archs-cpu", rows, shrunk=args.shrunk, mode="cpu-small", size=args.size, archs=reports)
 
 
-def _sd_turbo_small(size: int, runs: int, reports: dict[str, Any]) -> list[dict[str, Any]]:
-    """SD-Turbo (SD 2.1 UNet, 865M) built for real on the CPU in fp32, timed at ``size``², 1 step."""
+def _sd_turbo_small(size: int, runs: int, reports: dict[str, Any], shrunk: bool) -> list[dict[str, Any]]:
+    """SD-Turbo (SD 2.1 UNet, 865M; tiny widths when ``shrunk``) built for real on the CPU in fp32,
+    timed at ``size``², 1 step."""
     arch, cpu = ARCHS["sd-turbo"], torch.device("cpu")
     label = f"sd-turbo {size}² fp32 CPU"
-    stamps = cold_start(arch, "cpu", "fp32", size)  # before building here: one copy in memory at a time
+    stamps = cold_start(arch, "cpu", "fp32", size, shrunk)  # before building here: one copy in memory at a time
     start = time.perf_counter()
-    pipe = build_pipeline(arch, "cpu", torch.float32)
+    pipe = build_pipeline(arch, "cpu", torch.float32, tiny=shrunk)
     build = time.perf_counter() - start
-    flops = analyse(arch, size)["flops"]
+    flops = analyse(arch, size, tiny=shrunk)["flops"]
     inputs = denoiser_inputs(arch, pipe.unet, 1, size)
     latents, ids = vae_latents(pipe.vae, 1, size), text_ids(pipe.text_encoder, 1, 77)
     with torch.no_grad():
@@ -359,6 +361,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default="baseline", help="result file suffix: pipelines-gpu-<tag>.json")
     p.add_argument("--cold-start-child", metavar="ARCH", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    add_shrunk_option(p)
     return p
 
 
@@ -368,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="invalid value encountered in cast")  # random weights → NaN pixels
     torch.set_grad_enabled(False)
     if args.cold_start_child:
-        cold_start_child(ARCHS[args.cold_start_child], args.device, DTYPES[args.dtype], args.size)
+        cold_start_child(ARCHS[args.cold_start_child], args.device, DTYPES[args.dtype], args.size, args.shrunk)
     elif args.cpu_small:
         cpu_small(args)
     else:

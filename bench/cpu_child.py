@@ -1,12 +1,13 @@
 """One configuration of ``bench_cpu.py``, in a process of its own (so cold start and RSS are its own).
 
-    python bench/cpu_child.py CONFIG ARCH SIZE RUNS CACHE PICTURE
+    python bench/cpu_child.py CONFIG ARCH SIZE RUNS CACHE PICTURE [--shrunk]
 
 ``CONFIG`` is options joined by ``+``: ``threads-1`` (one thread instead of every core), ``bf16``
 (torch autocast), ``channels-last``, ``compile`` (``torch.compile`` of the UNet), ``tiny`` (the
 TAESD-architecture decoder), ``openvino`` (pennello's backend), ``int8`` (that backend with 8-bit
 weights); ``diffusers-fp32`` is none of them. The seed-0 picture is saved to ``PICTURE`` (.npy) so
 the parent can compare it with fp32 torch's; the last line of stdout is the result as JSON.
+``--shrunk`` builds the architecture with its tiny widths (``bench_cpu.py --shrunk``).
 """
 
 from __future__ import annotations
@@ -28,16 +29,18 @@ from _cpu_timing import measure  # noqa: E402
 from archs import ARCHS, build_pipeline  # noqa: E402
 
 
-def prepared(parts: set[str], arch: str, cache: Path) -> Any:
-    """The random-weight pipeline of ``arch`` with the options in ``parts`` applied."""
+def prepared(parts: set[str], arch: str, cache: Path, shrunk: bool) -> Any:
+    """The random-weight pipeline of ``arch`` (tiny widths when ``shrunk``) with the options in
+    ``parts`` applied."""
     if "threads-1" in parts:
         torch.set_num_threads(1)
-    pipe = build_pipeline(ARCHS[arch])
+    pipe = build_pipeline(ARCHS[arch], tiny=shrunk)
     if "openvino" in parts or "int8" in parts:
         from pennello.daemon.engine.backends import openvino_backend
 
         weights = "int8" if "int8" in parts else "fp32"
-        openvino_backend.convert(pipe, f"{arch}-random-{weights}", "random-weights", cache, weights=weights)
+        variant = f"{arch}{'-shrunk' if shrunk else ''}-random"  # its own cache: never the full widths' models
+        openvino_backend.convert(pipe, f"{variant}-{weights}", "random-weights", cache, weights=weights)
         if "threads-1" in parts:  # before the first call compiles: OpenVINO's own thread pool
             pipe.unet._core.set_property("CPU", {"INFERENCE_NUM_THREADS": 1})
     if "tiny" in parts:
@@ -54,7 +57,7 @@ def prepared(parts: set[str], arch: str, cache: Path) -> Any:
 def main() -> None:
     config, arch, size, runs, cache, picture = sys.argv[1:7]
     parts = set(config.split("+"))
-    pipe = prepared(parts, arch, Path(cache))
+    pipe = prepared(parts, arch, Path(cache), shrunk="--shrunk" in sys.argv[7:])
     autocast = (lambda: torch.autocast("cpu", torch.bfloat16)) if "bf16" in parts else contextlib.nullcontext
 
     def draw(seed: int) -> np.ndarray:

@@ -55,8 +55,19 @@ Result = dict  # one results file, as bench/_common.py writes it
 
 
 def load(results_dir: Path = RESULTS) -> list[Result]:
-    """Every results file, in file-name order so the tables are stable."""
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(results_dir.glob("*.json"))]
+    """Every results file, in file-name order so the tables are stable.
+
+    Raises:
+        ValueError: a file holds a ``--shrunk`` run (bench/_common.py), which measures nothing real
+            and must never reach a table; its name is in the message.
+    """
+    paths = sorted(results_dir.glob("*.json"))
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    shrunk = [p.name for p, result in zip(paths, results) if result.get("shrunk")]
+    if shrunk:
+        raise ValueError(f"{', '.join(shrunk)} in {results_dir}: a --shrunk run proves a script works and "
+                         "measures nothing real; remove it, it is no figure to table")
+    return results
 
 
 def judge(goal: str, value: float, unit: str) -> bool | None:
@@ -141,8 +152,13 @@ def main() -> int:
     mode.add_argument("--print", action="store_true", help="print both tables instead of writing them")
     mode.add_argument("--check", action="store_true", help="exit 1 when a committed table is out of date")
     args = parser.parse_args()
+    try:
+        results = load()
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 1
     stale = []
-    for path, block in tables(load()).items():
+    for path, block in tables(results).items():
         if args.print:
             print(f"{path.relative_to(ROOT)}:\n{block}\n")
             continue

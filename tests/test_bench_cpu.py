@@ -3,6 +3,12 @@
 Speed is not asserted here (bench/ measures it); these runs prove the suite still works and that
 every figure it reports is a real measurement of this machine. Results go to a temp dir, never
 over the committed ``bench/results/``.
+
+The benchmarks of SD-Turbo's architecture run ``--shrunk``: the same diffusers and transformers
+classes, wired and served the same way, at the widths of ``bench/configs/sd-turbo/tiny.json``
+(the full 865M UNet took minutes of CI for no more proof that the scripts work). Such a result
+must never pass for a figure, so each run also checks it is marked shrunk and that
+``bench/report.py`` refuses to table it, and a shrunk run aimed at ``bench/results/`` is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +26,14 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
+def bench_report():
+    """bench/report.py, loaded from its path (it imports nothing from bench/)."""
+    spec = importlib.util.spec_from_file_location("report", BENCH / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_bench(tmp_path: Path, script: str, *args: str) -> dict:
     env = {**os.environ, "PENNELLO_BENCH_RESULTS": str(tmp_path), "PENNELLO_HOME": str(tmp_path / "home")}
     done = subprocess.run([sys.executable, script, *args], cwd=BENCH, env=env, capture_output=True, check=False,
@@ -28,9 +42,15 @@ def run_bench(tmp_path: Path, script: str, *args: str) -> dict:
     (result,) = tmp_path.glob("*.json")
     data = json.loads(result.read_text(encoding="utf-8"))
     assert data["machine"]["device"].startswith("cpu: ")
+    shrunk = "--shrunk" in args
+    assert bool(data.get("shrunk")) is shrunk
     for row in data["rows"]:
         assert isinstance(row["value"], (int, float)) and math.isfinite(row["value"]), row
         assert row["device"] == data["machine"]["device"]
+        assert row.get("shrunk", False) is shrunk, row
+    if shrunk:  # no table may show it as a figure
+        with pytest.raises(ValueError, match=result.name):
+            bench_report().load(tmp_path)
     return {row["metric"]: row["value"] for row in data["rows"]}
 
 
@@ -49,14 +69,18 @@ def test_embedded_bench_scores_adherence_and_latency(tmp_path):
     assert 0 < rows["weights"] <= 20
 
 
-needs_sd_turbo_memory = pytest.mark.skipif(
-    (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) < 8 * 1024**3,
-    reason="SD-Turbo in fp32 needs about 8 GB of memory")
+def test_a_shrunk_run_is_refused_where_it_would_land_in_the_committed_results():
+    env = {k: v for k, v in os.environ.items() if k != "PENNELLO_BENCH_RESULTS"}
+    before = sorted(path.name for path in (BENCH / "results").iterdir())
+    done = subprocess.run([sys.executable, "bench_cpu.py", "--shrunk"], cwd=BENCH, env=env, capture_output=True,
+                          check=False, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--shrunk" in done.stderr and "PENNELLO_BENCH_RESULTS" in done.stderr
+    assert sorted(path.name for path in (BENCH / "results").iterdir()) == before
 
 
-@needs_sd_turbo_memory
-def test_pipeline_bench_times_the_real_sd_turbo_architecture_on_cpu(tmp_path):
-    rows = run_bench(tmp_path, "bench_pipelines.py", "--cpu-small", "--size", "64", "--runs", "2")
+def test_pipeline_bench_times_the_sd_turbo_classes_at_shrunk_widths_on_cpu(tmp_path):
+    rows = run_bench(tmp_path, "bench_pipelines.py", "--cpu-small", "--shrunk", "--size", "64", "--runs", "2")
     assert rows["sd-turbo 64² fp32 CPU UNet achieved"] > 0
     assert rows["sd-turbo 64² fp32 CPU cold start to first image"] > 0
     # the meta-device analysis of the GPU targets is in the same run
@@ -64,10 +88,9 @@ def test_pipeline_bench_times_the_real_sd_turbo_architecture_on_cpu(tmp_path):
     assert any(metric.startswith("flux-schnell") for metric in rows)
 
 
-@needs_sd_turbo_memory
-def test_api_bench_serves_the_real_sd_turbo_architecture_through_the_daemon(tmp_path):
-    rows = run_bench(tmp_path, "bench_api.py", "--cpu-small", "--size", "64", "--runs", "2", "--warmup", "0",
-                     "--batch", "2", "--demo-images", "4")
+def test_api_bench_serves_the_sd_turbo_classes_at_shrunk_widths_through_the_daemon(tmp_path):
+    rows = run_bench(tmp_path, "bench_api.py", "--cpu-small", "--shrunk", "--size", "64", "--runs", "2",
+                     "--warmup", "0", "--batch", "2", "--demo-images", "4")
     label = "sd-turbo 64² 1 step"  # the installed model's defaults, which requests without sizes get
     assert rows[f"{label}: pipeline direct b1 p50"] > 0
     for route in ("POST /api/generate b1", "POST /v1/images/generations b1"):
@@ -82,13 +105,12 @@ def test_api_bench_serves_the_real_sd_turbo_architecture_through_the_daemon(tmp_
         < rows[f"{label}: pennello serve, launch to first picture"]
 
 
-@needs_sd_turbo_memory
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed (pip install -e '.[cpu]')")
-def test_cpu_bench_compares_diffusers_fp32_with_the_cpu_default_on_sd_turbo(tmp_path, monkeypatch):
+def test_cpu_bench_compares_diffusers_fp32_with_the_cpu_default_on_shrunk_sd_turbo(tmp_path, monkeypatch):
     # raw optimum-intel lives in a virtual environment of its own; where it is missing its row fails
     # alone, recorded, and the others are still measured
     monkeypatch.setenv("PENNELLO_OPTIMUM_PYTHON", str(tmp_path / "no-such-python"))
-    rows = run_bench(tmp_path, "bench_cpu.py", "--size", "64", "--runs", "1",
+    rows = run_bench(tmp_path, "bench_cpu.py", "--shrunk", "--size", "64", "--runs", "1",
                      "--configs", "diffusers-fp32,optimum-intel,openvino+tiny")
     label = "sd-turbo 64², 1 step, batch 1"
     for config in ("diffusers-fp32", "openvino+tiny"):
