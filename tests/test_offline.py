@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 import ifaddr
 import pytest
@@ -104,10 +105,15 @@ def test_a_huggingface_hub_call_is_stopped_by_the_environment_first(guard, hf_fl
     assert guard.refused == 0  # the library never tried
 
 
-def test_a_huggingface_hub_call_that_ignores_the_environment_is_refused_and_reported(guard, hf_flags, tmp_path):
+def test_a_huggingface_hub_call_that_ignores_the_environment_is_refused_and_reported(guard, hf_flags, tmp_path,
+                                                                                   monkeypatch):
+    import huggingface_hub.utils._http as hub_http
     from huggingface_hub import HfApi, hf_hub_download
 
     hf_flags.HF_HUB_OFFLINE = False  # a library that does not honour HF_HUB_OFFLINE
+    # hf_hub_download retries a refused call 5 times, 23 s of back-off in all; every retry is
+    # refused the same way, so the waits prove nothing here
+    monkeypatch.setattr(hub_http, "time", _NoWaiting())
     with pytest.raises(Exception) as failed:
         HfApi().model_info("stabilityai/sd-turbo")
     assert "no-network mode refused" in str(failed.value)
@@ -116,6 +122,17 @@ def test_a_huggingface_hub_call_that_ignores_the_environment_is_refused_and_repo
     status = guard.status()
     assert status["refused"] >= 2 and set(status["refused_by_destination"]) == {"huggingface.co"}
     assert any("huggingface_hub" in attempt["stack"] for attempt in status["attempts"])
+
+
+class _NoWaiting:
+    """The ``time`` module, but ``sleep`` returns at once (a library's retry back-off)."""
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
 
 
 # --- allowed -------------------------------------------------------------------------------------
