@@ -16,7 +16,9 @@ import pytest
 import requests
 from PIL import Image
 
-from pennello.paths import Paths
+from pennello.paths import Paths, get_paths
+
+from _fixtures_owner import SERVED
 
 DAEMON_EXIT = 8
 START_TIMEOUT_S = 120
@@ -58,7 +60,22 @@ def daemon(home: Paths) -> Iterator[Daemon]:
         running.process.wait()
 
 
-def test_serve_publishes_where_it_runs_and_status_reads_it(home, daemon):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Iterator[tuple[Paths, Daemon]]:
+    """(home, daemon): one ``pennello serve`` for the tests here that only ask it things and leave
+    it running (each start costs seconds of CI)."""
+    home = get_paths(tmp_path_factory.mktemp("shared") / "home").ensure()
+    running = Daemon(home)
+    SERVED[running.url] = home  # plain requests to it carry its owner's session
+    yield home, running
+    SERVED.pop(running.url, None)
+    if running.process.poll() is None:
+        running.process.kill()
+        running.process.wait()
+
+
+def test_serve_publishes_where_it_runs_and_status_reads_it(shared):
+    home, daemon = shared
     info = json.loads((home.runtime_dir / "daemon.json").read_text())
     assert info["url"] == daemon.url and info["pid"] == daemon.process.pid
     assert requests.get(daemon.url + "/api/health", timeout=10).json()["ready"]
@@ -67,7 +84,8 @@ def test_serve_publishes_where_it_runs_and_status_reads_it(home, daemon):
     assert daemon.url in result.stdout and "pennello-tiny" in result.stdout and "cpu" in result.stdout
 
 
-def test_generate_through_the_cli_saves_pictures(home, daemon, tmp_path):
+def test_generate_through_the_cli_saves_pictures(shared, tmp_path):
+    home, _ = shared
     out = tmp_path / "pictures"
     result = pennello(home, "generate", "a red kite", "-n", "2", "--seed", "5", "--steps", "3",
                       "--size", "64x64", "--out", str(out))
@@ -80,13 +98,15 @@ def test_generate_through_the_cli_saves_pictures(home, daemon, tmp_path):
             assert image.format == "PNG" and image.size == (64, 64)
 
 
-def test_generate_reports_bad_input_with_the_request_exit_code(home, daemon, tmp_path):
+def test_generate_reports_bad_input_with_the_request_exit_code(shared, tmp_path):
+    home, _ = shared
     result = pennello(home, "generate", "a kite", "--size", "65x64", "--out", str(tmp_path))
     assert result.returncode == 6
     assert "width" in result.stderr and "multiple of 8" in result.stderr
 
 
-def test_a_second_serve_on_the_same_home_is_refused(home, daemon):
+def test_a_second_serve_on_the_same_home_is_refused(shared):
+    home, daemon = shared
     result = pennello(home, "serve", "--port", "0")
     assert result.returncode == DAEMON_EXIT
     assert f"already running at {daemon.url} (pid {daemon.process.pid})" in result.stderr
