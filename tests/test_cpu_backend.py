@@ -175,12 +175,9 @@ def test_int8_weights_convert_smaller_and_draw_close_to_torch_fp32(home, mini):
     assert np.abs(int8 - on_torch).mean() * 255 < 3, np.abs(int8 - on_torch).mean() * 255
 
 
-@needs_openvino
-def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvino_as_on_torch(
-        make_server, make_engine, home, convert_small):
-    """SDXL's UNet takes pooled text embeddings and size/crop ids besides SD's three inputs: the
-    converted model must get them (a picture made without them would not match torch's)."""
-    from pennello.daemon.engine.backends.openvino_backend import OVModule
+def sdxl_tiny(home):
+    """SDXL-Turbo's architecture with tiny widths (bench/configs/sdxl-turbo/tiny.json), random
+    weights, saved and recorded in the store as ``sdxl-tiny``."""
     from pennello.installer import ensure_embedded_default
     from pennello.config import Config
     from _fixtures_hub import bench_archs
@@ -189,8 +186,17 @@ def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvin
     ensure_embedded_default(home, Config())
     target = home.cache_dir / "sdxl-tiny"
     archs.build_pipeline(archs.ARCHS["sdxl-turbo"], tiny=True).save_pretrained(target)
-    model = installed_as(Store(home).get("pennello-tiny"), target, "sdxl-tiny", "sdxl", "StableDiffusionXLPipeline")
-    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": model})))
+    return installed_as(Store(home).get("pennello-tiny"), target, "sdxl-tiny", "sdxl", "StableDiffusionXLPipeline")
+
+
+@needs_openvino
+def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvino_as_on_torch(
+        make_server, make_engine, home, convert_small):
+    """SDXL's UNet takes pooled text embeddings and size/crop ids besides SD's three inputs: the
+    converted model must get them (a picture made without them would not match torch's)."""
+    from pennello.daemon.engine.backends.openvino_backend import OVModule
+
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": sdxl_tiny(home)})))
     body = {"prompt": "a lighthouse at dusk", "model": "sdxl-tiny", "width": 256, "height": 256, "steps": 1,
             "guidance": 0.0, "seed": 3, "wait": True}
     converted = fetch(running.url, requests.post(running.api("/generate"), json=body, timeout=300))
@@ -282,10 +288,10 @@ def test_openvino_sends_no_telemetry_under_the_no_network_guard(tmp_path, home, 
 
 # --- tiny decoders -------------------------------------------------------------------------------
 
-@pytest.fixture
-def taesd(home, mirror, publish):
-    """A random-weight AutoencoderTiny installed as ``taesd`` through the real installer (signed
-    manifest, HTTP mirror on loopback, hashes checked), as the catalog's TAESD would be."""
+def install_tiny_decoder(home, mirror, publish, name: str):
+    """A random-weight AutoencoderTiny installed as ``name`` through the real installer (signed
+    manifest, HTTP mirror on loopback, hashes checked), as a catalog tiny decoder would be. TAESD,
+    TAESDXL and TAEF1 share the architecture; SD and SDXL latents both have 4 channels."""
     import diffusers
     from datetime import datetime, timedelta, timezone
 
@@ -296,16 +302,21 @@ def taesd(home, mirror, publish):
     from _fixtures_installer import entries_for
 
     torch.manual_seed(1)
-    folder = home.cache_dir / "taesd-build"
-    diffusers.AutoencoderTiny().save_pretrained(folder)
+    folder = home.cache_dir / f"{name}-build"
+    diffusers.AutoencoderTiny(latent_channels=4).save_pretrained(folder)
     files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    mirror.files.update({f"taesd/{path}": data for path, data in files.items()})
+    mirror.files.update({f"{name}/{path}": data for path, data in files.items()})
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    manifest = Manifest(name="taesd", version=1, created=now, expires=now + timedelta(days=30),
+    manifest = Manifest(name=name, version=1, created=now, expires=now + timedelta(days=30),
                         pipeline=PipelineSpec("AutoencoderTiny", "tiny-decoder", {}), license="MIT",
-                        source=Source("mirror", base_url=f"{mirror.url}/taesd"), files=entries_for(files))
+                        source=Source("mirror", base_url=f"{mirror.url}/{name}"), files=entries_for(files))
     options = FetchOptions(downloads_dir=home.downloads_dir, retries=0, read_timeout_s=5)
     return Installer(home, Config(), options=options, progress=False).install_raw(publish(manifest))
+
+
+@pytest.fixture
+def taesd(home, mirror, publish):
+    return install_tiny_decoder(home, mirror, publish, "taesd")
 
 
 def generate(url: str, **fields) -> requests.Response:
@@ -349,6 +360,29 @@ def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_of_a_standard_vae(
     job = engine.submit(request)
     assert job.wait(300) and job.status == "done", job.error
     assert "tiny-decoder" in loaded.derived
+
+
+def test_decoder_tiny_on_an_sdxl_model_decodes_with_the_installed_taesdxl(make_server, make_engine, home, mirror,
+                                                                          publish):
+    """SDXL latents need TAESDXL, not TAESD: the request names the family's decoder, a 400 until it
+    is installed, then that call decodes with it (SDXL's pipeline reads its scaling and upcasting)."""
+    import diffusers
+
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": sdxl_tiny(home)})))
+    sdxl = {"model": "sdxl-tiny", "width": 256, "height": 256}  # SDXL's smallest size
+    missing = generate(running.url, **sdxl, decoder="tiny")
+    assert missing.status_code == 400 and missing.json()["error"]["field"] == "decoder"
+    assert "needs the taesdxl model" in missing.json()["error"]["message"]
+    install_tiny_decoder(home, mirror, publish, "taesdxl")
+    full = generate(running.url, **sdxl, decoder="full")
+    tiny = generate(running.url, **sdxl, decoder="tiny")
+    assert full.status_code == tiny.status_code == 200, (full.text, tiny.text)
+    loaded = running.engine.residency.loaded["sdxl-tiny"]
+    assert isinstance(loaded.derived["tiny-decoder"], diffusers.AutoencoderTiny)
+    assert isinstance(loaded.pipe.vae, diffusers.AutoencoderKL)  # put back after the call
+    full_pixels, tiny_pixels = (fetch(running.url, r) for r in (full, tiny))
+    assert tiny_pixels.shape == (256, 256, 3) and tiny_pixels.std() > 0
+    assert np.abs(full_pixels - tiny_pixels).mean() > 5
 
 
 def test_a_bad_or_unavailable_decoder_is_a_400_naming_the_field(make_server, make_engine, home, mini):
