@@ -250,6 +250,30 @@ def test_the_embedded_model_and_gpu_families_say_why_they_stay_on_torch(engine):
     assert backends.choose(Plan("large", "cuda"), "sd", 10**9) == ("torch", "cuda: diffusers on torch")
 
 
+def test_the_embedded_model_keeps_its_adherence_floor_through_the_cpu_default(engine):
+    """The CPU profile's defaults (OpenVINO for SD-class models, the tiny decoder for 1-4 steps)
+    leave the embedded model as it was: on torch, its own full decoder, and the held-out prompts
+    drawn through the engine as well as test_embedded_model requires of the bare pipeline."""
+    from PIL import Image
+
+    from pennello.daemon.engine.jobs import GenerateRequest
+    from _fixtures_installer import load_script
+    from test_embedded_model import HELD_OUT_BOTH_FLOOR, HELD_OUT_COLOUR_FLOOR, HELD_OUT_PLACE_FLOOR
+
+    trainer = load_script("train_embedded_model")
+    scenes = trainer.held_out_prompts(16)
+    jobs = [engine.submit(GenerateRequest(prompt=scene.prompt, seed=i)) for i, scene in enumerate(scenes)]
+    assert all(job.wait(300) and job.status == "done" for job in jobs), [job.error for job in jobs]
+    loaded = engine.residency.loaded["pennello-tiny"]
+    assert loaded.plan.profile == "cpu" and loaded.plan.backend == "torch"
+    assert "tiny-decoder" not in loaded.derived  # its VAE is its own: the tiny decoders do not fit it
+    pictures = [np.asarray(Image.open(job.images[0].path).convert("RGB")) for job in jobs]
+    checks = [trainer.check(picture, scene) for picture, scene in zip(pictures, scenes)]
+    assert np.mean([colour for colour, _ in checks]) >= HELD_OUT_COLOUR_FLOOR, checks
+    assert np.mean([colour and shape for colour, shape in checks]) >= HELD_OUT_BOTH_FLOOR, checks
+    assert np.mean([trainer.placed(p, scene) for p, scene in zip(pictures, scenes)]) >= HELD_OUT_PLACE_FLOOR
+
+
 @needs_openvino
 def test_openvino_sends_no_telemetry_under_the_no_network_guard(tmp_path, home, mini):
     """Converting runs OpenVINO's converter, which reports usage unless a consent file opts out
