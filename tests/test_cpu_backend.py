@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -366,7 +367,7 @@ def test_decoder_tiny_decodes_with_the_installed_tiny_decoder_for_that_call_only
     assert np.array_equal(fetch(running.url, generate(running.url)), full_pixels)
 
 
-def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_of_a_standard_vae(make_engine, home, mini, taesd):
+def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_and_previews_of_a_standard_vae(make_engine, home, mini, taesd):
     from pennello.daemon.engine.jobs import GenerateRequest
     from pennello.daemon.engine.backends.decoders import uses_tiny
 
@@ -384,6 +385,36 @@ def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_of_a_standard_vae(
     job = engine.submit(request)
     assert job.wait(300) and job.status == "done", job.error
     assert "tiny-decoder" in loaded.derived
+    # Progress previews decode with the tiny decoder even where the picture itself is decoded in
+    # full (6 steps): the UNet is held at its third step while the preview is asked for.
+    decodes = {"full": 0, "tiny": 0}
+    reached, go = threading.Event(), threading.Event()
+
+    def count(which: str):
+        return lambda *_: decodes.__setitem__(which, decodes[which] + 1)
+
+    def hold(*_) -> None:
+        hold.calls += 1
+        if hold.calls == 3:
+            reached.set()
+            go.wait(120)
+
+    hold.calls = 0
+    hooks = [loaded.pipe.vae.decoder.register_forward_hook(count("full")),
+             loaded.derived["tiny-decoder"].decoder.register_forward_hook(count("tiny")),
+             loaded.pipe.unet.register_forward_pre_hook(hold)]
+    try:
+        job = engine.submit(GenerateRequest(prompt="x", model="std-vae", steps=6, guidance=0.0))
+        assert reached.wait(300)
+        assert engine.runner.preview.png([job.id]) is not None
+        assert decodes == {"full": 0, "tiny": 1}
+        go.set()
+        assert job.wait(300) and job.status == "done", job.error
+        assert decodes == {"full": 1, "tiny": 1}
+    finally:
+        go.set()
+        for hook in hooks:
+            hook.remove()
 
 
 def test_decoder_tiny_on_an_sdxl_model_decodes_with_the_installed_taesdxl(make_server, make_engine, home, mirror,

@@ -6,6 +6,7 @@ On a CPU the full VAE decoder of SD-class models costs more than a 1-step denois
 signed catalog like any model, in the ``tiny-decoder`` family, and a request picks one with
 ``decoder: tiny``; left out, the CPU profile takes the tiny one for 1-4-step requests when it is
 installed, since fine detail matters little next to a 5x faster picture (docs/performance.md).
+The CPU profile's progress previews use it too, whatever decodes the final picture.
 
 The tiny decoder is loaded once per model it serves and swapped in for one pipeline call:
 
@@ -58,11 +59,16 @@ def check_tiny_decoder(family: str, lookup: Any) -> None:
 
 def uses_tiny(loaded: Any, request: Any, store: Any) -> bool:
     """Whether this call decodes with the tiny decoder: the request says, else the CPU profile does
-    for requests of at most :data:`DEFAULT_MAX_STEPS` steps of a model with the standard VAE, when
-    the tiny decoder is installed."""
+    for requests of at most :data:`DEFAULT_MAX_STEPS` steps (:func:`tiny_fits`)."""
     if request.decoder is not None:
         return request.decoder == "tiny"
-    if loaded.plan is None or loaded.plan.profile != "cpu" or (request.steps or 0) > DEFAULT_MAX_STEPS:
+    return (request.steps or 0) <= DEFAULT_MAX_STEPS and tiny_fits(loaded, store)
+
+
+def tiny_fits(loaded: Any, store: Any) -> bool:
+    """Whether the CPU profile takes the tiny decoder for ``loaded`` by default: a model with the
+    standard VAE, whose family's tiny decoder is installed."""
+    if loaded.plan is None or loaded.plan.profile != "cpu":
         return False
     if tuple(getattr(loaded.pipe.vae.config, "block_out_channels", ())) != STANDARD_VAE_WIDTHS:
         return False
@@ -71,6 +77,13 @@ def uses_tiny(loaded: Any, request: Any, store: Any) -> bool:
     except ModelNotFoundError:
         return False
     return True
+
+
+def preview_decoder(loaded: Any, store: Any) -> Any | None:
+    """The decoder for progress previews of ``loaded``'s next call: the tiny one where
+    :func:`tiny_fits` (on a CPU a full decode per polled step would cost more than the steps
+    themselves, whatever decodes the final picture), else None: the pipeline's own VAE."""
+    return _tiny_decoder(loaded, store) if tiny_fits(loaded, store) else None
 
 
 def _tiny_decoder(loaded: Any, store: Any) -> Any:
