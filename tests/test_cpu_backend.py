@@ -122,16 +122,27 @@ def test_an_sd_turbo_architecture_model_is_converted_cached_and_draws_through_th
 
 
 @needs_openvino
-def test_openvino_draws_what_torch_draws(make_server, make_engine, home, mini, convert_small):
+def test_openvino_draws_what_torch_draws_with_either_decoder(make_server, make_engine, home, mini, taesd,
+                                                             convert_small):
+    """With decoder tiny the tiny decoder of a model on OpenVINO is converted too (in torch fp32 it
+    took four times OpenVINO's time at 512²), cached like the model's parts."""
+    from pennello.daemon.engine.backends.openvino_backend import OVModule
+
     running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{NAME: mini})))
     converted = draw(running.url, NAME)
+    converted_tiny = fetch(running.url, generate(running.url, decoder="tiny"))
+    assert isinstance(running.engine.residency.loaded[NAME].derived["tiny-decoder"].decoder, OVModule)
+    assert json.loads((home.cache_dir / "openvino" / "taesd" / "key.json").read_text())["files"] == taesd.digest
     running.engine.residency.drop(NAME)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(backends, "OPENVINO_FAMILIES", frozenset())
         on_torch = draw(running.url, NAME)
+        on_torch_tiny = fetch(running.url, generate(running.url, decoder="tiny"))
     assert placement(running.engine)["backend"] == "torch"
+    assert not isinstance(running.engine.residency.loaded[NAME].derived["tiny-decoder"].decoder, OVModule)
     # bf16 inside OpenVINO where the CPU has it: close, not bit-equal
     assert np.abs(converted - on_torch).mean() < 6, np.abs(converted - on_torch).mean()
+    assert np.abs(converted_tiny - on_torch_tiny).mean() < 6, np.abs(converted_tiny - on_torch_tiny).mean()
 
 
 @needs_openvino
@@ -275,6 +286,30 @@ def test_the_embedded_model_keeps_its_adherence_floor_through_the_cpu_default(en
     assert np.mean([trainer.placed(p, scene) for p, scene in zip(pictures, scenes)]) >= HELD_OUT_PLACE_FLOOR
 
 
+def test_cpu_bf16_autocasts_the_torch_path_where_the_cpu_multiplies_bf16(make_engine):
+    """engine.cpu_bf16 = on: generate calls on the CPU run under bf16 autocast (close to fp32's
+    picture, not equal: the autocast did run), reported in placement; refused with a reason on a
+    GPU and on a CPU without native bf16, where emulation would be slower than fp32."""
+    from pennello.daemon.engine.profiles import ModelWeights, cpu_has_bf16, plan_for
+    from _fixtures_daemon import config_with
+    from test_engine import pixels, run
+
+    weights = ModelWeights({"unet": 865_910_724})
+    on_gpu = plan_for("cuda", weights, 2, 512 * 512, free_bytes=78 * 2**30, speed={"cpu_bf16": "on"})
+    assert not on_gpu.cpu_bf16 and on_gpu.not_applied == (
+        "cpu_bf16: for CPUs only (GPUs draw in half precision already)",)
+    assert not plan_for("cpu", weights, 4, 512 * 512).cpu_bf16  # off unless asked: not measured to pay yet
+    fp32 = pixels(run(make_engine(), seed=5))
+    engine = make_engine(config_with(engine={"cpu_bf16": "on"}))
+    shown = placement(engine, "pennello-tiny")
+    if not cpu_has_bf16():
+        assert shown["not_applied"] == ["cpu_bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX)"]
+        return
+    assert shown["cpu_bf16"] is True
+    difference = np.abs(pixels(run(engine, seed=5)) - fp32).mean()
+    assert 0 < difference < 6, difference
+
+
 @needs_openvino
 def test_openvino_sends_no_telemetry_under_the_no_network_guard(tmp_path, home, mini):
     """Converting runs OpenVINO's converter, which reports usage unless a consent file opts out
@@ -367,7 +402,8 @@ def test_decoder_tiny_decodes_with_the_installed_tiny_decoder_for_that_call_only
     assert np.array_equal(fetch(running.url, generate(running.url)), full_pixels)
 
 
-def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_and_previews_of_a_standard_vae(make_engine, home, mini, taesd):
+def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_and_previews_of_a_standard_vae(make_engine, home,
+                                                                                              mini, taesd):
     from pennello.daemon.engine.jobs import GenerateRequest
     from pennello.daemon.engine.backends.decoders import uses_tiny
 
@@ -377,7 +413,7 @@ def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_and_previews_of_a_
     engine = make_engine(store=StoreWithExtras(Store(home), **{"std-vae": model}))
     loaded = engine.residency.ensure_loaded("std-vae")
     store = engine.residency.store
-    request = GenerateRequest(prompt="x", model="std-vae", steps=1)
+    request = GenerateRequest(prompt="x", model="std-vae", steps=1, width=64, height=64)  # small: decodes are cheap
     assert uses_tiny(loaded, request, store)
     assert not uses_tiny(loaded, GenerateRequest(prompt="x", steps=5), store)
     assert not uses_tiny(loaded, GenerateRequest(prompt="x", steps=1, decoder="full"), store)
@@ -404,7 +440,7 @@ def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_and_previews_of_a_
              loaded.derived["tiny-decoder"].decoder.register_forward_hook(count("tiny")),
              loaded.pipe.unet.register_forward_pre_hook(hold)]
     try:
-        job = engine.submit(GenerateRequest(prompt="x", model="std-vae", steps=6, guidance=0.0))
+        job = engine.submit(GenerateRequest(prompt="x", model="std-vae", steps=6, guidance=0.0, width=64, height=64))
         assert reached.wait(300)
         assert engine.runner.preview.png([job.id]) is not None
         assert decodes == {"full": 0, "tiny": 1}

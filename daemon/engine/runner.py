@@ -31,6 +31,7 @@ from .jobs import Job, OutputImage, Slot
 from .backends import decoder_applied, preview_decoder
 from .preview import Preview
 from .residency import Loaded, Residency
+from .profiles import cpu_autocast
 from .resolve import native_size
 from .samplers import counts_as_step, sampler_applied
 from .saver import Saver
@@ -245,11 +246,12 @@ class Runner:
         width, height = native_size(loaded.installed.manifest.pipeline, loaded.family,
                                     request.width or 0, request.height or 0)
         denoiser = getattr(loaded.pipe, loaded.family.denoiser)
-        preview_vae = preview_decoder(loaded, self.residency.store)  # loaded here, on the device thread
+        cache = self.residency.paths.cache_dir
+        preview_vae = preview_decoder(loaded, self.residency.store, cache)  # loaded here, on the device thread
         hook = denoiser.register_forward_pre_hook(on_denoiser)
         try:
             with sampler_applied(loaded.pipe, request.sampler, request.scheduler), \
-                    decoder_applied(loaded, request, self.residency.store):
+                    decoder_applied(loaded, request, self.residency.store, cache), cpu_autocast(loaded.plan):
                 # CPU generators: the same seed gives the same picture on every device.
                 result = loaded.pipe(
                     prompt=[job.request.prompt for job, _ in slots],
