@@ -53,10 +53,17 @@ def nvidia_gpu() -> bool:
 
 def wants_cpu_backend() -> bool:
     """Whether this machine should get the CPU backend: no NVIDIA GPU and no Apple GPU, unless
-    :data:`OVERRIDE_ENV` says."""
+    :data:`OVERRIDE_ENV` says.
+
+    Raises:
+        ValueError: :data:`OVERRIDE_ENV` is set to something else than 1 or 0.
+    """
     override = os.environ.get(OVERRIDE_ENV, "").strip()
     if override in ("0", "1"):
         return override == "1"
+    if override:
+        raise ValueError(f"{OVERRIDE_ENV} must be 1 (add the CPU backend) or 0 (do not), or unset (add it "
+                         f"where nvidia-smi lists no GPU), not {override!r}")
     if platform.system() == "Darwin" and platform.machine() == "arm64":
         return False  # Apple silicon draws on its GPU (the mps profile), never on OpenVINO
     return not nvidia_gpu()
@@ -68,4 +75,7 @@ def wanted_requirements() -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(wanted_requirements()))
+    try:
+        print("\n".join(wanted_requirements()))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -169,6 +169,7 @@ function Install-Pennello {
     # PENNELLO_CPU_BACKEND=1|0 says; from a bundle, lock.txt already installed what it carries.
     if (-not $From) {
         $wanted = @(& $PyVenv -m pennello.installer.backend_packages | Where-Object { $_ })
+        if ($LASTEXITCODE -ne 0) { Die "could not tell whether this machine needs the CPU backend (above)" @("set PENNELLO_CPU_BACKEND=1 or 0") }
         if ($wanted.Count -eq 0) { Ok "a GPU draws here: no CPU backend needed" }
         else {
             Say "no NVIDIA GPU found: adding the CPU backend ($($wanted -join ' '))"

@@ -360,7 +360,8 @@ EOF
 
 cpu_backend() {  # OpenVINO (the `cpu` extra) where no NVIDIA GPU is found; PENNELLO_CPU_BACKEND=1|0 decides instead
     local wanted
-    wanted=$("$PY_VENV" -m pennello.installer.backend_packages 2>>"$LOG") || wanted=""
+    wanted=$("$PY_VENV" -m pennello.installer.backend_packages) \
+        || die "could not tell whether this machine needs the CPU backend (above)" "set PENNELLO_CPU_BACKEND=1 or 0"
     if [ -z "$wanted" ]; then ok "a GPU draws here: no CPU backend needed"; return 0; fi
     say "no NVIDIA GPU found: adding the CPU backend ($(echo $wanted))"
     # shellcheck disable=SC2086  # one requirement per word

@@ -54,6 +54,11 @@ def test_the_installers_add_the_cpu_backend_only_where_no_nvidia_gpu_is_listed(t
     assert wanted(tmp_path, (H100, 0)) == []
     assert wanted(tmp_path, (H100, 0), override="1") == CPU_EXTRA
     assert wanted(tmp_path, None, override="0") == []
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        wanted(tmp_path, (H100, 0), override="yes")
+    assert refused.value.stderr.strip() == ("error: PENNELLO_CPU_BACKEND must be 1 (add the CPU backend) or 0 (do "
+                                            "not), or unset (add it where nvidia-smi lists no GPU), not 'yes'")
+    assert refused.value.returncode == 1
 
 
 def test_a_bundle_with_wheels_asks_pip_for_the_cpu_backend_too(tmp_path, monkeypatch):
