@@ -7,7 +7,8 @@
     DIR/keys/<keyid>.pub           public keys that signed those manifests (for the admin to review)
     DIR/commits/<name>.pack        for a manifest that pins a commit and lists no files: that
                                    commit's git objects, from which the hashes are derived again
-    DIR/wheels/                    with --with-wheels: wheels of pennello and its dependencies
+    DIR/wheels/                    with --with-wheels: wheels of pennello, its dependencies and its
+                                   CPU backend (OpenVINO: the target may have no CUDA GPU)
     DIR/lock.txt  DIR/bundle.json  with --with-wheels: the hash lock, and the signed list of the
                                    code files (see :mod:`pennello.installer.wheelhouse`)
     DIR/README.txt  DIR/install.sh
@@ -46,6 +47,7 @@ from tqdm import tqdm
 
 from pennello.config import Config, TrustConfig
 from pennello.errors import FetchError, StoreError, TrustError
+from pennello.installer.backend_packages import CPU_EXTRA, extra_requirements
 from pennello.installer.install import Installer, check_disk_space
 from pennello.installer.keys import TrustedKey
 from pennello.installer.manifest import MANIFEST_FILENAME, parse_envelope
@@ -264,7 +266,7 @@ def _copy_blobs(store: Store, entries: list, staging: Path, progress: bool) -> N
 
 def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str | None) -> None:
     """Fill ``dest`` with a wheel of pennello (:mod:`.ownwheel`), wheels of all its dependencies
-    and, where the index has one, uv's (downloaded: needs the package index, or pip's
+    and of its CPU backend (:mod:`.backend_packages`) and, where the index has one, uv's (downloaded: needs the package index, or pip's
     ``--find-links`` configuration).
 
     Raises:
@@ -276,6 +278,9 @@ def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str 
         target += ["--python-version", python_version]
     target += ["--only-binary=:all:"]  # wheels only: nothing is built (no setup.py runs) on the target
     requirements = [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
+    # The CPU backend too: an air-gapped office machine is the likeliest to have no CUDA GPU, and
+    # the exporting machine cannot tell what the target has (unused where a GPU serves).
+    requirements += extra_requirements(CPU_EXTRA)
     own_wheel(dest)  # pennello is on no index: its wheel is made from the pennello running here
     _pip(["download", "--dest", str(dest), *target, *requirements])
     # uv installs the bundle several times faster than pip (install.sh uses it when lock.txt pins

@@ -14,8 +14,8 @@
     (asked first unless -Yes), a Start menu shortcut, and then the tray (unless -NoStart).
     `install.ps1 uninstall` removes all of it but your pictures (Pictures\Pennello) unless -Purge.
 
-    Environment: PENNELLO_VENV, PENNELLO_TORCH, PENNELLO_PIP_ARGS, PENNELLO_UV, PENNELLO_HOME,
-    PENNELLO_ASSUME_YES (as install.sh).
+    Environment: PENNELLO_VENV, PENNELLO_TORCH, PENNELLO_PIP_ARGS, PENNELLO_UV, PENNELLO_CPU_BACKEND,
+    PENNELLO_HOME, PENNELLO_ASSUME_YES (as install.sh).
 #>
 [CmdletBinding()]
 param(
@@ -165,6 +165,18 @@ function Install-Pennello {
     Say "installing $what"
     if (-not (Run-Logged $installer ($pip + @("--upgrade") + $index + $PipExtra + @($what)))) { Die "installing pennello failed" @("run this again; it picks up where it stopped") }
     Ok (& $Pennello --version)
+    # The CPU backend (OpenVINO, the `cpu` extra) where `nvidia-smi -L` lists no GPU, or as
+    # PENNELLO_CPU_BACKEND=1|0 says; from a bundle, lock.txt already installed what it carries.
+    if (-not $From) {
+        $wanted = @(& $PyVenv -m pennello.installer.backend_packages | Where-Object { $_ })
+        if ($LASTEXITCODE -ne 0) { Die "could not tell whether this machine needs the CPU backend (above)" @("set PENNELLO_CPU_BACKEND=1 or 0") }
+        if ($wanted.Count -eq 0) { Ok "a GPU draws here: no CPU backend needed" }
+        else {
+            Say "no NVIDIA GPU found: adding the CPU backend ($($wanted -join ' '))"
+            if (Run-Logged $installer ($pip + $PipExtra + $wanted)) { Ok "CPU backend: $($wanted -join ' ')" }
+            else { Say "the CPU backend could not be installed, so pennello draws on torch (slower); details in $Log" }
+        }
+    }
 
     Step "Models"
     if ($From -and (Test-Path (Join-Path $From "manifests"))) {

@@ -25,6 +25,8 @@
 #   PENNELLO_UV         the uv to install packages with, or 0 to use pip only (default: uv on
 #                       PATH, else the bundle's uv wheel with --from, else uv from the package
 #                       index, else pip)
+#   PENNELLO_CPU_BACKEND  1 or 0: add the CPU backend (OpenVINO) or not (default: added when
+#                       `nvidia-smi -L` lists no GPU, except on Apple silicon)
 #   PENNELLO_HOME       relocates all of pennello's state (as for pennello itself)
 #   PENNELLO_ASSUME_YES=1  as --yes (as for pennello itself)
 # Bash 3.2 compatible (macOS's /bin/bash).
@@ -40,7 +42,7 @@ PIP_EXTRA=${PENNELLO_PIP_ARGS:-}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 usage() {
-    sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
   --from BUNDLE           install pennello, torch and the models from a bundle made with
@@ -256,6 +258,7 @@ install() {
     version=$("$PENNELLO" --version 2>/dev/null) \
         || die "pennello was installed but does not run" "run: $PENNELLO --version, and report what it prints"
     ok "$version"
+    if [ -z "$FROM" ]; then cpu_backend; fi  # from a bundle, lock.txt installed the CPU backend it carries
 
     step "Models"
     if [ -n "$FROM" ] && [ -d "$FROM/manifests" ]; then
@@ -353,6 +356,17 @@ EOF
     fi
 
     printf '\n%sPennello is installed.%s Uninstall with: bash %s uninstall\n' "$GREEN" "$RESET" "$HERE/$PROG"
+}
+
+cpu_backend() {  # OpenVINO (the `cpu` extra) where no NVIDIA GPU is found; PENNELLO_CPU_BACKEND=1|0 decides instead
+    local wanted
+    wanted=$("$PY_VENV" -m pennello.installer.backend_packages) \
+        || die "could not tell whether this machine needs the CPU backend (above)" "set PENNELLO_CPU_BACKEND=1 or 0"
+    if [ -z "$wanted" ]; then ok "a GPU draws here: no CPU backend needed"; return 0; fi
+    say "no NVIDIA GPU found: adding the CPU backend ($(echo $wanted))"
+    # shellcheck disable=SC2086  # one requirement per word
+    if run_logged "cpu backend" "${PIP[@]}" ${extra[@]+"${extra[@]}"} $wanted; then ok "CPU backend: $(echo $wanted)"
+    else say "the CPU backend could not be installed, so pennello draws on torch (slower); details in $LOG"; fi
 }
 
 uv_wanted() { [ "${PENNELLO_UV:-}" != 0 ] && [ "$SYSTEM_SITE" != 1 ]; }

@@ -98,6 +98,9 @@ class EngineConfig:
     compile_mode: CompileMode = "default"  # torch.compile's mode when compile is on
     channels_last: Toggle = "auto"  # channels-last memory format for the denoiser and the VAE
     fuse_qkv: Toggle = "auto"  # fused attention projections, where the pipeline supports them
+    # torch autocast to bf16 for pictures drawn on a CPU with AVX512-BF16 or AMX (the torch path;
+    # OpenVINO picks its own precision)
+    cpu_bf16: Toggle = "auto"
 
 
 @dataclass(frozen=True)

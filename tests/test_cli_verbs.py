@@ -96,6 +96,8 @@ def test_load_with_keep_alive_ps_and_unload(home, daemon):
     assert model["name"] == "pennello-tiny" and 590 < model["expires_in_s"] <= 600
     table = pennello(home, "ps")
     assert table.returncode == 0 and re.search(r"pennello-tiny\s+\d+\.\d MB\s+cpu\s+\d+ s", table.stdout)
+    # which backend computes it, on which device (the embedded model is too small for OpenVINO)
+    assert re.search(r"^pennello-tiny .* torch on cpu$", table.stdout, re.M), table.stdout
     unloaded = pennello(home, "unload", "pennello-tiny")
     assert unloaded.returncode == 0 and "unloaded pennello-tiny" in unloaded.stdout
     assert _json(pennello(home, "ps", "--json"))["models"] == []

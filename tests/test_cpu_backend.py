@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +122,27 @@ def test_an_sd_turbo_architecture_model_is_converted_cached_and_draws_through_th
 
 
 @needs_openvino
-def test_openvino_draws_what_torch_draws(make_server, make_engine, home, mini, convert_small):
+def test_openvino_draws_what_torch_draws_with_either_decoder(make_server, make_engine, home, mini, taesd,
+                                                             convert_small):
+    """With decoder tiny the tiny decoder of a model on OpenVINO is converted too (in torch fp32 it
+    took four times OpenVINO's time at 512²), cached like the model's parts."""
+    from pennello.daemon.engine.backends.openvino_backend import OVModule
+
     running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{NAME: mini})))
     converted = draw(running.url, NAME)
+    converted_tiny = fetch(running.url, generate(running.url, decoder="tiny"))
+    assert isinstance(running.engine.residency.loaded[NAME].derived["tiny-decoder"].decoder, OVModule)
+    assert json.loads((home.cache_dir / "openvino" / "taesd" / "key.json").read_text())["files"] == taesd.digest
     running.engine.residency.drop(NAME)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(backends, "OPENVINO_FAMILIES", frozenset())
         on_torch = draw(running.url, NAME)
+        on_torch_tiny = fetch(running.url, generate(running.url, decoder="tiny"))
     assert placement(running.engine)["backend"] == "torch"
+    assert not isinstance(running.engine.residency.loaded[NAME].derived["tiny-decoder"].decoder, OVModule)
     # bf16 inside OpenVINO where the CPU has it: close, not bit-equal
     assert np.abs(converted - on_torch).mean() < 6, np.abs(converted - on_torch).mean()
+    assert np.abs(converted_tiny - on_torch_tiny).mean() < 6, np.abs(converted_tiny - on_torch_tiny).mean()
 
 
 @needs_openvino
@@ -175,12 +187,9 @@ def test_int8_weights_convert_smaller_and_draw_close_to_torch_fp32(home, mini):
     assert np.abs(int8 - on_torch).mean() * 255 < 3, np.abs(int8 - on_torch).mean() * 255
 
 
-@needs_openvino
-def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvino_as_on_torch(
-        make_server, make_engine, home, convert_small):
-    """SDXL's UNet takes pooled text embeddings and size/crop ids besides SD's three inputs: the
-    converted model must get them (a picture made without them would not match torch's)."""
-    from pennello.daemon.engine.backends.openvino_backend import OVModule
+def sdxl_tiny(home):
+    """SDXL-Turbo's architecture with tiny widths (bench/configs/sdxl-turbo/tiny.json), random
+    weights, saved and recorded in the store as ``sdxl-tiny``."""
     from pennello.installer import ensure_embedded_default
     from pennello.config import Config
     from _fixtures_hub import bench_archs
@@ -189,8 +198,17 @@ def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvin
     ensure_embedded_default(home, Config())
     target = home.cache_dir / "sdxl-tiny"
     archs.build_pipeline(archs.ARCHS["sdxl-turbo"], tiny=True).save_pretrained(target)
-    model = installed_as(Store(home).get("pennello-tiny"), target, "sdxl-tiny", "sdxl", "StableDiffusionXLPipeline")
-    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": model})))
+    return installed_as(Store(home).get("pennello-tiny"), target, "sdxl-tiny", "sdxl", "StableDiffusionXLPipeline")
+
+
+@needs_openvino
+def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvino_as_on_torch(
+        make_server, make_engine, home, convert_small):
+    """SDXL's UNet takes pooled text embeddings and size/crop ids besides SD's three inputs: the
+    converted model must get them (a picture made without them would not match torch's)."""
+    from pennello.daemon.engine.backends.openvino_backend import OVModule
+
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": sdxl_tiny(home)})))
     body = {"prompt": "a lighthouse at dusk", "model": "sdxl-tiny", "width": 256, "height": 256, "steps": 1,
             "guidance": 0.0, "seed": 3, "wait": True}
     converted = fetch(running.url, requests.post(running.api("/generate"), json=body, timeout=300))
@@ -244,6 +262,54 @@ def test_the_embedded_model_and_gpu_families_say_why_they_stay_on_torch(engine):
     assert backends.choose(Plan("large", "cuda"), "sd", 10**9) == ("torch", "cuda: diffusers on torch")
 
 
+def test_the_embedded_model_keeps_its_adherence_floor_through_the_cpu_default(engine):
+    """The CPU profile's defaults (OpenVINO for SD-class models, the tiny decoder for 1-4 steps)
+    leave the embedded model as it was: on torch, its own full decoder, and the held-out prompts
+    drawn through the engine as well as test_embedded_model requires of the bare pipeline."""
+    from PIL import Image
+
+    from pennello.daemon.engine.jobs import GenerateRequest
+    from _fixtures_installer import load_script
+    from test_embedded_model import HELD_OUT_BOTH_FLOOR, HELD_OUT_COLOUR_FLOOR, HELD_OUT_PLACE_FLOOR
+
+    trainer = load_script("train_embedded_model")
+    scenes = trainer.held_out_prompts(16)
+    jobs = [engine.submit(GenerateRequest(prompt=scene.prompt, seed=i)) for i, scene in enumerate(scenes)]
+    assert all(job.wait(300) and job.status == "done" for job in jobs), [job.error for job in jobs]
+    loaded = engine.residency.loaded["pennello-tiny"]
+    assert loaded.plan.profile == "cpu" and loaded.plan.backend == "torch"
+    assert "tiny-decoder" not in loaded.derived  # its VAE is its own: the tiny decoders do not fit it
+    pictures = [np.asarray(Image.open(job.images[0].path).convert("RGB")) for job in jobs]
+    checks = [trainer.check(picture, scene) for picture, scene in zip(pictures, scenes)]
+    assert np.mean([colour for colour, _ in checks]) >= HELD_OUT_COLOUR_FLOOR, checks
+    assert np.mean([colour and shape for colour, shape in checks]) >= HELD_OUT_BOTH_FLOOR, checks
+    assert np.mean([trainer.placed(p, scene) for p, scene in zip(pictures, scenes)]) >= HELD_OUT_PLACE_FLOOR
+
+
+def test_cpu_bf16_autocasts_the_torch_path_where_the_cpu_multiplies_bf16(make_engine):
+    """engine.cpu_bf16 = on: generate calls on the CPU run under bf16 autocast (close to fp32's
+    picture, not equal: the autocast did run), reported in placement; refused with a reason on a
+    GPU and on a CPU without native bf16, where emulation would be slower than fp32."""
+    from pennello.daemon.engine.profiles import ModelWeights, cpu_has_bf16, plan_for
+    from _fixtures_daemon import config_with
+    from test_engine import pixels, run
+
+    weights = ModelWeights({"unet": 865_910_724})
+    on_gpu = plan_for("cuda", weights, 2, 512 * 512, free_bytes=78 * 2**30, speed={"cpu_bf16": "on"})
+    assert not on_gpu.cpu_bf16 and on_gpu.not_applied == (
+        "cpu_bf16: for CPUs only (GPUs draw in half precision already)",)
+    assert not plan_for("cpu", weights, 4, 512 * 512).cpu_bf16  # off unless asked: not measured to pay yet
+    fp32 = pixels(run(make_engine(), seed=5))
+    engine = make_engine(config_with(engine={"cpu_bf16": "on"}))
+    shown = placement(engine, "pennello-tiny")
+    if not cpu_has_bf16():
+        assert shown["not_applied"] == ["cpu_bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX)"]
+        return
+    assert shown["cpu_bf16"] is True
+    difference = np.abs(pixels(run(engine, seed=5)) - fp32).mean()
+    assert 0 < difference < 6, difference
+
+
 @needs_openvino
 def test_openvino_sends_no_telemetry_under_the_no_network_guard(tmp_path, home, mini):
     """Converting runs OpenVINO's converter, which reports usage unless a consent file opts out
@@ -282,10 +348,10 @@ def test_openvino_sends_no_telemetry_under_the_no_network_guard(tmp_path, home, 
 
 # --- tiny decoders -------------------------------------------------------------------------------
 
-@pytest.fixture
-def taesd(home, mirror, publish):
-    """A random-weight AutoencoderTiny installed as ``taesd`` through the real installer (signed
-    manifest, HTTP mirror on loopback, hashes checked), as the catalog's TAESD would be."""
+def install_tiny_decoder(home, mirror, publish, name: str):
+    """A random-weight AutoencoderTiny installed as ``name`` through the real installer (signed
+    manifest, HTTP mirror on loopback, hashes checked), as a catalog tiny decoder would be. TAESD,
+    TAESDXL and TAEF1 share the architecture; SD and SDXL latents both have 4 channels."""
     import diffusers
     from datetime import datetime, timedelta, timezone
 
@@ -296,16 +362,21 @@ def taesd(home, mirror, publish):
     from _fixtures_installer import entries_for
 
     torch.manual_seed(1)
-    folder = home.cache_dir / "taesd-build"
-    diffusers.AutoencoderTiny().save_pretrained(folder)
+    folder = home.cache_dir / f"{name}-build"
+    diffusers.AutoencoderTiny(latent_channels=4).save_pretrained(folder)
     files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    mirror.files.update({f"taesd/{path}": data for path, data in files.items()})
+    mirror.files.update({f"{name}/{path}": data for path, data in files.items()})
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    manifest = Manifest(name="taesd", version=1, created=now, expires=now + timedelta(days=30),
+    manifest = Manifest(name=name, version=1, created=now, expires=now + timedelta(days=30),
                         pipeline=PipelineSpec("AutoencoderTiny", "tiny-decoder", {}), license="MIT",
-                        source=Source("mirror", base_url=f"{mirror.url}/taesd"), files=entries_for(files))
+                        source=Source("mirror", base_url=f"{mirror.url}/{name}"), files=entries_for(files))
     options = FetchOptions(downloads_dir=home.downloads_dir, retries=0, read_timeout_s=5)
     return Installer(home, Config(), options=options, progress=False).install_raw(publish(manifest))
+
+
+@pytest.fixture
+def taesd(home, mirror, publish):
+    return install_tiny_decoder(home, mirror, publish, "taesd")
 
 
 def generate(url: str, **fields) -> requests.Response:
@@ -331,7 +402,8 @@ def test_decoder_tiny_decodes_with_the_installed_tiny_decoder_for_that_call_only
     assert np.array_equal(fetch(running.url, generate(running.url)), full_pixels)
 
 
-def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_of_a_standard_vae(make_engine, home, mini, taesd):
+def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_and_previews_of_a_standard_vae(make_engine, home,
+                                                                                              mini, taesd):
     from pennello.daemon.engine.jobs import GenerateRequest
     from pennello.daemon.engine.backends.decoders import uses_tiny
 
@@ -341,7 +413,7 @@ def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_of_a_standard_vae(
     engine = make_engine(store=StoreWithExtras(Store(home), **{"std-vae": model}))
     loaded = engine.residency.ensure_loaded("std-vae")
     store = engine.residency.store
-    request = GenerateRequest(prompt="x", model="std-vae", steps=1)
+    request = GenerateRequest(prompt="x", model="std-vae", steps=1, width=64, height=64)  # small: decodes are cheap
     assert uses_tiny(loaded, request, store)
     assert not uses_tiny(loaded, GenerateRequest(prompt="x", steps=5), store)
     assert not uses_tiny(loaded, GenerateRequest(prompt="x", steps=1, decoder="full"), store)
@@ -349,6 +421,59 @@ def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_of_a_standard_vae(
     job = engine.submit(request)
     assert job.wait(300) and job.status == "done", job.error
     assert "tiny-decoder" in loaded.derived
+    # Progress previews decode with the tiny decoder even where the picture itself is decoded in
+    # full (6 steps): the UNet is held at its third step while the preview is asked for.
+    decodes = {"full": 0, "tiny": 0}
+    reached, go = threading.Event(), threading.Event()
+
+    def count(which: str):
+        return lambda *_: decodes.__setitem__(which, decodes[which] + 1)
+
+    def hold(*_) -> None:
+        hold.calls += 1
+        if hold.calls == 3:
+            reached.set()
+            go.wait(120)
+
+    hold.calls = 0
+    hooks = [loaded.pipe.vae.decoder.register_forward_hook(count("full")),
+             loaded.derived["tiny-decoder"].decoder.register_forward_hook(count("tiny")),
+             loaded.pipe.unet.register_forward_pre_hook(hold)]
+    try:
+        job = engine.submit(GenerateRequest(prompt="x", model="std-vae", steps=6, guidance=0.0, width=64, height=64))
+        assert reached.wait(300)
+        assert engine.runner.preview.png([job.id]) is not None
+        assert decodes == {"full": 0, "tiny": 1}
+        go.set()
+        assert job.wait(300) and job.status == "done", job.error
+        assert decodes == {"full": 1, "tiny": 1}
+    finally:
+        go.set()
+        for hook in hooks:
+            hook.remove()
+
+
+def test_decoder_tiny_on_an_sdxl_model_decodes_with_the_installed_taesdxl(make_server, make_engine, home, mirror,
+                                                                          publish):
+    """SDXL latents need TAESDXL, not TAESD: the request names the family's decoder, a 400 until it
+    is installed, then that call decodes with it (SDXL's pipeline reads its scaling and upcasting)."""
+    import diffusers
+
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": sdxl_tiny(home)})))
+    sdxl = {"model": "sdxl-tiny", "width": 256, "height": 256}  # SDXL's smallest size
+    missing = generate(running.url, **sdxl, decoder="tiny")
+    assert missing.status_code == 400 and missing.json()["error"]["field"] == "decoder"
+    assert "needs the taesdxl model" in missing.json()["error"]["message"]
+    install_tiny_decoder(home, mirror, publish, "taesdxl")
+    full = generate(running.url, **sdxl, decoder="full")
+    tiny = generate(running.url, **sdxl, decoder="tiny")
+    assert full.status_code == tiny.status_code == 200, (full.text, tiny.text)
+    loaded = running.engine.residency.loaded["sdxl-tiny"]
+    assert isinstance(loaded.derived["tiny-decoder"], diffusers.AutoencoderTiny)
+    assert isinstance(loaded.pipe.vae, diffusers.AutoencoderKL)  # put back after the call
+    full_pixels, tiny_pixels = (fetch(running.url, r) for r in (full, tiny))
+    assert tiny_pixels.shape == (256, 256, 3) and tiny_pixels.std() > 0
+    assert np.abs(full_pixels - tiny_pixels).mean() > 5
 
 
 def test_a_bad_or_unavailable_decoder_is_a_400_naming_the_field(make_server, make_engine, home, mini):

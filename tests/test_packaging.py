@@ -38,6 +38,7 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
+from pennello.installer.backend_packages import nvidia_gpu
 from pennello.installer.ownwheel import repack
 from pennello.installer.wheelhouse import write_lock
 from test_consent import run_on_terminal
@@ -355,6 +356,9 @@ def test_install_from_checkout_generate_repair_and_uninstall(one_click, tmp_path
     # No terminal and neither --yes nor --autostart: installed, but not started at login.
     assert_installed_as_one_click(result, user_home, venv)
     assert "already installed; keeping it" in result.stdout
+    # Where nvidia-smi lists no GPU (CI) the CPU backend is added: here already installed, so kept.
+    assert ("a GPU draws here" if nvidia_gpu() else "no NVIDIA GPU found: adding the CPU backend (openvino>=") \
+        in result.stdout
     assert (venv / "pyvenv.cfg").read_text().count("true") == 1
     link = user_home / ".local" / "bin" / "pennello"
     installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import pennello; print(pennello.__file__)"],

@@ -80,6 +80,13 @@ def _size(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.1f} MB"
 
 
+def _backend(model: dict[str, Any]) -> str:
+    """What computes the model and on which device: ``torch on cpu``, ``openvino on AUTO: CPU``."""
+    placement = model.get("placement") or {}
+    backend = placement.get("backend")
+    return "-" if backend is None else f"{backend} on {placement.get('backend_device') or '?'}"
+
+
 def _keep_left(model: dict[str, Any]) -> str:
     left = model.get("expires_in_s")
     return "until unloaded" if left is None else f"{left:.0f} s"
@@ -89,7 +96,8 @@ def _keep_left(model: dict[str, Any]) -> str:
 @_remote
 @json_output
 def ps(remote: str | None, url: str | None, token: str | None, as_json: bool) -> None:
-    """List the models in memory: size, device, keep-alive left; and the device and queue."""
+    """List the models in memory: size, device, keep-alive left, the backend computing each (torch or
+    OpenVINO) and its device; and the device and queue."""
     report = _client(remote, url, token).ps()
     if as_json:
         emit(report)
@@ -99,10 +107,11 @@ def ps(remote: str | None, url: str | None, token: str | None, as_json: bool) ->
                f"{', CUDA ' + backend['cuda'] if backend.get('cuda') else ''}); weights in memory "
                f"{_size((report.get('memory') or {}).get('weights_bytes'))}; queue: "
                f"{report.get('running', 0)} running, {report.get('queue_depth', 0)} waiting")
-    click.echo(f"{'NAME':<24} {'SIZE':>9}  {'DEVICE':<6} {'KEEP-ALIVE LEFT':<16} IDLE")
+    click.echo(f"{'NAME':<24} {'SIZE':>9}  {'DEVICE':<6} {'KEEP-ALIVE LEFT':<16} {'IDLE':<7} BACKEND")
     for model in report["models"]:
+        idle = f"{model.get('idle_s', 0):.0f} s"
         click.echo(f"{model['name']:<24} {_size(model.get('param_bytes')):>9}  {model.get('device', '?'):<6} "
-                   f"{_keep_left(model):<16} {model.get('idle_s', 0):.0f} s")
+                   f"{_keep_left(model):<16} {idle:<7} {_backend(model)}")
 
 
 @click.command()

@@ -2,9 +2,10 @@
 
 The device thread only keeps a copy of the first picture's latents after each denoising step
 (:meth:`Preview.keep`: one small tensor copy, no decoding), so a batch nobody watches pays
-nothing more. A client that asks for the preview has those latents decoded by the model's own
-VAE on its request thread, once per step however many clients poll (:meth:`Preview.png`); a
-client polling faster than steps finish gets the same picture again.
+nothing more. A client that asks for the preview has those latents decoded on its request
+thread by the decoder the runner named: the model's own VAE, or on a CPU its tiny decoder
+(``backends.preview_decoder``); once per step however many clients poll (:meth:`Preview.png`);
+a client polling faster than steps finish gets the same picture again.
 
 Latents a VAE cannot decode as they are (FLUX packs them into a sequence), and a VAE offloaded to
 the CPU by a small-GPU profile, give no preview: the progress answer then carries ``null``, as
@@ -30,14 +31,15 @@ class Preview:
     """The latest latents of the call on the device; thread-safe."""
 
     def __init__(self) -> None:
-        self._latest: tuple[str, Any, Any] | None = None  # (its job's id, pipeline, first picture's latents)
+        self._latest: tuple[str, Any, Any] | None = None  # (its job's id, decoder, first picture's latents)
         self._decoded: tuple[Any, str | None] = (None, None)  # (those latents, their PNG as base64)
         self._lock = threading.Lock()  # one decode at a time
 
-    def keep(self, job_id: str, pipe: Any, latents: Any) -> None:
-        """After a denoising step (device thread): keep the first picture's latents, and whose they are."""
+    def keep(self, job_id: str, vae: Any, latents: Any) -> None:
+        """After a denoising step (device thread): keep the first picture's latents, whose they are
+        and the VAE to decode them with."""
         if getattr(latents, "ndim", 0) == 4:  # (batch, channels, h, w): what a VAE decodes
-            self._latest = (job_id, pipe, latents[:1].detach().clone())
+            self._latest = (job_id, vae, latents[:1].detach().clone())
 
     def clear(self) -> None:
         """The call ended: nothing to preview until the next one's first step."""
@@ -50,17 +52,16 @@ class Preview:
         latest = self._latest
         if latest is None or latest[0] not in visible:
             return None
-        _, pipe, latents = latest
+        _, vae, latents = latest
         with self._lock:
             if self._decoded[0] is not latents:
-                self._decoded = (latents, _decode(pipe, latents))
+                self._decoded = (latents, _decode(vae, latents))
             return self._decoded[1]
 
 
-def _decode(pipe: Any, latents: Any) -> str | None:
+def _decode(vae: Any, latents: Any) -> str | None:
     import torch
 
-    vae = getattr(pipe, "vae", None)
     # An offloaded VAE (small-GPU profiles) moves its weights in hooks: not from a second thread.
     if vae is None or getattr(vae, "_hf_hook", None) is not None:
         return None

@@ -44,6 +44,7 @@ are part of the plan too. Each engine setting is ``on``, ``off`` or ``auto``; ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -69,7 +70,7 @@ USABLE_FRACTION = 0.9  # of free VRAM: the CUDA context, allocator slack and the
 # BASE + PER_MEGAPIXEL x megapixels x batch; to be calibrated against bench_pipelines' peak rows.
 ACTIVATION_BASE = 0.5 * GIB
 ACTIVATION_PER_MEGAPIXEL = 1.0 * GIB
-SpeedUp = Literal["compile", "channels_last", "fuse_qkv"]
+SpeedUp = Literal["compile", "channels_last", "fuse_qkv", "cpu_bf16"]
 # What each profile turns on where the engine setting is "auto". Nothing yet: no GPU has been lent
 # to measure these, and each costs something (compile: minutes of warm-up per model and shape).
 # Once bench/run_gpu.sh shows a win, turning one on is one line, e.g.
@@ -114,6 +115,7 @@ class Plan:
     compile: CompileMode | None = None  # torch.compile mode of the denoiser; None: not compiled
     channels_last: bool = False
     fuse_qkv: bool = False
+    cpu_bf16: bool = False  # generate calls under torch.autocast("cpu", bfloat16)
     warmup_s: float | None = None  # the load-time warm-up generation (compile), measured
     not_applied: tuple[str, ...] = ()  # speed-ups asked for that this model or placement cannot take
     backend: str | None = None  # what computes it: torch, openvino (daemon/engine/backends/)
@@ -183,8 +185,8 @@ def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, 
         profile: ``engine.memory_profile``; ``auto`` picks the tier from ``free_bytes``.
         cpu_threads: ``engine.cpu_threads``; 0 means all cores but one.
         batch: images per pipeline call the activations must hold.
-        speed: ``engine.compile``, ``engine.channels_last``, ``engine.fuse_qkv`` by name; a
-            missing one is ``auto``.
+        speed: ``engine.compile``, ``engine.channels_last``, ``engine.fuse_qkv``,
+            ``engine.cpu_bf16`` by name; a missing one is ``auto``.
         compile_mode: ``engine.compile_mode``.
         purpose: the model family's (``generate``, ``edit``, ``upscale``).
     """
@@ -193,7 +195,14 @@ def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, 
     plan = _placement(device, weights, dtype_bytes, pixels, free_bytes, profile, cpu_threads, batch)
     chosen = choose_speed_ups(plan.profile, speed or {})
     plan = replace(plan, compile=compile_mode if "compile" in chosen else None,
-                   channels_last="channels_last" in chosen, fuse_qkv="fuse_qkv" in chosen)
+                   channels_last="channels_last" in chosen, fuse_qkv="fuse_qkv" in chosen,
+                   cpu_bf16="cpu_bf16" in chosen)
+    if plan.cpu_bf16 and device != "cpu":
+        plan = plan.without("cpu_bf16", "for CPUs only (GPUs draw in half precision already)")
+    if plan.cpu_bf16 and not cpu_has_bf16():  # emulated bf16 would be slower than fp32
+        plan = plan.without("cpu_bf16", "this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+    if plan.cpu_bf16 and purpose != "generate":
+        plan = plan.without("cpu_bf16", f"applied to generate calls only, not to {purpose} models")
     if plan.compile and purpose != "generate":  # the load-time warm-up would need input pictures
         plan = plan.without("compile", f"not for {purpose} models")
     if plan.compile and plan.offload != "none":  # offload hooks move weights under the compiled graph
@@ -201,6 +210,23 @@ def plan_for(device: str, weights: ModelWeights, dtype_bytes: int, pixels: int, 
     if plan.fuse_qkv and plan.attention_slicing:  # sliced attention replaces the fused processors
         plan = plan.without("fuse_qkv", "not with attention slicing")
     return plan
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as torch sees it."""
+    import torch
+
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in
+               ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def cpu_autocast(plan: Plan | None) -> contextlib.AbstractContextManager[Any]:
+    """The context a generate call runs in: bf16 autocast where ``plan.cpu_bf16``, else nothing."""
+    if plan is None or not plan.cpu_bf16:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def choose_speed_ups(profile: str, settings: Mapping[str, Toggle]) -> frozenset[SpeedUp]:

@@ -28,9 +28,10 @@ import torch
 from pennello.errors import PennelloError
 
 from .jobs import Job, OutputImage, Slot
-from .backends import decoder_applied
+from .backends import decoder_applied, preview_decoder
 from .preview import Preview
 from .residency import Loaded, Residency
+from .profiles import cpu_autocast
 from .resolve import native_size
 from .samplers import counts_as_step, sampler_applied
 from .saver import Saver
@@ -231,7 +232,8 @@ class Runner:
             marks["decode"] = time.perf_counter()
             if not counts_as_step(pipe, step):  # a second-order sampler's half step
                 return {}
-            self.preview.keep(slots[0][0].id, pipe, tensors.get("latents"))
+            self.preview.keep(slots[0][0].id, pipe.vae if preview_vae is None else preview_vae,
+                              tensors.get("latents"))
             if self._run is not None:
                 self._run.step = step + 1
             for job, count in per_job.items():
@@ -244,10 +246,12 @@ class Runner:
         width, height = native_size(loaded.installed.manifest.pipeline, loaded.family,
                                     request.width or 0, request.height or 0)
         denoiser = getattr(loaded.pipe, loaded.family.denoiser)
+        cache = self.residency.paths.cache_dir
+        preview_vae = preview_decoder(loaded, self.residency.store, cache)  # loaded here, on the device thread
         hook = denoiser.register_forward_pre_hook(on_denoiser)
         try:
             with sampler_applied(loaded.pipe, request.sampler, request.scheduler), \
-                    decoder_applied(loaded, request, self.residency.store):
+                    decoder_applied(loaded, request, self.residency.store, cache), cpu_autocast(loaded.plan):
                 # CPU generators: the same seed gives the same picture on every device.
                 result = loaded.pipe(
                     prompt=[job.request.prompt for job, _ in slots],
@@ -284,7 +288,7 @@ class _TaskSteps:
             raise Interrupted
 
     def keep(self, pipe: Any, latents: Any) -> None:
-        self.runner.preview.keep(self.job.id, pipe, latents)
+        self.runner.preview.keep(self.job.id, getattr(pipe, "vae", None), latents)
 
 
 def enlarged(image: Any, request: Any) -> Any:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..profiles import Plan, read_weights
-from .decoders import check_tiny_decoder, decoder_applied
+from .decoders import check_tiny_decoder, decoder_applied, preview_decoder
 
-__all__ = ["attach", "check_tiny_decoder", "choose", "decoder_applied"]
+__all__ = ["attach", "check_tiny_decoder", "choose", "decoder_applied", "preview_decoder"]
 
 log = logging.getLogger(__name__)
 

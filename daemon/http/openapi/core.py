@@ -54,7 +54,7 @@ SCHEMAS: dict[str, Schema] = {
         "vae_slicing": BOOL, "attention_slicing": BOOL, "cpu_threads": INT, "reason": STR,
         "compile": {"enum": list(get_args(CompileMode)),
                     "description": "torch.compile mode of the denoiser; absent: not compiled."},
-        "channels_last": BOOL, "fuse_qkv": BOOL,
+        "channels_last": BOOL, "fuse_qkv": BOOL, "cpu_bf16": BOOL,
         "warmup_s": {**NUM, "description": "Seconds of the warm-up generation at load (compile)."},
         "not_applied": {"type": "array", "items": STR,
                         "description": "Speed-ups asked for that this model or placement cannot take, "
