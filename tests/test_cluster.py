@@ -239,6 +239,23 @@ def test_pictures_are_drawn_on_both_nodes_through_the_front(cluster: Cluster) ->
     assert _pixels(again["bytes"]) == _pixels(seen[0])
 
 
+def test_progress_through_the_front_moves_per_step_as_on_one_box(cluster: Cluster) -> None:
+    """The replica reports each denoising step while it draws (a streaming answer): the job's
+    events and A1111's progress move step by step, as on one box, not once per batch."""
+    steps: list[int] = []
+    fractions: list[float] = []
+
+    def on_progress(step: int, total: int) -> None:
+        steps.append(step)
+        if len(fractions) < 3:  # while the replica still draws: 3 of 30 steps
+            answer = requests.get(f"{cluster.url}/sdapi/v1/progress?skip_current_image=true", timeout=30)
+            fractions.append(answer.json()["progress"])
+
+    cluster.client.generate("a kite, step by step", steps=30, seed=5, on_progress=on_progress)
+    assert steps == list(range(1, 31)), steps
+    assert any(0 < fraction < 1 for fraction in fractions), fractions
+
+
 def _pixels(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
 
