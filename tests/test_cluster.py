@@ -41,7 +41,9 @@ from _fixtures_owner import SERVED  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-HEAD_IP, NODE_IP, STRANGER_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+HEAD_IP, NODE_IP, STRANGER_IP, OTHER_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
+# `pennello node` as another pennello version runs it: the same code, another version string.
+OTHER_VERSION = "import sys, pennello; pennello.__version__ = '0.0.1'; from pennello.cli import main; main()"
 START_TIMEOUT_S = 300  # three Ray processes trees and two model loads on a loaded 2-core runner
 
 
@@ -59,9 +61,9 @@ def _free_base(ip: str, span: int = 60) -> int:
     raise RuntimeError(f"no {span} free ports on {ip}")
 
 
-def _pennello(home: Path, *args: str, log: Path) -> subprocess.Popen:
+def _pennello(home: Path, *args: str, log: Path, run: tuple[str, ...] = ("-m", "pennello")) -> subprocess.Popen:
     env = {**os.environ, "PENNELLO_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-m", "pennello", *args], env=env, text=True,
+    return subprocess.Popen([sys.executable, *run, *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=open(log, "w"))
 
 
@@ -119,6 +121,7 @@ class Cluster:
     front: subprocess.Popen
     client: Client  # the front's owner
     stranger: subprocess.Popen  # a node with the wrong token
+    other: subprocess.Popen  # a node of another pennello version, joined with the right token by hand
     replicas_before_join: int
 
 
@@ -126,7 +129,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("cluster")
     head_home, node_home = tmp / "head", tmp / "node"
-    _install(head_home, node_home)
+    _install(head_home, node_home, tmp / "other")
     processes: list[subprocess.Popen] = []
     try:
         head_address, front, url = _start_head_and_front(tmp, head_home, processes)
@@ -149,8 +152,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         stranger = _pennello(tmp / "stranger", "node", "--join", head_address, "--ip", STRANGER_IP, "--port-base",
                              str(_free_base(STRANGER_IP)), "--token-file", str(wrong), log=tmp / "stranger.log")
         processes.append(stranger)
-        yield Cluster(head_address, url, head_home / "data" / "state" / "cluster-token", tmp, head_home,
-                      node_home, node, node_base, front, client, stranger, alone)
+        token_file = head_home / "data" / "state" / "cluster-token"
+        other = _pennello(tmp / "other", "node", "--join", head_address, "--ip", OTHER_IP, "--port-base",
+                          str(_free_base(OTHER_IP)), "--token-file", str(token_file), log=tmp / "other.log",
+                          run=("-c", OTHER_VERSION))
+        processes.append(other)
+        yield Cluster(head_address, url, token_file, tmp, head_home, node_home, node, node_base, front, client,
+                      stranger, other, alone)
     finally:
         for process in reversed(processes):
             _stop(process)
@@ -256,6 +264,23 @@ def test_progress_through_the_front_moves_per_step_as_on_one_box(cluster: Cluste
     assert any(0 < fraction < 1 for fraction in fractions), fractions
 
 
+def test_a_node_of_another_version_joined_with_a_copied_token_gets_no_replica(cluster: Cluster) -> None:
+    """``--token-file`` skips the front's door; the front still reads the version the node publishes
+    (a Ray label), places no replica there although it offers the model, and says why."""
+    why = _until(lambda: _tiny(cluster.client)["cluster"]["refused_nodes"].get(OTHER_IP), bool, START_TIMEOUT_S)
+    assert why.startswith("this node runs pennello 0.0.1 and the front "), why
+    assert _tiny(cluster.client)["cluster"]["replicas"] == 2  # the head and the paired node only
+    assert f"node {OTHER_IP} is refused: this node runs pennello 0.0.1" in (cluster.tmp / "front.log").read_text()
+    shown = _run(cluster.head_home, "ps")
+    assert shown.returncode == 0 and f"cluster node {OTHER_IP} gets no replica: {why}" in shown.stdout, shown
+    assert cluster.other.poll() is None, (cluster.tmp / "other.log").read_text()[-3000:]  # it did join
+    import psutil
+
+    ray_processes = psutil.Process(cluster.other.pid).children(recursive=True)
+    assert not [p for p in ray_processes if "ServeReplica" in " ".join(p.cmdline())]
+    _stop(cluster.other)  # done with it: its Ray processes would only slow the tests left
+
+
 def _pixels(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
 
@@ -319,6 +344,36 @@ def test_cluster_commands_say_what_is_wrong(tmp_path: Path, args: list[str], mes
     result = subprocess.run([sys.executable, "-m", "pennello", *args], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path, env={**os.environ, "PENNELLO_HOME": str(tmp_path / "home")})
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_a_node_that_missed_rays_start_window_is_started_again_and_no_other_failure_is(tmp_path: Path,
+                                                                                       caplog) -> None:
+    """Ray gives a starting node a fixed 30 s to register with its head (no setting for it): `pennello
+    node` starts Ray again when Ray says it missed it, and only then. A stand-in for `ray start`
+    fails the way Ray does the first time, then starts."""
+    from pennello.daemon.cluster import nodes
+
+    tries = tmp_path / "tries"
+    stand_in = tmp_path / "ray-start.py"  # argv[1]: misses "once", "never" starts, or fails for an "other" reason
+    stand_in.write_text(f"""import pathlib, sys
+tries = pathlib.Path({str(tries)!r})
+tries.write_text(tries.read_text() + "x" if tries.exists() else "x")
+if sys.argv[1] == "other":
+    sys.exit("InvalidAuthToken")
+if sys.argv[1] == "never" or tries.read_text() == "x":
+    sys.exit("Exception: The current node timed out during startup. This could happen because some of "
+             "the raylet failed to startup or the GCS has become overloaded.")
+""")
+    env, stopped = {**os.environ, "HOME": str(tmp_path)}, []  # HOME: Ray's bootstrap config goes there
+    for how, code, started in (("once", 0, 2), ("never", 1, nodes.START_TRIES), ("other", 1, 1)):
+        tries.unlink(missing_ok=True)
+        with caplog.at_level("WARNING"):
+            assert nodes.run([sys.executable, str(stand_in), how], tmp_path / "token", env, lambda _: None,
+                             stopped.append) == code
+        assert len(tries.read_text()) == started, how
+    assert len(stopped) == 1 + (nodes.START_TRIES - 1)  # what each missed start left behind was stopped
+    assert "did not register with the head within the 30 s Ray allows" in caplog.text
+    assert "starting Ray again (try 2 of 3)" in caplog.text
 
 
 # --- last: the stranger (refused meanwhile), then what changes the cluster or keeps it busy ---------

@@ -34,6 +34,7 @@ from ..engine.devices import pick_device
 from ..engine.jobs import GenerateRequest, Job
 from ..engine.residency import Residency
 from ..engine.runner import Runner
+from .nodes import VERSION_LABEL, version_label
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,9 @@ def deployment_for(model: str, resource: str, replicas: int) -> Any:
     from ray import serve
 
     # num_cpus 0: a replica waits on its device, and must not starve Ray's own actors of CPU.
+    # The label: only nodes of the front's pennello version (one joined with a copied token is
+    # not checked at the door; the front names it, .membership.refusals).
     return serve.deployment(Painter, name=f"painter-{model}", num_replicas=replicas,
                             max_ongoing_requests=1,
-                            ray_actor_options={"num_cpus": 0, "resources": {resource: 1}}).bind(model)
+                            ray_actor_options={"num_cpus": 0, "resources": {resource: 1},
+                                               "label_selector": {VERSION_LABEL: version_label()}}).bind(model)

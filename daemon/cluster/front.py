@@ -35,7 +35,8 @@ from ..engine.jobs import GenerateRequest, Job, Slot
 from ..engine.residency import Loaded, Residency
 from ..engine.runner import Interrupted, Runner
 from .deployment import deployment_for
-from .nodes import model_resource
+from .membership import offer, refusals
+from .nodes import VERSION_LABEL, model_resource, version_label
 from .ray_env import apply
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,20 @@ class ClusterResidency(Residency):
     """Models as Serve applications: "loaded" means deployed on every node that verified it.
 
     A watcher thread keeps each deployment at one replica per node offering the model, so a node
-    joining later adds capacity, and one that died stops being waited for, without a restart."""
+    joining later adds capacity, and one that died stops being waited for, without a restart.
+    Only nodes of this front's pennello version count (and get replicas); the nodes refused are
+    logged once and listed by :meth:`describe`."""
 
     _watcher: threading.Thread | None = None
 
-    def _load(self, name: str) -> Loaded:
-        import ray
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: dict[str, str] = {}  # node address: why it gets no replica
 
+    def _load(self, name: str) -> Loaded:
         installed = self.store.get(name)
         resource = model_resource(installed.name, installed.version, installed.digest)
-        replicas = int(ray.cluster_resources().get(resource, 0))
+        replicas = self._offering(resource)
         if replicas == 0:
             raise ModelNotFoundError(f"no node of the cluster offers {name} v{installed.version} "
                                      f"({installed.digest}); run `pennello node` where it is installed")
@@ -111,10 +116,8 @@ class ClusterResidency(Residency):
     def _rescale(self, loaded: Loaded) -> None:
         """One replica per node offering the model now; Serve adds or removes replicas in place
         (the running ones and the handle stay). Returns once the new replicas are up."""
-        import ray
-
         name, resource = loaded.installed.name, loaded.derived["resource"]
-        replicas = int(ray.cluster_resources().get(resource, 0))
+        replicas = self._offering(resource)
         with self.cond:
             dropped = self.loaded.get(name) is not loaded  # unloaded meanwhile: do not deploy it again
         if dropped or replicas in (0, loaded.derived["replicas"]):
@@ -127,12 +130,28 @@ class ClusterResidency(Residency):
         with self.cond:
             loaded.derived["replicas"] = replicas
 
+    def _offering(self, resource: str) -> int:
+        """How many live nodes of this front's pennello version offer ``resource`` (where Serve may
+        place its replicas, :func:`.deployment.deployment_for`); notes the nodes refused, and logs
+        each newly refused one."""
+        import ray
+
+        nodes = ray.nodes()
+        refused = refusals(offer(self.store), nodes)
+        for address in refused.keys() - self.refused.keys():
+            log.warning("node %s is refused: %s", address, refused[address])
+        self.refused = refused
+        return sum(1 for node in nodes if node.get("Alive") and resource in node.get("Resources", {})
+                   and (node.get("Labels") or {}).get(VERSION_LABEL) == version_label())
+
     def describe(self, loaded: Loaded) -> dict[str, Any]:
-        """As on one box (no weights here), with the replicas and which node drew how many pictures."""
+        """As on one box (no weights here), with the replicas, which node drew how many pictures,
+        and the nodes refused (another pennello or model version), each with the reason."""
         here = super().describe(replace(loaded, pipe=_NO_WEIGHTS))
         return {**here, "device": "cluster", "dtype": None,
                 "cluster": {"replicas": loaded.derived["replicas"],
-                            "pictures_by_node": dict(loaded.derived["served_by"])}}
+                            "pictures_by_node": dict(loaded.derived["served_by"]),
+                            "refused_nodes": dict(self.refused)}}
 
     def drop(self, name: str) -> bool:
         """Delete the model's Serve application, then forget it as on one box."""
