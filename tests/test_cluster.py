@@ -112,6 +112,7 @@ def _stop(process: subprocess.Popen) -> None:
 @dataclass
 class Cluster:
     head: str  # HOST:PORT of the head
+    head_node: subprocess.Popen  # its `pennello node --head`
     url: str  # the front's HTTP API
     token_file: Path
     tmp: Path
@@ -133,7 +134,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     _install(head_home, node_home, tmp / "other")
     processes: list[subprocess.Popen] = []
     try:
-        head_address, front, url = _start_head_and_front(tmp, head_home, processes)
+        head, head_address, front, url = _start_head_and_front(tmp, head_home, processes)
         SERVED[url] = get_paths(head_home)  # the tests' plain requests go as its owner
         # A box with the wrong token tries to join meanwhile (Ray retries for ~25 s before it gives
         # up, mostly idle: as the cluster forms, not during the tests; one checks how it ended).
@@ -154,7 +155,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                           str(_free_base(OTHER_IP)), "--token-file", str(token_file), log=tmp / "other.log",
                           run=("-c", OTHER_VERSION))
         processes.append(other)
-        yield Cluster(head_address, url, token_file, tmp, head_home, node_home, node, node_base, front, client,
+        yield Cluster(head_address, head, url, token_file, tmp, head_home, node_home, node, node_base, front, client,
                       stranger, other, alone)
     finally:
         for process in reversed(processes):
@@ -163,8 +164,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _start_head_and_front(tmp: Path, head_home: Path,
-                          processes: list[subprocess.Popen]) -> tuple[str, subprocess.Popen, str]:
-    """The head and the front on its box: the head's address, the front process and its URL.
+                          processes: list[subprocess.Popen]) -> tuple[subprocess.Popen, str, subprocess.Popen, str]:
+    """The head and the front on its box: the head's process and address, the front's process and URL.
 
     Ray gives a starting node a fixed 30 s to register with its head; on an overloaded machine the
     head can miss it and `pennello node` starts Ray again, while a front that had connected to the
@@ -182,7 +183,7 @@ def _start_head_and_front(tmp: Path, head_home: Path,
         processes.append(front)
         match = _serving(front)
         if match:
-            return head_address, front, match.group(1)
+            return head, head_address, front, match.group(1)
         assert attempt == 0, (tmp / "front.log").read_text()[-3000:]
         _until(head_log.read_text, lambda log: "starting Ray again" in log, 60)  # or it failed otherwise
     raise AssertionError(f"serve --cluster did not start:\n{(tmp / 'front.log').read_text()[-3000:]}")
@@ -404,11 +405,11 @@ def _kill_node(cluster: Cluster) -> int:
     return len(doomed)
 
 
-def _node_replica(cluster: Cluster):  # noqa: ANN202 - a psutil.Process
-    """The paired node's Serve replica process (its raylet's worker)."""
+def _replica(node: subprocess.Popen):  # noqa: ANN202 - a psutil.Process
+    """The Serve replica process (a worker of its raylet) of ``node``, a `pennello node`."""
     import psutil
 
-    replicas = [p for p in psutil.Process(cluster.node.pid).children(recursive=True) if "ServeReplica" in p.name()
+    replicas = [p for p in psutil.Process(node.pid).children(recursive=True) if "ServeReplica" in p.name()
                 or "ServeReplica" in " ".join(p.cmdline())]
     assert len(replicas) == 1, replicas
     return replicas[0]
@@ -429,7 +430,7 @@ def _until(what, done, timeout_s: float = START_TIMEOUT_S):  # noqa: ANN001, ANN
 def test_a_node_killed_mid_batch_hands_its_batch_to_the_other_replica(cluster: Cluster) -> None:
     client = cluster.client
     before = _by_node(cluster.client)
-    replica = _node_replica(cluster)
+    replica = _replica(cluster.node)
     drawn = sum(replica.cpu_times()[:2])
     # Long batches, more than the replicas: a replica takes one at a time, so the node gets one
     # even when Serve's router, slow to hear from it on a loaded machine, first tries the head.
@@ -466,3 +467,8 @@ def test_the_front_queues_answers_429_when_full_and_cancels_on_the_cluster(clust
     ended = [_until(lambda job_id=job_id: _job(client, job_id), lambda j: j["status"] in ("done", "cancelled"), 120)
              for job_id in jobs]
     assert sum(job["status"] == "cancelled" for job in ended) >= len(jobs) - 2, [j["status"] for j in ended]
+    # ...and the replica stopped drawing the cancelled batch at its next step, not at its end.
+    replica = _replica(cluster.head_node)
+    drawn = sum(replica.cpu_times()[:2])
+    time.sleep(1)
+    assert sum(replica.cpu_times()[:2]) - drawn < 0.3
