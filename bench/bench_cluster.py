@@ -130,7 +130,8 @@ def direct_call(head: str, home: Path) -> Callable[[int], Any]:
                               Config().engine, lookup=store.get)
     handle = serve.get_app_handle("pennello-pennello-tiny")
     handle._init(_prefer_local_routing=False)  # as the front calls it
-    return lambda seed: handle.draw.remote(installed.name, installed.digest, [(request, seed)]).result()
+    stream = handle.options(stream=True)  # the replica answers with its steps, then the pictures
+    return lambda seed: list(stream.draw.remote(installed.name, installed.digest, [(request, seed)]))[-1]
 
 
 class LocalCluster:

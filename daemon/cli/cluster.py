@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import click
@@ -78,20 +79,38 @@ def node(as_head: bool, head: str | None, token_file: Path | None, code: str | N
     base = port_base or DEFAULT_PORT_BASE
     command = nodes.ray_start_command(None if as_head else head, head_port or DEFAULT_HEAD_PORT,
                                       base, node_ip, resources, gpus)
-    ray = nodes.start(command, token, dict(os.environ))
-    node_file = nodes.write_node_file(paths.runtime_dir, node_ip, ray.pid)
-    click.echo(f"pennello node {'head ' if as_head else ''}running (Ray pid {ray.pid}); models: "
-               f"{', '.join(sorted(resources)) or 'none verified'}; token file {token}")
+    _run_ray(command, token, paths.runtime_dir, node_ip, base, as_head,
+             f"models: {', '.join(sorted(resources)) or 'none verified'}; token file {token}")
+
+
+def _run_ray(command: list[str], token: Path, runtime_dir: Path, node_ip: str, base: int, as_head: bool,
+             details: str) -> None:
+    """Run ``ray start --block`` (started again when it missed Ray's window to register,
+    :func:`..cluster.nodes.run`) until it ends, or Ctrl-C or SIGTERM stops this node's processes."""
+    from ..cluster import nodes
+
+    ray: list[subprocess.Popen] = []  # the `ray start` running now
+    stopping: list[bool] = []
+
+    def started(process: subprocess.Popen) -> None:
+        ray[:] = [process]
+        if stopping:  # a signal came between two tries
+            stop()
+        nodes.write_node_file(runtime_dir, node_ip, process.pid)
+        click.echo(f"pennello node {'head ' if as_head else ''}running (Ray pid {process.pid}); {details}")
 
     def stop(*_: object) -> None:
-        nodes.stop_node(ray.pid, node_ip, base)
+        stopping.append(True)
+        if ray:
+            nodes.stop_node(ray[0].pid, node_ip, base)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        code = ray.wait()
+        code = nodes.run(command, token, dict(os.environ), started,
+                         stop=lambda pid: nodes.stop_node(pid, node_ip, base))
     finally:
         stop()
-        node_file.unlink(missing_ok=True)
+        (runtime_dir / nodes.NODE_FILE).unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if code not in (0, -signal.SIGTERM):

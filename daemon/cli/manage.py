@@ -112,6 +112,10 @@ def ps(remote: str | None, url: str | None, token: str | None, as_json: bool) ->
         idle = f"{model.get('idle_s', 0):.0f} s"
         click.echo(f"{model['name']:<24} {_size(model.get('param_bytes')):>9}  {model.get('device', '?'):<6} "
                    f"{_keep_left(model):<16} {idle:<7} {_backend(model)}")
+    refused = {address: why for model in report["models"]  # a cluster front: the same for every model
+               for address, why in ((model.get("cluster") or {}).get("refused_nodes") or {}).items()}
+    for address, why in refused.items():
+        click.echo(f"cluster node {address} gets no replica: {why}")
 
 
 @click.command()

@@ -4,23 +4,27 @@ A replica loads the model from *its own node's* store, through the same
 :class:`~pennello.daemon.engine.residency.Residency` the single-box daemon uses, re-hashing every
 file first: a copy that is missing or damaged makes the replica fail to start, so that node
 serves nothing for the model. Models never travel through Ray; only the request (prompts,
-seeds, parameters) goes in and PNG bytes come out.
+seeds, parameters) goes in and PNG bytes come out. The answer is a Serve *streaming* response: a
+``{"step": n}`` after each denoising step while the replica draws (the front's progress, as on one
+box), then the pictures. Cancelling the call on the front stops the pipeline at its next step.
 
 The front (:mod:`.front`) checks that the replica's model is the very version and manifest digest
 it resolved the request against; Ray's placement already keeps replicas on nodes offering that
 version's resource (:func:`.nodes.model_resource`), this is the second check.
 
     >>> painter = Painter("pennello-tiny")  # inside a Serve replica  # doctest: +SKIP
-    >>> painter.draw("pennello-tiny", digest, [(request, 7)])["node"]  # doctest: +SKIP
+    >>> [m async for m in painter.draw("pennello-tiny", digest, [(request, 7)])][-1]["node"]  # doctest: +SKIP
     'c0ffee…'
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import threading
-from typing import Any
+from dataclasses import replace
+from typing import Any, AsyncIterator, Callable
 
 from pennello.config import load_config
 from pennello.errors import StoreError
@@ -30,6 +34,7 @@ from ..engine.devices import pick_device
 from ..engine.jobs import GenerateRequest, Job
 from ..engine.residency import Residency
 from ..engine.runner import Runner
+from .nodes import VERSION_LABEL, version_label
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +68,18 @@ class Painter:
                                    pick_device(config.engine.device))
         self.loaded = self.residency.ensure_loaded(model)  # verified, then loaded; raises if damaged
         self.runner = Runner(cond, self.residency, saver=None)
-        # One pipeline call at a time: a cancelled call goes on drawing in its thread while Serve
-        # hands this replica the next batch, and two calls on one scheduler ran past its last step.
+        # One pipeline call at a time: a cancelled call draws on in its thread until its next step
+        # while Serve hands this replica the next batch, and two calls on one scheduler ran past its
+        # last step.
         self._drawing = threading.Lock()
         log.info("replica of %s v%d ready on node %s", model, self.loaded.installed.version, self.node)
 
-    def draw(self, model: str, digest: str, pictures: list[tuple[GenerateRequest, int]]) -> dict[str, Any]:
-        """Draw one picture per (request, seed) in one pipeline call; PNG bytes, stage seconds,
-        and which node drew them.
+    async def draw(self, model: str, digest: str,
+                   pictures: list[tuple[GenerateRequest, int]]) -> AsyncIterator[dict[str, Any]]:
+        """Draw one picture per (request, seed) in one pipeline call, on a thread: yields
+        ``{"step": n}`` after each denoising step, then the PNG bytes, stage seconds, and which node
+        drew them. Cancelled (Serve raises ``CancelledError`` at our ``await``), the call stops at
+        its next step.
 
         Raises:
             StoreError: this replica holds another model, version or catalog than the front asked.
@@ -79,10 +88,44 @@ class Painter:
         if model != self.model or digest != installed.digest:
             raise StoreError(f"version mismatch: this node has {self.model} {installed.digest}, "
                              f"the front asked for {model} {digest}")
-        slots = [(Job(request, [seed]), 0) for request, seed in pictures]
-        with self._drawing:
-            images, timing = self.runner.draw(self.loaded, slots)
-        return {"images": [_png(image) for image in images], "timing": timing, "node": self.node}
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue[int | None] = asyncio.Queue()
+
+        def tell(step: int | None) -> None:
+            loop.call_soon_threadsafe(steps.put_nowait, step)
+
+        # One job per picture, each of one picture, so a job's step is the call's step.
+        jobs = [Job(replace(request, n=1), [seed]) for request, seed in pictures[1:]]
+        jobs.insert(0, _Telling(replace(pictures[0][0], n=1), [pictures[0][1]], tell=tell))
+        drawing = loop.run_in_executor(None, self._draw, jobs, tell)
+        try:
+            while (step := await steps.get()) is not None:
+                yield {"step": step}
+            images, timing = await drawing
+        finally:
+            for job in jobs:  # cancelled: the runner stops the call once every job of it is
+                job.cancel()
+        yield {"images": [_png(image) for image in images], "timing": timing, "node": self.node}
+
+    def _draw(self, jobs: list[Job], tell: Callable[[int | None], None]) -> tuple[list[Any], dict[str, float]]:
+        """The pipeline call (on an executor thread); tells None once it ended, however it ended."""
+        try:
+            with self._drawing:
+                return self.runner.draw(self.loaded, [(job, 0) for job in jobs])
+        finally:
+            tell(None)
+
+
+class _Telling(Job):
+    """A replica's job that tells ``tell`` of each denoising step it makes (the front counts them)."""
+
+    def __init__(self, request: GenerateRequest, seeds: list[int], tell: Callable[[int | None], None]) -> None:
+        super().__init__(request, seeds)
+        self._tell = tell
+
+    def advance(self, images: int) -> None:
+        super().advance(images)
+        self._tell(self.step)
 
 
 def _png(image: Any) -> bytes:
@@ -96,6 +139,9 @@ def deployment_for(model: str, resource: str, replicas: int) -> Any:
     from ray import serve
 
     # num_cpus 0: a replica waits on its device, and must not starve Ray's own actors of CPU.
+    # The label: only nodes of the front's pennello version (one joined with a copied token is
+    # not checked at the door; the front names it, .membership.refusals).
     return serve.deployment(Painter, name=f"painter-{model}", num_replicas=replicas,
                             max_ongoing_requests=1,
-                            ray_actor_options={"num_cpus": 0, "resources": {resource: 1}}).bind(model)
+                            ray_actor_options={"num_cpus": 0, "resources": {resource: 1},
+                                               "label_selector": {VERSION_LABEL: version_label()}}).bind(model)

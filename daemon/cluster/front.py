@@ -4,9 +4,11 @@ Everything users see stays the single-box engine's: the queue (429 when full), j
 cancel, the saver and the gallery. Only two parts differ. :class:`ClusterResidency` keeps no
 weights here: "loading" a model deploys its Serve application, one replica on each node whose
 store verified that version. :class:`ClusterRunner` sends the batch's prompts and seeds through
-a :class:`ray.serve.handle.DeploymentHandle` with local preference off (through a head's own
-routing every request would go to the head's replica), waits while watching for cancel, and
-counts which node drew what (``/api/ps``).
+a streaming :class:`ray.serve.handle.DeploymentHandle` with local preference off (through a head's
+own routing every request would go to the head's replica), counts each denoising step the replica
+reports while it draws (progress, events and A1111's ``progress`` move per step, as on one box),
+cancels the call once every job of the batch was cancelled, and counts which node drew what
+(``/api/ps``).
 
     >>> connect("127.0.0.1:6379", token_file)  # doctest: +SKIP
     >>> engine = ClusterEngine(config, paths)  # then as any Engine  # doctest: +SKIP
@@ -33,13 +35,13 @@ from ..engine.jobs import GenerateRequest, Job, Slot
 from ..engine.residency import Loaded, Residency
 from ..engine.runner import Interrupted, Runner
 from .deployment import deployment_for
-from .nodes import model_resource
+from .membership import offer, refusals
+from .nodes import VERSION_LABEL, model_resource, version_label
 from .ray_env import apply
 
 log = logging.getLogger(__name__)
 
 _NO_WEIGHTS = SimpleNamespace(dtype=None)  # what describe sees of a model whose weights are on the nodes
-_POLL_S = 0.25  # how often a waiting batch looks for cancelled jobs
 RETRIES = 2  # a replica that died mid-batch: the batch goes to another one this many times more
 RESCALE_S = 2.0  # how often the nodes offering each deployed model are counted again
 
@@ -66,25 +68,28 @@ class ClusterResidency(Residency):
     """Models as Serve applications: "loaded" means deployed on every node that verified it.
 
     A watcher thread keeps each deployment at one replica per node offering the model, so a node
-    joining later adds capacity, and one that died stops being waited for, without a restart."""
+    joining later adds capacity, and one that died stops being waited for, without a restart.
+    Only nodes of this front's pennello version count (and get replicas); the nodes refused are
+    logged once and listed by :meth:`describe`."""
 
     _watcher: threading.Thread | None = None
 
-    def _load(self, name: str) -> Loaded:
-        import ray
-        from ray import serve
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: dict[str, str] = {}  # node address: why it gets no replica
 
+    def _load(self, name: str) -> Loaded:
         installed = self.store.get(name)
         resource = model_resource(installed.name, installed.version, installed.digest)
-        replicas = int(ray.cluster_resources().get(resource, 0))
+        replicas = self._offering(resource)
         if replicas == 0:
             raise ModelNotFoundError(f"no node of the cluster offers {name} v{installed.version} "
                                      f"({installed.digest}); run `pennello node` where it is installed")
-        handle = serve.run(deployment_for(name, resource, replicas), name=f"pennello-{name}",
-                           route_prefix=None)
+        handle = _deploy(name, resource, replicas)
         handle._init(_prefer_local_routing=False)  # Ray's only switch for it in 2.60
         log.info("%s v%d deployed on %d node(s)", name, installed.version, replicas)
-        loaded = Loaded(installed, get_family(installed.manifest.pipeline.family), pipe=handle)
+        loaded = Loaded(installed, get_family(installed.manifest.pipeline.family),
+                        pipe=handle.options(stream=True))  # the replica's steps, as it draws them
         loaded.derived.update(replicas=replicas, served_by=Counter(), resource=resource)
         self._watch()
         return loaded
@@ -111,11 +116,8 @@ class ClusterResidency(Residency):
     def _rescale(self, loaded: Loaded) -> None:
         """One replica per node offering the model now; Serve adds or removes replicas in place
         (the running ones and the handle stay). Returns once the new replicas are up."""
-        import ray
-        from ray import serve
-
         name, resource = loaded.installed.name, loaded.derived["resource"]
-        replicas = int(ray.cluster_resources().get(resource, 0))
+        replicas = self._offering(resource)
         with self.cond:
             dropped = self.loaded.get(name) is not loaded  # unloaded meanwhile: do not deploy it again
         if dropped or replicas in (0, loaded.derived["replicas"]):
@@ -124,16 +126,32 @@ class ClusterResidency(Residency):
         if replicas < loaded.derived["replicas"]:  # stop waiting for the lost ones now, not once Serve is done
             with self.cond:
                 loaded.derived["replicas"] = replicas
-        serve.run(deployment_for(name, resource, replicas), name=f"pennello-{name}", route_prefix=None)
+        _deploy(name, resource, replicas)
         with self.cond:
             loaded.derived["replicas"] = replicas
 
+    def _offering(self, resource: str) -> int:
+        """How many live nodes of this front's pennello version offer ``resource`` (where Serve may
+        place its replicas, :func:`.deployment.deployment_for`); notes the nodes refused, and logs
+        each newly refused one."""
+        import ray
+
+        nodes = ray.nodes()
+        refused = refusals(offer(self.store), nodes)
+        for address in refused.keys() - self.refused.keys():
+            log.warning("node %s is refused: %s", address, refused[address])
+        self.refused = refused
+        return sum(1 for node in nodes if node.get("Alive") and resource in node.get("Resources", {})
+                   and (node.get("Labels") or {}).get(VERSION_LABEL) == version_label())
+
     def describe(self, loaded: Loaded) -> dict[str, Any]:
-        """As on one box (no weights here), with the replicas and which node drew how many pictures."""
+        """As on one box (no weights here), with the replicas, which node drew how many pictures,
+        and the nodes refused (another pennello or model version), each with the reason."""
         here = super().describe(replace(loaded, pipe=_NO_WEIGHTS))
         return {**here, "device": "cluster", "dtype": None,
                 "cluster": {"replicas": loaded.derived["replicas"],
-                            "pictures_by_node": dict(loaded.derived["served_by"])}}
+                            "pictures_by_node": dict(loaded.derived["served_by"]),
+                            "refused_nodes": dict(self.refused)}}
 
     def drop(self, name: str) -> bool:
         """Delete the model's Serve application, then forget it as on one box."""
@@ -142,7 +160,7 @@ class ClusterResidency(Residency):
         with self.cond:
             deployed = name in self.loaded
         if deployed:
-            serve.delete(f"pennello-{name}")
+            serve.delete(_application(name))
         return super().drop(name)
 
 
@@ -194,11 +212,10 @@ class ClusterRunner(Runner):
         from PIL import Image
 
         jobs = list(dict.fromkeys(job for job, _ in slots))
-        pictures = [(job.request, job.seeds[index]) for job, index in slots]
+        counted = {job: job.image_steps for job in jobs}
         for attempt in range(RETRIES + 1):
             try:
-                answer = self._wait(loaded.pipe.draw.remote(loaded.installed.name, loaded.installed.digest,
-                                                            pictures), jobs)
+                answer = self._stream(loaded, slots)
                 break
             except Interrupted:
                 raise
@@ -206,25 +223,50 @@ class ClusterRunner(Runner):
                 if attempt == RETRIES or not _replica_lost(e):
                     raise
                 log.warning("a replica was lost mid-batch (%s); sending the batch to another", e)
-        steps = slots[0][0].request.steps or 0
-        for job in jobs:  # the replica's steps, told at once: progress is per batch here
-            job.advance(steps * sum(1 for j, _ in slots if j is job))
+                for job in jobs:  # the lost replica's steps made nothing
+                    job.rewind(counted[job])
         with self.cond:  # batches finish on several threads at once
             loaded.derived["served_by"][answer["node"]] += len(slots)
         loaded.touch()
         images = [Image.open(io.BytesIO(data)) for data in answer["images"]]
         return [image.convert("RGB") for image in images], answer["timing"]
 
-    @staticmethod
-    def _wait(response: Any, jobs: list[Any]) -> dict[str, Any]:
-        """The replica's answer; cancels the call once every job of the batch was cancelled."""
-        while True:
-            try:
-                return response.result(timeout_s=_POLL_S)
-            except TimeoutError:
-                if all(job.done for job in jobs):
-                    response.cancel()
-                    raise Interrupted from None
+    def _stream(self, loaded: Loaded, slots: list[Slot]) -> dict[str, Any]:
+        """Send ``slots`` to a replica and advance the jobs by each step it reports while drawing;
+        its answer. The call is cancelled as soon as every job of the batch was."""
+        per_job = Counter(job for job, _ in slots)
+        pictures = [(job.request, job.seeds[index]) for job, index in slots]
+        stream = loaded.pipe.draw.remote(loaded.installed.name, loaded.installed.digest, pictures)
+        drawing = True
+
+        def on_end() -> None:  # a job ended: cancelled, most likely, on another thread
+            if drawing and all(job.done for job in per_job):
+                stream.cancel()
+
+        for job in per_job:
+            job.on_end(on_end)
+        step = 0
+        try:
+            for message in stream:
+                if "images" in message:
+                    return message
+                self._advance(per_job, message["step"] - step)
+                step = message["step"]
+        except Exception:
+            if all(job.done for job in per_job):  # Serve's cancelled-call errors, whichever it raised
+                raise Interrupted from None
+            raise
+        finally:
+            drawing = False
+        raise DaemonError("the replica ended its answer without the pictures")
+
+    def _advance(self, per_job: Counter, steps: int) -> None:
+        """Count ``steps`` more denoising steps of the batch of ``per_job`` (its jobs' pictures)."""
+        run = self._run
+        for job, pictures in per_job.items():
+            job.advance(pictures * steps)
+        if run is not None and set(run.jobs) == set(per_job):  # several batches run at once here
+            run.step += steps
 
 
 def _replica_lost(error: Exception) -> bool:
@@ -232,6 +274,18 @@ def _replica_lost(error: Exception) -> bool:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     return isinstance(error, (ActorDiedError, ActorUnavailableError, RayActorError))
+
+
+def _application(name: str) -> str:
+    return f"pennello-{name}"
+
+
+def _deploy(name: str, resource: str, replicas: int) -> Any:
+    """Deploy ``name``'s Serve application with ``replicas`` replicas, or rescale it in place (the
+    running replicas and handles stay); its handle, once the new replicas are up."""
+    from ray import serve
+
+    return serve.run(deployment_for(name, resource, replicas), name=_application(name), route_prefix=None)
 
 
 class ClusterEngine(Engine):

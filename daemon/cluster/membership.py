@@ -9,6 +9,11 @@ list``, revocable like a device's) and answers with the cluster token. The node 
 0600 in its state directory, and asks the front again on every later join: once the owner
 revoked its token, that join fails, and the node forgets the cluster token it had.
 
+A node joined with a hand-copied token (``--token-file``) never knocks at that door, so the front
+checks what every node publishes to Ray as well (its version label and model resources,
+:func:`refusals`): it places no replica on a node of another pennello version, and names every
+refused node in its log and in ``pennello ps``.
+
     >>> check_member({"version": "1.2", "models": ["pennello:tiny@1:ab"]},
     ...              {"version": "1.3", "models": []})
     Traceback (most recent call last):
@@ -22,12 +27,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pennello import __version__
 from pennello.errors import AuthError, ConfigError, ConflictError, RequestError
 from pennello.files import write_atomic
 from pennello.paths import Paths
 
-from .nodes import model_resource
+from .nodes import RESOURCE_PREFIX, VERSION_LABEL, model_resource, version_label
 from .ray_env import TOKEN_FILE
 
 CREDENTIAL_FILE = "cluster-pairing.json"  # state dir of a paired node: the front, its node token
@@ -37,7 +41,7 @@ def offer(store: Any) -> dict[str, Any]:
     """What a box tells about itself: its pennello version and one resource per installed model
     (:func:`.nodes.model_resource`: name, version and manifest digest)."""
     models = [model_resource(i.name, i.version, i.digest) for i in store.installed()]
-    return {"version": __version__, "models": sorted(models)}
+    return {"version": version_label(), "models": sorted(models)}
 
 
 def check_member(front: dict[str, Any], node: dict[str, Any]) -> None:
@@ -63,6 +67,30 @@ def check_member(front: dict[str, Any], node: dict[str, Any]) -> None:
             raise ConflictError(f"this node holds {model} and the front {ours[_name(model)]} (version and "
                                 "catalog digest): install the front's version of the model on the node, "
                                 "from the same catalog", field="models")
+
+
+def published(node: dict[str, Any]) -> dict[str, Any]:
+    """What a Ray node (an entry of ``ray.nodes()``) publishes about itself, in :func:`offer`'s
+    shape; ``version`` is None on a node not started by ``pennello node``."""
+    return {"version": (node.get("Labels") or {}).get(VERSION_LABEL),
+            "models": sorted(r for r in node.get("Resources") or {} if r.startswith(RESOURCE_PREFIX))}
+
+
+def refusals(front: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, str]:
+    """The live ``nodes`` (``ray.nodes()``) that :func:`check_member` refuses against the
+    ``front``'s :func:`offer`, by address, each with the reason."""
+    refused = {}
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        offered = published(node)
+        try:
+            if offered["version"] is None:
+                raise ConflictError("this node publishes no pennello version: start it with `pennello node`")
+            check_member(front, offered)
+        except ConflictError as e:
+            refused[node["NodeManagerAddress"]] = str(e)
+    return refused
 
 
 def _name(resource: str) -> str:

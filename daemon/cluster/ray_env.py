@@ -58,9 +58,15 @@ def local_provider_config(home: Path) -> Path:
     return path
 
 
+# A stopping node shuts down at once rather than "draining" for up to 30 s: draining lets Serve
+# move a node's replicas elsewhere, but a model has one replica per node that holds it, and the
+# front resends a lost batch itself. (Stopping waited 10 s, then SIGKILLed the draining node.)
+_STOP_AT_ONCE = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+
+
 def ray_environment(token_file: Path) -> dict[str, str]:
     """The variables every Ray process of ours runs with (``ray start``, drivers, workers)."""
-    return {**_QUIET, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    return {**_QUIET, **_STOP_AT_ONCE, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
 
 
 def apply(token_file: Path) -> None:
