@@ -100,6 +100,7 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
     from .http.app import create_app
     from .tools import edit  # noqa: F401  (registers how journaled edits come back, before start)
     from .http.context import MachineNetwork
+    from .net.proxy import CALL_ID_HEADER
     from .server import StopFlag, WaitressServer, shut_down
 
     guard = None
@@ -115,7 +116,8 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
     try:
         engine.start()
         app = create_app(config, engine, paths, guard=guard, network=network)
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(_call_ids(app.wsgi_app, CALL_ID_HEADER),  # type: ignore[method-assign]
+                                x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)
         server = WaitressServer(app, unix_socket=unix_socket, threads=config.server.threads)
         log.info("model worker ready on %s (device %s)", unix_socket, engine.device)
         on_ready()
@@ -125,6 +127,22 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
     finally:
         engine.stop(cancel_running=True)
         unix_socket.unlink(missing_ok=True)
+
+
+def _call_ids(app: Callable[..., Any], header: str) -> Callable[..., Any]:
+    """``app``, with the server's call id of a call it may send twice (header ``header``) moved to
+    where the routes read it (:func:`pennello.daemon.http.context.call_image_id`). Only here, behind
+    the server that strips what clients send, may a header choose where a picture is saved."""
+    from .http.context import CALL_ID_ENVIRON
+
+    key = "HTTP_" + header.upper().replace("-", "_")
+
+    def with_call_id(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if key in environ:
+            environ[CALL_ID_ENVIRON] = environ.pop(key)
+        return app(environ, start_response)
+
+    return with_call_id
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ that is signalled and whose model worker is killed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
+import socket
 import socketserver
 import threading
 import time
@@ -20,6 +22,7 @@ import requests
 from PIL import Image
 
 from pennello.client import sse_events
+from pennello.daemon.net import isolation
 from pennello.daemon import GenerateRequest
 from pennello.paths import get_paths
 from _fixtures_daemon import SLOW_STEPS, config_with, wait_until_running
@@ -312,9 +315,81 @@ def test_an_upscale_outlives_a_killed_worker_and_is_saved_once(tmp_path):
         assert len(list(home.outputs_dir.rglob("*.png"))) == 1  # saved by the second worker only
         assert "POST /api/upscale again, to the restarted model worker" in daemon.log_text()
         assert daemon.workers() not in ([], [first])
+        _an_upscale_whose_worker_died_after_saving_is_saved_once(daemon)
         assert daemon.terminate() == 0, daemon.log_text()
     finally:
         daemon.kill()
+
+
+def _an_upscale_whose_worker_died_after_saving_is_saved_once(daemon: Serve) -> None:
+    """Seen on main: a worker that died after saving an upscale but before answering made the
+    re-sent call save a second picture. (The same daemon as above: a start costs seconds.)"""
+    (worker,) = daemon.workers()
+    before = set(daemon.home.outputs_dir.rglob("*.png"))
+    with _KillOnAnswer(isolation.socket_path(daemon.home), worker, b"POST /api/upscale "):
+        answer = daemon.http.post(daemon.api("/upscale"), data={"scale": "2"}, timeout=300, files={
+            "image": ("noise.png", _png(Image.effect_noise((128, 128), 64).convert("RGB")))},
+            headers={"X-Pennello-Call-Id": "1000000000000000000-deadbeef"})  # a client's is dropped
+    assert answer.status_code == 200, (answer.text, daemon.log_text())
+    assert daemon.workers() not in ([], [worker])  # it did die, with its picture saved
+    saved = set(daemon.home.outputs_dir.rglob("*.png")) - before
+    assert [path.stem for path in saved] == [answer.json()["image"]["id"]]  # once, where the answer says
+    assert not answer.json()["image"]["id"].endswith("deadbeef")
+
+
+class _KillOnAnswer:
+    """Stands in the worker's socket: passes calls on to the worker, but when the worker begins
+    to answer one whose head starts with ``head`` (so its picture is saved), kills it with
+    SIGKILL instead of passing the answer on, and stops standing in (the next worker binds there)."""
+
+    def __init__(self, path: Path, pid: int, head: bytes) -> None:
+        assert path.exists(), path
+        self.path, self.pid, self.head = path, pid, head
+        self.real = path.with_name("worker-real.sock")
+        self.killed = threading.Event()
+
+    def __enter__(self) -> "_KillOnAnswer":
+        os.rename(self.path, self.real)  # a bound socket keeps working under its new name
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path))
+        self.listener.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self.killed.is_set(), "the call never reached the worker"
+        self.real.unlink(missing_ok=True)
+
+    def _accept(self) -> None:
+        while not self.killed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed once the worker is killed
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as worker:
+            worker.connect(str(self.real))
+            first = client.recv(65536)  # http.client sends the request's head in one piece
+            worker.sendall(first)
+            threading.Thread(target=_pump, args=(client, worker), daemon=True).start()
+            if not first.startswith(self.head):
+                _pump(worker, client)
+                return
+            worker.recv(1)  # the answer begins: the picture is saved
+            os.kill(self.pid, signal.SIGKILL)
+            self.path.unlink()  # no stand-in left for the proxy to find
+            self.killed.set()
+            for held in (self.listener, client):  # shut down, not just closed: the threads
+                held.shutdown(socket.SHUT_RDWR)   # blocked on them hold them open otherwise
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+        sink.shutdown(socket.SHUT_WR)
 
 
 class _DyingWorker(socketserver.ThreadingUnixStreamServer):

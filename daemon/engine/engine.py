@@ -184,10 +184,13 @@ class Engine:
         return self._resolve(request)
 
     def save_output(self, image: Any, record: dict[str, Any], fmt: str, enhance: bool = False,
-                    source: str | None = None, durable: bool = True) -> OutputImage:
+                    source: str | None = None, durable: bool = True,
+                    image_id: str | None = None) -> OutputImage:
         """Run the post-steps (auto-enhance when asked, the copyright check when configured) and
-        save the picture; what they found is in its record and its ``notes``."""
-        return self.saver.save_output(image, record, fmt, enhance=enhance, source=source, durable=durable)
+        save the picture (under ``image_id`` when given: a call that may come twice); what they
+        found is in its record and its ``notes``."""
+        return self.saver.save_output(image, record, fmt, enhance=enhance, source=source, durable=durable,
+                                      image_id=image_id)
 
     def _resolve(self, request: GenerateRequest, purpose: str | None = None) -> GenerateRequest:
         return resolve_request(request, self.config.engine, self.residency.installed, purpose)

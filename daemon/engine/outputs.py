@@ -73,6 +73,24 @@ def new_image_id() -> str:
     return f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(4)}"
 
 
+_CALL_ID_RE = re.compile(r"^(\d{1,20})-([0-9a-f]{8})$")
+
+
+def image_id_for_call(call_id: str) -> str | None:
+    """The picture id a call saves under when it may be sent twice, from its call id
+    (``"<unix time in ns>-<8 hex digits>"``, made by the isolated server's proxy when the call
+    arrived): the same call saves the same picture again, never a second one. None when
+    ``call_id`` is not one."""
+    match = _CALL_ID_RE.match(call_id)
+    if match is None:
+        return None
+    try:
+        when = datetime.fromtimestamp(int(match.group(1)) // 1000 / 1e6)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return f"{when:%Y%m%d-%H%M%S-%f}-{match.group(2)}"
+
+
 def a1111_parameters(record: dict[str, Any]) -> str:
     """The ``parameters`` text many image tools read, in A1111's order and wording. A hires-fixed
     picture's ``Size`` is its first pass's, as in A1111 (the fix's keys say how it grew)."""
@@ -145,15 +163,18 @@ class Outputs:
         self.png_compress_level = png_compress_level
 
     def save(self, image: Image.Image, record: dict[str, Any], fmt: ImageFormat,
-             source: str = TRAINED_ALGORITHMIC_MEDIA, durable: bool = True) -> OutputImage:
+             source: str = TRAINED_ALGORITHMIC_MEDIA, durable: bool = True,
+             image_id: str | None = None) -> OutputImage:
         """Encode and write one picture atomically; ``record`` becomes its embedded metadata.
 
         Args:
             source: its IPTC DigitalSourceType (AI-drawn unless an upload was only enhanced or edited).
             durable: fsync before returning; False leaves that to a later
                 :func:`pennello.files.make_durable` (the device thread does so after answering).
+            image_id: the id to save under (:func:`image_id_for_call`), replacing a picture saved
+                under it before; None makes a new one.
         """
-        image_id = new_image_id()
+        image_id = image_id or new_image_id()
         record = {**record, "id": image_id, "format": fmt, "created": time.time()}
         path = self._path(image_id, fmt)
         data = self._encode(image, record, fmt, source)

@@ -40,12 +40,13 @@ class Saver:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pennello-save")
 
     def save_output(self, image: Any, record: dict[str, Any], fmt: str, enhance: bool = False,
-                    source: str | None = None, durable: bool = True) -> OutputImage:
+                    source: str | None = None, durable: bool = True,
+                    image_id: str | None = None) -> OutputImage:
         """Run the post-steps (auto-enhance when asked, the copyright check when configured) and
-        save the picture; what they found is in its record and its ``notes``."""
+        save the picture (under ``image_id`` when given); what they found is in its record and its ``notes``."""
         image, notes = run_post_steps(self.host, image, {"enhance": enhance})
         saved = self.outputs.save(image, {**record, **notes}, fmt,  # type: ignore[arg-type]
-                                  source or TRAINED_ALGORITHMIC_MEDIA, durable=durable)
+                                  source or TRAINED_ALGORITHMIC_MEDIA, durable=durable, image_id=image_id)
         saved.notes.update(notes)
         return saved
 

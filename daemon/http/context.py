@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from flask import current_app, g
+from flask import current_app, g, request
+
+from ..engine.outputs import image_id_for_call
 
 if TYPE_CHECKING:
     from pennello.config import Config
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
 
 LOCAL_OWNER = "local"
 EXTENSION = "pennello"  # the key of app.extensions that holds engine, config, paths, guard, network
+# The environ key holding the call id the isolated server's proxy gave a call it may send twice
+# (set by the worker, which trusts only its server; a single-process daemon never sets it).
+CALL_ID_ENVIRON = "pennello.call_id"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,13 @@ class MachineNetwork:
 
     addresses: Callable[[], list[str]]  # every interface address, read live (Host checks)
     lan_address: Callable[[], str | None]  # where other devices reach this machine (pairing URLs)
+
+
+def call_image_id() -> str | None:
+    """The picture id this call saves under, the same if its dead worker's successor gets it
+    again (so a re-sent upscale replaces its first picture rather than adding one); None: a new id."""
+    call_id = request.environ.get(CALL_ID_ENVIRON)
+    return image_id_for_call(call_id) if call_id else None
 
 
 def current_engine() -> Engine:

@@ -17,7 +17,10 @@ that hand-off as a WSGI app:
 * a tool call that waits in the worker's memory and is not journaled (upscale, enhance, A1111's
   extras; :data:`RETRIED`) outlives a worker that dies under it: its body is kept here, and once
   the supervisor's new worker listens it is sent once more, so the caller gets its answer as if
-  nothing happened; a second death is the usual 503 JSON error.
+  nothing happened; a second death is the usual 503 JSON error. Each such call carries a call id
+  (:data:`CALL_ID_HEADER`) from which the worker derives the id its picture is saved under, so a
+  worker that died after saving but before answering leaves one picture, which the re-sent call
+  replaces, never a second one.
 
     >>> proxy = WorkerProxy(Path("run/worker.sock"), guard)  # doctest: +SKIP
     >>> WaitressServer(proxy, "127.0.0.1", 8420).run()  # doctest: +SKIP
@@ -29,6 +32,7 @@ import http.client
 import io
 import json
 import logging
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -45,9 +49,12 @@ StartResponse = Callable[..., Any]
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                          "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection",
                          "expect"})  # 100-continue was this server's business with the client
-# What a client might send to pose as another address or scheme; the proxy sets its own.
+# The id of a call that may be sent twice (:data:`RETRIED`): ``"<unix time in ns>-<8 hex digits>"``.
+CALL_ID_HEADER = "X-Pennello-Call-Id"
+# What a client might send to pose as another address or scheme, or to pick a picture's id; the proxy sets its own.
 _SPOOFABLE = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-                        "x-forwarded-port", "x-forwarded-prefix", "x-real-ip"})
+                        "x-forwarded-port", "x-forwarded-prefix", "x-real-ip", CALL_ID_HEADER.lower()})
+_CALL_ID_KEY = "pennello.proxy.call_id"  # where __call__ keeps a retried call's id for each try
 _MERGED_PATHS = frozenset({"/api/offline", "/api/health"})
 _CHUNK = 64 * 1024
 _KEPT_ATTEMPTS = 50
@@ -56,9 +63,8 @@ _RESUME_POLL_S = 1.0
 # Calls sent once more to a restarted worker when theirs died before answering. Each is
 # idempotent (same body, same answer), is not journaled (generate and edit jobs are, and are re-run
 # by the new worker under the same id), and answers in one response (an event stream goes on by
-# itself). Upscale and enhance save their result as the last step, milliseconds before answering,
-# so a worker that died under them had saved nothing and the retry saves it once (a death in those
-# milliseconds would save it twice: the one gap left); A1111's extras and the copyright check save
+# itself). Upscale and enhance save their result under the id their call id names, so one that
+# died after saving is saved again in the same place; A1111's extras and the copyright check save
 # nothing.
 RETRIED = frozenset({("POST", "/api/upscale"), ("POST", "/api/enhance"), ("POST", "/api/copyright/check"),
                      ("POST", "/sdapi/v1/extra-single-image"), ("POST", "/sdapi/v1/extra-batch-images")})
@@ -92,8 +98,8 @@ class WorkerProxy:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         retried = (environ["REQUEST_METHOD"], environ.get("PATH_INFO")) in RETRIED
-        if retried:  # kept whole here, to be sent again if the worker dies under it
-            environ = _buffered(environ)
+        if retried:  # kept whole here, to be sent again (with the same call id) if the worker dies under it
+            environ = {**_buffered(environ), _CALL_ID_KEY: f"{time.time_ns()}-{secrets.token_hex(4)}"}
         answered = self._answer(environ, retried)
         if answered is None:
             # The supervisor restarts a worker that died, so this is usually a brief gap, not a shutdown.
@@ -325,7 +331,8 @@ def _request_headers(environ: dict[str, Any]) -> Iterator[tuple[str, str]]:
         if name.lower() in _HOP_BY_HOP or name.lower() in _SPOOFABLE:
             continue
         yield name, value
-    for key, name in (("CONTENT_TYPE", "Content-Type"), ("CONTENT_LENGTH", "Content-Length")):
+    for key, name in (("CONTENT_TYPE", "Content-Type"), ("CONTENT_LENGTH", "Content-Length"),
+                      (_CALL_ID_KEY, CALL_ID_HEADER)):
         if environ.get(key):
             yield name, environ[key]
     yield "X-Forwarded-For", environ.get("REMOTE_ADDR", "")

@@ -28,7 +28,7 @@ from flask import Blueprint, jsonify, request
 from pennello.errors import RequestError
 
 from ..request import FieldType, check_type, json_body, json_object
-from ..context import current_engine, current_owner, owner_filter
+from ..context import call_image_id, current_engine, current_owner, owner_filter
 from ..waiting import hold_while_waiting
 from ...pictures.uploads import ALGORITHMICALLY_ENHANCED, decode_upload, digest
 from ...engine.params import IMAGE_FORMATS, field_types, fixed_bounds
@@ -138,7 +138,7 @@ def enhance() -> Any:
     fmt = output_format(body)
     image, origin = read_upload(body)  # type: ignore[misc]
     saved = current_engine().save_output(image, base_record("enhance", image, origin), fmt,
-                                         enhance=True, source=source_of(image))
+                                         enhance=True, source=source_of(image), image_id=call_image_id())
     return jsonify({"image": saved.to_dict(), **saved.notes["enhance"]})
 
 
@@ -154,7 +154,7 @@ def upscale() -> Any:
     bigger, note = run_upscale(engine, image, body["scale"], body.get("method", "lanczos"), current_owner())
     record = {**base_record("upscale", bigger, origin), "upscale": note}
     saved = engine.save_output(bigger, record, fmt, enhance=body.get("enhance", False),
-                               source=source_of(image))
+                               source=source_of(image), image_id=call_image_id())
     return jsonify({"image": saved.to_dict(), "upscale": note})
 
 
