@@ -348,36 +348,6 @@ def test_cluster_commands_say_what_is_wrong(tmp_path: Path, args: list[str], mes
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
-def test_a_node_that_missed_rays_start_window_is_started_again_and_no_other_failure_is(tmp_path: Path,
-                                                                                       caplog) -> None:
-    """Ray gives a starting node a fixed 30 s to register with its head (no setting for it): `pennello
-    node` starts Ray again when Ray says it missed it, and only then. A stand-in for `ray start`
-    fails the way Ray does the first time, then starts."""
-    from pennello.daemon.cluster import nodes
-
-    tries = tmp_path / "tries"
-    stand_in = tmp_path / "ray-start.py"  # argv[1]: misses "once", "never" starts, or fails for an "other" reason
-    stand_in.write_text(f"""import pathlib, sys
-tries = pathlib.Path({str(tries)!r})
-tries.write_text(tries.read_text() + "x" if tries.exists() else "x")
-if sys.argv[1] == "other":
-    sys.exit("InvalidAuthToken")
-if sys.argv[1] == "never" or tries.read_text() == "x":
-    sys.exit("Exception: The current node timed out during startup. This could happen because some of "
-             "the raylet failed to startup or the GCS has become overloaded.")
-""")
-    env, stopped = {**os.environ, "HOME": str(tmp_path)}, []  # HOME: Ray's bootstrap config goes there
-    for how, code, started in (("once", 0, 2), ("never", 1, nodes.START_TRIES), ("other", 1, 1)):
-        tries.unlink(missing_ok=True)
-        with caplog.at_level("WARNING"):
-            assert nodes.run([sys.executable, str(stand_in), how], tmp_path / "token", env, lambda _: None,
-                             stopped.append) == code
-        assert len(tries.read_text()) == started, how
-    assert len(stopped) == 1 + (nodes.START_TRIES - 1)  # what each missed start left behind was stopped
-    assert "did not register with the head within the 30 s Ray allows" in caplog.text
-    assert "starting Ray again (try 2 of 3)" in caplog.text
-
-
 # --- last: the stranger (refused meanwhile), then what changes the cluster or keeps it busy ---------
 
 def test_a_node_with_the_wrong_token_is_refused(cluster: Cluster) -> None:
@@ -467,8 +437,10 @@ def test_the_front_queues_answers_429_when_full_and_cancels_on_the_cluster(clust
     ended = [_until(lambda job_id=job_id: _job(client, job_id), lambda j: j["status"] in ("done", "cancelled"), 120)
              for job_id in jobs]
     assert sum(job["status"] == "cancelled" for job in ended) >= len(jobs) - 2, [j["status"] for j in ended]
-    # ...and the replica stopped drawing the cancelled batch at its next step, not at its end.
+    # ...and the replica stopped drawing the cancelled batch at its next step, not at its end (it
+    # went on burning 0.4 CPU-seconds a second on a loaded machine; idle, it burns almost none).
     replica = _replica(cluster.head_node)
+    time.sleep(0.5)  # the step it was in
     drawn = sum(replica.cpu_times()[:2])
     time.sleep(1)
-    assert sum(replica.cpu_times()[:2]) - drawn < 0.3
+    assert sum(replica.cpu_times()[:2]) - drawn < 0.15

@@ -105,6 +105,7 @@ class Painter:
         finally:
             for job in jobs:  # cancelled: the runner stops the call once every job of it is
                 job.cancel()
+            drawing.add_done_callback(_retrieved)
         yield {"images": [_png(image) for image in images], "timing": timing, "node": self.node}
 
     def _draw(self, jobs: list[Job], tell: Callable[[int | None], None]) -> tuple[list[Any], dict[str, float]]:
@@ -126,6 +127,13 @@ class _Telling(Job):
     def advance(self, images: int) -> None:
         super().advance(images)
         self._tell(self.step)
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """Take a cancelled draw's outcome (its ``Interrupted``), which nobody awaits, so asyncio does
+    not log it as an error "never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _png(image: Any) -> bytes:

@@ -250,7 +250,7 @@ class ClusterRunner(Runner):
             for message in stream:
                 if "images" in message:
                     return message
-                self._advance(per_job, message["step"] - step)
+                self._advance(per_job, message["step"] - step, message["step"])
                 step = message["step"]
         except Exception:
             if all(job.done for job in per_job):  # Serve's cancelled-call errors, whichever it raised
@@ -260,13 +260,14 @@ class ClusterRunner(Runner):
             drawing = False
         raise DaemonError("the replica ended its answer without the pictures")
 
-    def _advance(self, per_job: Counter, steps: int) -> None:
-        """Count ``steps`` more denoising steps of the batch of ``per_job`` (its jobs' pictures)."""
+    def _advance(self, per_job: Counter, steps: int, step: int) -> None:
+        """Count ``steps`` more denoising steps, up to ``step``, of the batch of ``per_job`` (its
+        jobs' pictures)."""
         run = self._run
         for job, pictures in per_job.items():
             job.advance(pictures * steps)
         if run is not None and set(run.jobs) == set(per_job):  # several batches run at once here
-            run.step += steps
+            run.step = step
 
 
 def _replica_lost(error: Exception) -> bool:
