@@ -6,8 +6,9 @@ pyproject.toml, so the one-click installers ask this module what to add after pe
 
     python -m pennello.installer.backend_packages     # prints e.g. "openvino>=2026.4", or nothing
 
-and air-gapped bundles (:func:`pennello.installer.bundle.download_wheels`) always carry the
-extra's wheels, since the machine the bundle is for is not the one exporting it.
+and air-gapped bundles (:func:`pennello.installer.bundle.download_wheels`) carry the extra's
+wheels unless exported with ``--no-cpu-backend``, since the machine the bundle is for is not the
+one exporting it.
 
 A CUDA GPU is "found" when ``nvidia-smi -L`` lists one: the torch wheel installed first may be
 a CPU build, so torch cannot be asked. ``PENNELLO_CPU_BACKEND=1`` or ``0`` decides instead (a

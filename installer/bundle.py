@@ -129,7 +129,7 @@ pennello install --from "$here"
 def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, with_wheels: bool = False,
                   platforms: tuple[str, ...] = (), python_version: str | None = None,
                   progress: bool = True, key_name: str | None = None,
-                  wheels_from: Path | None = None) -> Path:
+                  wheels_from: Path | None = None, cpu_backend: bool = True) -> Path:
     """Write a bundle of installed models to ``out`` (which must not exist or be empty).
 
     The bundle is assembled next to ``out`` and renamed into place when complete.
@@ -138,6 +138,7 @@ def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, wit
         with_wheels: also carry pennello's wheels, locked by hash and signed with ``key_name``.
         key_name: the local signing key for ``bundle.json`` (needed with wheels).
         wheels_from: take the wheels from this directory instead of downloading them.
+        cpu_backend: with downloaded wheels, also the CPU backend's (:func:`download_wheels`).
 
     Raises:
         ModelNotFoundError: a model is not installed.
@@ -161,7 +162,7 @@ def export_bundle(paths: Paths, config: Config, names: list[str], out: Path, wit
         _copy_blobs(store, list(unique.values()), staging, progress)
         wheels = ""
         if signer is not None and key_name is not None:
-            wheels = _add_wheels(staging, signer, keyids, wheels_from, platforms, python_version)
+            wheels = _add_wheels(staging, signer, keyids, wheels_from, platforms, python_version, cpu_backend)
         _write_instructions(staging, models, keyids, out.name, wheels)
         if signer is not None and key_name is not None:
             sign_bundle(paths, config, staging, key_name)  # last: it lists install.sh and README.txt
@@ -193,13 +194,13 @@ def _staging_dir(out: Path, size: int, names: list[str]) -> Path:
 
 
 def _add_wheels(staging: Path, signer: TrustedKey, keyids: list[str], wheels_from: Path | None,
-                platforms: tuple[str, ...], python_version: str | None) -> str:
+                platforms: tuple[str, ...], python_version: str | None, cpu_backend: bool) -> str:
     """Put the wheels and their hash lock in ``staging`` and the signer's public key among the
     bundle's keys (adding it to ``keyids``); returns the README's paragraph about them."""
     if wheels_from is not None:
         collect_wheels(wheels_from, staging / "wheels")
     else:
-        download_wheels(staging / "wheels", platforms, python_version)
+        download_wheels(staging / "wheels", platforms, python_version, cpu_backend)
     lock = write_lock(staging)
     _write_one_click(staging)
     if signer.keyid not in keyids:
@@ -264,7 +265,8 @@ def _copy_blobs(store: Store, entries: list, staging: Path, progress: bool) -> N
             bar.update(entry.size)
 
 
-def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str | None) -> None:
+def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str | None,
+                    cpu_backend: bool = True) -> None:
     """Fill ``dest`` with a wheel of pennello (:mod:`.ownwheel`), wheels of all its dependencies
     and of its CPU backend (:mod:`.backend_packages`) and, where the index has one, uv's (downloaded: needs the package index, or pip's
     ``--find-links`` configuration).
@@ -278,9 +280,10 @@ def download_wheels(dest: Path, platforms: tuple[str, ...], python_version: str 
         target += ["--python-version", python_version]
     target += ["--only-binary=:all:"]  # wheels only: nothing is built (no setup.py runs) on the target
     requirements = [r for r in importlib.metadata.requires("pennello") or [] if "extra ==" not in r]
-    # The CPU backend too: an air-gapped office machine is the likeliest to have no CUDA GPU, and
-    # the exporting machine cannot tell what the target has (unused where a GPU serves).
-    requirements += extra_requirements(CPU_EXTRA)
+    # The CPU backend too, unless left out: an air-gapped office machine is the likeliest to have no
+    # CUDA GPU, and the exporting machine cannot tell what the target has (unused where a GPU serves).
+    if cpu_backend:
+        requirements += extra_requirements(CPU_EXTRA)
     own_wheel(dest)  # pennello is on no index: its wheel is made from the pennello running here
     _pip(["download", "--dest", str(dest), *target, *requirements])
     # uv installs the bundle several times faster than pip (install.sh uses it when lock.txt pins

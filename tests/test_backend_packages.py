@@ -71,3 +71,6 @@ def test_a_bundle_with_wheels_asks_pip_for_the_cpu_backend_too(tmp_path, monkeyp
     download = asked[0]
     assert download[:2] == ["download", "--dest"] and "--only-binary=:all:" in download
     assert set(CPU_EXTRA) <= set(download) and any(r.startswith("torch") for r in download)
+    asked.clear()  # `pennello bundle export --with-wheels --no-cpu-backend` leaves it out
+    bundle.download_wheels(tmp_path / "wheels", (), None, cpu_backend=False)
+    assert not set(CPU_EXTRA) & set(asked[0]) and any(r.startswith("torch") for r in asked[0])

@@ -550,8 +550,11 @@ def test_bundle_with_wheels_from_an_editable_install_installs_offline_and_genera
                    capture_output=True, env={**os.environ, "PENNELLO_HOME": str(home.config_dir.parent)})
     offline_index = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": " ".join(dependency_wheels)}
     bundle = tmp_path / "bundle"
+    # --no-cpu-backend: OpenVINO's 180 MB would cost CI a minute to pack and install here;
+    # tests/test_backend_packages.py checks that a bundle asks pip for it by default.
     exported = subprocess.run([sys.executable, "-m", "pennello", "bundle", "export", "pennello-tiny", "--out",
-                               str(bundle), "--with-wheels", "--key", "office"], capture_output=True, text=True,
+                               str(bundle), "--with-wheels", "--no-cpu-backend", "--key", "office"],
+                              capture_output=True, text=True,
                               timeout=900, env={**os.environ, **offline_index,
                                                 "PENNELLO_HOME": str(home.config_dir.parent)})
     assert exported.returncode == 0, exported.stderr

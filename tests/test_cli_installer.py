@@ -269,6 +269,8 @@ BAD_INPUT = [
     (["bundle", "export", "pennello-tiny", "--out", "{tmp}/b", "--with-wheels"], 2,
      "Error: --with-wheels needs --key KEYNAME: the wheels are signed so the target machine can check them "
      "before pip runs"),
+    (["bundle", "export", "pennello-tiny", "--out", "{tmp}/b", "--no-cpu-backend"], 2,
+     "Error: --no-cpu-backend only applies with --with-wheels (downloaded wheels)"),
     (["bundle", "verify", "{tmp}"], 5, "error: {tmp} has no bundle.json: its wheels are not signed (export with "
                                        "`pennello bundle export --with-wheels --key KEYNAME`)"),
     (["keys", "root", "update"], 2, "Error: Missing argument 'FILES...'."),

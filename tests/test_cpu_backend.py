@@ -187,18 +187,18 @@ def test_int8_weights_convert_smaller_and_draw_close_to_torch_fp32(home, mini):
     assert np.abs(int8 - on_torch).mean() * 255 < 3, np.abs(int8 - on_torch).mean() * 255
 
 
-def sdxl_tiny(home):
-    """SDXL-Turbo's architecture with tiny widths (bench/configs/sdxl-turbo/tiny.json), random
-    weights, saved and recorded in the store as ``sdxl-tiny``."""
+def tiny_arch_model(home, arch: str = "sdxl-turbo", family: str = "sdxl", cls: str = "StableDiffusionXLPipeline"):
+    """``arch``'s architecture with tiny widths (bench/configs/<arch>/tiny.json), random weights,
+    saved and recorded in the store as ``<family>-tiny``."""
     from pennello.installer import ensure_embedded_default
     from pennello.config import Config
     from _fixtures_hub import bench_archs
 
     archs = bench_archs()
     ensure_embedded_default(home, Config())
-    target = home.cache_dir / "sdxl-tiny"
-    archs.build_pipeline(archs.ARCHS["sdxl-turbo"], tiny=True).save_pretrained(target)
-    return installed_as(Store(home).get("pennello-tiny"), target, "sdxl-tiny", "sdxl", "StableDiffusionXLPipeline")
+    target = home.cache_dir / f"{family}-tiny"
+    archs.build_pipeline(archs.ARCHS[arch], tiny=True).save_pretrained(target)
+    return installed_as(Store(home).get("pennello-tiny"), target, f"{family}-tiny", family, cls)
 
 
 @needs_openvino
@@ -208,7 +208,8 @@ def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvin
     converted model must get them (a picture made without them would not match torch's)."""
     from pennello.daemon.engine.backends.openvino_backend import OVModule
 
-    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": sdxl_tiny(home)})))
+    model = tiny_arch_model(home)
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": model})))
     body = {"prompt": "a lighthouse at dusk", "model": "sdxl-tiny", "width": 256, "height": 256, "steps": 1,
             "guidance": 0.0, "seed": 3, "wait": True}
     converted = fetch(running.url, requests.post(running.api("/generate"), json=body, timeout=300))
@@ -348,10 +349,10 @@ def test_openvino_sends_no_telemetry_under_the_no_network_guard(tmp_path, home, 
 
 # --- tiny decoders -------------------------------------------------------------------------------
 
-def install_tiny_decoder(home, mirror, publish, name: str):
+def install_tiny_decoder(home, mirror, publish, name: str, latent_channels: int = 4):
     """A random-weight AutoencoderTiny installed as ``name`` through the real installer (signed
     manifest, HTTP mirror on loopback, hashes checked), as a catalog tiny decoder would be. TAESD,
-    TAESDXL and TAEF1 share the architecture; SD and SDXL latents both have 4 channels."""
+    TAESDXL and TAEF1 share the architecture; SD and SDXL latents have 4 channels, FLUX.1's 16."""
     import diffusers
     from datetime import datetime, timedelta, timezone
 
@@ -363,7 +364,7 @@ def install_tiny_decoder(home, mirror, publish, name: str):
 
     torch.manual_seed(1)
     folder = home.cache_dir / f"{name}-build"
-    diffusers.AutoencoderTiny(latent_channels=4).save_pretrained(folder)
+    diffusers.AutoencoderTiny(latent_channels=latent_channels).save_pretrained(folder)
     files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     mirror.files.update({f"{name}/{path}": data for path, data in files.items()})
     now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -453,22 +454,28 @@ def test_the_cpu_profile_takes_the_tiny_decoder_for_few_steps_and_previews_of_a_
             hook.remove()
 
 
-def test_decoder_tiny_on_an_sdxl_model_decodes_with_the_installed_taesdxl(make_server, make_engine, home, mirror,
-                                                                          publish):
-    """SDXL latents need TAESDXL, not TAESD: the request names the family's decoder, a 400 until it
-    is installed, then that call decodes with it (SDXL's pipeline reads its scaling and upcasting)."""
+@pytest.mark.parametrize(("arch", "family", "cls", "decoder", "latent_channels"), [
+    ("sdxl-turbo", "sdxl", "StableDiffusionXLPipeline", "taesdxl", 4),
+    ("flux-schnell", "flux", "FluxPipeline", "taef1", 16),
+])
+def test_decoder_tiny_on_sdxl_and_flux_models_decodes_with_their_tiny_decoder(
+        make_server, make_engine, home, mirror, publish, arch, family, cls, decoder, latent_channels):
+    """SDXL latents need TAESDXL and FLUX.1's (16 channels, packed, shifted) TAEF1, not TAESD: the
+    request names the family's decoder, a 400 until it is installed, then that call decodes with it
+    (the pipelines read its own scaling, shift and upcasting settings)."""
     import diffusers
 
-    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{"sdxl-tiny": sdxl_tiny(home)})))
-    sdxl = {"model": "sdxl-tiny", "width": 256, "height": 256}  # SDXL's smallest size
-    missing = generate(running.url, **sdxl, decoder="tiny")
+    model = tiny_arch_model(home, arch, family, cls)
+    running = make_server(engine=make_engine(store=StoreWithExtras(Store(home), **{model.name: model})))
+    fields = {"model": model.name, "width": 256, "height": 256}  # the families' smallest size
+    missing = generate(running.url, **fields, decoder="tiny")
     assert missing.status_code == 400 and missing.json()["error"]["field"] == "decoder"
-    assert "needs the taesdxl model" in missing.json()["error"]["message"]
-    install_tiny_decoder(home, mirror, publish, "taesdxl")
-    full = generate(running.url, **sdxl, decoder="full")
-    tiny = generate(running.url, **sdxl, decoder="tiny")
+    assert f"needs the {decoder} model" in missing.json()["error"]["message"]
+    install_tiny_decoder(home, mirror, publish, decoder, latent_channels)
+    full = generate(running.url, **fields, decoder="full")
+    tiny = generate(running.url, **fields, decoder="tiny")
     assert full.status_code == tiny.status_code == 200, (full.text, tiny.text)
-    loaded = running.engine.residency.loaded["sdxl-tiny"]
+    loaded = running.engine.residency.loaded[model.name]
     assert isinstance(loaded.derived["tiny-decoder"], diffusers.AutoencoderTiny)
     assert isinstance(loaded.pipe.vae, diffusers.AutoencoderKL)  # put back after the call
     full_pixels, tiny_pixels = (fetch(running.url, r) for r in (full, tiny))
