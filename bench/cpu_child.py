@@ -35,17 +35,21 @@ def prepared(parts: set[str], arch: str, cache: Path, shrunk: bool) -> Any:
     if "threads-1" in parts:
         torch.set_num_threads(1)
     pipe = build_pipeline(ARCHS[arch], tiny=shrunk)
-    if "openvino" in parts or "int8" in parts:
+    on_openvino = "openvino" in parts or "int8" in parts
+    weights = "int8" if "int8" in parts else "fp32"
+    variant = f"{'-shrunk' if shrunk else ''}-random-{weights}"  # own caches: never the full widths' models
+    if on_openvino:
         from pennello.daemon.engine.backends import openvino_backend
 
-        weights = "int8" if "int8" in parts else "fp32"
-        variant = f"{arch}{'-shrunk' if shrunk else ''}-random"  # its own cache: never the full widths' models
-        openvino_backend.convert(pipe, f"{variant}-{weights}", "random-weights", cache, weights=weights)
-        if "threads-1" in parts:  # before the first call compiles: OpenVINO's own thread pool
-            pipe.unet._core.set_property("CPU", {"INFERENCE_NUM_THREADS": 1})
+        openvino_backend.convert(pipe, f"{arch}{variant}", "random-weights", cache, weights=weights)
     if "tiny" in parts:
         torch.manual_seed(1)  # the same random decoder in every configuration, to compare pictures
         pipe.vae = diffusers.AutoencoderTiny().eval()
+        if on_openvino:  # as the daemon does: a model on OpenVINO decodes with its tiny decoder there too
+            openvino_backend.convert_decoder(pipe.vae, f"taesd{variant}", "random-weights", cache, weights=weights)
+    if on_openvino and "threads-1" in parts:  # before the first call compiles: OpenVINO's own thread pools
+        for module in (pipe.unet, pipe.vae.decoder):
+            module._core.set_property("CPU", {"INFERENCE_NUM_THREADS": 1})
     if "channels-last" in parts:
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)
