@@ -71,6 +71,7 @@ def worker_main() -> int:
     paths = get_paths()
     _worker_logging(paths)
     config = config_from_json(spec["config"])
+    os.nice(config.server.worker_nice)  # before torch starts its threads: they inherit it
 
     def ready() -> None:
         os.write(ready_fd, (json.dumps({"pid": os.getpid(), "namespaces": namespaces,

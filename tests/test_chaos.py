@@ -113,6 +113,20 @@ def lan_daemon(tmp_path_factory) -> Iterator[Serve]:
         daemon.kill()
 
 
+def _nice(pid: int, task: int | None = None) -> int:
+    stat = Path(f"/proc/{pid}" + (f"/task/{task}" if task else "") + "/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19, nice
+
+
+def test_the_model_worker_draws_below_the_servers_cpu_priority(lan_daemon):
+    """Seen in bench/bench_load.py: the worker's drawing threads, at the server's priority, took
+    the cores the server needed to answer, and the owner's health check waited seconds."""
+    server, (worker,) = lan_daemon.process.pid, lan_daemon.workers()
+    threads = [int(task.name) for task in Path(f"/proc/{worker}/task").iterdir()]
+    assert len(threads) > 2  # torch's and waitress's threads too, which inherit it
+    assert {_nice(worker, task) for task in threads} == {_nice(server) + 10}
+
+
 def _tls_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -342,6 +356,7 @@ def test_sigterm_mid_job(small_disk):
     ("[server]\nport = 99999\n", "server.port"),  # a bad value: its key is named
     ("[engine]\nqueue_size = \"many\"\n", "engine.queue_size"),
     ("[server]\nmax_waiting = 48\n", "server.max_waiting"),  # no thread left for health and status
+    ("[server]\nworker_nice = -5\n", "server.worker_nice"),  # the worker may not outrank the server
 ])
 def test_a_corrupt_config_file_is_a_message_not_a_traceback(tmp_path, text, named):
     home = get_paths(tmp_path / "home").ensure()
