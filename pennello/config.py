@@ -65,9 +65,9 @@ class ServerConfig:
     # threads - max_waiting stay free for health, status, progress, cancel and the web page.
     # As many as engine.queue_size: the device's batches stay full while refused callers wait.
     max_waiting: int = 32
-    # How much lower the isolated model worker's CPU priority is than the server's (a nice
-    # increment, 0-19): drawing is batch work, and at the same priority its threads took the
-    # cores from the server, so the owner's health check waited seconds (bench/bench_load.py).
+    # How much lower the isolated model worker's drawing threads run than the server (a nice
+    # increment, 0-19; its HTTP threads keep the server's priority): drawing is batch work, and at
+    # the same priority it took the cores the server needed to answer (bench/bench_load.py).
     worker_nice: int = 10
 
     def __post_init__(self) -> None:
