@@ -11,12 +11,14 @@ machine's interfaces from there, so it hands the app the addresses the server wr
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -115,6 +117,7 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
     engine = Engine(config, paths)
     try:
         engine.start()
+        _lower_drawing_priority(config.server.worker_nice)
         app = create_app(config, engine, paths, guard=guard, network=network)
         app.wsgi_app = ProxyFix(_call_ids(app.wsgi_app, CALL_ID_HEADER),  # type: ignore[method-assign]
                                 x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)
@@ -127,6 +130,18 @@ def serve_worker(config: Config, paths: Paths, unix_socket: Path, report: Callab
     finally:
         engine.stop(cancel_running=True)
         unix_socket.unlink(missing_ok=True)
+
+
+def _lower_drawing_priority(steps: int) -> None:
+    """Every thread the engine started (the device thread, torch's pool, the saver; the threads
+    they start later inherit it) ``steps`` nice steps lower, so drawing, which is batch work, never
+    takes a core from the server. This thread and the HTTP threads it starts next keep the
+    server's priority: a health check or a job's status must not wait behind the drawing either."""
+    this = threading.get_native_id()
+    for task in (int(name) for name in os.listdir("/proc/self/task")):
+        if task != this:
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.setpriority(os.PRIO_PROCESS, task, os.getpriority(os.PRIO_PROCESS, task) + steps)
 
 
 def _call_ids(app: Callable[..., Any], header: str) -> Callable[..., Any]:

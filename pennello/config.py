@@ -65,6 +65,10 @@ class ServerConfig:
     # threads - max_waiting stay free for health, status, progress, cancel and the web page.
     # As many as engine.queue_size: the device's batches stay full while refused callers wait.
     max_waiting: int = 32
+    # How much lower the isolated model worker's drawing threads run than the server (a nice
+    # increment, 0-19; its HTTP threads keep the server's priority): drawing is batch work, and at
+    # the same priority it took the cores the server needed to answer (bench/bench_load.py).
+    worker_nice: int = 10
 
     def __post_init__(self) -> None:
         # The socket layer would take the port modulo 65536: 70000 silently served on 4464.
@@ -72,6 +76,9 @@ class ServerConfig:
             raise ConfigError(f"server.port = {self.port}: must be from 0 to 65535 (0 picks a free port)")
         if not 2 <= self.threads <= 1024:
             raise ConfigError(f"server.threads = {self.threads}: must be from 2 to 1024")
+        if not 0 <= self.worker_nice <= 19:
+            raise ConfigError(f"server.worker_nice = {self.worker_nice}: must be from 0 (the server's "
+                              f"priority) to 19 (the lowest)")
         if not 1 <= self.max_waiting < self.threads:
             raise ConfigError(f"server.max_waiting = {self.max_waiting}: must be at least 1 and below "
                               f"server.threads ({self.threads}), which keeps threads free for health and status")

@@ -113,6 +113,35 @@ def lan_daemon(tmp_path_factory) -> Iterator[Serve]:
         daemon.kill()
 
 
+def _cpu_ticks(pid: int) -> dict[str, int]:
+    """Each thread's CPU time so far (utime + stime, in clock ticks)."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            ticks[task.name] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def _nice(pid: int, task: int | None = None) -> int:
+    stat = Path(f"/proc/{pid}" + (f"/task/{task}" if task else "") + "/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19, nice
+
+
+def test_the_model_worker_draws_below_the_servers_cpu_priority(lan_daemon):
+    """Seen in bench/bench_load.py: the worker's drawing threads, at the server's priority, took
+    the cores the server needed to answer, and the owner's health check waited seconds. Its
+    HTTP threads keep the server's priority, so the health check does not wait behind drawing."""
+    server, (worker,) = lan_daemon.process.pid, lan_daemon.workers()
+    before = _cpu_ticks(worker)
+    ends_well(lan_daemon, [generate(lan_daemon, steps=20)])
+    drew = max(_cpu_ticks(worker).items(), key=lambda tick: tick[1] - before.get(tick[0], 0))[0]
+    nice = {task: _nice(worker, int(task)) for task in _cpu_ticks(worker)}
+    assert nice[drew] == _nice(server) + 10, nice  # the device thread
+    assert nice[str(worker)] == _nice(server)  # the main thread, which started the HTTP threads
+    assert sum(value == _nice(server) for value in nice.values()) > 24, nice  # and those 24
+
+
 def _tls_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -342,6 +371,7 @@ def test_sigterm_mid_job(small_disk):
     ("[server]\nport = 99999\n", "server.port"),  # a bad value: its key is named
     ("[engine]\nqueue_size = \"many\"\n", "engine.queue_size"),
     ("[server]\nmax_waiting = 48\n", "server.max_waiting"),  # no thread left for health and status
+    ("[server]\nworker_nice = -5\n", "server.worker_nice"),  # the worker may not outrank the server
 ])
 def test_a_corrupt_config_file_is_a_message_not_a_traceback(tmp_path, text, named):
     home = get_paths(tmp_path / "home").ensure()
