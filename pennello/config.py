@@ -39,6 +39,7 @@ MemoryProfile = Literal["auto", "large", "16gb", "12gb", "8gb"]
 # A speed-up's setting: auto leaves it to the device profile (daemon/engine/profiles.py PROFILE_SPEED_UPS).
 Toggle = Literal["auto", "on", "off"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+OpenVINOWeights = Literal["fp32", "int8"]
 DEFAULT_MODEL = "pennello-tiny"
 
 
@@ -108,6 +109,10 @@ class EngineConfig:
     # torch autocast to bf16 for pictures drawn on a CPU with AVX512-BF16 or AMX (the torch path;
     # OpenVINO picks its own precision)
     cpu_bf16: Toggle = "auto"
+    # Weights of models converted for OpenVINO: int8 is NNCF's 8-bit weight compression (pip install
+    # nncf): at 512² on the 2-core bench machine 2.6 s a picture against 2.75 s, and 6.6 GB peak
+    # memory against 10.8 GB (docs/performance.md); fp32 until pictures of real weights are compared.
+    openvino_weights: OpenVINOWeights = "fp32"
 
 
 @dataclass(frozen=True)

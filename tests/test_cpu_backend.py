@@ -202,6 +202,24 @@ def tiny_arch_model(home, arch: str = "sdxl-turbo", family: str = "sdxl", cls: s
 
 
 @needs_openvino
+def test_int8_weights_are_what_engine_openvino_weights_asks_and_fp32_said_so_without_nncf(home, mini, caplog):
+    from pennello.daemon.engine.families import get_family
+
+    pipe = get_family("sd").load("StableDiffusionPipeline", mini.path, "cpu", torch.float32)
+    caplog.set_level(logging.WARNING, logger="pennello.daemon.engine.backends")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "MIN_OPENVINO_PARAMS", 0)
+        plan = backends.attach(pipe, Plan("cpu", "cpu"), mini, "sd", home.cache_dir, weights="int8")
+    assert plan.backend == "openvino"
+    converted = json.loads((home.cache_dir / "openvino" / NAME / "key.json").read_text())["weights"]
+    if importlib.util.find_spec("nncf") is None:  # CI: NNCF is not in pennello[cpu]
+        assert plan.openvino_weights == converted == "fp32"
+        assert "engine.openvino_weights = int8 needs NNCF" in plan.backend_reason in caplog.text
+    else:
+        assert plan.openvino_weights == converted == "int8" and "NNCF" not in plan.backend_reason
+
+
+@needs_openvino
 def test_an_sdxl_architecture_model_with_its_added_conditioning_draws_on_openvino_as_on_torch(
         make_server, make_engine, home, convert_small):
     """SDXL's UNet takes pooled text embeddings and size/crop ids besides SD's three inputs: the

@@ -121,6 +121,7 @@ class Plan:
     backend: str | None = None  # what computes it: torch, openvino (daemon/engine/backends/)
     backend_device: str | None = None  # where that backend runs it, e.g. "AUTO: CPU" for OpenVINO
     backend_reason: str = ""  # why that backend, e.g. why OpenVINO could not serve this model
+    openvino_weights: str | None = None  # the converted weights' precision (fp32, int8) on OpenVINO
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, False, "", ())}

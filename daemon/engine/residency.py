@@ -233,7 +233,8 @@ class Residency:
         pipe = family.load(installed.manifest.pipeline.cls, installed.path, "cpu", dtype)
         plan = apply_speed_ups(pipe, plan, family.denoiser, self.paths.cache_dir / COMPILE_CACHE)
         pipe = apply_plan(pipe, plan)
-        plan = attach_backend(pipe, plan, installed, family.name, self.paths.cache_dir)
+        plan = attach_backend(pipe, plan, installed, family.name, self.paths.cache_dir,
+                              self.config.engine.openvino_weights)
         loaded = Loaded(installed, family, pipe)
         loaded.plan = plan = _warm_up(loaded, plan) if plan.compile else plan
         loaded.param_bytes = _param_bytes(loaded.pipe)

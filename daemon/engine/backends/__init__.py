@@ -49,8 +49,10 @@ def choose(plan: Plan, family: str, unet_params: int) -> tuple[str, str]:
     return "openvino", "CPU without a CUDA GPU: OpenVINO"
 
 
-def attach(pipe: Any, plan: Plan, installed: Any, family: str, cache: Path) -> Plan:
-    """Serve ``pipe`` with the backend :func:`choose` picks, converting it when that is OpenVINO.
+def attach(pipe: Any, plan: Plan, installed: Any, family: str, cache: Path, weights: str = "fp32") -> Plan:
+    """Serve ``pipe`` with the backend :func:`choose` picks, converting it when that is OpenVINO
+    with ``weights`` (``engine.openvino_weights``; int8 without NNCF installed converts fp32 and
+    says so in the reason).
 
     A model OpenVINO cannot convert stays on torch, with the converter's error as the reason
     (logged as a warning): the model still serves, only slower.
@@ -62,9 +64,13 @@ def attach(pipe: Any, plan: Plan, installed: Any, family: str, cache: Path) -> P
     if backend == "openvino":
         from . import openvino_backend
 
+        if weights == "int8" and importlib.util.find_spec("nncf") is None:
+            weights, why = "fp32", f"{why}; fp32 weights: engine.openvino_weights = int8 needs NNCF (pip install nncf)"
+            log.warning("%s", why)
         try:
-            devices = openvino_backend.convert(pipe, installed.name, installed.digest, cache)
-            return replace(plan, backend="openvino", backend_device=devices, backend_reason=why)
+            devices = openvino_backend.convert(pipe, installed.name, installed.digest, cache, weights=weights)
+            return replace(plan, backend="openvino", backend_device=devices, backend_reason=why,
+                           openvino_weights=weights)
         except Exception as e:  # noqa: BLE001 — any converter failure: the torch pipeline serves
             why = f"OpenVINO could not convert {installed.name}, torch serves it: {type(e).__name__}: {e}"
             log.warning("%s", why)

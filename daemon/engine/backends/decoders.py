@@ -109,7 +109,8 @@ def _tiny_decoder(loaded: Any, store: Any, cache: Path) -> Any:
             from . import openvino_backend
 
             try:
-                openvino_backend.convert_decoder(tiny, installed.name, installed.digest, cache)
+                openvino_backend.convert_decoder(tiny, installed.name, installed.digest, cache,
+                                                 weights=loaded.plan.openvino_weights or "fp32")
             except Exception as e:  # noqa: BLE001 — any converter failure: torch decodes, slower
                 log.warning("OpenVINO could not convert %s, torch decodes with it: %s: %s", installed.name,
                             type(e).__name__, e)

@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 DEVICE = "AUTO"  # the CPU, plus an Intel iGPU or NPU where one is present
 KEPT_SHAPES = 4  # compiled static-shape variants per converted module (sizes x batch sizes in use)
 CACHE_DIR = "openvino"  # under Paths.cache_dir
-# Weights as converted: "fp32", or "int8" (NNCF's per-channel 8-bit weight compression, decompressed
-# on the fly inside OpenVINO). Chosen from bench/bench_cpu.py's rows; see docs/performance.md.
-WEIGHTS = "fp32"
 
 
 def import_openvino() -> Any:
@@ -161,7 +158,9 @@ def cache_key(digest: str, weights: str) -> dict[str, str]:
 
 
 def compressed(model: Any, weights: str) -> Any:
-    """``model`` with its weights as ``weights`` says (``int8`` needs NNCF, in ``pennello[cpu]``)."""
+    """``model`` with its weights as ``weights`` says: ``fp32`` as converted, or ``int8`` (NNCF's
+    per-channel 8-bit weight compression, decompressed on the fly inside OpenVINO; NNCF is not in
+    ``pennello[cpu]``, see ``engine.openvino_weights``)."""
     if weights == "fp32":
         return model
     import nncf  # after import_openvino(): NNCF's telemetry then takes the same no-op stub
@@ -208,7 +207,7 @@ def _core(cache: Path) -> Any:
     return core
 
 
-def convert_decoder(vae: Any, name: str, digest: str, cache: Path, weights: str = WEIGHTS) -> None:
+def convert_decoder(vae: Any, name: str, digest: str, cache: Path, weights: str = "fp32") -> None:
     """Swap ``vae.decoder`` for an OpenVINO model, converted or from ``<cache>/openvino/<name>/``.
 
     For the tiny decoder of a model on this backend: in torch fp32 it took 2.9 s at 512² on this
@@ -220,7 +219,7 @@ def convert_decoder(vae: Any, name: str, digest: str, cache: Path, weights: str 
     vae.decoder = OVModule(_core(cache), models["decoder"], vae.decoder, _decoder_inputs, lambda out: out)
 
 
-def convert(pipe: Any, name: str, digest: str, cache: Path, weights: str = WEIGHTS) -> str:
+def convert(pipe: Any, name: str, digest: str, cache: Path, weights: str = "fp32") -> str:
     """Swap ``pipe.unet`` and ``pipe.vae.decoder`` of an SD or SDXL pipeline for OpenVINO models
     (converted or from the cache), with ``weights`` as :func:`compressed` makes them.
 
