@@ -11,6 +11,7 @@ is from torch fp32's with the same decoder::
     python bench/bench_cpu.py                         # SD-Turbo 512², 1 step, batch 1: bench/results/cpu.json
     python bench/bench_cpu.py --arch sdxl-turbo --configs openvino+tiny --name cpu-sdxl
     python bench/bench_cpu.py --size 64 --runs 1 --configs diffusers-fp32,openvino+tiny
+    python bench/bench_cpu.py --batch 4 --configs diffusers-fp32,openvino+tiny --name cpu-b4
     python bench/bench_cpu.py --shrunk --size 64 --runs 1   # the same classes, tiny widths: proves it runs
 
 A configuration is options joined by ``+`` (``cpu_child.py`` lists them: ``threads-1``, ``bf16``,
@@ -91,12 +92,14 @@ def saved_pipeline(arch: str, cache: Path, shrunk: bool) -> Path:
 
 
 def run_config(config: str, arch: str, size: int, runs: int, cache: Path, pictures: Path,
-               shrunk: bool) -> dict[str, Any]:
-    """One configuration in a fresh process: its timings and its seed-0 picture under ``pictures``, or
-    ``{"failed": stderr}``."""
+               shrunk: bool, batch: int = 1) -> dict[str, Any]:
+    """One configuration in a fresh process, ``batch`` pictures a call: its timings (seconds per
+    picture) and its seed-0 pictures under ``pictures``, or ``{"failed": stderr}``."""
     picture = pictures / f"{config}.npy"
     here = Path(__file__).resolve().parent
     if config == "optimum-intel":
+        if batch != 1:
+            return {"failed": "the raw optimum-intel row is measured at batch 1 only"}
         if not Path(OPTIMUM_PYTHON).exists():  # checked first: saving the pipeline for it takes minutes
             return {"failed": f"no optimum-intel environment: {OPTIMUM_PYTHON} does not exist "
                               "(cpu_child_optimum.py says how to make one)"}
@@ -104,7 +107,7 @@ def run_config(config: str, arch: str, size: int, runs: int, cache: Path, pictur
                    str(size), str(runs), str(picture)]
     else:
         command = [sys.executable, str(here / "cpu_child.py"), config, arch, str(size), str(runs), str(cache),
-                   str(picture), *(["--shrunk"] if shrunk else [])]
+                   str(picture), f"--batch={batch}", *(["--shrunk"] if shrunk else [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(here)))}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=3600)
@@ -112,7 +115,10 @@ def run_config(config: str, arch: str, size: int, runs: int, cache: Path, pictur
         return {"failed": str(e)}
     if done.returncode:
         return {"failed": done.stderr[-3000:]}
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_average_after": os.getloadavg()}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # per picture, as the batch-1 rows: a call draws ``batch`` pictures
+    return {**result, "median_s": result["median_s"] / batch, "median_s_per_call": result["median_s"],
+            "load_average_after": os.getloadavg()}
 
 
 def difference(config: str, pictures: Path) -> float | None:
@@ -157,6 +163,7 @@ def main() -> None:
     parser.add_argument("--arch", default="sd-turbo", choices=("sd-turbo", "sdxl-turbo"))
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="pictures per pipeline call (rows stay per picture)")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--name", default="cpu", help="result file bench/results/<name>.json")
     add_shrunk_option(parser)
@@ -165,12 +172,13 @@ def main() -> None:
     peaks = {dtype: matmul_peak(dtype) for dtype in ("float32", "bfloat16")}
     cache = Path(os.environ.get("PENNELLO_HOME", Path.home() / ".cache" / "pennello-bench")) / "cache"
     pictures = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
-    label = f"{args.arch} {args.size}², 1 step, batch 1"
+    label = f"{args.arch} {args.size}², 1 step, batch {args.batch}"
     rows, details = [], {}
     peak_rows = [row("torch fp32 matmul peak (2048²)", peaks["float32"], "GFLOP/s"),
                  row("torch bf16 matmul peak (2048²)", peaks["bfloat16"], "GFLOP/s")]
     for config in args.configs.split(","):
-        result = details[config] = run_config(config, args.arch, args.size, args.runs, cache, pictures, args.shrunk)
+        result = details[config] = run_config(config, args.arch, args.size, args.runs, cache, pictures, args.shrunk,
+                                              args.batch)
         if "failed" in result:  # recorded in details; the other configurations still run
             print(f"{config} failed:\n{result['failed']}", file=sys.stderr)
             continue

@@ -60,14 +60,17 @@ def prepared(parts: set[str], arch: str, cache: Path, shrunk: bool) -> Any:
 
 def main() -> None:
     config, arch, size, runs, cache, picture = sys.argv[1:7]
+    options = sys.argv[7:]
+    batch = next((int(o.split("=", 1)[1]) for o in options if o.startswith("--batch=")), 1)
     parts = set(config.split("+"))
-    pipe = prepared(parts, arch, Path(cache), shrunk="--shrunk" in sys.argv[7:])
+    pipe = prepared(parts, arch, Path(cache), shrunk="--shrunk" in options)
     autocast = (lambda: torch.autocast("cpu", torch.bfloat16)) if "bf16" in parts else contextlib.nullcontext
 
     def draw(seed: int) -> np.ndarray:
         with torch.inference_mode(), autocast():
             return pipe("a lighthouse at dusk", width=int(size), height=int(size), num_inference_steps=1,
-                        guidance_scale=0.0, output_type="np", generator=torch.Generator().manual_seed(seed)).images
+                        guidance_scale=0.0, num_images_per_prompt=batch, output_type="np",
+                        generator=torch.Generator().manual_seed(seed)).images
 
     measure(draw, int(runs), STARTED, picture)
 
