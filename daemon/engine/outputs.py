@@ -70,7 +70,12 @@ def new_image_id() -> str:
     with _id_lock:
         now = max(datetime.now(), _last_id_time + timedelta(microseconds=1))
         _last_id_time = now
-    return f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(4)}"
+    return _image_id(now, secrets.token_hex(4))
+
+
+def _image_id(when: datetime, suffix: str) -> str:
+    """The id format :data:`_ID_RE` reads: creation time to the microsecond, then 8 hex digits."""
+    return f"{when:%Y%m%d-%H%M%S-%f}-{suffix}"
 
 
 _CALL_ID_RE = re.compile(r"^(\d{1,20})-([0-9a-f]{8})$")
@@ -88,7 +93,7 @@ def image_id_for_call(call_id: str) -> str | None:
         when = datetime.fromtimestamp(int(match.group(1)) // 1000 / 1e6)
     except (OverflowError, OSError, ValueError):
         return None
-    return f"{when:%Y%m%d-%H%M%S-%f}-{match.group(2)}"
+    return _image_id(when, match.group(2))
 
 
 def a1111_parameters(record: dict[str, Any]) -> str:
